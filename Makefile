@@ -1,0 +1,38 @@
+# same_search: the two commands are `make run` and `make test`; everything else is optional.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install lint proto bench clean
+
+# Create the virtual environment and install the project with its test tools. Re-runs only
+# when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Start the daemon with ./config.toml (ports 8120, 8025, 8103 on 127.0.0.1, data in ./data).
+run: $(STAMP)
+	$(BIN)/python -m same_search --config config.toml
+
+# The whole suite; exits non-zero if anything fails or no test ran.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check same_search tests bench
+	$(BIN)/ruff format --check same_search tests bench
+
+# Regenerate the protobuf module (needs grpcio-tools==1.66.2, protoc 27, so the generated code
+# runs on any protobuf runtime >= 5.27).
+proto:
+	$(BIN)/python -m grpc_tools.protoc -Isame_search/proto --python_out=same_search/proto \
+		--pyi_out=same_search/proto same_search/proto/imgfeature.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""The one aiohttp application: routes of all three services, middlewares, resource lifecycle.
+
+It is served on three ports (see ``server.py``); ``port_guard`` makes each port answer only its
+own service, so a client pointed at the wrong port gets a clear error instead of a surprise.
+Behind a single test server (no port map) every route is reachable, which keeps tests simple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from same_search.config import Config
+from same_search.embed.embedder import Embedder
+from same_search.errors import bad_request
+from same_search.routes import admin, feature, retrieval
+from same_search.routes.envelope import Handler, envelope_middleware
+from same_search.services import SERVICES, open_services
+
+FEATURE, SEARCH, ADMIN = "feature", "search", "admin"
+#: Local port -> which service it serves; filled in by the server once its sites are bound.
+PORT_SERVICES = web.AppKey("port_services", dict)
+
+
+def service_of(path: str) -> str:
+    """Which of the three services a request path belongs to."""
+    if path.startswith(feature.PATH):
+        return FEATURE
+    if path.startswith(retrieval.PREFIX + "/"):
+        return SEARCH
+    return ADMIN
+
+
+@web.middleware
+async def port_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a route arriving on another service's port."""
+    ports = request.app[PORT_SERVICES]
+    if ports and request.transport is not None:
+        sockname = request.transport.get_extra_info("sockname")
+        served = ports.get(sockname[1]) if sockname else None
+        if served is not None and served != service_of(request.path):
+            raise bad_request(f"{request.path} is not served on port {sockname[1]} (the {served} port)")
+    return await handler(request)
+
+
+def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application:
+    """Build the application; services open when a runner starts it and close on cleanup."""
+    app = web.Application(
+        client_max_size=cfg.server.max_body_bytes,
+        middlewares=[envelope_middleware, port_guard],
+    )
+    app["max_body_bytes"] = cfg.server.max_body_bytes
+    app[PORT_SERVICES] = {}
+
+    async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_services(cfg, embedder) as services:
+            app[SERVICES] = services
+            yield
+
+    app.cleanup_ctx.append(services_ctx)
+    feature.add_routes(app)
+    retrieval.add_routes(app)
+    admin.add_routes(app)
+    return app

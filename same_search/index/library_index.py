@@ -1,0 +1,172 @@
+"""One library's in-memory index: an HNSW graph, plus an exact matrix while the library is small.
+
+Searches pick the strategy that cannot silently miss a match: the exact matrix for small
+libraries and for tag filters that leave few candidates, the graph (with ``ef`` widened to
+the page depth) otherwise, and an exact scan of the candidates when the graph comes back short.
+
+Per-vector work runs in one shared index thread, so hnswlib never sees concurrent writers and
+the event loop never computes distances. Whole-graph work (save) runs elsewhere under the
+library's write lock, which keeps writers out while readers go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+
+from same_search.config import IndexConfig
+from same_search.index import snapshot
+from same_search.index.exact import ExactIndex, top_k
+from same_search.index.hnsw import HnswIndex
+
+_U64 = 1 << 64
+
+
+def key_to_label(key: int) -> int:
+    """Storage key (signed int64) -> hnswlib label (uint64)."""
+    return key % _U64
+
+
+def label_to_key(label: int) -> int:
+    """hnswlib label (uint64) -> storage key (signed int64)."""
+    return label - _U64 if label >= 1 << 63 else label
+
+
+class LibraryIndex:
+    """The searchable vectors of one library."""
+
+    def __init__(self, graph: HnswIndex, cfg: IndexConfig, seq: int, executor: Executor) -> None:
+        self.graph = graph
+        self.cfg = cfg
+        self.seq = seq
+        self.saved_seq = -1
+        self.saved_at: float | None = None
+        self.write_lock = asyncio.Lock()
+        self._executor = executor
+        self.exact: ExactIndex | None = None
+        self._sync_exact()
+
+    @classmethod
+    def empty(cls, dim: int, cfg: IndexConfig, executor: Executor, capacity: int | None = None) -> LibraryIndex:
+        """A new, empty index."""
+        graph = HnswIndex(dim, cfg.m, cfg.ef_construction, cfg.ef_search, capacity or cfg.initial_capacity)
+        return cls(graph, cfg, 0, executor)
+
+    def count(self) -> int:
+        """Live vectors."""
+        return self.graph.count()
+
+    def capacity(self) -> int:
+        """Allocated graph slots."""
+        return self.graph.capacity()
+
+    @property
+    def dirty(self) -> bool:
+        """Whether writes happened since the last save."""
+        return self.seq != self.saved_seq
+
+    def _sync_exact(self) -> None:
+        """Keep the exact matrix while small; drop it above the threshold, rebuild well below it."""
+        n = self.graph.count()
+        if self.exact is not None and n > self.cfg.exact_threshold:
+            self.exact = None
+        elif self.exact is None and n <= self.cfg.exact_threshold // 2:
+            labels = np.fromiter(self.graph.live_labels(), np.uint64, count=n)
+            self.exact = ExactIndex(self.graph.dim, max(n, 64))
+            self.exact.add(labels, self.graph.vectors(labels))
+
+    # ---- writes (caller holds write_lock) ----------------------------------------------------
+
+    def add_now(self, keys: np.ndarray, vectors: np.ndarray, seq: int) -> None:
+        """Insert vectors synchronously (start-up replay, rebuilds)."""
+        labels = np.array([key_to_label(int(k)) for k in keys], dtype=np.uint64)
+        self.graph.add(labels, vectors)
+        if self.exact is not None:
+            self.exact.add(labels, vectors)
+        self.seq = max(self.seq, seq)
+        self._sync_exact()
+
+    def delete_now(self, keys: list[int], seq: int) -> None:
+        """Remove keys synchronously."""
+        labels = np.array([key_to_label(k) for k in keys], dtype=np.uint64)
+        self.graph.delete(labels)
+        if self.exact is not None:
+            self.exact.delete(labels)
+        self.seq = max(self.seq, seq)
+        self._sync_exact()
+
+    async def add(self, key: int, vector: np.ndarray, seq: int) -> None:
+        """Insert one vector in the index thread."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.add_now, np.array([key]), vector.reshape(1, -1), seq
+        )
+
+    async def delete(self, keys: list[int], seq: int) -> None:
+        """Remove keys in the index thread."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.delete_now, keys, seq)
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    async def search(self, vector: np.ndarray, k: int, candidates: list[int] | None = None) -> list[tuple[int, float]]:
+        """The ``k`` best (key, score), restricted to ``candidates`` keys when given."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, vector, k, candidates)
+
+    def _search(self, vector: np.ndarray, k: int, candidates: list[int] | None) -> list[tuple[int, float]]:
+        vector = vector.astype(np.float32).ravel()
+        if candidates is None:
+            labels, scores = self._search_all(vector, k)
+        else:
+            labels, scores = self._search_among(vector, k, candidates)
+        return [(label_to_key(int(label)), float(score)) for label, score in zip(labels, scores, strict=True)]
+
+    def _search_all(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.exact is not None:
+            return self.exact.search(vector, k)
+        k = min(k, self.graph.count())
+        labels, scores = self.graph.search(vector, k)
+        if len(labels) < k:  # the graph came back short: never return a truncated page
+            every = np.fromiter(self.graph.live_labels(), np.uint64)
+            return top_k(every, self.graph.vectors(every) @ vector, k)
+        return labels, scores
+
+    def _search_among(self, vector: np.ndarray, k: int, candidates: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.array([key_to_label(c) for c in candidates], dtype=np.uint64)
+        labels = labels[[self.graph.contains(int(x)) for x in labels]] if len(labels) else labels
+        k = min(k, len(labels))
+        if len(labels) <= max(self.cfg.exact_threshold, 20 * k) or self.exact is not None:
+            source = self.exact if self.exact is not None else self.graph
+            return top_k(labels, source.vectors(labels) @ vector, k)
+        allowed = set(labels.tolist())
+        found, scores = self.graph.search(vector, k, allowed.__contains__)
+        if len(found) < k:
+            return top_k(labels, self.graph.vectors(labels) @ vector, k)
+        return found, scores
+
+    async def vectors_of(self, keys: list[int]) -> np.ndarray:
+        """Stored vectors of live keys."""
+        labels = np.array([key_to_label(k) for k in keys], dtype=np.uint64)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.graph.vectors, labels)
+
+    # ---- persistence ---------------------------------------------------------------------------
+
+    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
+        """Write a snapshot (caller holds write_lock so no writer moves the graph meanwhile)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f"{lib_id}.hnsw.tmp"
+        self.graph.save(tmp)
+        header = snapshot.SnapshotHeader(
+            format_version=snapshot.FORMAT_VERSION,
+            fingerprint=fingerprint,
+            dim=self.graph.dim,
+            count=self.count(),
+            seq=self.seq,
+            sha256="",
+            saved_at=time.time(),
+        )
+        snapshot.commit_graph(tmp, directory, lib_id, header)
+        self.saved_seq = self.seq
+        self.saved_at = header.saved_at

@@ -1,0 +1,90 @@
+"""Index snapshot files: written atomically, checked before use.
+
+A snapshot is two files per library: the graph (``<id>.hnsw``) and a JSON header
+(``<id>.meta.json``) with the format version, the model fingerprint, the live count, the write
+sequence the graph contains and the graph's SHA-256. Each is written to a temporary name,
+fsynced and renamed, header last; a crash between the two renames leaves a header whose checksum
+does not match, which reads as "no usable snapshot" and triggers a rebuild from SQLite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """What a saved graph claims to be."""
+
+    format_version: int
+    fingerprint: str
+    dim: int
+    count: int
+    seq: int
+    sha256: str
+    saved_at: float
+
+
+class SnapshotInvalid(Exception):
+    """The snapshot is missing, truncated, corrupted or made by another model."""
+
+
+def paths(directory: Path, lib_id: int) -> tuple[Path, Path]:
+    """(graph file, header file) of one library."""
+    return directory / f"{lib_id}.hnsw", directory / f"{lib_id}.meta.json"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_graph(tmp_graph: Path, directory: Path, lib_id: int, header: SnapshotHeader) -> None:
+    """Make a freshly written ``tmp_graph`` the library's snapshot, durably and atomically."""
+    graph, meta = paths(directory, lib_id)
+    with tmp_graph.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    header = SnapshotHeader(**{**asdict(header), "sha256": _sha256(tmp_graph)})
+    os.replace(tmp_graph, graph)
+    tmp_meta = meta.with_suffix(".json.tmp")
+    with tmp_meta.open("w") as fh:
+        json.dump(asdict(header), fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp_meta, meta)
+    _fsync_dir(directory)
+
+
+def read_header(directory: Path, lib_id: int, fingerprint: str, dim: int) -> SnapshotHeader:
+    """The verified header of a library's snapshot; :class:`SnapshotInvalid` says why not."""
+    graph, meta = paths(directory, lib_id)
+    if not meta.exists() or not graph.exists():
+        raise SnapshotInvalid("no snapshot on disk")
+    try:
+        header = SnapshotHeader(**json.loads(meta.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise SnapshotInvalid(f"unreadable header: {exc}") from exc
+    if header.format_version != FORMAT_VERSION:
+        raise SnapshotInvalid(f"format version {header.format_version}, expected {FORMAT_VERSION}")
+    if header.fingerprint != fingerprint or header.dim != dim:
+        raise SnapshotInvalid(f"made by model {header.fingerprint}/{header.dim}, serving {fingerprint}/{dim}")
+    if _sha256(graph) != header.sha256:
+        raise SnapshotInvalid("checksum mismatch (truncated or corrupted graph file)")
+    return header

@@ -1,0 +1,276 @@
+"""Library logic: the layer between routes and the embedder, the index and the store.
+
+Writes go to SQLite first and to the index only after the commit, under the library's write
+lock, so the index never holds something the database does not, and a crash between the two
+is repaired at start-up by replaying rows newer than the index snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from same_search.config import Config
+from same_search.contsign import ContSign
+from same_search.embed.service import EmbedService
+from same_search.errors import ApiError, ErrNo
+from same_search.index import snapshot
+from same_search.index.hnsw import HnswIndex
+from same_search.index.library_index import LibraryIndex, key_to_label
+from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, Store, StorageError
+
+log = logging.getLogger(__name__)
+
+Tags = tuple[int, int]
+
+
+class ModelMismatch(RuntimeError):
+    """A library was built with another model than the one serving; never mix vectors."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A stored image as clients see it."""
+
+    contsign: ContSign
+    brief: bytes
+    tags: Tags | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    item: Item
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of results and whether more exist beyond it."""
+
+    hits: list[Hit]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class TagFilter:
+    """Search only items carrying all (``match_all``) or any of the non-zero ``tags``."""
+
+    tags: Tags
+    match_all: bool
+
+    @property
+    def active(self) -> bool:
+        return any(self.tags)
+
+
+@dataclass
+class Library:
+    """A signed-up appid with its index."""
+
+    row: LibraryRow
+    index: LibraryIndex
+
+
+def _item(row: ItemRow) -> Item:
+    return Item(ContSign.from_key(row.key), row.brief, row.tags)
+
+
+def _storage_failed(exc: StorageError) -> ApiError:
+    return ApiError(ErrNo.INTERNAL, f"storage write failed, nothing was changed: {exc}")
+
+
+class LibraryService:
+    """Every library of the daemon and the operations the API offers on them."""
+
+    def __init__(self, cfg: Config, store: Store, embed: EmbedService) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.embed = embed
+        self.index_dir = cfg.data_path / "indexes"
+        self.libraries: dict[str, Library] = {}
+        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
+        self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
+        self._signup_lock = asyncio.Lock()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load every library's index: snapshot plus replay, or a rebuild from SQLite."""
+        info = self.embed.info
+        rows = await self.store.libraries()
+        for row in rows:
+            if row.fingerprint != info.fingerprint or row.dim != info.dim:
+                raise ModelMismatch(
+                    f"library {row.appid!r} holds vectors of model {row.model_id} (fingerprint {row.fingerprint}, "
+                    f"dim {row.dim}) but this daemon serves {info.model_id} (fingerprint {info.fingerprint}, "
+                    f"dim {info.dim}). Start with the [model] settings the library was built with, or point "
+                    f"--data-dir at a new directory and re-add the images."
+                )
+        for row in rows:
+            started = time.monotonic()
+            index = await self._load_index(row)
+            self.libraries[row.appid] = Library(row, index)
+            log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
+
+    async def _load_index(self, row: LibraryRow) -> LibraryIndex:
+        keys = await self.store.keys(row.id)
+        live = {key_to_label(k) for k in keys}
+        try:
+            header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
+            graph_path, _ = snapshot.paths(self.index_dir, row.id)
+            graph = await asyncio.to_thread(HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, live)
+            index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
+            index.saved_seq, index.saved_at = header.seq, header.saved_at
+            since = header.seq
+        except snapshot.SnapshotInvalid as exc:
+            log.warning("library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc)
+            index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(len(keys), 16))
+            since = 0
+        removed = await self.store.removals_since(row.id, since)
+        index.graph.forget(np.array([key_to_label(k) for k in removed], dtype=np.uint64))
+        replayed = 0
+        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, since):
+            await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+            replayed += len(chunk_keys)
+        if since and (replayed or removed):
+            log.info("library %s: replayed %d adds and %d removals after the snapshot", row.appid, replayed, len(removed))
+        index.seq = max(index.seq, self.store.seq)
+        if index.count() != len(keys):
+            raise RuntimeError(f"library {row.appid}: index holds {index.count()} items, database {len(keys)}")
+        return index
+
+    async def save_indexes(self, only_dirty: bool = True) -> int:
+        """Snapshot every (changed) library; returns how many were written."""
+        saved = 0
+        for lib in list(self.libraries.values()):
+            if only_dirty and not lib.index.dirty:
+                continue
+            async with lib.index.write_lock:
+                started = time.monotonic()
+                await asyncio.get_running_loop().run_in_executor(
+                    self._save_pool, lib.index.save_now, self.index_dir, lib.row.id, lib.row.fingerprint
+                )
+            log.info("library %s: index saved (%d items, %.2fs)", lib.row.appid, lib.index.count(), time.monotonic() - started)
+            saved += 1
+        return saved
+
+    async def close(self) -> None:
+        """Save changed indexes and stop the index threads."""
+        try:
+            await self.save_indexes()
+        finally:
+            self._index_pool.shutdown(wait=True)
+            self._save_pool.shutdown(wait=True)
+
+    # ---- libraries -------------------------------------------------------------------------------
+
+    def get(self, appid: str) -> Library:
+        """A signed-up library, or err_no 103."""
+        lib = self.libraries.get(appid)
+        if lib is None:
+            raise ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
+        return lib
+
+    async def signup(self, appid: str) -> Library:
+        """Create a library for the serving model; err_no 104 if it exists."""
+        async with self._signup_lock:
+            if appid in self.libraries:
+                raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
+            info = self.embed.info
+            try:
+                row = await self.store.create_library(appid, info.model_id, info.dim, info.fingerprint)
+            except AlreadyExists as exc:
+                raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up") from exc
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            lib = Library(row, LibraryIndex.empty(info.dim, self.cfg.index, self._index_pool))
+            self.libraries[appid] = lib
+            log.info("library %s signed up (model %s, dim %d)", appid, info.model_id, info.dim)
+            return lib
+
+    # ---- items ------------------------------------------------------------------------------------
+
+    async def add(self, lib: Library, image: bytes, brief: bytes, tags: Tags | None) -> ContSign:
+        """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored."""
+        contsign = ContSign.of_image(image)
+        await self._refuse_duplicate(lib, contsign)
+        vector = await self.embed.embed_image(image)
+        async with lib.index.write_lock:
+            capacity = self.cfg.limits.library_capacity
+            if capacity and lib.index.count() >= capacity:
+                raise ApiError(ErrNo.INTERNAL, f"library {lib.row.appid!r} is full ({capacity} items)")
+            try:
+                seq = await self.store.add_item(lib.row.id, contsign.key, brief, tags, vector)
+            except AlreadyExists:
+                await self._refuse_duplicate(lib, contsign)
+                raise
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            await lib.index.add(contsign.key, vector, seq)
+        return contsign
+
+    async def _refuse_duplicate(self, lib: Library, contsign: ContSign) -> None:
+        row = await self.store.get_item(lib.row.id, contsign.key)
+        if row is not None:
+            raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add", data_items=[_item(row)])
+
+    async def update(self, lib: Library, contsign: ContSign, brief: bytes | None, tags: Tags | None) -> None:
+        """Replace brief and/or tags; err_no 102 if the item is not stored."""
+        try:
+            found = await self.store.update_item(lib.row.id, contsign.key, brief, tags)
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        if not found:
+            raise ApiError(ErrNo.UPDATE_MISSING, f"contsign {contsign} is not in library {lib.row.appid!r}")
+
+    async def remove(self, lib: Library, contsigns: list[ContSign]) -> int:
+        """Remove items (absent ones are ignored); returns how many were removed."""
+        async with lib.index.write_lock:
+            try:
+                removed, seq = await self.store.remove_items(lib.row.id, [c.key for c in contsigns])
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            if removed:
+                await lib.index.delete(removed, seq)
+        return len(removed)
+
+    async def vector_of(self, lib: Library, contsign: ContSign) -> np.ndarray:
+        """The stored vector of an item (search by contsign); err_no 1 if it is not stored."""
+        if lib.index.graph.contains(key_to_label(contsign.key)):
+            return (await lib.index.vectors_of([contsign.key]))[0]
+        raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
+
+    async def search(self, lib: Library, vector: np.ndarray, pn: int, rn: int, tag_filter: TagFilter | None) -> SearchPage:
+        """Results ``pn .. pn+rn`` by descending cosine similarity."""
+        candidates = None
+        total = lib.index.count()
+        if tag_filter is not None and tag_filter.active:
+            candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
+            total = len(candidates)
+        depth = min(pn + rn, total)
+        found = await lib.index.search(vector, depth, candidates) if depth > pn else []
+        window = found[pn : pn + rn]
+        rows = await self.store.get_items(lib.row.id, [key for key, _ in window])
+        hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
+        return SearchPage(hits, has_more=total > pn + rn)
+
+    def snapshot(self, lib: Library) -> dict[str, int]:
+        """The spec's snapshot block for one library."""
+        return {
+            "tag": 0,
+            "index_size": lib.index.count(),
+            "index_capacity": self.cfg.limits.library_capacity,
+            "queue_size": self.embed.queue_size,
+        }
+
+    def index_path(self, lib: Library) -> Path:
+        """Where this library's graph is saved."""
+        return snapshot.paths(self.index_dir, lib.row.id)[0]

@@ -1,0 +1,79 @@
+"""The JSON envelope every answer travels in, and the request log line.
+
+The spec's clients read ``err_no`` from a JSON body and treat any HTTP status other than 200
+as a transport failure, so every outcome of the API routes, errors included, is HTTP 200 with
+``{"err_no", "err_msg", ...}``. This middleware is the one place that happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from same_search.errors import ApiError, ErrNo, bad_request
+
+log = logging.getLogger("same_search.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Keys a handler sets on the request so the log line can carry them.
+LOGID, APPID, ERRNO = "logid", "appid", "err_no"
+
+
+def ok(**fields: Any) -> web.Response:
+    """A success envelope with extra fields."""
+    return envelope_response({"err_no": 0, "err_msg": "OK", **fields})
+
+
+def envelope_response(body: dict[str, Any]) -> web.Response:
+    """Serialise an envelope (HTTP 200 always)."""
+    return web.Response(text=json.dumps(body, ensure_ascii=False), content_type="application/json")
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return bad_request(f"request body exceeds the limit of {request.app['max_body_bytes']} bytes")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return bad_request(f"{request.method} is not allowed on {request.path}; use POST")
+    if isinstance(exc, web.HTTPNotFound):
+        return bad_request(f"no such route {request.path} on this port")
+    return bad_request(f"HTTP error {exc.status}: {exc.reason}")
+
+
+@web.middleware
+async def envelope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every outcome into the envelope and log one line per request."""
+    started = time.monotonic()
+    error: ApiError | None = None
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _http_error(request, exc)
+    except Exception:
+        log.exception("unhandled error on %s", request.path)
+        error = ApiError(ErrNo.INTERNAL, "internal error; see the daemon log")
+    if error is not None:
+        response = envelope_response(error.body())
+    request[ERRNO] = 0 if error is None else int(error.err_no)
+    _log_request(request, started)
+    return response
+
+
+def _log_request(request: web.Request, started: float) -> None:
+    log.info(
+        "route=%s logid=%s appid=%s err_no=%s latency_ms=%.1f",
+        request.path,
+        request.get(LOGID, "-"),
+        request.get(APPID, "-"),
+        request.get(ERRNO, "-"),
+        (time.monotonic() - started) * 1000.0,
+    )

@@ -1,0 +1,182 @@
+"""Reading request fields: every type or range problem becomes err_no 1 naming the field.
+
+The retrieval and feature APIs share the same conventions (``from`` required, ``appid``
+required without commas, optional ``sub_lib`` joined as ``appid_sub_lib``, base64 for binary
+data), so they share this one reader.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from typing import Any
+
+from same_search.contsign import ContSign
+from same_search.errors import bad_request
+
+FEA_BRIEF = 1000
+FEA_TAGS = 999
+MAX_APPID_LEN = 128
+MAX_CONTSIGNS = 10_000
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise bad_request("request body must be a JSON object")
+    return data
+
+
+def decode_base64(value: Any, field: str) -> bytes:
+    """Strict standard base64 (padding required, no stray characters)."""
+    if not isinstance(value, str):
+        raise bad_request(f"{field} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"{field} is not valid base64: {exc}") from exc
+
+
+def encode_base64(data: bytes) -> str:
+    """Binary -> base64 text for JSON replies."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def pack_tags(tags: tuple[int, int]) -> bytes:
+    """Tags as the spec's ``struct.pack("II", tag1, tag2)`` (little-endian on every client we know)."""
+    return struct.pack("<II", *tags)
+
+
+class Fields:
+    """Typed access to one request's JSON object."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def required_str(self, name: str) -> str:
+        value = self.data.get(name)
+        if value is None or value == "":
+            raise bad_request(f"{name} is required")
+        if not isinstance(value, str):
+            raise bad_request(f"{name} must be a string")
+        return value
+
+    def optional_str(self, name: str, default: str = "") -> str:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise bad_request(f"{name} must be a string")
+        return str(value)
+
+    def uint(self, name: str, default: int, maximum: int | None = None) -> int:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)  # tolerate clients that stringify numbers
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_request(f"{name} must be a non-negative integer")
+        if maximum is not None and value > maximum:
+            raise bad_request(f"{name} must be at most {maximum}")
+        return value
+
+    def check_common(self) -> None:
+        """``from`` is required; ``format`` may only be json; ``logid`` is any number or string."""
+        self.required_str("from")
+        fmt = self.data.get("format", "json")
+        if fmt not in ("json", None):
+            raise bad_request("format must be \"json\" (the only format this service speaks)")
+        logid = self.data.get("logid")
+        if logid is not None and (isinstance(logid, bool) or not isinstance(logid, int | str)):
+            raise bad_request("logid must be an integer")
+
+    def library_name(self) -> str:
+        """``appid``, joined with ``sub_lib`` when present."""
+        appid = self.required_str("appid")
+        if "," in appid:
+            raise bad_request("appid must not contain a comma")
+        sub_lib = self.optional_str("sub_lib")
+        if "," in sub_lib:
+            raise bad_request("sub_lib must not contain a comma")
+        name = f"{appid}_{sub_lib}" if sub_lib else appid
+        if len(name) > MAX_APPID_LEN or not name.isprintable():
+            raise bad_request(f"appid must be printable and at most {MAX_APPID_LEN} characters")
+        return name
+
+    def image(self, required: bool) -> bytes | None:
+        """The base64 ``image``; empty bytes are returned as is (the embedder answers 216200)."""
+        if "image" not in self.data or self.data["image"] is None:
+            if required:
+                raise bad_request("image is required")
+            return None
+        return decode_base64(self.data["image"], "image")
+
+    def features(self) -> dict[int, bytes]:
+        """``features`` as {fea_id: bytes}."""
+        value = self.data.get("features")
+        if value is None:
+            return {}
+        if not isinstance(value, list):
+            raise bad_request("features must be a list of {fea_id, fea_data}")
+        result: dict[int, bytes] = {}
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise bad_request(f"features[{i}] must be an object {{fea_id, fea_data}}")
+            fea_id = entry.get("fea_id")
+            if isinstance(fea_id, bool) or not isinstance(fea_id, int):
+                raise bad_request(f"features[{i}].fea_id must be an integer")
+            result[fea_id] = decode_base64(entry.get("fea_data"), f"features[{i}].fea_data")
+        return result
+
+    def contsign(self) -> ContSign | None:
+        """``contsign`` (or the spec table's spelling ``consign``)."""
+        for name in ("contsign", "consign"):
+            if self.data.get(name) is not None:
+                return ContSign.from_json(self.data[name], name)
+        return None
+
+    def contsigns(self) -> list[ContSign]:
+        """``contsigns`` (or ``consigns``); empty when absent."""
+        for name in ("contsigns", "consigns"):
+            value = self.data.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, list):
+                raise bad_request(f"{name} must be a list of {{sign1, sign2}}")
+            if len(value) > MAX_CONTSIGNS:
+                raise bad_request(f"{name} may hold at most {MAX_CONTSIGNS} entries per request")
+            return [ContSign.from_json(item, f"{name}[{i}]") for i, item in enumerate(value)]
+        return []
+
+
+def brief_of(features: dict[int, bytes], limit: int, required: bool) -> bytes | None:
+    """The brief (fea_id 1000), checked against the size limit."""
+    brief = features.get(FEA_BRIEF)
+    if brief is None:
+        if required:
+            raise bad_request(f"features must contain the brief (fea_id {FEA_BRIEF})")
+        return None
+    if len(brief) > limit:
+        raise bad_request(f"brief (fea_id {FEA_BRIEF}) is {len(brief)} bytes; at most {limit} are allowed")
+    return brief
+
+
+def tags_of(features: dict[int, bytes]) -> tuple[int, int] | None:
+    """The tags (fea_id 999): exactly 8 bytes, two little-endian uint32."""
+    raw = features.get(FEA_TAGS)
+    if raw is None:
+        return None
+    if len(raw) != 8:
+        raise bad_request(f"tags (fea_id {FEA_TAGS}) must be 8 bytes (struct.pack('II', tag1, tag2)), got {len(raw)}")
+    tag1, tag2 = struct.unpack("<II", raw)
+    return tag1, tag2

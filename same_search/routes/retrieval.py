@@ -1,0 +1,157 @@
+"""Retrieval service, port 8025: ``/RTSAsService/{signup,add,update,search,remove,snapshot}``.
+
+Handlers only translate between the wire and :class:`LibraryService`; every rule about what
+is stored lives there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from same_search.contsign import ContSign
+from same_search.errors import bad_request
+from same_search.libraries import Item, Library, TagFilter
+from same_search.routes.envelope import APPID, LOGID, ok
+from same_search.routes.fields import (
+    FEA_BRIEF,
+    FEA_TAGS,
+    Fields,
+    brief_of,
+    encode_base64,
+    pack_tags,
+    parse_json_object,
+    tags_of,
+)
+from same_search.services import SERVICES, Services
+
+PREFIX = "/RTSAsService"
+
+
+def item_json(item: Item, score: float | None = None) -> dict[str, Any]:
+    """A stored item in the spec's ``data_items`` shape."""
+    features = [{"fea_id": FEA_BRIEF, "fea_data": encode_base64(item.brief)}]
+    if item.tags is not None:
+        features.append({"fea_id": FEA_TAGS, "fea_data": encode_base64(pack_tags(item.tags))})
+    body: dict[str, Any] = {"contsign": item.contsign.to_json()}
+    if score is not None:
+        body["score"] = score
+    body["features"] = features
+    return body
+
+
+async def _read(request: web.Request) -> tuple[Services, Fields, str]:
+    """Services, the parsed fields, and the library name, with the common checks done."""
+    services = request.app[SERVICES]
+    fields = Fields(parse_json_object(await request.read()))
+    request[LOGID] = fields.data.get("logid", "-")
+    fields.check_common()
+    name = fields.library_name()
+    request[APPID] = name
+    return services, fields, name
+
+
+async def _library(request: web.Request) -> tuple[Services, Fields, Library]:
+    services, fields, name = await _read(request)
+    return services, fields, services.libraries.get(name)
+
+
+async def signup(request: web.Request) -> web.Response:
+    services, _, name = await _read(request)
+    await services.libraries.signup(name)
+    return ok()
+
+
+async def add(request: web.Request) -> web.Response:
+    services, fields, lib = await _library(request)
+    image = fields.image(required=True)
+    features = fields.features()
+    brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=True)
+    tags = tags_of(features)
+    assert image is not None and brief is not None
+    contsign = await services.libraries.add(lib, image, brief, tags)
+    return ok(contsign=contsign.to_json())
+
+
+async def update(request: web.Request) -> web.Response:
+    services, fields, lib = await _library(request)
+    contsign = _target(fields)
+    features = fields.features()
+    brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=False)
+    tags = tags_of(features)
+    if brief is None and tags is None:
+        raise bad_request(f"features must contain the brief (fea_id {FEA_BRIEF}) and/or tags (fea_id {FEA_TAGS})")
+    await services.libraries.update(lib, contsign, brief, tags)
+    return ok(contsign=contsign.to_json())
+
+
+def _target(fields: Fields) -> ContSign:
+    """The item a request names: the image's contsign wins over a ``contsign`` field."""
+    image = fields.image(required=False)
+    if image is not None:
+        return ContSign.of_image(image)
+    contsign = fields.contsign()
+    if contsign is None:
+        raise bad_request("image or contsign is required")
+    return contsign
+
+
+async def search(request: web.Request) -> web.Response:
+    services, fields, lib = await _library(request)
+    limits = services.cfg.limits
+    pn = fields.uint("pn", 0)
+    rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
+    tag_filter = _tag_filter(fields)
+    image = fields.image(required=False)
+    if image is not None:
+        vector = await services.embed.embed_image(image)
+    else:
+        contsign = fields.contsign()
+        if contsign is None:
+            raise bad_request("image or contsign is required")
+        vector = await services.libraries.vector_of(lib, contsign)
+    page = await services.libraries.search(lib, vector, pn, rn, tag_filter)
+    return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
+
+
+def _tag_filter(fields: Fields) -> TagFilter | None:
+    tags = tags_of(fields.features())
+    logic = fields.uint("tag_logic", 0)
+    if logic not in (0, 1):
+        raise bad_request("tag_logic must be 0 (all tags) or 1 (any tag)")
+    return None if tags is None else TagFilter(tags, match_all=logic == 0)
+
+
+async def remove(request: web.Request) -> web.Response:
+    services, fields, lib = await _library(request)
+    targets = fields.contsigns()
+    if not targets:
+        targets = [_target_for_remove(fields)]
+    removed = await services.libraries.remove(lib, targets)
+    return ok(removed=removed)
+
+
+def _target_for_remove(fields: Fields) -> ContSign:
+    """Without ``contsigns``: ``contsign`` first, else the image (the spec's order for remove)."""
+    contsign = fields.contsign()
+    if contsign is not None:
+        return contsign
+    image = fields.image(required=False)
+    if image is None:
+        raise bad_request("contsigns, contsign or image is required")
+    return ContSign.of_image(image)
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    services, _, lib = await _library(request)
+    return ok(snapshot=services.libraries.snapshot(lib))
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the six retrieval routes."""
+    for name, handler in (
+        ("signup", signup), ("add", add), ("update", update),
+        ("search", search), ("remove", remove), ("snapshot", snapshot),
+    ):
+        app.router.add_post(f"{PREFIX}/{name}", handler)

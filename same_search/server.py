@@ -1,0 +1,46 @@
+"""Run the application on its three ports until SIGTERM or SIGINT, then shut down cleanly.
+
+Shutdown order: stop accepting, let in-flight requests finish (bounded by
+``shutdown_grace_s``), then the cleanup context saves indexes and closes the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from same_search.app import ADMIN, FEATURE, PORT_SERVICES, SEARCH, create_app
+from same_search.config import Config
+
+log = logging.getLogger(__name__)
+
+
+async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
+    """Start, serve until ``stop`` is set (or a signal arrives), and stop."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = create_app(cfg)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=cfg.server.shutdown_grace_s)
+    await runner.setup()  # loads the model, opens the database and the indexes
+    try:
+        for service, port in (
+            (FEATURE, cfg.server.feature_port),
+            (SEARCH, cfg.server.search_port),
+            (ADMIN, cfg.server.admin_port),
+        ):
+            site = web.TCPSite(runner, cfg.server.host, port, reuse_address=True)
+            await site.start()
+            for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
+                app[PORT_SERVICES][sock.getsockname()[1]] = service
+            log.info("%s service listening on http://%s:%d", service, cfg.server.host, port)
+        log.info("same_search ready")
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests (up to %.0fs)", cfg.server.shutdown_grace_s)
+    finally:
+        await runner.cleanup()
+        log.info("same_search stopped")

@@ -1,0 +1,87 @@
+"""The shared services behind all three ports, opened and closed in one place.
+
+Order matters and is symmetrical: model, then database, then library indexes; on the way down
+indexes are saved before the database closes, and the embedder stops last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from same_search import __version__
+from same_search.config import Config
+from same_search.embed.embedder import Embedder
+from same_search.embed.service import EmbedService
+from same_search.libraries import LibraryService
+from same_search.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a route handler may use."""
+
+    cfg: Config
+    store: Store
+    embed: EmbedService
+    libraries: LibraryService
+    started_at: float = field(default_factory=time.time)
+
+    def health(self) -> dict:
+        """What /healthz reports."""
+        info = self.embed.info
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": {"id": info.model_id, "dim": info.dim, "fingerprint": info.fingerprint, "device": info.device},
+            "libraries": len(self.libraries.libraries),
+            "uptime_s": round(time.time() - self.started_at, 3),
+        }
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+@contextlib.asynccontextmanager
+async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncIterator[Services]:
+    """Load the model (unless one is given), open storage and indexes; undo it all on exit."""
+    if embedder is None:
+        embedder = await asyncio.to_thread(Embedder, cfg.model)
+    embed = EmbedService(embedder, cfg.model, cfg.limits)
+    embed.start()
+    store = Store(cfg.data_path / "same_search.sqlite3")
+    try:
+        await store.open()
+        libraries = LibraryService(cfg, store, embed)
+        try:
+            await libraries.open()
+            saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
+            try:
+                yield Services(cfg, store, embed, libraries)
+            finally:
+                saver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await saver
+        finally:
+            await libraries.close()
+    finally:
+        await store.close()
+        await embed.close()
+
+
+async def _save_periodically(libraries: LibraryService, interval: float) -> None:
+    """Snapshot changed indexes every ``interval`` seconds, so restarts replay little."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await libraries.save_indexes()
+        except Exception:
+            log.exception("periodic index save failed; will retry in %.0fs", interval)

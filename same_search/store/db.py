@@ -1,0 +1,325 @@
+"""SQLite storage through aiosqlite: one writer connection behind a lock, one reader connection.
+
+Every acknowledged write is a committed transaction in WAL mode with ``synchronous=FULL``, so it
+survives a power cut. The writer lock makes each method one transaction even though aiosqlite
+would happily interleave statements of concurrent coroutines on a shared connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+_ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at"
+
+
+@dataclass(frozen=True)
+class LibraryRow:
+    """A signed-up library and the model its vectors were made with."""
+
+    id: int
+    appid: str
+    model_id: str
+    dim: int
+    fingerprint: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """One stored image, without its vector."""
+
+    key: int
+    brief: bytes
+    tags: tuple[int, int] | None
+    created_at: float
+    updated_at: float
+
+
+class AlreadyExists(Exception):
+    """The row being created is already there."""
+
+
+class StorageError(Exception):
+    """The database refused a write (disk full, read-only file system, I/O error)."""
+
+
+def _item(row: Sequence) -> ItemRow:
+    key, brief, tag1, tag2, created, updated = row
+    tags = None if tag1 is None else (int(tag1), int(tag2))
+    return ItemRow(int(key), bytes(brief), tags, created, updated)
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class Store:
+    """All persistent state of the daemon."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+        self._seq = 0
+
+    async def open(self) -> None:
+        """Open both connections, create or check the schema, and load the write sequence."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._writer.execute("PRAGMA synchronous=FULL")
+        await self._writer.execute("PRAGMA foreign_keys=ON")
+        await self._writer.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=5000")
+        self._seq = await self._max_seq()
+
+    async def close(self) -> None:
+        """Close both connections (the writer checkpoints the WAL on close)."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def _migrate(self) -> None:
+        schema = resources.files("same_search.store").joinpath("schema.sql").read_text()
+        assert self._writer is not None
+        await self._writer.executescript(schema)
+        async with self._writer.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            await self._writer.execute(
+                "INSERT INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {row[0]}, newer than this same_search ({SCHEMA_VERSION}); "
+                "upgrade same_search or use another data dir"
+            )
+
+    async def _max_seq(self) -> int:
+        async with self.reader.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM items), 0), coalesce((SELECT max(seq) FROM removals), 0))"
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        assert self._reader is not None, "store is not open"
+        return self._reader
+
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
+        """Run statements as one transaction; turn disk errors into :class:`StorageError`."""
+        assert self._writer is not None, "store is not open"
+        try:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    await self._writer.execute(sql, params)
+                await self._writer.execute("COMMIT")
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(str(exc)) from exc
+        except sqlite3.OperationalError as exc:
+            raise StorageError(str(exc)) from exc
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    # ---- libraries -------------------------------------------------------------------------
+
+    async def libraries(self) -> list[LibraryRow]:
+        """Every library, oldest first."""
+        async with self.reader.execute(
+            "SELECT id, appid, model_id, dim, fingerprint, created_at FROM libraries ORDER BY id"
+        ) as cur:
+            return [LibraryRow(*row) for row in await cur.fetchall()]
+
+    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> LibraryRow:
+        """Insert a library; :class:`AlreadyExists` if the appid is taken."""
+        now = time.time()
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) VALUES (?,?,?,?,?)",
+                        (appid, model_id, dim, fingerprint, now),
+                    )
+                ]
+            )
+        async with self.reader.execute("SELECT id FROM libraries WHERE appid=?", (appid,)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return LibraryRow(int(row[0]), appid, model_id, dim, fingerprint, now)
+
+    # ---- items -----------------------------------------------------------------------------
+
+    async def add_item(
+        self, lib_id: int, key: int, brief: bytes, tags: tuple[int, int] | None, vector: np.ndarray
+    ) -> int:
+        """Insert one item and return its seq; :class:`AlreadyExists` if the key is stored."""
+        now = time.time()
+        tag1, tag2 = tags if tags is not None else (None, None)
+        async with self._write_lock:
+            seq = self._next_seq()
+            await self._write(
+                [
+                    (
+                        "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, created_at, updated_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?)",
+                        (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now),
+                    ),
+                    ("DELETE FROM removals WHERE lib_id=? AND key=?", (lib_id, key)),
+                ]
+            )
+        return seq
+
+    async def update_item(
+        self, lib_id: int, key: int, brief: bytes | None, tags: tuple[int, int] | None
+    ) -> bool:
+        """Replace the brief and/or tags of a stored item; False if it is not stored."""
+        sets, params = ["updated_at=?"], [time.time()]
+        if brief is not None:
+            sets.append("brief=?")
+            params.append(brief)
+        if tags is not None:
+            sets += ["tag1=?", "tag2=?"]
+            params += list(tags)
+        async with self._write_lock:
+            assert self._writer is not None
+            if not await self._exists(lib_id, key):
+                return False
+            await self._write([(f"UPDATE items SET {', '.join(sets)} WHERE lib_id=? AND key=?", (*params, lib_id, key))])
+        return True
+
+    async def _exists(self, lib_id: int, key: int) -> bool:
+        async with self.reader.execute("SELECT 1 FROM items WHERE lib_id=? AND key=?", (lib_id, key)) as cur:
+            return await cur.fetchone() is not None
+
+    async def remove_items(self, lib_id: int, keys: Sequence[int]) -> tuple[list[int], int]:
+        """Delete the stored ones among ``keys``; returns (removed keys, seq of the removal)."""
+        async with self._write_lock:
+            present = await self._present(lib_id, keys)
+            if not present:
+                return [], self._seq
+            seq = self._next_seq()
+            statements: list[tuple[str, Sequence]] = []
+            for start in range(0, len(present), 500):
+                chunk = present[start : start + 500]
+                statements.append(
+                    (f"DELETE FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})", (lib_id, *chunk))
+                )
+            statements += [
+                ("INSERT OR REPLACE INTO removals(lib_id, key, seq) VALUES (?,?,?)", (lib_id, key, seq))
+                for key in present
+            ]
+            await self._write(statements)
+        return present, seq
+
+    async def _present(self, lib_id: int, keys: Sequence[int]) -> list[int]:
+        found: list[int] = []
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            async with self.reader.execute(
+                f"SELECT key FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})", (lib_id, *chunk)
+            ) as cur:
+                found += [int(row[0]) for row in await cur.fetchall()]
+        return found
+
+    async def get_item(self, lib_id: int, key: int) -> ItemRow | None:
+        """One item without its vector, or None."""
+        async with self.reader.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE lib_id=? AND key=?", (lib_id, key)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _item(row)
+
+    async def get_items(self, lib_id: int, keys: Sequence[int]) -> dict[int, ItemRow]:
+        """Items by key (missing keys are simply absent from the result)."""
+        result: dict[int, ItemRow] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            async with self.reader.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
+            ) as cur:
+                for row in await cur.fetchall():
+                    item = _item(row)
+                    result[item.key] = item
+        return result
+
+    async def get_vector(self, lib_id: int, key: int) -> np.ndarray | None:
+        """The stored vector of one item (search by contsign reuses it)."""
+        async with self.reader.execute("SELECT vector FROM items WHERE lib_id=? AND key=?", (lib_id, key)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype="<f4").copy()
+
+    async def count(self, lib_id: int) -> int:
+        """Stored items of one library."""
+        async with self.reader.execute("SELECT count(*) FROM items WHERE lib_id=?", (lib_id,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def keys_with_tags(self, lib_id: int, tags: Sequence[int], match_all: bool) -> list[int]:
+        """Keys of items carrying every (``match_all``) or any of the non-zero ``tags``."""
+        wanted = [t for t in tags if t != 0]
+        clauses = ["(tag1=? OR tag2=?)"] * len(wanted)
+        joiner = " AND " if match_all else " OR "
+        params: list[int] = [lib_id]
+        for tag in wanted:
+            params += [tag, tag]
+        async with self.reader.execute(
+            f"SELECT key FROM items WHERE lib_id=? AND ({joiner.join(clauses)})", params
+        ) as cur:
+            return [int(row[0]) for row in await cur.fetchall()]
+
+    async def vectors_since(self, lib_id: int, seq: int, chunk: int = 4096) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
+        """(keys, vectors, max seq) chunks of items inserted after ``seq``, in seq order."""
+        last = seq
+        while True:
+            async with self.reader.execute(
+                "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            keys = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+            last = int(rows[-1][2])
+            yield keys, vectors, last
+
+    async def removals_since(self, lib_id: int, seq: int) -> list[int]:
+        """Keys removed after ``seq`` (and not re-added since)."""
+        async with self.reader.execute(
+            "SELECT key FROM removals WHERE lib_id=? AND seq>?", (lib_id, seq)
+        ) as cur:
+            return [int(row[0]) for row in await cur.fetchall()]
+
+    @property
+    def seq(self) -> int:
+        """The highest write sequence handed out so far."""
+        return self._seq
+
+    async def keys(self, lib_id: int) -> list[int]:
+        """Every stored key of one library."""
+        async with self.reader.execute("SELECT key FROM items WHERE lib_id=?", (lib_id,)) as cur:
+            return [int(row[0]) for row in await cur.fetchall()]

@@ -1,0 +1,47 @@
+-- same_search storage schema. SQLite is the source of truth: indexes are caches rebuilt from it.
+-- Version 1. Migrations append to store/migrations in store/db.py, never edit a shipped version.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- One row per signed-up appid (appid already joined with sub_lib).
+CREATE TABLE IF NOT EXISTS libraries (
+    id          INTEGER PRIMARY KEY,
+    appid       TEXT NOT NULL UNIQUE,
+    model_id    TEXT NOT NULL,
+    dim         INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+
+-- One row per stored image. `key` is the ContSign as a signed 64-bit integer.
+-- `seq` is the global write sequence of the vector's insertion: an index snapshot records the
+-- highest seq it contains, and start-up replays only rows and removals above it.
+CREATE TABLE IF NOT EXISTS items (
+    lib_id     INTEGER NOT NULL REFERENCES libraries(id) ON DELETE CASCADE,
+    key        INTEGER NOT NULL,
+    brief      BLOB NOT NULL,
+    tag1       INTEGER,
+    tag2       INTEGER,
+    vector     BLOB NOT NULL,
+    seq        INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (lib_id, key)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS items_by_seq ON items (lib_id, seq);
+CREATE INDEX IF NOT EXISTS items_by_tag1 ON items (lib_id, tag1);
+CREATE INDEX IF NOT EXISTS items_by_tag2 ON items (lib_id, tag2);
+
+-- Removals since the item's insertion, so a snapshot older than the removal can be corrected.
+CREATE TABLE IF NOT EXISTS removals (
+    lib_id INTEGER NOT NULL REFERENCES libraries(id) ON DELETE CASCADE,
+    key    INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (lib_id, key)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS removals_by_seq ON removals (lib_id, seq);
