@@ -15,7 +15,7 @@ from same_search.config import Config
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
 from same_search.routes import admin, feature, retrieval
-from same_search.routes.envelope import Handler, envelope_middleware
+from same_search.routes.envelope import MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
 
 FEATURE, SEARCH, ADMIN = "feature", "search", "admin"
@@ -50,7 +50,7 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
         client_max_size=cfg.server.max_body_bytes,
         middlewares=[envelope_middleware, port_guard],
     )
-    app["max_body_bytes"] = cfg.server.max_body_bytes
+    app[MAX_BODY] = cfg.server.max_body_bytes
     app[PORT_SERVICES] = {}
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:

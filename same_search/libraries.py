@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 Tags = tuple[int, int]
 
 
+class DuplicateAdd(ApiError):
+    """err_no 101; carries the stored item so the route can show it, as the spec's example does."""
+
+    def __init__(self, item: Item) -> None:
+        super().__init__(ErrNo.DUPLICATED_ADD, "duplicated add")
+        self.item = item
+
+
 class ModelMismatch(RuntimeError):
     """A library was built with another model than the one serving; never mix vectors."""
 
@@ -220,7 +228,7 @@ class LibraryService:
     async def _refuse_duplicate(self, lib: Library, contsign: ContSign) -> None:
         row = await self.store.get_item(lib.row.id, contsign.key)
         if row is not None:
-            raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add", data_items=[_item(row)])
+            raise DuplicateAdd(_item(row))
 
     async def update(self, lib: Library, contsign: ContSign, brief: bytes | None, tags: Tags | None) -> None:
         """Replace brief and/or tags; err_no 102 if the item is not stored."""

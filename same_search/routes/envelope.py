@@ -21,8 +21,12 @@ log = logging.getLogger("same_search.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Keys a handler sets on the request so the log line can carry them.
-LOGID, APPID, ERRNO = "logid", "appid", "err_no"
+#: What a handler sets on the request so the log line can carry it.
+LOGID = web.RequestKey("logid", object)
+APPID = web.RequestKey("appid", str)
+ERRNO = web.RequestKey("err_no", int)
+#: The body size limit, for the error message.
+MAX_BODY = web.AppKey("max_body_bytes", int)
 
 
 def ok(**fields: Any) -> web.Response:
@@ -37,7 +41,7 @@ def envelope_response(body: dict[str, Any]) -> web.Response:
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        return bad_request(f"request body exceeds the limit of {request.app['max_body_bytes']} bytes")
+        return bad_request(f"request body exceeds the limit of {request.app[MAX_BODY]} bytes")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return bad_request(f"{request.method} is not allowed on {request.path}; use POST")
     if isinstance(exc, web.HTTPNotFound):

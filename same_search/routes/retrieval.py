@@ -11,8 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from same_search.contsign import ContSign
-from same_search.errors import bad_request
-from same_search.libraries import Item, Library, TagFilter
+from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.libraries import DuplicateAdd, Item, Library, TagFilter
 from same_search.routes.envelope import APPID, LOGID, ok
 from same_search.routes.fields import (
     FEA_BRIEF,
@@ -70,7 +70,10 @@ async def add(request: web.Request) -> web.Response:
     brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=True)
     tags = tags_of(features)
     assert image is not None and brief is not None
-    contsign = await services.libraries.add(lib, image, brief, tags)
+    try:
+        contsign = await services.libraries.add(lib, image, brief, tags)
+    except DuplicateAdd as exc:
+        raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=[item_json(exc.item)]) from None
     return ok(contsign=contsign.to_json())
 
 

@@ -1,0 +1,99 @@
+"""Run the real daemon as a subprocess (``python -m same_search``) and talk HTTP to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """One daemon process over a data dir, on three free ports."""
+
+    def __init__(self, workdir: Path, config_text: str = "") -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.config = workdir / "config.toml"
+        self.config.write_text(config_text)
+        self.log = workdir / "daemon.log"
+        self.ports = {"feature": free_port(), "search": free_port(), "admin": free_port()}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True, timeout: float = 120.0) -> None:
+        cmd = [
+            sys.executable, "-m", "same_search", "--config", str(self.config), "--data-dir", str(self.data_dir),
+            "--feature-port", str(self.ports["feature"]), "--search-port", str(self.ports["search"]),
+            "--admin-port", str(self.ports["admin"]),
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.get("admin", "/healthz")["err_no"] == 0:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"daemon not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def url(self, service: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+    def get(self, service: str, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url(service, path), timeout=10) as response:
+            return json.loads(response.read())
+
+    def post(self, service: str, path: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        body = {"from": "pytest", **body}
+        request = urllib.request.Request(self.url(service, path), data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            assert response.status == 200
+            return json.loads(response.read())
+
+    def rts(self, route: str, **body: Any) -> dict[str, Any]:
+        return self.post("search", f"/RTSAsService/{route}", body)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up at all, like a power cut for the process."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def run_to_exit(self, timeout: float = 120) -> int:
+        """Start and wait for the process to end by itself (start-up refusals)."""
+        self.start(wait=False)
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)

@@ -1,0 +1,64 @@
+"""Deterministic test pictures made with Pillow, so tests need no photo files.
+
+Each seed gives a different composition of gradients, shapes and stripes: distinct enough that
+a CNN tells them apart, structured enough that an edited copy still looks like its original.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+from PIL import Image, ImageDraw, ImageFilter
+
+
+def picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """An RGB picture unique to ``seed``."""
+    rng = random.Random(seed)
+    width, height = size
+    top = tuple(rng.randrange(256) for _ in range(3))
+    bottom = tuple(rng.randrange(256) for _ in range(3))
+    image = Image.new("RGB", size)
+    draw = ImageDraw.Draw(image)
+    for y in range(height):
+        t = y / max(height - 1, 1)
+        draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
+    for _ in range(rng.randrange(6, 14)):
+        x0, y0 = rng.randrange(width), rng.randrange(height)
+        x1 = x0 + rng.randrange(max(2, width // 16), max(3, width // 2))
+        y1 = y0 + rng.randrange(max(2, height // 16), max(3, height // 2))
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        shape = rng.choice(("rect", "ellipse", "line", "poly"))
+        if shape == "rect":
+            draw.rectangle([x0, y0, x1, y1], fill=colour)
+        elif shape == "ellipse":
+            draw.ellipse([x0, y0, x1, y1], fill=colour)
+        elif shape == "line":
+            draw.line([x0, y0, x1, y1], fill=colour, width=rng.randrange(3, 12))
+        else:
+            points = [(rng.randrange(width), rng.randrange(height)) for _ in range(rng.randrange(3, 7))]
+            draw.polygon(points, fill=colour)
+    return image.filter(ImageFilter.SMOOTH)
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    """Image -> file bytes."""
+    buffer = io.BytesIO()
+    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")
+    image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}) | params)
+    return buffer.getvalue()
+
+
+def jpeg(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A JPEG file of ``picture(seed)``."""
+    return encode(picture(seed, size))
+
+
+def near_duplicate(data: bytes) -> bytes:
+    """Crop ~10% off the edges, shrink to 70% and re-encode at JPEG quality 40."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    cropped = image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+    small = cropped.resize((int(cropped.width * 0.7), int(cropped.height * 0.7)), Image.Resampling.BILINEAR)
+    return encode(small, quality=40)

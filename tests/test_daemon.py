@@ -1,0 +1,123 @@
+"""The real daemon process: ports, signals, restarts, crashes, corrupted snapshots, refusals."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import b64, brief
+from daemon import Daemon
+from images import jpeg
+
+from same_search.contsign import ContSign
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    d = Daemon(tmp_path, "[storage]\nsnapshot_interval_s = 0.5\n")
+    yield d
+    d.stop()
+
+
+def add(d: Daemon, seed: int, text: str = "") -> dict:
+    return d.rts("add", appid="lib", image=b64(jpeg(seed)), features=[brief(text or f"item-{seed}")])
+
+
+def contents(d: Daemon) -> dict[tuple[int, int], str]:
+    """contsign -> brief of everything in 'lib', read back through search."""
+    import base64
+
+    items = d.rts("search", appid="lib", image=b64(jpeg(0)), rn=1000)["data_items"]
+    return {(i["contsign"]["sign1"], i["contsign"]["sign2"]): base64.b64decode(i["features"][0]["fea_data"]).decode() for i in items}
+
+
+def sign(seed: int) -> tuple[int, int]:
+    c = ContSign.of_image(jpeg(seed))
+    return c.sign1, c.sign2
+
+
+def test_three_ports_each_serve_their_own_service(daemon):
+    daemon.start()
+    health = daemon.get("admin", "/healthz")
+    assert health["model"]["id"] == "efficientnet_lite0" and health["libraries"] == 0
+    assert daemon.rts("signup", appid="lib")["err_no"] == 0
+    wrong = daemon.post("feature", "/RTSAsService/snapshot", {"appid": "lib"})
+    assert wrong["err_no"] == 1 and "not served on port" in wrong["err_msg"]
+    wrong = daemon.post("search", "/GeneralClassifyService/classify", {"data": ""})
+    assert wrong["err_no"] == 1
+    log = daemon.log.read_text()
+    assert "falling back to EfficientNet-Lite0" in log  # resnet50 is the default; no weights here
+
+
+def test_sigterm_saves_and_restart_loads_without_replay(daemon):
+    daemon.start()
+    daemon.rts("signup", appid="lib")
+    for seed in range(4):
+        assert add(daemon, seed)["err_no"] == 0
+    daemon.rts("update", appid="lib", image=b64(jpeg(1)), features=[brief("updated")])
+    daemon.rts("remove", appid="lib", contsign=dict(zip(("sign1", "sign2"), sign(2), strict=True)))
+    before = contents(daemon)
+    assert daemon.terminate() == 0
+    assert "index saved" in daemon.log.read_text()
+    daemon.start()
+    assert contents(daemon) == before
+    assert before[sign(1)] == "updated" and sign(2) not in before
+    assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 3
+    second_start = daemon.log.read_text().split("same_search ready")[1]
+    assert "rebuilding" not in second_start and "replayed" not in second_start
+
+
+def test_kill_9_loses_nothing_acknowledged(daemon):
+    daemon.start()
+    daemon.rts("signup", appid="lib")
+    for seed in range(3):
+        add(daemon, seed)
+    time.sleep(1.5)  # a periodic snapshot now holds seeds 0-2
+    for seed in range(3, 6):
+        add(daemon, seed)
+    daemon.rts("remove", appid="lib", image=b64(jpeg(0)))
+    expected = contents(daemon)
+    daemon.kill()
+    daemon.start()
+    assert contents(daemon) == expected
+    assert sign(0) not in expected and len(expected) == 5
+    assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 5
+
+
+def test_corrupted_snapshot_is_rebuilt_from_the_database(daemon):
+    daemon.start()
+    daemon.rts("signup", appid="lib")
+    for seed in range(4):
+        add(daemon, seed)
+    expected = contents(daemon)
+    assert daemon.terminate() == 0
+    graph = next((daemon.data_dir / "indexes").glob("*.hnsw"))
+    raw = bytearray(graph.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    graph.write_bytes(bytes(raw))
+    daemon.start()
+    assert "rebuilding from the database" in daemon.log.read_text()
+    assert contents(daemon) == expected
+    assert daemon.terminate() == 0
+    graph.write_bytes(bytes(raw[: len(raw) // 3]))  # truncated
+    daemon.start()
+    assert contents(daemon) == expected
+
+
+def test_library_of_another_model_refuses_to_start(daemon):
+    daemon.start()
+    daemon.rts("signup", appid="lib")
+    assert daemon.terminate() == 0
+    with sqlite3.connect(daemon.data_dir / "same_search.sqlite3") as db:
+        db.execute("UPDATE libraries SET model_id='resnet50', fingerprint='0123456789abcdef', dim=2048")
+    assert daemon.run_to_exit() == 3
+    log = daemon.log.read_text()
+    assert "holds vectors of model resnet50" in log and "--data-dir" in log
+
+
+def test_no_real_weights_refuses_to_start(tmp_path):
+    d = Daemon(tmp_path, '[model]\nname = "resnet50"\nfallback_to_lite0 = false\n')
+    assert d.run_to_exit() == 3
+    assert "no weights for resnet50" in d.log.read_text()
