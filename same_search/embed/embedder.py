@@ -93,7 +93,7 @@ class Embedder:
         """
         size = self.cfg.image_size
         resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)
+        return np.array(resized, dtype=np.uint8).transpose(2, 0, 1)
 
     @torch.inference_mode()
     def embed(self, batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,111 @@
+"""The embedder: real weights pinned by checksum, a golden vector, input scaling, refusals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from images import picture
+
+from same_search.config import ModelConfig
+from same_search.embed import models
+from same_search.embed.efficientnet_lite import EfficientNetLite0
+from same_search.embed.embedder import Embedder
+
+#: Top components of the GeM descriptor of picture(1234) (index -> value); recorded from a run
+#: with the packaged Lite0 weights, TF input scaling and 224 px squash.
+GOLDEN = {273: 0.14874, 707: 0.14542, 1112: 0.14062, 894: 0.13457, 1037: 0.1333, 1133: 0.12593,
+          897: 0.12327, 1165: 0.12326, 1205: 0.11984, 723: 0.11834, 490: 0.11802, 918: 0.11573}
+IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+
+
+def test_packaged_weights_are_the_pinned_file():
+    path = models._lite0_package_weights()
+    assert models.sha256_file(path) == models.LITE0_SHA256
+
+
+def test_golden_vector(embedder: Embedder):
+    vector = embedder.embed(embedder.preprocess(picture(1234))[None])[0]
+    assert vector.dtype == np.float32 and vector.shape == (1280,)
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    for index, value in GOLDEN.items():
+        assert vector[index] == pytest.approx(value, abs=2e-3), index
+
+
+def test_batching_does_not_change_vectors(embedder: Embedder):
+    batch = np.stack([embedder.preprocess(picture(seed)) for seed in range(4)])
+    together = embedder.embed(batch)
+    alone = np.concatenate([embedder.embed(batch[i : i + 1]) for i in range(4)])
+    assert np.allclose(together, alone, atol=1e-4)
+
+
+def test_fingerprint_follows_preprocessing(embedder: Embedder):
+    loaded = embedder.model
+    other = Embedder(ModelConfig(name="efficientnet_lite0", pooling="avg"), loaded=loaded)
+    assert other.info.fingerprint != embedder.info.fingerprint
+    same = Embedder(ModelConfig(name="efficientnet_lite0"), loaded=loaded)
+    assert same.info.fingerprint == embedder.info.fingerprint
+
+
+def test_missing_resnet_weights_fall_back_or_refuse(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(models.ModelUnavailable, match="no weights for resnet50"):
+        models.load_model(ModelConfig(name="resnet50", fallback_to_lite0=False))
+    assert models.load_model(ModelConfig(name="resnet50")).model_id == "efficientnet_lite0"
+
+
+def test_wrong_weights_file_is_refused(tmp_path):
+    bogus = tmp_path / "resnet18.pth"
+    torch.save({"not": torch.zeros(1)}, bogus)
+    with pytest.raises(models.ModelUnavailable, match="does not fit"):
+        models.load_model(ModelConfig(name="resnet18", weights=str(bogus), fallback_to_lite0=False))
+    with pytest.raises(models.ModelUnavailable, match="does not exist"):
+        models.load_model(ModelConfig(name="resnet18", weights=str(tmp_path / "nope.pth"), fallback_to_lite0=False))
+    with pytest.raises(models.ModelUnavailable, match="unknown model"):
+        models.load_model(ModelConfig(name="vgg16"))
+
+
+def test_resnet_from_torch_home_cache(tmp_path, monkeypatch):
+    """A torchvision checkpoint in $TORCH_HOME is found and loaded strictly (here: a resnet18
+    with arbitrary values, standing in for the real file, which this machine cannot download)."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoints / "resnet18-f37072fd.pth")
+    loaded = models.load_model(ModelConfig(name="resnet18", fallback_to_lite0=False))
+    assert loaded.model_id == "resnet18" and loaded.dim == 512
+    assert loaded.weights_source.endswith("resnet18-f37072fd.pth")
+    assert loaded.network(torch.zeros(1, 3, 64, 64)).shape == (1, 512, 2, 2)
+
+
+@pytest.mark.skipif(not IMAGENET.is_dir(), reason="shared/data/imagenet-samples not present")
+def test_lite0_classifies_imagenet_samples_with_its_input_scaling():
+    """Guards the network definition and TF-style scaling (88.6% top-1 on all 1,000 samples)."""
+    from PIL import Image
+
+    files = sorted(os.listdir(IMAGENET))
+    synsets = sorted({f.split("_")[0] for f in files})
+    chosen = files[::10]
+    net = EfficientNetLite0()
+    net.load_state_dict(torch.load(models._lite0_package_weights(), weights_only=True))
+    net.eval()
+    mean = torch.tensor(models.TF_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(models.TF_STD).view(1, 3, 1, 1)
+    batch = []
+    for name in chosen:
+        image = Image.open(IMAGENET / name).convert("RGB")
+        w, h = image.size
+        scale = 256 / min(w, h)
+        image = image.resize((round(w * scale), round(h * scale)), Image.Resampling.BILINEAR)
+        left, top = (image.width - 224) // 2, (image.height - 224) // 2
+        image = image.crop((left, top, left + 224, top + 224))
+        batch.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255)
+    with torch.inference_mode():
+        predicted = net.classify((torch.stack(batch) - mean) / std).argmax(1).tolist()
+    accuracy = np.mean([p == synsets.index(n.split("_")[0]) for p, n in zip(predicted, chosen, strict=True)])
+    assert accuracy >= 0.8
