@@ -21,7 +21,9 @@ DEFAULT_CONFIG = Path("config.toml")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="same_search", description="Similar-image search daemon.")
-    parser.add_argument("--config", help="config file (default: ./config.toml when present, else built-in defaults)")
+    parser.add_argument(
+        "--config", help="config file (default: ./config.toml when present, else built-in defaults)"
+    )
     parser.add_argument("--data-dir", help="where libraries and indexes are stored (default ./data)")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--feature-port", type=int, help="feature service port (default 8120)")
@@ -37,9 +39,13 @@ def build_config(args: argparse.Namespace) -> Config:
     path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     cfg = load(path)
     cfg = override(
-        cfg, "server",
-        host=args.host, feature_port=args.feature_port, search_port=args.search_port,
-        admin_port=args.admin_port, log_level=args.log_level,
+        cfg,
+        "server",
+        host=args.host,
+        feature_port=args.feature_port,
+        search_port=args.search_port,
+        admin_port=args.admin_port,
+        log_level=args.log_level,
     )
     return override(cfg, "storage", data_dir=args.data_dir)
 

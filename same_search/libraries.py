@@ -23,7 +23,7 @@ from same_search.errors import ApiError, ErrNo
 from same_search.index import snapshot
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
-from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, Store, StorageError
+from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,18 @@ class LibraryService:
         for row in rows:
             if row.fingerprint != info.fingerprint or row.dim != info.dim:
                 raise ModelMismatch(
-                    f"library {row.appid!r} holds vectors of model {row.model_id} (fingerprint {row.fingerprint}, "
-                    f"dim {row.dim}) but this daemon serves {info.model_id} (fingerprint {info.fingerprint}, "
-                    f"dim {info.dim}). Start with the [model] settings the library was built with, or point "
-                    f"--data-dir at a new directory and re-add the images."
+                    f"library {row.appid!r} holds vectors of model {row.model_id} "
+                    f"(fingerprint {row.fingerprint}, dim {row.dim}) but this daemon serves {info.model_id} "
+                    f"(fingerprint {info.fingerprint}, dim {info.dim}). Start with the [model] settings "
+                    "the library was built with, or point --data-dir at a new directory and re-add the images."
                 )
         for row in rows:
             started = time.monotonic()
             index = await self._load_index(row)
             self.libraries[row.appid] = Library(row, index)
-            log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
+            log.info(
+                "library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started
+            )
 
     async def _load_index(self, row: LibraryRow) -> LibraryIndex:
         keys = await self.store.keys(row.id)
@@ -134,12 +136,16 @@ class LibraryService:
         try:
             header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
             graph_path, _ = snapshot.paths(self.index_dir, row.id)
-            graph = await asyncio.to_thread(HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, live)
+            graph = await asyncio.to_thread(
+                HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, live
+            )
             index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
             index.saved_seq, index.saved_at = header.seq, header.saved_at
             since = header.seq
         except snapshot.SnapshotInvalid as exc:
-            log.warning("library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc)
+            log.warning(
+                "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
+            )
             index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(len(keys), 16))
             since = 0
         removed = await self.store.removals_since(row.id, since)
@@ -149,10 +155,17 @@ class LibraryService:
             await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
             replayed += len(chunk_keys)
         if since and (replayed or removed):
-            log.info("library %s: replayed %d adds and %d removals after the snapshot", row.appid, replayed, len(removed))
+            log.info(
+                "library %s: replayed %d adds and %d removals after the snapshot",
+                row.appid,
+                replayed,
+                len(removed),
+            )
         index.seq = max(index.seq, self.store.seq)
         if index.count() != len(keys):
-            raise RuntimeError(f"library {row.appid}: index holds {index.count()} items, database {len(keys)}")
+            raise RuntimeError(
+                f"library {row.appid}: index holds {index.count()} items, database {len(keys)}"
+            )
         return index
 
     async def save_indexes(self, only_dirty: bool = True) -> int:
@@ -166,7 +179,12 @@ class LibraryService:
                 await asyncio.get_running_loop().run_in_executor(
                     self._save_pool, lib.index.save_now, self.index_dir, lib.row.id, lib.row.fingerprint
                 )
-            log.info("library %s: index saved (%d items, %.2fs)", lib.row.appid, lib.index.count(), time.monotonic() - started)
+            log.info(
+                "library %s: index saved (%d items, %.2fs)",
+                lib.row.appid,
+                lib.index.count(),
+                time.monotonic() - started,
+            )
             saved += 1
         return saved
 
@@ -256,7 +274,9 @@ class LibraryService:
             return (await lib.index.vectors_of([contsign.key]))[0]
         raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
 
-    async def search(self, lib: Library, vector: np.ndarray, pn: int, rn: int, tag_filter: TagFilter | None) -> SearchPage:
+    async def search(
+        self, lib: Library, vector: np.ndarray, pn: int, rn: int, tag_filter: TagFilter | None
+    ) -> SearchPage:
         """Results ``pn .. pn+rn`` by descending cosine similarity."""
         candidates = None
         total = lib.index.count()

@@ -25,7 +25,9 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(cfg)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=cfg.server.shutdown_grace_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=cfg.server.shutdown_grace_s
+    )
     await runner.setup()  # loads the model, opens the database and the indexes
     try:
         for service, port in (

@@ -41,7 +41,12 @@ class Services:
         return {
             "status": "ok",
             "version": __version__,
-            "model": {"id": info.model_id, "dim": info.dim, "fingerprint": info.fingerprint, "device": info.device},
+            "model": {
+                "id": info.model_id,
+                "dim": info.dim,
+                "fingerprint": info.fingerprint,
+                "device": info.device,
+            },
             "libraries": len(self.libraries.libraries),
             "uptime_s": round(time.time() - self.started_at, 3),
         }

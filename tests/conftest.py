@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from same_search.app import create_app  # noqa: E402
-from same_search.config import Config, ModelConfig, StorageConfig  # noqa: E402
-from same_search.embed.embedder import Embedder  # noqa: E402
+from same_search.app import create_app
+from same_search.config import Config, ModelConfig, StorageConfig
+from same_search.embed.embedder import Embedder
 
 Api = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -38,7 +38,9 @@ def embedder() -> Embedder:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     """Defaults, with the data dir in a temp folder and the model the tests load."""
-    return Config(storage=StorageConfig(data_dir=str(tmp_path / "data")), model=ModelConfig(name="efficientnet_lite0"))
+    return Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "data")), model=ModelConfig(name="efficientnet_lite0")
+    )
 
 
 @pytest.fixture

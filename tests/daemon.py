@@ -36,9 +36,19 @@ class Daemon:
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> None:
         cmd = [
-            sys.executable, "-m", "same_search", "--config", str(self.config), "--data-dir", str(self.data_dir),
-            "--feature-port", str(self.ports["feature"]), "--search-port", str(self.ports["search"]),
-            "--admin-port", str(self.ports["admin"]),
+            sys.executable,
+            "-m",
+            "same_search",
+            "--config",
+            str(self.config),
+            "--data-dir",
+            str(self.data_dir),
+            "--feature-port",
+            str(self.ports["feature"]),
+            "--search-port",
+            str(self.ports["search"]),
+            "--admin-port",
+            str(self.ports["admin"]),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("a") as log:

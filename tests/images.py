@@ -22,7 +22,9 @@ def picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for y in range(height):
         t = y / max(height - 1, 1)
-        draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
+        draw.line(
+            [(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        )
     for _ in range(rng.randrange(6, 14)):
         x0, y0 = rng.randrange(width), rng.randrange(height)
         x1 = x0 + rng.randrange(max(2, width // 16), max(3, width // 2))

@@ -19,7 +19,9 @@ R = "/RTSAsService"
 
 @pytest.mark.parametrize("exact_threshold", [5000, 0])
 async def test_concurrent_add_search_remove_stay_consistent(config, embedder, exact_threshold):
-    config = dataclasses.replace(config, index=dataclasses.replace(config.index, exact_threshold=exact_threshold))
+    config = dataclasses.replace(
+        config, index=dataclasses.replace(config.index, exact_threshold=exact_threshold)
+    )
     client = TestClient(TestServer(create_app(config, embedder)))
     await client.start_server()
     try:
@@ -49,7 +51,9 @@ async def test_concurrent_add_search_remove_stay_consistent(config, embedder, ex
         assert {ContSign(**i["contsign"]) for i in body["data_items"]} == live
         assert body["data_items"][0]["contsign"] == ContSign.of_image(images[1]).to_json()
         page = await call("search", image=b64(images[1]), rn=5, pn=5)
-        assert [i["contsign"] for i in page["data_items"]] == [i["contsign"] for i in body["data_items"][5:10]]
+        assert [i["contsign"] for i in page["data_items"]] == [
+            i["contsign"] for i in body["data_items"][5:10]
+        ]
     finally:
         await client.close()
 
@@ -59,7 +63,9 @@ async def test_restart_in_process_reloads_without_reembedding(config, embedder):
     await client.start_server()
     await client.post(f"{R}/signup", json={"from": "t", "appid": "lib"})
     for seed in range(3):
-        await client.post(f"{R}/add", json={"from": "t", "appid": "lib", "image": b64(jpeg(seed)), "features": [brief("x")]})
+        await client.post(
+            f"{R}/add", json={"from": "t", "appid": "lib", "image": b64(jpeg(seed)), "features": [brief("x")]}
+        )
     await client.close()
 
     client = TestClient(TestServer(create_app(config, embedder)))
@@ -69,7 +75,8 @@ async def test_restart_in_process_reloads_without_reembedding(config, embedder):
         lib = services.libraries.get("lib")
         assert lib.index.count() == 3 and lib.index.saved_at is not None and not lib.index.dirty
         response = await client.post(
-            f"{R}/search", json={"from": "t", "appid": "lib", "contsign": ContSign.of_image(jpeg(2)).to_json()}
+            f"{R}/search",
+            json={"from": "t", "appid": "lib", "contsign": ContSign.of_image(jpeg(2)).to_json()},
         )
         body = await response.json()
         assert body["data_items"][0]["score"] == pytest.approx(1.0, abs=1e-4)

@@ -24,7 +24,9 @@ def test_key_round_trip(sign):
     assert -(2**63) <= sign.key < 2**63
 
 
-@pytest.mark.parametrize("value", [None, [], {"sign1": 1}, {"sign1": 1, "sign2": 2**32}, {"sign1": True, "sign2": 1}])
+@pytest.mark.parametrize(
+    "value", [None, [], {"sign1": 1}, {"sign1": 1, "sign2": 2**32}, {"sign1": True, "sign2": 1}]
+)
 def test_bad_json_is_err_1(value):
     with pytest.raises(ApiError) as info:
         ContSign.from_json(value)

@@ -30,7 +30,12 @@ def contents(d: Daemon) -> dict[tuple[int, int], str]:
     import base64
 
     items = d.rts("search", appid="lib", image=b64(jpeg(0)), rn=1000)["data_items"]
-    return {(i["contsign"]["sign1"], i["contsign"]["sign2"]): base64.b64decode(i["features"][0]["fea_data"]).decode() for i in items}
+    return {
+        (i["contsign"]["sign1"], i["contsign"]["sign2"]): base64.b64decode(
+            i["features"][0]["fea_data"]
+        ).decode()
+        for i in items
+    }
 
 
 def sign(seed: int) -> tuple[int, int]:

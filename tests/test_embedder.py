@@ -17,8 +17,20 @@ from same_search.embed.embedder import Embedder
 
 #: Top components of the GeM descriptor of picture(1234) (index -> value); recorded from a run
 #: with the packaged Lite0 weights, TF input scaling and 224 px squash.
-GOLDEN = {273: 0.14874, 707: 0.14542, 1112: 0.14062, 894: 0.13457, 1037: 0.1333, 1133: 0.12593,
-          897: 0.12327, 1165: 0.12326, 1205: 0.11984, 723: 0.11834, 490: 0.11802, 918: 0.11573}
+GOLDEN = {
+    273: 0.14874,
+    707: 0.14542,
+    1112: 0.14062,
+    894: 0.13457,
+    1037: 0.1333,
+    1133: 0.12593,
+    897: 0.12327,
+    1165: 0.12326,
+    1205: 0.11984,
+    723: 0.11834,
+    490: 0.11802,
+    918: 0.11573,
+}
 IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
 
@@ -63,7 +75,9 @@ def test_wrong_weights_file_is_refused(tmp_path):
     with pytest.raises(models.ModelUnavailable, match="does not fit"):
         models.load_model(ModelConfig(name="resnet18", weights=str(bogus), fallback_to_lite0=False))
     with pytest.raises(models.ModelUnavailable, match="does not exist"):
-        models.load_model(ModelConfig(name="resnet18", weights=str(tmp_path / "nope.pth"), fallback_to_lite0=False))
+        models.load_model(
+            ModelConfig(name="resnet18", weights=str(tmp_path / "nope.pth"), fallback_to_lite0=False)
+        )
     with pytest.raises(models.ModelUnavailable, match="unknown model"):
         models.load_model(ModelConfig(name="vgg16"))
 

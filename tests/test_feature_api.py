@@ -26,8 +26,13 @@ def request_body(image: bytes, featureids: str = "", **extra) -> dict:
         info.key, info.value = key, value
     proto.featureids = featureids
     body = {
-        "appid": "123456", "logid": 0, "format": "json", "from": "test-python",
-        "cmdid": "123", "clientip": "0.0.0.0", "data": b64(proto.SerializeToString()),
+        "appid": "123456",
+        "logid": 0,
+        "format": "json",
+        "from": "test-python",
+        "cmdid": "123",
+        "clientip": "0.0.0.0",
+        "data": b64(proto.SerializeToString()),
     }
     body.update(extra)
     return body
@@ -56,16 +61,22 @@ async def test_classify_returns_descriptor_contsign_and_model(client, embedder):
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
     contsign = ContSign.of_image(image)
     assert struct.unpack("<II", features[2002]) == (contsign.sign1, contsign.sign2)
-    assert features[2003].decode() == f"{embedder.info.model_id}:{embedder.info.fingerprint}:{embedder.info.dim}"
+    assert (
+        features[2003].decode() == f"{embedder.info.model_id}:{embedder.info.fingerprint}:{embedder.info.dim}"
+    )
 
 
 async def test_descriptor_is_the_vector_search_uses(client, api):
     image = jpeg(4)
     vector = np.frombuffer(features_of(await post(client, request_body(image, "2001")))[2001], dtype="<f4")
     await api("/RTSAsService/signup", appid="lib")
-    await api("/RTSAsService/add", appid="lib", image=b64(image), features=[{"fea_id": 1000, "fea_data": b64(b"x")}])
+    await api(
+        "/RTSAsService/add", appid="lib", image=b64(image), features=[{"fea_id": 1000, "fea_data": b64(b"x")}]
+    )
     other = jpeg(5)
-    other_vector = np.frombuffer(features_of(await post(client, request_body(other, "2001")))[2001], dtype="<f4")
+    other_vector = np.frombuffer(
+        features_of(await post(client, request_body(other, "2001")))[2001], dtype="<f4"
+    )
     hit = (await api("/RTSAsService/search", appid="lib", image=b64(other)))["data_items"][0]
     assert hit["score"] == pytest.approx(float(vector @ other_vector), abs=1e-4)
 

@@ -55,7 +55,7 @@ def test_exact_add_delete_search():
     index.add(labels, vectors)
     index.delete(np.array([0, 10, 49, 1000], dtype=np.uint64))
     assert index.count() == 47 and not index.contains(10)
-    found, scores = index.search(vectors[10], 47)
+    found, _ = index.search(vectors[10], 47)
     assert 10 not in found.tolist() and len(found) == 47
     found, _ = index.search(vectors[5], 1)
     assert found.tolist() == [5]

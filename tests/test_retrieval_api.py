@@ -142,7 +142,9 @@ async def test_add_field_errors_are_1_and_store_nothing(api, extra, field):
 
 async def test_brief_at_the_limit_is_accepted(api):
     await signup(api)
-    body = await api(f"{R}/add", appid="lib", image=b64(jpeg(1)), features=[{"fea_id": 1000, "fea_data": b64(b"x" * 4096)}])
+    body = await api(
+        f"{R}/add", appid="lib", image=b64(jpeg(1)), features=[{"fea_id": 1000, "fea_data": b64(b"x" * 4096)}]
+    )
     assert body["err_no"] == 0
 
 
@@ -170,7 +172,7 @@ async def test_bad_images_are_100_with_the_sub_code(api, image, sub_code):
 async def test_search_finds_the_identical_image_first_with_score_one(api):
     await signup(api)
     for seed in range(5):
-        await add(api, seed, item_tags=(seed, 0) if seed == 2 else None) if seed == 2 else await add(api, seed)
+        await (add(api, seed, item_tags=(seed, 0)) if seed == 2 else add(api, seed))
     body = await api(f"{R}/search", appid="lib", image=b64(jpeg(2)))
     assert body["err_no"] == 0 and body["has_more"] == 0
     items = body["data_items"]
@@ -269,7 +271,9 @@ async def test_tag_filters_all_and_any(api):
     await add(api, 9)  # no tags at all
 
     async def found(t1, t2, logic, **extra):
-        body = await api(f"{R}/search", appid="lib", image=b64(jpeg(0)), features=[tags(t1, t2)], tag_logic=logic, **extra)
+        body = await api(
+            f"{R}/search", appid="lib", image=b64(jpeg(0)), features=[tags(t1, t2)], tag_logic=logic, **extra
+        )
         assert body["err_no"] == 0
         return {ContSign(**item["contsign"]) for item in body["data_items"]}, body["has_more"]
 
@@ -308,7 +312,11 @@ async def test_update_image_wins_over_contsign(api):
     await add(api, 1, text="one")
     await add(api, 2, text="two")
     body = await api(
-        f"{R}/update", appid="lib", image=b64(jpeg(2)), contsign=ContSign.of_image(jpeg(1)).to_json(), features=[brief("2!")]
+        f"{R}/update",
+        appid="lib",
+        image=b64(jpeg(2)),
+        contsign=ContSign.of_image(jpeg(1)).to_json(),
+        features=[brief("2!")],
     )
     assert body["contsign"] == ContSign.of_image(jpeg(2)).to_json()
 

@@ -67,7 +67,11 @@ class Embedder:
         )
         log.info(
             "embedder ready: model=%s dim=%d device=%s weights=%s fingerprint=%s",
-            self.info.model_id, self.info.dim, self.info.device, self.info.weights_source, self.info.fingerprint,
+            self.info.model_id,
+            self.info.dim,
+            self.info.device,
+            self.info.weights_source,
+            self.info.fingerprint,
         )
 
     def _fingerprint(self) -> str:

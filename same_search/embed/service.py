@@ -33,7 +33,9 @@ class _Job:
 class EmbedService:
     """Bounded, batching, asynchronous front of an :class:`Embedder`."""
 
-    def __init__(self, embedder: Embedder, cfg: ModelConfig, limits: LimitsConfig, decode_threads: int = 2) -> None:
+    def __init__(
+        self, embedder: Embedder, cfg: ModelConfig, limits: LimitsConfig, decode_threads: int = 2
+    ) -> None:
         self.embedder = embedder
         self.cfg = cfg
         self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
@@ -75,7 +77,9 @@ class EmbedService:
     async def embed_image(self, data: bytes) -> np.ndarray:
         """Decode and embed one image; err_no 100 for bad images, 99 when full, 2 on timeout."""
         if self._pending >= self.cfg.queue_max:
-            raise ApiError(ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later")
+            raise ApiError(
+                ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later"
+            )
         self._pending += 1
         try:
             return await asyncio.wait_for(self._embed(data), timeout=self.cfg.timeout_s)
@@ -111,7 +115,9 @@ class EmbedService:
                 log.exception("forward pass failed for a batch of %d", len(jobs))
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(ApiError(ErrNo.FEATURE_FAILED, f"feature extraction failed: {exc}"))
+                        job.future.set_exception(
+                            ApiError(ErrNo.FEATURE_FAILED, f"feature extraction failed: {exc}")
+                        )
                 continue
             self.batches += 1
             self.images += len(jobs)

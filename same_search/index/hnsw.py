@@ -7,6 +7,7 @@ so we keep the live label set ourselves: it also answers ``contains`` and ``coun
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import hnswlib
@@ -70,10 +71,9 @@ class HnswIndex(VectorIndex):
     def forget(self, labels: np.ndarray) -> None:
         """Mark labels deleted in the graph whether or not we track them (snapshot replay)."""
         for label in (int(x) for x in labels):
-            try:
+            # Not in the graph, or already marked: both mean "gone", which is the goal.
+            with contextlib.suppress(RuntimeError):
                 self._graph.mark_deleted(label)
-            except RuntimeError:
-                pass  # not in the graph, or already marked: both mean "gone", which is the goal
             self._live.discard(label)
 
     def count(self) -> int:

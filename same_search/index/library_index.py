@@ -51,7 +51,9 @@ class LibraryIndex:
         self._sync_exact()
 
     @classmethod
-    def empty(cls, dim: int, cfg: IndexConfig, executor: Executor, capacity: int | None = None) -> LibraryIndex:
+    def empty(
+        cls, dim: int, cfg: IndexConfig, executor: Executor, capacity: int | None = None
+    ) -> LibraryIndex:
         """A new, empty index."""
         graph = HnswIndex(dim, cfg.m, cfg.ef_construction, cfg.ef_search, capacity or cfg.initial_capacity)
         return cls(graph, cfg, 0, executor)
@@ -111,9 +113,13 @@ class LibraryIndex:
 
     # ---- reads -------------------------------------------------------------------------------
 
-    async def search(self, vector: np.ndarray, k: int, candidates: list[int] | None = None) -> list[tuple[int, float]]:
+    async def search(
+        self, vector: np.ndarray, k: int, candidates: list[int] | None = None
+    ) -> list[tuple[int, float]]:
         """The ``k`` best (key, score), restricted to ``candidates`` keys when given."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._search, vector, k, candidates)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._search, vector, k, candidates
+        )
 
     def _search(self, vector: np.ndarray, k: int, candidates: list[int] | None) -> list[tuple[int, float]]:
         vector = vector.astype(np.float32).ravel()
@@ -133,7 +139,9 @@ class LibraryIndex:
             return top_k(every, self.graph.vectors(every) @ vector, k)
         return labels, scores
 
-    def _search_among(self, vector: np.ndarray, k: int, candidates: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _search_among(
+        self, vector: np.ndarray, k: int, candidates: list[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         labels = np.array([key_to_label(c) for c in candidates], dtype=np.uint64)
         labels = labels[[self.graph.contains(int(x)) for x in labels]] if len(labels) else labels
         k = min(k, len(labels))

@@ -38,7 +38,9 @@ def wanted_features(spec: str) -> list[int]:
     for part in spec.split(","):
         part = part.strip()
         if not part.isdigit() or int(part) not in ALL_FEATURES:
-            raise bad_request(f"featureids: unknown feature {part!r}; known: {', '.join(map(str, ALL_FEATURES))}")
+            raise bad_request(
+                f"featureids: unknown feature {part!r}; known: {', '.join(map(str, ALL_FEATURES))}"
+            )
         wanted.append(int(part))
     return wanted
 

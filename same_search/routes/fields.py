@@ -95,7 +95,7 @@ class Fields:
         self.required_str("from")
         fmt = self.data.get("format", "json")
         if fmt not in ("json", None):
-            raise bad_request("format must be \"json\" (the only format this service speaks)")
+            raise bad_request('format must be "json" (the only format this service speaks)')
         logid = self.data.get("logid")
         if logid is not None and (isinstance(logid, bool) or not isinstance(logid, int | str)):
             raise bad_request("logid must be an integer")
@@ -177,6 +177,8 @@ def tags_of(features: dict[int, bytes]) -> tuple[int, int] | None:
     if raw is None:
         return None
     if len(raw) != 8:
-        raise bad_request(f"tags (fea_id {FEA_TAGS}) must be 8 bytes (struct.pack('II', tag1, tag2)), got {len(raw)}")
+        raise bad_request(
+            f"tags (fea_id {FEA_TAGS}) must be 8 bytes (struct.pack('II', tag1, tag2)), got {len(raw)}"
+        )
     tag1, tag2 = struct.unpack("<II", raw)
     return tag1, tag2

@@ -84,7 +84,9 @@ async def update(request: web.Request) -> web.Response:
     brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=False)
     tags = tags_of(features)
     if brief is None and tags is None:
-        raise bad_request(f"features must contain the brief (fea_id {FEA_BRIEF}) and/or tags (fea_id {FEA_TAGS})")
+        raise bad_request(
+            f"features must contain the brief (fea_id {FEA_BRIEF}) and/or tags (fea_id {FEA_TAGS})"
+        )
     await services.libraries.update(lib, contsign, brief, tags)
     return ok(contsign=contsign.to_json())
 
@@ -154,7 +156,11 @@ async def snapshot(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Register the six retrieval routes."""
     for name, handler in (
-        ("signup", signup), ("add", add), ("update", update),
-        ("search", search), ("remove", remove), ("snapshot", snapshot),
+        ("signup", signup),
+        ("add", add),
+        ("update", update),
+        ("search", search),
+        ("remove", remove),
+        ("snapshot", snapshot),
     ):
         app.router.add_post(f"{PREFIX}/{name}", handler)

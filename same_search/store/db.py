@@ -112,7 +112,8 @@ class Store:
 
     async def _max_seq(self) -> int:
         async with self.reader.execute(
-            "SELECT max(coalesce((SELECT max(seq) FROM items), 0), coalesce((SELECT max(seq) FROM removals), 0))"
+            "SELECT max(coalesce((SELECT max(seq) FROM items), 0), "
+            "coalesce((SELECT max(seq) FROM removals), 0))"
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -159,7 +160,8 @@ class Store:
             await self._write(
                 [
                     (
-                        "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) VALUES (?,?,?,?,?)",
+                        "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) "
+                        "VALUES (?,?,?,?,?)",
                         (appid, model_id, dim, fingerprint, now),
                     )
                 ]
@@ -182,8 +184,8 @@ class Store:
             await self._write(
                 [
                     (
-                        "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, created_at, updated_at) "
-                        "VALUES (?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, "
+                        "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
                         (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now),
                     ),
                     ("DELETE FROM removals WHERE lib_id=? AND key=?", (lib_id, key)),
@@ -206,7 +208,9 @@ class Store:
             assert self._writer is not None
             if not await self._exists(lib_id, key):
                 return False
-            await self._write([(f"UPDATE items SET {', '.join(sets)} WHERE lib_id=? AND key=?", (*params, lib_id, key))])
+            await self._write(
+                [(f"UPDATE items SET {', '.join(sets)} WHERE lib_id=? AND key=?", (*params, lib_id, key))]
+            )
         return True
 
     async def _exists(self, lib_id: int, key: int) -> bool:
@@ -224,7 +228,10 @@ class Store:
             for start in range(0, len(present), 500):
                 chunk = present[start : start + 500]
                 statements.append(
-                    (f"DELETE FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})", (lib_id, *chunk))
+                    (
+                        f"DELETE FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                        (lib_id, *chunk),
+                    )
                 )
             statements += [
                 ("INSERT OR REPLACE INTO removals(lib_id, key, seq) VALUES (?,?,?)", (lib_id, key, seq))
@@ -239,7 +246,8 @@ class Store:
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             async with self.reader.execute(
-                f"SELECT key FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})", (lib_id, *chunk)
+                f"SELECT key FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
             ) as cur:
                 found += [int(row[0]) for row in await cur.fetchall()]
         return found
@@ -268,7 +276,9 @@ class Store:
 
     async def get_vector(self, lib_id: int, key: int) -> np.ndarray | None:
         """The stored vector of one item (search by contsign reuses it)."""
-        async with self.reader.execute("SELECT vector FROM items WHERE lib_id=? AND key=?", (lib_id, key)) as cur:
+        async with self.reader.execute(
+            "SELECT vector FROM items WHERE lib_id=? AND key=?", (lib_id, key)
+        ) as cur:
             row = await cur.fetchone()
         return None if row is None else np.frombuffer(row[0], dtype="<f4").copy()
 
@@ -291,7 +301,9 @@ class Store:
         ) as cur:
             return [int(row[0]) for row in await cur.fetchall()]
 
-    async def vectors_since(self, lib_id: int, seq: int, chunk: int = 4096) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
+    async def vectors_since(
+        self, lib_id: int, seq: int, chunk: int = 4096
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
         """(keys, vectors, max seq) chunks of items inserted after ``seq``, in seq order."""
         last = seq
         while True:
