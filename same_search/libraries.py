@@ -119,8 +119,9 @@ class LibraryService:
                 raise ModelMismatch(
                     f"library {row.appid!r} holds vectors of model {row.model_id} "
                     f"(fingerprint {row.fingerprint}, dim {row.dim}) but this daemon serves {info.model_id} "
-                    f"(fingerprint {info.fingerprint}, dim {info.dim}). Start with the [model] settings "
-                    "the library was built with, or point --data-dir at a new directory and re-add the images."
+                    f"(fingerprint {info.fingerprint}, dim {info.dim}). Start with the [model] "
+                    "settings the library was built with, or point --data-dir at a new directory "
+                    "and add the images again."
                 )
         for row in rows:
             started = time.monotonic()
