@@ -177,9 +177,14 @@ class LibraryService:
                 continue
             async with lib.index.write_lock:
                 started = time.monotonic()
-                await asyncio.get_running_loop().run_in_executor(
+                saving = asyncio.get_running_loop().run_in_executor(
                     self._save_pool, lib.index.save_now, self.index_dir, lib.row.id, lib.row.fingerprint
                 )
+                try:
+                    await asyncio.shield(saving)
+                except asyncio.CancelledError:
+                    await saving  # keep writers out until the file is complete, then stop
+                    raise
             log.info(
                 "library %s: index saved (%d items, %.2fs)",
                 lib.row.appid,
