@@ -281,24 +281,43 @@ EDITS: dict[str, tuple[str, Callable[[Image.Image, random.Random], Image.Image],
 }
 
 
-def make_queries(originals: dict[str, bytes], seed: int = 0) -> tuple[dict[str, bytes], list[str], list[str]]:
+def accepted(size: tuple[int, int]) -> bool:
+    """Whether the daemon's default limits accept a picture of this size (else err 216202)."""
+    width, height = size
+    return (
+        min(width, height) >= LIMITS.min_side
+        and max(width, height) <= LIMITS.max_side
+        and width * height <= LIMITS.max_pixels
+    )
+
+
+def make_queries(
+    originals: dict[str, bytes], seed: int = 0
+) -> tuple[dict[str, bytes], list[str], list[str], int]:
     """Edited copies of every original, as JPEG bytes; plus each query's edit and original key.
 
     Deterministic: the random crop and band colour come from a generator seeded per image.
+    Copies the daemon would refuse (e.g. a tiny original halved below 32 px) are left out and
+    counted in the last element of the result.
     """
     queries: dict[str, bytes] = {}
     edit_of: list[str] = []
     source_of: list[str] = []
+    refused = 0
     for index, (key, data) in enumerate(originals.items()):
         picture = decode(data, LIMITS, FULL_RES)
         for edit_index, (edit, (_, function, quality)) in enumerate(EDITS.items()):
             rng = random.Random(seed * 1_000_003 + index * 101 + edit_index)
+            edited = function(picture, rng)
+            if not accepted(edited.size):
+                refused += 1
+                continue
             buffer = io.BytesIO()
-            function(picture, rng).save(buffer, "JPEG", quality=quality)
+            edited.save(buffer, "JPEG", quality=quality)
             queries[f"{key}#{edit}"] = buffer.getvalue()
             edit_of.append(edit)
             source_of.append(key)
-    return queries, edit_of, source_of
+    return queries, edit_of, source_of, refused
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +417,18 @@ def build_grid(
     return sorted(EvalConfig(s, m, p, gem_p) for s in sizes for m in preps for p in poolings)
 
 
+def parse_config(text: str, gem_p: float) -> EvalConfig:
+    """``pooling/size/preprocessing``, e.g. ``gem/288/squash``, as an :class:`EvalConfig`."""
+    try:
+        pooling, size, mode = text.split("/")
+        config = EvalConfig(int(size), mode, pooling, gem_p)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected pooling/size/preprocessing, got {text!r}") from exc
+    if pooling not in ("avg", "gem") or mode not in ("squash", "crop"):
+        raise argparse.ArgumentTypeError(f"unknown pooling or preprocessing in {text!r}")
+    return config
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -409,6 +440,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="ImageNet originals in the near-duplicate task (default 300)")
     parser.add_argument("--pooling", nargs="+", default=["avg", "gem"], choices=["avg", "gem"])
     parser.add_argument("--gem-p", type=float, default=3.0)
+    parser.add_argument("--configs", nargs="+", default=None, metavar="POOL/SIZE/PREP",
+                        help="explicit grid points (e.g. gem/288/squash) instead of the full product "
+                             "of --pooling x --sizes x --preprocessing")
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 288])
     parser.add_argument("--preprocessing", nargs="+", default=["squash", "crop"], choices=["squash", "crop"])
     parser.add_argument("--seed", type=int, default=0, help="seed of the random edits")
@@ -428,49 +462,60 @@ class Results:
     n_classes: int
     n_originals: int
     n_queries: int
+    n_refused: int
     images_embedded: int
     weights_sha256: str
     data_dir: Path
     elapsed_s: float
 
 
-def run(args: argparse.Namespace, data_dir: Path) -> Results:
-    """Load data and model, embed everything each configuration needs, compute both tasks."""
+def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results], None]) -> Results:
+    """Load data and model, embed what each configuration needs, compute both tasks.
+
+    Works one input size at a time and hands the configurations finished so far to
+    ``on_partial`` after each, so a run cut short still leaves complete rows behind.
+    """
     started = time.perf_counter()
-    grid = build_grid(args.pooling, args.sizes, args.preprocessing, args.gem_p)
+    if args.configs:
+        grid = sorted({parse_config(text, args.gem_p) for text in args.configs})
+    else:
+        grid = build_grid(args.pooling, args.sizes, args.preprocessing, args.gem_p)
     n_originals = min(args.originals, args.limit) if args.limit else args.originals
     caltech, labels = load_caltech(data_dir / "caltech101-dev", args.limit)
     originals = load_imagenet(data_dir / "imagenet-samples", n_originals)
-    queries, edit_of, source_of = make_queries(originals, args.seed)
-    log(f"data: {len(caltech)} caltech, {len(originals)} originals, {len(queries)} edited queries; "
-        f"{len(grid)} configs; edits ready in {time.perf_counter() - started:.0f}s")
+    queries, edit_of, source_of, refused = make_queries(originals, args.seed)
+    log(f"data: {len(caltech)} caltech, {len(originals)} originals, {len(queries)} edited queries "
+        f"({refused} refused by the size limits); {len(grid)} configs; "
+        f"edits ready in {time.perf_counter() - started:.0f}s")
 
     loaded = load_model(ModelConfig(name=MODEL_NAME))
     cache = VectorCache(loaded)
     library_keys = list(originals) + list(caltech)
     truth = np.asarray([library_keys.index(source) for source in source_of])
-    category: dict[EvalConfig, dict[str, float]] = {}
-    duplicates: dict[EvalConfig, dict[str, dict[str, float]]] = {}
-    # One input size at a time, so progress shows complete rows early.
-    for size in sorted(args.sizes):
+    results = Results(
+        grid=[], category={}, duplicates={}, n_caltech=len(caltech), n_classes=len(set(labels)),
+        n_originals=len(originals), n_queries=len(queries), n_refused=refused, images_embedded=0,
+        weights_sha256=loaded.weights_sha256, data_dir=data_dir, elapsed_s=0.0,
+    )
+    for size in sorted({c.size for c in grid}):
         configs = [c for c in grid if c.size == size]
         size_started = time.perf_counter()
         cache.ensure(configs, caltech, "caltech")
         cache.ensure(configs, originals, "originals")
         cache.ensure(configs, queries, "queries")
         for config in configs:
-            category[config] = category_metrics(cache.matrix(config, list(caltech)), labels)
-            duplicates[config] = near_duplicate_metrics(
+            results.category[config] = category_metrics(cache.matrix(config, list(caltech)), labels)
+            results.duplicates[config] = near_duplicate_metrics(
                 cache.matrix(config, list(queries)), cache.matrix(config, library_keys), truth, edit_of
             )
-            log(f"  {config.label}: {category[config]} R@1(all)={duplicates[config]['all']['R@1']:.3f}")
+            results.grid.append(config)
+            log(f"  {config.label}: {results.category[config]} "
+                f"R@1(all)={results.duplicates[config]['all']['R@1']:.3f}")
+        results.images_embedded = cache.images_embedded
+        results.elapsed_s = time.perf_counter() - started
         log(f"size {size} done in {time.perf_counter() - size_started:.0f}s")
-    return Results(
-        grid=grid, category=category, duplicates=duplicates, n_caltech=len(caltech),
-        n_classes=len(set(labels)), n_originals=len(originals), n_queries=len(queries),
-        images_embedded=cache.images_embedded, weights_sha256=loaded.weights_sha256,
-        data_dir=data_dir, elapsed_s=time.perf_counter() - started,
-    )
+        on_partial(results)
+    return results
 
 
 def render(results: Results) -> str:
@@ -499,9 +544,10 @@ def render(results: Results) -> str:
         f"- model: {MODEL_NAME} (weights sha256 {results.weights_sha256[:12]}...), batch {BATCH}",
         f"- machine: {machine_description()}",
         f"- data: {results.data_dir}; {results.n_caltech} Caltech images in {results.n_classes} classes; "
-        f"{results.n_originals} ImageNet originals x {len(EDITS)} edits = {results.n_queries} queries",
-        f"- {results.images_embedded} distinct images embedded under each of {len(grid)} configs "
-        f"(one forward pass per size x preprocessing, shared by both poolings); "
+        f"{results.n_originals} ImageNet originals x {len(EDITS)} edits = {results.n_queries} queries "
+        f"({results.n_refused} edited copies left out: below the daemon's 32 px minimum side)",
+        f"- each of the {results.n_caltech + results.n_originals + results.n_queries} images embedded once "
+        f"per config (one forward pass per size x preprocessing, shared by both poolings); "
         f"run time {results.elapsed_s / 60:.1f} min",
         "",
         "## 1. Category retrieval (caltech101-dev, all-vs-all, query excluded)",
@@ -537,12 +583,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipping: reference data not found under {data_dir} "
               "(needs caltech101-dev/ and imagenet-samples/)")
         return 0
-    results = run(args, data_dir)
-    report = render(results)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report)
-        log(f"wrote {args.out}")
+
+    def write(results: Results) -> None:
+        """Rewrite the markdown file with the configurations finished so far."""
+        if args.out:
+            Path(args.out).write_text(render(results))
+            log(f"wrote {args.out} ({len(results.grid)} configs so far)")
+
+    results = run(args, data_dir, write)
+    print(render(results))
     log(f"total {results.elapsed_s / 60:.1f} min")
     return 0
 

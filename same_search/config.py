@@ -19,6 +19,8 @@ class ServerConfig:
     """Where the three listeners bind and how the process behaves."""
 
     host: str = "127.0.0.1"
+    #: The management port has its own address so it can stay on loopback while the APIs do not.
+    admin_host: str = "127.0.0.1"
     feature_port: int = 8120
     search_port: int = 8025
     admin_port: int = 8103
@@ -36,6 +38,8 @@ class StorageConfig:
     data_dir: str = "./data"
     #: Seconds between periodic index saves (only libraries changed since their last save).
     snapshot_interval_s: float = 60.0
+    #: Largest database size in bytes (0 = only the disk limits it); beyond it writes get err_no 11.
+    max_db_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,18 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Optional per-appid tokens; empty means no authentication."""
+
+    #: appid -> token; the key "*" gives a token accepted for every appid.
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
 
@@ -107,6 +123,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def data_path(self) -> Path:
@@ -125,11 +142,16 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"[{section}] unknown key {key!r}; known keys: {', '.join(sorted(known))}")
-        expected = type(known[key].default)
+        spec = known[key]
+        expected = type(
+            spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+        )
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"[{section}] {key} must be {expected.__name__}, got {value!r}")
+        if expected is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"[{section}] {key} must map strings to strings")
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -132,42 +132,56 @@ class LibraryService:
             )
 
     async def _load_index(self, row: LibraryRow) -> LibraryIndex:
-        keys = await self.store.keys(row.id)
-        live = {key_to_label(k) for k in keys}
+        """The saved graph brought up to date with the database, or else a rebuild from it.
+
+        A snapshot's graph holds exactly the items stored up to its seq: removals after that seq
+        are marked deleted in it, then the rows inserted after it are added. Anything wrong with
+        the snapshot (missing, corrupt, inconsistent) costs a rebuild, never a failed start.
+        """
+        count = await self.store.count(row.id)
         try:
-            header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
-            graph_path, _ = snapshot.paths(self.index_dir, row.id)
-            graph = await asyncio.to_thread(
-                HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, live
-            )
-            index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
-            index.saved_seq, index.saved_at = header.seq, header.saved_at
-            since = header.seq
-        except snapshot.SnapshotInvalid as exc:
+            index, removed = await self._open_snapshot(row)
+            replayed = await self._replay(index, row)
+            if index.count() != count:
+                raise snapshot.SnapshotInvalid(f"{index.count()} items after replay, database has {count}")
+        except Exception as exc:
             log.warning(
                 "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
             )
-            index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(len(keys), 16))
-            since = 0
-        removed = await self.store.removals_since(row.id, since)
-        index.graph.forget(np.array([key_to_label(k) for k in removed], dtype=np.uint64))
-        replayed = 0
-        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, since):
-            await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
-            replayed += len(chunk_keys)
-        if since and (replayed or removed):
+            index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            await self._replay(index, row)
+            return index
+        if replayed or removed:
             log.info(
-                "library %s: replayed %d adds and %d removals after the snapshot",
+                "library %s: replayed %d adds, %d removals after the snapshot",
                 row.appid,
                 replayed,
                 len(removed),
             )
-        index.seq = max(index.seq, self.store.seq)
-        if index.count() != len(keys):
-            raise RuntimeError(
-                f"library {row.appid}: index holds {index.count()} items, database {len(keys)}"
-            )
         return index
+
+    async def _replay(self, index: LibraryIndex, row: LibraryRow) -> int:
+        """Add the rows inserted after the index's seq; returns how many."""
+        replayed = 0
+        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq):
+            await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+            replayed += len(chunk_keys)
+        index.seq = max(index.seq, self.store.seq)
+        return replayed
+
+    async def _open_snapshot(self, row: LibraryRow) -> tuple[LibraryIndex, list[int]]:
+        """The verified snapshot graph with later removals applied; (index, removed keys)."""
+        header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
+        in_graph = {key_to_label(k) for k in await self.store.keys(row.id, max_seq=header.seq)}
+        graph_path, _ = snapshot.paths(self.index_dir, row.id)
+        graph = await asyncio.to_thread(
+            HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, in_graph
+        )
+        removed = await self.store.removals_since(row.id, header.seq)
+        graph.forget(np.array([key_to_label(k) for k in removed], dtype=np.uint64))
+        index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
+        index.saved_seq, index.saved_at = header.seq, header.saved_at
+        return index, removed
 
     async def save_indexes(self, only_dirty: bool = True) -> int:
         """Snapshot every (changed) library; returns how many were written."""

@@ -7,6 +7,7 @@ Shutdown order: stop accepting, let in-flight requests finish (bounded by
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
@@ -16,6 +17,16 @@ from same_search.app import ADMIN, FEATURE, PORT_SERVICES, SEARCH, create_app
 from same_search.config import Config
 
 log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
@@ -30,16 +41,23 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
     )
     await runner.setup()  # loads the model, opens the database and the indexes
     try:
-        for service, port in (
-            (FEATURE, cfg.server.feature_port),
-            (SEARCH, cfg.server.search_port),
-            (ADMIN, cfg.server.admin_port),
+        for service, host, port in (
+            (FEATURE, cfg.server.host, cfg.server.feature_port),
+            (SEARCH, cfg.server.host, cfg.server.search_port),
+            (ADMIN, cfg.server.admin_host, cfg.server.admin_port),
         ):
-            site = web.TCPSite(runner, cfg.server.host, port, reuse_address=True)
+            site = web.TCPSite(runner, host, port, reuse_address=True)
             await site.start()
             for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
                 app[PORT_SERVICES][sock.getsockname()[1]] = service
-            log.info("%s service listening on http://%s:%d", service, cfg.server.host, port)
+            log.info("%s service listening on http://%s:%d", service, host, port)
+            if not is_loopback(host) and not cfg.auth.enabled:
+                log.warning(
+                    "%s port is bound to %s, reachable from other machines, and [auth] tokens are not set: "
+                    "anyone who can reach it can read and change every library",
+                    service,
+                    host,
+                )
         log.info("same_search ready")
         await stop.wait()
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", cfg.server.shutdown_grace_s)

@@ -62,7 +62,7 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
         embedder = await asyncio.to_thread(Embedder, cfg.model)
     embed = EmbedService(embedder, cfg.model, cfg.limits)
     embed.start()
-    store = Store(cfg.data_path / "same_search.sqlite3")
+    store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
     try:
         await store.open()
         libraries = LibraryService(cfg, store, embed)

@@ -92,9 +92,10 @@ class Daemon:
         self.proc.kill()
         self.proc.wait(30)
 
-    def terminate(self, timeout: float = 60) -> int:
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Ask the daemon to stop (SIGTERM or SIGINT) and return its exit code."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
     def run_to_exit(self, timeout: float = 120) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_three_ports_each_serve_their_own_service(daemon):
     assert "falling back to EfficientNet-Lite0" in log  # resnet50 is the default; no weights here
 
 
-def test_sigterm_saves_and_restart_loads_without_replay(daemon):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_restart_loads_without_replay(daemon, sig):
     daemon.start()
     daemon.rts("signup", appid="lib")
     for seed in range(4):
@@ -64,7 +66,7 @@ def test_sigterm_saves_and_restart_loads_without_replay(daemon):
     daemon.rts("update", appid="lib", image=b64(jpeg(1)), features=[brief("updated")])
     daemon.rts("remove", appid="lib", contsign=dict(zip(("sign1", "sign2"), sign(2), strict=True)))
     before = contents(daemon)
-    assert daemon.terminate() == 0
+    assert daemon.terminate(sig) == 0
     assert "index saved" in daemon.log.read_text()
     daemon.start()
     assert contents(daemon) == before
@@ -126,3 +128,26 @@ def test_no_real_weights_refuses_to_start(tmp_path):
     d = Daemon(tmp_path, '[model]\nname = "resnet50"\nfallback_to_lite0 = false\n')
     assert d.run_to_exit() == 3
     assert "no weights for resnet50" in d.log.read_text()
+
+
+def test_sigterm_lets_in_flight_requests_finish(daemon):
+    import threading
+
+    daemon.start()
+    daemon.rts("signup", appid="lib")
+    answers: list[dict] = []
+    big = jpeg(42, (2000, 1500))
+
+    def slow_add(seed_image: bytes) -> None:
+        answers.append(daemon.rts("add", appid="lib", image=b64(seed_image), features=[brief("in-flight")]))
+
+    threads = [threading.Thread(target=slow_add, args=(img,)) for img in (big, jpeg(43, (1800, 1400)))]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.15)
+    assert daemon.terminate() == 0
+    for thread in threads:
+        thread.join(30)
+    assert [a["err_no"] for a in answers] == [0, 0]
+    daemon.start()
+    assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 2

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from same_search.contsign import ContSign
 from same_search.errors import bad_request
 from same_search.proto import imgfeature_pb2
+from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok
 from same_search.routes.fields import Fields, decode_base64, encode_base64, parse_json_object
 from same_search.services import SERVICES
@@ -50,7 +51,9 @@ async def classify(request: web.Request) -> web.Response:
     fields = Fields(parse_json_object(await request.read()))
     request[LOGID] = fields.data.get("logid", "-")
     fields.check_common()
-    request[APPID] = fields.optional_str("appid", "-")
+    appid = fields.optional_str("appid")
+    request[APPID] = appid or "-"
+    check_token(services.cfg.auth, appid, presented_token(request, fields.data))
     proto = imgfeature_pb2.FeatureRequest()
     try:
         proto.ParseFromString(decode_base64(fields.data.get("data"), "data"))

@@ -100,11 +100,16 @@ class Fields:
         if logid is not None and (isinstance(logid, bool) or not isinstance(logid, int | str)):
             raise bad_request("logid must be an integer")
 
-    def library_name(self) -> str:
-        """``appid``, joined with ``sub_lib`` when present."""
+    def appid(self) -> str:
+        """The bare ``appid`` (what tokens are issued for)."""
         appid = self.required_str("appid")
         if "," in appid:
             raise bad_request("appid must not contain a comma")
+        return appid
+
+    def library_name(self) -> str:
+        """``appid``, joined with ``sub_lib`` when present."""
+        appid = self.appid()
         sub_lib = self.optional_str("sub_lib")
         if "," in sub_lib:
             raise bad_request("sub_lib must not contain a comma")

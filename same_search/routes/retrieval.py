@@ -13,6 +13,7 @@ from aiohttp import web
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.libraries import DuplicateAdd, Item, Library, TagFilter
+from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok
 from same_search.routes.fields import (
     FEA_BRIEF,
@@ -49,6 +50,7 @@ async def _read(request: web.Request) -> tuple[Services, Fields, str]:
     fields.check_common()
     name = fields.library_name()
     request[APPID] = name
+    check_token(services.cfg.auth, fields.appid(), presented_token(request, fields.data))
     return services, fields, name
 
 

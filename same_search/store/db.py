@@ -67,8 +67,9 @@ def _placeholders(n: int) -> str:
 class Store:
     """All persistent state of the daemon."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = 0) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -83,6 +84,10 @@ class Store:
         await self._writer.execute("PRAGMA foreign_keys=ON")
         await self._writer.execute("PRAGMA busy_timeout=5000")
         await self._migrate()
+        if self.max_bytes:
+            async with self._writer.execute("PRAGMA page_size") as cur:
+                page_size = (await cur.fetchone())[0]  # type: ignore[index]
+            await self._writer.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page_size)}")
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._seq = await self._max_seq()
@@ -137,7 +142,7 @@ class Store:
                 raise
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(str(exc)) from exc
-        except sqlite3.OperationalError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:  # full, read-only, I/O error, ...
             raise StorageError(str(exc)) from exc
 
     def _next_seq(self) -> int:
@@ -331,7 +336,10 @@ class Store:
         """The highest write sequence handed out so far."""
         return self._seq
 
-    async def keys(self, lib_id: int) -> list[int]:
-        """Every stored key of one library."""
-        async with self.reader.execute("SELECT key FROM items WHERE lib_id=?", (lib_id,)) as cur:
+    async def keys(self, lib_id: int, max_seq: int | None = None) -> list[int]:
+        """Stored keys of one library (inserted at or before ``max_seq`` when given)."""
+        limit = (1 << 63) - 1 if max_seq is None else max_seq
+        async with self.reader.execute(
+            "SELECT key FROM items WHERE lib_id=? AND seq<=?", (lib_id, limit)
+        ) as cur:
             return [int(row[0]) for row in await cur.fetchall()]

@@ -1,0 +1,98 @@
+"""Protection on the real app: tokens, backpressure, timeouts, a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import pytest
+from conftest import b64, brief
+from images import jpeg
+
+from same_search.app import create_app
+from same_search.config import AuthConfig, Config
+
+R = "/RTSAsService"
+
+
+def with_section(config: Config, name: str, **values) -> Config:
+    return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **values)})
+
+
+@pytest.fixture
+async def make_client(aiohttp_client, embedder):
+    async def make(config: Config):
+        return await aiohttp_client(create_app(config, embedder))
+
+    return make
+
+
+async def post(client, route: str, headers=None, **body) -> dict:
+    response = await client.post(route, json={"from": "t", **body}, headers=headers or {})
+    assert response.status == 200
+    return await response.json()
+
+
+async def test_tokens(make_client, config, caplog):
+    caplog.set_level(logging.DEBUG)
+    config = dataclasses.replace(config, auth=AuthConfig(tokens={"shop": "s3cret-shop", "*": "ops-token"}))
+    client = await make_client(config)
+    assert (await post(client, f"{R}/signup", appid="shop"))["err_no"] == 12
+    assert (await post(client, f"{R}/signup", appid="shop", token="wrong"))["err_no"] == 12
+    assert (await post(client, f"{R}/signup", appid="shop", headers={"X-Same-Token": "s3cret-shop"}))[
+        "err_no"
+    ] == 0
+    ok = await post(client, f"{R}/snapshot", appid="shop", headers={"Authorization": "Bearer s3cret-shop"})
+    assert ok["err_no"] == 0
+    assert (await post(client, f"{R}/snapshot", appid="shop", token="s3cret-shop"))["err_no"] == 0
+    assert (await post(client, f"{R}/snapshot", appid="shop", sub_lib="x", token="s3cret-shop"))[
+        "err_no"
+    ] == 103
+    assert (await post(client, f"{R}/signup", appid="other", token="s3cret-shop"))["err_no"] == 12
+    assert (await post(client, f"{R}/signup", appid="other", token="ops-token"))["err_no"] == 0
+    feature = await post(client, "/GeneralClassifyService/classify", appid="shop", data="")
+    assert feature["err_no"] == 12
+    assert "s3cret-shop" not in caplog.text and "ops-token" not in caplog.text
+
+
+async def test_full_queue_answers_99_at_once(make_client, config):
+    client = await make_client(with_section(config, "model", queue_max=1))
+    await post(client, f"{R}/signup", appid="lib")
+    image = b64(jpeg(1))
+    answers = await asyncio.gather(*(post(client, f"{R}/search", appid="lib", image=image) for _ in range(6)))
+    codes = sorted(a["err_no"] for a in answers)
+    assert codes[0] == 0 and 99 in codes and set(codes) <= {0, 99}
+    busy = next(a for a in answers if a["err_no"] == 99)
+    assert "queue is full" in busy["err_msg"]
+    assert (await post(client, f"{R}/snapshot", appid="lib"))["snapshot"]["queue_size"] == 0
+
+
+async def test_embedder_timeout_answers_2_and_stores_nothing(make_client, config):
+    client = await make_client(with_section(config, "model", timeout_s=0.0001))
+    await post(client, f"{R}/signup", appid="lib")
+    body = await post(client, f"{R}/add", appid="lib", image=b64(jpeg(1)), features=[brief("x")])
+    assert body["err_no"] == 2
+    await asyncio.sleep(0.5)  # the forward pass that was abandoned must not store anything
+    assert (await post(client, f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == 0
+
+
+async def test_full_database_refuses_writes_and_keeps_serving_reads(make_client, config):
+    client = await make_client(with_section(config, "storage", max_db_bytes=160 * 1024))
+    await post(client, f"{R}/signup", appid="lib")
+    stored = []
+    for seed in range(60):
+        body = await post(client, f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(str(seed))])
+        if body["err_no"] != 0:
+            break
+        stored.append(seed)
+    assert body["err_no"] == 11 and "storage write failed" in body["err_msg"], body
+    assert len(stored) >= 3
+    snapshot = (await post(client, f"{R}/snapshot", appid="lib"))["snapshot"]
+    assert snapshot["index_size"] == len(stored)
+    found = await post(client, f"{R}/search", appid="lib", image=b64(jpeg(stored[0])), rn=100)
+    assert found["err_no"] == 0 and len(found["data_items"]) == len(stored)
+    assert found["data_items"][0]["score"] > 0.999
+    # The refused image left nothing behind: not in the index, not a duplicate on retry.
+    retry = await post(client, f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief("again")])
+    assert retry["err_no"] == 11
