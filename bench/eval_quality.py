@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +144,6 @@ class VectorCache:
         self._embedders: dict[EvalConfig, Embedder] = {}
         self._vectors: dict[tuple[EvalConfig, str], np.ndarray] = {}
         self._checked: set[tuple[int, str]] = set()
-        self.images_embedded = 0
-        self.forward_images = 0
 
     def embedder(self, config: EvalConfig) -> Embedder:
         """The (cheap) Embedder of one configuration; all share the single loaded network."""
@@ -184,8 +182,6 @@ class VectorCache:
                     for config, vectors in zip(cfgs, embed_pooled(embedders, batch), strict=True):
                         for key, vector in zip(chunk, vectors, strict=True):
                             self._vectors[(config, key)] = vector
-                    self.forward_images += len(chunk)
-                self.images_embedded += len(chunk)
                 done = start + len(chunk)
                 if self.progress and (done % (BATCH * 20) == 0 or done == len(missing)):
                     rate = done / (time.perf_counter() - started)
@@ -445,6 +441,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "of --pooling x --sizes x --preprocessing")
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 288])
     parser.add_argument("--preprocessing", nargs="+", default=["squash", "crop"], choices=["squash", "crop"])
+    parser.add_argument("--budget-min", type=float, default=25.0,
+                        help="skip larger input sizes whose estimated time would exceed this many minutes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random edits")
     parser.add_argument("--out", default=str(Path(__file__).with_name("quality_results.md")),
                         help="markdown file for the results ('' to skip writing)")
@@ -463,10 +461,11 @@ class Results:
     n_originals: int
     n_queries: int
     n_refused: int
-    images_embedded: int
     weights_sha256: str
     data_dir: Path
     elapsed_s: float
+    #: Configurations dropped because the time budget would have run out.
+    skipped: list[EvalConfig] = field(default_factory=list)
 
 
 def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results], None]) -> Results:
@@ -494,11 +493,19 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
     truth = np.asarray([library_keys.index(source) for source in source_of])
     results = Results(
         grid=[], category={}, duplicates={}, n_caltech=len(caltech), n_classes=len(set(labels)),
-        n_originals=len(originals), n_queries=len(queries), n_refused=refused, images_embedded=0,
+        n_originals=len(originals), n_queries=len(queries), n_refused=refused,
         weights_sha256=loaded.weights_sha256, data_dir=data_dir, elapsed_s=0.0,
     )
+    last_cost: float | None = None  # seconds per (pixel-scaled) forward pass of the last size
     for size in sorted({c.size for c in grid}):
         configs = [c for c in grid if c.size == size]
+        passes = len({c.preprocessing for c in configs}) * (size / 224) ** 2
+        elapsed = time.perf_counter() - started
+        if last_cost is not None and elapsed + last_cost * passes > args.budget_min * 60:
+            log(f"size {size}: skipped, about {last_cost * passes / 60:.0f} min more would exceed "
+                f"--budget-min {args.budget_min:g}")
+            results.skipped += configs
+            continue
         size_started = time.perf_counter()
         cache.ensure(configs, caltech, "caltech")
         cache.ensure(configs, originals, "originals")
@@ -511,8 +518,8 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
             results.grid.append(config)
             log(f"  {config.label}: {results.category[config]} "
                 f"R@1(all)={results.duplicates[config]['all']['R@1']:.3f}")
-        results.images_embedded = cache.images_embedded
         results.elapsed_s = time.perf_counter() - started
+        last_cost = (time.perf_counter() - size_started) / passes
         log(f"size {size} done in {time.perf_counter() - size_started:.0f}s")
         on_partial(results)
     return results
@@ -572,6 +579,8 @@ def render(results: Results) -> str:
         "",
         f"Highest mAP@100: **{best_cat.label}**; highest overall near-duplicate R@1: **{best_dup.label}**.",
         "",
+        *(["Not measured (time budget): " + ", ".join(c.label for c in results.skipped) + ".", ""]
+          if results.skipped else []),
     ])
 
 
