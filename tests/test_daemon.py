@@ -151,3 +151,14 @@ def test_sigterm_lets_in_flight_requests_finish(daemon):
     assert [a["err_no"] for a in answers] == [0, 0]
     daemon.start()
     assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 2
+
+
+def test_public_address_without_tokens_is_warned_about(tmp_path):
+    d = Daemon(tmp_path, '[server]\nhost = "0.0.0.0"\n')
+    d.start()
+    try:
+        log = d.log.read_text()
+        assert "reachable from other machines, and [auth] tokens are not set" in log
+        assert "admin service listening on http://127.0.0.1" in log
+    finally:
+        d.stop()

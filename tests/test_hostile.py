@@ -179,7 +179,7 @@ def valid_request(route: str) -> dict:
     }
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     route=st.sampled_from([*ROUTES, FEATURE]),
     mutations=st.dictionaries(field_names, json_values, max_size=5),
