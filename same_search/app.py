@@ -7,6 +7,7 @@ Behind a single test server (no port map) every route is reachable, which keeps 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from same_search.config import Config
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
 from same_search.routes import admin, feature, retrieval
-from same_search.routes.envelope import MAX_BODY, Handler, envelope_middleware
+from same_search.routes.envelope import ERRNO, MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
 
 FEATURE, SEARCH, ADMIN = "feature", "search", "admin"
@@ -30,6 +31,21 @@ def service_of(path: str) -> str:
     if path.startswith(retrieval.PREFIX + "/"):
         return SEARCH
     return ADMIN
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answered request by service, route and err_no (outside the envelope)."""
+    started = time.monotonic()
+    response = await handler(request)
+    services = request.app.get(SERVICES)
+    if services is not None:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        services.metrics.observe_request(
+            service_of(request.path), route, request.get(ERRNO, 0), time.monotonic() - started
+        )
+    return response
 
 
 @web.middleware
@@ -48,7 +64,7 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
     """Build the application; services open when a runner starts it and close on cleanup."""
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,
-        middlewares=[envelope_middleware, port_guard],
+        middlewares=[metrics_middleware, envelope_middleware, port_guard],
     )
     app[MAX_BODY] = cfg.server.max_body_bytes
     app[PORT_SERVICES] = {}

@@ -40,6 +40,8 @@ class StorageConfig:
     snapshot_interval_s: float = 60.0
     #: Largest database size in bytes (0 = only the disk limits it); beyond it writes get err_no 11.
     max_db_bytes: int = 0
+    #: Longest side in pixels of the JPEG thumbnail stored with each item; 0 stores none.
+    thumbnail_side: int = 128
 
 
 @dataclass(frozen=True)

@@ -248,13 +248,13 @@ class LibraryService:
         """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored."""
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        vector = await self.embed.embed_image(image)
+        vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
         async with lib.index.write_lock:
             capacity = self.cfg.limits.library_capacity
             if capacity and lib.index.count() >= capacity:
                 raise ApiError(ErrNo.INTERNAL, f"library {lib.row.appid!r} is full ({capacity} items)")
             try:
-                seq = await self.store.add_item(lib.row.id, contsign.key, brief, tags, vector)
+                seq = await self.store.add_item(lib.row.id, contsign.key, brief, tags, vector, thumbnail)
             except AlreadyExists:
                 await self._refuse_duplicate(lib, contsign)
                 raise
@@ -309,6 +309,57 @@ class LibraryService:
         rows = await self.store.get_items(lib.row.id, [key for key, _ in window])
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
         return SearchPage(hits, has_more=total > pn + rn)
+
+    # ---- management ------------------------------------------------------------------------------
+
+    async def delete_library(self, lib: Library) -> None:
+        """Drop a library: its rows, its thumbnails and its index files."""
+        async with lib.index.write_lock:
+            try:
+                await self.store.delete_library(lib.row.id)
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            self.libraries.pop(lib.row.appid, None)
+            for path in snapshot.paths(self.index_dir, lib.row.id):
+                path.unlink(missing_ok=True)
+        log.info("library %s deleted", lib.row.appid)
+
+    async def rebuild(self, lib: Library) -> float:
+        """Rebuild a library's graph from the database (also drops deleted slots); returns seconds."""
+        started = time.monotonic()
+        async with lib.index.write_lock:
+            count = await self.store.count(lib.row.id)
+            fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            await self._replay(fresh, lib.row)
+            lib.index = fresh
+        await self.save_indexes()
+        log.info("library %s: index rebuilt (%d items)", lib.row.appid, lib.index.count())
+        return time.monotonic() - started
+
+    async def items_page(self, lib: Library, offset: int, limit: int) -> list[tuple[Item, float, float]]:
+        """(item, created_at, updated_at) in insertion order."""
+        rows = await self.store.page_items(lib.row.id, offset, limit)
+        return [(_item(row), row.created_at, row.updated_at) for row in rows]
+
+    async def item(self, lib: Library, contsign: ContSign) -> tuple[Item, float, float] | None:
+        """One item with its timestamps, or None."""
+        row = await self.store.get_item(lib.row.id, contsign.key)
+        return None if row is None else (_item(row), row.created_at, row.updated_at)
+
+    def stats(self, lib: Library) -> dict:
+        """What the management API reports about one library."""
+        return {
+            "appid": lib.row.appid,
+            "items": lib.index.count(),
+            "capacity": self.cfg.limits.library_capacity,
+            "model": lib.row.model_id,
+            "dim": lib.row.dim,
+            "fingerprint": lib.row.fingerprint,
+            "created": lib.row.created_at,
+            "last_index_save": lib.index.saved_at,
+            "index_slots": lib.index.capacity(),
+            "search": "exact" if lib.index.exact is not None else "hnsw",
+        }
 
     def snapshot(self, lib: Library) -> dict[str, int]:
         """The spec's snapshot block for one library."""

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from same_search.app import ADMIN, FEATURE, PORT_SERVICES, SEARCH, create_app
 from same_search.config import Config
+from same_search.services import SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
                 )
         log.info("same_search ready")
         await stop.wait()
+        app[SERVICES].ready = False
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", cfg.server.shutdown_grace_s)
     finally:
         await runner.cleanup()

@@ -20,6 +20,7 @@ from same_search.config import Config
 from same_search.embed.embedder import Embedder
 from same_search.embed.service import EmbedService
 from same_search.libraries import LibraryService
+from same_search.metrics import Metrics
 from same_search.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ class Services:
     store: Store
     embed: EmbedService
     libraries: LibraryService
+    metrics: Metrics
     started_at: float = field(default_factory=time.time)
+    #: False once shutdown begins, so /readyz tells load balancers to stop sending.
+    ready: bool = True
 
     def health(self) -> dict:
         """What /healthz reports."""
@@ -60,7 +64,8 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
     """Load the model (unless one is given), open storage and indexes; undo it all on exit."""
     if embedder is None:
         embedder = await asyncio.to_thread(Embedder, cfg.model)
-    embed = EmbedService(embedder, cfg.model, cfg.limits)
+    metrics = Metrics()
+    embed = EmbedService(embedder, cfg.model, cfg.limits, on_batch=metrics.observe_batch)
     embed.start()
     store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
     try:
@@ -70,7 +75,9 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
             await libraries.open()
             saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
             try:
-                yield Services(cfg, store, embed, libraries)
+                services = Services(cfg, store, embed, libraries, metrics)
+                metrics.attach(services)
+                yield services
             finally:
                 saver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -99,3 +99,12 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
         image = image.point(lambda v: v / 256).convert("L")
     return image.convert("RGB")
+
+
+def make_thumbnail(image: Image.Image, side: int, quality: int = 75) -> bytes:
+    """A small JPEG of a decoded picture (longest side ``side``), a few KB, for showing results."""
+    thumb = image.copy()
+    thumb.thumbnail((side, side), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder, ModelInfo
-from same_search.embed.images import ImageLimits, decode
+from same_search.embed.images import ImageLimits, decode, make_thumbnail
 from same_search.errors import ApiError, ErrNo
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,12 @@ class EmbedService:
     """Bounded, batching, asynchronous front of an :class:`Embedder`."""
 
     def __init__(
-        self, embedder: Embedder, cfg: ModelConfig, limits: LimitsConfig, decode_threads: int = 2
+        self,
+        embedder: Embedder,
+        cfg: ModelConfig,
+        limits: LimitsConfig,
+        decode_threads: int = 2,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.embedder = embedder
         self.cfg = cfg
@@ -46,6 +52,7 @@ class EmbedService:
         self._task: asyncio.Task | None = None
         self.batches = 0
         self.images = 0
+        self._on_batch = on_batch
 
     @property
     def info(self) -> ModelInfo:
@@ -76,13 +83,19 @@ class EmbedService:
 
     async def embed_image(self, data: bytes) -> np.ndarray:
         """Decode and embed one image; err_no 100 for bad images, 99 when full, 2 on timeout."""
+        vector, _ = await self.embed_with_thumbnail(data, 0)
+        return vector
+
+    async def embed_with_thumbnail(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
+        """Like :meth:`embed_image`, plus a JPEG thumbnail (longest side ``thumbnail_side``; 0 = none)
+        made from the already decoded picture, so storing one costs no second decode."""
         if self._pending >= self.cfg.queue_max:
             raise ApiError(
                 ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later"
             )
         self._pending += 1
         try:
-            return await asyncio.wait_for(self._embed(data), timeout=self.cfg.timeout_s)
+            return await asyncio.wait_for(self._embed(data, thumbnail_side), timeout=self.cfg.timeout_s)
         except TimeoutError as exc:
             raise ApiError(
                 ErrNo.FEATURE_TIMEOUT, f"no vector within {self.cfg.timeout_s:g}s; the embedder is overloaded"
@@ -90,16 +103,18 @@ class EmbedService:
         finally:
             self._pending -= 1
 
-    async def _embed(self, data: bytes) -> np.ndarray:
+    async def _embed(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._decode_pool, self._decode, data)
+        pixels, thumbnail = await loop.run_in_executor(self._decode_pool, self._decode, data, thumbnail_side)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         await self._queue.put(_Job(pixels, future))
-        return await future
+        return await future, thumbnail
 
-    def _decode(self, data: bytes) -> np.ndarray:
+    def _decode(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
         image = decode(data, self.limits, self.cfg.image_size)
-        return self.embedder.preprocess(image)
+        return self.embedder.preprocess(image), make_thumbnail(
+            image, thumbnail_side
+        ) if thumbnail_side else None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -121,6 +136,8 @@ class EmbedService:
                 continue
             self.batches += 1
             self.images += len(jobs)
+            if self._on_batch is not None:
+                self._on_batch(len(jobs))
             for job, vector in zip(jobs, vectors, strict=True):
                 if not job.future.done():
                     job.future.set_result(vector)

@@ -1,11 +1,26 @@
-"""Library management, port 8103. For now only health; the management API is its own issue."""
+"""Library management, port 8103: health, metrics and the management API under ``/api``.
+
+Replies use the same JSON envelope as the other ports (HTTP 200, ``err_no``), except the
+probes (``/healthz``, ``/readyz``) and ``/metrics``, which monitoring reads by status and format.
+When ``[auth] tokens`` are set, ``/api`` needs the ``"*"`` token (the operator's).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
-from same_search.routes.envelope import ok
-from same_search.services import SERVICES
+from same_search.contsign import ContSign
+from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.libraries import Item, Library
+from same_search.routes.auth import WILDCARD, check_token, presented_token
+from same_search.routes.envelope import APPID, ok
+from same_search.routes.fields import encode_base64
+from same_search.services import SERVICES, Services
+
+API = "/api"
+MAX_PAGE = 1000
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -13,6 +28,168 @@ async def healthz(request: web.Request) -> web.Response:
     return ok(**request.app[SERVICES].health())
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the model is loaded and every library's index is loaded (HTTP 503 otherwise)."""
+    services = request.app[SERVICES]
+    ready = services.ready
+    body = {"ready": ready, "libraries": len(services.libraries.libraries)}
+    return (
+        ok(**body) if ready else web.json_response({"err_no": 5, "err_msg": "not ready", **body}, status=503)
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[SERVICES].metrics.exposition()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+def _operator(request: web.Request) -> Services:
+    services = request.app[SERVICES]
+    check_token(services.cfg.auth, WILDCARD, presented_token(request, {}))
+    return services
+
+
+def _library(request: web.Request) -> tuple[Services, Library]:
+    services = _operator(request)
+    appid = request.match_info["appid"]
+    request[APPID] = appid
+    return services, services.libraries.get(appid)
+
+
+def _contsign(request: web.Request) -> ContSign:
+    text = request.match_info["contsign"]
+    try:
+        sign1, sign2 = (int(part) for part in text.split(","))
+    except ValueError:
+        raise bad_request(f"contsign {text!r} must be 'sign1,sign2'") from None
+    return ContSign.from_json({"sign1": sign1, "sign2": sign2})
+
+
+def _query_int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    value = request.query.get(name, str(default))
+    if not value.isdigit() or int(value) > maximum:
+        raise bad_request(f"{name} must be an integer from 0 to {maximum}")
+    return int(value)
+
+
+def item_json(appid: str, item: Item, created: float, updated: float) -> dict[str, Any]:
+    """An item as the management API shows it."""
+    try:
+        text: str | None = item.brief.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    key = f"{item.contsign.sign1},{item.contsign.sign2}"
+    return {
+        "contsign": item.contsign.to_json(),
+        "key": key,
+        "brief": encode_base64(item.brief),
+        "brief_text": text,
+        "tags": list(item.tags) if item.tags is not None else None,
+        "created": created,
+        "updated": updated,
+        "thumbnail": f"{API}/libraries/{appid}/items/{key}/thumbnail",
+    }
+
+
+async def list_libraries(request: web.Request) -> web.Response:
+    services = _operator(request)
+    libs = services.libraries
+    return ok(libraries=[libs.stats(lib) for lib in libs.libraries.values()])
+
+
+async def create_library(request: web.Request) -> web.Response:
+    services = _operator(request)
+    body = await request.json() if request.can_read_body else {}
+    appid = body.get("appid") if isinstance(body, dict) else None
+    if not isinstance(appid, str) or not appid or "," in appid:
+        raise bad_request("appid is required: a non-empty string without commas")
+    request[APPID] = appid
+    lib = await services.libraries.signup(appid)
+    return ok(library=services.libraries.stats(lib))
+
+
+async def library_stats(request: web.Request) -> web.Response:
+    services, lib = _library(request)
+    return ok(library=services.libraries.stats(lib), queue_size=services.embed.queue_size)
+
+
+async def delete_library(request: web.Request) -> web.Response:
+    """Deleting needs ``?confirm=<appid>``: a typo must not wipe a library."""
+    services, lib = _library(request)
+    if request.query.get("confirm") != lib.row.appid:
+        raise bad_request(
+            f"add ?confirm={lib.row.appid} to delete this library and its {lib.index.count()} items"
+        )
+    items = lib.index.count()
+    await services.libraries.delete_library(lib)
+    return ok(deleted=lib.row.appid, items=items)
+
+
+async def list_items(request: web.Request) -> web.Response:
+    services, lib = _library(request)
+    offset = _query_int(request, "offset", 0, 1 << 62)
+    limit = _query_int(request, "limit", 50, MAX_PAGE)
+    rows = await services.libraries.items_page(lib, offset, limit)
+    total = lib.index.count()
+    return ok(
+        total=total,
+        offset=offset,
+        items=[item_json(lib.row.appid, *row) for row in rows],
+        has_more=int(offset + len(rows) < total),
+    )
+
+
+async def get_item(request: web.Request) -> web.Response:
+    services, lib = _library(request)
+    found = await services.libraries.item(lib, _contsign(request))
+    if found is None:
+        raise ApiError(ErrNo.UPDATE_MISSING, f"no item {request.match_info['contsign']} in {lib.row.appid!r}")
+    return ok(item=item_json(lib.row.appid, *found))
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    services, lib = _library(request)
+    return ok(removed=await services.libraries.remove(lib, [_contsign(request)]))
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    services, lib = _library(request)
+    jpeg = await services.store.thumbnail(lib.row.id, _contsign(request).key)
+    if jpeg is None:
+        raise web.HTTPNotFound(text="no thumbnail for this item")
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+
+async def save_index(request: web.Request) -> web.Response:
+    services, lib = _library(request)
+    await services.libraries.save_indexes(only_dirty=False)
+    return ok(library=services.libraries.stats(lib))
+
+
+async def rebuild_index(request: web.Request) -> web.Response:
+    """Rebuild from the database; this is also how deleted slots are compacted away."""
+    services, lib = _library(request)
+    seconds = await services.libraries.rebuild(lib)
+    return ok(
+        seconds=round(seconds, 3), library=services.libraries.stats(services.libraries.get(lib.row.appid))
+    )
+
+
 def add_routes(app: web.Application) -> None:
     """Register the management routes."""
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    lib = f"{API}/libraries/{{appid}}"
+    app.router.add_get(f"{API}/libraries", list_libraries)
+    app.router.add_post(f"{API}/libraries", create_library)
+    app.router.add_get(lib, library_stats)
+    app.router.add_delete(lib, delete_library)
+    app.router.add_get(f"{lib}/items", list_items)
+    app.router.add_get(f"{lib}/items/{{contsign}}", get_item)
+    app.router.add_delete(f"{lib}/items/{{contsign}}", delete_item)
+    app.router.add_get(f"{lib}/items/{{contsign}}/thumbnail", thumbnail)
+    app.router.add_post(f"{lib}/save", save_index)
+    app.router.add_post(f"{lib}/rebuild", rebuild_index)
+    app.router.add_post(f"{lib}/compact", rebuild_index)

@@ -179,23 +179,35 @@ class Store:
     # ---- items -----------------------------------------------------------------------------
 
     async def add_item(
-        self, lib_id: int, key: int, brief: bytes, tags: tuple[int, int] | None, vector: np.ndarray
+        self,
+        lib_id: int,
+        key: int,
+        brief: bytes,
+        tags: tuple[int, int] | None,
+        vector: np.ndarray,
+        thumbnail: bytes | None = None,
     ) -> int:
-        """Insert one item and return its seq; :class:`AlreadyExists` if the key is stored."""
+        """Insert one item (and its thumbnail) and return its seq; :class:`AlreadyExists` if stored."""
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
             seq = self._next_seq()
-            await self._write(
-                [
+            statements: list[tuple[str, Sequence]] = [
+                (
+                    "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, "
+                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now),
+                ),
+                ("DELETE FROM removals WHERE lib_id=? AND key=?", (lib_id, key)),
+            ]
+            if thumbnail:
+                statements.append(
                     (
-                        "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, "
-                        "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now),
-                    ),
-                    ("DELETE FROM removals WHERE lib_id=? AND key=?", (lib_id, key)),
-                ]
-            )
+                        "INSERT OR REPLACE INTO thumbnails(lib_id, key, jpeg) VALUES (?,?,?)",
+                        (lib_id, key, thumbnail),
+                    )
+                )
+            await self._write(statements)
         return seq
 
     async def update_item(
@@ -343,3 +355,31 @@ class Store:
             "SELECT key FROM items WHERE lib_id=? AND seq<=?", (lib_id, limit)
         ) as cur:
             return [int(row[0]) for row in await cur.fetchall()]
+
+    async def thumbnail(self, lib_id: int, key: int) -> bytes | None:
+        """The stored thumbnail JPEG of an item, if any."""
+        async with self.reader.execute(
+            "SELECT jpeg FROM thumbnails WHERE lib_id=? AND key=?", (lib_id, key)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def page_items(self, lib_id: int, offset: int, limit: int) -> list[ItemRow]:
+        """Items in insertion order, for browsing a library."""
+        async with self.reader.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE lib_id=? ORDER BY seq LIMIT ? OFFSET ?",
+            (lib_id, limit, offset),
+        ) as cur:
+            return [_item(row) for row in await cur.fetchall()]
+
+    async def delete_library(self, lib_id: int) -> None:
+        """Delete a library and everything in it (items, removals, thumbnails cascade)."""
+        async with self._write_lock:
+            await self._write(
+                [
+                    ("DELETE FROM thumbnails WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM libraries WHERE id=?", (lib_id,)),
+                ]
+            )

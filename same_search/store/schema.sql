@@ -45,3 +45,12 @@ CREATE TABLE IF NOT EXISTS removals (
 ) WITHOUT ROWID;
 
 CREATE INDEX IF NOT EXISTS removals_by_seq ON removals (lib_id, seq);
+
+-- A small JPEG per item, so results can be shown (management port, web console).
+CREATE TABLE IF NOT EXISTS thumbnails (
+    lib_id INTEGER NOT NULL,
+    key    INTEGER NOT NULL,
+    jpeg   BLOB NOT NULL,
+    PRIMARY KEY (lib_id, key),
+    FOREIGN KEY (lib_id, key) REFERENCES items(lib_id, key) ON DELETE CASCADE
+) WITHOUT ROWID;

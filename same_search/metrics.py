@@ -1,0 +1,92 @@
+"""Prometheus metrics: requests, latency, the embedder's queue and batches, libraries, saves.
+
+Each application gets its own registry (tests build many apps in one process). Library and
+queue figures are read at scrape time from the live services, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from same_search.services import Services
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The daemon's metrics registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "same_search_requests",
+            "Requests answered",
+            ["service", "route", "err_no"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "same_search_request_seconds",
+            "Request latency",
+            ["service", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "same_search_embed_batch_size",
+            "Images per forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
+        self.embedded = Counter("same_search_embedded_images", "Images embedded", registry=self.registry)
+
+    def observe_request(self, service: str, route: str, err_no: int, seconds: float) -> None:
+        """Count one answered request."""
+        self.requests.labels(service, route, str(err_no)).inc()
+        self.latency.labels(service, route).observe(seconds)
+
+    def observe_batch(self, size: int) -> None:
+        """Count one forward pass."""
+        self.batch_size.observe(size)
+        self.embedded.inc(size)
+
+    def attach(self, services: Services) -> None:
+        """Report the live state of ``services`` at every scrape."""
+        self.registry.register(_LiveCollector(services))
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        embed = self.services.embed
+        queue = GaugeMetricFamily("same_search_embed_queue_depth", "Requests waiting for the embedder")
+        queue.add_metric([], embed.queue_size)
+        yield queue
+        items = GaugeMetricFamily("same_search_library_items", "Live items per library", labels=["appid"])
+        capacity = GaugeMetricFamily(
+            "same_search_library_capacity", "Configured capacity (0 = unbounded)", labels=["appid"]
+        )
+        save_age = GaugeMetricFamily(
+            "same_search_index_save_age_seconds", "Seconds since the index was last saved", labels=["appid"]
+        )
+        now = time.time()
+        for appid, lib in self.services.libraries.libraries.items():
+            items.add_metric([appid], lib.index.count())
+            capacity.add_metric([appid], self.services.cfg.limits.library_capacity)
+            if lib.index.saved_at is not None:
+                save_age.add_metric([appid], now - lib.index.saved_at)
+        yield items
+        yield capacity
+        yield save_age
