@@ -27,6 +27,8 @@ class ServerConfig:
     log_level: str = "INFO"
     #: Largest accepted request body; above it the answer is err_no 1 in the JSON envelope.
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Largest upload to the management port (ZIPs for import jobs and library imports).
+    max_upload_bytes: int = 2 * 1024**3
     #: Seconds to let in-flight requests finish on SIGTERM/SIGINT before closing.
     shutdown_grace_s: float = 10.0
 

@@ -249,6 +249,21 @@ class LibraryService:
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
         vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
+        # Shielded: once the row is being committed, the index must follow even if the caller is
+        # cancelled (client gone, shutdown), or index and database would disagree until a restart.
+        await asyncio.shield(self.store_vector(lib, contsign, brief, tags, vector, thumbnail))
+        return contsign
+
+    async def store_vector(
+        self,
+        lib: Library,
+        contsign: ContSign,
+        brief: bytes,
+        tags: Tags | None,
+        vector: np.ndarray,
+        thumbnail: bytes | None = None,
+    ) -> None:
+        """Commit an item with an already computed vector, then index it (``add`` and imports)."""
         async with lib.index.write_lock:
             capacity = self.cfg.limits.library_capacity
             if capacity and lib.index.count() >= capacity:
@@ -261,7 +276,6 @@ class LibraryService:
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             await lib.index.add(contsign.key, vector, seq)
-        return contsign
 
     async def _refuse_duplicate(self, lib: Library, contsign: ContSign) -> None:
         row = await self.store.get_item(lib.row.id, contsign.key)
@@ -279,6 +293,9 @@ class LibraryService:
 
     async def remove(self, lib: Library, contsigns: list[ContSign]) -> int:
         """Remove items (absent ones are ignored); returns how many were removed."""
+        return await asyncio.shield(self._remove(lib, contsigns))
+
+    async def _remove(self, lib: Library, contsigns: list[ContSign]) -> int:
         async with lib.index.write_lock:
             try:
                 removed, seq = await self.store.remove_items(lib.row.id, [c.key for c in contsigns])

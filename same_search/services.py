@@ -19,6 +19,7 @@ from same_search import __version__
 from same_search.config import Config
 from same_search.embed.embedder import Embedder
 from same_search.embed.service import EmbedService
+from same_search.imports.jobs import ImportJobs
 from same_search.libraries import LibraryService
 from same_search.metrics import Metrics
 from same_search.store.db import Store
@@ -35,6 +36,7 @@ class Services:
     embed: EmbedService
     libraries: LibraryService
     metrics: Metrics
+    jobs: ImportJobs
     started_at: float = field(default_factory=time.time)
     #: False once shutdown begins, so /readyz tells load balancers to stop sending.
     ready: bool = True
@@ -74,11 +76,14 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
         try:
             await libraries.open()
             saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
+            jobs = ImportJobs(store, libraries, cfg.model.max_batch)
+            jobs.start()
             try:
-                services = Services(cfg, store, embed, libraries, metrics)
+                services = Services(cfg, store, embed, libraries, metrics, jobs)
                 metrics.attach(services)
                 yield services
             finally:
+                await jobs.close(cfg.server.shutdown_grace_s)
                 saver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await saver

@@ -7,12 +7,17 @@ When ``[auth] tokens`` are set, ``/api`` needs the ``"*"`` token (the operator's
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.imports.export import import_export, read_export, write_export
 from same_search.libraries import Item, Library
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok
@@ -193,3 +198,155 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{lib}/save", save_index)
     app.router.add_post(f"{lib}/rebuild", rebuild_index)
     app.router.add_post(f"{lib}/compact", rebuild_index)
+    add_job_routes(app)
+
+
+# ---- search from the console, bulk import jobs, export and import -----------------------------------
+
+
+async def _save_upload(request: web.Request, path: Path) -> int:
+    """Stream the request body to ``path`` (never all in memory); err_no 1 past the upload limit."""
+    limit = request.app[SERVICES].cfg.server.max_upload_bytes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with path.open("wb") as fh:
+        async for chunk in request.content.iter_chunked(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                fh.close()
+                path.unlink(missing_ok=True)
+                raise bad_request(f"upload exceeds the limit of {limit} bytes")
+            fh.write(chunk)
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise bad_request("the upload is empty")
+    return size
+
+
+def _upload_path(services: Services, suffix: str) -> Path:
+    return services.cfg.data_path / "uploads" / f"{int(time.time() * 1000)}-{secrets.token_hex(4)}{suffix}"
+
+
+async def search_image(request: web.Request) -> web.Response:
+    """Search with the raw image as the body (what the console's drop zone sends)."""
+    services, lib = _library(request)
+    rn = _query_int(request, "rn", 20, services.cfg.limits.max_rn)
+    image = await request.read()
+    vector = await services.embed.embed_image(image)
+    page = await services.libraries.search(lib, vector, 0, rn, None)
+    results = []
+    for hit in page.hits:
+        found = await services.libraries.item(lib, hit.item.contsign)
+        if found is not None:
+            results.append({**item_json(lib.row.appid, *found), "score": hit.score})
+    return ok(results=results, has_more=int(page.has_more))
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """``{"appid", "source": {"dir": path} | {"manifest": path}}``: a folder or manifest on the server."""
+    services = _operator(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise bad_request("body must be JSON: {appid, source: {dir | manifest}}") from None
+    source = body.get("source") if isinstance(body, dict) else None
+    if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in ("dir", "manifest"):
+        raise bad_request('source must be {"dir": "/path"} or {"manifest": "/path/file.csv|.jsonl"}')
+    kind, path = next(iter(source.items()))
+    if not isinstance(path, str) or not Path(path).is_absolute():
+        raise bad_request(f"source.{kind} must be an absolute path on the server")
+    appid = body.get("appid")
+    if not isinstance(appid, str):
+        raise bad_request("appid is required")
+    job = await services.jobs.create(appid, kind, path)
+    return ok(job=await services.jobs.describe(job))
+
+
+async def upload_job(request: web.Request) -> web.Response:
+    """A ZIP of images as the body, ``?appid=``; imported like a folder."""
+    services = _operator(request)
+    appid = request.query.get("appid", "")
+    services.libraries.get(appid)
+    path = _upload_path(services, ".zip")
+    await _save_upload(request, path)
+    try:
+        job = await services.jobs.create(appid, "zip", str(path))
+    except ApiError:
+        path.unlink(missing_ok=True)
+        raise
+    return ok(job=await services.jobs.describe(job))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    services = _operator(request)
+    return ok(jobs=[await services.jobs.describe(job, errors=0) for job in await services.store.jobs()])
+
+
+def _job_id(request: web.Request) -> int:
+    text = request.match_info["job_id"]
+    if not text.isdigit():
+        raise bad_request("job id must be an integer")
+    return int(text)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    services = _operator(request)
+    return ok(job=await services.jobs.describe(await services.jobs.get(_job_id(request))))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    services = _operator(request)
+    return ok(job=await services.jobs.describe(await services.jobs.cancel(_job_id(request))))
+
+
+async def export_library(request: web.Request) -> web.StreamResponse:
+    """The library as a ZIP (``?vectors=1`` adds vectors.npy, needed to import it elsewhere)."""
+    services, lib = _library(request)
+    path = _upload_path(services, ".export.zip")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        await write_export(services.libraries, lib, path, request.query.get("vectors") in ("1", "true"))
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/zip",
+                "Content-Disposition": f'attachment; filename="{lib.row.appid}.zip"',
+            }
+        )
+        response.content_length = path.stat().st_size
+        await response.prepare(request)
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        path.unlink(missing_ok=True)
+
+
+async def import_library(request: web.Request) -> web.Response:
+    """An export ZIP (with vectors) as the body; the library is created if missing."""
+    services = _operator(request)
+    appid = request.match_info["appid"]
+    request[APPID] = appid
+    path = _upload_path(services, ".import.zip")
+    await _save_upload(request, path)
+    try:
+        _, lines, matrix = await asyncio.to_thread(read_export, path, services.embed.info.fingerprint)
+    finally:
+        path.unlink(missing_ok=True)
+    lib = services.libraries.libraries.get(appid) or await services.libraries.signup(appid)
+    result = await import_export(services.libraries, lib, lines, matrix)
+    return ok(imported=result.imported, duplicates=result.duplicates, library=services.libraries.stats(lib))
+
+
+def add_job_routes(app: web.Application) -> None:
+    """Register search, jobs, export and import."""
+    lib = f"{API}/libraries/{{appid}}"
+    app.router.add_post(f"{lib}/search", search_image)
+    app.router.add_get(f"{lib}/export", export_library)
+    app.router.add_post(f"{lib}/import", import_library)
+    app.router.add_post(f"{API}/jobs", create_job)
+    app.router.add_post(f"{API}/jobs/upload", upload_job)
+    app.router.add_get(f"{API}/jobs", list_jobs)
+    app.router.add_get(f"{API}/jobs/{{job_id}}", get_job)
+    app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel_job)

@@ -46,6 +46,31 @@ class ItemRow:
     updated_at: float
 
 
+@dataclass
+class JobRow:
+    """A bulk import job and its progress."""
+
+    id: int
+    appid: str
+    kind: str
+    source: str
+    status: str
+    position: int
+    total: int
+    done: int
+    failed: int
+    duplicates: int
+    message: str
+    created_at: float
+    updated_at: float
+
+
+_JOB_COLUMNS = (
+    "id, appid, kind, source, status, position, total, done, failed, duplicates, message, "
+    "created_at, updated_at"
+)
+
+
 class AlreadyExists(Exception):
     """The row being created is already there."""
 
@@ -383,3 +408,83 @@ class Store:
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
                 ]
             )
+
+    # ---- bulk import jobs ------------------------------------------------------------------
+
+    async def create_job(self, appid: str, kind: str, source: str, total: int) -> int:
+        """A queued job; returns its id."""
+        now = time.time()
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "INSERT INTO jobs(appid, kind, source, status, total, created_at, updated_at) "
+                        "VALUES (?,?,?,'queued',?,?,?)",
+                        (appid, kind, source, total, now, now),
+                    )
+                ]
+            )
+        async with self.reader.execute("SELECT max(id) FROM jobs") as cur:
+            row = await cur.fetchone()
+        return int(row[0])  # type: ignore[index]
+
+    async def save_job_progress(self, job: JobRow, errors: Sequence[tuple[str, int, str]] = ()) -> None:
+        """Persist a job's counters, position and status, and append its new per-item errors."""
+        statements: list[tuple[str, Sequence]] = [
+            (
+                "UPDATE jobs SET status=?, position=?, total=?, done=?, failed=?, duplicates=?, message=?, "
+                "updated_at=? WHERE id=?",
+                (
+                    job.status,
+                    job.position,
+                    job.total,
+                    job.done,
+                    job.failed,
+                    job.duplicates,
+                    job.message,
+                    time.time(),
+                    job.id,
+                ),
+            )
+        ]
+        statements += [
+            ("INSERT INTO job_errors(job_id, file, err_no, reason) VALUES (?,?,?,?)", (job.id, *error))
+            for error in errors
+        ]
+        async with self._write_lock:
+            await self._write(statements)
+
+    async def jobs(self, job_id: int | None = None) -> list[JobRow]:
+        """All jobs, newest first (or just one)."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
+        params: tuple = ()
+        if job_id is not None:
+            sql += " WHERE id=?"
+            params = (job_id,)
+        async with self.reader.execute(sql + " ORDER BY id DESC", params) as cur:
+            return [JobRow(*row) for row in await cur.fetchall()]
+
+    async def job_errors(self, job_id: int, limit: int = 1000) -> list[tuple[str, int, str]]:
+        """The first ``limit`` per-item failures of a job."""
+        async with self.reader.execute(
+            "SELECT file, err_no, reason FROM job_errors WHERE job_id=? ORDER BY rowid LIMIT ?",
+            (job_id, limit),
+        ) as cur:
+            return [(r[0], int(r[1]), r[2]) for r in await cur.fetchall()]
+
+    async def items_with_vectors(
+        self, lib_id: int, chunk: int = 2048
+    ) -> AsyncIterator[list[tuple[ItemRow, bytes]]]:
+        """Every item with its raw vector bytes, in insertion order, in chunks (export)."""
+        last = -1
+        while True:
+            async with self.reader.execute(
+                f"SELECT {_ITEM_COLUMNS}, vector, seq FROM items "
+                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][-1])
+            yield [(_item(row[:6]), bytes(row[6])) for row in rows]

@@ -54,3 +54,29 @@ CREATE TABLE IF NOT EXISTS thumbnails (
     PRIMARY KEY (lib_id, key),
     FOREIGN KEY (lib_id, key) REFERENCES items(lib_id, key) ON DELETE CASCADE
 ) WITHOUT ROWID;
+
+-- Bulk import jobs: one row per job, its progress persisted after every chunk so a restart resumes.
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    appid       TEXT NOT NULL,
+    kind        TEXT NOT NULL,           -- dir | manifest | zip
+    source      TEXT NOT NULL,           -- a path on the server
+    status      TEXT NOT NULL,           -- queued | running | done | failed | cancelled
+    position    INTEGER NOT NULL DEFAULT 0,
+    total       INTEGER NOT NULL DEFAULT 0,
+    done        INTEGER NOT NULL DEFAULT 0,
+    failed      INTEGER NOT NULL DEFAULT 0,
+    duplicates  INTEGER NOT NULL DEFAULT 0,
+    message     TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+-- Per-item failures of a job (file, err_no, reason).
+CREATE TABLE IF NOT EXISTS job_errors (
+    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    file   TEXT NOT NULL,
+    err_no INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_errors_by_job ON job_errors (job_id);

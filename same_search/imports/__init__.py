@@ -1,0 +1,1 @@
+"""Bulk loading: import jobs from server-side folders, manifests and ZIPs; export and import of libraries."""
