@@ -1,4 +1,4 @@
-"""``python -m same_search``: start the daemon."""
+"""``python -m same_search [COMMAND]``: run the daemon, or a client command against a running one."""
 
 from same_search.cli import main
 

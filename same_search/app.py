@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from same_search.config import Config
+from same_search.console import pages
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
 from same_search.routes import admin, feature, retrieval
@@ -78,4 +79,5 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
     feature.add_routes(app)
     retrieval.add_routes(app)
     admin.add_routes(app)
+    pages.add_routes(app)
     return app

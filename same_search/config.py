@@ -61,7 +61,7 @@ class ModelConfig:
     #: "auto" (GPU when present), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
     #: Global pooling of the last feature map: "gem" or "avg".
-    pooling: str = "gem"
+    pooling: str = "avg"
     #: GeM exponent (3 is the usual choice for retrieval).
     gem_p: float = 3.0
     #: Shorter side the image is resized to before the forward pass.

@@ -62,8 +62,9 @@ def _library(request: web.Request) -> tuple[Services, Library]:
     return services, services.libraries.get(appid)
 
 
-def _contsign(request: web.Request) -> ContSign:
-    text = request.match_info["contsign"]
+def _contsign(request: web.Request, text: str | None = None) -> ContSign:
+    """The ``sign1,sign2`` in the URL (or ``text``) as a ContSign."""
+    text = request.match_info["contsign"] if text is None else text
     try:
         sign1, sign2 = (int(part) for part in text.split(","))
     except ValueError:
@@ -231,8 +232,10 @@ async def search_image(request: web.Request) -> web.Response:
     """Search with the raw image as the body (what the console's drop zone sends)."""
     services, lib = _library(request)
     rn = _query_int(request, "rn", 20, services.cfg.limits.max_rn)
-    image = await request.read()
-    vector = await services.embed.embed_image(image)
+    if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
+        vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
+    else:
+        vector = await services.embed.embed_image(await request.read())
     page = await services.libraries.search(lib, vector, 0, rn, None)
     results = []
     for hit in page.hits:

@@ -1,0 +1,117 @@
+// same_search console: search by picture, live import jobs, small forms. Plain JavaScript, no build step.
+"use strict";
+
+function headers(extra) {
+  const token = localStorage.getItem("same_search_token");
+  return Object.assign(token ? { "X-Same-Token": token } : {}, extra || {});
+}
+
+async function api(method, path, body, contentType) {
+  const options = { method, headers: headers(contentType ? { "Content-Type": contentType } : {}) };
+  if (body !== undefined) options.body = body;
+  const answer = await (await fetch(path, options)).json();
+  if (answer.err_no === 12) {
+    const token = prompt("This daemon needs the operator token:");
+    if (token) { localStorage.setItem("same_search_token", token); return api(method, path, body, contentType); }
+  }
+  return answer;
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function showResults(appid, answer) {
+  const grid = document.getElementById("results");
+  const status = document.getElementById("search-status");
+  grid.replaceChildren();
+  if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; status.className = "error"; return; }
+  status.className = "";
+  status.textContent = answer.results.length ? "" : "No results: the library is empty.";
+  for (const hit of answer.results) {
+    grid.append(el("a", { class: "card", href: `/libraries/${encodeURIComponent(appid)}/items/${hit.key}` },
+      el("img", { src: hit.thumbnail, alt: "" }),
+      el("span", { class: "score" }, hit.score.toFixed(4)),
+      el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text)));
+  }
+}
+
+async function searchFile(appid, file) {
+  document.getElementById("search-status").textContent = "Searching…";
+  showResults(appid, await api("POST", `/api/libraries/${encodeURIComponent(appid)}/search?rn=24`, file,
+    file.type || "application/octet-stream"));
+}
+
+function setUpSearch() {
+  const appid = document.body.dataset.appid;
+  const zone = document.getElementById("dropzone");
+  const input = document.getElementById("file");
+  if (zone && input) {
+    input.addEventListener("change", () => input.files[0] && searchFile(appid, input.files[0]));
+    zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault(); zone.classList.remove("over");
+      if (e.dataTransfer.files[0]) searchFile(appid, e.dataTransfer.files[0]);
+    });
+  }
+  const similar = document.getElementById("similar");
+  if (similar) {
+    similar.addEventListener("click", async () => {
+      const path = `/api/libraries/${encodeURIComponent(appid)}/search?rn=24&contsign=${similar.dataset.contsign}`;
+      showResults(appid, await api("POST", path));
+    });
+  }
+}
+
+function formatEta(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  return seconds > 120 ? `${Math.round(seconds / 60)} min` : `${Math.round(seconds)} s`;
+}
+
+async function refreshJobs() {
+  const body = document.getElementById("jobs");
+  if (!body) return;
+  const answer = await api("GET", "/api/jobs");
+  if (answer.err_no !== 0) return;
+  body.replaceChildren(...answer.jobs.map((job) => {
+    const share = job.total ? Math.round((100 * job.position) / job.total) : 100;
+    const bar = el("span", { class: "progress", title: `${share}%` }, el("span", { style: `width:${share}%` }));
+    const cancel = el("button", { "data-job": job.id }, "cancel");
+    cancel.disabled = !["queued", "running"].includes(job.status);
+    cancel.addEventListener("click", () => api("POST", `/api/jobs/${job.id}/cancel`).then(refreshJobs));
+    return el("tr", { "data-status": job.status },
+      el("td", {}, String(job.id)), el("td", {}, job.appid), el("td", {}, job.source), el("td", {}, job.status),
+      el("td", {}, bar, ` ${job.position}/${job.total}`), el("td", {}, String(job.failed)),
+      el("td", {}, String(job.duplicates)), el("td", {}, job.images_per_s === null ? "" : String(job.images_per_s)),
+      el("td", {}, formatEta(job.eta_s)), el("td", {}, cancel));
+  }));
+}
+
+function setUpForms() {
+  const newLibrary = document.getElementById("new-library");
+  if (newLibrary) {
+    newLibrary.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const answer = await api("POST", "/api/libraries", JSON.stringify({ appid: newLibrary.appid.value }), "application/json");
+      if (answer.err_no === 0) location.reload(); else newLibrary.querySelector(".message").textContent = answer.err_msg;
+    });
+  }
+  const newJob = document.getElementById("new-job");
+  if (newJob) {
+    newJob.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const answer = await api("POST", "/api/jobs",
+        JSON.stringify({ appid: newJob.appid.value, source: { dir: newJob.dir.value } }), "application/json");
+      newJob.querySelector(".message").textContent = answer.err_no === 0 ? `job ${answer.job.id} queued` : answer.err_msg;
+      refreshJobs();
+    });
+  }
+  if (document.getElementById("jobs")) { refreshJobs(); setInterval(refreshJobs, 1500); }
+}
+
+setUpSearch();
+setUpForms();

@@ -1,0 +1,386 @@
+"""The Python clients and the client commands of ``python -m same_search``, against a real daemon.
+
+One daemon process serves the whole module (starting one costs seconds); every test uses its own
+library so the tests do not depend on each other's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon import Daemon, free_port
+from images import jpeg
+
+from same_search.cli import main
+from same_search.client import (
+    AlreadySignedUp,
+    AsyncClient,
+    AuthFailed,
+    BadImage,
+    BadRequest,
+    Client,
+    ClientError,
+    Duplicate,
+    NotFound,
+    NotSignedUp,
+    SameSearchError,
+    TransportError,
+    _decode,
+    contsign_of,
+)
+from same_search.config import AuthConfig, Config, ServerConfig
+
+JPEG_MAGIC = b"\xff\xd8"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The real daemon on free ports, with the model the other tests use."""
+    d = Daemon(tmp_path_factory.mktemp("daemon"), '[model]\nname = "efficientnet_lite0"\n')
+    d.start()
+    yield d
+    d.stop()
+
+
+def make_client(daemon: Daemon, appid: str | None = None) -> Client:
+    ports = daemon.ports
+    return Client("127.0.0.1", ports["search"], ports["feature"], ports["admin"], appid=appid)
+
+
+def port_flags(daemon: Daemon) -> list[str]:
+    ports = daemon.ports
+    return [
+        "--search-port",
+        str(ports["search"]),
+        "--feature-port",
+        str(ports["feature"]),
+        "--admin-port",
+        str(ports["admin"]),
+    ]
+
+
+# ------------------------------------------------------------------------------------ sync client
+
+
+def test_retrieval_round_trip(daemon: Daemon) -> None:
+    client = make_client(daemon, "sync")
+    client.signup()
+    with pytest.raises(AlreadySignedUp):
+        client.signup()
+    one = client.add(jpeg(1), "one", tags=(1, 2))
+    two = client.add(jpeg(2), b"two")
+    three = client.add(jpeg(3), "three", tags=(4, 0))
+    assert one == contsign_of(jpeg(1)) and two == contsign_of(jpeg(2))
+
+    with pytest.raises(Duplicate) as dup:
+        client.add(jpeg(1), "again")
+    assert dup.value.err_no == 101
+    assert dup.value.item is not None and dup.value.item.brief == b"one" and dup.value.item.tags == (1, 2)
+
+    hits = client.search(image=jpeg(1))
+    assert hits[0].contsign == one and len(hits) == 3 and not hits.has_more
+    assert hits[0].score > 0.999 and hits[0].brief_text == "one" and hits[0].tags == (1, 2)
+    page = client.search(image=jpeg(1), rn=1)
+    assert len(page) == 1 and page.has_more
+    assert client.search(contsign=two)[0].contsign == two
+    assert [h.brief for h in client.search(image=jpeg(2), tags=(1, 0))] == [b"one"]
+    assert len(client.search(image=jpeg(2), tags=(1, 4), tag_logic="any")) == 2
+
+    assert client.update(contsign=two, brief="deux") == two
+    assert client.search(contsign=two)[0].brief == b"deux"
+    with pytest.raises(NotFound):
+        client.update(image=jpeg(9), brief="missing")
+
+    assert client.remove(contsign=three) == 1
+    assert client.remove(contsigns=[three, (two.sign1, two.sign2)]) == 1
+    assert client.remove(image=jpeg(1)) == 1
+    assert client.snapshot() == {"tag": 0, "index_size": 0, "index_capacity": 0, "queue_size": 0}
+
+
+def test_typed_errors(daemon: Daemon) -> None:
+    client = make_client(daemon, "errors")
+    with pytest.raises(NotSignedUp) as missing:
+        client.snapshot()
+    assert missing.value.err_no == 103 and isinstance(missing.value, SameSearchError)
+    client.signup()
+    with pytest.raises(BadImage) as bad:
+        client.add(b"this is not an image", "x")
+    assert bad.value.sub_code == 216201
+    with pytest.raises(BadRequest):
+        client.search(image=jpeg(1), rn=5000)
+    with pytest.raises(ValueError):
+        client.search()
+    with pytest.raises(ValueError, match="appid"):
+        make_client(daemon).snapshot()
+    closed = Client("127.0.0.1", free_port(), free_port(), free_port(), appid="x", timeout=5)
+    with pytest.raises(TransportError) as down:
+        closed.snapshot()
+    assert isinstance(down.value, ClientError) and not isinstance(down.value, SameSearchError)
+
+
+def test_feature_service(daemon: Daemon) -> None:
+    client = make_client(daemon, "features")
+    features = client.classify(jpeg(1))
+    sign = contsign_of(jpeg(1))
+    assert set(features) == {2001, 2002, 2003}
+    assert features[2002] == struct.pack("<II", sign.sign1, sign.sign2)
+    assert features[2003].decode().startswith("efficientnet_lite0:")
+    assert set(client.classify(jpeg(1), [2002])) == {2002}
+    with pytest.raises(BadRequest):
+        client.classify(jpeg(1), "7")
+    a, b = client.descriptor(jpeg(1)), client.descriptor(jpeg(2))
+    assert a.dtype == np.float32 and a.shape == (1280,) and abs(float(np.linalg.norm(a)) - 1) < 1e-4
+    client.signup()
+    client.add(jpeg(2), "two")
+    assert abs(client.search(image=jpeg(1))[0].score - float(a @ b)) < 1e-3
+
+
+def test_management(daemon: Daemon) -> None:
+    client = make_client(daemon, "mgmt")
+    assert client.health()["model"]["id"] == "efficientnet_lite0" and client.ready() is True
+    assert client.create_library("mgmt")["items"] == 0
+    with pytest.raises(AlreadySignedUp):
+        client.create_library("mgmt")
+    signs = [client.add(jpeg(seed), f"item {seed}") for seed in (11, 12, 13)]
+    assert "mgmt" in [lib["appid"] for lib in client.libraries()]
+    assert client.library("mgmt")["items"] == 3
+    page = client.items("mgmt", offset=1, limit=1)
+    assert page.total == 3 and page.has_more and page.items[0].brief == b"item 12"
+    assert [item.contsign for item in client.iter_items("mgmt", page=2)] == signs
+    item = client.item("mgmt", signs[0])
+    assert item.brief_text == "item 11" and item.created and item.tags is None
+    assert client.thumbnail("mgmt", signs[0]).startswith(JPEG_MAGIC)
+    assert client.delete_item("mgmt", signs[0]) == 1
+    with pytest.raises(NotFound):
+        client.item("mgmt", signs[0])
+    assert client.save("mgmt")["library"]["last_index_save"] is not None
+    assert client.rebuild("mgmt")["library"]["items"] == 2
+    assert client.compact("mgmt")["seconds"] >= 0
+    assert 'same_search_library_items{appid="mgmt"} 2.0' in client.metrics()
+    with pytest.raises(BadRequest, match="confirm"):
+        client.delete_library("mgmt", confirm=False)
+    assert client.delete_library("mgmt") == 2
+    with pytest.raises(NotSignedUp):
+        client.library("mgmt")
+
+
+def test_from_config_uses_server_config_and_operator_token(daemon: Daemon) -> None:
+    ports = daemon.ports
+    server = ServerConfig(
+        host="0.0.0.0",
+        feature_port=ports["feature"],
+        search_port=ports["search"],
+        admin_port=ports["admin"],
+    )
+    cfg = Config(server=server, auth=AuthConfig(tokens={"shop": "t-shop", "*": "t-ops"}))
+    client = Client.from_config(cfg)
+    assert client.token == "t-ops"
+    assert client.health()["status"] == "ok"  # this daemon has no tokens: the header is ignored
+    assert Client.from_config(Config(auth=AuthConfig(tokens={"shop": "t"})), appid="shop").token == "t"
+    assert AsyncClient.from_config(cfg, token="mine").endpoints.base("admin").endswith(f":{ports['admin']}")
+
+
+# ----------------------------------------------------------------------------------- async client
+
+
+async def test_async_client(daemon: Daemon) -> None:
+    ports = daemon.ports
+    async with AsyncClient(
+        "127.0.0.1", ports["search"], ports["feature"], ports["admin"], appid="async"
+    ) as client:
+        with pytest.raises(NotSignedUp):
+            await client.snapshot()
+        await client.signup()
+        signs = await asyncio.gather(*(client.add(jpeg(seed), f"a{seed}") for seed in (21, 22, 23)))
+        with pytest.raises(Duplicate) as dup:
+            await client.add(jpeg(21), "again")
+        assert dup.value.item is not None and dup.value.item.brief == b"a21"
+        hits = await client.search(image=jpeg(22), rn=2)
+        assert hits[0].contsign == signs[1] and hits.has_more
+        assert (await client.search(contsign=signs[2]))[0].brief == b"a23"
+        assert await client.update(contsign=signs[2], tags=(7, 0)) == signs[2]
+        assert [h.contsign for h in await client.search(image=jpeg(21), tags=(7, 0))] == [signs[2]]
+        vector = await client.descriptor(jpeg(22))
+        assert abs(float(vector @ vector) - 1) < 1e-4
+        assert 2002 in await client.classify(jpeg(22), "2002")
+        assert (await client.health())["status"] == "ok" and await client.ready()
+        assert "same_search_requests_total" in await client.metrics()
+        assert "async" in [lib["appid"] for lib in await client.libraries()]
+        assert (await client.library("async"))["items"] == 3
+        page = await client.items("async", limit=2)
+        assert page.total == 3 and len(page.items) == 2
+        assert [item.contsign async for item in client.iter_items("async", page=2)] == signs
+        assert (await client.item("async", signs[0])).brief == b"a21"
+        assert (await client.thumbnail("async", signs[0])).startswith(JPEG_MAGIC)
+        assert await client.delete_item("async", signs[0]) == 1
+        assert await client.remove(image=jpeg(22)) == 1
+        assert (await client.save("async"))["library"]["items"] == 1
+        assert (await client.rebuild("async"))["library"]["items"] == 1
+        assert (await client.compact("async"))["library"]["items"] == 1
+        assert (await client.snapshot())["index_size"] == 1
+        with pytest.raises(AlreadySignedUp):
+            await client.create_library("async")
+        assert await client.delete_library("async") == 1
+    async with AsyncClient("127.0.0.1", free_port(), free_port(), free_port(), appid="x", timeout=5) as down:
+        with pytest.raises(TransportError):
+            await down.snapshot()
+
+
+# ------------------------------------------- routes being added elsewhere: request shape only
+
+
+class Recorder(Client):
+    """A Client whose requests are recorded and answered from a list instead of the network."""
+
+    def __init__(self, replies: list[tuple[str, bytes]]) -> None:
+        super().__init__(token="secret")
+        self.replies = replies
+        self.sent: list[tuple[str, str, bytes | None, dict[str, str]]] = []
+
+    def _run(self, call):  # type: ignore[override]
+        url = self.endpoints.url(call.service, call.path, call.query)
+        data, headers = self._headers(call)
+        self.sent.append((call.method, url, data, headers))
+        ctype, raw = self.replies.pop(0)
+        return _decode(call, url, 200, ctype, raw)
+
+
+def envelope(**fields) -> tuple[str, bytes]:
+    return "application/json", json.dumps({"err_no": 0, "err_msg": "OK", **fields}).encode()
+
+
+def test_jobs_export_and_import_request_shapes() -> None:
+    job = {"id": 7, "appid": "shop", "status": "running", "total": 3, "done": 1, "errors": []}
+    client = Recorder(
+        [
+            envelope(job=job),
+            envelope(job=job),
+            envelope(jobs=[job]),
+            envelope(job=job),
+            envelope(job={**job, "status": "cancelled"}),
+            ("application/zip", b"PK\x03\x04zip"),
+            envelope(imported=2, duplicates=1),
+            ("application/json", b'{"err_no": 12, "err_msg": "missing or wrong token"}'),
+        ]
+    )
+    assert client.create_job("shop", directory="/srv/photos") == job
+    assert client.upload_job("shop", b"PK zip") == job
+    assert client.jobs() == [job]
+    assert client.job(7)["done"] == 1
+    assert client.cancel_job(7)["status"] == "cancelled"
+    assert client.export_library("shop", vectors=True) == b"PK\x03\x04zip"
+    assert client.import_library("shop", b"PK zip") == {"imported": 2, "duplicates": 1}
+    with pytest.raises(AuthFailed):
+        client.export_library("shop")
+    sent = [(method, url.split("8103", 1)[1], data) for method, url, data, _ in client.sent]
+    assert sent[0] == (
+        "POST",
+        "/api/jobs",
+        json.dumps({"appid": "shop", "source": {"dir": "/srv/photos"}}).encode(),
+    )
+    assert sent[1] == ("POST", "/api/jobs/upload?appid=shop", b"PK zip")
+    assert [s[:2] for s in sent[2:]] == [
+        ("GET", "/api/jobs"),
+        ("GET", "/api/jobs/7"),
+        ("POST", "/api/jobs/7/cancel"),
+        ("GET", "/api/libraries/shop/export?vectors=1"),
+        ("POST", "/api/libraries/shop/import"),
+        ("GET", "/api/libraries/shop/export"),
+    ]
+    assert all(headers["X-Same-Token"] == "secret" for *_, headers in client.sent)
+    assert client.sent[1][3]["Content-Type"] == "application/zip"
+    with pytest.raises(ValueError):
+        client.create_job("shop")
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """10 distinct pictures (4 in a subfolder), a byte-identical copy, a corrupt JPEG, a text file."""
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    for seed in range(10):
+        folder = root / "sub" if seed >= 6 else root
+        (folder / f"p{seed:02d}.jpg").write_bytes(jpeg(100 + seed))
+    (root / "sub" / "copy.jpg").write_bytes(jpeg(100))
+    (root / "sub" / "broken.jpg").write_bytes(jpeg(200)[:300])
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def run_cli(daemon: Daemon, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main([*argv, *port_flags(daemon)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_import_resume_search_libraries_snapshot(
+    daemon: Daemon, photo_dir: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run_cli(daemon, capsys, "import", str(photo_dir), "--appid", "cli")
+    assert code == 1 and "does not exist; add --signup" in err
+
+    code, out, err = run_cli(daemon, capsys, "import", str(photo_dir), "--appid", "cli", "--signup")
+    assert code == 1
+    assert "12 files: 10 added, 1 already stored, 1 failed" in out
+    assert "failed: sub/broken.jpg: err_no 100: 216201" in err
+    assert "import: 12/12 done, 10 added, 1 duplicates, 1 failed" in err and "images/s, ETA" in err
+    stored = {item.brief_text for item in make_client(daemon).iter_items("cli")}
+    assert {"p01.jpg", "sub/p06.jpg", "sub/p09.jpg"} <= stored and len(stored) == 10
+
+    code, out, _ = run_cli(daemon, capsys, "import", str(photo_dir), "--appid", "cli")
+    assert code == 1 and "12 files: 0 added, 11 already stored, 1 failed" in out
+    (photo_dir / "sub" / "broken.jpg").unlink()
+    code, out, _ = run_cli(daemon, capsys, "import", str(photo_dir), "--appid", "cli", "-j", "3")
+    assert code == 0 and "11 files: 0 added, 11 already stored, 0 failed" in out
+
+    code, out, _ = run_cli(
+        daemon, capsys, "search", str(photo_dir / "p01.jpg"), "--appid", "cli", "--rn", "3"
+    )
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["rank", "score", "contsign", "brief"]
+    assert lines[1].split() == ["1", "1.0000", str(contsign_of(jpeg(101))), "p01.jpg"]
+    assert len(lines) == 5 and "raise --rn" in lines[4]
+
+    code, out, _ = run_cli(daemon, capsys, "libraries")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert code == 0 and rows["cli"][1:3] == ["10", "exact"]
+
+    # A separate process that finds the daemon through ./config.toml, as an operator's shell would.
+    ports = daemon.ports
+    (tmp_path / "config.toml").write_text(
+        f"[server]\nsearch_port = {ports['search']}\nfeature_port = {ports['feature']}\n"
+        f"admin_port = {ports['admin']}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "same_search", "snapshot", "--appid", "cli"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "index_size 10" in done.stdout.splitlines()
+
+
+def test_cli_errors(daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg(1))
+    code, _, err = run_cli(daemon, capsys, "search", str(query), "--appid", "nobody")
+    assert code == 1 and "err_no 103" in err
+    code, _, err = run_cli(daemon, capsys, "snapshot", "--appid", "nobody")
+    assert code == 1 and "err_no 103" in err
+    code = main(["libraries", "--admin-port", str(free_port())])
+    assert code == 3 and "cannot reach the daemon" in capsys.readouterr().err
+    code, _, err = run_cli(daemon, capsys, "import", str(tmp_path / "none"), "--appid", "x")
+    assert code == 2 and "not a directory" in err

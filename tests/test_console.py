@@ -1,0 +1,84 @@
+"""The web console in a real headless Chromium: pages render, an uploaded picture finds its match.
+
+Skipped, with a message saying how to get one, when no Chromium is installed (`.ci/run` installs
+Debian's `chromium`). The browser talks to a real daemon process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import b64, brief
+from daemon import Daemon
+from images import jpeg
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on this machine: apt-get install chromium (.ci/run does it)"
+)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("console"))
+    d.start()
+    d.rts("signup", appid="shop")
+    for seed in range(6):
+        d.rts("add", appid="shop", image=b64(jpeg(seed)), features=[brief(f"product {seed}")])
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield browser.new_page()
+        browser.close()
+
+
+def test_overview_lists_libraries_and_jobs(daemon, page, tmp_path: Path):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for seed in (40, 41, 42):
+        (folder / f"{seed}.jpg").write_bytes(jpeg(seed))
+    page.goto(daemon.url("admin", "/"))
+    assert "same_search" in page.title()
+    assert page.locator("table.libraries td a", has_text="shop").count() == 1
+    assert "efficientnet_lite0" in page.locator("#status").inner_text()
+    page.select_option("#new-job select", "shop")
+    page.fill("#new-job input[name=dir]", str(folder))
+    page.click("#new-job button")
+    page.wait_for_selector("#jobs tr[data-status=done]", timeout=60_000)
+    assert "3/3" in page.locator("#jobs tr").first.inner_text()
+
+
+def test_upload_a_picture_and_see_its_match_first(daemon, page, tmp_path: Path):
+    query = tmp_path / "query.jpg"
+    query.write_bytes(jpeg(3))
+    page.goto(daemon.url("admin", "/libraries/shop"))
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#results .card", timeout=30_000)
+    first = page.locator("#results .card").first
+    assert first.locator(".brief").inner_text() == "product 3"
+    assert float(first.locator(".score").inner_text()) > 0.99
+    assert page.evaluate("document.querySelector('#results .card img').naturalWidth") > 0  # thumbnail loads
+    page.screenshot(path=str(tmp_path / "console-search.png"))
+    first.click()
+    page.wait_for_selector(".detail")
+    assert page.locator(".detail .brief").inner_text() == "product 3"
+    page.click("#similar")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card .brief").first.inner_text() == "product 3"
