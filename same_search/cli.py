@@ -154,12 +154,10 @@ def run_daemon(cfg: Config) -> int:
     # Imported here: they pull in torch, which client commands do not need.
     from same_search.embed.models import ModelUnavailable
     from same_search.libraries import ModelMismatch
+    from same_search.logs import configure as configure_logging
     from same_search.server import serve
 
-    logging.basicConfig(
-        level=cfg.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(cfg.server.log_level, cfg.server.log_format)
     log.info("same_search %s starting; data dir %s", __version__, cfg.data_path.resolve())
     try:
         asyncio.run(serve(cfg))

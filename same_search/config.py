@@ -25,6 +25,8 @@ class ServerConfig:
     search_port: int = 8025
     admin_port: int = 8103
     log_level: str = "INFO"
+    #: "text" (readable lines) or "json" (one JSON object per line, request fields as keys).
+    log_format: str = "text"
     #: Largest accepted request body; above it the answer is err_no 1 in the JSON envelope.
     max_body_bytes: int = 10 * 1024 * 1024
     #: Largest upload to the management port (ZIPs for import jobs and library imports).

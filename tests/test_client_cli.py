@@ -7,7 +7,6 @@ library so the tests do not depend on each other's order.
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from same_search.cli import main
 from same_search.client import (
     AlreadySignedUp,
     AsyncClient,
-    AuthFailed,
     BadImage,
     BadRequest,
     Client,
@@ -33,7 +31,6 @@ from same_search.client import (
     NotSignedUp,
     SameSearchError,
     TransportError,
-    _decode,
     contsign_of,
 )
 from same_search.config import AuthConfig, Config, ServerConfig
@@ -234,71 +231,40 @@ async def test_async_client(daemon: Daemon) -> None:
             await down.snapshot()
 
 
-# ------------------------------------------- routes being added elsewhere: request shape only
+# ------------------------------------------------------------------ jobs, export and import
 
 
-class Recorder(Client):
-    """A Client whose requests are recorded and answered from a list instead of the network."""
+def test_jobs_export_and_import(daemon: Daemon, tmp_path: Path) -> None:
+    import io
+    import time
+    import zipfile
 
-    def __init__(self, replies: list[tuple[str, bytes]]) -> None:
-        super().__init__(token="secret")
-        self.replies = replies
-        self.sent: list[tuple[str, str, bytes | None, dict[str, str]]] = []
-
-    def _run(self, call):  # type: ignore[override]
-        url = self.endpoints.url(call.service, call.path, call.query)
-        data, headers = self._headers(call)
-        self.sent.append((call.method, url, data, headers))
-        ctype, raw = self.replies.pop(0)
-        return _decode(call, url, 200, ctype, raw)
-
-
-def envelope(**fields) -> tuple[str, bytes]:
-    return "application/json", json.dumps({"err_no": 0, "err_msg": "OK", **fields}).encode()
-
-
-def test_jobs_export_and_import_request_shapes() -> None:
-    job = {"id": 7, "appid": "shop", "status": "running", "total": 3, "done": 1, "errors": []}
-    client = Recorder(
-        [
-            envelope(job=job),
-            envelope(job=job),
-            envelope(jobs=[job]),
-            envelope(job=job),
-            envelope(job={**job, "status": "cancelled"}),
-            ("application/zip", b"PK\x03\x04zip"),
-            envelope(imported=2, duplicates=1),
-            ("application/json", b'{"err_no": 12, "err_msg": "missing or wrong token"}'),
-        ]
-    )
-    assert client.create_job("shop", directory="/srv/photos") == job
-    assert client.upload_job("shop", b"PK zip") == job
-    assert client.jobs() == [job]
-    assert client.job(7)["done"] == 1
-    assert client.cancel_job(7)["status"] == "cancelled"
-    assert client.export_library("shop", vectors=True) == b"PK\x03\x04zip"
-    assert client.import_library("shop", b"PK zip") == {"imported": 2, "duplicates": 1}
-    with pytest.raises(AuthFailed):
-        client.export_library("shop")
-    sent = [(method, url.split("8103", 1)[1], data) for method, url, data, _ in client.sent]
-    assert sent[0] == (
-        "POST",
-        "/api/jobs",
-        json.dumps({"appid": "shop", "source": {"dir": "/srv/photos"}}).encode(),
-    )
-    assert sent[1] == ("POST", "/api/jobs/upload?appid=shop", b"PK zip")
-    assert [s[:2] for s in sent[2:]] == [
-        ("GET", "/api/jobs"),
-        ("GET", "/api/jobs/7"),
-        ("POST", "/api/jobs/7/cancel"),
-        ("GET", "/api/libraries/shop/export?vectors=1"),
-        ("POST", "/api/libraries/shop/import"),
-        ("GET", "/api/libraries/shop/export"),
-    ]
-    assert all(headers["X-Same-Token"] == "secret" for *_, headers in client.sent)
-    assert client.sent[1][3]["Content-Type"] == "application/zip"
+    client = make_client(daemon, appid="jobs")
+    client.signup()
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for seed in range(3):
+        (folder / f"{seed}.jpg").write_bytes(jpeg(500 + seed))
+    job = client.create_job("jobs", directory=str(folder))
+    deadline = time.monotonic() + 60
+    while (job := client.job(job["id"]))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert (job["status"], job["done"]) == ("done", 3)
+    assert client.cancel_job(job["id"])["status"] == "done"  # nothing left to cancel
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("z.jpg", jpeg(510))
+    uploaded = client.upload_job("jobs", buffer.getvalue())
+    assert uploaded["id"] in [j["id"] for j in client.jobs()]
+    while client.job(uploaded["id"])["status"] in ("queued", "running"):
+        time.sleep(0.2)
+    export = client.export_library("jobs", vectors=True)
+    assert export[:2] == b"PK"
+    assert client.import_library("jobs-copy", export)["imported"] == 4
+    assert client.snapshot(appid="jobs-copy")["index_size"] == 4
     with pytest.raises(ValueError):
-        client.create_job("shop")
+        client.create_job("jobs")
 
 
 # --------------------------------------------------------------------------------------------- CLI

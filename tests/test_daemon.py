@@ -162,3 +162,18 @@ def test_public_address_without_tokens_is_warned_about(tmp_path):
         assert "admin service listening on http://127.0.0.1" in log
     finally:
         d.stop()
+
+
+def test_json_logs_carry_request_fields(tmp_path):
+    import json
+
+    d = Daemon(tmp_path, '[server]\nlog_format = "json"\n')
+    d.start()
+    try:
+        d.post("search", "/RTSAsService/snapshot", {"appid": "nobody", "logid": 4242})
+    finally:
+        d.terminate()
+    lines = [json.loads(line) for line in d.log.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("logid") == 4242]
+    assert access and access[0]["appid"] == "nobody" and access[0]["err_no"] == 103
+    assert access[0]["route"] == "/RTSAsService/snapshot" and access[0]["latency_ms"] >= 0

@@ -73,11 +73,11 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 def _log_request(request: web.Request, started: float) -> None:
-    log.info(
-        "route=%s logid=%s appid=%s err_no=%s latency_ms=%.1f",
-        request.path,
-        request.get(LOGID, "-"),
-        request.get(APPID, "-"),
-        request.get(ERRNO, "-"),
-        (time.monotonic() - started) * 1000.0,
-    )
+    fields = {
+        "route": request.path,
+        "logid": request.get(LOGID, "-"),
+        "appid": request.get(APPID, "-"),
+        "err_no": request.get(ERRNO, "-"),
+        "latency_ms": round((time.monotonic() - started) * 1000.0, 1),
+    }
+    log.info(" ".join(f"{key}=%s" for key in fields), *fields.values(), extra=fields)
