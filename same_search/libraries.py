@@ -199,12 +199,14 @@ class LibraryService:
                 except asyncio.CancelledError:
                     await saving  # keep writers out until the file is complete, then stop
                     raise
-            log.info(
-                "library %s: index saved (%d items, %.2fs)",
-                lib.row.appid,
-                lib.index.count(),
-                time.monotonic() - started,
-            )
+                finally:
+                    if saving.done() and not saving.cancelled() and saving.exception() is None:
+                        log.info(
+                            "library %s: index saved (%d items, %.2fs)",
+                            lib.row.appid,
+                            lib.index.count(),
+                            time.monotonic() - started,
+                        )
             saved += 1
         return saved
 
