@@ -185,8 +185,10 @@ class VectorCache:
                 done = start + len(chunk)
                 if self.progress and (done % (BATCH * 20) == 0 or done == len(missing)):
                     rate = done / (time.perf_counter() - started)
-                    log(f"  {what} size {size}: {done}/{len(missing)} images "
-                        f"({rate:.1f} img/s over {len(modes)} preprocessing modes)")
+                    log(
+                        f"  {what} size {size}: {done}/{len(missing)} images "
+                        f"({rate:.1f} img/s over {len(modes)} preprocessing modes)"
+                    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,25 +430,55 @@ def parse_config(text: str, gem_p: float) -> EvalConfig:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".." / "shared" / "data",
-                        help="folder holding caltech101-dev/ and imagenet-samples/ (default: ../shared/data)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="quick run: at most N Caltech images per class and N ImageNet originals")
-    parser.add_argument("--originals", type=int, default=300,
-                        help="ImageNet originals in the near-duplicate task (default 300)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=REPO_ROOT / ".." / "shared" / "data",
+        help="folder holding caltech101-dev/ and imagenet-samples/ (default: ../shared/data)",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="quick run: at most N Caltech images per class and N ImageNet originals",
+    )
+    parser.add_argument(
+        "--originals",
+        type=int,
+        default=300,
+        help="ImageNet originals in the near-duplicate task (default 300)",
+    )
     parser.add_argument("--pooling", nargs="+", default=["avg", "gem"], choices=["avg", "gem"])
     parser.add_argument("--gem-p", type=float, default=3.0)
-    parser.add_argument("--configs", nargs="+", default=None, metavar="POOL/SIZE/PREP",
-                        help="explicit grid points (e.g. gem/288/squash) instead of the full product "
-                             "of --pooling x --sizes x --preprocessing")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        metavar="POOL/SIZE/PREP",
+        help="explicit grid points (e.g. gem/288/squash) instead of the full product "
+        "of --pooling x --sizes x --preprocessing",
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 288])
     parser.add_argument("--preprocessing", nargs="+", default=["squash", "crop"], choices=["squash", "crop"])
-    parser.add_argument("--budget-min", type=float, default=25.0,
-                        help="skip larger input sizes whose estimated time would exceed this many minutes")
+    parser.add_argument(
+        "--budget-min",
+        type=float,
+        default=25.0,
+        help="skip larger input sizes whose estimated time would exceed this many minutes",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random edits")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("quality_results.md")),
-                        help="markdown file for the results ('' to skip writing)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--out",
+        default=str(Path(__file__).with_name("quality_results.md")),
+        help="markdown file for the results ('' to skip writing)",
+    )
+    args = parser.parse_args(argv)
+    if args.configs:
+        try:
+            args.configs = sorted({parse_config(text, args.gem_p) for text in args.configs})
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+    return args
 
 
 @dataclass
@@ -475,26 +507,33 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
     ``on_partial`` after each, so a run cut short still leaves complete rows behind.
     """
     started = time.perf_counter()
-    if args.configs:
-        grid = sorted({parse_config(text, args.gem_p) for text in args.configs})
-    else:
-        grid = build_grid(args.pooling, args.sizes, args.preprocessing, args.gem_p)
+    grid = args.configs or build_grid(args.pooling, args.sizes, args.preprocessing, args.gem_p)
     n_originals = min(args.originals, args.limit) if args.limit else args.originals
     caltech, labels = load_caltech(data_dir / "caltech101-dev", args.limit)
     originals = load_imagenet(data_dir / "imagenet-samples", n_originals)
     queries, edit_of, source_of, refused = make_queries(originals, args.seed)
-    log(f"data: {len(caltech)} caltech, {len(originals)} originals, {len(queries)} edited queries "
+    log(
+        f"data: {len(caltech)} caltech, {len(originals)} originals, {len(queries)} edited queries "
         f"({refused} refused by the size limits); {len(grid)} configs; "
-        f"edits ready in {time.perf_counter() - started:.0f}s")
+        f"edits ready in {time.perf_counter() - started:.0f}s"
+    )
 
     loaded = load_model(ModelConfig(name=MODEL_NAME))
     cache = VectorCache(loaded)
     library_keys = list(originals) + list(caltech)
     truth = np.asarray([library_keys.index(source) for source in source_of])
     results = Results(
-        grid=[], category={}, duplicates={}, n_caltech=len(caltech), n_classes=len(set(labels)),
-        n_originals=len(originals), n_queries=len(queries), n_refused=refused,
-        weights_sha256=loaded.weights_sha256, data_dir=data_dir, elapsed_s=0.0,
+        grid=[],
+        category={},
+        duplicates={},
+        n_caltech=len(caltech),
+        n_classes=len(set(labels)),
+        n_originals=len(originals),
+        n_queries=len(queries),
+        n_refused=refused,
+        weights_sha256=loaded.weights_sha256,
+        data_dir=data_dir,
+        elapsed_s=0.0,
     )
     last_cost: float | None = None  # seconds per (pixel-scaled) forward pass of the last size
     for size in sorted({c.size for c in grid}):
@@ -502,8 +541,10 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
         passes = len({c.preprocessing for c in configs}) * (size / 224) ** 2
         elapsed = time.perf_counter() - started
         if last_cost is not None and elapsed + last_cost * passes > args.budget_min * 60:
-            log(f"size {size}: skipped, about {last_cost * passes / 60:.0f} min more would exceed "
-                f"--budget-min {args.budget_min:g}")
+            log(
+                f"size {size}: skipped, about {last_cost * passes / 60:.0f} min more would exceed "
+                f"--budget-min {args.budget_min:g}"
+            )
             results.skipped += configs
             continue
         size_started = time.perf_counter()
@@ -516,8 +557,10 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
                 cache.matrix(config, list(queries)), cache.matrix(config, library_keys), truth, edit_of
             )
             results.grid.append(config)
-            log(f"  {config.label}: {results.category[config]} "
-                f"R@1(all)={results.duplicates[config]['all']['R@1']:.3f}")
+            log(
+                f"  {config.label}: {results.category[config]} "
+                f"R@1(all)={results.duplicates[config]['all']['R@1']:.3f}"
+            )
         results.elapsed_s = time.perf_counter() - started
         last_cost = (time.perf_counter() - size_started) / passes
         log(f"size {size} done in {time.perf_counter() - size_started:.0f}s")
@@ -536,52 +579,61 @@ def render(results: Results) -> str:
     columns = [*edit_names, "mild mean", "hard mean", "all"]
     dup_table = markdown_table(
         ["config", *columns, "margin (all)"],
-        [[c.label, *(f"{dup[c][n]['R@1']:.3f}" for n in columns), f"{dup[c]['all']['margin']:+.4f}"]
-         for c in grid],
+        [
+            [c.label, *(f"{dup[c][n]['R@1']:.3f}" for n in columns), f"{dup[c]['all']['margin']:+.4f}"]
+            for c in grid
+        ],
     )
     margin_table = markdown_table(
         ["config", *columns], [[c.label, *(f"{dup[c][n]['margin']:+.3f}" for n in columns)] for c in grid]
     )
     best_cat = max(grid, key=lambda c: (category[c]["mAP@100"], category[c]["P@10"]))
     best_dup = max(grid, key=lambda c: (dup[c]["all"]["R@1"], dup[c]["all"]["margin"]))
-    return "\n".join([
-        "# Embedder quality: pooling x input size x preprocessing",
-        "",
-        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- model: {MODEL_NAME} (weights sha256 {results.weights_sha256[:12]}...), batch {BATCH}",
-        f"- machine: {machine_description()}",
-        f"- data: {results.data_dir}; {results.n_caltech} Caltech images in {results.n_classes} classes; "
-        f"{results.n_originals} ImageNet originals x {len(EDITS)} edits = {results.n_queries} queries "
-        f"({results.n_refused} edited copies left out: below the daemon's 32 px minimum side)",
-        f"- each of the {results.n_caltech + results.n_originals + results.n_queries} images embedded once "
-        f"per config (one forward pass per size x preprocessing, shared by both poolings); "
-        f"run time {results.elapsed_s / 60:.1f} min",
-        "",
-        "## 1. Category retrieval (caltech101-dev, all-vs-all, query excluded)",
-        "",
-        "Exact cosine search. AP@100 is normalised by min(100, other images of the query's class).",
-        "",
-        cat_table,
-        "",
-        f"## 2. Near-duplicate retrieval ({results.n_originals} originals + {results.n_caltech} "
-        "Caltech distractors)",
-        "",
-        "Recall@1 per edit; margin = score of the true original - best wrong score (mean over queries).",
-        "Mild: jpeg40, half (50% resize), flip, gray, bright1.3. Hard: crop50c (centre 50% area), "
-        "crop30r (random 30% area), rot10, band25 (text band over bottom 25%), letterbox (16:9 black "
-        "bars), down80 (80 px shorter side and back). Edited copies other than jpeg40 are JPEG q95.",
-        "",
-        dup_table,
-        "",
-        "Mean margin per edit:",
-        "",
-        margin_table,
-        "",
-        f"Highest mAP@100: **{best_cat.label}**; highest overall near-duplicate R@1: **{best_dup.label}**.",
-        "",
-        *(["Not measured (time budget): " + ", ".join(c.label for c in results.skipped) + ".", ""]
-          if results.skipped else []),
-    ])
+    return "\n".join(
+        [
+            "# Embedder quality: pooling x input size x preprocessing",
+            "",
+            f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"- model: {MODEL_NAME} (weights sha256 {results.weights_sha256[:12]}...), batch {BATCH}",
+            f"- machine: {machine_description()}",
+            f"- data: {results.data_dir}; {results.n_caltech} Caltech images in {results.n_classes} classes; "
+            f"{results.n_originals} ImageNet originals x {len(EDITS)} edits = {results.n_queries} queries "
+            f"({results.n_refused} edited copies left out: below the daemon's 32 px minimum side)",
+            f"- each of the {results.n_caltech + results.n_originals + results.n_queries} images embedded "
+            "once "
+            f"per config (one forward pass per size x preprocessing, shared by both poolings); "
+            f"run time {results.elapsed_s / 60:.1f} min",
+            "",
+            "## 1. Category retrieval (caltech101-dev, all-vs-all, query excluded)",
+            "",
+            "Exact cosine search. AP@100 is normalised by min(100, other images of the query's class).",
+            "",
+            cat_table,
+            "",
+            f"## 2. Near-duplicate retrieval ({results.n_originals} originals + {results.n_caltech} "
+            "Caltech distractors)",
+            "",
+            "Recall@1 per edit; margin = score of the true original - best wrong score (mean over queries).",
+            "Mild: jpeg40, half (50% resize), flip, gray, bright1.3. Hard: crop50c (centre 50% area), "
+            "crop30r (random 30% area), rot10, band25 (text band over bottom 25%), letterbox (16:9 black "
+            "bars), down80 (80 px shorter side and back). Edited copies other than jpeg40 are JPEG q95.",
+            "",
+            dup_table,
+            "",
+            "Mean margin per edit:",
+            "",
+            margin_table,
+            "",
+            f"Highest mAP@100: **{best_cat.label}**; "
+            f"highest overall near-duplicate R@1: **{best_dup.label}**.",
+            "",
+            *(
+                ["Not measured (time budget): " + ", ".join(c.label for c in results.skipped) + ".", ""]
+                if results.skipped
+                else []
+            ),
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -589,8 +641,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     data_dir = args.data_dir.resolve()
     if not (data_dir / "caltech101-dev").is_dir() or not (data_dir / "imagenet-samples").is_dir():
-        print(f"skipping: reference data not found under {data_dir} "
-              "(needs caltech101-dev/ and imagenet-samples/)")
+        print(
+            f"skipping: reference data not found under {data_dir} "
+            "(needs caltech101-dev/ and imagenet-samples/)"
+        )
         return 0
 
     def write(results: Results) -> None:
@@ -600,6 +654,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"wrote {args.out} ({len(results.grid)} configs so far)")
 
     results = run(args, data_dir, write)
+    if results.skipped:
+        write(results)  # the partial writes could not know yet what would be skipped
     print(render(results))
     log(f"total {results.elapsed_s / 60:.1f} min")
     return 0
