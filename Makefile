@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint proto bench clean
+.PHONY: run test install lint proto bench eval soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -33,6 +33,15 @@ lint: $(STAMP)
 proto:
 	$(BIN)/python -m grpc_tools.protoc -Isame_search/proto --python_out=same_search/proto \
 		--pyi_out=same_search/proto same_search/proto/imgfeature.proto
+
+# Retrieval quality on ../shared/data (skips when absent); about 10 minutes on 2 cores.
+eval: $(STAMP)
+	$(BIN)/python bench/eval_quality.py --configs avg/224/squash gem/224/squash avg/224/crop
+
+# Mixed load with a kill -9 in the middle; SOAK_SECONDS=600 for the recorded run.
+SOAK_SECONDS ?= 120
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS) --clients 16
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
