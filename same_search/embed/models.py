@@ -9,7 +9,6 @@ stops start-up with a message that says what to do.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from same_search.config import ModelConfig
 from same_search.embed.efficientnet_lite import EfficientNetLite0
+from same_search.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,6 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:

@@ -9,11 +9,12 @@ does not match, which reads as "no usable snapshot" and triggers a rebuild from 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from same_search.files import sha256_file
 
 FORMAT_VERSION = 1
 
@@ -48,20 +49,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def commit_graph(tmp_graph: Path, directory: Path, lib_id: int, header: SnapshotHeader) -> None:
     """Make a freshly written ``tmp_graph`` the library's snapshot, durably and atomically."""
     graph, meta = paths(directory, lib_id)
     with tmp_graph.open("rb+") as fh:
         os.fsync(fh.fileno())
-    header = SnapshotHeader(**{**asdict(header), "sha256": _sha256(tmp_graph)})
+    header = SnapshotHeader(**{**asdict(header), "sha256": sha256_file(tmp_graph)})
     os.replace(tmp_graph, graph)
     tmp_meta = meta.with_suffix(".json.tmp")
     with tmp_meta.open("w") as fh:
@@ -85,6 +78,6 @@ def read_header(directory: Path, lib_id: int, fingerprint: str, dim: int) -> Sna
         raise SnapshotInvalid(f"format version {header.format_version}, expected {FORMAT_VERSION}")
     if header.fingerprint != fingerprint or header.dim != dim:
         raise SnapshotInvalid(f"made by model {header.fingerprint}/{header.dim}, serving {fingerprint}/{dim}")
-    if _sha256(graph) != header.sha256:
+    if sha256_file(graph) != header.sha256:
         raise SnapshotInvalid("checksum mismatch (truncated or corrupted graph file)")
     return header
