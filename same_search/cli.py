@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -164,8 +165,8 @@ def run_daemon(cfg: Config) -> int:
     except (ModelUnavailable, ModelMismatch) as exc:
         log.error("cannot start: %s", exc)
         return 3
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
+    except (OSError, sqlite3.Error) as exc:
+        log.error("cannot start: %s (check that the data dir is writable and the disk has space)", exc)
         return 4
     return 0
 

@@ -211,9 +211,17 @@ class LibraryService:
         return saved
 
     async def close(self) -> None:
-        """Save changed indexes and stop the index threads."""
+        """Save changed indexes and stop the index threads.
+
+        A failed save (disk full, say) is logged, not raised: snapshots only shorten the next
+        start, which replays or rebuilds from the database; nothing acknowledged depends on them.
+        """
         try:
             await self.save_indexes()
+        except Exception:
+            log.exception(
+                "could not save the indexes at shutdown; the next start rebuilds them from the database"
+            )
         finally:
             self._index_pool.shutdown(wait=True)
             self._save_pool.shutdown(wait=True)

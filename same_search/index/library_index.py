@@ -165,7 +165,6 @@ class LibraryIndex:
         """Write a snapshot (caller holds write_lock so no writer moves the graph meanwhile)."""
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{lib_id}.hnsw.tmp"
-        self.graph.save(tmp)
         header = snapshot.SnapshotHeader(
             format_version=snapshot.FORMAT_VERSION,
             fingerprint=fingerprint,
@@ -175,6 +174,11 @@ class LibraryIndex:
             sha256="",
             saved_at=time.time(),
         )
-        snapshot.commit_graph(tmp, directory, lib_id, header)
+        try:
+            self.graph.save(tmp)
+            snapshot.commit_graph(tmp, directory, lib_id, header)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written file must not fill the disk further
+            raise
         self.saved_seq = self.seq
         self.saved_at = header.saved_at
