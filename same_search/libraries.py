@@ -322,16 +322,26 @@ class LibraryService:
         raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
 
     async def search(
-        self, lib: Library, vector: np.ndarray, pn: int, rn: int, tag_filter: TagFilter | None
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        pn: int,
+        rn: int,
+        tag_filter: TagFilter | None,
+        min_score: float | None = None,
     ) -> SearchPage:
-        """Results ``pn .. pn+rn`` by descending cosine similarity."""
+        """Results ``pn .. pn+rn`` by descending cosine similarity (only those >= ``min_score``)."""
         candidates = None
         total = lib.index.count()
         if tag_filter is not None and tag_filter.active:
             candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
             total = len(candidates)
-        depth = min(pn + rn, total)
+        # With a score floor, one result past the page tells whether more qualify.
+        depth = min(pn + rn + (1 if min_score is not None else 0), total)
         found = await lib.index.search(vector, depth, candidates) if depth > pn else []
+        if min_score is not None:
+            found = [(key, score) for key, score in found if score >= min_score]
+            total = len(found)
         window = found[pn : pn + rn]
         rows = await self.store.get_items(lib.row.id, [key for key, _ in window])
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]

@@ -399,3 +399,19 @@ async def test_snapshot_shape(api):
         "err_msg": "OK",
         "snapshot": {"tag": 0, "index_size": 1, "index_capacity": 0, "queue_size": 0},
     }
+
+
+async def test_min_score_keeps_only_close_matches(api):
+    await signup(api)
+    for seed in range(5):
+        await add(api, seed)
+    query = b64(near_duplicate(jpeg(2)))
+    ranked = (await api(f"{R}/search", appid="lib", image=query))["data_items"]
+    floor = (ranked[0]["score"] + ranked[1]["score"]) / 2
+    body = await api(f"{R}/search", appid="lib", image=query, min_score=floor)
+    assert [i["contsign"] for i in body["data_items"]] == [ContSign.of_image(jpeg(2)).to_json()]
+    assert body["has_more"] == 0
+    everything = await api(f"{R}/search", appid="lib", image=b64(jpeg(2)), min_score=-1, rn=2)
+    assert len(everything["data_items"]) == 2 and everything["has_more"] == 1
+    for bad in ("high", 2, True):
+        assert (await api(f"{R}/search", appid="lib", image=b64(jpeg(2)), min_score=bad))["err_no"] == 1

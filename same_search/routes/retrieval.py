@@ -118,8 +118,18 @@ async def search(request: web.Request) -> web.Response:
         if contsign is None:
             raise bad_request("image or contsign is required")
         vector = await services.libraries.vector_of(lib, contsign)
-    page = await services.libraries.search(lib, vector, pn, rn, tag_filter)
+    page = await services.libraries.search(lib, vector, pn, rn, tag_filter, _min_score(fields))
     return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
+
+
+def _min_score(fields: Fields) -> float | None:
+    """Optional extension: only results scoring at least this (near-duplicates only, say)."""
+    value = fields.data.get("min_score")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
+        raise bad_request("min_score must be a number from -1 to 1")
+    return float(value)
 
 
 def _tag_filter(fields: Fields) -> TagFilter | None:
