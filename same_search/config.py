@@ -68,7 +68,7 @@ class ModelConfig:
     gem_p: float = 3.0
     #: Shorter side the image is resized to before the forward pass.
     image_size: int = 224
-    #: torch intra-op threads on CPU; 0 leaves torch's default.
+    #: torch intra-op threads on CPU; 0 = all cores but one (the spare one decodes images).
     threads: int = 0
     #: Largest batch one forward pass takes.
     max_batch: int = 16

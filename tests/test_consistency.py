@@ -92,3 +92,12 @@ async def test_body_over_the_limit_is_an_envelope(aiohttp_client, config, embedd
     assert response.status == 200
     body = await response.json()
     assert body["err_no"] == 1 and "50000" in body["err_msg"]
+
+    async def chunked():  # no Content-Length: the limit must hold while streaming
+        for _ in range(20):
+            yield b" " * 5_000
+
+    response = await client.post(f"{R}/search", data=chunked())
+    assert response.status == 200
+    body = await response.json()
+    assert body["err_no"] == 1 and "50000" in body["err_msg"]

@@ -20,7 +20,7 @@ from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.imports.export import import_export, read_export, write_export
 from same_search.libraries import Item, Library
 from same_search.routes.auth import WILDCARD, check_token, presented_token
-from same_search.routes.envelope import APPID, ok
+from same_search.routes.envelope import APPID, ok, read_body
 from same_search.routes.fields import encode_base64
 from same_search.services import SERVICES, Services
 
@@ -235,7 +235,7 @@ async def search_image(request: web.Request) -> web.Response:
     if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
         vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
     else:
-        vector = await services.embed.embed_image(await request.read())
+        vector = await services.embed.embed_image(bytes(await read_body(request)))
     page = await services.libraries.search(lib, vector, 0, rn, None)
     results = []
     for hit in page.hits:

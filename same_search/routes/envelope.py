@@ -81,3 +81,20 @@ def _log_request(request: web.Request, started: float) -> None:
         "latency_ms": round((time.monotonic() - started) * 1000.0, 1),
     }
     log.info(" ".join(f"{key}=%s" for key in fields), *fields.values(), extra=fields)
+
+
+async def read_body(request: web.Request) -> bytearray:
+    """The request body, refused past the size limit before it is all in memory.
+
+    Read from the stream rather than with ``request.read()``, which would keep a second copy of
+    the body cached on the request for its whole lifetime.
+    """
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        raise bad_request(f"request body exceeds the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        if len(body) + len(chunk) > limit:
+            raise bad_request(f"request body exceeds the limit of {limit} bytes")
+        body += chunk
+    return body

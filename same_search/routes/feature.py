@@ -16,7 +16,7 @@ from same_search.contsign import ContSign
 from same_search.errors import bad_request
 from same_search.proto import imgfeature_pb2
 from same_search.routes.auth import check_token, presented_token
-from same_search.routes.envelope import APPID, LOGID, ok
+from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import Fields, decode_base64, encode_base64, parse_json_object
 from same_search.services import SERVICES
 
@@ -48,7 +48,7 @@ def wanted_features(spec: str) -> list[int]:
 
 async def classify(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    fields = Fields(parse_json_object(await request.read()))
+    fields = Fields(parse_json_object(await read_body(request)))
     request[LOGID] = fields.data.get("logid", "-")
     fields.check_common()
     appid = fields.optional_str("appid")

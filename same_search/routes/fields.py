@@ -22,7 +22,7 @@ MAX_APPID_LEN = 128
 MAX_CONTSIGNS = 10_000
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     """The request body as a JSON object."""
     try:
         data = json.loads(raw)

@@ -14,7 +14,7 @@ from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.libraries import DuplicateAdd, Item, Library, TagFilter
 from same_search.routes.auth import check_token, presented_token
-from same_search.routes.envelope import APPID, LOGID, ok
+from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
     FEA_BRIEF,
     FEA_TAGS,
@@ -45,7 +45,7 @@ def item_json(item: Item, score: float | None = None) -> dict[str, Any]:
 async def _read(request: web.Request) -> tuple[Services, Fields, str]:
     """Services, the parsed fields, and the library name, with the common checks done."""
     services = request.app[SERVICES]
-    fields = Fields(parse_json_object(await request.read()))
+    fields = Fields(parse_json_object(await read_body(request)))
     request[LOGID] = fields.data.get("logid", "-")
     fields.check_common()
     name = fields.library_name()
