@@ -214,7 +214,7 @@ async def test_async_client(daemon: Daemon) -> None:
         assert (await client.library("async"))["items"] == 3
         page = await client.items("async", limit=2)
         assert page.total == 3 and len(page.items) == 2
-        assert [item.contsign async for item in client.iter_items("async", page=2)] == signs
+        assert {item.contsign async for item in client.iter_items("async", page=2)} == set(signs)  # any order
         assert (await client.item("async", signs[0])).brief == b"a21"
         assert (await client.thumbnail("async", signs[0])).startswith(JPEG_MAGIC)
         assert await client.delete_item("async", signs[0]) == 1
