@@ -12,7 +12,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -406,7 +405,3 @@ class LibraryService:
             "index_capacity": self.cfg.limits.library_capacity,
             "queue_size": self.embed.queue_size,
         }
-
-    def index_path(self, lib: Library) -> Path:
-        """Where this library's graph is saved."""
-        return snapshot.paths(self.index_dir, lib.row.id)[0]

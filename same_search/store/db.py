@@ -316,14 +316,6 @@ class Store:
                     result[item.key] = item
         return result
 
-    async def get_vector(self, lib_id: int, key: int) -> np.ndarray | None:
-        """The stored vector of one item (search by contsign reuses it)."""
-        async with self.reader.execute(
-            "SELECT vector FROM items WHERE lib_id=? AND key=?", (lib_id, key)
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else np.frombuffer(row[0], dtype="<f4").copy()
-
     async def count(self, lib_id: int) -> int:
         """Stored items of one library."""
         async with self.reader.execute("SELECT count(*) FROM items WHERE lib_id=?", (lib_id,)) as cur:
