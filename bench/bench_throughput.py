@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import math
@@ -56,7 +57,7 @@ from daemon import Daemon  # noqa: E402
 from images import jpeg  # noqa: E402
 
 from same_search.config import LimitsConfig, ModelConfig  # noqa: E402
-from same_search.embed.embedder import Embedder  # noqa: E402
+from same_search.embed.embedder import Embedder, pick_device, plan_execution  # noqa: E402
 from same_search.embed.images import ImageLimits, decode  # noqa: E402
 
 PHOTO_DIR = REPO.parent / "shared" / "data" / "imagenet-samples"
@@ -279,7 +280,10 @@ def server_latencies(log_path: Path, logid: int) -> list[float]:
 
 def daemon_config(cfg: ModelConfig) -> str:
     """The daemon's config.toml: defaults, with the model, batch and threads of the bare runs."""
-    return f'[model]\nname = "{cfg.name}"\nmax_batch = {cfg.max_batch}\nthreads = {cfg.threads}\n'
+    return (
+        f'[model]\nname = "{cfg.name}"\nmax_batch = {cfg.max_batch}\nthreads = {cfg.threads}\n'
+        f"workers = {cfg.workers}\n"
+    )
 
 
 def rss_mib(pid: int) -> float:
@@ -471,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="efficientnet_lite0", help="[model] name for both sides")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch, help="[model] max_batch")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="[model] threads (0: torch's)")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="[model] workers (daemon only)")
     parser.add_argument("--rn", type=int, default=10, help="results per search request (default 10)")
     parser.add_argument("--photos", type=Path, default=PHOTO_DIR, help="folder of JPEG photos")
     parser.add_argument("--no-daemon", action="store_true", help="measure the bare model only")
@@ -519,7 +524,11 @@ def bench_bare(bare: Bare, images: list[bytes], pixels: np.ndarray, seconds: flo
 
 def run(args: argparse.Namespace) -> Report:
     """Bare model, daemon, bare model again (so a drifting machine shows), then the report."""
-    cfg = ModelConfig(name=args.model, max_batch=args.max_batch, threads=args.threads)
+    cfg = ModelConfig(name=args.model, max_batch=args.max_batch, threads=args.threads, workers=args.workers)
+    # Resolve the daemon's "0 = auto" settings here, so both sides use the same batch and threads;
+    # the bare model is one forward-pass stream, the daemon runs `workers` of them.
+    plan = plan_execution(cfg, pick_device(cfg.device))
+    cfg = dataclasses.replace(cfg, max_batch=plan.max_batch, threads=plan.threads, workers=plan.workers)
     load_before = os.getloadavg()[0]
     images, source = load_images(args.images, args.photos)
     model = Bare(cfg)

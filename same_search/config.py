@@ -68,10 +68,12 @@ class ModelConfig:
     gem_p: float = 3.0
     #: Shorter side the image is resized to before the forward pass.
     image_size: int = 224
-    #: torch intra-op threads on CPU; 0 = all cores but one (the spare one decodes images).
+    #: torch threads per forward pass; 0 = auto (CPU: 1 when several workers, else cores - 1).
     threads: int = 0
-    #: Largest batch one forward pass takes.
-    max_batch: int = 16
+    #: Forward passes that run at once, each in its own thread; 0 = auto (CPU: one per core; GPU: 1).
+    workers: int = 0
+    #: Largest batch one forward pass takes; 0 = auto (CPU: 4; GPU: 32).
+    max_batch: int = 0
     #: Milliseconds the batcher waits for more requests before running a partial batch.
     max_wait_ms: float = 2.0
     #: Requests allowed to wait for the embedder; beyond that the answer is err_no 99 at once.

@@ -123,3 +123,18 @@ def test_lite0_classifies_imagenet_samples_with_its_input_scaling():
         predicted = net.classify((torch.stack(batch) - mean) / std).argmax(1).tolist()
     accuracy = np.mean([p == synsets.index(n.split("_")[0]) for p, n in zip(predicted, chosen, strict=True)])
     assert accuracy >= 0.8
+
+
+def test_execution_plan_auto_and_explicit():
+    from same_search.embed.embedder import plan_execution
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    auto = ModelConfig()
+    assert plan_execution(auto, cpu, cores=2) == (plan := plan_execution(auto, cpu, cores=2))
+    assert (plan.workers, plan.threads, plan.max_batch) == (2, 1, 4)
+    one = plan_execution(ModelConfig(workers=1), cpu, cores=8)
+    assert (one.workers, one.threads) == (1, 7)
+    explicit = plan_execution(ModelConfig(workers=3, threads=2, max_batch=16), cpu, cores=8)
+    assert (explicit.workers, explicit.threads, explicit.max_batch) == (3, 2, 16)
+    on_gpu = plan_execution(auto, gpu, cores=16)
+    assert (on_gpu.workers, on_gpu.max_batch) == (1, 32)

@@ -38,16 +38,30 @@ class ModelInfo:
     weights_source: str
 
 
-def cpu_threads(setting: int) -> int:
-    """Threads for the forward pass on CPU: ``setting``, or (0) all cores but one.
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How many forward passes run at once, with how many torch threads, on batches of what size."""
 
-    The spare core decodes the next images and runs the event loop. Measured on 2 cores: with
-    torch's default (2 threads) a single search took 100 ms at p50; with 1 thread 47 ms, at
-    the same throughput under load (docs/benchmarks.md).
+    workers: int
+    threads: int
+    max_batch: int
+
+
+def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = None) -> ExecutionPlan:
+    """Resolve the ``0 = auto`` settings of ``[model]`` for this machine.
+
+    On a CPU, several single-threaded forward passes beat one multi-threaded pass, and small
+    batches beat large ones: measured on 2 cores with Lite0, 2 workers x 1 thread x batch 4 served
+    44.7 searches/s at concurrency 8 and 40 ms single-search p50, against 25.4/s and 100 ms with one
+    worker on torch's default 2 threads and batch 16 (docs/benchmarks.md). A GPU wants one worker
+    feeding it large batches.
     """
-    if setting > 0:
-        return setting
-    return max(1, (os.cpu_count() or 1) - 1)
+    cores = cores or os.cpu_count() or 1
+    if device.type == "cpu":
+        workers = cfg.workers or cores
+        threads = cfg.threads or (1 if workers > 1 else max(1, cores - 1))
+        return ExecutionPlan(workers, threads, cfg.max_batch or 4)
+    return ExecutionPlan(cfg.workers or 1, cfg.threads or 1, cfg.max_batch or 32)
 
 
 def pick_device(setting: str) -> torch.device:
@@ -64,8 +78,9 @@ class Embedder:
         self.cfg = cfg
         self.model = loaded or load_model(cfg)
         self.device = pick_device(cfg.device)
+        self.plan = plan_execution(cfg, self.device)
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(cfg.threads))
+            torch.set_num_threads(self.plan.threads)
         self.network = self.model.network.to(self.device).eval()
         if self.device.type == "cpu":
             self.network = self.network.to(memory_format=torch.channels_last)
@@ -79,12 +94,16 @@ class Embedder:
             weights_source=self.model.weights_source,
         )
         log.info(
-            "embedder ready: model=%s dim=%d device=%s weights=%s fingerprint=%s",
+            "embedder ready: model=%s dim=%d device=%s weights=%s fingerprint=%s "
+            "workers=%d threads=%d max_batch=%d",
             self.info.model_id,
             self.info.dim,
             self.info.device,
             self.info.weights_source,
             self.info.fingerprint,
+            self.plan.workers,
+            self.plan.threads,
+            self.plan.max_batch,
         )
 
     def _fingerprint(self) -> str:

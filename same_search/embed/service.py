@@ -46,10 +46,12 @@ class EmbedService:
         self.cfg = cfg
         self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
         self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self.workers = embedder.plan.workers
+        self.max_batch = embedder.plan.max_batch
+        self._infer_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="infer")
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._pending = 0
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self.batches = 0
         self.images = 0
         self._on_batch = on_batch
@@ -65,15 +67,18 @@ class EmbedService:
         return self._pending
 
     def start(self) -> None:
-        """Start the batching loop on the running event loop."""
-        self._task = asyncio.create_task(self._run(), name="embed-batcher")
+        """Start one batching loop per inference worker, all fed by the one queue."""
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"embed-batcher-{i}") for i in range(self.workers)
+        ]
 
     async def close(self) -> None:
         """Stop batching; queued requests get err_no 5 (feature service unavailable)."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -146,7 +151,7 @@ class EmbedService:
         """The first queued job, then whatever else arrives within ``max_wait_ms``."""
         jobs = [await self._queue.get()]
         deadline = asyncio.get_running_loop().time() + self.cfg.max_wait_ms / 1000.0
-        while len(jobs) < self.cfg.max_batch:
+        while len(jobs) < self.max_batch:
             if not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
                 continue
