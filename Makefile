@@ -34,6 +34,11 @@ proto:
 	$(BIN)/python -m grpc_tools.protoc -Isame_search/proto --python_out=same_search/proto \
 		--pyi_out=same_search/proto same_search/proto/imgfeature.proto
 
+# Daemon vs bare model, our index vs bare hnswlib; prints one table and appends it to
+# docs/benchmarks.md (about 10 minutes on 2 cores; --preset large adds 1M vectors).
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
 # Retrieval quality on ../shared/data (skips when absent); about 10 minutes on 2 cores.
 eval: $(STAMP)
 	$(BIN)/python bench/eval_quality.py --configs avg/224/squash gem/224/squash avg/224/crop
