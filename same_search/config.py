@@ -88,7 +88,7 @@ class IndexConfig:
 
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256
     #: Initial slot count; the index grows by doubling.
     initial_capacity: int = 1024
     #: Libraries with at most this many live items are searched exactly (brute force).
