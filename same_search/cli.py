@@ -165,6 +165,9 @@ def run_daemon(cfg: Config) -> int:
     except (ModelUnavailable, ModelMismatch) as exc:
         log.error("cannot start: %s", exc)
         return 3
+    except ConfigError as exc:  # settings only checkable against the machine, e.g. fp16 on a CPU
+        log.error("cannot start: %s", exc)
+        return 2
     except (OSError, sqlite3.Error) as exc:
         log.error("cannot start: %s (check that the data dir is writable and the disk has space)", exc)
         return 4

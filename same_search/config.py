@@ -48,6 +48,10 @@ class StorageConfig:
     thumbnail_side: int = 128
 
 
+POOLINGS = ("avg", "gem")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which network embeds images, and with what weights."""
@@ -62,7 +66,7 @@ class ModelConfig:
     fallback_to_lite0: bool = True
     #: "auto" (GPU when present), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
-    #: Global pooling of the last feature map: "gem" or "avg".
+    #: Global pooling of the last feature map: "avg" or "gem".
     pooling: str = "avg"
     #: GeM exponent (3 is the usual choice for retrieval).
     gem_p: float = 3.0
@@ -72,14 +76,24 @@ class ModelConfig:
     threads: int = 0
     #: Forward passes that run at once, each in its own thread; 0 = auto (CPU: one per core; GPU: 1).
     workers: int = 0
-    #: Largest batch one forward pass takes; 0 = auto (CPU: 4; GPU: 32).
+    #: Largest batch one forward pass takes; 0 = auto (CPU: 4; GPU: 32, 64 on a card of 16 GiB+).
     max_batch: int = 0
+    #: Arithmetic of the forward pass: "auto" (GPU: fp16, CPU: fp32), "fp32", "bf16", "fp16" (GPU only).
+    precision: str = "auto"
     #: Milliseconds the batcher waits for more requests before running a partial batch.
     max_wait_ms: float = 2.0
     #: Requests allowed to wait for the embedder; beyond that the answer is err_no 99 at once.
     queue_max: int = 256
     #: Seconds a request may wait for its vector before it gets err_no 2.
     timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        """Refuse values that would otherwise silently mean something else."""
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"[model] pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.precision not in PRECISIONS:
+            choices = ", ".join(PRECISIONS)
+            raise ConfigError(f"[model] precision must be one of {choices}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

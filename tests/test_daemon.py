@@ -177,3 +177,9 @@ def test_json_logs_carry_request_fields(tmp_path):
     access = [line for line in lines if line.get("logid") == 4242]
     assert access and access[0]["appid"] == "nobody" and access[0]["err_no"] == 103
     assert access[0]["route"] == "/RTSAsService/snapshot" and access[0]["latency_ms"] >= 0
+
+
+def test_fp16_on_a_cpu_refuses_to_start_with_a_config_error(tmp_path):
+    d = Daemon(tmp_path, '[model]\nname = "efficientnet_lite0"\ndevice = "cpu"\nprecision = "fp16"\n')
+    assert d.run_to_exit() == 2
+    assert 'precision = "fp16" needs a GPU' in d.log.read_text()

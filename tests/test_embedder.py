@@ -137,4 +137,39 @@ def test_execution_plan_auto_and_explicit():
     explicit = plan_execution(ModelConfig(workers=3, threads=2, max_batch=16), cpu, cores=8)
     assert (explicit.workers, explicit.threads, explicit.max_batch) == (3, 2, 16)
     on_gpu = plan_execution(auto, gpu, cores=16)
-    assert (on_gpu.workers, on_gpu.max_batch) == (1, 32)
+    assert on_gpu.workers == 1 and on_gpu.max_batch in (32, 64)
+    assert (plan.precision, on_gpu.precision) == ("fp32", "fp16")
+
+
+def test_precision_settings_are_checked():
+    from same_search.config import ConfigError
+    from same_search.embed.embedder import resolve_precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("fp32", gpu) == "fp32" and resolve_precision("bf16", gpu) == "bf16"
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        ModelConfig(precision="int8")
+    with pytest.raises(ConfigError, match="pooling must be one of"):
+        ModelConfig(pooling="max")
+
+
+def test_cpu_bf16_detection(tmp_path):
+    from same_search.embed.embedder import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16(info)
+    info.write_text("flags\t\t: fpu avx2 fma\n")
+    assert not cpu_has_bf16(info)
+    assert not cpu_has_bf16(tmp_path / "missing")
+
+
+def test_bf16_vectors_agree_with_fp32(embedder: Embedder):
+    """The precision modes run through the same embed(); bf16 must not move a vector far."""
+    bf16 = Embedder(ModelConfig(name="efficientnet_lite0", precision="bf16"), loaded=embedder.model)
+    assert bf16.plan.precision == "bf16" and bf16.info.fingerprint == embedder.info.fingerprint
+    batch = np.stack([embedder.preprocess(picture(seed)) for seed in (5, 6)])
+    cosines = (bf16.embed(batch) * embedder.embed(batch)).sum(axis=1)
+    assert cosines.min() > 0.99, cosines

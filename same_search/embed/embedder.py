@@ -1,23 +1,25 @@
 """Images in, L2-normalised float32 vectors out. Knows nothing of HTTP, libraries or storage.
 
-The descriptor is the last feature map of the network, globally pooled (GeM by default: it
-weights strong local responses more than an average does, which suits retrieval), then
-L2-normalised so that inner product equals cosine similarity.
+The descriptor is the last feature map of the network, globally pooled (average by default,
+chosen by measurement over GeM: docs/quality.md), then L2-normalised so that inner product equals
+cosine similarity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from same_search.config import ModelConfig
+from same_search.config import ConfigError, ModelConfig
 from same_search.embed.models import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class ExecutionPlan:
     workers: int
     threads: int
     max_batch: int
+    precision: str = "fp32"
 
 
 def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = None) -> ExecutionPlan:
@@ -57,18 +60,62 @@ def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = N
     feeding it large batches.
     """
     cores = cores or os.cpu_count() or 1
+    precision = resolve_precision(cfg.precision, device)
     if device.type == "cpu":
         workers = cfg.workers or cores
         threads = cfg.threads or (1 if workers > 1 else max(1, cores - 1))
-        return ExecutionPlan(workers, threads, cfg.max_batch or 4)
-    return ExecutionPlan(cfg.workers or 1, cfg.threads or 1, cfg.max_batch or 32)
+        return ExecutionPlan(workers, threads, cfg.max_batch or 4, precision)
+    return ExecutionPlan(cfg.workers or 1, cfg.threads or 1, cfg.max_batch or gpu_batch(device), precision)
+
+
+def gpu_batch(device: torch.device) -> int:
+    """Auto batch on a GPU: 64 on cards of 16 GiB or more, else 32.
+
+    A 224 px batch of 64 needs well under 2 GiB of activations in fp16 for ResNet-50; the cap is
+    about latency (a batch waits for its slowest decode), not memory.
+    """
+    try:
+        total = torch.cuda.get_device_properties(device).total_memory
+    except (AssertionError, RuntimeError):  # no CUDA here: planning for a described device
+        return 32
+    return 64 if total >= 16 << 30 else 32
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on a GPU, fp32 on a CPU; refuse fp16 on a CPU (no fast kernels there).
+
+    bf16 on a CPU is allowed but warned about when the CPU lacks bf16 instructions: autocast then
+    emulates it, measured 17x slower than fp32 on an AVX2-only EPYC (docs/benchmarks.md).
+    """
+    if setting == "auto":
+        return "fp32" if device.type == "cpu" else "fp16"
+    if setting == "fp16" and device.type == "cpu":
+        raise ConfigError('[model] precision = "fp16" needs a GPU; use "fp32" (or "bf16") on a CPU')
+    if setting == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning("precision bf16 on a CPU without AVX-512 BF16/AMX: expect it to be much slower than fp32")
+    return setting
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_device(setting: str) -> torch.device:
     """``auto`` means the first GPU when torch sees one, else the CPU."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    try:
+        device = torch.device(setting)
+    except RuntimeError as exc:
+        raise ConfigError(f"[model] device {setting!r} is not a device name: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f'[model] device = "{setting}" but torch sees no CUDA GPU; use "auto" or "cpu"')
+    return device
 
 
 class Embedder:
@@ -82,8 +129,7 @@ class Embedder:
         if self.device.type == "cpu":
             torch.set_num_threads(self.plan.threads)
         self.network = self.model.network.to(self.device).eval()
-        if self.device.type == "cpu":
-            self.network = self.network.to(memory_format=torch.channels_last)
+        self.network = self.network.to(memory_format=torch.channels_last)
         self._mean = torch.tensor(self.model.mean).view(1, 3, 1, 1).to(self.device)
         self._std = torch.tensor(self.model.std).view(1, 3, 1, 1).to(self.device)
         self.info = ModelInfo(
@@ -94,11 +140,12 @@ class Embedder:
             weights_source=self.model.weights_source,
         )
         log.info(
-            "embedder ready: model=%s dim=%d device=%s weights=%s fingerprint=%s "
+            "embedder ready: model=%s dim=%d device=%s precision=%s weights=%s fingerprint=%s "
             "workers=%d threads=%d max_batch=%d",
             self.info.model_id,
             self.info.dim,
             self.info.device,
+            self.plan.precision,
             self.info.weights_source,
             self.info.fingerprint,
             self.plan.workers,
@@ -133,12 +180,29 @@ class Embedder:
 
     @torch.inference_mode()
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) uint8 -> (N, dim) float32 unit vectors."""
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True).float().div_(255.0)
+        """(N, 3, S, S) uint8 -> (N, dim) float32 unit vectors.
+
+        Pixels travel to a GPU as uint8 (4x less than floats) from pinned memory, so the copy
+        overlaps; scaling, the forward pass in the plan's precision, pooling and normalisation
+        all run on the device. Pooling and normalisation are always fp32.
+        """
+        pixels = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        features = self.network(x)
+        with self._autocast():
+            features = self.network(x)
         pooled = self._pool(features.float())
         return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for fp16/bf16: one code path for both (bf16 is exercised by CPU tests), and
+        the shared fp32 network is never converted in place."""
+        if self.plan.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.plan.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _pool(self, features: torch.Tensor) -> torch.Tensor:
         if self.cfg.pooling == "avg":
