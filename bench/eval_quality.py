@@ -36,11 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # allow running without an installed package
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):
+    if str(_path) not in sys.path:  # allow running without an installed package
+        sys.path.insert(0, str(_path))
+
+import quality_variants as variants  # noqa: E402
 
 from same_search.config import ModelConfig  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
@@ -48,6 +51,21 @@ from same_search.embed.images import ImageLimits, decode  # noqa: E402
 from same_search.embed.models import LoadedModel, load_model  # noqa: E402
 
 MODEL_NAME = "efficientnet_lite0"
+PREPROCESSING = ("squash", "crop", "flip")
+#: What `make eval` compares: poolings and geometry at 224 px, the halves of the flip-averaged
+#: and multi-scale descriptors. The daemon's default is avg/224/squash.
+DEFAULT_CONFIGS = [
+    "avg/224/squash",
+    "gem/224/squash",
+    "avg/224/crop",
+    "gem/224/crop",
+    "avg/224/flip",
+    "avg/160/squash",
+    "avg/288/squash",
+]
+#: The daemon's default descriptor and the issue's baseline (plain average pool, centre crop).
+DEFAULT = "avg/224/squash"
+BASELINE = "avg/224/crop"
 BATCH = 16
 LIMITS = ImageLimits()
 #: Decoding the originals that edits start from: large enough that JPEG draft never kicks in.
@@ -66,7 +84,7 @@ class EvalConfig:
     """One point of the grid: how pixels become a vector."""
 
     size: int
-    preprocessing: str  # "squash" | "crop"
+    preprocessing: str  # "squash" | "crop" | "flip" (mirrored, squashed)
     pooling: str  # "avg" | "gem"
     gem_p: float = 3.0
 
@@ -101,6 +119,8 @@ def preprocessor(embedder: Embedder, mode: str) -> Callable[[Image.Image], np.nd
         return embedder.preprocess
     if mode == "crop":
         return lambda image: centre_crop(image, embedder.cfg.image_size)
+    if mode == "flip":  # the mirror image, squashed: half of a flip-averaged descriptor
+        return lambda image: embedder.preprocess(ImageOps.mirror(image))
     raise ValueError(f"unknown preprocessing {mode!r}")
 
 
@@ -207,9 +227,9 @@ def load_caltech(root: Path, per_class: int | None) -> tuple[dict[str, bytes], l
     return images, labels
 
 
-def load_imagenet(root: Path, count: int) -> dict[str, bytes]:
-    """The first ``count`` ImageNet samples (sorted by file name) as ``{key: jpeg bytes}``."""
-    paths = sorted(root.glob("*.JPEG"))[:count]
+def load_imagenet(root: Path, count: int, offset: int = 0) -> dict[str, bytes]:
+    """``count`` ImageNet samples (sorted by file name) from ``offset`` as ``{key: jpeg bytes}``."""
+    paths = sorted(root.glob("*.JPEG"))[offset : offset + count]
     return {f"imagenet/{p.name}": p.read_bytes() for p in paths}
 
 
@@ -254,6 +274,37 @@ def _letterbox(image: Image.Image) -> Image.Image:
     return canvas
 
 
+def _screenshot(image: Image.Image) -> Image.Image:
+    """The picture shown inside a mock app screen: white page, grey title bar, text lines below."""
+    width, height = image.size
+    canvas = Image.new("RGB", (round(width * 1.25), round(height * 1.6)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    bar = round(height * 0.12)
+    draw.rectangle((0, 0, canvas.width, bar), fill=(60, 64, 72))
+    canvas.paste(image, ((canvas.width - width) // 2, bar + round(height * 0.05)))
+    line_top = bar + round(height * 1.1)
+    for row in range(4):
+        y = line_top + row * max(4, height // 20)
+        right = width // 10 + (width * (9 - row)) // 10
+        draw.rectangle((width // 10, y, right, y + max(2, height // 60)), fill=(150, 150, 150))
+    return canvas
+
+
+def _logo(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A large semi-opaque logo (disc + wordmark) over a random third of the picture."""
+    out = image.convert("RGBA")
+    width, height = out.size
+    side = min(width, height) // 2
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    left, top = rng.randint(0, width - side), rng.randint(0, height - side)
+    colour = tuple(rng.randint(0, 255) for _ in range(3))
+    draw.ellipse((left, top, left + side, top + side), fill=(*colour, 200))
+    font = ImageFont.load_default(size=max(10, side // 4))
+    draw.text((left + side // 8, top + side // 3), "LOGO", fill=(255, 255, 255, 230), font=font)
+    return Image.alpha_composite(out, layer).convert("RGB")
+
+
 def _down_up(image: Image.Image, short_side: int = 80) -> Image.Image:
     """Downscale to ``short_side`` px on the shorter side and back to the original size."""
     width, height = image.size
@@ -265,16 +316,22 @@ def _down_up(image: Image.Image, short_side: int = 80) -> Image.Image:
 
 #: name -> (group, function(image, rng) -> edited image, JPEG quality it is sent with).
 EDITS: dict[str, tuple[str, Callable[[Image.Image, random.Random], Image.Image], int]] = {
-    "jpeg40": ("mild", lambda im, _: im, 40),
+    "jpeg30": ("mild", lambda im, _: im, 30),
+    "jpeg60": ("mild", lambda im, _: im, 60),
     "half": ("mild", lambda im, _: im.resize((im.width // 2, im.height // 2), Image.Resampling.BILINEAR), 95),
     "flip": ("mild", lambda im, _: ImageOps.mirror(im), 95),
     "gray": ("mild", lambda im, _: im.convert("L"), 95),
     "bright1.3": ("mild", lambda im, _: ImageEnhance.Brightness(im).enhance(1.3), 95),
+    "contrast0.6": ("mild", lambda im, _: ImageEnhance.Contrast(im).enhance(0.6), 95),
+    "blur2": ("mild", lambda im, _: im.filter(ImageFilter.GaussianBlur(2)), 95),
     "crop50c": ("hard", lambda im, _: _crop_fraction(im, 0.5, None), 95),
     "crop30r": ("hard", lambda im, rng: _crop_fraction(im, 0.3, rng), 95),
     "rot10": ("hard", lambda im, _: im.rotate(10, Image.Resampling.BILINEAR, expand=False), 95),
+    "rot15": ("hard", lambda im, _: im.rotate(-15, Image.Resampling.BILINEAR, expand=False), 95),
     "band25": ("hard", _text_band, 95),
+    "logo": ("hard", _logo, 95),
     "letterbox": ("hard", lambda im, _: _letterbox(im), 95),
+    "screenshot": ("hard", lambda im, _: _screenshot(im), 95),
     "down80": ("hard", lambda im, _: _down_up(im), 95),
 }
 
@@ -422,7 +479,7 @@ def parse_config(text: str, gem_p: float) -> EvalConfig:
         config = EvalConfig(int(size), mode, pooling, gem_p)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected pooling/size/preprocessing, got {text!r}") from exc
-    if pooling not in ("avg", "gem") or mode not in ("squash", "crop"):
+    if pooling not in ("avg", "gem") or mode not in PREPROCESSING:
         raise argparse.ArgumentTypeError(f"unknown pooling or preprocessing in {text!r}")
     return config
 
@@ -453,13 +510,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         nargs="+",
-        default=None,
+        default=DEFAULT_CONFIGS,
         metavar="POOL/SIZE/PREP",
-        help="explicit grid points (e.g. gem/288/squash) instead of the full product "
-        "of --pooling x --sizes x --preprocessing",
+        help="grid points (e.g. gem/288/squash); 'grid' for the full product of "
+        "--pooling x --sizes x --preprocessing (default: the configurations docs/quality.md compares)",
     )
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 288])
-    parser.add_argument("--preprocessing", nargs="+", default=["squash", "crop"], choices=["squash", "crop"])
+    parser.add_argument("--preprocessing", nargs="+", default=["squash", "crop"], choices=PREPROCESSING)
     parser.add_argument(
         "--budget-min",
         type=float,
@@ -473,6 +530,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="markdown file for the results ('' to skip writing)",
     )
     args = parser.parse_args(argv)
+    if args.configs == ["grid"]:
+        args.configs = None
     if args.configs:
         try:
             args.configs = sorted({parse_config(text, args.gem_p) for text in args.configs})
@@ -498,6 +557,13 @@ class Results:
     elapsed_s: float
     #: Configurations dropped because the time budget would have run out.
     skipped: list[EvalConfig] = field(default_factory=list)
+    #: Derived descriptors (label -> (category metrics, near-duplicate metrics)), incl. pHash.
+    variants: dict[str, tuple[dict[str, float], dict[str, dict[str, float]]]] = field(default_factory=dict)
+    #: Same-picture threshold sweep of the default descriptor and of pHash (label -> rows).
+    thresholds: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    #: Recall@1 per edit of the default descriptor counting only hits above the recommended threshold.
+    recall_at_threshold: dict[str, float] = field(default_factory=dict)
+    n_absent: int = 0
 
 
 def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results], None]) -> Results:
@@ -512,6 +578,9 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
     caltech, labels = load_caltech(data_dir / "caltech101-dev", args.limit)
     originals = load_imagenet(data_dir / "imagenet-samples", n_originals)
     queries, edit_of, source_of, refused = make_queries(originals, args.seed)
+    absent = load_imagenet(data_dir / "imagenet-samples", n_originals, offset=n_originals)
+    #: Photos used by neither task: what a fixed, shipped projection could be learned from.
+    held_out = load_imagenet(data_dir / "imagenet-samples", 400, offset=2 * n_originals)
     log(
         f"data: {len(caltech)} caltech, {len(originals)} originals, {len(queries)} edited queries "
         f"({refused} refused by the size limits); {len(grid)} configs; "
@@ -565,7 +634,123 @@ def run(args: argparse.Namespace, data_dir: Path, on_partial: Callable[[Results]
         last_cost = (time.perf_counter() - size_started) / passes
         log(f"size {size} done in {time.perf_counter() - size_started:.0f}s")
         on_partial(results)
+    by_label = {f"{c.pooling}/{c.size}/{c.preprocessing}": c for c in results.grid}
+    if DEFAULT in by_label:
+        cache.ensure([by_label[DEFAULT]], absent, "absent")
+        cache.ensure([by_label[DEFAULT]], held_out, "held-out")
+    sets = EvalSets(originals, caltech, labels, library_keys, queries, edit_of, truth, absent, list(held_out))
+    add_variants(results, sets, lambda label, keys: cache.matrix(by_label[label], keys), set(by_label))
+    results.n_absent = len(absent)
+    results.elapsed_s = time.perf_counter() - started
+    on_partial(results)
     return results
+
+
+@dataclass
+class EvalSets:
+    """The images of both tasks, by key, with their ground truth."""
+
+    originals: dict[str, bytes]
+    caltech: dict[str, bytes]
+    labels: list[str]
+    library_keys: list[str]
+    queries: dict[str, bytes]
+    edit_of: list[str]
+    truth: np.ndarray
+    absent: dict[str, bytes]
+    held_out: list[str]
+
+
+def add_variants(
+    results: Results,
+    sets: EvalSets,
+    matrix: Callable[[str, Sequence[str]], np.ndarray],
+    have: set[str],
+) -> None:
+    """Derived descriptors, the pHash baseline and the same-picture threshold, into ``results``.
+
+    ``matrix(label, keys)`` returns cached vectors of a grid configuration such as ``avg/224/squash``.
+    """
+    cal, lib, qry = list(sets.caltech), sets.library_keys, list(sets.queries)
+    combos = {
+        "flip-averaged (224 + mirror)": ["avg/224/squash", "avg/224/flip"],
+        "multi-scale 160 + 224": ["avg/160/squash", "avg/224/squash"],
+        "multi-scale 224 + 288": ["avg/224/squash", "avg/288/squash"],
+        "multi-scale 160 + 224 + 288": ["avg/160/squash", "avg/224/squash", "avg/288/squash"],
+    }
+    derived: dict[str, Callable[[Sequence[str]], np.ndarray]] = {}
+    for name, parts in combos.items():
+        if set(parts) <= have:
+            derived[name] = lambda keys, parts=parts: variants.combine(*(matrix(p, keys) for p in parts))
+    for name, fn in derived.items():
+        results.variants[name] = _score_variant(fn, fn, sets, cal, lib, qry)
+        log(f"  {name}: {results.variants[name][0]}")
+    if DEFAULT in have:
+        base = lambda keys: matrix(DEFAULT, keys)  # noqa: E731
+        for dim, power in ((512, 0.0), (256, 0.0), (128, 0.0), (256, 0.5), (512, 0.5), (256, 1.0)):
+            kind = "PCA" if power == 0 else ("whitened" if power == 1 else "PCA-whitened^0.5")
+            name = f"{kind} to {dim} (learned on the library)"
+            results.variants[name] = _score_learned(base, dim, power, sets, cal, lib, qry)
+            log(f"  {name}: {results.variants[name][0]}")
+        if len(sets.held_out) > 256:
+            for dim in (256, 128):
+                fixed = variants.learn_pca(base(sets.held_out), dim, 0.0)
+                name = f"PCA to {dim}, fixed (learned on {len(sets.held_out)} held-out ImageNet photos)"
+                project = lambda keys, f=fixed: f(base(keys))  # noqa: E731
+                results.variants[name] = _score_variant(project, project, sets, cal, lib, qry)
+        present = variants.top1(base(qry), base(lib))
+        absent_scores = variants.top1(base(list(sets.absent)), base(lib))[1]
+        sweep = [round(t, 3) for t in np.arange(0.30, 0.96, 0.025)]
+        results.thresholds[DEFAULT] = variants.threshold_table(present, sets.truth, absent_scores, sweep)
+        chosen = variants.recommend(results.thresholds[DEFAULT])["threshold"]
+        edits = np.asarray(sets.edit_of)
+        hit = (present[0] == sets.truth) & (present[1] >= chosen)
+        results.recall_at_threshold = {e: float(hit[edits == e].mean()) for e in EDITS if (edits == e).any()}
+    try:
+        import imagehash  # noqa: F401
+    except ImportError:
+        log("pHash baseline skipped: pip install imagehash (make eval does)")
+        return
+    images = {**sets.originals, **sets.caltech, **sets.queries, **sets.absent}
+    log(f"  pHash of {len(images)} images...")
+    hashes = dict(zip(images, variants.phash_vectors(images, list(images)), strict=True))
+    phash = lambda keys: np.stack([hashes[k] for k in keys])  # noqa: E731
+    results.variants["pHash (imagehash, 64 bits)"] = _score_variant(phash, phash, sets, cal, lib, qry)
+    present = variants.top1(phash(qry), phash(lib))
+    absent_scores = variants.top1(phash(list(sets.absent)), phash(lib))[1]
+    sweep = [round(t, 3) for t in np.arange(0.0, 1.0, 0.0625)]  # 1 - 2 * hamming / 64, hamming 32..0
+    results.thresholds["pHash"] = variants.threshold_table(present, sets.truth, absent_scores, sweep)
+
+
+def _score_variant(
+    for_category: Callable[[Sequence[str]], np.ndarray],
+    for_duplicates: Callable[[Sequence[str]], np.ndarray],
+    sets: EvalSets,
+    cal: list[str],
+    lib: list[str],
+    qry: list[str],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Both tasks' metrics for one descriptor function."""
+    category = category_metrics(for_category(cal), sets.labels)
+    duplicates = near_duplicate_metrics(for_duplicates(qry), for_duplicates(lib), sets.truth, sets.edit_of)
+    return category, duplicates
+
+
+def _score_learned(
+    base: Callable[[Sequence[str]], np.ndarray],
+    dim: int,
+    power: float,
+    sets: EvalSets,
+    cal: list[str],
+    lib: list[str],
+    qry: list[str],
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Metrics of a PCA / whitening learned on each task's library (Caltech; originals + Caltech)."""
+    on_caltech = variants.learn_pca(base(cal), dim, power)
+    on_library = variants.learn_pca(base(lib), dim, power)
+    return _score_variant(
+        lambda keys: on_caltech(base(keys)), lambda keys: on_library(base(keys)), sets, cal, lib, qry
+    )
 
 
 def render(results: Results) -> str:
@@ -591,7 +776,7 @@ def render(results: Results) -> str:
     best_dup = max(grid, key=lambda c: (dup[c]["all"]["R@1"], dup[c]["all"]["margin"]))
     return "\n".join(
         [
-            "# Embedder quality: pooling x input size x preprocessing",
+            "# Embedder quality: pooling, input size, preprocessing, derived descriptors, pHash",
             "",
             f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
             f"- model: {MODEL_NAME} (weights sha256 {results.weights_sha256[:12]}...), batch {BATCH}",
@@ -614,9 +799,11 @@ def render(results: Results) -> str:
             "Caltech distractors)",
             "",
             "Recall@1 per edit; margin = score of the true original - best wrong score (mean over queries).",
-            "Mild: jpeg40, half (50% resize), flip, gray, bright1.3. Hard: crop50c (centre 50% area), "
-            "crop30r (random 30% area), rot10, band25 (text band over bottom 25%), letterbox (16:9 black "
-            "bars), down80 (80 px shorter side and back). Edited copies other than jpeg40 are JPEG q95.",
+            "Mild: jpeg30/jpeg60 (JPEG quality), half (50% resize), flip, gray, bright1.3, contrast0.6, "
+            "blur2 (Gaussian radius 2). Hard: crop50c (centre 50% area), crop30r (random 30% area), "
+            "rot10, rot15, band25 (text band over bottom 25%), logo (semi-opaque disc + wordmark over a "
+            "quarter of the picture), letterbox (16:9 black bars), screenshot (inside a mock app page), "
+            "down80 (80 px shorter side and back). Edited copies other than jpegNN are JPEG q95.",
             "",
             dup_table,
             "",
@@ -632,8 +819,86 @@ def render(results: Results) -> str:
                 if results.skipped
                 else []
             ),
+            *render_summary(results),
+            *render_thresholds(results),
         ]
     )
+
+
+def summary_row(
+    label: str, category: dict[str, float], dup: dict[str, dict[str, float]], base: float
+) -> list[str]:
+    """One line of the comparison table: both tasks in one row, P@10 relative to the baseline."""
+    edits = [n for n in EDITS if n in dup]
+    worst = min(dup[n]["R@1"] for n in edits)
+    tied = [n for n in edits if dup[n]["R@1"] == worst]
+    worst_names = ", ".join(tied) if len(tied) <= 3 else f"{len(tied)} edits"
+    return [
+        label,
+        f"{category['P@10']:.3f}",
+        f"{(category['P@10'] / base - 1) * 100:+.1f}%" if base else "",
+        f"{category['mAP@100']:.3f}",
+        f"{dup['mild mean']['R@1']:.3f}",
+        f"{dup['hard mean']['R@1']:.3f}",
+        f"{worst_names} {worst:.3f}",
+        f"{dup['all']['margin']:+.3f}",
+    ]
+
+
+def render_summary(results: Results) -> list[str]:
+    """Every grid point and derived descriptor on one table (the one docs/quality.md quotes)."""
+    by_label = {f"{c.pooling}/{c.size}/{c.preprocessing}": c for c in results.grid}
+    base = results.category[by_label[BASELINE]]["P@10"] if BASELINE in by_label else 0.0
+    rows = [summary_row(c.label, results.category[c], results.duplicates[c], base) for c in results.grid]
+    rows += [summary_row(name, cat, dup, base) for name, (cat, dup) in results.variants.items()]
+    header = ["descriptor", "P@10", "vs baseline", "mAP@100", "mild R@1", "hard R@1", "worst edit", "margin"]
+    return [
+        "## 3. All descriptors side by side",
+        "",
+        f"Baseline for 'vs baseline': {BASELINE} (plain average pool, 224 px centre crop, the network's "
+        "own input scaling). Derived rows reuse the cached vectors: flip-averaged and multi-scale sum "
+        "unit descriptors; PCA / whitening is learned on each task's library (never on queries); "
+        "pHash ranks by Hamming distance.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+
+
+def render_thresholds(results: Results) -> list[str]:
+    """The same-picture threshold sweep and the recall per edit at the recommended score."""
+    if DEFAULT not in results.thresholds:
+        return []
+    lines = [
+        "## 4. Same picture: a score threshold",
+        "",
+        f"A search 'says same picture' when its best hit scores >= t. Positives: the {results.n_queries} "
+        f"edited copies (original in the library). Negatives: {results.n_absent} other ImageNet photos "
+        "whose picture is not in the library, plus any positive whose best hit is the wrong image.",
+        "",
+    ]
+    for label, rows in results.thresholds.items():
+        chosen = variants.recommend(rows)
+        columns = ("threshold", "precision", "recall", "false_positives")
+        table = [[f"{r[k]:.4f}".rstrip("0").rstrip(".") for k in columns] for r in rows]
+        lines += [
+            f"### {label}",
+            "",
+            markdown_table(["t", "precision", "recall", "false positives"], table),
+            "",
+            f"Recommended (lowest t with precision >= 0.99): **{chosen['threshold']:.3f}**: precision "
+            f"{chosen['precision']:.4f}, recall {chosen['recall']:.4f}.",
+            "",
+        ]
+    if results.recall_at_threshold:
+        edits = list(results.recall_at_threshold)
+        lines += [
+            f"Recall of {DEFAULT} per edit, counting only best hits at or above its recommended threshold:",
+            "",
+            markdown_table(edits, [[f"{results.recall_at_threshold[e]:.3f}" for e in edits]]),
+            "",
+        ]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
