@@ -68,6 +68,7 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
         embedder = await asyncio.to_thread(Embedder, cfg.model)
     metrics = Metrics()
     embed = EmbedService(embedder, cfg.model, cfg.limits, on_batch=metrics.observe_batch)
+    await embed.warm_up()
     embed.start()
     store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
     try:

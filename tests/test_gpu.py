@@ -38,7 +38,8 @@ def test_gpu_vectors_agree_with_cpu_fp32(cpu_fp32: Embedder, precision: str):
     assert gpu.info.fingerprint == cpu_fp32.info.fingerprint
     batch = np.stack([cpu_fp32.preprocess(picture(seed)) for seed in range(8)])
     cosines = (gpu.embed(batch) * cpu_fp32.embed(batch)).sum(axis=1)
-    assert cosines.min() > 0.995, cosines
+    # Measured on an H200: fp16 >= 0.995; bf16 (8-bit mantissa) down to 0.993.
+    assert cosines.min() > (0.99 if precision == "bf16" else 0.995), cosines
     alone = np.concatenate([gpu.embed(batch[i : i + 1]) for i in range(len(batch))])
     assert np.allclose(alone, gpu.embed(batch), atol=5e-3)
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,8 @@ class ExecutionPlan:
     threads: int
     max_batch: int
     precision: str = "fp32"
+    #: Threads decoding and resizing pictures ahead of the forward passes.
+    decode_threads: int = 2
 
 
 def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = None) -> ExecutionPlan:
@@ -61,11 +64,27 @@ def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = N
     """
     cores = cores or os.cpu_count() or 1
     precision = resolve_precision(cfg.precision, device)
+    decoders = max(2, cores)  # a GPU forward pass outruns one decoding thread 20x (docs/benchmarks.md)
     if device.type == "cpu":
         workers = cfg.workers or cores
         threads = cfg.threads or (1 if workers > 1 else max(1, cores - 1))
-        return ExecutionPlan(workers, threads, cfg.max_batch or 4, precision)
-    return ExecutionPlan(cfg.workers or 1, cfg.threads or 1, cfg.max_batch or gpu_batch(device), precision)
+        return ExecutionPlan(workers, threads, cfg.max_batch or 4, precision, decoders)
+    batch = cfg.max_batch or gpu_batch(device)
+    return ExecutionPlan(cfg.workers or 1, cfg.threads or 1, batch, precision, decoders)
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """The batch sizes a GPU runs: powers of two below ``max_batch``, and ``max_batch``.
+
+    cuDNN picks (and may compile) kernels per input shape, which took seconds per new batch size
+    on an H200 and stalled requests for that long; padding every batch up to one of these few
+    sizes, all warmed up at start, keeps that off the request path.
+    """
+    sizes, size = [], 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_batch]
 
 
 def gpu_batch(device: torch.device) -> int:
@@ -126,6 +145,9 @@ class Embedder:
         self.model = loaded or load_model(cfg)
         self.device = pick_device(cfg.device)
         self.plan = plan_execution(cfg, self.device)
+        self._buckets = batch_buckets(self.plan.max_batch)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are few (the buckets) and warmed up
         if self.device.type == "cpu":
             torch.set_num_threads(self.plan.threads)
         self.network = self.model.network.to(self.device).eval()
@@ -186,15 +208,41 @@ class Embedder:
         overlaps; scaling, the forward pass in the plan's precision, pooling and normalisation
         all run on the device. Pooling and normalisation are always fp32.
         """
+        count = len(batch)
         pixels = torch.from_numpy(batch)
         if self.device.type == "cuda":
-            pixels = pixels.pin_memory()
+            pixels = self._pad_to_bucket(pixels).pin_memory()
         x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with self._autocast():
             features = self.network(x)
-        pooled = self._pool(features.float())
+        pooled = self._pool(features[:count].float())
         return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
+
+    def _pad_to_bucket(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels`` with black pictures appended up to the next of :func:`batch_buckets`."""
+        size = next((b for b in self._buckets if b >= len(pixels)), len(pixels))
+        if size == len(pixels):
+            return pixels
+        padding = pixels.new_zeros((size - len(pixels), *pixels.shape[1:]))
+        return torch.cat([pixels, padding])
+
+    def warm_up(self) -> float:
+        """Run every batch shape once before serving; returns the seconds it took.
+
+        On a GPU that is each bucket size (kernel selection and CUDA start-up happen here, not
+        in the first requests); on a CPU one batch of one, which loads the kernels the same way.
+        """
+        started = time.perf_counter()
+        side = self.cfg.image_size
+        sizes = self._buckets if self.device.type == "cuda" else [1]
+        for size in sizes:
+            self.embed(np.zeros((size, 3, side, side), dtype=np.uint8))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        log.info("embedder warmed up in %.1fs (batch sizes %s)", seconds, ",".join(map(str, sizes)))
+        return seconds
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """Autocast for fp16/bf16: one code path for both (bf16 is exercised by CPU tests), and

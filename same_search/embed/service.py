@@ -39,18 +39,21 @@ class EmbedService:
         embedder: Embedder,
         cfg: ModelConfig,
         limits: LimitsConfig,
-        decode_threads: int = 2,
+        decode_threads: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.embedder = embedder
         self.cfg = cfg
         self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
-        self._decode_pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        threads = decode_threads or embedder.plan.decode_threads
+        self._decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self.workers = embedder.plan.workers
         self.max_batch = embedder.plan.max_batch
         self._infer_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="infer")
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._pending = 0
+        self._in_forward = 0
+        self._held = 0  # taken off the queue by a batching loop, not yet in a forward pass
         self._tasks: list[asyncio.Task] = []
         self.batches = 0
         self.images = 0
@@ -65,6 +68,11 @@ class EmbedService:
     def queue_size(self) -> int:
         """Requests admitted and not yet answered (decoding, queued or in the forward pass)."""
         return self._pending
+
+    async def warm_up(self) -> None:
+        """Run the first forward passes before the ports open (see :meth:`Embedder.warm_up`)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._infer_pool, self.embedder.warm_up)
 
     def start(self) -> None:
         """Start one batching loop per inference worker, all fed by the one queue."""
@@ -121,14 +129,21 @@ class EmbedService:
             image, thumbnail_side
         ) if thumbnail_side else None
 
+    def _decoding(self) -> int:
+        """Admitted requests still decoding: not queued, not held by a batching loop, not in a
+        forward pass."""
+        return self._pending - self._in_forward - self._held - self._queue.qsize()
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect()
+            self._held -= len(jobs)
             jobs = [job for job in jobs if not job.future.done()]  # timed out while queued
             if not jobs:
                 continue
             batch = np.stack([job.pixels for job in jobs])
+            self._in_forward += len(jobs)
             try:
                 vectors = await loop.run_in_executor(self._infer_pool, self.embedder.embed, batch)
             except Exception as exc:
@@ -139,6 +154,8 @@ class EmbedService:
                             ApiError(ErrNo.FEATURE_FAILED, f"feature extraction failed: {exc}")
                         )
                 continue
+            finally:
+                self._in_forward -= len(jobs)
             self.batches += 1
             self.images += len(jobs)
             if self._on_batch is not None:
@@ -148,13 +165,22 @@ class EmbedService:
                     job.future.set_result(vector)
 
     async def _collect(self) -> list[_Job]:
-        """The first queued job, then whatever else arrives within ``max_wait_ms``."""
+        """The first queued job, whatever else is queued, and what is still being decoded if it
+        arrives within ``max_wait_ms``.
+
+        Waiting only while other requests are decoding means a lone request never pays the
+        wait (single-search latency), while a burst still shares one forward pass.
+        """
         jobs = [await self._queue.get()]
+        self._held += 1
         deadline = asyncio.get_running_loop().time() + self.cfg.max_wait_ms / 1000.0
         while len(jobs) < self.max_batch:
             if not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
+                self._held += 1
                 continue
+            if self._decoding() <= 0:
+                break
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
@@ -162,4 +188,5 @@ class EmbedService:
                 jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
+            self._held += 1
         return jobs
