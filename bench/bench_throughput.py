@@ -6,6 +6,8 @@ Measured on the same machine, with the same model, ``max_batch`` and torch threa
   (and, for comparison, of one image);
 - **(b)** the same including decode + preprocess of the JPEG bytes, one thread, sequentially
   (the decode + preprocess share is shown on its own row);
+- **(aW)** ``workers`` threads each running (a) at once: the bare model with the daemon's own
+  execution plan (same weights, batch and total threads), the fair 100% for the daemon's rate;
 - **(b1)** one image at a time: decode + preprocess + a batch-1 forward pass (the latency floor
   of a single request);
 - **(c)** the real daemon (``python -m same_search`` as a subprocess, tests/daemon.py) answering
@@ -40,6 +42,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,6 +168,26 @@ class Bare:
             batch,
             lambda start: self.embedder.embed(pixels[start : start + batch]),
         )
+
+    def parallel(self, pixels: np.ndarray, seconds: float, streams: int) -> Row:
+        """(aW): ``streams`` threads each running batches of ``max_batch`` pre-decoded images,
+        as the daemon's ``workers`` do: the same weights, batch and total threads as the daemon."""
+        batch = self.cfg.max_batch
+        deadline = time.perf_counter() + seconds
+
+        def stream(offset: int) -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                start = (offset * batch + done) % max(1, len(pixels) - batch)
+                self.embedder.embed(pixels[start : start + batch])
+                done += batch
+            return done
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(streams) as pool:
+            total = sum(pool.map(stream, range(streams)))
+        case = f"bare model, pre-decoded, batch {batch}, {streams} parallel streams (aW)"
+        return Row(case, total, time.perf_counter() - started)
 
     def batched_with_decode(self, images: list[bytes], seconds: float) -> tuple[Row, Row]:
         """(b): decode + preprocess each batch's JPEGs in this thread, then its forward pass.
@@ -389,18 +412,18 @@ def ratio(ours: float, bare: float) -> str:
     return fmt(ours / bare, 2) if bare and bare == bare and ours == ours else ""
 
 
-def throughput_table(bare_rows: list[Row], daemon_rows: list[Row], a: Row, b: Row) -> str:
-    """Every case with images/s, latency percentiles and the ratios to (a) and (b)."""
+def throughput_table(bare_rows: list[Row], daemon_rows: list[Row], a: Row, aw: Row, b: Row) -> str:
+    """Every case with images/s, latency percentiles and the ratios to (a), (aW) and (b)."""
     lines = [
         "| case | images | images/s | client p50 ms | client p99 ms | server p50 ms | errors "
-        "| / bare (a) | / bare (b) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| / bare (a) | / bare (aW) | / bare (b) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in [*bare_rows, *daemon_rows]:
         lines.append(
             f"| {row.case} | {row.images} | {fmt(row.rate)} | {fmt(row.p(0.5))} | {fmt(row.p(0.99))} "
             f"| {fmt(row.p(0.5, server=True))} | {row.errors} | {ratio(row.rate, a.rate)} "
-            f"| {ratio(row.rate, b.rate)} |"
+            f"| {ratio(row.rate, aw.rate)} | {ratio(row.rate, b.rate)} |"
         )
     return "\n".join(lines)
 
@@ -428,8 +451,9 @@ def latency_table(single: Row, search_c1: Row | None) -> str:
 def summarise(bare: BareRun, daemon_rows: list[Row]) -> list[Summary]:
     """Daemon against bare, for the combined table of run_all."""
     summary: list[Summary] = [
-        (row.case, "images/s vs bare (b)", row.rate, bare.b.rate) for row in daemon_rows
+        (row.case, "images/s vs bare (aW)", row.rate, bare.aw.rate) for row in daemon_rows
     ]
+    summary += [(row.case, "images/s vs bare (b)", row.rate, bare.b.rate) for row in daemon_rows]
     search_c1 = find(daemon_rows, "daemon search, concurrency 1")
     if search_c1 is not None:
         summary.append(("search, concurrency 1", "p50 ms vs bare (b1)", search_c1.p(0.5), bare.b1.p(0.5)))
@@ -491,11 +515,12 @@ class BareRun:
     decode_only: Row
     b: Row
     b1: Row
+    aw: Row
 
     @property
     def rows(self) -> list[Row]:
         """Table order."""
-        return [self.a, self.a1, self.decode_only, self.b, self.b1]
+        return [self.a, self.aw, self.a1, self.decode_only, self.b, self.b1]
 
     def pooled(self, later: BareRun) -> tuple[BareRun, list[str]]:
         """Both passes pooled (one before the daemon, one after), and notes where they disagree."""
@@ -506,20 +531,22 @@ class BareRun:
                     f"WARNING: {first.case}: {first.rate:.1f} images/s before the daemon cells, "
                     f"{second.rate:.1f} after (the machine's speed drifted; rates pooled)"
                 )
-        pooled = [
-            Row(a.case, a.images + b.images, a.seconds + b.seconds, a.latencies + b.latencies)
-            for a, b in zip(self.rows, later.rows, strict=True)
-        ]
-        return BareRun(*pooled), notes
+        pooled = {
+            name: Row(a.case, a.images + b.images, a.seconds + b.seconds, a.latencies + b.latencies)
+            for name in ("a", "a1", "decode_only", "b", "b1", "aw")
+            for a, b in [(getattr(self, name), getattr(later, name))]
+        }
+        return BareRun(**pooled), notes
 
 
 def bench_bare(bare: Bare, images: list[bytes], pixels: np.ndarray, seconds: float) -> BareRun:
-    """(a), batch 1, decode alone, (b) and (b1) in this process."""
+    """(a), (aW), batch 1, decode alone, (b) and (b1) in this process."""
     a = bare.batched(pixels, seconds, bare.cfg.max_batch, " (a)")
+    aw = bare.parallel(pixels, seconds, max(1, bare.cfg.workers))
     a1 = bare.batched(pixels, seconds, 1)
     b, decode_only = bare.batched_with_decode(images, seconds)
     b1 = bare.one_by_one(images, seconds)
-    return BareRun(a, a1, decode_only, b, b1)
+    return BareRun(a, a1, decode_only, b, b1, aw)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -557,7 +584,7 @@ def run(args: argparse.Namespace) -> Report:
     markdown = "\n\n".join(
         [
             "### Embedding throughput: daemon vs bare model",
-            throughput_table(bare.rows, daemon_rows, bare.a, bare.b),
+            throughput_table(bare.rows, daemon_rows, bare.a, bare.aw, bare.b),
             "Single-request latency (search at concurrency 1 vs one decode + batch-1 forward pass):",
             latency_table(bare.b1, find(daemon_rows, "daemon search, concurrency 1")),
             "\n".join(f"- {note}" for note in notes),
