@@ -104,3 +104,32 @@ async def test_classify_errors(client, body, err_no, text):
     data = await post(client, body)
     assert data["err_no"] == err_no and text in data["err_msg"], data
     assert "result" not in data
+
+
+async def test_a_burst_shares_forward_passes_and_a_lone_request_does_not_wait(
+    aiohttp_client, tmp_path, embedder
+):
+    """One batching path: concurrent requests ride together; a request alone is not held back
+    for ``max_wait_ms`` (set absurdly high here so that waiting would show)."""
+    import asyncio
+    import re
+    import time
+
+    from same_search.app import create_app
+    from same_search.config import Config, ModelConfig, StorageConfig
+    from same_search.embed.embedder import Embedder
+
+    model = ModelConfig(name="efficientnet_lite0", workers=1, max_batch=8, max_wait_ms=5000.0)
+    cfg = Config(storage=StorageConfig(data_dir=str(tmp_path / "data")), model=model)
+    client = await aiohttp_client(create_app(cfg, Embedder(model, loaded=embedder.model)))
+
+    started = time.monotonic()
+    assert (await post(client, request_body(jpeg(70))))["err_no"] == 0
+    assert time.monotonic() - started < 4.0, "a lone request waited for max_wait_ms"
+
+    answers = await asyncio.gather(*(post(client, request_body(jpeg(80 + i))) for i in range(16)))
+    assert all(answer["err_no"] == 0 for answer in answers)
+    metrics = await (await client.get("/metrics")).text()
+    batches = float(re.search(r"^same_search_embed_batch_size_count (\S+)", metrics, re.M).group(1))
+    images = float(re.search(r"^same_search_embed_batch_size_sum (\S+)", metrics, re.M).group(1))
+    assert images == 17 and batches <= 6, (batches, images)
