@@ -26,6 +26,9 @@ from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, StorageErro
 
 log = logging.getLogger(__name__)
 
+#: Seconds between progress lines of a long index rebuild or replay.
+REPLAY_LOG_S = 15.0
+
 Tags = tuple[int, int]
 
 
@@ -148,7 +151,7 @@ class LibraryService:
                 "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
             )
             index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
-            await self._replay(index, row)
+            await self._replay(index, row, count)
             return index
         if replayed or removed:
             log.info(
@@ -159,12 +162,26 @@ class LibraryService:
             )
         return index
 
-    async def _replay(self, index: LibraryIndex, row: LibraryRow) -> int:
-        """Add the rows inserted after the index's seq; returns how many."""
+    async def _replay(self, index: LibraryIndex, row: LibraryRow, total: int | None = None) -> int:
+        """Add the rows inserted after the index's seq; returns how many.
+
+        A long replay (a rebuild of a large library takes minutes) logs its progress every
+        ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive and when it ends.
+        """
         replayed = 0
+        started = last_log = time.monotonic()
         async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq):
             await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
             replayed += len(chunk_keys)
+            now = time.monotonic()
+            if now - last_log >= REPLAY_LOG_S:
+                last_log = now
+                rate = replayed / (now - started)
+                left = f", about {(total - replayed) / rate:.0f}s left" if total and rate > 0 else ""
+                of = f" of {total:,}" if total else ""
+                log.info(
+                    "library %s: indexed %s%s items (%.0f/s%s)", row.appid, f"{replayed:,}", of, rate, left
+                )
         index.seq = max(index.seq, self.store.seq)
         return replayed
 

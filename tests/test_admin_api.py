@@ -114,3 +114,23 @@ async def test_management_needs_the_operator_token_when_auth_is_on(aiohttp_clien
         "err_no"
     ] == 0
     assert (await get(client, "/healthz"))["err_no"] == 0
+
+
+async def test_a_rebuild_logs_its_progress(
+    aiohttp_client, client, api, config, embedder, caplog, monkeypatch
+):
+    """Rebuilding a large library takes minutes; the log must show it is alive and how far it got."""
+    import logging
+    import shutil
+
+    from same_search import libraries
+
+    await fill(api)
+    await client.close()
+    shutil.rmtree(config.data_path / "indexes")
+    monkeypatch.setattr(libraries, "REPLAY_LOG_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="same_search.libraries"):
+        reopened = await aiohttp_client(create_app(config, embedder))
+    assert "rebuilding from the database" in caplog.text
+    assert "library lib: indexed 3 of 3 items" in caplog.text
+    assert (await get(reopened, "/api/libraries/lib"))["library"]["items"] == 3
