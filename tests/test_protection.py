@@ -96,3 +96,58 @@ async def test_full_database_refuses_writes_and_keeps_serving_reads(make_client,
     # The refused image left nothing behind: not in the index, not a duplicate on retry.
     retry = await post(client, f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief("again")])
     assert retry["err_no"] == 11
+
+
+async def test_vectors_take_little_more_disk_than_their_bytes(tmp_path):
+    """At a million items the database is mostly vectors; its file must stay close to their size."""
+    import sqlite3
+
+    import numpy as np
+
+    from same_search.store.db import Store
+
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        library = await store.create_library("lib", "efficientnet_lite0", 1280, "0123456789abcdef")
+        vector = np.ones(1280, dtype=np.float32)
+        for key in range(300):
+            await store.add_item(library.id, key - 150, f"item {key}".encode(), None, vector)
+        assert await store.count(library.id) == 300
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        size = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+    raw = 300 * 1280 * 4
+    assert size < 1.2 * raw, (size, raw)
+
+
+async def test_a_database_with_the_first_items_layout_still_works(tmp_path):
+    """Databases created before the rowid layout keep their clustered items table."""
+    import sqlite3
+
+    import numpy as np
+
+    from same_search.store.db import AlreadyExists, Store
+
+    with sqlite3.connect(tmp_path / "db.sqlite3") as db:
+        db.execute(
+            "CREATE TABLE items (lib_id INTEGER NOT NULL, key INTEGER NOT NULL, brief BLOB NOT NULL, "
+            "tag1 INTEGER, tag2 INTEGER, vector BLOB NOT NULL, seq INTEGER NOT NULL, "
+            "created_at REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (lib_id, key)) WITHOUT ROWID"
+        )
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        library = await store.create_library("lib", "efficientnet_lite0", 4, "0123456789abcdef")
+        vector = np.ones(4, dtype=np.float32)
+        await store.add_item(library.id, 7, b"seven", (1, 2), vector)
+        with pytest.raises(AlreadyExists):
+            await store.add_item(library.id, 7, b"again", None, vector)
+        assert (await store.get_item(library.id, 7)).brief == b"seven"
+        assert await store.update_item(library.id, 7, b"changed", None)
+        assert (await store.get_item(library.id, 7)).brief == b"changed"
+        assert (await store.remove_items(library.id, [7]))[0] == [7]
+        assert await store.count(library.id) == 0
+    finally:
+        await store.close()
