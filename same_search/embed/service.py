@@ -53,7 +53,7 @@ class EmbedService:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._pending = 0
         self._in_forward = 0
-        self._held = 0  # taken off the queue by a batching loop, not yet in a forward pass
+        self._waiting = 0  # decoded: queued, or held by a batching loop, not yet in a forward pass
         self._tasks: list[asyncio.Task] = []
         self.batches = 0
         self.images = 0
@@ -120,6 +120,7 @@ class EmbedService:
         loop = asyncio.get_running_loop()
         pixels, thumbnail = await loop.run_in_executor(self._decode_pool, self._decode, data, thumbnail_side)
         future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._waiting += 1
         await self._queue.put(_Job(pixels, future))
         return await future, thumbnail
 
@@ -130,15 +131,14 @@ class EmbedService:
         ) if thumbnail_side else None
 
     def _decoding(self) -> int:
-        """Admitted requests still decoding: not queued, not held by a batching loop, not in a
-        forward pass."""
-        return self._pending - self._in_forward - self._held - self._queue.qsize()
+        """Admitted requests still decoding: neither waiting for a forward pass nor in one."""
+        return self._pending - self._in_forward - self._waiting
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             jobs = await self._collect()
-            self._held -= len(jobs)
+            self._waiting -= len(jobs)
             jobs = [job for job in jobs if not job.future.done()]  # timed out while queued
             if not jobs:
                 continue
@@ -172,12 +172,10 @@ class EmbedService:
         wait (single-search latency), while a burst still shares one forward pass.
         """
         jobs = [await self._queue.get()]
-        self._held += 1
         deadline = asyncio.get_running_loop().time() + self.cfg.max_wait_ms / 1000.0
         while len(jobs) < self.max_batch:
             if not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
-                self._held += 1
                 continue
             if self._decoding() <= 0:
                 break
@@ -188,5 +186,4 @@ class EmbedService:
                 jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-            self._held += 1
         return jobs
