@@ -17,7 +17,7 @@ from same_search.console import pages
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
 from same_search.routes import admin, feature, retrieval
-from same_search.routes.envelope import ERRNO, MAX_BODY, Handler, envelope_middleware
+from same_search.routes.envelope import BODY_TIMEOUT, ERRNO, MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
 
 FEATURE, SEARCH, ADMIN = "feature", "search", "admin"
@@ -68,6 +68,7 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
         middlewares=[metrics_middleware, envelope_middleware, port_guard],
     )
     app[MAX_BODY] = cfg.server.max_body_bytes
+    app[BODY_TIMEOUT] = cfg.server.body_timeout_s
     app[PORT_SERVICES] = {}
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:

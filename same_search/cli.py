@@ -67,6 +67,11 @@ def _common_flags(suppress: bool) -> argparse.ArgumentParser:
     parser.add_argument("--feature-port", type=int, help="feature service port (default 8120)")
     parser.add_argument("--search-port", type=int, help="retrieval service port (default 8025)")
     parser.add_argument("--admin-port", type=int, help="management port (default 8103)")
+    parser.add_argument(
+        "--admin-host",
+        help="address of the management port: where the daemon binds it and where client commands "
+        "find it (default: [server] admin_host)",
+    )
     return parser
 
 
@@ -81,7 +86,6 @@ def _daemon_flags(suppress: bool) -> argparse.ArgumentParser:
 def _client_flags(suppress: bool) -> argparse.ArgumentParser:
     default = argparse.SUPPRESS if suppress else None
     parser = argparse.ArgumentParser(add_help=False, argument_default=default)
-    parser.add_argument("--admin-host", help="address of the management port (default: [server] admin_host)")
     parser.add_argument(
         "--token", help="token sent as X-Same-Token (default: $SAME_SEARCH_TOKEN, else [auth] tokens '*')"
     )
@@ -139,6 +143,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg,
         "server",
         host=args.host,
+        admin_host=args.admin_host,
         feature_port=args.feature_port,
         search_port=args.search_port,
         admin_port=args.admin_port,
@@ -192,7 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_client_command(args: argparse.Namespace, cfg: Config) -> int:
     """Run one client command, turning client errors into a message and an exit code."""
-    cfg = override(cfg, "server", admin_host=args.admin_host)
     token = args.token or os.environ.get("SAME_SEARCH_TOKEN") or None
     command: Callable[[argparse.Namespace, Config, str | None], int] = COMMANDS[args.command]
     try:

@@ -33,6 +33,11 @@ class ServerConfig:
     max_upload_bytes: int = 2 * 1024**3
     #: Seconds to let in-flight requests finish on SIGTERM/SIGINT before closing.
     shutdown_grace_s: float = 10.0
+    #: Seconds a connection may take to send a request's headers (and may stay idle between
+    #: requests) before it is closed, so slow or silent connections cannot pile up.
+    header_timeout_s: float = 15.0
+    #: Seconds a JSON request's body may take to arrive; longer gets err_no 1.
+    body_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)

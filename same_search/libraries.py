@@ -334,7 +334,10 @@ class LibraryService:
     async def vector_of(self, lib: Library, contsign: ContSign) -> np.ndarray:
         """The stored vector of an item (search by contsign); err_no 1 if it is not stored."""
         if lib.index.graph.contains(key_to_label(contsign.key)):
-            return (await lib.index.vectors_of([contsign.key]))[0]
+            try:
+                return (await lib.index.vectors_of([contsign.key]))[0]
+            except (KeyError, RuntimeError):  # removed between the check and the read: not stored
+                pass
         raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
 
     async def search(

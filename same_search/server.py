@@ -38,7 +38,13 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = create_app(cfg)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=cfg.server.shutdown_grace_s
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=cfg.server.shutdown_grace_s,
+        # aiohttp closes a connection whose request headers are not complete when this runs out
+        # (it is armed from the connection's start and after each response): the header timeout.
+        keepalive_timeout=cfg.server.header_timeout_s,
     )
     await runner.setup()  # loads the model, opens the database and the indexes
     try:

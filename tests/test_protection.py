@@ -56,6 +56,34 @@ async def test_tokens(make_client, config, caplog):
     assert "s3cret-shop" not in caplog.text and "ops-token" not in caplog.text
 
 
+async def test_sub_lib_never_reaches_another_tenants_library(make_client, config):
+    """``shop`` + sub_lib ``2`` names the library ``shop_2``; when ``shop_2`` is a tenant of its
+    own, shop's token must not reach it (it used to: the token was checked against ``shop``)."""
+    tokens = {"shop": "t-shop", "shop_2": "t-shop2", "*": "ops"}
+    client = await make_client(dataclasses.replace(config, auth=AuthConfig(tokens=tokens)))
+    assert (await post(client, f"{R}/signup", appid="shop_2", token="t-shop2"))["err_no"] == 0
+    added = await post(
+        client, f"{R}/add", appid="shop_2", token="t-shop2", image=b64(jpeg(1)), features=[brief("theirs")]
+    )
+    assert added["err_no"] == 0
+    as_shop = {"appid": "shop", "sub_lib": "2", "token": "t-shop"}
+    search = await post(client, f"{R}/search", image=b64(jpeg(1)), **as_shop)
+    assert search["err_no"] == 12 and "shop_2" in search["err_msg"]
+    remove = await post(client, f"{R}/remove", contsigns=[added["contsign"]], **as_shop)
+    assert remove["err_no"] == 12
+    for route in ("snapshot", "signup"):
+        assert (await post(client, f"{R}/{route}", **as_shop))["err_no"] == 12
+    # shop_2's item is still there, for its owner and for the operator.
+    for token in ("t-shop2", "ops"):
+        found = await post(client, f"{R}/search", appid="shop_2", token=token, image=b64(jpeg(1)))
+        assert found["err_no"] == 0 and len(found["data_items"]) == 1
+    # shop's own sub-libraries stay shop's; shop_2's token does not reach them or shop itself.
+    assert (await post(client, f"{R}/signup", appid="shop", sub_lib="3", token="t-shop"))["err_no"] == 0
+    assert (await post(client, f"{R}/snapshot", appid="shop_3", token="t-shop"))["err_no"] == 0
+    assert (await post(client, f"{R}/snapshot", appid="shop", sub_lib="3", token="t-shop2"))["err_no"] == 12
+    assert (await post(client, f"{R}/signup", appid="shop", token="t-shop2"))["err_no"] == 12
+
+
 async def test_full_queue_answers_99_at_once(make_client, config):
     client = await make_client(with_section(config, "model", queue_max=1))
     await post(client, f"{R}/signup", appid="lib")

@@ -15,10 +15,13 @@ from aiohttp import web
 from same_search.contsign import ContSign
 from same_search.errors import ApiError
 from same_search.libraries import Library
+from same_search.routes.fields import is_decimal
 from same_search.services import SERVICES, Services
 
 STATIC = resources.files("same_search.console").joinpath("static")
 PAGE_SIZE = 48
+#: SQLite's OFFSET is a signed 64-bit integer; past this nothing is listed anyway.
+MAX_OFFSET = 1 << 62
 
 
 def _when(ts: float | None) -> str:
@@ -88,7 +91,8 @@ async def library(request: web.Request) -> web.Response:
         return _error(services, exc)
     appid = lib.row.appid
     stats = services.libraries.stats(lib)
-    offset = int(request.query.get("offset", "0")) if request.query.get("offset", "0").isdigit() else 0
+    text = request.query.get("offset", "0")
+    offset = min(int(text), MAX_OFFSET) if is_decimal(text) else 0
     items = await services.libraries.items_page(lib, offset, PAGE_SIZE)
     cards = "".join(_item_card(appid, item.contsign, item.brief) for item, _, _ in items)
     nav = ""

@@ -12,6 +12,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from same_search.imports.export import import_export, read_export, write_export
 from same_search.libraries import Item, Library
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
-from same_search.routes.fields import encode_base64
+from same_search.routes.fields import check_library_name, encode_base64, is_decimal
 from same_search.services import SERVICES, Services
 
 API = "/api"
@@ -74,7 +75,7 @@ def _contsign(request: web.Request, text: str | None = None) -> ContSign:
 
 def _query_int(request: web.Request, name: str, default: int, maximum: int) -> int:
     value = request.query.get(name, str(default))
-    if not value.isdigit() or int(value) > maximum:
+    if not is_decimal(value) or int(value) > maximum:
         raise bad_request(f"{name} must be an integer from 0 to {maximum}")
     return int(value)
 
@@ -108,9 +109,9 @@ async def create_library(request: web.Request) -> web.Response:
     services = _operator(request)
     body = await request.json() if request.can_read_body else {}
     appid = body.get("appid") if isinstance(body, dict) else None
-    if not isinstance(appid, str) or not appid or "," in appid:
+    if not isinstance(appid, str):
         raise bad_request("appid is required: a non-empty string without commas")
-    request[APPID] = appid
+    request[APPID] = check_library_name(appid)
     lib = await services.libraries.signup(appid)
     return ok(library=services.libraries.stats(lib))
 
@@ -287,7 +288,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 def _job_id(request: web.Request) -> int:
     text = request.match_info["job_id"]
-    if not text.isdigit():
+    if not is_decimal(text):
         raise bad_request("job id must be an integer")
     return int(text)
 
@@ -312,7 +313,7 @@ async def export_library(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/zip",
-                "Content-Disposition": f'attachment; filename="{lib.row.appid}.zip"',
+                "Content-Disposition": _attachment(f"{lib.row.appid}.zip"),
             }
         )
         response.content_length = path.stat().st_size
@@ -326,10 +327,16 @@ async def export_library(request: web.Request) -> web.StreamResponse:
         path.unlink(missing_ok=True)
 
 
+def _attachment(filename: str) -> str:
+    """A Content-Disposition header safe for any library name (RFC 6266: ASCII fallback + UTF-8)."""
+    fallback = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
 async def import_library(request: web.Request) -> web.Response:
     """An export ZIP (with vectors) as the body; the library is created if missing."""
     services = _operator(request)
-    appid = request.match_info["appid"]
+    appid = check_library_name(request.match_info["appid"])
     request[APPID] = appid
     path = _upload_path(services, ".import.zip")
     await _save_upload(request, path)

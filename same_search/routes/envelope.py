@@ -7,6 +7,7 @@ as a transport failure, so every outcome of the API routes, errors included, is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from same_search.errors import ApiError, ErrNo, bad_request
 
@@ -25,8 +27,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOGID = web.RequestKey("logid", object)
 APPID = web.RequestKey("appid", str)
 ERRNO = web.RequestKey("err_no", int)
+#: Set when the rest of the body cannot be read: answer, then close the connection.
+CLOSE = web.RequestKey("close_connection", bool)
 #: The body size limit, for the error message.
 MAX_BODY = web.AppKey("max_body_bytes", int)
+#: Seconds a request body may take to arrive.
+BODY_TIMEOUT = web.AppKey("body_timeout_s", float)
 
 
 def ok(**fields: Any) -> web.Response:
@@ -67,6 +73,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         error = ApiError(ErrNo.INTERNAL, "internal error; see the daemon log")
     if error is not None:
         response = envelope_response(error.body())
+    if request.get(CLOSE):
+        response.force_close()
     request[ERRNO] = 0 if error is None else int(error.err_no)
     _log_request(request, started)
     return response
@@ -87,14 +95,25 @@ async def read_body(request: web.Request) -> bytearray:
     """The request body, refused past the size limit before it is all in memory.
 
     Read from the stream rather than with ``request.read()``, which would keep a second copy of
-    the body cached on the request for its whole lifetime.
+    the body cached on the request for its whole lifetime. A body that trickles in slower than
+    the body timeout, or that does not match its ``Content-Encoding``, is the client's error.
     """
     limit = request.app[MAX_BODY]
     if request.content_length is not None and request.content_length > limit:
         raise bad_request(f"request body exceeds the limit of {limit} bytes")
+    timeout = request.app.get(BODY_TIMEOUT, 60.0)
     body = bytearray()
-    async for chunk in request.content.iter_chunked(1 << 16):
-        if len(body) + len(chunk) > limit:
-            raise bad_request(f"request body exceeds the limit of {limit} bytes")
-        body += chunk
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(1 << 16):
+                if len(body) + len(chunk) > limit:
+                    raise bad_request(f"request body exceeds the limit of {limit} bytes")
+                body += chunk
+    except TimeoutError:
+        request[CLOSE] = True
+        raise bad_request(f"request body not received within {timeout:g} s") from None
+    except RequestPayloadError as exc:
+        request[CLOSE] = True
+        encoding = request.headers.get("Content-Encoding", "")
+        raise bad_request(f"request body does not match Content-Encoding {encoding!r}: {exc}") from None
     return body

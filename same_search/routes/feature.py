@@ -17,7 +17,7 @@ from same_search.errors import bad_request
 from same_search.proto import imgfeature_pb2
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
-from same_search.routes.fields import Fields, decode_base64, encode_base64, parse_json_object
+from same_search.routes.fields import Fields, decode_base64, encode_base64, is_decimal, parse_json_object
 from same_search.services import SERVICES
 
 PATH = "/GeneralClassifyService/classify"
@@ -38,7 +38,7 @@ def wanted_features(spec: str) -> list[int]:
     wanted = []
     for part in spec.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) not in ALL_FEATURES:
+        if not is_decimal(part) or int(part) not in ALL_FEATURES:
             raise bad_request(
                 f"featureids: unknown feature {part!r}; known: {', '.join(map(str, ALL_FEATURES))}"
             )

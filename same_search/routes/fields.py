@@ -43,6 +43,11 @@ def decode_base64(value: Any, field: str) -> bytes:
         raise bad_request(f"{field} is not valid base64: {exc}") from exc
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts ``"²"`` or ``"٣"``, which ``int`` then refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def encode_base64(data: bytes) -> str:
     """Binary -> base64 text for JSON replies."""
     return base64.b64encode(data).decode("ascii")
@@ -51,6 +56,19 @@ def encode_base64(data: bytes) -> str:
 def pack_tags(tags: tuple[int, int]) -> bytes:
     """Tags as the spec's ``struct.pack("II", tag1, tag2)`` (little-endian on every client we know)."""
     return struct.pack("<II", *tags)
+
+
+def check_library_name(name: str) -> str:
+    """A library name as every port accepts it: non-empty, printable, no comma, bounded length.
+
+    One rule for the wire API and the management API, so no port can create a library that
+    another cannot name (a CR/LF or NUL in a name broke URLs, headers and log lines).
+    """
+    if not name or "," in name or len(name) > MAX_APPID_LEN or not name.isprintable():
+        raise bad_request(
+            f"appid must be 1 to {MAX_APPID_LEN} printable characters without commas (appid_sub_lib included)"
+        )
+    return name
 
 
 class Fields:
@@ -82,7 +100,7 @@ class Fields:
         value = self.data.get(name)
         if value is None:
             return default
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and is_decimal(value):
             value = int(value)  # tolerate clients that stringify numbers
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad_request(f"{name} must be a non-negative integer")
@@ -113,10 +131,7 @@ class Fields:
         sub_lib = self.optional_str("sub_lib")
         if "," in sub_lib:
             raise bad_request("sub_lib must not contain a comma")
-        name = f"{appid}_{sub_lib}" if sub_lib else appid
-        if len(name) > MAX_APPID_LEN or not name.isprintable():
-            raise bad_request(f"appid must be printable and at most {MAX_APPID_LEN} characters")
-        return name
+        return check_library_name(f"{appid}_{sub_lib}" if sub_lib else appid)
 
     def image(self, required: bool) -> bytes | None:
         """The base64 ``image``; empty bytes are returned as is (the embedder answers 216200)."""

@@ -50,7 +50,9 @@ async def _read(request: web.Request) -> tuple[Services, Fields, str]:
     fields.check_common()
     name = fields.library_name()
     request[APPID] = name
-    check_token(services.cfg.auth, fields.appid(), presented_token(request, fields.data))
+    # The token is checked against the library the request resolves to (appid + sub_lib), never
+    # the bare appid: ``shop`` + sub_lib ``2`` is the library ``shop_2``, maybe another tenant's.
+    check_token(services.cfg.auth, name, presented_token(request, fields.data))
     return services, fields, name
 
 
