@@ -51,6 +51,21 @@ class StorageConfig:
     max_db_bytes: int = 0
     #: Longest side in pixels of the JPEG thumbnail stored with each item; 0 stores none.
     thumbnail_side: int = 128
+    #: Where libraries live: "local" (SQLite + hnswlib in data_dir) or "milvus" (a Milvus server).
+    backend: str = "local"
+    #: Milvus only: the server's address ("http://host:19530"), or a milvus-lite ".db" path.
+    uri: str = ""
+    #: Milvus only: "user:password" or an API key; empty when the server has no authentication.
+    token: str = ""
+    #: Milvus only: the Milvus database holding this deployment's collections ("" = "default").
+    db_name: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuse a backend we do not have, or Milvus without an address."""
+        if self.backend not in ("local", "milvus"):
+            raise ConfigError(f'[storage] backend must be "local" or "milvus", got {self.backend!r}')
+        if self.backend == "milvus" and not self.uri:
+            raise ConfigError('[storage] backend = "milvus" needs uri (e.g. "http://127.0.0.1:19530")')
 
 
 POOLINGS = ("avg", "gem")

@@ -1,35 +1,54 @@
-"""Library logic: the layer between routes and the embedder, the index and the store.
+"""Library logic: the layer between routes and the embedder and the library backend.
 
-Writes go to SQLite first and to the index only after the commit, under the library's write
-lock, so the index never holds something the database does not, and a crash between the two
-is repaired at start-up by replaying rows newer than the index snapshot.
+This is the only module that talks to a backend (``same_search.backends``): routes, the
+management API, import jobs, export/import, metrics and the console go through
+:class:`LibraryService`, and none of them knows whether libraries live in SQLite + hnswlib on
+this box or in a Milvus cluster shared by several daemons. The API's rules (err_no 101/102/103/
+104, paging, ``min_score``) are decided here, once, for every backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from same_search.backends.base import (
+    AlreadyExists,
+    Backend,
+    ItemRow,
+    JobLedger,
+    Library,
+    LibraryFull,
+    LibraryGone,
+    NewItem,
+    StorageError,
+    TagFilter,
+    Tags,
+)
 from same_search.config import Config
 from same_search.contsign import ContSign
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo
-from same_search.index import snapshot
-from same_search.index.hnsw import HnswIndex
-from same_search.index.library_index import LibraryIndex, key_to_label
-from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, StorageError, Store
 
 log = logging.getLogger(__name__)
 
-#: Seconds between progress lines of a long index rebuild or replay.
-REPLAY_LOG_S = 15.0
+T = TypeVar("T")
 
-Tags = tuple[int, int]
+__all__ = [
+    "DuplicateAdd",
+    "Hit",
+    "Item",
+    "Library",
+    "LibraryService",
+    "ModelMismatch",
+    "SearchPage",
+    "TagFilter",
+]
 
 
 class DuplicateAdd(ApiError):
@@ -70,23 +89,12 @@ class SearchPage:
 
 
 @dataclass(frozen=True)
-class TagFilter:
-    """Search only items carrying all (``match_all``) or any of the non-zero ``tags``."""
+class LibraryCensus:
+    """What /metrics reports per library."""
 
-    tags: Tags
-    match_all: bool
-
-    @property
-    def active(self) -> bool:
-        return any(self.tags)
-
-
-@dataclass
-class Library:
-    """A signed-up appid with its index."""
-
-    row: LibraryRow
-    index: LibraryIndex
+    appid: str
+    items: int
+    last_index_save: float | None
 
 
 def _item(row: ItemRow) -> Item:
@@ -97,137 +105,46 @@ def _storage_failed(exc: StorageError) -> ApiError:
     return ApiError(ErrNo.INTERNAL, f"storage write failed, nothing was changed: {exc}")
 
 
+def _not_signed_up(appid: str) -> ApiError:
+    return ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
+
+
 class LibraryService:
     """Every library of the daemon and the operations the API offers on them."""
 
-    def __init__(self, cfg: Config, store: Store, embed: EmbedService) -> None:
+    def __init__(self, cfg: Config, backend: Backend, embed: EmbedService) -> None:
         self.cfg = cfg
-        self.store = store
+        self.backend = backend
         self.embed = embed
-        self.index_dir = cfg.data_path / "indexes"
         self.libraries: dict[str, Library] = {}
-        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
-        self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
         self._signup_lock = asyncio.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Load every library's index: snapshot plus replay, or a rebuild from SQLite."""
-        info = self.embed.info
-        rows = await self.store.libraries()
-        for row in rows:
-            if row.fingerprint != info.fingerprint or row.dim != info.dim:
-                raise ModelMismatch(
-                    f"library {row.appid!r} holds vectors of model {row.model_id} "
-                    f"(fingerprint {row.fingerprint}, dim {row.dim}) but this daemon serves {info.model_id} "
-                    f"(fingerprint {info.fingerprint}, dim {info.dim}). Start with the [model] "
-                    "settings the library was built with, or point --data-dir at a new directory "
-                    "and add the images again."
-                )
-        for row in rows:
-            started = time.monotonic()
-            index = await self._load_index(row)
-            self.libraries[row.appid] = Library(row, index)
-            log.info(
-                "library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started
+        """Open the backend and load every library (refusing libraries of another model)."""
+        await self.backend.open()
+        for lib in await self.backend.load_libraries():
+            self._check_model(lib)
+            self.libraries[lib.row.appid] = lib
+
+    def _check_model(self, lib: Library) -> None:
+        info, row = self.embed.info, lib.row
+        if row.fingerprint != info.fingerprint or row.dim != info.dim:
+            raise ModelMismatch(
+                f"library {row.appid!r} holds vectors of model {row.model_id} "
+                f"(fingerprint {row.fingerprint}, dim {row.dim}) but this daemon serves {info.model_id} "
+                f"(fingerprint {info.fingerprint}, dim {info.dim}). Start with the [model] "
+                "settings the library was built with, or point --data-dir at a new directory "
+                "and add the images again."
             )
-
-    async def _load_index(self, row: LibraryRow) -> LibraryIndex:
-        """The saved graph brought up to date with the database, or else a rebuild from it.
-
-        A snapshot's graph holds exactly the items stored up to its seq: removals after that seq
-        are marked deleted in it, then the rows inserted after it are added. Anything wrong with
-        the snapshot (missing, corrupt, inconsistent) costs a rebuild, never a failed start.
-        """
-        count = await self.store.count(row.id)
-        try:
-            index, removed = await self._open_snapshot(row)
-            replayed = await self._replay(index, row)
-            if index.count() != count:
-                raise snapshot.SnapshotInvalid(f"{index.count()} items after replay, database has {count}")
-        except Exception as exc:
-            log.warning(
-                "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
-            )
-            index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
-            await self._replay(index, row, count)
-            return index
-        if replayed or removed:
-            log.info(
-                "library %s: replayed %d adds, %d removals after the snapshot",
-                row.appid,
-                replayed,
-                len(removed),
-            )
-        return index
-
-    async def _replay(self, index: LibraryIndex, row: LibraryRow, total: int | None = None) -> int:
-        """Add the rows inserted after the index's seq; returns how many.
-
-        A long replay (a rebuild of a large library takes minutes) logs its progress every
-        ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive and when it ends.
-        """
-        replayed = 0
-        started = last_log = time.monotonic()
-        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq):
-            await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
-            replayed += len(chunk_keys)
-            now = time.monotonic()
-            if now - last_log >= REPLAY_LOG_S:
-                last_log = now
-                rate = replayed / (now - started)
-                left = f", about {(total - replayed) / rate:.0f}s left" if total and rate > 0 else ""
-                of = f" of {total:,}" if total else ""
-                log.info(
-                    "library %s: indexed %s%s items (%.0f/s%s)", row.appid, f"{replayed:,}", of, rate, left
-                )
-        index.seq = max(index.seq, self.store.seq)
-        return replayed
-
-    async def _open_snapshot(self, row: LibraryRow) -> tuple[LibraryIndex, list[int]]:
-        """The verified snapshot graph with later removals applied; (index, removed keys)."""
-        header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
-        in_graph = {key_to_label(k) for k in await self.store.keys(row.id, max_seq=header.seq)}
-        graph_path, _ = snapshot.paths(self.index_dir, row.id)
-        graph = await asyncio.to_thread(
-            HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, in_graph
-        )
-        removed = await self.store.removals_since(row.id, header.seq)
-        graph.forget(np.array([key_to_label(k) for k in removed], dtype=np.uint64))
-        index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
-        index.saved_seq, index.saved_at = header.seq, header.saved_at
-        return index, removed
 
     async def save_indexes(self, only_dirty: bool = True) -> int:
-        """Snapshot every (changed) library; returns how many were written."""
-        saved = 0
-        for lib in list(self.libraries.values()):
-            if only_dirty and not lib.index.dirty:
-                continue
-            async with lib.index.write_lock:
-                started = time.monotonic()
-                saving = asyncio.get_running_loop().run_in_executor(
-                    self._save_pool, lib.index.save_now, self.index_dir, lib.row.id, lib.row.fingerprint
-                )
-                try:
-                    await asyncio.shield(saving)
-                except asyncio.CancelledError:
-                    await saving  # keep writers out until the file is complete, then stop
-                    raise
-                finally:
-                    if saving.done() and not saving.cancelled() and saving.exception() is None:
-                        log.info(
-                            "library %s: index saved (%d items, %.2fs)",
-                            lib.row.appid,
-                            lib.index.count(),
-                            time.monotonic() - started,
-                        )
-            saved += 1
-        return saved
+        """Make every (changed) library's search structure durable; returns how many were saved."""
+        return await self.backend.save(list(self.libraries.values()), only_dirty)
 
     async def close(self) -> None:
-        """Save changed indexes and stop the index threads.
+        """Save changed indexes, then close the backend.
 
         A failed save (disk full, say) is logged, not raised: snapshots only shorten the next
         start, which replays or rebuilds from the database; nothing acknowledged depends on them.
@@ -239,34 +156,78 @@ class LibraryService:
                 "could not save the indexes at shutdown; the next start rebuilds them from the database"
             )
         finally:
-            self._index_pool.shutdown(wait=True)
-            self._save_pool.shutdown(wait=True)
+            await self.backend.close()
+
+    @property
+    def jobs(self) -> JobLedger:
+        """Where import jobs are recorded (daemon state, on this box whatever the backend)."""
+        return self.backend.jobs
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
 
     # ---- libraries -------------------------------------------------------------------------------
 
-    def get(self, appid: str) -> Library:
-        """A signed-up library, or err_no 103."""
+    async def get(self, appid: str) -> Library:
+        """A signed-up library, or err_no 103.
+
+        A library this daemon has not seen may have been created by another daemon sharing the
+        backend: it is looked up there before the answer is 103.
+        """
         lib = self.libraries.get(appid)
         if lib is None:
-            raise ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
+            lib = await self.backend.find_library(appid)
+            if lib is None:
+                raise _not_signed_up(appid)
+            self._check_model(lib)
+            lib = self.libraries.setdefault(appid, lib)
         return lib
+
+    async def all(self) -> list[Library]:
+        """Every library, including those other daemons created on a shared backend."""
+        if self.backend.name != "local":
+            for lib in await self.backend.load_libraries():
+                if lib.row.appid not in self.libraries:
+                    self.libraries[lib.row.appid] = lib
+        return list(self.libraries.values())
 
     async def signup(self, appid: str) -> Library:
         """Create a library for the serving model; err_no 104 if it exists."""
         async with self._signup_lock:
-            if appid in self.libraries:
-                raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
+            exists = ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
+            if appid in self.libraries or await self.backend.find_library(appid) is not None:
+                raise exists
             info = self.embed.info
             try:
-                row = await self.store.create_library(appid, info.model_id, info.dim, info.fingerprint)
+                lib = await self.backend.create_library(appid, info.model_id, info.dim, info.fingerprint)
             except AlreadyExists as exc:
-                raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up") from exc
+                raise exists from exc
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
-            lib = Library(row, LibraryIndex.empty(info.dim, self.cfg.index, self._index_pool))
             self.libraries[appid] = lib
             log.info("library %s signed up (model %s, dim %d)", appid, info.model_id, info.dim)
             return lib
+
+    async def _call(self, lib: Library, operation: Awaitable[T]) -> T:
+        """Await a backend call on ``lib``: storage failures become err_no answers.
+
+        A library deleted behind this daemon's back (another daemon, shared backend) is
+        forgotten and answered as 103, as it would be here.
+        """
+        try:
+            return await operation
+        except LibraryGone:
+            self.libraries.pop(lib.row.appid, None)
+            raise _not_signed_up(lib.row.appid) from None
+        except LibraryFull as exc:
+            raise ApiError(ErrNo.INTERNAL, str(exc)) from exc
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+
+    async def count(self, lib: Library) -> int:
+        """Items stored in a library."""
+        return await self._call(lib, self.backend.count(lib))
 
     # ---- items ------------------------------------------------------------------------------------
 
@@ -289,56 +250,40 @@ class LibraryService:
         vector: np.ndarray,
         thumbnail: bytes | None = None,
     ) -> None:
-        """Commit an item with an already computed vector, then index it (``add`` and imports)."""
-        async with lib.index.write_lock:
-            capacity = self.cfg.limits.library_capacity
-            if capacity and lib.index.count() >= capacity:
-                raise ApiError(ErrNo.INTERNAL, f"library {lib.row.appid!r} is full ({capacity} items)")
-            try:
-                seq = await self.store.add_item(lib.row.id, contsign.key, brief, tags, vector, thumbnail)
-            except AlreadyExists:
-                await self._refuse_duplicate(lib, contsign)
-                raise
-            except StorageError as exc:
-                raise _storage_failed(exc) from exc
-            await lib.index.add(contsign.key, vector, seq)
+        """Store an item with an already computed vector (``add`` and imports); 101 if stored."""
+        item = NewItem(contsign.key, brief, tags, vector, thumbnail)
+        stored = await self.store_vectors(lib, [item])
+        if not stored[0]:
+            await self._refuse_duplicate(lib, contsign)
+            raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
+
+    async def store_vectors(self, lib: Library, items: list[NewItem]) -> list[bool]:
+        """Store a batch of items with their vectors; False for each key already stored."""
+        capacity = self.cfg.limits.library_capacity
+        return await self._call(lib, self.backend.add_items(lib, items, capacity))
 
     async def _refuse_duplicate(self, lib: Library, contsign: ContSign) -> None:
-        row = await self.store.get_item(lib.row.id, contsign.key)
-        if row is not None:
-            raise DuplicateAdd(_item(row))
+        rows = await self._call(lib, self.backend.get_items(lib, [contsign.key]))
+        if contsign.key in rows:
+            raise DuplicateAdd(_item(rows[contsign.key]))
 
     async def update(self, lib: Library, contsign: ContSign, brief: bytes | None, tags: Tags | None) -> None:
         """Replace brief and/or tags; err_no 102 if the item is not stored."""
-        try:
-            found = await self.store.update_item(lib.row.id, contsign.key, brief, tags)
-        except StorageError as exc:
-            raise _storage_failed(exc) from exc
+        found = await self._call(lib, self.backend.update_item(lib, contsign.key, brief, tags))
         if not found:
             raise ApiError(ErrNo.UPDATE_MISSING, f"contsign {contsign} is not in library {lib.row.appid!r}")
 
     async def remove(self, lib: Library, contsigns: list[ContSign]) -> int:
         """Remove items (absent ones are ignored); returns how many were removed."""
-        return await asyncio.shield(self._remove(lib, contsigns))
-
-    async def _remove(self, lib: Library, contsigns: list[ContSign]) -> int:
-        async with lib.index.write_lock:
-            try:
-                removed, seq = await self.store.remove_items(lib.row.id, [c.key for c in contsigns])
-            except StorageError as exc:
-                raise _storage_failed(exc) from exc
-            if removed:
-                await lib.index.delete(removed, seq)
-        return len(removed)
+        removing = self._call(lib, self.backend.remove_items(lib, [c.key for c in contsigns]))
+        return len(await asyncio.shield(removing))
 
     async def vector_of(self, lib: Library, contsign: ContSign) -> np.ndarray:
         """The stored vector of an item (search by contsign); err_no 1 if it is not stored."""
-        if lib.index.graph.contains(key_to_label(contsign.key)):
-            try:
-                return (await lib.index.vectors_of([contsign.key]))[0]
-            except (KeyError, RuntimeError):  # removed between the check and the read: not stored
-                pass
-        raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
+        vector = await self._call(lib, self.backend.vector(lib, contsign.key))
+        if vector is None:
+            raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
+        return vector
 
     async def search(
         self,
@@ -349,79 +294,83 @@ class LibraryService:
         tag_filter: TagFilter | None,
         min_score: float | None = None,
     ) -> SearchPage:
-        """Results ``pn .. pn+rn`` by descending cosine similarity (only those >= ``min_score``)."""
-        candidates = None
-        total = lib.index.count()
-        if tag_filter is not None and tag_filter.active:
-            candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
-            total = len(candidates)
-        # With a score floor, one result past the page tells whether more qualify.
-        depth = min(pn + rn + (1 if min_score is not None else 0), total)
-        found = await lib.index.search(vector, depth, candidates) if depth > pn else []
+        """Results ``pn .. pn+rn`` by descending cosine similarity (only those >= ``min_score``).
+
+        One result past the page is asked for: it tells whether more exist, on every backend.
+        """
+        found = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
         if min_score is not None:
             found = [(key, score) for key, score in found if score >= min_score]
-            total = len(found)
         window = found[pn : pn + rn]
-        rows = await self.store.get_items(lib.row.id, [key for key, _ in window])
+        rows = await self._call(lib, self.backend.get_items(lib, [key for key, _ in window]))
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
-        return SearchPage(hits, has_more=total > pn + rn)
+        return SearchPage(hits, has_more=len(found) > pn + rn)
 
     # ---- management ------------------------------------------------------------------------------
 
     async def delete_library(self, lib: Library) -> None:
-        """Drop a library: its rows, its thumbnails and its index files."""
-        async with lib.index.write_lock:
-            try:
-                await self.store.delete_library(lib.row.id)
-            except StorageError as exc:
-                raise _storage_failed(exc) from exc
-            self.libraries.pop(lib.row.appid, None)
-            for path in snapshot.paths(self.index_dir, lib.row.id):
-                path.unlink(missing_ok=True)
+        """Drop a library: its items, thumbnails and search structure."""
+        await self._call(lib, self.backend.delete_library(lib))
+        self.libraries.pop(lib.row.appid, None)
         log.info("library %s deleted", lib.row.appid)
 
     async def rebuild(self, lib: Library) -> float:
-        """Rebuild a library's graph from the database (also drops deleted slots); returns seconds."""
-        started = time.monotonic()
-        async with lib.index.write_lock:
-            count = await self.store.count(lib.row.id)
-            fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
-            await self._replay(fresh, lib.row)
-            lib.index = fresh
-        await self.save_indexes()
-        log.info("library %s: index rebuilt (%d items)", lib.row.appid, lib.index.count())
-        return time.monotonic() - started
+        """Rebuild a library's search structure from its items (drops deleted slots); returns seconds."""
+        started = asyncio.get_running_loop().time()
+        await self._call(lib, self.backend.rebuild(lib))
+        log.info("library %s: index rebuilt (%d items)", lib.row.appid, await self.count(lib))
+        return asyncio.get_running_loop().time() - started
 
     async def items_page(self, lib: Library, offset: int, limit: int) -> list[tuple[Item, float, float]]:
         """(item, created_at, updated_at) in insertion order."""
-        rows = await self.store.page_items(lib.row.id, offset, limit)
+        rows = await self._call(lib, self.backend.page_items(lib, offset, limit))
         return [(_item(row), row.created_at, row.updated_at) for row in rows]
 
     async def item(self, lib: Library, contsign: ContSign) -> tuple[Item, float, float] | None:
         """One item with its timestamps, or None."""
-        row = await self.store.get_item(lib.row.id, contsign.key)
+        rows = await self._call(lib, self.backend.get_items(lib, [contsign.key]))
+        row = rows.get(contsign.key)
         return None if row is None else (_item(row), row.created_at, row.updated_at)
 
-    def stats(self, lib: Library) -> dict:
+    async def thumbnail(self, lib: Library, contsign: ContSign) -> bytes | None:
+        """The small JPEG stored with an item, if any."""
+        return await self._call(lib, self.backend.thumbnail(lib, contsign.key))
+
+    async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[Item, np.ndarray]]]:
+        """Every item with its vector, in insertion order, in chunks of (Item, vector)."""
+        async for chunk in self.backend.export_items(lib):
+            yield [(_item(row), vector) for row, vector in chunk]
+
+    async def stats(self, lib: Library) -> dict:
         """What the management API reports about one library."""
         return {
             "appid": lib.row.appid,
-            "items": lib.index.count(),
+            "items": await self.count(lib),
             "capacity": self.cfg.limits.library_capacity,
             "model": lib.row.model_id,
             "dim": lib.row.dim,
             "fingerprint": lib.row.fingerprint,
             "created": lib.row.created_at,
-            "last_index_save": lib.index.saved_at,
-            "index_slots": lib.index.capacity(),
-            "search": "exact" if lib.index.exact is not None else "hnsw",
+            "backend": self.backend.name,
+            **self.backend.describe(lib),
         }
 
-    def snapshot(self, lib: Library) -> dict[str, int]:
+    async def snapshot(self, lib: Library) -> dict[str, int]:
         """The spec's snapshot block for one library."""
         return {
             "tag": 0,
-            "index_size": lib.index.count(),
+            "index_size": await self.count(lib),
             "index_capacity": self.cfg.limits.library_capacity,
             "queue_size": self.embed.queue_size,
         }
+
+    async def census(self) -> list[LibraryCensus]:
+        """Per-library figures for /metrics, read at scrape time."""
+        found = []
+        for lib in list(self.libraries.values()):
+            try:
+                items = await self.count(lib)
+            except ApiError:
+                continue  # deleted meanwhile
+            found.append(LibraryCensus(lib.row.appid, items, self.backend.describe(lib)["last_index_save"]))
+        return found

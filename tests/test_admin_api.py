@@ -123,13 +123,13 @@ async def test_a_rebuild_logs_its_progress(
     import logging
     import shutil
 
-    from same_search import libraries
+    from same_search.backends import local
 
     await fill(api)
     await client.close()
     shutil.rmtree(config.data_path / "indexes")
-    monkeypatch.setattr(libraries, "REPLAY_LOG_S", 0.0)
-    with caplog.at_level(logging.INFO, logger="same_search.libraries"):
+    monkeypatch.setattr(local, "REPLAY_LOG_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="same_search.backends.local"):
         reopened = await aiohttp_client(create_app(config, embedder))
     assert "rebuilding from the database" in caplog.text
     assert "library lib: indexed 3 of 3 items" in caplog.text

@@ -18,31 +18,33 @@ from pathlib import Path
 
 import numpy as np
 
+from same_search.backends.base import NewItem
 from same_search.contsign import ContSign
 from same_search.errors import bad_request
-from same_search.libraries import DuplicateAdd, Library, LibraryService
+from same_search.libraries import Library, LibraryService
 
 FORMAT = "same_search-export-1"
+#: Items stored per backend call when importing (one transaction / one upsert per batch).
+IMPORT_BATCH = 256
 
 
 async def write_export(libraries: LibraryService, lib: Library, path: Path, with_vectors: bool) -> int:
     """Write ``lib`` to a ZIP at ``path``; returns the item count."""
     lines: list[str] = []
     vectors: list[np.ndarray] = []
-    async for chunk in libraries.store.items_with_vectors(lib.row.id):
-        for item, raw in chunk:
-            contsign = ContSign.from_key(item.key)
+    async for chunk in libraries.export_items(lib):
+        for item, vector in chunk:
             lines.append(
                 json.dumps(
                     {
-                        "contsign": contsign.to_json(),
+                        "contsign": item.contsign.to_json(),
                         "brief": base64.b64encode(item.brief).decode(),
                         "tags": list(item.tags) if item.tags else None,
                     }
                 )
             )
             if with_vectors:
-                vectors.append(np.frombuffer(raw, dtype="<f4"))
+                vectors.append(vector)
     meta = {
         "format": FORMAT,
         "appid": lib.row.appid,
@@ -98,15 +100,28 @@ def read_export(path: Path, fingerprint: str) -> tuple[dict, list[dict], np.ndar
 async def import_export(
     libraries: LibraryService, lib: Library, lines: list[dict], matrix: np.ndarray
 ) -> ImportResult:
-    """Store every exported item with its vector; items already present count as duplicates."""
+    """Store every exported item with its vector, in batches; items already present count as duplicates."""
     result = ImportResult(0, 0)
+    batch: dict[int, NewItem] = {}
     for line, vector in zip(lines, matrix, strict=True):
         contsign = ContSign.from_json(line.get("contsign"))
         brief = base64.b64decode(line.get("brief") or "")
         tags = tuple(line["tags"]) if line.get("tags") else None
-        try:
-            await libraries.store_vector(lib, contsign, brief, tags, vector)  # type: ignore[arg-type]
-            result.imported += 1
-        except DuplicateAdd:
+        if contsign.key in batch:  # the same item twice in one file: the second is a duplicate
             result.duplicates += 1
+            continue
+        batch[contsign.key] = NewItem(contsign.key, brief, tags, vector)  # type: ignore[arg-type]
+        if len(batch) >= IMPORT_BATCH:
+            await _store_batch(libraries, lib, list(batch.values()), result)
+            batch.clear()
+    if batch:
+        await _store_batch(libraries, lib, list(batch.values()), result)
     return result
+
+
+async def _store_batch(
+    libraries: LibraryService, lib: Library, items: list[NewItem], result: ImportResult
+) -> None:
+    stored = await libraries.store_vectors(lib, items)
+    result.imported += sum(stored)
+    result.duplicates += len(stored) - sum(stored)

@@ -16,10 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from same_search.backends.base import JobRow
 from same_search.errors import ApiError, ErrNo
 from same_search.imports.sources import Entry, SourceError, list_entries, read_entry
 from same_search.libraries import DuplicateAdd, Library, LibraryService
-from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,9 @@ BUSY_BACKOFF_S = 0.5
 class ImportJobs:
     """Creates, runs, reports and cancels import jobs."""
 
-    def __init__(self, store: Store, libraries: LibraryService, concurrency: int) -> None:
-        self.store = store
+    def __init__(self, libraries: LibraryService, concurrency: int) -> None:
+        #: The daemon's job ledger (a SQLite file in the data dir, whatever the library backend).
+        self.store = libraries.jobs
         self.libraries = libraries
         self.concurrency = max(1, concurrency)
         self._wake = asyncio.Event()
@@ -62,7 +63,7 @@ class ImportJobs:
 
     async def create(self, appid: str, kind: str, source: str) -> JobRow:
         """Queue a job; the library must exist and the source must be readable."""
-        self.libraries.get(appid)
+        await self.libraries.get(appid)
         try:
             entries = await asyncio.to_thread(list_entries, kind, source)
         except SourceError as exc:
@@ -81,6 +82,10 @@ class ImportJobs:
                 job.status = "cancelled"
                 await self.store.save_job_progress(job)
         return await self.get(job_id)
+
+    async def list(self) -> list[JobRow]:
+        """Every job, newest first."""
+        return await self.store.jobs()
 
     async def get(self, job_id: int) -> JobRow:
         found = await self.store.jobs(job_id)
@@ -127,7 +132,7 @@ class ImportJobs:
     async def _run_job(self, job: JobRow) -> None:
         try:
             entries = await asyncio.to_thread(list_entries, job.kind, job.source)
-            lib = self.libraries.get(job.appid)
+            lib = await self.libraries.get(job.appid)
         except (SourceError, ApiError) as exc:
             job.status, job.message = "failed", str(exc)
             await self.store.save_job_progress(job)

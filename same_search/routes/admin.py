@@ -46,7 +46,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[SERVICES].metrics.exposition()
+    services = request.app[SERVICES]
+    body = services.metrics.exposition(await services.libraries.census())
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
@@ -56,11 +57,11 @@ def _operator(request: web.Request) -> Services:
     return services
 
 
-def _library(request: web.Request) -> tuple[Services, Library]:
+async def _library(request: web.Request) -> tuple[Services, Library]:
     services = _operator(request)
     appid = request.match_info["appid"]
     request[APPID] = appid
-    return services, services.libraries.get(appid)
+    return services, await services.libraries.get(appid)
 
 
 def _contsign(request: web.Request, text: str | None = None) -> ContSign:
@@ -102,7 +103,7 @@ def item_json(appid: str, item: Item, created: float, updated: float) -> dict[st
 async def list_libraries(request: web.Request) -> web.Response:
     services = _operator(request)
     libs = services.libraries
-    return ok(libraries=[libs.stats(lib) for lib in libs.libraries.values()])
+    return ok(libraries=[await libs.stats(lib) for lib in await libs.all()])
 
 
 async def create_library(request: web.Request) -> web.Response:
@@ -113,32 +114,30 @@ async def create_library(request: web.Request) -> web.Response:
         raise bad_request("appid is required: a non-empty string without commas")
     request[APPID] = check_library_name(appid)
     lib = await services.libraries.signup(appid)
-    return ok(library=services.libraries.stats(lib))
+    return ok(library=await services.libraries.stats(lib))
 
 
 async def library_stats(request: web.Request) -> web.Response:
-    services, lib = _library(request)
-    return ok(library=services.libraries.stats(lib), queue_size=services.embed.queue_size)
+    services, lib = await _library(request)
+    return ok(library=await services.libraries.stats(lib), queue_size=services.embed.queue_size)
 
 
 async def delete_library(request: web.Request) -> web.Response:
     """Deleting needs ``?confirm=<appid>``: a typo must not wipe a library."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
+    items = await services.libraries.count(lib)
     if request.query.get("confirm") != lib.row.appid:
-        raise bad_request(
-            f"add ?confirm={lib.row.appid} to delete this library and its {lib.index.count()} items"
-        )
-    items = lib.index.count()
+        raise bad_request(f"add ?confirm={lib.row.appid} to delete this library and its {items} items")
     await services.libraries.delete_library(lib)
     return ok(deleted=lib.row.appid, items=items)
 
 
 async def list_items(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     offset = _query_int(request, "offset", 0, 1 << 62)
     limit = _query_int(request, "limit", 50, MAX_PAGE)
     rows = await services.libraries.items_page(lib, offset, limit)
-    total = lib.index.count()
+    total = await services.libraries.count(lib)
     return ok(
         total=total,
         offset=offset,
@@ -148,7 +147,7 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     found = await services.libraries.item(lib, _contsign(request))
     if found is None:
         raise ApiError(ErrNo.UPDATE_MISSING, f"no item {request.match_info['contsign']} in {lib.row.appid!r}")
@@ -156,30 +155,31 @@ async def get_item(request: web.Request) -> web.Response:
 
 
 async def delete_item(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     return ok(removed=await services.libraries.remove(lib, [_contsign(request)]))
 
 
 async def thumbnail(request: web.Request) -> web.Response:
-    services, lib = _library(request)
-    jpeg = await services.store.thumbnail(lib.row.id, _contsign(request).key)
+    services, lib = await _library(request)
+    jpeg = await services.libraries.thumbnail(lib, _contsign(request))
     if jpeg is None:
         raise web.HTTPNotFound(text="no thumbnail for this item")
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
 
 async def save_index(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     await services.libraries.save_indexes(only_dirty=False)
-    return ok(library=services.libraries.stats(lib))
+    return ok(library=await services.libraries.stats(lib))
 
 
 async def rebuild_index(request: web.Request) -> web.Response:
     """Rebuild from the database; this is also how deleted slots are compacted away."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     seconds = await services.libraries.rebuild(lib)
     return ok(
-        seconds=round(seconds, 3), library=services.libraries.stats(services.libraries.get(lib.row.appid))
+        seconds=round(seconds, 3),
+        library=await services.libraries.stats(await services.libraries.get(lib.row.appid)),
     )
 
 
@@ -231,7 +231,7 @@ def _upload_path(services: Services, suffix: str) -> Path:
 
 async def search_image(request: web.Request) -> web.Response:
     """Search with the raw image as the body (what the console's drop zone sends)."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     rn = _query_int(request, "rn", 20, services.cfg.limits.max_rn)
     if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
         vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
@@ -270,7 +270,7 @@ async def upload_job(request: web.Request) -> web.Response:
     """A ZIP of images as the body, ``?appid=``; imported like a folder."""
     services = _operator(request)
     appid = request.query.get("appid", "")
-    services.libraries.get(appid)
+    await services.libraries.get(appid)
     path = _upload_path(services, ".zip")
     await _save_upload(request, path)
     try:
@@ -283,7 +283,7 @@ async def upload_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     services = _operator(request)
-    return ok(jobs=[await services.jobs.describe(job, errors=0) for job in await services.store.jobs()])
+    return ok(jobs=[await services.jobs.describe(job, errors=0) for job in await services.jobs.list()])
 
 
 def _job_id(request: web.Request) -> int:
@@ -305,7 +305,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def export_library(request: web.Request) -> web.StreamResponse:
     """The library as a ZIP (``?vectors=1`` adds vectors.npy, needed to import it elsewhere)."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     path = _upload_path(services, ".export.zip")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -344,9 +344,14 @@ async def import_library(request: web.Request) -> web.Response:
         _, lines, matrix = await asyncio.to_thread(read_export, path, services.embed.info.fingerprint)
     finally:
         path.unlink(missing_ok=True)
-    lib = services.libraries.libraries.get(appid) or await services.libraries.signup(appid)
+    try:
+        lib = await services.libraries.get(appid)
+    except ApiError:
+        lib = await services.libraries.signup(appid)
     result = await import_export(services.libraries, lib, lines, matrix)
-    return ok(imported=result.imported, duplicates=result.duplicates, library=services.libraries.stats(lib))
+    return ok(
+        imported=result.imported, duplicates=result.duplicates, library=await services.libraries.stats(lib)
+    )
 
 
 def add_job_routes(app: web.Application) -> None:
