@@ -17,6 +17,8 @@ from images import jpeg
 from same_search.contsign import ContSign
 
 R = "/RTSAsService"
+#: Jobs, export and import hold on every backend (see conftest.pytest_generate_tests).
+BACKENDS = ("local", "milvus")
 
 
 def write_images(folder: Path, seeds, sub: str = "") -> None:
