@@ -147,7 +147,11 @@ class MilvusBackend(Backend):
         storage = self.cfg.storage
         await asyncio.get_running_loop().run_in_executor(self._pool, self._connect, storage)
         if not await self._run(self.client.has_collection, CATALOGUE):
-            await self._run(self._create_catalogue)
+            try:
+                await self._run(self._create_catalogue)
+            except StorageError:
+                if not await self._run(self.client.has_collection, CATALOGUE):  # not a daemon beside us
+                    raise
         await self._run(self.client.load_collection, CATALOGUE)
         log.info("milvus backend: %s, database %r", storage.uri, storage.db_name or "default")
 
@@ -157,7 +161,11 @@ class MilvusBackend(Backend):
         client = MilvusClient(uri=storage.uri, token=storage.token)
         if storage.db_name:
             if storage.db_name not in client.list_databases():
-                client.create_database(storage.db_name)
+                try:
+                    client.create_database(storage.db_name)
+                except Exception:
+                    if storage.db_name not in client.list_databases():  # not a daemon starting beside us
+                        raise
             client.use_database(storage.db_name)
         self.client = client
 
