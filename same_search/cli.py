@@ -445,10 +445,7 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 def cmd_import_export(args: argparse.Namespace, cfg: Config, token: str | None, path: Path) -> int:
     """Load an export ZIP (with vectors) into ``--appid``, created when missing; nothing is embedded."""
     answer = _client(cfg, token).import_library(args.appid, path.read_bytes())
-    print(
-        f"imported {answer['imported']} items into {args.appid} "
-        f"({answer['duplicates']} already stored)"
-    )
+    print(f"imported {answer['imported']} items into {args.appid} ({answer['duplicates']} already stored)")
     return 0
 
 
