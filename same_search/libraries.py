@@ -298,11 +298,15 @@ class LibraryService:
 
         One result past the page is asked for: it tells whether more exist, on every backend.
         """
-        found = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
+        result = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
+        found = result.found
         if min_score is not None:
             found = [(key, score) for key, score in found if score >= min_score]
         window = found[pn : pn + rn]
-        rows = await self._call(lib, self.backend.get_items(lib, [key for key, _ in window]))
+        rows = result.rows
+        missing = [key for key, _ in window if key not in rows]
+        if missing:
+            rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
         return SearchPage(hits, has_more=len(found) > pn + rn)
 

@@ -37,6 +37,7 @@ __all__ = [
     "LibraryGone",
     "LibraryRow",
     "NewItem",
+    "SearchResult",
     "StorageError",
     "TagFilter",
 ]
@@ -59,6 +60,14 @@ class TagFilter:
     def wanted(self) -> list[int]:
         """The non-zero tags (zero means "no tag" in the wire format)."""
         return [t for t in self.tags if t != 0]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a backend search found: (key, score) best first, and any rows it read on the way."""
+
+    found: list[tuple[int, float]]
+    rows: dict[int, ItemRow] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -188,10 +197,12 @@ class Backend(ABC):
     @abstractmethod
     async def search(
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
-    ) -> list[tuple[int, float]]:
+    ) -> SearchResult:
         """Up to ``k`` (key, score) best first, among items passing ``tag_filter`` when active.
 
-        Never returns fewer than ``k`` while more matching items are stored.
+        Never returns fewer than ``k`` while more matching items are stored. A backend whose
+        search can return the items' rows in the same call (Milvus) puts them in ``rows``, so
+        the page needs no second round trip; the service fetches whatever is missing.
         """
 
     @abstractmethod

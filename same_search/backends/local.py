@@ -27,6 +27,7 @@ from same_search.backends.base import (
     LibraryFull,
     LibraryRow,
     NewItem,
+    SearchResult,
     TagFilter,
     Tags,
 )
@@ -219,13 +220,13 @@ class LocalBackend(Backend):
 
     async def search(
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
-    ) -> list[tuple[int, float]]:
+    ) -> SearchResult:
         candidates = None
         if tag_filter is not None and tag_filter.active:
             candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
             k = min(k, len(candidates))
         k = min(k, _index(lib).count())
-        return await _index(lib).search(vector, k, candidates) if k > 0 else []
+        return SearchResult(await _index(lib).search(vector, k, candidates) if k > 0 else [])
 
     async def page_items(self, lib: Library, offset: int, limit: int) -> list[ItemRow]:
         return await self.store.page_items(lib.row.id, offset, limit)

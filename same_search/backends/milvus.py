@@ -53,6 +53,7 @@ from same_search.backends.base import (
     LibraryGone,
     LibraryRow,
     NewItem,
+    SearchResult,
     StorageError,
     TagFilter,
     Tags,
@@ -373,8 +374,9 @@ class MilvusBackend(Backend):
 
     async def search(
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
-    ) -> list[tuple[int, float]]:
-        """HNSW search with ``ef`` widened to the depth; pages past ``MAX_TOPK`` are not reachable."""
+    ) -> SearchResult:
+        """HNSW search with ``ef`` widened to the depth, returning the rows with the hits (one
+        round trip for a whole page); pages past ``MAX_TOPK`` are not reachable."""
         k = min(k, MAX_TOPK)
         expression = tag_expression(tag_filter) if tag_filter is not None and tag_filter.active else ""
         results = await self._run(
@@ -383,10 +385,14 @@ class MilvusBackend(Backend):
             data=[np.asarray(vector, dtype=np.float32).ravel().tolist()],
             limit=k,
             filter=expression,
-            output_fields=[],
+            output_fields=_ITEM_FIELDS,
             search_params={"metric_type": "IP", "params": {"ef": max(self.cfg.index.ef_search, k)}},
         )
-        return [(int(hit["key"]), float(hit["distance"])) for hit in results[0]]
+        hits = results[0]
+        return SearchResult(
+            [(int(hit["key"]), float(hit["distance"])) for hit in hits],
+            {int(hit["key"]): _item({**hit["entity"], "key": hit["key"]}) for hit in hits},
+        )
 
     async def _keys_in_order(self, lib: Library) -> list[int]:
         """Every key by insertion time: Milvus cannot sort a query, so all (key, seq) are read."""
