@@ -16,7 +16,9 @@ from same_search.config import Config
 from same_search.console import pages
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
-from same_search.routes import admin, feature, retrieval
+from same_search.console import login
+from same_search.routes import admin, browser_guard, feature, retrieval
+from same_search.routes.auth import SESSIONS, ConsoleSessions
 from same_search.routes.envelope import ERRNO, MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
 
@@ -63,12 +65,15 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application:
     """Build the application; services open when a runner starts it and close on cleanup."""
+    guard = browser_guard.BrowserGuard(cfg, is_admin=lambda path: service_of(path) == ADMIN)
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,
-        middlewares=[metrics_middleware, envelope_middleware, port_guard],
+        middlewares=[metrics_middleware, envelope_middleware, guard.middleware, port_guard],
     )
+    app.on_response_prepare.append(browser_guard.add_cors_headers)
     app[MAX_BODY] = cfg.server.max_body_bytes
     app[PORT_SERVICES] = {}
+    app[SESSIONS] = ConsoleSessions()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_services(cfg, embedder) as services:
@@ -80,4 +85,5 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
     retrieval.add_routes(app)
     admin.add_routes(app)
     pages.add_routes(app)
+    login.add_routes(app)
     return app

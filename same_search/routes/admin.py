@@ -12,6 +12,7 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -94,7 +95,7 @@ def item_json(appid: str, item: Item, created: float, updated: float) -> dict[st
         "tags": list(item.tags) if item.tags is not None else None,
         "created": created,
         "updated": updated,
-        "thumbnail": f"{API}/libraries/{appid}/items/{key}/thumbnail",
+        "thumbnail": f"{API}/libraries/{quote(appid, safe='')}/items/{key}/thumbnail",
     }
 
 

@@ -67,7 +67,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         error = ApiError(ErrNo.INTERNAL, "internal error; see the daemon log")
     if error is not None:
         response = envelope_response(error.body())
-    request[ERRNO] = 0 if error is None else int(error.err_no)
+    request[ERRNO] = request.get(ERRNO, 0) if error is None else int(error.err_no)
     _log_request(request, started)
     return response
 
