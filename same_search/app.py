@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from same_search.config import Config
-from same_search.console import pages
+from same_search.console import login, pages
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
-from same_search.console import login
 from same_search.routes import admin, browser_guard, feature, retrieval
 from same_search.routes.auth import SESSIONS, ConsoleSessions
 from same_search.routes.envelope import ERRNO, MAX_BODY, Handler, envelope_middleware

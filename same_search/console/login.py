@@ -62,9 +62,11 @@ async def login_page(request: web.Request) -> web.Response:
 <body><header><a class="brand" href="/">same_search</a></header>
 <main><h1>Log in</h1>
 <form id="login" class="inline" action="{escape(LOGIN)}" method="post">
-<label>Operator token <input type="password" name="token" autocomplete="current-password" required autofocus></label>
+<label>Operator token
+<input type="password" name="token" autocomplete="current-password" required autofocus></label>
 <button>Log in</button> <span class="message"></span></form>
-<p>The operator token is the <code>"*"</code> entry of <code>[auth] tokens</code> in the daemon's config.toml.</p>
+<p>The operator token is the <code>"*"</code> entry of <code>[auth] tokens</code>
+in the daemon's config.toml.</p>
 </main><script src="/static/console.js"></script></body></html>"""
     return web.Response(text=html, content_type="text/html", headers=FRAME_HEADERS)
 

@@ -42,6 +42,7 @@ WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
 PROBES = ("/healthz", "/readyz", "/metrics")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 FOREIGN_SITES = ("cross-site", "same-site")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 #: What a form or a no-cors fetch can send; never accepted with a body on the management port.
 SIMPLE_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
@@ -113,7 +114,8 @@ class BrowserGuard:
         if key is None or not self.accepted_host(request, admin):
             return False
         scheme, host, port = origin
-        return host == key[0] and port == (key[1] if key[1] is not None else {"http": 80, "https": 443}[scheme])
+        host_port = key[1] if key[1] is not None else DEFAULT_PORTS[scheme]
+        return host == key[0] and port == host_port
 
     def check_origin(self, request: web.Request, admin: bool) -> str | None:
         """Refuse a foreign browser request; return the origin when it is an allowed cross-origin one."""
@@ -132,7 +134,11 @@ class BrowserGuard:
             return None
         if key is not None and not admin and key in self._origins:
             return origin
-        where = "the management port accepts only its own pages" if admin else "add it to [security] allowed_origins"
+        where = (
+            "the management port accepts only its own pages"
+            if admin
+            else "add it to [security] allowed_origins"
+        )
         raise ApiError(ErrNo.AUTH_FAILED, f"cross-origin request from Origin {origin!r} refused: {where}")
 
     @staticmethod
@@ -149,7 +155,9 @@ class BrowserGuard:
             listed = " or ".join(wanted)
             got = f"got {mime}" if mime else "none was sent"
             hint = " (curl: add -H 'Content-Type: application/json')" if wanted is JSON_TYPES else ""
-            raise bad_request(f"Content-Type must be {listed} on {request.method} {request.path}, {got}{hint}")
+            raise bad_request(
+                f"Content-Type must be {listed} on {request.method} {request.path}, {got}{hint}"
+            )
         if mime in SIMPLE_TYPES:
             raise bad_request(
                 f"Content-Type {mime} is not accepted on the management port: send application/json, "
@@ -219,4 +227,3 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
         vary = response.headers.get(hdrs.VARY)
         if vary is None or "origin" not in vary.lower():
             response.headers[hdrs.VARY] = f"{vary}, Origin" if vary else "Origin"
-
