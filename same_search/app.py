@@ -35,6 +35,14 @@ def service_of(path: str) -> str:
     return ADMIN
 
 
+def arrival_service(request: web.Request) -> str:
+    """The service of the port a request arrived on (its path's service behind a single test server)."""
+    ports = request.app[PORT_SERVICES]
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    served = ports.get(sockname[1]) if ports and sockname else None
+    return served if served is not None else service_of(request.path)
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every answered request by service, route and err_no (outside the envelope)."""
@@ -64,7 +72,7 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application:
     """Build the application; services open when a runner starts it and close on cleanup."""
-    guard = browser_guard.BrowserGuard(cfg, is_admin=lambda path: service_of(path) == ADMIN)
+    guard = browser_guard.BrowserGuard(cfg, is_admin=lambda request: arrival_service(request) == ADMIN)
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,
         middlewares=[metrics_middleware, envelope_middleware, guard.middleware, port_guard],

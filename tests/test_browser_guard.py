@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import urllib.request
 import zipfile
 
 import pytest
 from conftest import b64, brief
+from daemon import Daemon
 from images import jpeg
 
 from same_search.app import create_app
@@ -88,6 +90,28 @@ async def test_the_retrieval_port_keeps_serving_any_host_for_clients_without_ori
     body = {"from": "pytest", "appid": "shop"}
     answer = await envelope(await client.post(f"{R}/signup", json=body, headers={"Host": "search.corp:8025"}))
     assert answer["err_no"] == 0
+
+
+def test_the_real_daemon_checks_host_by_the_port_a_request_arrived_on(tmp_path):
+    """8103 refuses a foreign Host (even for a path of another port); 8025 serves it to scripts."""
+    daemon = Daemon(tmp_path)
+    daemon.start()
+    try:
+
+        def call(service: str, path: str, body: dict | None = None) -> dict:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Host": "search.corp", "Content-Type": "application/json"}
+            request = urllib.request.Request(daemon.url(service, path), data=data, headers=headers)
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        assert call("search", f"{R}/signup", {"from": "script", "appid": "shop"})["err_no"] == 0
+        assert call("admin", "/api/libraries")["err_no"] == 12
+        assert call("admin", f"{R}/signup", {"from": "script", "appid": "x"})["err_no"] == 12
+        assert call("search", "/api/libraries")["err_no"] == 1  # wrong port, as before
+        assert [lib["appid"] for lib in daemon.get("admin", "/api/libraries")["libraries"]] == ["shop"]
+    finally:
+        daemon.stop()
 
 
 # ---- Origin and Sec-Fetch-Site, every port -------------------------------------------------------------

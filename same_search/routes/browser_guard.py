@@ -66,9 +66,12 @@ CORS_MAX_AGE = "600"
 
 
 class BrowserGuard:
-    """The rules above for one configuration; ``is_admin`` says whether a path is the management port's."""
+    """The rules above for one configuration.
 
-    def __init__(self, cfg: Config, is_admin: Callable[[str], bool]) -> None:
+    ``is_admin`` says whether a request arrived on the management port.
+    """
+
+    def __init__(self, cfg: Config, is_admin: Callable[[web.Request], bool]) -> None:
         self.is_admin = is_admin
         extra = [key for key in map(host_key, cfg.security.allowed_hosts) if key is not None]
         self._any_port = {host for host, port in extra if port is None}
@@ -169,7 +172,7 @@ class BrowserGuard:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Apply the rules; answer CORS preflights of allowed origins; resolve the console session."""
-        admin = self.is_admin(request.path)
+        admin = self.is_admin(request)
         if admin and not self.accepted_host(request, admin):
             message = (
                 f"Host {request.headers.get(hdrs.HOST)!r} is not a name of this daemon's management port; "
