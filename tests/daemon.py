@@ -78,7 +78,11 @@ class Daemon:
 
     def post(self, service: str, path: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         body = {"from": "pytest", **body}
-        request = urllib.request.Request(self.url(service, path), data=json.dumps(body).encode())
+        request = urllib.request.Request(
+            self.url(service, path),
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},  # the management port requires it
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             assert response.status == 200
             return json.loads(response.read())

@@ -96,7 +96,7 @@ def item_json(appid: str, item: Item, created: float, updated: float) -> dict[st
         "tags": list(item.tags) if item.tags is not None else None,
         "created": created,
         "updated": updated,
-        "thumbnail": f"{API}/libraries/{appid}/items/{key}/thumbnail",
+        "thumbnail": f"{API}/libraries/{quote(appid, safe='')}/items/{key}/thumbnail",
     }
 
 

@@ -64,6 +64,8 @@ def check_library_name(name: str) -> str:
     One rule for the wire API and the management API, so no port can create a library that
     another cannot name (a CR/LF or NUL in a name broke URLs, headers and log lines).
     """
+    if name in (".", ".."):  # browsers resolve them as path segments even when escaped
+        raise bad_request(f"appid {name!r} cannot be named in a URL; choose another name")
     if not name or "," in name or len(name) > MAX_APPID_LEN or not name.isprintable():
         raise bad_request(
             f"appid must be 1 to {MAX_APPID_LEN} printable characters without commas (appid_sub_lib included)"
