@@ -62,6 +62,10 @@ class StorageConfig:
     token: str = ""
     #: Milvus only: the Milvus database holding this deployment's collections ("" = "default").
     db_name: str = ""
+    #: Milvus only: shards (write channels) of each new library's collection; fixed at creation.
+    milvus_shards: int = 1
+    #: Milvus only: in-memory replicas each library is loaded with (<= the number of query nodes).
+    milvus_replicas: int = 1
 
     def __post_init__(self) -> None:
         """Refuse a backend we do not have, or Milvus without an address."""

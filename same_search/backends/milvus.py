@@ -208,8 +208,16 @@ class MilvusBackend(Backend):
         )
         libs = [self._library(e) for e in entities]
         for lib in libs:
-            await self._run(self.client.load_collection, _name(lib))
+            await self._load(_name(lib))
         return sorted(libs, key=lambda lib: lib.row.created_at)
+
+    async def _load(self, name: str) -> None:
+        """Load a library's collection into the query nodes (needed again after a restart)."""
+        replicas = self.cfg.storage.milvus_replicas
+        if replicas > 1:
+            await self._run(self.client.load_collection, name, replica_number=replicas)
+        else:
+            await self._run(self.client.load_collection, name)
 
     async def find_library(self, appid: str) -> Library | None:
         name = collection_name(appid)
@@ -217,7 +225,7 @@ class MilvusBackend(Backend):
         if not found:
             return None
         lib = self._library(found[0])
-        await self._run(self.client.load_collection, name)
+        await self._load(name)
         return lib
 
     async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> Library:
@@ -236,7 +244,7 @@ class MilvusBackend(Backend):
             except StorageError:
                 if not await self._run(self.client.has_collection, name):  # not a racing twin
                     raise
-        await self._run(self.client.load_collection, name)
+        await self._load(name)
         row = LibraryRow(_row_id(name), appid, model_id, dim, fingerprint, time.time())
         record = {k: v for k, v in asdict(row).items() if k != "id"}
         await self._run(
@@ -268,7 +276,13 @@ class MilvusBackend(Backend):
             metric_type="IP",
             params={"M": hnsw.m, "efConstruction": hnsw.ef_construction},
         )
-        self.client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+        self.client.create_collection(
+            name,
+            schema=schema,
+            index_params=index,
+            consistency_level="Strong",
+            num_shards=self.cfg.storage.milvus_shards,
+        )
 
     async def delete_library(self, lib: Library) -> None:
         """Catalogue row first (the library disappears for every daemon), then the collection."""
