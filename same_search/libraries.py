@@ -187,9 +187,12 @@ class LibraryService:
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
         if self.backend.name != "local":
-            for lib in await self.backend.load_libraries():
-                if lib.row.appid not in self.libraries:
-                    self.libraries[lib.row.appid] = lib
+            current = {lib.row.appid: lib for lib in await self.backend.load_libraries()}
+            for appid in list(self.libraries):
+                if appid not in current:  # deleted through another daemon
+                    del self.libraries[appid]
+            for appid, lib in current.items():
+                self.libraries.setdefault(appid, lib)
         return list(self.libraries.values())
 
     async def signup(self, appid: str) -> Library:
