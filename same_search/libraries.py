@@ -186,7 +186,7 @@ class LibraryService:
 
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
-        if self.backend.name != "local":
+        if self.backend.shared:
             current = {lib.row.appid: lib for lib in await self.backend.load_libraries()}
             for appid in list(self.libraries):
                 if appid not in current:  # deleted through another daemon

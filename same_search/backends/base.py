@@ -123,6 +123,9 @@ class Backend(ABC):
 
     #: "local" or "milvus"; shown by /healthz and in library stats.
     name: str
+    #: Whether other daemons may create and delete libraries in this backend (the service then
+    #: refreshes its list from the backend instead of trusting what it loaded at start).
+    shared: bool = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

@@ -115,6 +115,7 @@ class MilvusBackend(Backend):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
     name = "milvus"
+    shared = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
