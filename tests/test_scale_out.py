@@ -3,6 +3,7 @@ library moved from a local daemon into a Milvus-backed one with ``export`` / ``i
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -106,6 +107,14 @@ def test_writes_on_one_daemon_are_seen_at_once_by_the_other(pair: tuple[Daemon, 
     item = first.get("admin", "/api/libraries/shared/items/{},{}".format(*sign(0)))
     assert item["item"]["brief_text"] == "new"
     assert first.rts("snapshot", appid="shared")["snapshot"]["index_size"] == 3
+
+    request = urllib.request.Request(
+        second.url("admin", "/api/libraries/shared?confirm=shared"), method="DELETE"
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.loads(response.read())["items"] == 3
+    assert first.rts("snapshot", appid="shared")["err_no"] == 103  # deleted through the other daemon
+    assert "shared" not in [lib["appid"] for lib in first.get("admin", "/api/libraries")["libraries"]]
 
 
 def test_racing_duplicate_adds_leave_one_item(pair: tuple[Daemon, Daemon]) -> None:
