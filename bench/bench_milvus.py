@@ -130,7 +130,8 @@ def main() -> None:
         def admin_json(method: str, path: str, body: bytes | None = None) -> dict:
             admin = http.client.HTTPConnection("127.0.0.1", ports["admin"], timeout=600)
             try:
-                admin.request(method, path, body=body)
+                headers = {"Content-Type": "application/zip"} if body is not None else {}
+                admin.request(method, path, body=body, headers=headers)
                 return json.loads(admin.getresponse().read())
             finally:
                 admin.close()
@@ -161,7 +162,12 @@ def main() -> None:
                 "contsign": ContSign.from_key(key).to_json(),
                 "rn": args.rn,
             }
-            search_conn.request("POST", "/RTSAsService/search", body=json.dumps(body))
+            search_conn.request(
+                "POST",
+                "/RTSAsService/search",
+                body=json.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
             answer = json.loads(search_conn.getresponse().read())
             return [ContSign(**item["contsign"]).key for item in answer["data_items"]]
 
