@@ -42,7 +42,8 @@ IMAGE_SUFFIXES = frozenset(
 #: err_no worth retrying: queue full (99), embedder timeout (2) or briefly unavailable (5).
 RETRYABLE = frozenset({2, 5, 99})
 RETRIES = 5
-#: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error).
+#: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error,
+#: 6 the storage backend cannot be reached).
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 EPILOG = """\
@@ -165,6 +166,7 @@ def build_config(args: argparse.Namespace) -> Config:
 def run_daemon(cfg: Config) -> int:
     """Run the daemon until it is told to stop; the exit code says why it could not start."""
     # Imported here: they pull in torch, which client commands do not need.
+    from same_search.backends.base import BackendUnavailable
     from same_search.embed.models import ModelUnavailable
     from same_search.libraries import ModelMismatch
     from same_search.logs import configure as configure_logging
@@ -177,6 +179,9 @@ def run_daemon(cfg: Config) -> int:
     except (ModelUnavailable, ModelMismatch) as exc:
         log.error("cannot start: %s", exc)
         return 3
+    except BackendUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 6
     except ConfigError as exc:  # settings only checkable against the machine, e.g. fp16 on a CPU
         log.error("cannot start: %s", exc)
         return 2

@@ -204,3 +204,11 @@ def embedded(d: Daemon) -> float:
 def sign(seed: int) -> tuple[int, int]:
     c = ContSign.of_image(jpeg(seed))
     return c.sign1, c.sign2
+
+
+def test_a_daemon_without_its_milvus_refuses_to_start(tmp_path: Path) -> None:
+    """Nothing listens at the configured uri: exit 6 and a log line naming it, not a traceback."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    daemon = _milvus_daemon(tmp_path, uri)
+    assert daemon.run_to_exit(180) == 6
+    assert f"cannot start: cannot use Milvus at '{uri}'" in daemon.log.read_text()

@@ -29,6 +29,7 @@ from same_search.store.db import AlreadyExists, ItemRow, JobRow, LibraryRow, Sto
 __all__ = [
     "AlreadyExists",
     "Backend",
+    "BackendUnavailable",
     "ItemRow",
     "JobLedger",
     "JobRow",
@@ -91,6 +92,10 @@ class Library:
 
 class LibraryFull(Exception):
     """The library already holds the configured ``library_capacity`` items."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot be reached at start (Milvus down, wrong uri or token)."""
 
 
 class LibraryGone(Exception):

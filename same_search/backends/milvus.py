@@ -46,6 +46,7 @@ import numpy as np
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
+    BackendUnavailable,
     ItemRow,
     JobLedger,
     Library,
@@ -147,7 +148,12 @@ class MilvusBackend(Backend):
         """Connect, create the database and the catalogue when missing, open the job ledger."""
         await self._jobs.open()
         storage = self.cfg.storage
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._connect, storage)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._connect, storage)
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"cannot use Milvus at {storage.uri!r} (database {storage.db_name or 'default'!r}): {exc}"
+            ) from exc
         if not await self._run(self.client.has_collection, CATALOGUE):
             try:
                 await self._run(self._create_catalogue)
