@@ -123,15 +123,17 @@ def main() -> None:
             )
             overlap.append(len({k for k, _ in want} & {k for k, _ in got}) / max(1, len(want)))
         print(
-            "| N | local import s | export s | ZIP MiB | Milvus import s | same items and order | scores within 1e-5 | overlap@rn |"
+            "| N | local import s | export s | ZIP MiB | Milvus import s | same items and order "
+            "| scores within 1e-5 | overlap@rn |"
         )
         print("|--:|--:|--:|--:|--:|--:|--:|--:|")
         print(
-            f"| {args.items:,} | {t1 - t0:.1f} | {t2 - t1:.1f} | {len(archive) / 2**20:.0f} | {t3 - t2:.1f} | "
-            f"{same_order}/{len(queries)} | {close_scores}/{len(queries)} | {np.mean(overlap):.4f} |"
+            f"| {args.items:,} | {t1 - t0:.1f} | {t2 - t1:.1f} | {len(archive) / 2**20:.0f} "
+            f"| {t3 - t2:.1f} | {same_order}/{len(queries)} | {close_scores}/{len(queries)} | {np.mean(overlap):.4f} |"
         )
         print(
-            f"\n- {len(queries)} searches by contsign, rn={args.rn}; load average (1 min) {os.getloadavg()[0]:.2f}"
+            f"\n- {len(queries)} searches by contsign, rn={args.rn}; "
+            f"load average (1 min) {os.getloadavg()[0]:.2f}"
         )
     finally:
         local.stop()
