@@ -129,7 +129,8 @@ def main() -> None:
         print("|--:|--:|--:|--:|--:|--:|--:|--:|")
         print(
             f"| {args.items:,} | {t1 - t0:.1f} | {t2 - t1:.1f} | {len(archive) / 2**20:.0f} "
-            f"| {t3 - t2:.1f} | {same_order}/{len(queries)} | {close_scores}/{len(queries)} | {np.mean(overlap):.4f} |"
+            f"| {t3 - t2:.1f} | {same_order}/{len(queries)} | {close_scores}/{len(queries)} "
+            f"| {np.mean(overlap):.4f} |"
         )
         print(
             f"\n- {len(queries)} searches by contsign, rn={args.rn}; "
