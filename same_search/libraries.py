@@ -180,7 +180,10 @@ class LibraryService:
             lib = await self.backend.find_library(appid)
             if lib is None:
                 raise _not_signed_up(appid)
-            self._check_model(lib)
+            try:
+                self._check_model(lib)
+            except ModelMismatch as exc:  # made by a daemon serving another model: never mix
+                raise ApiError(ErrNo.INTERNAL, str(exc)) from exc
             lib = self.libraries.setdefault(appid, lib)
         return lib
 
