@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -21,9 +23,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     #: The management port has its own address so it can stay on loopback while the APIs do not.
     admin_host: str = "127.0.0.1"
-    feature_port: int = 8120
-    search_port: int = 8025
-    admin_port: int = 8103
+    feature_port: int = FEATURE_PORT
+    search_port: int = SEARCH_PORT
+    admin_port: int = ADMIN_PORT
     log_level: str = "INFO"
     #: "text" (readable lines) or "json" (one JSON object per line, request fields as keys).
     log_format: str = "text"

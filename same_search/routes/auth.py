@@ -13,8 +13,8 @@ from aiohttp import web
 
 from same_search.config import AuthConfig
 from same_search.errors import ApiError, ErrNo
+from same_search.wire import TOKEN_HEADER as HEADER
 
-HEADER = "X-Same-Token"
 WILDCARD = "*"
 
 
