@@ -104,7 +104,8 @@ class IndexConfig:
 
     m: int = 16
     ef_construction: int = 200
-    #: Search-time candidate list: the largest whose p99 stayed under 10 ms at 1M items (docs/benchmarks.md).
+    #: Search-time candidate list: the largest that kept p99 search latency in budget at 1M items
+    #: (docs/benchmarks.md, "the daemon with 1,000,000 items").
     ef_search: int = 512
     #: Initial slot count; the index grows by doubling.
     initial_capacity: int = 1024
