@@ -142,6 +142,11 @@ def _quote(value: str | int) -> str:
     return urllib.parse.quote(str(value), safe="")
 
 
+def _naming(image: bytes | None, contsign: ContSignLike | None) -> dict[str, Any]:
+    """The fields that name an item: its image and/or its contsign (``None`` ones are left out)."""
+    return {"image": values.image_b64(image), "contsign": values.contsign_json(contsign)}
+
+
 def _job_source(directory: str | None, manifest: str | None) -> dict[str, str]:
     if (directory is None) == (manifest is None):
         raise ValueError("a job needs exactly one of directory= or manifest= (a path on the daemon's host)")
@@ -328,13 +333,9 @@ class _Base:
             raise ValueError("update needs image= or contsign=")
         if brief is None and tags is None:
             raise ValueError("update needs brief= and/or tags=")
+        features = values.features_json(brief, tags)
         return self._rts(
-            "update",
-            appid,
-            values.contsign_reply,
-            image=values.image_b64(image),
-            contsign=values.contsign_json(contsign),
-            features=values.features_json(brief, tags),
+            "update", appid, values.contsign_reply, **_naming(image, contsign), features=features
         )
 
     @_request
@@ -356,16 +357,11 @@ class _Base:
         if (image is None) == (contsign is None):
             raise ValueError("search needs exactly one of image= or contsign=")
         logic = {"all": 0, "any": 1}.get(tag_logic, tag_logic) if isinstance(tag_logic, str) else tag_logic
+        filters = (
+            {"features": values.features_json(None, tags), "tag_logic": logic} if tags is not None else {}
+        )
         return self._rts(
-            "search",
-            appid,
-            values.search_result,
-            image=values.image_b64(image),
-            contsign=values.contsign_json(contsign),
-            pn=pn,
-            rn=rn,
-            features=values.features_json(None, tags) if tags is not None else None,
-            tag_logic=logic if tags is not None else None,
+            "search", appid, values.search_result, **_naming(image, contsign), pn=pn, rn=rn, **filters
         )
 
     @_request
@@ -381,14 +377,8 @@ class _Base:
         listed = [values.as_contsign(c).to_json() for c in contsigns] if contsigns is not None else None
         if not listed and contsign is None and image is None:
             raise ValueError("remove needs contsigns=, contsign= or image=")
-        return self._rts(
-            "remove",
-            appid,
-            values.pick("removed", int),
-            contsigns=listed or None,
-            contsign=values.contsign_json(contsign),
-            image=values.image_b64(image),
-        )
+        named = _naming(image, contsign)
+        return self._rts("remove", appid, values.pick("removed", int), contsigns=listed or None, **named)
 
     @_request
     def snapshot(self, *, appid: str | None = None) -> _Call[dict[str, int]]:
