@@ -5,10 +5,12 @@ Both speak the wire contract of ``docs/api.md`` (ports 8025 and 8120) and the ma
 :class:`SameSearchError` subclass, and anything that is not a well-formed HTTP 200 reply becomes a
 :class:`TransportError`, so callers never inspect ``err_no`` themselves.
 
-Each request is written once, as a method of :class:`_Base` decorated with :func:`_request` that
-describes the exchange (a :class:`_Call`: where, what is sent, how the reply is read). Both clients
-derive their public methods, signature and docstring included, from that one description; they
-differ only in how the bytes travel (``urllib`` or aiohttp) and in returning a value or a coroutine.
+Each request is written once in :class:`_Base`: a method decorated with ``@_request`` that
+describes the exchange (a :class:`_Call`: where, what is sent, how the reply is read), or, for a
+management request whose only arguments are its path's placeholders, one line of :func:`_route`.
+Both clients derive their public methods, signature and docstring included, from that one
+description; they differ only in how the bytes travel (``urllib`` or aiohttp) and in returning a
+value or a coroutine. A new route is one method here plus its path in :mod:`same_search.wire`.
 The wire constants come from :mod:`same_search.wire`, shared with the daemon. The module imports
 neither torch nor the server, so scripts that only talk to a daemon start fast.
 """
@@ -196,7 +198,7 @@ class _Request(Generic[P, T]):
         return method
 
 
-_request = _Request
+_request = _Request  # the decorator's name: ``@_request`` reads as what it marks
 
 #: Each placeholder of a management path as a method argument: its annotation, how it enters the path.
 _PLACEHOLDERS: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -276,6 +278,11 @@ class _Base:
             appid=appid,
             **kwargs,
         )
+
+    @staticmethod
+    def _method(describe: Callable[..., _Call[Any]]) -> Callable[..., Any]:
+        """The public method of this kind of client for one request description (see _Request)."""
+        raise NotImplementedError
 
     def _headers(self, call: _Call[Any]) -> tuple[bytes | None, dict[str, str]]:
         data, headers = call.payload()
