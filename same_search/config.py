@@ -16,6 +16,8 @@ from typing import Any
 
 from yarl import URL
 
+from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -24,9 +26,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     #: The management port has its own address so it can stay on loopback while the APIs do not.
     admin_host: str = "127.0.0.1"
-    feature_port: int = 8120
-    search_port: int = 8025
-    admin_port: int = 8103
+    feature_port: int = FEATURE_PORT
+    search_port: int = SEARCH_PORT
+    admin_port: int = ADMIN_PORT
     log_level: str = "INFO"
     #: "text" (readable lines) or "json" (one JSON object per line, request fields as keys).
     log_format: str = "text"
@@ -110,7 +112,8 @@ class IndexConfig:
 
     m: int = 16
     ef_construction: int = 200
-    #: Search-time candidate list: the largest whose p99 stayed under 10 ms at 1M items (docs/benchmarks.md).
+    #: Search-time candidate list: the largest that kept p99 search latency in budget at 1M items
+    #: (docs/benchmarks.md, "the daemon with 1,000,000 items").
     ef_search: int = 512
     #: Initial slot count; the index grows by doubling.
     initial_capacity: int = 1024

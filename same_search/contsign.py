@@ -2,7 +2,8 @@
 
 It is the first 8 bytes of the MD5 of the raw image bytes, read as two little-endian uint32
 (``sign1``, ``sign2``), so any client can compute it without asking the daemon. Stored as a
-signed 64-bit integer (SQLite's INTEGER, hnswlib's label space needs unsigned; see ``as_label``).
+signed 64-bit integer (SQLite's INTEGER); hnswlib's labels are unsigned, see
+``index.library_index.key_to_label``.
 """
 
 from __future__ import annotations

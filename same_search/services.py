@@ -68,7 +68,11 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
         embedder = await asyncio.to_thread(Embedder, cfg.model)
     metrics = Metrics()
     embed = EmbedService(embedder, cfg.model, cfg.limits, on_batch=metrics.observe_batch)
-    await embed.warm_up()
+    try:
+        await embed.warm_up()
+    except BaseException:
+        await embed.close()  # its thread pools exist already; a failed start must not leave them
+        raise
     embed.start()
     store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
     try:

@@ -1,9 +1,10 @@
 """Bulk import jobs: run in the background through the same batching embedder as ``add``.
 
-A job walks its source in order, a chunk at a time, with up to ``model.max_batch`` images in
-flight so the batcher fills its forward passes. After every chunk its position, counters and
-per-item errors are committed, so a restart resumes where it stopped (redoing at most one
-chunk, whose already-stored images then count as duplicates). One job runs at a time; others wait.
+A job walks its source in order, a chunk at a time, with up to ``concurrency`` images in flight
+(``services.py`` passes ``max_batch * workers`` of the embedder's plan) so every batching loop
+fills its forward passes. After every chunk its position, counters and per-item errors are
+committed, so a restart resumes where it stopped (redoing at most one chunk, whose
+already-stored images then count as duplicates). One job runs at a time; others wait.
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ from typing import Any
 
 from same_search.contsign import ContSign
 from same_search.errors import bad_request
+from same_search.wire import FEA_BRIEF, FEA_TAGS
 
-FEA_BRIEF = 1000
-FEA_TAGS = 999
 MAX_APPID_LEN = 128
 MAX_CONTSIGNS = 10_000
 

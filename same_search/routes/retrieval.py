@@ -16,8 +16,6 @@ from same_search.libraries import DuplicateAdd, Item, Library, TagFilter
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
-    FEA_BRIEF,
-    FEA_TAGS,
     Fields,
     brief_of,
     encode_base64,
@@ -26,8 +24,8 @@ from same_search.routes.fields import (
     tags_of,
 )
 from same_search.services import SERVICES, Services
-
-PREFIX = "/RTSAsService"
+from same_search.wire import FEA_BRIEF, FEA_TAGS
+from same_search.wire import RTS_PREFIX as PREFIX
 
 
 def item_json(item: Item, score: float | None = None) -> dict[str, Any]:

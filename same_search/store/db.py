@@ -153,14 +153,19 @@ class Store:
         assert self._reader is not None, "store is not open"
         return self._reader
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements as one transaction; turn disk errors into :class:`StorageError`."""
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> int | None:
+        """Run statements as one transaction; turn disk errors into :class:`StorageError`.
+
+        Returns the rowid the last statement inserted (read on the writer, inside the
+        transaction, so no other write can come between).
+        """
         assert self._writer is not None, "store is not open"
+        last_rowid = None
         try:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 for sql, params in statements:
-                    await self._writer.execute(sql, params)
+                    last_rowid = (await self._writer.execute(sql, params)).lastrowid
                 await self._writer.execute("COMMIT")
             except BaseException:
                 await self._writer.execute("ROLLBACK")
@@ -169,6 +174,7 @@ class Store:
             raise AlreadyExists(str(exc)) from exc
         except (sqlite3.DatabaseError, OSError) as exc:  # full, read-only, I/O error, ...
             raise StorageError(str(exc)) from exc
+        return last_rowid
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -407,7 +413,7 @@ class Store:
         """A queued job; returns its id."""
         now = time.time()
         async with self._write_lock:
-            await self._write(
+            job_id = await self._write(
                 [
                     (
                         "INSERT INTO jobs(appid, kind, source, status, total, created_at, updated_at) "
@@ -416,9 +422,7 @@ class Store:
                     )
                 ]
             )
-        async with self.reader.execute("SELECT max(id) FROM jobs") as cur:
-            row = await cur.fetchone()
-        return int(row[0])  # type: ignore[index]
+        return int(job_id)  # type: ignore[arg-type]
 
     async def save_job_progress(self, job: JobRow, errors: Sequence[tuple[str, int, str]] = ()) -> None:
         """Persist a job's counters, position and status, and append its new per-item errors."""
