@@ -5,9 +5,9 @@ then waits in a bounded queue; one background task takes up to ``max_batch`` que
 runs a single forward pass in the inference thread, and hands each request its vector. While
 one batch runs, the next batch's images are already being decoded in the other threads.
 
-Background work (import jobs) yields to interactive requests twice: a batch takes queued
-interactive images first, and background images enter the decode threads only as threads free
-up, so an interactive request never queues behind a backlog of a job's decodes. A task marks
+Background work (import jobs) yields to interactive requests: a batch takes queued interactive
+images first and then no background ones, and background images enter the decode threads only as
+threads free up, so an interactive request never queues behind a backlog of a job's decodes. A task marks
 itself as background with :func:`background_priority`.
 """
 
@@ -197,21 +197,28 @@ class EmbedService:
         arrives within ``max_wait_ms``.
 
         Waiting only while other requests are decoding means a lone request never pays the
-        wait (single-search latency), while a burst still shares one forward pass.
+        wait (single-search latency), while a burst still shares one forward pass. A batch
+        led by an interactive image takes no background images: on a CPU a pass costs about
+        its batch size, and a search should not pay for an import's images.
         """
-        jobs = [(await self._queue.get())[2]]
+        priority, _, first = await self._queue.get()
+        jobs = [first]
         deadline = asyncio.get_running_loop().time() + self.cfg.max_wait_ms / 1000.0
         while len(jobs) < self.max_batch:
             if not self._queue.empty():
-                jobs.append(self._queue.get_nowait()[2])
-                continue
-            if self._decoding() <= 0:
+                item = self._queue.get_nowait()
+            elif self._decoding() <= 0:
                 break
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            else:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item[0] > priority:  # background behind an interactive lead: the next batch's
+                self._queue.put_nowait(item)
                 break
-            try:
-                jobs.append((await asyncio.wait_for(self._queue.get(), remaining))[2])
-            except TimeoutError:
-                break
+            jobs.append(item[2])
         return jobs
