@@ -184,7 +184,7 @@ async def test_zip_job_opens_the_archive_once_not_per_entry(client, api, monkeyp
             super().__init__(file, *args, **kwargs)
 
     await api(f"{R}/signup", appid="lib")
-    entries = {f"notes/{i:05d}.txt": b"x" for i in range(3000)}
+    entries = {f"notes/{i:05d}.txt": b"x" for i in range(20_000)}  # the red team's 20,000 entries
     entries |= {f"images/{seed}.jpg": jpeg(seed) for seed in range(40, 80)}  # two chunks
     data = zip_of(entries)
     monkeypatch.setattr(sources.zipfile, "ZipFile", CountingZipFile)
