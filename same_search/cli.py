@@ -32,16 +32,12 @@ from same_search.client import (
     contsign_of,
 )
 from same_search.config import Config, ConfigError, load, override
+from same_search.imports.finder import EntryError, SourceError, find_images, read_regular_file
+from same_search.imports.retry import CLI_ATTEMPTS, backoff_s, retryable
 
 log = logging.getLogger("same_search")
 
 DEFAULT_CONFIG = Path("config.toml")
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".mpo", ".ico", ".ppm"}
-)
-#: err_no worth retrying: queue full (99), embedder timeout (2) or briefly unavailable (5).
-RETRYABLE = frozenset({2, 5, 99})
-RETRIES = 5
 #: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error).
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -261,17 +257,6 @@ def cmd_export(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 # -------------------------------------------------------------------------------------------- import
 
 
-def find_images(root: Path) -> list[Path]:
-    """Image files under ``root`` by extension, in a stable order; hidden files and folders skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
-    return found
-
-
 @dataclass
 class ImportStats:
     """Counts of one import run, and what the progress line shows."""
@@ -333,18 +318,24 @@ class Progress:
             self.show()
 
 
-async def _add_one(client: AsyncClient, path: Path, brief: str, stats: ImportStats, seen: set) -> None:
-    """Add one file, retrying when the daemon is busy; a duplicate counts as done."""
+async def _add_one(
+    client: AsyncClient, path: Path, brief: str, max_bytes: int, stats: ImportStats, seen: set
+) -> None:
+    """Add one file, retrying when the daemon says "not now"; a duplicate counts as done.
+
+    The file is read as a server job reads it: a regular file within ``limits.max_image_bytes``.
+    """
     try:
-        image = await asyncio.to_thread(path.read_bytes)
-    except OSError as exc:
-        return _failed(stats, brief, f"cannot read: {exc}")
+        image = await asyncio.to_thread(read_regular_file, path, max_bytes)
+    except EntryError as exc:
+        return _failed(stats, brief, str(exc))
     contsign = contsign_of(image)
     if contsign in seen:  # the same picture twice in the tree: stored once
         stats.duplicates += 1
         return None
     seen.add(contsign)
-    for attempt in range(RETRIES + 1):
+    last = CLI_ATTEMPTS - 1
+    for attempt in range(CLI_ATTEMPTS):
         try:
             await client.add(image, brief)
             stats.added += 1
@@ -353,13 +344,13 @@ async def _add_one(client: AsyncClient, path: Path, brief: str, stats: ImportSta
             stats.duplicates += 1
             return None
         except SameSearchError as exc:
-            if exc.err_no not in RETRYABLE or attempt == RETRIES:
+            if not retryable(exc.err_no) or attempt == last:
                 return _failed(stats, brief, f"err_no {exc.err_no}: {exc.err_msg}")
         except TransportError as exc:
-            if attempt == RETRIES:
+            if attempt == last:
                 stats.unreachable = str(exc)
                 return _failed(stats, brief, str(exc))
-        await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        await asyncio.sleep(backoff_s(attempt))
     return None
 
 
@@ -381,29 +372,39 @@ async def _ensure_library(client: AsyncClient, appid: str, signup: bool) -> str 
     return None
 
 
-def _work(root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
-    for path in files:
-        yield path, path.relative_to(root).as_posix()
+def _work(root: Path, names: list[str]) -> Iterator[tuple[Path, str]]:
+    for name in names:
+        yield root / name, name
 
 
 async def import_directory(
-    client: AsyncClient, root: Path, appid: str, signup: bool, concurrency: int, stream: TextIO
+    client: AsyncClient,
+    root: Path,
+    appid: str,
+    signup: bool,
+    concurrency: int,
+    stream: TextIO,
+    max_bytes: int,
 ) -> ImportStats | str:
-    """Add every image under ``root`` with ``concurrency`` adds in flight; a string says why not."""
+    """Add every image under ``root`` (the files a server folder job takes, see
+    :func:`find_images`) with ``concurrency`` adds in flight; a string says why not."""
     problem = await _ensure_library(client, appid, signup)
     if problem is not None:
         return problem
-    files = find_images(root)
-    stats = ImportStats(total=len(files))
+    try:
+        names = await asyncio.to_thread(find_images, root)
+    except SourceError as exc:
+        return str(exc)
+    stats = ImportStats(total=len(names))
     progress = Progress(stats, stream)
-    work = _work(root, files)
+    work = _work(root, names)
     seen: set = set()
 
     async def worker() -> None:
         for path, brief in work:
             if stats.unreachable:
                 return
-            await _add_one(client, path, brief, stats, seen)
+            await _add_one(client, path, brief, max_bytes, stats, seen)
 
     ticker = asyncio.create_task(progress.run())
     try:
@@ -435,7 +436,15 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 
 async def _import(args: argparse.Namespace, cfg: Config, token: str | None, root: Path) -> ImportStats | str:
     async with AsyncClient.from_config(cfg, token=token, appid=args.appid) as client:
-        return await import_directory(client, root, args.appid, args.signup, args.concurrency, sys.stderr)
+        return await import_directory(
+            client,
+            root,
+            args.appid,
+            args.signup,
+            args.concurrency,
+            sys.stderr,
+            cfg.limits.max_image_bytes,
+        )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {

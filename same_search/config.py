@@ -130,6 +130,9 @@ class LimitsConfig:
     max_side: int = 8192
     #: Images whose width*height exceeds this are refused before decoding (decompression bombs).
     max_pixels: int = 8192 * 8192
+    #: Largest image file an import reads (folder, manifest, ZIP entry, CLI import); larger ones
+    #: are refused before a byte is read (API requests are bounded by ``server.max_body_bytes``).
+    max_image_bytes: int = 10 * 1024 * 1024
     default_rn: int = 300
     max_rn: int = 1000
     #: 0 = unbounded; otherwise the largest number of items one library may hold.

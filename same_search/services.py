@@ -82,7 +82,7 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
             await libraries.open()
             saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
             jobs = ImportJobs(store, libraries, embed.max_batch * embed.workers)
-            jobs.start()
+            await jobs.start()
             try:
                 services = Services(cfg, store, embed, libraries, metrics, jobs)
                 metrics.attach(services)

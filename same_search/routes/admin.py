@@ -207,21 +207,26 @@ def add_routes(app: web.Application) -> None:
 
 
 async def _save_upload(request: web.Request, path: Path) -> int:
-    """Stream the request body to ``path`` (never all in memory); err_no 1 past the upload limit."""
+    """Stream the request body to ``path`` (never all in memory); err_no 1 past the upload limit.
+
+    Whatever stops it (the limit, an empty body, the client going away mid-body, a full disk)
+    deletes the partial file: an upload is either complete or not on disk at all.
+    """
     limit = request.app[SERVICES].cfg.server.max_upload_bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
-    with path.open("wb") as fh:
-        async for chunk in request.content.iter_chunked(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                fh.close()
-                path.unlink(missing_ok=True)
-                raise bad_request(f"upload exceeds the limit of {limit} bytes")
-            fh.write(chunk)
-    if size == 0:
+    try:
+        with path.open("wb") as fh:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise bad_request(f"upload exceeds the limit of {limit} bytes")
+                fh.write(chunk)
+        if size == 0:
+            raise bad_request("the upload is empty")
+    except BaseException:
         path.unlink(missing_ok=True)
-        raise bad_request("the upload is empty")
+        raise
     return size
 
 
@@ -275,7 +280,7 @@ async def upload_job(request: web.Request) -> web.Response:
     await _save_upload(request, path)
     try:
         job = await services.jobs.create(appid, "zip", str(path))
-    except ApiError:
+    except BaseException:  # refused, or the request was cancelled: the ZIP is nobody's
         path.unlink(missing_ok=True)
         raise
     return ok(job=await services.jobs.describe(job))
