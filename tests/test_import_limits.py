@@ -308,7 +308,9 @@ async def test_an_upload_cut_off_mid_body_leaves_nothing(client, api):
 
 
 def _request(daemon: Daemon, path: str, data: bytes) -> dict:
-    request = urllib.request.Request(daemon.url("admin", path), data=data)
+    request = urllib.request.Request(
+        daemon.url("admin", path), data=data, headers={"Content-Type": "application/zip"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
