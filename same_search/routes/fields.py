@@ -33,12 +33,34 @@ def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     return data
 
 
+#: Line breaks that MIME encoders (76 columns), the ``base64`` tool and Python 2's ``encodestring``
+#: put into base64 text. Spaces and tabs are not among them: a ``+`` that a form encoder turned
+#: into a space would otherwise be dropped and the image silently corrupted.
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
+
+
 def decode_base64(value: Any, field: str) -> bytes:
-    """Strict standard base64 (padding required, no stray characters)."""
+    """Standard base64, tolerant of what other stacks send: line breaks anywhere (MIME wrapping,
+    ``\\r\\n``) and missing ``=`` padding. Anything else that is not base64 is err_no 1 naming
+    ``field``; so is a length that no whole number of bytes can have (1 more than a multiple of 4),
+    which is what a truncated upload looks like, rather than a silently shortened image.
+    """
     if not isinstance(value, str):
         raise bad_request(f"{field} must be a base64 string")
+    text = value.translate(_LINE_BREAKS)
+    body = text.rstrip("=")
+    padding = len(text) - len(body)
+    if padding > 2:
+        raise bad_request(f"{field} is not valid base64: more than two '=' at the end")
+    if len(body) % 4 == 1:
+        raise bad_request(
+            f"{field} is not valid base64: {len(body)} characters (without padding) cannot encode "
+            "whole bytes; the data looks truncated"
+        )
+    if padding and (len(body) + padding) % 4:
+        raise bad_request(f"{field} is not valid base64: wrong padding")
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise bad_request(f"{field} is not valid base64: {exc}") from exc
 

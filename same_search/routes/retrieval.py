@@ -93,14 +93,14 @@ async def update(request: web.Request) -> web.Response:
     return ok(contsign=contsign.to_json())
 
 
-def _target(fields: Fields) -> ContSign:
+def _target(fields: Fields, missing: str = "image or contsign is required") -> ContSign:
     """The item a request names: the image's contsign wins over a ``contsign`` field."""
     image = fields.image(required=False)
     if image is not None:
         return ContSign.of_image(image)
     contsign = fields.contsign()
     if contsign is None:
-        raise bad_request("image or contsign is required")
+        raise bad_request(missing)
     return contsign
 
 
@@ -141,23 +141,14 @@ def _tag_filter(fields: Fields) -> TagFilter | None:
 
 
 async def remove(request: web.Request) -> web.Response:
+    """The spec's order: ``contsigns`` when it holds any; else the item the request names, where
+    an image's contsign wins over a ``contsign`` field (the spec's ``consign`` row)."""
     services, fields, lib = await _library(request)
     targets = fields.contsigns()
     if not targets:
-        targets = [_target_for_remove(fields)]
+        targets = [_target(fields, "contsigns, contsign or image is required")]
     removed = await services.libraries.remove(lib, targets)
     return ok(removed=removed)
-
-
-def _target_for_remove(fields: Fields) -> ContSign:
-    """Without ``contsigns``: ``contsign`` first, else the image (the spec's order for remove)."""
-    contsign = fields.contsign()
-    if contsign is not None:
-        return contsign
-    image = fields.image(required=False)
-    if image is None:
-        raise bad_request("contsigns, contsign or image is required")
-    return ContSign.of_image(image)
 
 
 async def snapshot(request: web.Request) -> web.Response:
