@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -32,6 +33,7 @@ from same_search.client import (
     contsign_of,
 )
 from same_search.config import Config, ConfigError, load, override
+from same_search.contsign import ContSign
 
 log = logging.getLogger("same_search")
 
@@ -100,6 +102,15 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--appid", required=True, help="library to add to")
     imp.add_argument("--signup", action="store_true", help="create the library when it does not exist")
     imp.add_argument("-j", "--concurrency", type=int, default=8, help="adds in flight (default 8)")
+    imp.add_argument(
+        "--dup-policy",
+        choices=("off", "warn", "reject"),
+        help="near-duplicate policy for these adds (default: the library's): warn stores and counts "
+        "them, reject does not store them",
+    )
+    imp.add_argument(
+        "--dup-min-score", type=float, help="score floor of a near-duplicate (default: the library's)"
+    )
 
     search = commands.add_parser("search", parents=client, help="find images similar to one")
     search.add_argument("image", metavar="IMAGE", help="query image file")
@@ -276,6 +287,11 @@ class ImportStats:
     added: int = 0
     duplicates: int = 0
     failed: int = 0
+    #: Near-duplicates of stored images: not stored (policy reject), or stored anyway (warn).
+    near_rejected: int = 0
+    near_stored: int = 0
+    #: Whether a near-duplicate policy was asked for (the summary then reports the counts).
+    near_policy: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: Set when the daemon stopped answering: the remaining files are not tried.
     unreachable: str | None = None
@@ -283,7 +299,7 @@ class ImportStats:
 
     @property
     def processed(self) -> int:
-        return self.added + self.duplicates + self.failed
+        return self.added + self.duplicates + self.failed + self.near_rejected
 
     @property
     def elapsed(self) -> float:
@@ -300,8 +316,14 @@ class ImportStats:
         )
 
     def summary(self) -> str:
+        near = ""
+        if self.near_policy or self.near_rejected or self.near_stored:
+            near = (
+                f"{self.near_rejected} near-duplicates not stored, "
+                f"{self.near_stored} added with near-duplicates, "
+            )
         return (
-            f"{self.total} files: {self.added} added, {self.duplicates} already stored, "
+            f"{self.total} files: {self.added} added, {self.duplicates} already stored, {near}"
             f"{self.failed} failed in {self.elapsed:.1f}s ({self.processed / self.elapsed:.1f} images/s)"
         )
 
@@ -329,7 +351,9 @@ class Progress:
             self.show()
 
 
-async def _add_one(client: AsyncClient, path: Path, brief: str, stats: ImportStats, seen: set) -> None:
+async def _add_one(
+    client: AsyncClient, path: Path, brief: str, stats: ImportStats, seen: set, policy: dict | None = None
+) -> None:
     """Add one file, retrying when the daemon is busy; a duplicate counts as done."""
     try:
         image = await asyncio.to_thread(path.read_bytes)
@@ -342,11 +366,13 @@ async def _add_one(client: AsyncClient, path: Path, brief: str, stats: ImportSta
     seen.add(contsign)
     for attempt in range(RETRIES + 1):
         try:
-            await client.add(image, brief)
-            stats.added += 1
+            await add_with_policy(client, image, brief, policy or {}, stats)
             return None
-        except Duplicate:
-            stats.duplicates += 1
+        except Duplicate as exc:
+            if not _same_image(exc, contsign):
+                stats.near_rejected += 1
+            else:
+                stats.duplicates += 1
             return None
         except SameSearchError as exc:
             if exc.err_no not in RETRYABLE or attempt == RETRIES:
@@ -357,6 +383,25 @@ async def _add_one(client: AsyncClient, path: Path, brief: str, stats: ImportSta
                 return _failed(stats, brief, str(exc))
         await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
     return None
+
+
+async def add_with_policy(
+    client: AsyncClient, image: bytes, brief: str, policy: dict, stats: ImportStats
+) -> None:
+    """``add`` with the near-duplicate policy fields (an extension the client's ``add`` does not
+    send; none: the library's default applies); counts a stored image, and whether the daemon
+    reported near-duplicates of it (policy ``warn``)."""
+    call = client._requests.add(image, brief, None, None)
+    reply = await client._run(dataclasses.replace(call, body={**(call.body or {}), **policy}, parse=dict))
+    stats.added += 1
+    if reply.get("data_items"):
+        stats.near_stored += 1
+
+
+def _same_image(exc: Duplicate, contsign: ContSign) -> bool:
+    """Whether a 101 is about the very same bytes (the spec's duplicate) or a near-duplicate."""
+    items = exc.body.get("data_items") or [{"contsign": contsign.to_json()}]
+    return any(item.get("contsign") == contsign.to_json() for item in items)
 
 
 def _failed(stats: ImportStats, brief: str, reason: str) -> None:
@@ -383,7 +428,13 @@ def _work(root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
 
 
 async def import_directory(
-    client: AsyncClient, root: Path, appid: str, signup: bool, concurrency: int, stream: TextIO
+    client: AsyncClient,
+    root: Path,
+    appid: str,
+    signup: bool,
+    concurrency: int,
+    stream: TextIO,
+    policy: dict | None = None,
 ) -> ImportStats | str:
     """Add every image under ``root`` with ``concurrency`` adds in flight; a string says why not."""
     problem = await _ensure_library(client, appid, signup)
@@ -394,12 +445,13 @@ async def import_directory(
     progress = Progress(stats, stream)
     work = _work(root, files)
     seen: set = set()
+    stats.near_policy = bool(policy)
 
     async def worker() -> None:
         for path, brief in work:
             if stats.unreachable:
                 return
-            await _add_one(client, path, brief, stats, seen)
+            await _add_one(client, path, brief, stats, seen, policy)
 
     ticker = asyncio.create_task(progress.run())
     try:
@@ -431,7 +483,19 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 
 async def _import(args: argparse.Namespace, cfg: Config, token: str | None, root: Path) -> ImportStats | str:
     async with AsyncClient.from_config(cfg, token=token, appid=args.appid) as client:
-        return await import_directory(client, root, args.appid, args.signup, args.concurrency, sys.stderr)
+        return await import_directory(
+            client, root, args.appid, args.signup, args.concurrency, sys.stderr, _policy_fields(args)
+        )
+
+
+def _policy_fields(args: argparse.Namespace) -> dict:
+    """The ``dup_policy``/``dup_min_score`` fields the import's adds carry (empty: the library's)."""
+    fields: dict = {}
+    if args.dup_policy is not None:
+        fields["dup_policy"] = args.dup_policy
+    if args.dup_min_score is not None:
+        fields["dup_min_score"] = args.dup_min_score
+    return fields
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {

@@ -18,7 +18,8 @@ from typing import Any
 
 from same_search.errors import ApiError, ErrNo
 from same_search.imports.sources import Entry, SourceError, list_entries, read_entry
-from same_search.libraries import DuplicateAdd, Library, LibraryService
+from same_search.libraries import DuplicateAdd, Library, LibraryService, NearDuplicateAdd
+from same_search.near_duplicates import DupPolicy, resolve
 from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,25 @@ class ImportJobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def create(self, appid: str, kind: str, source: str) -> JobRow:
-        """Queue a job; the library must exist and the source must be readable."""
+    async def create(
+        self,
+        appid: str,
+        kind: str,
+        source: str,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+    ) -> JobRow:
+        """Queue a job; the library must exist and the source must be readable.
+
+        ``dup_policy``/``dup_min_score`` are the job's own near-duplicate policy, kept with the
+        job; left None, the library's default when the job runs applies.
+        """
         self.libraries.get(appid)
         try:
             entries = await asyncio.to_thread(list_entries, kind, source)
         except SourceError as exc:
             raise ApiError(ErrNo.BAD_REQUEST, str(exc)) from exc
-        job_id = await self.store.create_job(appid, kind, source, len(entries))
+        job_id = await self.store.create_job(appid, kind, source, len(entries), dup_policy, dup_min_score)
         self._wake.set()
         log.info("import job %d queued: %s %s into %s (%d images)", job_id, kind, source, appid, len(entries))
         return (await self.store.jobs(job_id))[0]
@@ -154,11 +166,12 @@ class ImportJobs:
         if job.kind == "zip":  # an uploaded ZIP is ours to delete once its job has ended
             Path(job.source).unlink(missing_ok=True)
         log.info(
-            "import job %d %s: %d added, %d duplicates, %d failed of %d",
+            "import job %d %s: %d added, %d duplicates, %d near-duplicates, %d failed of %d",
             job.id,
             job.status,
             job.done,
             job.duplicates,
+            job.near_duplicates,
             job.failed,
             job.total,
         )
@@ -177,6 +190,11 @@ class ImportJobs:
                 job.done += 1
             elif outcome == "duplicate":
                 job.duplicates += 1
+            elif outcome == "near_duplicate":
+                job.near_duplicates += 1
+            elif outcome == "done_near_duplicate":
+                job.done += 1
+                job.near_duplicates += 1
             else:
                 job.failed += 1
                 errors.append(outcome)
@@ -189,13 +207,21 @@ class ImportJobs:
             data = await asyncio.to_thread(read_entry, job.kind, job.source, entry)
         except (OSError, KeyError) as exc:
             return (entry.name, int(ErrNo.BAD_REQUEST), f"cannot read: {exc}")
+        policy = _policy(job, lib)
         while True:
             try:
-                await self.libraries.add(lib, data, entry.brief, entry.tags)
-                return "done"
+                result = await self.libraries.add(lib, data, entry.brief, entry.tags, policy)
+                return "done_near_duplicate" if result.near_duplicates else "done"
             except DuplicateAdd:
                 return "duplicate"
+            except NearDuplicateAdd:
+                return "near_duplicate"
             except ApiError as exc:
                 if exc.err_no != ErrNo.BUSY:
                     return (entry.name, int(exc.err_no), exc.err_msg)
             await asyncio.sleep(BUSY_BACKOFF_S)
+
+
+def _policy(job: JobRow, lib: Library) -> DupPolicy:
+    """The job's own near-duplicate policy over the library's current default."""
+    return resolve(lib.row.dup_policy, lib.row.dup_min_score, job.dup_policy, job.dup_min_score)

@@ -19,6 +19,7 @@ from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.imports.export import import_export, read_export, write_export
 from same_search.libraries import Item, Library
+from same_search.near_duplicates import check_min_score, check_mode
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
 from same_search.routes.fields import encode_base64
@@ -200,6 +201,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{lib}/rebuild", rebuild_index)
     app.router.add_post(f"{lib}/compact", rebuild_index)
     add_job_routes(app)
+    add_extension_routes(app)
 
 
 # ---- search from the console, bulk import jobs, export and import -----------------------------------
@@ -261,7 +263,7 @@ async def create_job(request: web.Request) -> web.Response:
     appid = body.get("appid")
     if not isinstance(appid, str):
         raise bad_request("appid is required")
-    job = await services.jobs.create(appid, kind, path)
+    job = await services.jobs.create(appid, kind, path, *_job_policy(body))
     return ok(job=await services.jobs.describe(job))
 
 
@@ -270,10 +272,11 @@ async def upload_job(request: web.Request) -> web.Response:
     services = _operator(request)
     appid = request.query.get("appid", "")
     services.libraries.get(appid)
+    policy = _job_policy(_query_policy(request))
     path = _upload_path(services, ".zip")
     await _save_upload(request, path)
     try:
-        job = await services.jobs.create(appid, "zip", str(path))
+        job = await services.jobs.create(appid, "zip", str(path), *policy)
     except ApiError:
         path.unlink(missing_ok=True)
         raise
@@ -353,3 +356,55 @@ def add_job_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/jobs", list_jobs)
     app.router.add_get(f"{API}/jobs/{{job_id}}", get_job)
     app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel_job)
+
+
+# ---- extensions of issue 12: near-duplicate policy ---------------------------------------------------
+
+
+def _job_policy(body: dict[str, Any]) -> tuple[str | None, float | None]:
+    """A job's own ``dup_policy``/``dup_min_score`` (None: the library's default when it runs)."""
+    mode, floor = body.get("dup_policy"), body.get("dup_min_score")
+    return (
+        None if mode is None else check_mode(mode),
+        None if floor is None else check_min_score(floor),
+    )
+
+
+def _query_policy(request: web.Request) -> dict[str, Any]:
+    """``?dup_policy=&dup_min_score=`` of an upload, as a body would carry them."""
+    body: dict[str, Any] = {}
+    if "dup_policy" in request.query:
+        body["dup_policy"] = request.query["dup_policy"]
+    if "dup_min_score" in request.query:
+        try:
+            body["dup_min_score"] = float(request.query["dup_min_score"])
+        except ValueError:
+            raise bad_request("dup_min_score must be a number from 0 to 1") from None
+    return body
+
+
+async def set_dup_policy(request: web.Request) -> web.Response:
+    """``{"dup_policy": "off|warn|reject", "dup_min_score": x | null}``: the library's default.
+
+    A field left out keeps its current value; ``"dup_min_score": null`` returns to the built-in floor.
+    """
+    services, lib = _library(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise bad_request('body must be JSON: {"dup_policy": "off|warn|reject", "dup_min_score"}') from None
+    if not isinstance(body, dict) or not {"dup_policy", "dup_min_score"} & body.keys():
+        raise bad_request("give dup_policy and/or dup_min_score")
+    mode = check_mode(body["dup_policy"]) if "dup_policy" in body else lib.row.dup_policy
+    floor = lib.row.dup_min_score
+    if "dup_min_score" in body:
+        floor = None if body["dup_min_score"] is None else check_min_score(body["dup_min_score"])
+    await services.libraries.set_dup_policy(lib, mode, floor)
+    return ok(library=services.libraries.stats(lib))
+
+
+def add_extension_routes(app: web.Application) -> None:
+    """Register the routes of the near-duplicate policy, duplicates view and region search."""
+    lib = f"{API}/libraries/{{appid}}"
+    app.router.add_put(f"{lib}/dup_policy", set_dup_policy)
+    app.router.add_post(f"{lib}/dup_policy", set_dup_policy)

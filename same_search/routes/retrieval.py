@@ -12,7 +12,8 @@ from aiohttp import web
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
-from same_search.libraries import DuplicateAdd, Item, Library, TagFilter
+from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, TagFilter
+from same_search.near_duplicates import DupPolicy, check_min_score, check_mode, resolve
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
@@ -72,11 +73,30 @@ async def add(request: web.Request) -> web.Response:
     brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=True)
     tags = tags_of(features)
     assert image is not None and brief is not None
+    policy = dup_policy(fields, lib)
     try:
-        contsign = await services.libraries.add(lib, image, brief, tags)
+        result = await services.libraries.add(lib, image, brief, tags, policy)
     except DuplicateAdd as exc:
         raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=[item_json(exc.item)]) from None
-    return ok(contsign=contsign.to_json())
+    except NearDuplicateAdd as exc:
+        close = [item_json(hit.item, hit.score) for hit in exc.hits]
+        raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=close) from None
+    if policy.mode == "warn":
+        close = [item_json(hit.item, hit.score) for hit in result.near_duplicates]
+        return ok(contsign=result.contsign.to_json(), data_items=close)
+    return ok(contsign=result.contsign.to_json())
+
+
+def dup_policy(fields: Fields, lib: Library) -> DupPolicy:
+    """Extension: ``dup_policy`` and ``dup_min_score`` of the request over the library's default."""
+    mode = fields.data.get("dup_policy")
+    floor = fields.data.get("dup_min_score")
+    return resolve(
+        lib.row.dup_policy,
+        lib.row.dup_min_score,
+        None if mode is None else check_mode(mode),
+        None if floor is None else check_min_score(floor),
+    )
 
 
 async def update(request: web.Request) -> web.Response:
