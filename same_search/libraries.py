@@ -18,6 +18,7 @@ import numpy as np
 
 from same_search.config import Config
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo
 from same_search.index import snapshot
@@ -297,15 +298,20 @@ class LibraryService:
         brief: bytes,
         tags: Tags | None,
         policy: DupPolicy = OFF,
+        region: Region | None = None,
     ) -> AddResult:
         """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored.
 
         Under an active near-duplicate ``policy`` the close items are looked up first: ``reject``
         raises :class:`NearDuplicateAdd` and stores nothing, ``warn`` stores and returns them.
+        With a ``region`` only that part of the picture is embedded (and kept as the thumbnail);
+        the contsign stays the whole file's.
         """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
+        vector, thumbnail = await self.embed.embed_with_thumbnail(
+            image, self.cfg.storage.thumbnail_side, region
+        )
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
         close = await asyncio.shield(

@@ -16,13 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.imports.export import import_export, read_export, write_export
 from same_search.libraries import Item, Library
 from same_search.near_duplicates import check_min_score, check_mode
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
-from same_search.routes.fields import encode_base64
+from same_search.routes.fields import encode_base64, parse_region
 from same_search.services import SERVICES, Services
 
 API = "/api"
@@ -237,7 +238,7 @@ async def search_image(request: web.Request) -> web.Response:
     if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
         vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
     else:
-        vector = await services.embed.embed_image(bytes(await read_body(request)))
+        vector = await services.embed.embed_image(bytes(await read_body(request)), query_region(request))
     page = await services.libraries.search(lib, vector, 0, rn, None)
     results = []
     for hit in page.hits:
@@ -358,7 +359,19 @@ def add_job_routes(app: web.Application) -> None:
     app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel_job)
 
 
-# ---- extensions of issue 12: near-duplicate policy ---------------------------------------------------
+# ---- extensions of issue 12: near-duplicate policy, region ----------------------------------------------
+
+
+def query_region(request: web.Request) -> Region | None:
+    """``?region=x,y,w,h`` (pixels, or fractions with ``&unit=fraction``): the console's box."""
+    text = request.query.get("region")
+    if not text:
+        return None
+    try:
+        x, y, w, h = (float(part) for part in text.split(","))
+    except ValueError:
+        raise bad_request(f"region {text!r} must be x,y,w,h") from None
+    return parse_region({"x": x, "y": y, "w": w, "h": h, "unit": request.query.get("unit", "px")})
 
 
 def _job_policy(body: dict[str, Any]) -> tuple[str | None, float | None]:

@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.errors import bad_request
 
 FEA_BRIEF = 1000
@@ -165,6 +166,17 @@ class Fields:
             result[fea_id] = decode_base64(entry.get("fea_data"), f"features[{i}].fea_data")
         return result
 
+    def region(self) -> Region | None:
+        """Extension: ``region`` ``{"x", "y", "w", "h"}`` in pixels, or with ``"unit": "fraction"``.
+
+        Only types are checked here; whether the box fits the picture is known once its header
+        is read (``embed.images``), and a misfit is err_no 1 too.
+        """
+        value = self.data.get("region")
+        if value is None:
+            return None
+        return parse_region(value)
+
     def contsign(self) -> ContSign | None:
         """``contsign`` (or the spec table's spelling ``consign``)."""
         for name in ("contsign", "consign"):
@@ -184,6 +196,28 @@ class Fields:
                 raise bad_request(f"{name} may hold at most {MAX_CONTSIGNS} entries per request")
             return [ContSign.from_json(item, f"{name}[{i}]") for i, item in enumerate(value)]
         return []
+
+
+REGION_UNITS = ("px", "fraction")
+
+
+def parse_region(value: Any, field: str = "region") -> Region:
+    """``{"x", "y", "w", "h"[, "unit"]}`` as a :class:`Region`; err_no 1 naming what is wrong."""
+    if not isinstance(value, dict):
+        raise bad_request(f'{field} must be an object {{"x", "y", "w", "h"}} (optionally "unit": "fraction")')
+    unknown = set(value) - {"x", "y", "w", "h", "unit"}
+    if unknown:
+        raise bad_request(f"{field} has unknown keys {sorted(unknown)}; known: x, y, w, h, unit")
+    unit = value.get("unit", "px")
+    if unit not in REGION_UNITS:
+        raise bad_request(f'{field}.unit must be "px" (the default) or "fraction", got {unit!r}')
+    numbers = []
+    for key in ("x", "y", "w", "h"):
+        number = value.get(key)
+        if isinstance(number, bool) or not isinstance(number, int | float) or number != number:
+            raise bad_request(f"{field}.{key} is required and must be a number")
+        numbers.append(float(number))
+    return Region(*numbers, fraction=unit == "fraction")
 
 
 def brief_of(features: dict[int, bytes], limit: int, required: bool) -> bytes | None:

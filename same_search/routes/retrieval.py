@@ -75,7 +75,7 @@ async def add(request: web.Request) -> web.Response:
     assert image is not None and brief is not None
     policy = dup_policy(fields, lib)
     try:
-        result = await services.libraries.add(lib, image, brief, tags, policy)
+        result = await services.libraries.add(lib, image, brief, tags, policy, fields.region())
     except DuplicateAdd as exc:
         raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=[item_json(exc.item)]) from None
     except NearDuplicateAdd as exc:
@@ -131,8 +131,13 @@ async def search(request: web.Request) -> web.Response:
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
     image = fields.image(required=False)
+    region = fields.region()
     if image is not None:
-        vector = await services.embed.embed_image(image)
+        vector = await services.embed.embed_image(image, region)
+    elif region is not None:
+        raise bad_request(
+            "region needs an image (or url) to cut it from; a stored item's vector has no region"
+        )
     else:
         contsign = fields.contsign()
         if contsign is None:
