@@ -138,6 +138,23 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """Search and add by URL (an extension): off unless enabled, and only to allowed hosts."""
+
+    #: Accept ``url`` in place of ``image`` on search and add.
+    enabled: bool = False
+    #: Host names (``*.example.com`` for subdomains) and addresses or networks (CIDR) that may be
+    #: fetched from; private, loopback, link-local and metadata addresses only inside a listed network.
+    allow: list[str] = field(default_factory=list)
+    #: Largest picture fetched, in bytes.
+    max_bytes: int = 10 * 1024 * 1024
+    #: Seconds for the whole fetch, redirects included.
+    timeout_s: float = 10.0
+    #: Redirects followed (each target checked like the first URL).
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
 
@@ -147,6 +164,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     @property
     def data_path(self) -> Path:
@@ -175,6 +193,8 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
             raise ConfigError(f"[{section}] {key} must be {expected.__name__}, got {value!r}")
         if expected is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise ConfigError(f"[{section}] {key} must map strings to strings")
+        if expected is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"[{section}] {key} must be a list of strings")
         kwargs[key] = value
     return cls(**kwargs)
 

@@ -19,6 +19,7 @@ from same_search import __version__
 from same_search.config import Config
 from same_search.embed.embedder import Embedder
 from same_search.embed.service import EmbedService
+from same_search.fetch import Fetcher
 from same_search.imports.jobs import ImportJobs
 from same_search.libraries import LibraryService
 from same_search.metrics import Metrics
@@ -37,6 +38,8 @@ class Services:
     libraries: LibraryService
     metrics: Metrics
     jobs: ImportJobs
+    #: Pictures by URL for search and add (an extension; refuses everything unless [fetch] allows it).
+    fetcher: Fetcher
     started_at: float = field(default_factory=time.time)
     #: False once shutdown begins, so /readyz tells load balancers to stop sending.
     ready: bool = True
@@ -80,7 +83,7 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
             jobs = ImportJobs(store, libraries, embed.max_batch * embed.workers)
             jobs.start()
             try:
-                services = Services(cfg, store, embed, libraries, metrics, jobs)
+                services = Services(cfg, store, embed, libraries, metrics, jobs, Fetcher(cfg.fetch))
                 metrics.attach(services)
                 yield services
             finally:

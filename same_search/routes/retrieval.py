@@ -68,7 +68,7 @@ async def signup(request: web.Request) -> web.Response:
 
 async def add(request: web.Request) -> web.Response:
     services, fields, lib = await _library(request)
-    image = fields.image(required=True)
+    image = await _image_or_url(services, fields, required=True)
     features = fields.features()
     brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=True)
     tags = tags_of(features)
@@ -85,6 +85,15 @@ async def add(request: web.Request) -> web.Response:
         close = [item_json(hit.item, hit.score) for hit in result.near_duplicates]
         return ok(contsign=result.contsign.to_json(), data_items=close)
     return ok(contsign=result.contsign.to_json())
+
+
+async def _image_or_url(services: Services, fields: Fields, required: bool) -> bytes | None:
+    """The ``image``, or (extension) the picture at ``url`` when the operator allows fetching."""
+    if not fields.has("url"):
+        return fields.image(required=required)
+    if fields.has("image"):
+        raise bad_request("give image or url, not both")
+    return await services.fetcher.fetch(fields.data["url"])
 
 
 def dup_policy(fields: Fields, lib: Library) -> DupPolicy:
@@ -130,7 +139,7 @@ async def search(request: web.Request) -> web.Response:
     pn = fields.uint("pn", 0)
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
-    image = fields.image(required=False)
+    image = await _image_or_url(services, fields, required=False)
     region = fields.region()
     if image is not None:
         vector = await services.embed.embed_image(image, region)
