@@ -416,8 +416,107 @@ async def set_dup_policy(request: web.Request) -> web.Response:
     return ok(library=services.libraries.stats(lib))
 
 
+#: How long starting a scan waits for it to end, so a small library's groups come in one answer.
+SCAN_WAIT_S = 2.0
+MAX_GROUPS_PAGE = 500
+
+
+async def start_duplicates_scan(request: web.Request) -> web.Response:
+    """``{"min_score": x}`` (default: the library's dup_min_score): scan for near-duplicate groups."""
+    services, lib = _library(request)
+    body = await _json_body(request)
+    floor = body.get("min_score")
+    if floor is None:
+        floor = services.libraries.stats(lib)["dup_min_score"]
+    scan = await services.duplicates.start(lib, check_min_score(floor, "min_score"))
+    await services.duplicates.wait(scan, SCAN_WAIT_S)
+    return ok(scan=await _scan_json(request, services, lib, scan))
+
+
+async def get_duplicates_scan(request: web.Request) -> web.Response:
+    """A scan's progress, and its groups once done (``?offset=&limit=`` pages through groups)."""
+    services, lib = _library(request)
+    scan = services.duplicates.get(lib, _scan_id(request))
+    return ok(scan=await _scan_json(request, services, lib, scan))
+
+
+async def remove_duplicate_extras(request: web.Request) -> web.Response:
+    """Remove every extra of a scan, or only ``{"contsigns": [...]}`` among them; kept items stay."""
+    services, lib = _library(request)
+    scan = services.duplicates.get(lib, _scan_id(request))
+    body = await _json_body(request)
+    contsigns = None
+    if body.get("contsigns") is not None:
+        listed = body["contsigns"]
+        if not isinstance(listed, list):
+            raise bad_request("contsigns must be a list of {sign1, sign2}")
+        contsigns = [ContSign.from_json(c, f"contsigns[{i}]") for i, c in enumerate(listed)]
+    removed = await services.duplicates.remove_extras(lib, scan, contsigns)
+    return ok(removed=removed, scan=await _scan_json(request, services, lib, scan))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise bad_request("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object")
+    return body
+
+
+def _scan_id(request: web.Request) -> int:
+    text = request.match_info["scan_id"]
+    if not text.isdigit():
+        raise bad_request("scan id must be an integer")
+    return int(text)
+
+
+async def _scan_json(request: web.Request, services: Services, lib: Library, scan: Any) -> dict[str, Any]:
+    """A scan as the API shows it: progress, and a page of groups as item cards with scores."""
+    offset = _query_int(request, "offset", 0, 1 << 62)
+    limit = _query_int(request, "limit", 100, MAX_GROUPS_PAGE)
+    page = scan.groups[offset : offset + limit]
+    keys = [key for group in page for key in (group.keep, *(k for k, _ in group.extras))]
+    items = await services.duplicates.items(lib, keys)
+
+    def card(key: int, score: float) -> dict[str, Any] | None:
+        item = items.get(key)
+        if item is None:  # removed since the scan
+            return None
+        shown = item_json(lib.row.appid, item, 0.0, 0.0)
+        return {k: v for k, v in shown.items() if k not in ("created", "updated")} | {"score": score}
+
+    groups = []
+    for group in page:
+        keep = card(group.keep, 1.0)
+        extras = [c for c in (card(k, s) for k, s in group.extras) if c is not None]
+        if keep is not None and extras:
+            groups.append({"keep": keep, "extras": extras})
+    return {
+        "id": scan.id,
+        "appid": scan.appid,
+        "status": scan.status,
+        "message": scan.message,
+        "method": scan.method,
+        "min_score": scan.min_score,
+        "total": scan.total,
+        "done": scan.done,
+        "progress": round(scan.done / scan.total, 4) if scan.total else 1.0,
+        "groups_total": len(scan.groups),
+        "extras_total": len(scan.extras),
+        "offset": offset,
+        "groups": groups,
+    }
+
+
 def add_extension_routes(app: web.Application) -> None:
-    """Register the routes of the near-duplicate policy, duplicates view and region search."""
+    """Register the routes of the near-duplicate policy and the duplicates view."""
     lib = f"{API}/libraries/{{appid}}"
     app.router.add_put(f"{lib}/dup_policy", set_dup_policy)
     app.router.add_post(f"{lib}/dup_policy", set_dup_policy)
+    app.router.add_post(f"{lib}/duplicates", start_duplicates_scan)
+    app.router.add_get(f"{lib}/duplicates/{{scan_id}}", get_duplicates_scan)
+    app.router.add_post(f"{lib}/duplicates/{{scan_id}}/remove", remove_duplicate_extras)
