@@ -16,6 +16,7 @@ import os
 import sqlite3
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,19 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--appid", required=True, help="library to export")
     export.add_argument("--out", required=True, help="ZIP file to write")
     export.add_argument("--vectors", action="store_true", help="include the stored vectors")
+
+    dup = commands.add_parser(
+        "duplicates", parents=client, help="list the groups of near-duplicates in a library"
+    )
+    dup.add_argument("--appid", required=True, help="library to scan")
+    dup.add_argument(
+        "--min-score", type=float, help="score floor of a near-duplicate (default: the library's, 0.95)"
+    )
+    dup.add_argument(
+        "--remove-extras",
+        action="store_true",
+        help="then remove every extra, keeping the oldest copy of each picture",
+    )
 
     snap = commands.add_parser("snapshot", parents=client, help="show a library's snapshot block")
     snap.add_argument("--appid", required=True, help="library")
@@ -498,10 +512,60 @@ def _policy_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
+# ---------------------------------------------------------------------------------------- duplicates
+
+#: Seconds between progress polls of a duplicates scan.
+SCAN_POLL_S = 0.5
+
+
+def _admin(client: Client, method: str, path: str, body: dict | None = None, **query: int) -> dict:
+    """One management-port request the client has no method for (the duplicates view)."""
+    params = {k: str(v) for k, v in query.items()} or None
+    return client._run(client._requests._admin(method, path, body=body, query=params))
+
+
+def cmd_duplicates(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
+    """Scan a library for near-duplicate groups, print them, and remove the extras when asked."""
+    client = _client(cfg, token)
+    base = f"/api/libraries/{urllib.parse.quote(args.appid, safe='')}/duplicates"
+    body = {} if args.min_score is None else {"min_score": args.min_score}
+    scan = _admin(client, "POST", base, body)["scan"]
+    while scan["status"] == "running":
+        print(f"scanning: {scan['done']}/{scan['total']} items", file=sys.stderr)
+        time.sleep(SCAN_POLL_S)
+        scan = _admin(client, "GET", f"{base}/{scan['id']}", limit=0)["scan"]
+    if scan["status"] != "done":
+        print(f"same_search: scan {scan['status']}: {scan['message']}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"{args.appid}: {scan['total']} items scanned ({scan['method']}, min_score {scan['min_score']:g}): "
+        f"{scan['groups_total']} groups, {scan['extras_total']} extras"
+    )
+    number = 0
+    for offset in range(0, scan["groups_total"], 500):
+        page = _admin(client, "GET", f"{base}/{scan['id']}", offset=offset, limit=500)["scan"]
+        for group in page["groups"]:
+            number += 1
+            keep = group["keep"]
+            print(f"group {number}: keep {keep['key']:<21}  {_brief(keep)}")
+            for extra in group["extras"]:
+                print(f"  {extra['score']:.4f}  {extra['key']:<21}  {_brief(extra)}")
+    if args.remove_extras and scan["extras_total"]:
+        removed = _admin(client, "POST", f"{base}/{scan['id']}/remove")["removed"]
+        print(f"removed {removed} extras")
+    return 0
+
+
+def _brief(card: dict) -> str:
+    text = card.get("brief_text")
+    return "(binary brief)" if text is None else text.replace("\n", " ")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {
     "import": cmd_import,
     "search": cmd_search,
     "libraries": cmd_libraries,
     "export": cmd_export,
     "snapshot": cmd_snapshot,
+    "duplicates": cmd_duplicates,
 }
