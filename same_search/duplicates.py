@@ -112,14 +112,15 @@ class DuplicateScans:
                 await task
 
     async def _run(self, scan: Scan, lib: Library) -> None:
+        policy = DupPolicy("warn", scan.min_score)
         try:
-            keys, vectors = await self._vectors(lib)
-            scan.total = len(keys)
             if scan.method == "exact":
-                neighbours = await asyncio.to_thread(_exact_neighbours, vectors, scan)
+                keys, vectors = await self._vectors(lib)
+                scan.total = len(keys)
+                neighbours = await asyncio.to_thread(_exact_neighbours, keys, vectors, scan, policy)
             else:
-                neighbours = await self._index_neighbours(lib, keys, vectors, scan)
-            scan.groups = _groups(keys, vectors, neighbours, DupPolicy("warn", scan.min_score))
+                keys, neighbours = await self._index_neighbours(lib, scan, policy)
+            scan.groups = _groups(keys, neighbours)
             scan.status = "done"
         except asyncio.CancelledError:
             scan.status, scan.message = "cancelled", "the daemon is shutting down"
@@ -142,7 +143,7 @@ class DuplicateScans:
         )
 
     async def _vectors(self, lib: Library) -> tuple[list[int], np.ndarray]:
-        """Every stored key and vector, in insertion order."""
+        """Every stored key and vector, in insertion order (small libraries only: all in memory)."""
         keys: list[int] = []
         chunks = []
         async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(lib.row.id, 0):
@@ -152,18 +153,25 @@ class DuplicateScans:
         return keys, vectors
 
     async def _index_neighbours(
-        self, lib: Library, keys: list[int], vectors: np.ndarray, scan: Scan
-    ) -> list[list[tuple[int, float]]]:
-        """Per item, its ``NEIGHBOURS`` nearest (row, score) at or above the floor, via the index."""
-        row_of = {key: row for row, key in enumerate(keys)}
-        result: list[list[tuple[int, float]]] = []
-        for row, vector in enumerate(vectors):
-            found = await lib.index.search(vector, min(NEIGHBOURS + 1, max(1, lib.index.count())))
-            result.append(
-                [(row_of[k], s) for k, s in found if s >= scan.min_score and k in row_of and row_of[k] != row]
-            )
-            scan.done = row + 1
-        return result
+        self, lib: Library, scan: Scan, policy: DupPolicy
+    ) -> tuple[list[int], Neighbours]:
+        """Keys in insertion order, and each item's near-duplicates among its ``NEIGHBOURS`` nearest
+        by the index. Vectors are streamed chunk by chunk, so a large library is never all in memory;
+        only the (few) pairs above the floor are kept."""
+        keys: list[int] = []
+        neighbours: Neighbours = {}
+        k = NEIGHBOURS + 1
+        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(lib.row.id, 0):
+            for key, vector in zip(chunk_keys.tolist(), chunk_vectors, strict=True):
+                keys.append(key)
+                found = await lib.index.search(vector, min(k, max(1, lib.index.count())))
+                query = Query(vector)
+                for other, score in found:
+                    if other != key and score >= scan.min_score and _decide(query, other, score, policy):
+                        _link(neighbours, key, other, score)
+                scan.done = len(keys)
+        scan.total = len(keys)
+        return keys, neighbours
 
     async def remove_extras(self, lib: Library, scan: Scan, contsigns: list[ContSign] | None) -> int:
         """Remove the scan's extras (all, or those listed: each must be an extra, never a kept item)."""
@@ -194,37 +202,49 @@ class DuplicateScans:
         return {key: Item(ContSign.from_key(key), row.brief, row.tags) for key, row in rows.items()}
 
 
-def _exact_neighbours(vectors: np.ndarray, scan: Scan) -> list[list[tuple[int, float]]]:
-    """Per row, every other row scoring at or above the floor (all pairs, block by block)."""
+#: key -> {other key: score}, symmetric: a pair found from either side is known to both.
+Neighbours = dict[int, dict[int, float]]
+
+
+def _decide(query: Query, key: int, score: float, policy: DupPolicy) -> bool:
+    return is_near_duplicate(query, Candidate(key, score), policy)
+
+
+def _link(neighbours: Neighbours, a: int, b: int, score: float) -> None:
+    neighbours.setdefault(a, {})[b] = score
+    neighbours.setdefault(b, {})[a] = score
+
+
+def _exact_neighbours(keys: list[int], vectors: np.ndarray, scan: Scan, policy: DupPolicy) -> Neighbours:
+    """Every pair at or above the floor (all pairs, block by block) that the decision accepts."""
     n = len(vectors)
-    result: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    neighbours: Neighbours = {}
     for start in range(0, n, BLOCK):
         scores = vectors[start : start + BLOCK] @ vectors.T
         for offset, row_scores in enumerate(scores):
             row = start + offset
-            hits = np.flatnonzero(row_scores >= scan.min_score)
-            result[row] = [(int(j), float(row_scores[j])) for j in hits if j != row]
+            query = Query(vectors[row])
+            for other in np.flatnonzero(row_scores >= scan.min_score):
+                score = float(row_scores[other])
+                if other != row and _decide(query, keys[other], score, policy):
+                    _link(neighbours, keys[row], keys[int(other)], score)
         scan.done = min(n, start + BLOCK)
-    return result
+    return neighbours
 
 
-def _groups(
-    keys: list[int], vectors: np.ndarray, neighbours: list[list[tuple[int, float]]], policy: DupPolicy
-) -> list[Group]:
+def _groups(keys: list[int], neighbours: Neighbours) -> list[Group]:
     """Greedy groups in insertion order (module doc); extras best first."""
     grouped: set[int] = set()
     groups = []
-    for row in range(len(keys)):
-        if row in grouped:
+    for key in keys:
+        if key in grouped or key not in neighbours:
             continue
-        query = Query(vectors[row])
-        extras = [
-            (other, score)
-            for other, score in sorted(neighbours[row], key=lambda n: -n[1])
-            if other not in grouped and is_near_duplicate(query, Candidate(keys[other], score), policy)
-        ]
+        extras = sorted(
+            ((other, score) for other, score in neighbours[key].items() if other not in grouped),
+            key=lambda pair: -pair[1],
+        )
         if extras:
-            grouped.add(row)
+            grouped.add(key)
             grouped.update(other for other, _ in extras)
-            groups.append(Group(keys[row], [(keys[other], score) for other, score in extras]))
+            groups.append(Group(key, extras))
     return groups

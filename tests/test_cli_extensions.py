@@ -69,7 +69,7 @@ def test_duplicates_prints_the_groups_and_removes_extras(daemon, capsys, tmp_pat
         "p3.jpg": jpeg(3),
     }
     root = folder(tmp_path / "lib", pictures)
-    assert run(daemon, capsys, "import", str(root), "--appid", "dups", "--signup")[0] == 0
+    assert run(daemon, capsys, "import", str(root), "--appid", "dups", "--signup", "-j", "1")[0] == 0
     code, out, _ = run(daemon, capsys, "duplicates", "--appid", "dups")
     lines = out.splitlines()
     assert code == 0, out
