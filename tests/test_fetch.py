@@ -294,3 +294,13 @@ async def test_url_is_off_by_default(aiohttp_client, embedder, tmp_path):
         await client.post(f"{R}/search", json={"from": "t", "appid": "lib", "url": "http://127.0.0.2/x.jpg"})
     ).json()
     assert answer["err_no"] == 1 and "not enabled" in answer["err_msg"]
+
+
+async def test_other_field_errors_are_found_before_anything_is_fetched(api, servers):
+    allowed, _ = servers
+    await library(api)
+    answer = await api(f"{R}/add", appid="lib", url=allowed.url("/picture.jpg"), features=[])
+    assert answer["err_no"] == 1 and "brief" in answer["err_msg"]
+    answer = await api(f"{R}/search", appid="lib", url=allowed.url("/picture.jpg"), region={"x": 0})
+    assert answer["err_no"] == 1 and "region" in answer["err_msg"]
+    assert allowed.requests == []

@@ -68,14 +68,15 @@ async def signup(request: web.Request) -> web.Response:
 
 async def add(request: web.Request) -> web.Response:
     services, fields, lib = await _library(request)
-    image = await _image_or_url(services, fields, required=True)
     features = fields.features()
     brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=True)
     tags = tags_of(features)
-    assert image is not None and brief is not None
     policy = dup_policy(fields, lib)
+    region = fields.region()
+    image = await _image_or_url(services, fields, required=True)  # last: a URL costs a fetch
+    assert image is not None and brief is not None
     try:
-        result = await services.libraries.add(lib, image, brief, tags, policy, fields.region())
+        result = await services.libraries.add(lib, image, brief, tags, policy, region)
     except DuplicateAdd as exc:
         raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=[item_json(exc.item)]) from None
     except NearDuplicateAdd as exc:
@@ -139,8 +140,8 @@ async def search(request: web.Request) -> web.Response:
     pn = fields.uint("pn", 0)
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
-    image = await _image_or_url(services, fields, required=False)
     region = fields.region()
+    image = await _image_or_url(services, fields, required=False)
     if image is not None:
         vector = await services.embed.embed_image(image, region)
     elif region is not None:
