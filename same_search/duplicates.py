@@ -103,6 +103,16 @@ class DuplicateScans:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), seconds)
 
+    async def cancel(self, scan: Scan) -> None:
+        """Stop a running scan (its groups stay empty); a finished one is left as it is."""
+        task = self._tasks.get(scan.id)
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        scan.message = "cancelled by the operator"
+
     async def close(self) -> None:
         """Cancel scans still running (shutdown)."""
         for task in self._tasks.values():

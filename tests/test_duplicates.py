@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from conftest import b64, brief
 from images import encode, jpeg, picture
@@ -10,6 +11,7 @@ from images import encode, jpeg, picture
 from same_search.app import create_app
 from same_search.config import Config, IndexConfig, ModelConfig, StorageConfig
 from same_search.contsign import ContSign
+from same_search.services import SERVICES
 
 R = "/RTSAsService"
 
@@ -125,6 +127,35 @@ async def test_a_large_library_is_scanned_through_the_index_in_the_background(
     scan = await scan_to_end(client, {"min_score": 0.95})
     assert scan["method"] == "index" and scan["done"] == scan["total"] == len(PICTURES)
     assert sorted((k, sorted(v)) for k, v in shape(scan)) == EXPECTED
+
+
+async def test_a_running_scan_can_be_cancelled(aiohttp_client, embedder, tmp_path):
+    cfg = Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "d")),
+        model=ModelConfig(name="efficientnet_lite0"),
+        index=IndexConfig(exact_threshold=3),
+    )
+    client = await aiohttp_client(create_app(cfg, embedder))
+
+    async def call(route, **body):
+        return await (await client.post(route, json={"from": "t", **body})).json()
+
+    await fill(call)
+    # Hold the library's index thread so the scan cannot finish before it is cancelled.
+    lib = client.app[SERVICES].libraries.get("lib")
+    gate = threading.Event()
+    blocked = asyncio.get_running_loop().run_in_executor(lib.index._executor, gate.wait)
+    try:
+        started = (await (await client.post("/api/libraries/lib/duplicates", json={})).json())["scan"]
+        assert started["status"] == "running"
+        answer = await (await client.post(f"/api/libraries/lib/duplicates/{started['id']}/cancel")).json()
+    finally:
+        gate.set()
+        await blocked
+    assert answer["err_no"] == 0 and answer["scan"]["status"] == "cancelled"
+    assert answer["scan"]["groups"] == []
+    removal = await (await client.post(f"/api/libraries/lib/duplicates/{started['id']}/remove")).json()
+    assert removal["err_no"] == 1 and "cancelled" in removal["err_msg"]
 
 
 async def test_errors(client, api):

@@ -455,6 +455,14 @@ async def remove_duplicate_extras(request: web.Request) -> web.Response:
     return ok(removed=removed, scan=await _scan_json(request, services, lib, scan))
 
 
+async def cancel_duplicates_scan(request: web.Request) -> web.Response:
+    """Stop a running scan (a long one of a large library)."""
+    services, lib = _library(request)
+    scan = services.duplicates.get(lib, _scan_id(request))
+    await services.duplicates.cancel(scan)
+    return ok(scan=await _scan_json(request, services, lib, scan))
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -520,3 +528,4 @@ def add_extension_routes(app: web.Application) -> None:
     app.router.add_post(f"{lib}/duplicates", start_duplicates_scan)
     app.router.add_get(f"{lib}/duplicates/{{scan_id}}", get_duplicates_scan)
     app.router.add_post(f"{lib}/duplicates/{{scan_id}}/remove", remove_duplicate_extras)
+    app.router.add_post(f"{lib}/duplicates/{{scan_id}}/cancel", cancel_duplicates_scan)
