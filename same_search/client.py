@@ -205,6 +205,7 @@ _PLACEHOLDERS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "appid": ("str", _quote),
     "contsign": ("ContSignLike", values.path_key),
     "job_id": ("int | str", _quote),
+    "scan_id": ("int | str", _quote),
 }
 
 
@@ -326,6 +327,26 @@ class _Base:
         return self._rts("add", appid, values.contsign_reply, image=values.b64(image), features=features)
 
     @_request
+    def add_with_policy(
+        self,
+        image: bytes,
+        brief: bytes | str,
+        tags: Tags | None = None,
+        *,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+        appid: str | None = None,
+    ) -> _Call[dict[str, Any]]:
+        """``add`` with the near-duplicate policy (an extension; None: the library's default).
+
+        Returns the reply: ``contsign`` and, under ``warn``, the near-duplicates in ``data_items``;
+        under ``reject`` a near-duplicate raises Duplicate carrying them.
+        """
+        features = values.features_json(brief, tags)
+        fields = {"dup_policy": dup_policy, "dup_min_score": dup_min_score}
+        return self._rts("add", appid, dict, image=values.b64(image), features=features, **fields)
+
+    @_request
     def update(
         self,
         *,
@@ -441,6 +462,32 @@ class _Base:
         values.pick("job", dict),
     )
     cancel_job = _route("POST", wire.JOB_CANCEL, "Ask a running job to stop.", values.job_or_payload)
+
+    cancel_duplicates = _route(
+        "POST", wire.DUPLICATES_CANCEL, "Stop a running duplicates scan.", values.pick("scan", dict)
+    )
+    remove_duplicate_extras = _route(
+        "POST",
+        wire.DUPLICATES_REMOVE,
+        "Remove every extra a scan found; returns how many.",
+        values.pick("removed", int),
+    )
+
+    @_request
+    def start_duplicates(self, appid: str, min_score: float | None = None) -> _Call[dict[str, Any]]:
+        """Start a scan for groups of near-duplicates (an extension); returns the scan."""
+        body = {} if min_score is None else {"min_score": min_score}
+        path = wire.DUPLICATES.format(appid=_quote(appid))
+        return _Call("admin", path, body=body, parse=values.pick("scan", dict))
+
+    @_request
+    def duplicates(
+        self, appid: str, scan_id: int | str, offset: int = 0, limit: int = 100
+    ) -> _Call[dict[str, Any]]:
+        """A scan's progress and one page of its groups."""
+        path = wire.DUPLICATES_SCAN.format(appid=_quote(appid), scan_id=_quote(scan_id))
+        query = {"offset": str(offset), "limit": str(limit)}
+        return _Call("admin", path, "GET", query=query, parse=values.pick("scan", dict))
 
     @_request
     def create_library(self, appid: str) -> _Call[dict[str, Any]]:

@@ -221,6 +221,23 @@ def origin_key(text: str) -> tuple[str, str, int] | None:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """Search and add by URL (an extension): off unless enabled, and only to allowed hosts."""
+
+    #: Accept ``url`` in place of ``image`` on search and add.
+    enabled: bool = False
+    #: Host names (``*.example.com`` for subdomains) and addresses or networks (CIDR) that may be
+    #: fetched from; private, loopback, link-local and metadata addresses only inside a listed network.
+    allow: list[str] = field(default_factory=list)
+    #: Largest picture fetched, in bytes.
+    max_bytes: int = 10 * 1024 * 1024
+    #: Seconds for the whole fetch, redirects included.
+    timeout_s: float = 10.0
+    #: Redirects followed (each target checked like the first URL).
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
 
@@ -231,6 +248,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     @property
     def data_path(self) -> Path:

@@ -100,6 +100,11 @@ JOBS = f"{API}/jobs"
 JOB_UPLOAD = f"{JOBS}/upload"
 JOB = f"{JOBS}/{{job_id}}"
 JOB_CANCEL = f"{JOB}/cancel"
+# Extensions (docs/admin.md): the duplicates view.
+DUPLICATES = f"{LIBRARY}/duplicates"
+DUPLICATES_SCAN = f"{DUPLICATES}/{{scan_id}}"
+DUPLICATES_REMOVE = f"{DUPLICATES_SCAN}/remove"
+DUPLICATES_CANCEL = f"{DUPLICATES_SCAN}/cancel"
 
 
 def rts(route: str) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder, ModelInfo
-from same_search.embed.images import ImageLimits, decode, make_thumbnail
+from same_search.embed.images import ImageLimits, Region, decode, make_thumbnail
 from same_search.errors import ApiError, ErrNo
 
 log = logging.getLogger(__name__)
@@ -113,21 +113,27 @@ class EmbedService:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=True)
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        """Decode and embed one image; err_no 100 for bad images, 99 when full, 2 on timeout."""
-        vector, _ = await self.embed_with_thumbnail(data, 0)
+    async def embed_image(self, data: bytes, region: Region | None = None) -> np.ndarray:
+        """Decode and embed one image (only ``region`` of it when given); err_no 100 for bad
+        images, 1 for a bad region, 99 when full, 2 on timeout."""
+        vector, _ = await self.embed_with_thumbnail(data, 0, region)
         return vector
 
-    async def embed_with_thumbnail(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
+    async def embed_with_thumbnail(
+        self, data: bytes, thumbnail_side: int, region: Region | None = None
+    ) -> tuple[np.ndarray, bytes | None]:
         """Like :meth:`embed_image`, plus a JPEG thumbnail (longest side ``thumbnail_side``; 0 = none)
-        made from the already decoded picture, so storing one costs no second decode."""
+        made from the already decoded picture (the region, when given), so storing one costs no
+        second decode."""
         if self._pending >= self.cfg.queue_max:
             raise ApiError(
                 ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later"
             )
         self._pending += 1
         try:
-            return await asyncio.wait_for(self._embed(data, thumbnail_side), timeout=self.cfg.timeout_s)
+            return await asyncio.wait_for(
+                self._embed(data, thumbnail_side, region), timeout=self.cfg.timeout_s
+            )
         except TimeoutError as exc:
             raise ApiError(
                 ErrNo.FEATURE_TIMEOUT, f"no vector within {self.cfg.timeout_s:g}s; the embedder is overloaded"
@@ -135,25 +141,29 @@ class EmbedService:
         finally:
             self._pending -= 1
 
-    async def _embed(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
+    async def _embed(
+        self, data: bytes, thumbnail_side: int, region: Region | None
+    ) -> tuple[np.ndarray, bytes | None]:
         loop = asyncio.get_running_loop()
         priority = _priority.get()
         if priority == INTERACTIVE:
             pixels, thumbnail = await loop.run_in_executor(
-                self._decode_pool, self._decode, data, thumbnail_side
+                self._decode_pool, self._decode, data, thumbnail_side, region
             )
         else:  # at most one background decode per thread: none waits in the pool's queue
             async with self._background_decodes:
                 pixels, thumbnail = await loop.run_in_executor(
-                    self._decode_pool, self._decode, data, thumbnail_side
+                    self._decode_pool, self._decode, data, thumbnail_side, region
                 )
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting += 1
         self._queue.put_nowait((priority, next(self._arrivals), _Job(pixels, future)))
         return await future, thumbnail
 
-    def _decode(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
-        image = decode(data, self.limits, self.cfg.image_size)
+    def _decode(
+        self, data: bytes, thumbnail_side: int, region: Region | None
+    ) -> tuple[np.ndarray, bytes | None]:
+        image = decode(data, self.limits, self.cfg.image_size, region)
         return self.embedder.preprocess(image), make_thumbnail(
             image, thumbnail_side
         ) if thumbnail_side else None

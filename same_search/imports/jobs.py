@@ -27,7 +27,8 @@ from same_search.errors import ApiError, ErrNo
 from same_search.imports.detached import run_detached
 from same_search.imports.retry import backoff_s, retryable
 from same_search.imports.sources import Entry, EntryError, Source, SourceError, open_source
-from same_search.libraries import DuplicateAdd, Library, LibraryService
+from same_search.libraries import DuplicateAdd, Library, LibraryService, NearDuplicateAdd
+from same_search.near_duplicates import DupPolicy, resolve
 from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,25 @@ class ImportJobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def create(self, appid: str, kind: str, source: str) -> JobRow:
-        """Queue a job; the library must exist and the source must be readable."""
+    async def create(
+        self,
+        appid: str,
+        kind: str,
+        source: str,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+    ) -> JobRow:
+        """Queue a job; the library must exist and the source must be readable.
+
+        ``dup_policy``/``dup_min_score`` are the job's own near-duplicate policy, kept with the
+        job; left None, the library's default when the job runs applies.
+        """
         self.libraries.get(appid)
         opened = await self._open(kind, source)
         opened.close()
-        job_id = await self.store.create_job(appid, kind, source, len(opened.entries))
+        job_id = await self.store.create_job(
+            appid, kind, source, len(opened.entries), dup_policy, dup_min_score
+        )
         self._wake.set()
         log.info(
             "import job %d queued: %s %s into %s (%d images)",
@@ -233,11 +247,12 @@ class ImportJobs:
         if job.kind == "zip":
             Path(job.source).unlink(missing_ok=True)
         log.info(
-            "import job %d %s: %d added, %d duplicates, %d failed of %d",
+            "import job %d %s: %d added, %d duplicates, %d near-duplicates, %d failed of %d",
             job.id,
             job.status,
             job.done,
             job.duplicates,
+            job.near_duplicates,
             job.failed,
             job.total,
         )
@@ -253,7 +268,7 @@ class ImportJobs:
 
         async def one(entry: Entry) -> None:
             async with gate:
-                outcome = await self._import_one(lib, source, entry)
+                outcome = await self._import_one(job, lib, source, entry)
             if isinstance(outcome, tuple):
                 errors.append(outcome)
                 outcome = "failed"
@@ -269,26 +284,34 @@ class ImportJobs:
             stopped = False
         if stopped:
             return None
-        job.done += outcomes.count("done")
+        job.done += outcomes.count("done") + outcomes.count("done_near_duplicate")
         job.duplicates += outcomes.count("duplicate")
+        job.near_duplicates += outcomes.count("near_duplicate") + outcomes.count("done_near_duplicate")
         job.failed += outcomes.count("failed")
         return errors
 
-    async def _import_one(self, lib: Library, source: Source, entry: Entry) -> str | tuple[str, int, str]:
-        """``"done"``, ``"duplicate"`` or the failure ``(file, err_no, reason)`` of one entry."""
+    async def _import_one(
+        self, job: JobRow, lib: Library, source: Source, entry: Entry
+    ) -> str | tuple[str, int, str]:
+        """The outcome of one entry: ``"done"``, ``"duplicate"``, ``"near_duplicate"`` (refused by
+        the policy), ``"done_near_duplicate"`` (stored with a warning), or the failure
+        ``(file, err_no, reason)``."""
         try:
             data = await run_detached(source.read, entry, timeout=READ_TIMEOUT_S)
         except EntryError as exc:
             return (entry.name, int(ErrNo.BAD_REQUEST), str(exc))
         except TimeoutError:
             return (entry.name, int(ErrNo.BAD_REQUEST), f"reading took more than {READ_TIMEOUT_S:g}s")
+        policy = _policy(job, lib)
         attempt = 0
         while True:
             try:
-                await self.libraries.add(lib, data, entry.brief, entry.tags)
-                return "done"
+                result = await self.libraries.add(lib, data, entry.brief, entry.tags, policy)
+                return "done_near_duplicate" if result.near_duplicates else "done"
             except DuplicateAdd:
                 return "duplicate"
+            except NearDuplicateAdd:
+                return "near_duplicate"
             except ApiError as exc:
                 if not retryable(exc.err_no):
                     return (entry.name, int(exc.err_no), exc.err_msg)
@@ -296,3 +319,8 @@ class ImportJobs:
                 raise _Stopping
             await asyncio.sleep(backoff_s(attempt))
             attempt += 1
+
+
+def _policy(job: JobRow, lib: Library) -> DupPolicy:
+    """The job's own near-duplicate policy over the library's current default."""
+    return resolve(lib.row.dup_policy, lib.row.dup_min_score, job.dup_policy, job.dup_min_score)
