@@ -16,6 +16,8 @@ from typing import Any
 
 from yarl import URL
 
+from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -24,9 +26,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     #: The management port has its own address so it can stay on loopback while the APIs do not.
     admin_host: str = "127.0.0.1"
-    feature_port: int = 8120
-    search_port: int = 8025
-    admin_port: int = 8103
+    feature_port: int = FEATURE_PORT
+    search_port: int = SEARCH_PORT
+    admin_port: int = ADMIN_PORT
     log_level: str = "INFO"
     #: "text" (readable lines) or "json" (one JSON object per line, request fields as keys).
     log_format: str = "text"
@@ -129,7 +131,8 @@ class IndexConfig:
 
     m: int = 16
     ef_construction: int = 200
-    #: Search-time candidate list: the largest whose p99 stayed under 10 ms at 1M items (docs/benchmarks.md).
+    #: Search-time candidate list: the largest that kept p99 search latency in budget at 1M items
+    #: (docs/benchmarks.md, "the daemon with 1,000,000 items").
     ef_search: int = 512
     #: Initial slot count; the index grows by doubling.
     initial_capacity: int = 1024
@@ -146,6 +149,9 @@ class LimitsConfig:
     max_side: int = 8192
     #: Images whose width*height exceeds this are refused before decoding (decompression bombs).
     max_pixels: int = 8192 * 8192
+    #: Largest image file an import reads (folder, manifest, ZIP entry, CLI import); larger ones
+    #: are refused before a byte is read (API requests are bounded by ``server.max_body_bytes``).
+    max_image_bytes: int = 10 * 1024 * 1024
     default_rn: int = 300
     max_rn: int = 1000
     #: 0 = unbounded; otherwise the largest number of items one library may hold.
@@ -234,6 +240,23 @@ def origin_key(text: str) -> tuple[str, str, int] | None:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """Search and add by URL (an extension): off unless enabled, and only to allowed hosts."""
+
+    #: Accept ``url`` in place of ``image`` on search and add.
+    enabled: bool = False
+    #: Host names (``*.example.com`` for subdomains) and addresses or networks (CIDR) that may be
+    #: fetched from; private, loopback, link-local and metadata addresses only inside a listed network.
+    allow: list[str] = field(default_factory=list)
+    #: Largest picture fetched, in bytes.
+    max_bytes: int = 10 * 1024 * 1024
+    #: Seconds for the whole fetch, redirects included.
+    timeout_s: float = 10.0
+    #: Redirects followed (each target checked like the first URL).
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
 
@@ -244,6 +267,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     @property
     def data_path(self) -> Path:

@@ -10,6 +10,7 @@ this box or in a Milvus cluster shared by several daemons. The API's rules (err_
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -32,20 +33,27 @@ from same_search.backends.base import (
 )
 from same_search.config import Config
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo
+from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Nearest items offered to the near-duplicate decision (more than it reports: a verifier may drop some).
+NEAR_DUPLICATE_CANDIDATES = 32
+
 __all__ = [
+    "AddResult",
     "DuplicateAdd",
     "Hit",
     "Item",
     "Library",
     "LibraryService",
     "ModelMismatch",
+    "NearDuplicateAdd",
     "SearchPage",
     "TagFilter",
 ]
@@ -57,6 +65,22 @@ class DuplicateAdd(ApiError):
     def __init__(self, item: Item) -> None:
         super().__init__(ErrNo.DUPLICATED_ADD, "duplicated add")
         self.item = item
+
+
+class NearDuplicateAdd(ApiError):
+    """err_no 101 under the ``reject`` policy: the image is not stored; carries the close items."""
+
+    def __init__(self, hits: list[Hit]) -> None:
+        super().__init__(ErrNo.DUPLICATED_ADD, "duplicated add")
+        self.hits = hits
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """A stored image's contsign, and the near-duplicates found under the ``warn`` policy."""
+
+    contsign: ContSign
+    near_duplicates: list[Hit]
 
 
 class ModelMismatch(RuntimeError):
@@ -118,6 +142,8 @@ class LibraryService:
         self.embed = embed
         self.libraries: dict[str, Library] = {}
         self._signup_lock = asyncio.Lock()
+        #: Per library: held while a near-duplicate check and the store that follows it run.
+        self._dup_locks: dict[str, asyncio.Lock] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -237,15 +263,33 @@ class LibraryService:
 
     # ---- items ------------------------------------------------------------------------------------
 
-    async def add(self, lib: Library, image: bytes, brief: bytes, tags: Tags | None) -> ContSign:
-        """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored."""
+    async def add(
+        self,
+        lib: Library,
+        image: bytes,
+        brief: bytes,
+        tags: Tags | None,
+        policy: DupPolicy = OFF,
+        region: Region | None = None,
+    ) -> AddResult:
+        """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored.
+
+        Under an active near-duplicate ``policy`` the close items are looked up first: ``reject``
+        raises :class:`NearDuplicateAdd` and stores nothing, ``warn`` stores and returns them.
+        With a ``region`` only that part of the picture is embedded (and kept as the thumbnail);
+        the contsign stays the whole file's.
+        """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
+        vector, thumbnail = await self.embed.embed_with_thumbnail(
+            image, self.cfg.storage.thumbnail_side, region
+        )
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
-        await asyncio.shield(self.store_vector(lib, contsign, brief, tags, vector, thumbnail))
-        return contsign
+        close = await asyncio.shield(
+            self.store_vector(lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image))
+        )
+        return AddResult(contsign, close)
 
     async def store_vector(
         self,
@@ -255,13 +299,59 @@ class LibraryService:
         tags: Tags | None,
         vector: np.ndarray,
         thumbnail: bytes | None = None,
+        policy: DupPolicy = OFF,
+        query: Query | None = None,
+    ) -> list[Hit]:
+        """Store an item with an already computed vector (``add`` and imports); 101 if stored.
+
+        Under an active ``policy`` the near-duplicate check and the store run under the library's
+        near-duplicate lock, so two close images added at once through this daemon cannot both
+        pass it (through two daemons on a shared backend they can: docs/scale-out.md). Returns the
+        near-duplicates found (always empty when ``policy`` is off).
+        """
+        if not policy.active:
+            await self._store_one(lib, contsign, brief, tags, vector, thumbnail)
+            return []
+        async with self._dup_locks.setdefault(lib.row.appid, asyncio.Lock()):
+            close = await self._near_duplicates(lib, query or Query(vector), policy)
+            if close and policy.rejects:
+                raise NearDuplicateAdd(close)
+            await self._store_one(lib, contsign, brief, tags, vector, thumbnail)
+        return close
+
+    async def _store_one(
+        self,
+        lib: Library,
+        contsign: ContSign,
+        brief: bytes,
+        tags: Tags | None,
+        vector: np.ndarray,
+        thumbnail: bytes | None,
     ) -> None:
-        """Store an item with an already computed vector (``add`` and imports); 101 if stored."""
-        item = NewItem(contsign.key, brief, tags, vector, thumbnail)
-        stored = await self.store_vectors(lib, [item])
+        stored = await self.store_vectors(lib, [NewItem(contsign.key, brief, tags, vector, thumbnail)])
         if not stored[0]:
             await self._refuse_duplicate(lib, contsign)
             raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
+
+    async def _near_duplicates(self, lib: Library, query: Query, policy: DupPolicy) -> list[Hit]:
+        """Stored items the policy's decision calls near-duplicates of ``query``, best first."""
+        if not policy.active:
+            return []
+        result = await self._call(
+            lib, self.backend.search(lib, query.vector, NEAR_DUPLICATE_CANDIDATES, None)
+        )
+        chosen = select(query, result.found, policy)
+        rows = result.rows
+        missing = [c.key for c in chosen if c.key not in rows]
+        if missing:
+            rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
+        return [Hit(_item(rows[c.key]), c.score) for c in chosen if c.key in rows]
+
+    async def set_dup_policy(self, lib: Library, mode: str, min_score: float | None) -> None:
+        """Store a library's default near-duplicate policy (``min_score`` None: the built-in floor)."""
+        row = dataclasses.replace(lib.row, dup_policy=mode, dup_min_score=min_score)
+        await self._call(lib, self.backend.update_library(lib, row))
+        lib.row = row
 
     async def store_vectors(self, lib: Library, items: list[NewItem]) -> list[bool]:
         """Store a batch of items with their vectors; False for each key already stored."""
@@ -336,6 +426,15 @@ class LibraryService:
         rows = await self._call(lib, self.backend.page_items(lib, offset, limit))
         return [(_item(row), row.created_at, row.updated_at) for row in rows]
 
+    async def items(self, lib: Library, keys: list[int]) -> dict[int, Item]:
+        """Stored items by key (absent keys are left out)."""
+        rows = await self._call(lib, self.backend.get_items(lib, keys))
+        return {key: _item(row) for key, row in rows.items()}
+
+    async def nearest(self, lib: Library, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The ``k`` nearest stored items as (key, score), best first, no filter, no paging."""
+        return (await self._call(lib, self.backend.search(lib, vector, k, None))).found
+
     async def item(self, lib: Library, contsign: ContSign) -> tuple[Item, float, float] | None:
         """One item with its timestamps, or None."""
         rows = await self._call(lib, self.backend.get_items(lib, [contsign.key]))
@@ -363,6 +462,10 @@ class LibraryService:
             "created": lib.row.created_at,
             "backend": self.backend.name,
             **self.backend.describe(lib),
+            "dup_policy": lib.row.dup_policy,
+            "dup_min_score": lib.row.dup_min_score
+            if lib.row.dup_min_score is not None
+            else DEFAULT_MIN_SCORE,
         }
 
     async def snapshot(self, lib: Library) -> dict[str, int]:

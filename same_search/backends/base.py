@@ -110,8 +110,16 @@ class JobLedger(Protocol):
     a SQLite file in the data directory (:class:`same_search.store.db.Store` implements this).
     """
 
-    async def create_job(self, appid: str, kind: str, source: str, total: int) -> int:
-        """A queued job; returns its id."""
+    async def create_job(
+        self,
+        appid: str,
+        kind: str,
+        source: str,
+        total: int,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+    ) -> int:
+        """A queued job (with its own near-duplicate policy, if any); returns its id."""
 
     async def save_job_progress(self, job: JobRow, errors: Sequence[tuple[str, int, str]] = ()) -> None:
         """Persist a job's counters, position and status, and append its new per-item errors."""
@@ -167,6 +175,11 @@ class Backend(ABC):
     @abstractmethod
     async def delete_library(self, lib: Library) -> None:
         """Drop a library and everything it holds."""
+
+    @abstractmethod
+    async def update_library(self, lib: Library, row: LibraryRow) -> None:
+        """Persist a library's settings: every field of ``row`` but its identity (id, appid,
+        model, dimension, fingerprint, creation time), e.g. its near-duplicate policy."""
 
     # ---- items -----------------------------------------------------------------------------------
 

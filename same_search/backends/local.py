@@ -76,7 +76,7 @@ class LocalBackend(Backend):
     def jobs(self) -> JobLedger:
         return self.store
 
-    def _lock(self, lib: Library) -> asyncio.Lock:
+    def write_lock(self, lib: Library) -> asyncio.Lock:
         """The library's write lock: held by every write, a save and a rebuild."""
         return self._locks.setdefault(lib.row.id, asyncio.Lock())
 
@@ -101,11 +101,14 @@ class LocalBackend(Backend):
         return Library(row, LibraryIndex.empty(dim, self.cfg.index, self._index_pool))
 
     async def delete_library(self, lib: Library) -> None:
-        async with self._lock(lib):
+        async with self.write_lock(lib):
             await self.store.delete_library(lib.row.id)
             for path in snapshot.paths(self.index_dir, lib.row.id):
                 path.unlink(missing_ok=True)
         self._locks.pop(lib.row.id, None)
+
+    async def update_library(self, lib: Library, row: LibraryRow) -> None:
+        await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
 
     async def _load_index(self, row: LibraryRow) -> LibraryIndex:
         """The saved graph brought up to date with the database, or else a rebuild from it.
@@ -180,7 +183,7 @@ class LocalBackend(Backend):
 
     async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         stored = []
-        async with self._lock(lib):
+        async with self.write_lock(lib):
             index = _index(lib)
             for item in items:
                 if capacity and index.count() >= capacity:
@@ -200,7 +203,7 @@ class LocalBackend(Backend):
         return await self.store.update_item(lib.row.id, key, brief, tags)
 
     async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
-        async with self._lock(lib):
+        async with self.write_lock(lib):
             removed, seq = await self.store.remove_items(lib.row.id, keys)
             if removed:
                 await _index(lib).delete(removed, seq)
@@ -246,7 +249,7 @@ class LocalBackend(Backend):
         for lib in libs:
             if only_dirty and not _index(lib).dirty:
                 continue
-            async with self._lock(lib):
+            async with self.write_lock(lib):
                 index = _index(lib)
                 started = time.monotonic()
                 saving = asyncio.get_running_loop().run_in_executor(
@@ -270,7 +273,7 @@ class LocalBackend(Backend):
 
     async def rebuild(self, lib: Library) -> None:
         """A fresh graph from the database, swapped in under the write lock, then saved."""
-        async with self._lock(lib):
+        async with self.write_lock(lib):
             count = await self.store.count(lib.row.id)
             fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
             await self._replay(fresh, lib.row)

@@ -253,13 +253,22 @@ class MilvusBackend(Backend):
                     raise
         await self._load(name)
         row = LibraryRow(_row_id(name), appid, model_id, dim, fingerprint, time.time())
+        await self._write_catalogue(name, row)
+        return Library(row, name)
+
+    async def _write_catalogue(self, name: str, row: LibraryRow) -> None:
+        """The library's catalogue record: every LibraryRow field (settings included) but the id."""
         record = {k: v for k, v in asdict(row).items() if k != "id"}
         await self._run(
             self.client.upsert,
             CATALOGUE,
-            [{"name": name, "appid": appid, "row": json.dumps(record), "placeholder": [0.0, 0.0]}],
+            [{"name": name, "appid": row.appid, "row": json.dumps(record), "placeholder": [0.0, 0.0]}],
         )
-        return Library(row, name)
+
+    async def update_library(self, lib: Library, row: LibraryRow) -> None:
+        """Settings are fields of the catalogue record: rewritten whole (other daemons read them
+        when they load the library; a daemon that has it loaded keeps its copy until restart)."""
+        await self._write_catalogue(_name(lib), row)
 
     def _create_items(self, name: str, dim: int) -> None:
         from pymilvus import DataType, MilvusClient

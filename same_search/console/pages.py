@@ -149,6 +149,7 @@ async def library(request: web.Request) -> web.Response:
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
 <input type="file" id="file" accept="image/*"></label>, to search this library.</div>
 {_results_block("Results")}
+{_library_extensions(appid)}
 <h2>Items {offset + 1 if items else 0}&ndash;{offset + len(items)} of {stats["items"]}</h2>
 <div class="grid">{cards}</div><p class="nav">{nav}</p>
 """
@@ -206,9 +207,71 @@ async def static(request: web.Request) -> web.Response:
     return web.Response(text=STATIC.joinpath(name).read_text(), content_type=kind)
 
 
+# ---- extensions of issue 12: region search on the library page, the duplicates view ---------------
+
+#: Scripts of the extensions, served from ``static/`` under their own path.
+EXTENSION_SCRIPTS = ("region.js", "duplicates.js")
+_EXTENSION_STYLE = """<style>
+#region-stage { position: relative; display: inline-block; cursor: crosshair; user-select: none; }
+#region-stage img { max-width: min(480px, 100%); display: block; }
+#region-box { position: absolute; border: 2px dashed #c00; background: rgba(200, 0, 0, .1); pointer-events: none; }
+.dup-group { border: 1px solid #ccc; border-radius: 6px; padding: .6em; margin: .8em 0; }
+.card.kept { border: 2px solid #2a7; }
+</style>"""
+
+
+def _library_extensions(appid: str) -> str:
+    """On a library's page: a box to drag on the query picture, and the way to the duplicates view."""
+    return f"""{_EXTENSION_STYLE}
+<div id="region-panel" hidden><h2>Search a part of the picture</h2>
+<p>Drag a box on the picture: only that part is searched.</p>
+<div id="region-stage"><img id="region-image" alt="query picture" draggable="false"><div id="region-box" hidden></div></div>
+<p id="region-status"></p></div>
+<p><a id="duplicates-link" href="/libraries/{escape(appid)}/duplicates">Find near-duplicates in this library</a></p>
+<script src="/static/ext/region.js" defer></script>"""
+
+
+async def duplicates_page(request: web.Request) -> web.Response:
+    """The duplicates view: scan with a score floor, groups as thumbnails with scores, remove extras."""
+    services = request.app[SERVICES]
+    try:
+        services, lib = await _library(request)
+    except ApiError as exc:
+        return _error(services, exc)
+    appid = lib.row.appid
+    floor = (await services.libraries.stats(lib))["dup_min_score"]
+    body = f"""{_EXTENSION_STYLE}
+<p><a href="/libraries/{escape(appid)}">&larr; {escape(appid)}</a></p>
+<h1>Near-duplicates in {escape(appid)}</h1>
+<p>Groups of pictures scoring at least the floor against the oldest copy in their group. A floor
+below 0.95 also groups different photos of look-alike things: check each group before removing.</p>
+<form id="dup-scan" class="inline"><label>min score
+<input name="min_score" type="number" step="0.01" min="0" max="1" value="{floor:g}"></label>
+<button>Find duplicates</button></form>
+<p id="dup-progress"></p>
+<p><button id="dup-remove" hidden>Remove the extras</button> <span id="dup-message"></span></p>
+<div id="dup-groups"></div>
+<script src="/static/ext/duplicates.js" defer></script>"""
+    return _page(services, f"duplicates · {appid}", body, appid)
+
+
+async def extension_static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in EXTENSION_SCRIPTS:
+        raise web.HTTPNotFound()
+    return web.Response(text=STATIC.joinpath(name).read_text(), content_type="application/javascript")
+
+
+def add_extension_routes(app: web.Application) -> None:
+    """Register the extension pages and their scripts."""
+    app.router.add_get("/libraries/{appid}/duplicates", duplicates_page)
+    app.router.add_get("/static/ext/{name}", extension_static)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the console pages."""
     app.router.add_get("/", operator_only(overview))
     app.router.add_get("/libraries/{appid}", operator_only(library))
     app.router.add_get("/libraries/{appid}/items/{contsign}", operator_only(item))
     app.router.add_get("/static/{name}", static)
+    add_extension_routes(app)

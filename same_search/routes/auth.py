@@ -19,8 +19,8 @@ from aiohttp import web
 
 from same_search.config import AuthConfig
 from same_search.errors import ApiError, ErrNo
+from same_search.wire import TOKEN_HEADER as HEADER
 
-HEADER = "X-Same-Token"
 WILDCARD = "*"
 #: The console's session cookie: a random id; the token it stands for stays in the daemon's memory.
 SESSION_COOKIE = "same_search_session"

@@ -1,5 +1,5 @@
 -- same_search storage schema. SQLite is the source of truth: indexes are caches rebuilt from it.
--- Version 1. Migrations append to store/migrations in store/db.py, never edit a shipped version.
+-- Version 1. Later versions are store/migration_NNNN.sql, applied in order by store/db.py; never edit a shipped one.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
