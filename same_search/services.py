@@ -45,8 +45,11 @@ class Services:
     def health(self) -> dict:
         """What /healthz reports."""
         info = self.embed.info
+        unavailable = [
+            {"appid": appid, "reason": aside.reason} for appid, aside in self.libraries.unavailable.items()
+        ]
         return {
-            "status": "ok",
+            "status": "degraded" if unavailable else "ok",
             "version": __version__,
             "model": {
                 "id": info.model_id,
@@ -55,6 +58,8 @@ class Services:
                 "device": info.device,
             },
             "libraries": len(self.libraries.libraries),
+            #: Libraries set aside at start because their rows could not be loaded (see repair).
+            "unavailable": unavailable,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
 
