@@ -599,7 +599,7 @@ class LibraryService:
                     index = LibraryIndex.empty(
                         info.dim, self.cfg.index, self._index_pool, capacity=max(result.inserted, 16)
                     )
-                    await self._replay(index, result.library)
+                    await self._index_committed(index, result.library, live=False)
                     lib = Library(result.library, index)
                     self.libraries[appid] = lib
                     log.info("library %s created by an import of %d items", appid, result.inserted)
@@ -609,9 +609,22 @@ class LibraryService:
             if self.libraries.get(appid) is not lib:  # deleted meanwhile
                 raise ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
             result = await self._insert(lib.row, batches, capacity)
-            await self._replay(lib.index, lib.row, live=True)
+            await self._index_committed(lib.index, lib.row, live=True)
         log.info("library %s: imported %d items (%d duplicates)", appid, result.inserted, result.duplicates)
         return lib, result.inserted, result.duplicates
+
+    async def _index_committed(self, index: LibraryIndex, row: LibraryRow, live: bool) -> None:
+        """Index rows just committed; if that fails the index no longer matches the database,
+        so the library is set aside (named, repairable) rather than served half-indexed."""
+        try:
+            await self._replay(index, row, live=live)
+        except Exception as exc:
+            log.exception("library %s: indexing the imported rows failed", row.appid)
+            self.libraries.pop(row.appid, None)
+            self._set_aside(row, _reason(exc))
+            raise ApiError(
+                ErrNo.INTERNAL, f"the import was stored but could not be indexed: {_reason(exc)}"
+            ) from exc
 
     async def _insert(
         self,
