@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds between progress lines of a long index rebuild or replay.
 REPLAY_LOG_S = 15.0
-#: Rows per graph insert when a running library takes a bulk import: each batch holds the index
-#: thread (every library's searches) for a fraction of a second at most.
-LIVE_BATCH = 1000
+#: Rows per graph insert when a library that serves takes a bulk import. Each insert holds the
+#: index thread, which every library's searches share, so it is kept small: a search waits for
+#: at most one such batch (HNSW inserts at 1280-d cost milliseconds each).
+LIVE_BATCH = 128
 #: Rows a repair reports one by one (all of them are dropped).
 REPAIR_REPORT_MAX = 1000
 
@@ -592,18 +593,22 @@ class LibraryService:
             async with self._signup_lock:
                 if appid in self.unavailable:
                     raise self._unavailable_error(appid)
+                created = None
                 if appid not in self.libraries:
                     info = self.embed.info
-                    new = (appid, info.model_id, info.dim, info.fingerprint)
-                    result = await self._insert(new, batches, capacity)
-                    index = LibraryIndex.empty(
-                        info.dim, self.cfg.index, self._index_pool, capacity=max(result.inserted, 16)
+                    created = await self._insert(
+                        (appid, info.model_id, info.dim, info.fingerprint), batches, capacity
                     )
-                    await self._index_committed(index, result.library, live=False)
-                    lib = Library(result.library, index)
-                    self.libraries[appid] = lib
-                    log.info("library %s created by an import of %d items", appid, result.inserted)
-                    return lib, result.inserted, result.duplicates
+            if created is not None:
+                # Built outside the signup lock: the row exists, so a signup meanwhile gets 104.
+                index = LibraryIndex.empty(
+                    created.library.dim, self.cfg.index, self._index_pool, capacity=max(created.inserted, 16)
+                )
+                await self._index_committed(index, created.library, live=False)
+                lib = Library(created.library, index)
+                self.libraries[appid] = lib
+                log.info("library %s created by an import of %d items", appid, created.inserted)
+                return lib, created.inserted, created.duplicates
             lib = self.get(appid)
         async with lib.index.write_lock:
             if self.libraries.get(appid) is not lib:  # deleted meanwhile
