@@ -265,3 +265,31 @@ def test_tampered_import_refused_then_valid_import_survives_restarts(tmp_path):
         assert d.rts("snapshot", appid="copy")["snapshot"]["index_size"] == 3
     finally:
         d.stop()
+
+
+async def test_import_failing_midway_rolls_everything_back(aiohttp_client, config, embedder, monkeypatch):
+    """Batches of one item: the capacity is hit at the third, after two were inserted in the
+    transaction; neither they nor the library the import created may remain."""
+    from dataclasses import replace
+
+    from same_search.app import create_app
+    from same_search.imports import export as export_module
+
+    limited = replace(config, limits=replace(config.limits, library_capacity=3))
+    client = await aiohttp_client(create_app(limited, embedder))
+
+    async def api(route: str, **body):
+        return await (await client.post(route, json={"from": "pytest", **body})).json()
+
+    export = await make_export(client, api)
+    await api(f"{R}/signup", appid="other")
+    await api(f"{R}/add", appid="other", image=b64(jpeg(7)), features=[brief("seven")])
+    monkeypatch.setattr(export_module, "BATCH", 1)
+    answer = await (await client.post("/api/libraries/other/import", data=export)).json()
+    assert answer["err_no"] == 11 and "capacity of 3" in answer["err_msg"], answer
+    assert (await api(f"{R}/snapshot", appid="other"))["snapshot"]["index_size"] == 1
+    listed = (await (await client.get("/api/libraries/other/items")).json())["items"]
+    assert [item["brief_text"] for item in listed] == ["seven"]
+    fits = await (await client.post("/api/libraries/copy/import", data=export)).json()
+    assert (fits["err_no"], fits["imported"]) == (0, 3)
+    assert (await api(f"{R}/snapshot", appid="copy"))["snapshot"]["index_size"] == 3
