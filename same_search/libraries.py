@@ -24,6 +24,7 @@ from same_search.index import snapshot
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
 from same_search.index.vectors import row_problems, vector_problem
+from same_search.rows import bad_rows_text, load_failure_reason, raw_item_problems, tags_problem
 from same_search.store.db import (
     AlreadyExists,
     BadRows,
@@ -31,7 +32,6 @@ from same_search.store.db import (
     ItemRow,
     LibraryRow,
     NewItem,
-    RawItem,
     StorageError,
     Store,
     TooManyItems,
@@ -47,8 +47,6 @@ REPLAY_LOG_S = 15.0
 LIVE_BATCH = 128
 #: Rows a repair reports one by one (all of them are dropped).
 REPAIR_REPORT_MAX = 1000
-
-UINT32 = 1 << 32
 
 Tags = tuple[int, int]
 
@@ -127,54 +125,6 @@ class RepairReport:
     restored: bool
 
 
-def tags_problem(tags: object) -> str | None:
-    """Why ``tags`` are not None or two integers in [0, 2^32), or None when they are fine."""
-    if tags is None:
-        return None
-    if not isinstance(tags, tuple | list) or len(tags) != 2:
-        return f"tags must be two integers, got {tags!r}"
-    if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < UINT32 for t in tags):
-        return f"tags must be two integers from 0 to {UINT32 - 1}, got {list(tags)!r}"
-    return None
-
-
-def _raw_problems(chunk: Sequence[RawItem], dim: int) -> list[tuple[int, str]]:
-    """(key, problem) for rows of ``chunk`` that cannot be loaded or served as they are."""
-    problems: dict[int, str] = {}
-    shaped: list[RawItem] = []
-    for raw in chunk:
-        if not isinstance(raw.vector, bytes) or len(raw.vector) != 4 * dim:
-            size = len(raw.vector) if isinstance(raw.vector, bytes) else type(raw.vector).__name__
-            problems[raw.key] = f"vector of {size} bytes, expected {4 * dim} ({dim} float32)"
-            continue
-        shaped.append(raw)
-        if not isinstance(raw.brief, bytes):
-            problems[raw.key] = f"brief is stored as {type(raw.brief).__name__}, not bytes"
-        elif raw.tag1 is not None or raw.tag2 is not None:
-            problem = tags_problem((raw.tag1, raw.tag2))
-            if problem is not None:
-                problems[raw.key] = problem
-    if shaped:
-        blob = b"".join(r.vector for r in shaped if isinstance(r.vector, bytes))
-        matrix = np.frombuffer(blob, dtype="<f4").reshape(len(shaped), dim)
-        for row, problem in row_problems(matrix, dim):
-            problems.setdefault(shaped[row].key, problem)
-    return [(raw.key, problems[raw.key]) for raw in chunk if raw.key in problems]
-
-
-def _bad_rows_text(rows: Sequence[tuple[int, str]]) -> str:
-    shown = "; ".join(f"contsign {ContSign.from_key(key)}: {problem}" for key, problem in rows[:3])
-    more = f" (and {len(rows) - 3} more)" if len(rows) > 3 else ""
-    return f"rows that cannot be loaded: {shown}{more}"
-
-
-def _reason(exc: BaseException) -> str:
-    """An operator-readable reason for a library that could not be loaded."""
-    if isinstance(exc, BadRows):
-        return _bad_rows_text(exc.rows)
-    return f"{type(exc).__name__}: {exc}"
-
-
 def _item(row: ItemRow) -> Item:
     return Item(ContSign.from_key(row.key), row.brief, row.tags)
 
@@ -219,7 +169,7 @@ class LibraryService:
             try:
                 index = await self._load_index(row)
             except Exception as exc:  # one library's rows must never stop the others from serving
-                self._set_aside(row, _reason(exc))
+                self._set_aside(row, load_failure_reason(exc))
                 continue
             self.libraries[row.appid] = Library(row, index)
             log.info(
@@ -540,14 +490,12 @@ class LibraryService:
             target = self.get_any(appid)
             bad: list[tuple[int, str]] = []
             async for chunk in self.store.raw_items(target.row.id):
-                bad += _raw_problems(chunk, target.row.dim)
+                bad += raw_item_problems(chunk, target.row.dim)
             dropped = [(ContSign.from_key(key), problem) for key, problem in bad]
             if isinstance(target, Library):
                 if dropped:
                     await self.remove(target, [contsign for contsign, _ in dropped])
-                    log.warning(
-                        "library %s: repair dropped %d rows: %s", appid, len(bad), _bad_rows_text(bad)
-                    )
+                    log.warning("library %s: repair dropped %d rows: %s", appid, len(bad), bad_rows_text(bad))
                 return RepairReport(appid, dropped, restored=False)
             if bad:
                 try:
@@ -557,10 +505,11 @@ class LibraryService:
             try:
                 index = await self._load_index(target.row)
             except Exception as exc:
-                self._set_aside(target.row, _reason(exc))
+                reason = load_failure_reason(exc)
+                self._set_aside(target.row, reason)
                 raise ApiError(
                     ErrNo.BS_UNAVAILABLE,
-                    f"library {appid!r} is still unavailable after dropping {len(bad)} rows: {_reason(exc)}",
+                    f"library {appid!r} is still unavailable after dropping {len(bad)} rows: {reason}",
                 ) from exc
             self.unavailable.pop(appid, None)
             self.libraries[appid] = Library(target.row, index)
@@ -626,9 +575,9 @@ class LibraryService:
         except Exception as exc:
             log.exception("library %s: indexing the imported rows failed", row.appid)
             self.libraries.pop(row.appid, None)
-            self._set_aside(row, _reason(exc))
+            self._set_aside(row, load_failure_reason(exc))
             raise ApiError(
-                ErrNo.INTERNAL, f"the import was stored but could not be indexed: {_reason(exc)}"
+                ErrNo.INTERNAL, f"the import was stored but could not be indexed: {load_failure_reason(exc)}"
             ) from exc
 
     async def _insert(
@@ -658,7 +607,7 @@ class LibraryService:
                 raise ApiError(
                     ErrNo.INTERNAL,
                     f"cannot rebuild library {lib.row.appid!r}, the current index keeps serving: "
-                    f"{_reason(exc)}; POST /api/libraries/{lib.row.appid}/repair drops those rows",
+                    f"{load_failure_reason(exc)}; POST /api/libraries/{lib.row.appid}/repair drops them",
                 ) from exc
             lib.index = fresh
         await self.save_indexes()

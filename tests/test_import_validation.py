@@ -273,7 +273,7 @@ async def test_import_failing_midway_rolls_everything_back(aiohttp_client, confi
     from dataclasses import replace
 
     from same_search.app import create_app
-    from same_search.imports import export as export_module
+    from same_search.imports import export_read as export_module
 
     limited = replace(config, limits=replace(config.limits, library_capacity=3))
     client = await aiohttp_client(create_app(limited, embedder))

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
-from same_search.imports.export import check_export, export_batches, write_export
+from same_search.imports.export import write_export
+from same_search.imports.export_read import check_export, export_batches
 from same_search.libraries import REPAIR_REPORT_MAX, Item, Library
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
