@@ -44,8 +44,11 @@ MAX_COMPRESSION_RATIO = 200
 #: float32 embeddings barely compress (about 1.1:1); more than this is zeros or repeats, not
 #: vectors of this daemon. It also bounds the item count by the upload size.
 MAX_VECTORS_RATIO = 10
-#: Items per database batch and per graph insert.
+#: Items per database batch (one executemany) and per block of vectors read.
 BATCH = 1000
+#: An export has three entries; a ZIP directory listing more is refused before it is parsed
+#: (millions of entries would cost gigabytes of ZipInfo objects).
+MAX_ENTRIES = 16
 _FLOAT32 = np.dtype("<f4")
 
 
@@ -73,6 +76,7 @@ def check_export(path: Path, fingerprint: str, dim: int, brief_max_bytes: int) -
     naming the file, the line or row and the field.
     """
     try:
+        _refuse_large_directory(path)
         with zipfile.ZipFile(path) as archive:
             entries = _entries(archive)
             meta = _read_meta(archive, entries["meta.json"], fingerprint, dim)
@@ -87,6 +91,17 @@ def check_export(path: Path, fingerprint: str, dim: int, brief_max_bytes: int) -
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
         raise _refuse(f"not a readable same_search export: {exc}") from exc
     return checked
+
+
+def _refuse_large_directory(path: Path) -> None:
+    """Read the entry count from the end-of-directory record before ``ZipFile`` parses it all."""
+    with path.open("rb") as fh:
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # stdlib helper, stable since 2.x
+    if end is None:
+        raise _refuse("not a ZIP file (no end of central directory record)")
+    total = end[zipfile._ECD_ENTRIES_TOTAL]  # type: ignore[attr-defined]
+    if total > MAX_ENTRIES:
+        raise _refuse(f"the ZIP lists {total} entries; an export has 3")
 
 
 def _entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
