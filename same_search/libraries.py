@@ -32,6 +32,7 @@ from same_search.store.db import (
     ItemRow,
     LibraryRow,
     NewItem,
+    NewLibrary,
     StorageError,
     Store,
     TooManyItems,
@@ -545,9 +546,8 @@ class LibraryService:
                 created = None
                 if appid not in self.libraries:
                     info = self.embed.info
-                    created = await self._insert(
-                        (appid, info.model_id, info.dim, info.fingerprint), batches, capacity
-                    )
+                    new = NewLibrary(appid, info.model_id, info.dim, info.fingerprint)
+                    created = await self._insert(new, batches, capacity)
             if created is not None:
                 # Built outside the signup lock: the row exists, so a signup meanwhile gets 104.
                 index = LibraryIndex.empty(
@@ -582,7 +582,7 @@ class LibraryService:
 
     async def _insert(
         self,
-        library: LibraryRow | tuple[str, str, int, str],
+        library: LibraryRow | NewLibrary,
         batches: AsyncIterator[Sequence[NewItem]],
         capacity: int,
     ) -> BulkResult:
@@ -591,7 +591,7 @@ class LibraryService:
         except TooManyItems as exc:
             raise ApiError(ErrNo.INTERNAL, f"{exc}; nothing was imported") from exc
         except AlreadyExists as exc:
-            raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {library[0]!r} already signed up") from exc
+            raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {library.appid!r} already signed up") from exc
         except StorageError as exc:
             raise _storage_failed(exc) from exc
 

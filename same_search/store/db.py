@@ -95,6 +95,16 @@ class TooManyItems(Exception):
 
 
 @dataclass(frozen=True)
+class NewLibrary:
+    """A library to create together with its first items (an import that creates it)."""
+
+    appid: str
+    model_id: str
+    dim: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class NewItem:
     """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes."""
 
@@ -299,14 +309,14 @@ class Store:
 
     async def insert_items(
         self,
-        library: LibraryRow | tuple[str, str, int, str],
+        library: LibraryRow | NewLibrary,
         batches: AsyncIterator[Sequence[NewItem]],
         capacity: int = 0,
     ) -> BulkResult:
         """Insert many items as ONE transaction: all of them are stored or none.
 
-        ``library`` is an existing library, or ``(appid, model_id, dim, fingerprint)`` of one to
-        create in the same transaction (so a failed import leaves no empty library behind).
+        ``library`` is an existing library, or a :class:`NewLibrary` created in the same
+        transaction (so a failed import leaves no empty library behind).
         Each batch is one ``executemany``; keys already stored are skipped and counted as
         duplicates. Past ``capacity`` items (0 = unbounded) :class:`TooManyItems` rolls it all
         back. Other writers wait for the commit; readers go on (WAL).
@@ -316,14 +326,15 @@ class Store:
             if isinstance(library, LibraryRow):
                 row = library
             else:
-                appid, model_id, dim, fingerprint = library
                 now = time.time()
                 cursor = await conn.execute(
                     "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) VALUES (?,?,?,?,?)",
-                    (appid, model_id, dim, fingerprint, now),
+                    (library.appid, library.model_id, library.dim, library.fingerprint, now),
                 )
                 assert cursor.lastrowid is not None
-                row = LibraryRow(cursor.lastrowid, appid, model_id, dim, fingerprint, now)
+                row = LibraryRow(
+                    cursor.lastrowid, library.appid, library.model_id, library.dim, library.fingerprint, now
+                )
             async with conn.execute("SELECT count(*) FROM items WHERE lib_id=?", (row.id,)) as cur:
                 stored = int((await cur.fetchone())[0])  # type: ignore[index]
             async for batch in batches:
