@@ -502,12 +502,12 @@ class Store:
 
     async def raw_items(self, lib_id: int, chunk: int = 1024) -> AsyncIterator[list[RawItem]]:
         """Every row of a library as stored, in seq order, in chunks (a repair's scan)."""
-        last: int | None = None
+        last = -(1 << 63)
         while True:
             async with self.reader.execute(
                 "SELECT key, brief, tag1, tag2, vector, seq FROM items "
-                "WHERE lib_id=? AND (? IS NULL OR seq>?) ORDER BY seq LIMIT ?",
-                (lib_id, last, last, chunk),
+                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
             ) as cur:
                 rows = await cur.fetchall()
             if not rows:
