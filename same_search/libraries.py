@@ -193,7 +193,12 @@ class LibraryService:
         A snapshot's graph holds exactly the items stored up to its seq: removals after that seq
         are marked deleted in it, then the rows inserted after it are added. Anything wrong with
         the snapshot (missing, corrupt, inconsistent) costs a rebuild, never a failed start.
+        Rows that cannot be loaded or served raise :class:`BadRows` (the caller sets the library
+        aside): tags are checked first, vectors as they are replayed.
         """
+        bad_tags = await self.store.rows_with_bad_tags(row.id)
+        if bad_tags:
+            raise BadRows(bad_tags)
         count = await self.store.count(row.id)
         try:
             index, removed = await self._open_snapshot(row)

@@ -15,7 +15,7 @@ from images import jpeg
 
 from same_search.contsign import ContSign
 
-LIBRARIES = {"good": range(0, 3), "broken": range(10, 14), "doomed": range(20, 22)}
+LIBRARIES = {"good": range(0, 3), "broken": range(10, 14), "doomed": range(20, 22), "tagged": range(30, 32)}
 
 
 @pytest.fixture
@@ -31,13 +31,12 @@ def admin(d: Daemon, method: str, path: str) -> dict:
         return json.loads(response.read())
 
 
-def corrupt(db: Path, appid: str, seed: int, sql_vector: str) -> None:
-    """Overwrite one row's vector in place, as a bad disk or a hand edit would."""
+def corrupt(db: Path, appid: str, seed: int, assignment: str) -> None:
+    """Overwrite one row in place, as a bad disk, a hand edit or an older version's import would."""
     key = ContSign.of_image(jpeg(seed)).key
     with sqlite3.connect(db) as conn:
         changed = conn.execute(
-            f"UPDATE items SET vector={sql_vector} WHERE key=? "
-            "AND lib_id=(SELECT id FROM libraries WHERE appid=?)",
+            f"UPDATE items SET {assignment} WHERE key=? AND lib_id=(SELECT id FROM libraries WHERE appid=?)",
             (key, appid),
         ).rowcount
     assert changed == 1
@@ -54,9 +53,10 @@ def test_corrupted_rows_set_one_library_aside_and_repair_brings_it_back(daemon):
             )
     daemon.kill()  # no index snapshot: the next start loads every row from the database
     db = daemon.data_dir / "same_search.sqlite3"
-    corrupt(db, "broken", 11, "substr(vector, 1, length(vector) - 4)")  # 1279 floats
-    corrupt(db, "broken", 12, "zeroblob(length(vector))")  # right size, norm 0
-    corrupt(db, "doomed", 21, "x'00'")
+    corrupt(db, "broken", 11, "vector=substr(vector, 1, length(vector) - 4)")  # 1279 floats
+    corrupt(db, "broken", 12, "vector=zeroblob(length(vector))")  # right size, norm 0
+    corrupt(db, "doomed", 21, "vector=x'00'")
+    corrupt(db, "tagged", 31, "tag1=1099511627776, tag2=0")  # would fail every search returning it
 
     daemon.start()  # used to fail: RuntimeError: Wrong dimensionality of the vectors
     found = daemon.rts("search", appid="good", image=b64(jpeg(1)))
@@ -69,7 +69,8 @@ def test_corrupted_rows_set_one_library_aside_and_repair_brings_it_back(daemon):
     health = daemon.get("admin", "/healthz")
     assert health["status"] == "degraded" and health["libraries"] == 1
     named = {entry["appid"]: entry["reason"] for entry in health["unavailable"]}
-    assert set(named) == {"broken", "doomed"}
+    assert set(named) == {"broken", "doomed", "tagged"}
+    assert "tag1 is 1099511627776, not an unsigned 32-bit integer" in named["tagged"]
     bad = ContSign.of_image(jpeg(11))
     assert f"contsign {bad}: vector of 5116 bytes, expected 5120" in named["broken"], named
     log = daemon.log.read_text()
@@ -94,6 +95,9 @@ def test_corrupted_rows_set_one_library_aside_and_repair_brings_it_back(daemon):
     assert repaired["library"]["items"] == 2
     served = daemon.rts("search", appid="broken", image=b64(jpeg(13)))
     assert served["err_no"] == 0 and len(served["data_items"]) == 2
+    assert daemon.get("admin", "/healthz")["status"] == "degraded"  # tagged is still aside
+    assert admin(daemon, "POST", "/api/libraries/tagged/repair")["dropped"] == 1
+    assert daemon.rts("search", appid="tagged", image=b64(jpeg(30)))["err_no"] == 0
     assert daemon.get("admin", "/healthz")["status"] == "ok"
     # A repair of a healthy library finds nothing to drop.
     assert admin(daemon, "POST", "/api/libraries/good/repair")["dropped"] == 0
@@ -101,6 +105,6 @@ def test_corrupted_rows_set_one_library_aside_and_repair_brings_it_back(daemon):
     assert daemon.terminate() == 0
     daemon.start()
     health = daemon.get("admin", "/healthz")
-    assert (health["status"], health["unavailable"], health["libraries"]) == ("ok", [], 2)
+    assert (health["status"], health["unavailable"], health["libraries"]) == ("ok", [], 3)
     assert daemon.rts("snapshot", appid="broken")["snapshot"]["index_size"] == 2
     assert daemon.rts("snapshot", appid="doomed")["err_no"] == 103

@@ -500,6 +500,22 @@ class Store:
             last = int(rows[-1][2])
             yield keys, vectors, last
 
+    async def rows_with_bad_tags(self, lib_id: int, limit: int = 5) -> list[tuple[int, str]]:
+        """(key, problem) of up to ``limit`` rows whose tags are not uint32 (negative, too large,
+        text or blob: SQLite orders text and blobs after every number). Index seeks only, so it is
+        cheap enough for every start; such a row would fail every search that returns it."""
+        found: list[tuple[int, str]] = []
+        for column in ("tag1", "tag2"):
+            async with self.reader.execute(
+                f"SELECT key, {column} FROM items WHERE lib_id=? AND ({column} < 0 OR {column} > ?) LIMIT ?",
+                (lib_id, 0xFFFFFFFF, limit),
+            ) as cur:
+                found += [
+                    (int(r[0]), f"{column} is {r[1]!r}, not an unsigned 32-bit integer")
+                    for r in await cur.fetchall()
+                ]
+        return found[:limit]
+
     async def raw_items(self, lib_id: int, chunk: int = 1024) -> AsyncIterator[list[RawItem]]:
         """Every row of a library as stored, in seq order, in chunks (a repair's scan)."""
         last = -(1 << 63)
