@@ -58,7 +58,7 @@ class Services:
                 "device": info.device,
             },
             "libraries": len(self.libraries.libraries),
-            #: Libraries set aside at start because their rows could not be loaded (see repair).
+            # Libraries set aside at start because their rows could not be loaded (see repair).
             "unavailable": unavailable,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
