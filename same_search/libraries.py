@@ -111,7 +111,8 @@ class Library:
 
 @dataclass(frozen=True)
 class Unavailable:
-    """A library whose index could not be built from its rows at start: set aside, not served."""
+    """A library whose index could not be built from its rows (at start, or after an import
+    that could not be indexed): set aside, named, not served, until repaired or deleted."""
 
     row: LibraryRow
     reason: str
