@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,27 +21,38 @@ import numpy as np
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
+    BadRows,
+    IndexingFailed,
     ItemRow,
+    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
     LibraryGone,
+    LibraryRow,
     NewItem,
+    NewLibrary,
     StorageError,
     TagFilter,
     Tags,
+    TooManyItems,
+    Unavailable,
 )
 from same_search.config import Config
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
-from same_search.errors import ApiError, ErrNo
+from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.index.vectors import vector_problem
 from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
+from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Rows a repair reports one by one (all of them are dropped).
+REPAIR_REPORT_MAX = 1000
 #: Nearest items offered to the near-duplicate decision (more than it reports: a verifier may drop some).
 NEAR_DUPLICATE_CANDIDATES = 32
 
@@ -56,6 +67,7 @@ __all__ = [
     "NearDuplicateAdd",
     "SearchPage",
     "TagFilter",
+    "Unavailable",
 ]
 
 
@@ -113,6 +125,15 @@ class SearchPage:
 
 
 @dataclass(frozen=True)
+class RepairReport:
+    """What a repair dropped, and whether it brought a set-aside library back."""
+
+    appid: str
+    dropped: list[tuple[ContSign, str]]
+    restored: bool
+
+
+@dataclass(frozen=True)
 class LibraryCensus:
     """What /metrics reports per library."""
 
@@ -144,6 +165,9 @@ class LibraryService:
         self._signup_lock = asyncio.Lock()
         #: Per library: held while a near-duplicate check and the store that follows it run.
         self._dup_locks: dict[str, asyncio.Lock] = {}
+        #: Libraries whose rows could not be loaded at start, by appid: named, not served.
+        self.unavailable: dict[str, Unavailable] = {}
+        self._repair_lock = asyncio.Lock()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -151,8 +175,21 @@ class LibraryService:
         """Open the backend and load every library (refusing libraries of another model)."""
         await self.backend.open()
         for lib in await self.backend.load_libraries():
+            if isinstance(lib, Unavailable):
+                self._set_aside(lib.row, lib.reason)
+                continue
             self._check_model(lib)
             self.libraries[lib.row.appid] = lib
+
+    def _set_aside(self, row: LibraryRow, reason: str) -> None:
+        self.unavailable[row.appid] = Unavailable(row, reason)
+        log.error(
+            "library %s is UNAVAILABLE, every other library serves: %s. Its rows are untouched; "
+            "POST /api/libraries/%s/repair drops the rows that cannot be loaded and brings it back",
+            row.appid,
+            reason,
+            row.appid,
+        )
 
     def _check_model(self, lib: Library) -> None:
         info, row = self.embed.info, lib.row
@@ -203,6 +240,8 @@ class LibraryService:
         """
         lib = self.libraries.get(appid)
         if lib is None:
+            if appid in self.unavailable:
+                raise self._unavailable_error(appid)
             lib = await self.backend.find_library(appid)
             if lib is None:
                 raise _not_signed_up(appid)
@@ -212,6 +251,22 @@ class LibraryService:
                 raise ApiError(ErrNo.INTERNAL, str(exc)) from exc
             lib = self.libraries.setdefault(appid, lib)
         return lib
+
+    def _unavailable_error(self, appid: str) -> ApiError:
+        return ApiError(
+            ErrNo.BS_UNAVAILABLE,
+            f"library {appid!r} is unavailable: {self.unavailable[appid].reason}. The operator can "
+            f"drop the rows that cannot be loaded with POST /api/libraries/{appid}/repair",
+        )
+
+    async def get_any(self, appid: str) -> Library | Unavailable:
+        """A library whether it serves or is set aside (deleting, listing); err_no 103 otherwise."""
+        found = self.unavailable.get(appid)
+        return found if found is not None else await self.get(appid)
+
+    async def stored_count(self, lib: Library | Unavailable) -> int:
+        """Items a library holds (also one set aside, whose index is not loaded)."""
+        return await self.backend.stored_count(lib.row)
 
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
@@ -228,7 +283,8 @@ class LibraryService:
         """Create a library for the serving model; err_no 104 if it exists."""
         async with self._signup_lock:
             exists = ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
-            if appid in self.libraries or await self.backend.find_library(appid) is not None:
+            taken = appid in self.libraries or appid in self.unavailable
+            if taken or await self.backend.find_library(appid) is not None:
                 raise exists
             info = self.embed.info
             try:
@@ -304,11 +360,23 @@ class LibraryService:
     ) -> list[Hit]:
         """Store an item with an already computed vector (``add`` and imports); 101 if stored.
 
+        The last check before storage: a vector that is not a finite unit vector of the
+        library's dimension, tags outside uint32 or an over-long brief are refused here, whatever
+        path they came by, so no stored row can later keep the library from loading.
+
         Under an active ``policy`` the near-duplicate check and the store run under the library's
         near-duplicate lock, so two close images added at once through this daemon cannot both
         pass it (through two daemons on a shared backend they can: docs/scale-out.md). Returns the
         near-duplicates found (always empty when ``policy`` is off).
         """
+        problem = vector_problem(np.asarray(vector), lib.row.dim)
+        if problem is not None:
+            raise ApiError(ErrNo.INTERNAL, f"refusing to store contsign {contsign}: {problem}")
+        problem = tags_problem(tags)
+        if problem is not None:
+            raise bad_request(problem)
+        if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
+            raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
         if not policy.active:
             await self._store_one(lib, contsign, brief, tags, vector, thumbnail)
             return []
@@ -328,7 +396,7 @@ class LibraryService:
         vector: np.ndarray,
         thumbnail: bytes | None,
     ) -> None:
-        stored = await self.store_vectors(lib, [NewItem(contsign.key, brief, tags, vector, thumbnail)])
+        stored = await self.store_vectors(lib, [ItemToAdd(contsign.key, brief, tags, vector, thumbnail)])
         if not stored[0]:
             await self._refuse_duplicate(lib, contsign)
             raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
@@ -353,7 +421,7 @@ class LibraryService:
         await self._call(lib, self.backend.update_library(lib, row))
         lib.row = row
 
-    async def store_vectors(self, lib: Library, items: list[NewItem]) -> list[bool]:
+    async def store_vectors(self, lib: Library, items: list[ItemToAdd]) -> list[bool]:
         """Store a batch of items with their vectors; False for each key already stored."""
         capacity = self.cfg.limits.library_capacity
         return await self._call(lib, self.backend.add_items(lib, items, capacity))
@@ -408,18 +476,126 @@ class LibraryService:
 
     # ---- management ------------------------------------------------------------------------------
 
-    async def delete_library(self, lib: Library) -> None:
-        """Drop a library: its items, thumbnails and search structure."""
-        await self._call(lib, self.backend.delete_library(lib))
+    async def delete_library(self, lib: Library | Unavailable) -> None:
+        """Drop a library, served or set aside: its items, thumbnails and search structure."""
+        try:
+            await self.backend.delete_library(lib)
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
         self.libraries.pop(lib.row.appid, None)
+        self.unavailable.pop(lib.row.appid, None)
         log.info("library %s deleted", lib.row.appid)
 
     async def rebuild(self, lib: Library) -> float:
         """Rebuild a library's search structure from its items (drops deleted slots); returns seconds."""
         started = asyncio.get_running_loop().time()
-        await self._call(lib, self.backend.rebuild(lib))
+        try:
+            await self._call(lib, self.backend.rebuild(lib))
+        except BadRows as exc:
+            raise ApiError(
+                ErrNo.INTERNAL,
+                f"cannot rebuild library {lib.row.appid!r}, the current index keeps serving: "
+                f"{load_failure_reason(exc)}; POST /api/libraries/{lib.row.appid}/repair drops them",
+            ) from exc
         log.info("library %s: index rebuilt (%d items)", lib.row.appid, await self.count(lib))
         return asyncio.get_running_loop().time() - started
+
+    async def repair(self, appid: str) -> RepairReport:
+        """Drop every row of a library that cannot be loaded or served, and bring it back.
+
+        Scans all rows (vector size, finite unit vector, tags, brief type). A served library
+        loses those rows through the ordinary removal path; a set-aside one loses them, then it
+        is loaded again: on success it serves, otherwise it stays aside with the new reason
+        (err_no 6). Nothing is dropped automatically at start: the operator decides (a backup
+        may hold the good rows).
+        """
+        async with self._repair_lock:
+            target = await self.get_any(appid)
+            try:
+                bad = await self.backend.bad_rows(target.row)
+            except StorageError as exc:
+                raise _storage_failed(exc) from exc
+            dropped = [(ContSign.from_key(key), problem) for key, problem in bad]
+            if isinstance(target, Library):
+                if dropped:
+                    await self.remove(target, [contsign for contsign, _ in dropped])
+                    log.warning("library %s: repair dropped %d rows: %s", appid, len(bad), bad_rows_text(bad))
+                return RepairReport(appid, dropped, restored=False)
+            if bad:
+                try:
+                    await self.backend.drop_rows(target.row, [key for key, _ in bad])
+                except StorageError as exc:
+                    raise _storage_failed(exc) from exc
+            try:
+                lib = await self.backend.load_library(target.row)
+            except Exception as exc:
+                reason = load_failure_reason(exc)
+                self._set_aside(target.row, reason)
+                raise ApiError(
+                    ErrNo.BS_UNAVAILABLE,
+                    f"library {appid!r} is still unavailable after dropping {len(bad)} rows: {reason}",
+                ) from exc
+            self.unavailable.pop(appid, None)
+            self.libraries[appid] = lib
+            log.warning(
+                "library %s repaired: %d rows dropped, serving again with %d items",
+                appid,
+                len(bad),
+                await self.count(lib),
+            )
+            return RepairReport(appid, dropped, restored=True)
+
+    async def import_items(
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+    ) -> tuple[Library, int, int]:
+        """Store already validated items with their vectors; (library, imported, duplicates).
+
+        The library is created when missing. On the local backend one database transaction holds
+        every row (and the library when the import creates it), so a failure leaves nothing
+        behind; on Milvus batches are upserted one by one (docs/scale-out.md). Shielded: once
+        storing starts, the index must follow it even if the caller goes away.
+        """
+        return await asyncio.shield(self._import_items(appid, batches))
+
+    async def _import_items(
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+    ) -> tuple[Library, int, int]:
+        capacity = self.cfg.limits.library_capacity
+        if appid in self.unavailable:
+            raise self._unavailable_error(appid)
+        try:
+            target: Library | NewLibrary = await self.get(appid)
+        except ApiError as exc:
+            if exc.err_no != ErrNo.NOT_SIGNED_UP:
+                raise
+            info = self.embed.info
+            target = NewLibrary(appid, info.model_id, info.dim, info.fingerprint)
+        try:
+            if isinstance(target, NewLibrary):
+                async with self._signup_lock:  # a signup meanwhile gets 104
+                    lib, imported, duplicates = await self.backend.import_items(target, batches, capacity)
+                    self.libraries[appid] = lib
+                log.info("library %s created by an import of %d items", appid, imported)
+            else:
+                lib, imported, duplicates = await self._call(
+                    target, self.backend.import_items(target, batches, capacity)
+                )
+                log.info("library %s: imported %d items (%d duplicates)", appid, imported, duplicates)
+        except TooManyItems as exc:
+            raise ApiError(ErrNo.INTERNAL, f"{exc}; nothing was imported") from exc
+        except AlreadyExists as exc:
+            raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up") from exc
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        except IndexingFailed as exc:
+            # The index no longer matches the stored rows: set aside (named, repairable), not served.
+            self.libraries.pop(appid, None)
+            self._set_aside(exc.row, load_failure_reason(exc.cause))
+            raise ApiError(
+                ErrNo.INTERNAL,
+                f"the import was stored but could not be indexed: {load_failure_reason(exc.cause)}",
+            ) from exc
+        return lib, imported, duplicates
 
     async def items_page(self, lib: Library, offset: int, limit: int) -> list[tuple[Item, float, float]]:
         """(item, created_at, updated_at) in insertion order."""
@@ -450,10 +626,29 @@ class LibraryService:
         async for chunk in self.backend.export_items(lib):
             yield [(_item(row), vector) for row, vector in chunk]
 
+    async def all_stats(self) -> list[dict]:
+        """Every library, served ones first, then those set aside (with their reason)."""
+        served = [await self.stats(lib) for lib in await self.all()]
+        return served + [self.unavailable_stats(aside) for aside in self.unavailable.values()]
+
+    def unavailable_stats(self, aside: Unavailable) -> dict:
+        """What the management API reports about a library set aside at start."""
+        return {
+            "appid": aside.row.appid,
+            "status": "unavailable",
+            "reason": aside.reason,
+            "items": None,
+            "model": aside.row.model_id,
+            "dim": aside.row.dim,
+            "fingerprint": aside.row.fingerprint,
+            "created": aside.row.created_at,
+        }
+
     async def stats(self, lib: Library) -> dict:
         """What the management API reports about one library."""
         return {
             "appid": lib.row.appid,
+            "status": "ok",
             "items": await self.count(lib),
             "capacity": self.cfg.limits.library_capacity,
             "model": lib.row.model_id,

@@ -24,13 +24,27 @@ from typing import Any, Protocol
 import numpy as np
 
 # The row types live with the SQLite store, where they were born; every backend speaks them.
-from same_search.store.db import AlreadyExists, ItemRow, JobRow, LibraryRow, StorageError
+# NewItem / NewLibrary are what a checked export import streams (vectors as float32 bytes).
+from same_search.store.db import (
+    AlreadyExists,
+    BadRows,
+    ItemRow,
+    JobRow,
+    LibraryRow,
+    NewItem,
+    NewLibrary,
+    StorageError,
+    TooManyItems,
+)
 
 __all__ = [
     "AlreadyExists",
     "Backend",
     "BackendUnavailable",
+    "BadRows",
+    "IndexingFailed",
     "ItemRow",
+    "ItemToAdd",
     "JobLedger",
     "JobRow",
     "Library",
@@ -38,9 +52,12 @@ __all__ = [
     "LibraryGone",
     "LibraryRow",
     "NewItem",
+    "NewLibrary",
     "SearchResult",
     "StorageError",
     "TagFilter",
+    "TooManyItems",
+    "Unavailable",
 ]
 
 Tags = tuple[int, int]
@@ -72,7 +89,7 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
-class NewItem:
+class ItemToAdd:
     """An item about to be stored, with its already computed vector."""
 
     key: int
@@ -92,6 +109,24 @@ class Library:
 
 class LibraryFull(Exception):
     """The library already holds the configured ``library_capacity`` items."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A library whose rows could not be loaded (at start, or after an import that could not be
+    indexed): set aside, named, not served, until repaired or deleted."""
+
+    row: LibraryRow
+    reason: str
+
+
+class IndexingFailed(Exception):
+    """Rows were committed but could not be indexed: the library no longer matches its rows."""
+
+    def __init__(self, row: LibraryRow, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.row = row
+        self.cause = cause
 
 
 class BackendUnavailable(RuntimeError):
@@ -158,8 +193,14 @@ class Backend(ABC):
     # ---- libraries -------------------------------------------------------------------------------
 
     @abstractmethod
-    async def load_libraries(self) -> list[Library]:
-        """Every library, ready to serve (local: snapshot loaded and replayed, or rebuilt)."""
+    async def load_libraries(self) -> list[Library | Unavailable]:
+        """Every library, ready to serve (local: snapshot loaded and replayed, or rebuilt), or
+        :class:`Unavailable` with the reason when its rows cannot be loaded: one library's rows
+        never stop the others from serving."""
+
+    @abstractmethod
+    async def load_library(self, row: LibraryRow) -> Library:
+        """Load one library again (after a repair); raises when its rows still cannot be loaded."""
 
     @abstractmethod
     async def find_library(self, appid: str) -> Library | None:
@@ -173,8 +214,32 @@ class Backend(ABC):
         """A new empty library; :class:`AlreadyExists` if the appid is taken."""
 
     @abstractmethod
-    async def delete_library(self, lib: Library) -> None:
-        """Drop a library and everything it holds."""
+    async def delete_library(self, lib: Library | Unavailable) -> None:
+        """Drop a library (served or set aside) and everything it holds."""
+
+    @abstractmethod
+    async def stored_count(self, row: LibraryRow) -> int:
+        """Items stored for a library, also one set aside (no index needed)."""
+
+    @abstractmethod
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        """(key, problem) of every stored row that cannot be loaded or served (a repair's scan)."""
+
+    @abstractmethod
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        """Delete rows of a library that is set aside (no index to keep in step)."""
+
+    @abstractmethod
+    async def import_items(
+        self, target: Library | NewLibrary, batches: AsyncIterator[Sequence[NewItem]], capacity: int = 0
+    ) -> tuple[Library, int, int]:
+        """Store checked items with their vectors; (library, imported, duplicates).
+
+        ``target`` is a served library, or a :class:`NewLibrary` the import creates. Keys already
+        stored count as duplicates and are left as they were. Raises :class:`TooManyItems` past
+        ``capacity`` (nothing stored), :class:`AlreadyExists` if a created library's appid is
+        taken, :class:`IndexingFailed` if the rows were stored but could not be indexed.
+        """
 
     @abstractmethod
     async def update_library(self, lib: Library, row: LibraryRow) -> None:
@@ -188,7 +253,7 @@ class Backend(ABC):
         """Stored items."""
 
     @abstractmethod
-    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
         """Store items (durably, then searchable at once); one flag per item: False = key was stored.
 
         Args:

@@ -21,26 +21,37 @@ import numpy as np
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
+    BadRows,
+    IndexingFailed,
     ItemRow,
+    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
     LibraryRow,
     NewItem,
+    NewLibrary,
     SearchResult,
     TagFilter,
     Tags,
+    Unavailable,
 )
 from same_search.config import Config
 from same_search.index import snapshot
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
+from same_search.index.vectors import row_problems
+from same_search.rows import load_failure_reason, raw_item_problems
 from same_search.store.db import Store
 
 log = logging.getLogger(__name__)
 
 #: Seconds between progress lines of a long index rebuild or replay.
 REPLAY_LOG_S = 15.0
+#: Rows per graph insert when a library that serves takes a bulk import. Each insert holds the
+#: index thread, which every library's searches share, so it is kept small: a search waits for
+#: at most one such batch (HNSW inserts at 1280-d cost milliseconds each).
+LIVE_BATCH = 128
 
 
 def _index(lib: Library) -> LibraryIndex:
@@ -82,16 +93,20 @@ class LocalBackend(Backend):
 
     # ---- libraries -------------------------------------------------------------------------------
 
-    async def load_libraries(self) -> list[Library]:
-        libs = []
+    async def load_libraries(self) -> list[Library | Unavailable]:
+        libs: list[Library | Unavailable] = []
         for row in await self.store.libraries():
-            started = time.monotonic()
-            index = await self._load_index(row)
-            libs.append(Library(row, index))
-            log.info(
-                "library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started
-            )
+            try:
+                libs.append(await self.load_library(row))
+            except Exception as exc:  # one library's rows must never stop the others from serving
+                libs.append(Unavailable(row, load_failure_reason(exc)))
         return libs
+
+    async def load_library(self, row: LibraryRow) -> Library:
+        started = time.monotonic()
+        index = await self._load_index(row)
+        log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
+        return Library(row, index)
 
     async def find_library(self, appid: str) -> Library | None:
         return None  # only this daemon writes its data dir: every library is loaded at start
@@ -100,12 +115,49 @@ class LocalBackend(Backend):
         row = await self.store.create_library(appid, model_id, dim, fingerprint)
         return Library(row, LibraryIndex.empty(dim, self.cfg.index, self._index_pool))
 
-    async def delete_library(self, lib: Library) -> None:
-        async with self.write_lock(lib):
+    async def delete_library(self, lib: Library | Unavailable) -> None:
+        async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
             await self.store.delete_library(lib.row.id)
             for path in snapshot.paths(self.index_dir, lib.row.id):
                 path.unlink(missing_ok=True)
         self._locks.pop(lib.row.id, None)
+
+    async def stored_count(self, row: LibraryRow) -> int:
+        return await self.store.count(row.id)
+
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        bad: list[tuple[int, str]] = []
+        async for chunk in self.store.raw_items(row.id):
+            bad += raw_item_problems(chunk, row.dim)
+        return bad
+
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        await self.store.remove_items(row.id, keys)
+
+    async def import_items(
+        self, target: Library | NewLibrary, batches: AsyncIterator[Sequence[NewItem]], capacity: int = 0
+    ) -> tuple[Library, int, int]:
+        """One database transaction holds every row (and the library itself when the import
+        creates it), so a failure or a crash leaves nothing behind; once committed, the rows
+        enter the index in batches of ``LIVE_BATCH``, one graph insert each."""
+        if isinstance(target, NewLibrary):
+            created = await self.store.insert_items(target, batches, capacity)
+            index = LibraryIndex.empty(
+                created.library.dim, self.cfg.index, self._index_pool, capacity=max(created.inserted, 16)
+            )
+            await self._index_committed(index, created.library, live=False)
+            return Library(created.library, index), created.inserted, created.duplicates
+        async with self.write_lock(target):
+            result = await self.store.insert_items(target.row, batches, capacity)
+            await self._index_committed(_index(target), target.row, live=True)
+        return target, result.inserted, result.duplicates
+
+    async def _index_committed(self, index: LibraryIndex, row: LibraryRow, live: bool) -> None:
+        try:
+            await self._replay(index, row, live=live)
+        except Exception as exc:
+            log.exception("library %s: indexing the imported rows failed", row.appid)
+            raise IndexingFailed(row, exc) from exc
 
     async def update_library(self, lib: Library, row: LibraryRow) -> None:
         await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
@@ -116,7 +168,12 @@ class LocalBackend(Backend):
         A snapshot's graph holds exactly the items stored up to its seq: removals after that seq
         are marked deleted in it, then the rows inserted after it are added. Anything wrong with
         the snapshot (missing, corrupt, inconsistent) costs a rebuild, never a failed start.
+        Rows that cannot be loaded or served raise :class:`BadRows` (the service sets the library
+        aside): tags are checked first, vectors as they are replayed.
         """
+        bad_tags = await self.store.rows_with_bad_tags(row.id)
+        if bad_tags:
+            raise BadRows(bad_tags)
         count = await self.store.count(row.id)
         try:
             index, removed = await self._open_snapshot(row)
@@ -139,16 +196,28 @@ class LocalBackend(Backend):
             )
         return index
 
-    async def _replay(self, index: LibraryIndex, row: LibraryRow, total: int | None = None) -> int:
+    async def _replay(
+        self, index: LibraryIndex, row: LibraryRow, total: int | None = None, live: bool = False
+    ) -> int:
         """Add the rows inserted after the index's seq; returns how many.
 
-        A long replay (a rebuild of a large library takes minutes) logs its progress every
-        ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive and when it ends.
+        Every chunk is checked first: a row that is not a finite unit vector of the library's
+        dimension raises :class:`BadRows` naming it, before anything of that chunk is indexed.
+        ``live``: the index is already serving, so inserts go through its own thread in batches
+        of ``LIVE_BATCH``. A long replay (a rebuild of a large library takes minutes) logs its
+        progress every ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive.
         """
         replayed = 0
         started = last_log = time.monotonic()
-        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq):
-            await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+        chunk = LIVE_BATCH if live else 4096
+        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq, row.dim, chunk):
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(chunk_keys[i]), problem) for i, problem in bad])
+            if live:
+                await index.add_batch(chunk_keys, vectors, seq)
+            else:
+                await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
             replayed += len(chunk_keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -181,7 +250,7 @@ class LocalBackend(Backend):
     async def count(self, lib: Library) -> int:
         return _index(lib).count()
 
-    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
         stored = []
         async with self.write_lock(lib):
             index = _index(lib)

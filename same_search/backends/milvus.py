@@ -48,16 +48,20 @@ from same_search.backends.base import (
     Backend,
     BackendUnavailable,
     ItemRow,
+    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
     LibraryGone,
     LibraryRow,
     NewItem,
+    NewLibrary,
     SearchResult,
     StorageError,
     TagFilter,
     Tags,
+    TooManyItems,
+    Unavailable,
 )
 from same_search.config import Config
 from same_search.store.db import Store
@@ -218,6 +222,11 @@ class MilvusBackend(Backend):
             await self._load(_name(lib))
         return sorted(libs, key=lambda lib: lib.row.created_at)
 
+    async def load_library(self, row: LibraryRow) -> Library:
+        name = collection_name(row.appid)
+        await self._load(name)
+        return Library(row, name)
+
     async def _load(self, name: str) -> None:
         """Load a library's collection into the query nodes (needed again after a restart)."""
         replicas = self.cfg.storage.milvus_replicas
@@ -300,11 +309,45 @@ class MilvusBackend(Backend):
             num_shards=self.cfg.storage.milvus_shards,
         )
 
-    async def delete_library(self, lib: Library) -> None:
+    async def delete_library(self, lib: Library | Unavailable) -> None:
         """Catalogue row first (the library disappears for every daemon), then the collection."""
-        await self._run(self.client.delete, CATALOGUE, ids=[_name(lib)])
+        name = collection_name(lib.row.appid)
+        await self._run(self.client.delete, CATALOGUE, ids=[name])
         with contextlib.suppress(LibraryGone):  # dropped by another daemon at the same time
-            await self._run(self.client.drop_collection, _name(lib))
+            await self._run(self.client.drop_collection, name)
+
+    async def stored_count(self, row: LibraryRow) -> int:
+        return await self.count(Library(row, collection_name(row.appid)))
+
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        """None: Milvus's schema refuses a wrong dimension or type at write time."""
+        return []
+
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        await self._run(self.client.delete, collection_name(row.appid), ids=list(keys))
+
+    async def import_items(
+        self, target: Library | NewLibrary, batches: AsyncIterator[Sequence[NewItem]], capacity: int = 0
+    ) -> tuple[Library, int, int]:
+        """Upserted batch by batch: unlike SQLite there is no transaction around the whole file,
+        so a failure part-way leaves the batches before it stored (importing the file again
+        counts them as duplicates); the capacity is checked before each batch."""
+        if isinstance(target, NewLibrary):
+            lib = await self.create_library(target.appid, target.model_id, target.dim, target.fingerprint)
+        else:
+            lib = target
+        inserted = duplicates = 0
+        async for batch in batches:
+            if capacity and await self.count(lib) + len(batch) > capacity:
+                raise TooManyItems(f"library {lib.row.appid!r} would hold more than {capacity} items")
+            items = [
+                ItemToAdd(item.key, item.brief, item.tags, np.frombuffer(item.vector, dtype="<f4"))
+                for item in batch
+            ]
+            stored = await self.add_items(lib, items)
+            inserted += sum(stored)
+            duplicates += len(stored) - sum(stored)
+        return lib, inserted, duplicates
 
     # ---- items -----------------------------------------------------------------------------------
 
@@ -321,7 +364,7 @@ class MilvusBackend(Backend):
             found.update({int(e["key"]): e[field] for e in entities})
         return found
 
-    def _entity(self, item: NewItem, now: float, seq: int, writer: int) -> dict[str, Any]:
+    def _entity(self, item: ItemToAdd, now: float, seq: int, writer: int) -> dict[str, Any]:
         thumbnail = base64.b64encode(item.thumbnail or b"").decode()
         if len(thumbnail) > MAX_VARCHAR:
             if not self._warned_thumbnail:
@@ -342,7 +385,7 @@ class MilvusBackend(Backend):
             "vector": np.asarray(item.vector, dtype=np.float32).ravel().tolist(),
         }
 
-    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
         """Upsert the new items, then read back whose write each key holds.
 
         Milvus has no conditional insert, so "stored by this call" is decided in three steps:
