@@ -236,7 +236,8 @@ async def test_store_layer_refuses_rows_that_could_not_be_loaded(client, api):
 
 
 def http(d: Daemon, method: str, path: str, data: bytes | None = None) -> bytes:
-    request = urllib.request.Request(d.url("admin", path), data=data, method=method)
+    headers = {"Content-Type": "application/zip"} if data is not None else {}  # the browser guard wants it
+    request = urllib.request.Request(d.url("admin", path), data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return response.read()
 
