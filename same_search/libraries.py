@@ -271,7 +271,8 @@ class LibraryService:
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
         if self.backend.shared:
-            current = {lib.row.appid: lib for lib in await self.backend.load_libraries()}
+            loaded = await self.backend.load_libraries()
+            current = {lib.row.appid: lib for lib in loaded if isinstance(lib, Library)}
             for appid in list(self.libraries):
                 if appid not in current:  # deleted through another daemon
                     del self.libraries[appid]

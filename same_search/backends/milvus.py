@@ -213,13 +213,19 @@ class MilvusBackend(Backend):
         values = {k: v for k, v in json.loads(entity["row"]).items() if k in known}
         return Library(LibraryRow(**{**values, "id": _row_id(entity["name"])}), entity["name"])
 
-    async def load_libraries(self) -> list[Library]:
+    async def load_libraries(self) -> list[Library | Unavailable]:
         entities = await self._run(
             self.client.query, CATALOGUE, filter='name != ""', output_fields=["name", "row"], limit=MAX_TOPK
         )
-        libs = [self._library(e) for e in entities]
-        for lib in libs:
-            await self._load(_name(lib))
+        libs: list[Library | Unavailable] = []
+        for entity in entities:
+            lib = self._library(entity)
+            try:
+                await self._load(_name(lib))
+            except (StorageError, LibraryGone) as exc:  # one collection must not stop the others
+                libs.append(Unavailable(lib.row, f"Milvus cannot load its collection: {exc}"))
+                continue
+            libs.append(lib)
         return sorted(libs, key=lambda lib: lib.row.created_at)
 
     async def load_library(self, row: LibraryRow) -> Library:
