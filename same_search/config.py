@@ -85,6 +85,8 @@ class ModelConfig:
     precision_check_s: float = 5.0
     #: File caching that check's outcome per machine and model; empty = ~/.cache/same_search/precision.json.
     precision_cache: str = ""
+    #: With a CUDA device, decode JPEGs on it (nvJPEG), others and refused files on the CPU.
+    gpu_decode: bool = True
     #: Milliseconds the batcher waits for more requests before running a partial batch.
     max_wait_ms: float = 2.0
     #: Requests allowed to wait for the embedder; beyond that the answer is err_no 99 at once.

@@ -242,10 +242,21 @@ class Embedder:
         overlaps; scaling, the forward pass in the plan's precision, pooling and normalisation
         all run on the device. Pooling and normalisation are always fp32.
         """
-        count = len(batch)
         pixels = torch.from_numpy(batch)
         if self.device.type == "cuda":
             pixels = self._pad_to_bucket(pixels).pin_memory()
+        return self._forward(pixels, len(batch), precision)
+
+    @torch.inference_mode()
+    def embed_tensor(self, pixels: torch.Tensor, precision: str | None = None) -> np.ndarray:
+        """Like :meth:`embed` for (N, 3, S, S) uint8 pixels already in a tensor, on the CPU or
+        already on the device (pictures decoded by nvJPEG)."""
+        count = len(pixels)
+        if self.device.type == "cuda":
+            pixels = self._pad_to_bucket(pixels)
+        return self._forward(pixels, count, precision)
+
+    def _forward(self, pixels: torch.Tensor, count: int, precision: str | None) -> np.ndarray:
         x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with self._autocast(precision or self.plan.precision):

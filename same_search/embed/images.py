@@ -40,10 +40,7 @@ def decode(data: bytes, limits: ImageLimits, target_side: int) -> Image.Image:
     skips DCT coefficients, which is several times faster and uses a fraction of the memory,
     while the result stays at least ``target_side`` on its shorter side.
     """
-    if not data:
-        raise bad_image(ImageSubCode.EMPTY, "image is empty")
-    image = _open(data)
-    _check_size(image.size, limits)
+    image = open_checked(data, limits)
     if image.format == "JPEG" and min(image.size) > 2 * target_side:
         image.draft("RGB", _draft_size(image.size, target_side))
     try:
@@ -54,6 +51,15 @@ def decode(data: bytes, limits: ImageLimits, target_side: int) -> Image.Image:
             return _to_rgb(image)
     except Exception as exc:  # truncated data, bad Huffman tables, ... all look the same to clients
         raise bad_image(ImageSubCode.UNDECODABLE, f"image cannot be decoded: {exc}") from exc
+
+
+def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``data`` opened (header only, no pixels decoded) with its format and size checked."""
+    if not data:
+        raise bad_image(ImageSubCode.EMPTY, "image is empty")
+    image = _open(data)
+    _check_size(image.size, limits)
+    return image
 
 
 def _open(data: bytes) -> Image.Image:

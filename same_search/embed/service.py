@@ -4,6 +4,9 @@ A request decodes its image in a worker thread (so the event loop never touches 
 then waits in a bounded queue; one background task takes up to ``max_batch`` queued images,
 runs a single forward pass in the inference thread, and hands each request its vector. While
 one batch runs, the next batch's images are already being decoded in the other threads.
+
+With a CUDA device the decode threads only check each JPEG's header and the batch is decoded
+on the card (:mod:`same_search.embed.gpu_decode`); other formats are decoded here as before.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder, ModelInfo
-from same_search.embed.images import ImageLimits, decode, make_thumbnail
+from same_search.embed.gpu_decode import Decoded, JpegBatchDecoder, gather_batch, gpu_eligible, jpeg_thumbnail
+from same_search.embed.images import ImageLimits, decode, make_thumbnail, open_checked
 from same_search.errors import ApiError, ErrNo
 
 log = logging.getLogger(__name__)
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Job:
-    pixels: np.ndarray
+    decoded: Decoded
     future: asyncio.Future[np.ndarray]
 
 
@@ -41,7 +45,10 @@ class EmbedService:
         limits: LimitsConfig,
         decode_threads: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        gpu_decoder: JpegBatchDecoder | None = None,
     ) -> None:
+        """``gpu_decoder`` decodes JPEGs in the batch; by default nvJPEG when the embedder runs
+        on CUDA and ``[model] gpu_decode`` is on (tests inject a stand-in on the CPU)."""
         self.embedder = embedder
         self.cfg = cfg
         self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
@@ -58,6 +65,9 @@ class EmbedService:
         self.batches = 0
         self.images = 0
         self._on_batch = on_batch
+        if gpu_decoder is None and embedder.device.type == "cuda" and cfg.gpu_decode:
+            gpu_decoder = JpegBatchDecoder.probe(embedder.device, cfg.image_size)
+        self.gpu_decoder = gpu_decoder
 
     @property
     def info(self) -> ModelInfo:
@@ -118,17 +128,33 @@ class EmbedService:
 
     async def _embed(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
         loop = asyncio.get_running_loop()
-        pixels, thumbnail = await loop.run_in_executor(self._decode_pool, self._decode, data, thumbnail_side)
+        decoded, thumbnail = await loop.run_in_executor(self._decode_pool, self._decode, data, thumbnail_side)
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting += 1
-        await self._queue.put(_Job(pixels, future))
+        await self._queue.put(_Job(decoded, future))
         return await future, thumbnail
 
-    def _decode(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
+    def _decode(self, data: bytes, thumbnail_side: int) -> tuple[Decoded, bytes | None]:
+        if self.gpu_decoder is not None:
+            opened = open_checked(data, self.limits)  # limits checked here, whoever decodes
+            if gpu_eligible(opened):
+                return Decoded(jpeg=data), jpeg_thumbnail(opened, thumbnail_side) if thumbnail_side else None
         image = decode(data, self.limits, self.cfg.image_size)
-        return self.embedder.preprocess(image), make_thumbnail(
-            image, thumbnail_side
-        ) if thumbnail_side else None
+        thumbnail = make_thumbnail(image, thumbnail_side) if thumbnail_side else None
+        return Decoded(pixels=self.embedder.preprocess(image)), thumbnail
+
+    def _cpu_pixels(self, data: bytes) -> np.ndarray:
+        """A JPEG the GPU refused, decoded here (its error, if any, is the request's answer)."""
+        return self.embedder.preprocess(decode(data, self.limits, self.cfg.image_size))
+
+    def _forward(self, jobs: list[_Job]) -> list[np.ndarray | Exception]:
+        """One forward pass over ``jobs``, in the inference thread: a vector or an error per job."""
+        items = [job.decoded for job in jobs]
+        if all(item.pixels is not None for item in items):
+            return list(self.embedder.embed(np.stack([item.pixels for item in items])))
+        pixels, errors = gather_batch(items, self.gpu_decoder, self._cpu_pixels)
+        vectors = iter(self.embedder.embed_tensor(pixels) if pixels is not None else ())
+        return [error if error is not None else next(vectors) for error in errors]
 
     def _decoding(self) -> int:
         """Admitted requests still decoding: neither waiting for a forward pass nor in one."""
@@ -142,10 +168,9 @@ class EmbedService:
             jobs = [job for job in jobs if not job.future.done()]  # timed out while queued
             if not jobs:
                 continue
-            batch = np.stack([job.pixels for job in jobs])
             self._in_forward += len(jobs)
             try:
-                vectors = await loop.run_in_executor(self._infer_pool, self.embedder.embed, batch)
+                vectors = await loop.run_in_executor(self._infer_pool, self._forward, jobs)
             except Exception as exc:
                 log.exception("forward pass failed for a batch of %d", len(jobs))
                 for job in jobs:
@@ -161,7 +186,11 @@ class EmbedService:
             if self._on_batch is not None:
                 self._on_batch(len(jobs))
             for job, vector in zip(jobs, vectors, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(vector, Exception):
+                    job.future.set_exception(vector)
+                else:
                     job.future.set_result(vector)
 
     async def _collect(self) -> list[_Job]:
