@@ -13,7 +13,9 @@ be the default only if retrieval quality stays within 1 point of fp32.
   once on real photos not in the test set (the best case). Not offered by the daemon: see
   docs/quality.md. fbgemm's int8 kernels are timed too.
 
-Photos come from ``../shared/data`` when present, else generated pictures (then P@10 is skipped).
+Photos come from ``../shared/data`` (or ``--data``) when present, else generated pictures (then
+P@10 is skipped). The last line is what the daemon's ``precision = "auto"`` check picks on this
+machine, run afresh (same_search/embed/precision.py).
 
     nice -n 10 .venv/bin/python bench/bench_precision.py
     .venv/bin/python bench/bench_precision.py --seconds 2 --photos 16     # smoke run
@@ -25,6 +27,7 @@ import argparse
 import copy
 import math
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -47,6 +50,7 @@ from same_search.config import ModelConfig  # noqa: E402
 from same_search.embed.efficientnet_lite import SameConv2d  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
 
+#: ``shared/data`` beside the repository; a worktree elsewhere passes ``--data``.
 DATA = REPO.parent / "shared" / "data"
 CALIBRATION_SEED = 20261126
 CALIBRATION_IMAGES = 48
@@ -186,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="timing per cell")
     parser.add_argument("--photos", type=int, default=64, help="photos for the cosine check")
     parser.add_argument("--caltech-per-class", type=int, default=15, help="P@10 subset (0: skip)")
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="folder holding imagenet-samples/, caltech101-dev/"
+    )
     args = parser.parse_args(argv)
+    global DATA
+    DATA = args.data
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
 
@@ -248,7 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     print("| mode | img/s batch 1 | img/s batch 4 | cos to fp32 (mean) | cos (min) | Caltech P@10 |")
     print("|:---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+    print(f'\nWhat the daemon\'s `precision = "auto"` picks here (a fresh check): {auto_choice(fp32)}')
     return 0
+
+
+def auto_choice(fp32: Embedder) -> str:
+    """The daemon's own start-up check, run anew (empty cache) with the daemon's CPU plan."""
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = ModelConfig(
+            name="efficientnet_lite0",
+            device="cpu",
+            workers=1,
+            threads=1,
+            max_batch=4,
+            precision_cache=str(Path(folder) / "precision.json"),
+        )
+        choice = Embedder(cfg, loaded=fp32.model).precision_choice
+    return "not checked" if choice is None else f"{choice.mode} ({choice.reason})"
 
 
 if __name__ == "__main__":
