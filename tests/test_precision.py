@@ -44,7 +44,7 @@ class FakeForward:
 
     def __call__(self, mode: str, pixels: np.ndarray) -> np.ndarray:
         self.calls.append(mode)
-        self.now += self.seconds[mode]
+        self.now += self.seconds[mode] * len(pixels) / 4  # seconds are per batch of four
         count = len(pixels)
         base = np.zeros((count, DIM), dtype=np.float32)
         base[:, 0] = 1.0
@@ -99,9 +99,19 @@ def test_measure_interleaves_modes_and_reports_medians_and_worst_cosine():
 
 def test_measure_stops_when_the_first_pass_shows_the_budget_is_too_small():
     fake = FakeForward({"fp32": 2.0, "bf16": 1.0})
-    with pytest.raises(CheckTooSlow, match=r"would take ~16\.0s"):
+    with pytest.raises(CheckTooSlow, match=r"would take ~7\.0s"):
         measure(fake, ["fp32", "bf16"], np.zeros((4, 3, 8, 8), np.uint8), 5.0, clock=fake.clock)
     assert fake.calls == ["fp32"]
+
+
+def test_a_heavy_model_is_timed_on_one_picture_to_fit_the_budget():
+    """ResNet-50 on one thread: ~1 s per batch of four; the whole-batch timing would take 8 s."""
+    fake = FakeForward({"fp32": 1.0, "bf16": 0.5}, bf16_cosine=0.999)
+    trials = measure(fake, ["fp32", "bf16"], np.zeros((4, 3, 8, 8), np.uint8), 5.0, clock=fake.clock)
+    assert fake.now <= 5.0
+    by_mode = {trial.mode: trial for trial in trials}
+    assert by_mode["fp32"].seconds == pytest.approx(0.25) and by_mode["bf16"].seconds == pytest.approx(0.125)
+    assert decide(trials).mode == "bf16"
 
 
 def test_measure_stops_when_a_slow_mode_runs_past_the_budget():
