@@ -166,13 +166,15 @@ async def test_the_service_serves_every_format_through_an_injected_device_decode
         vectors = await asyncio.gather(*(service.embed_image(data) for data in files))
         with pytest.raises(ApiError) as broken:
             await service.embed_image(jpeg(55)[:2000])
+        with pytest.raises(ApiError) as broken_with_thumbnail:
+            await service.embed_with_thumbnail(jpeg(57)[:2000], 64)
         vector, thumbnail = await service.embed_with_thumbnail(jpeg(56), 64)
     finally:
         await service.close()
     expected = embedder.embed(np.stack([cpu_pixels(embedder, data) for data in files]))
     cosines = (np.stack(vectors) * expected).sum(axis=1)
     assert cosines.min() > 0.998, cosines
-    assert broken.value.err_no == ErrNo.BAD_IMAGE
+    assert broken.value.err_no == ErrNo.BAD_IMAGE == broken_with_thumbnail.value.err_no
     assert decoder.decoded >= 2 and decoder.refused >= 1
     small = Image.open(io.BytesIO(thumbnail))
     assert small.format == "JPEG" and max(small.size) == 64 and vector.shape == (1280,)

@@ -138,7 +138,12 @@ class EmbedService:
         if self.gpu_decoder is not None:
             opened = open_checked(data, self.limits)  # limits checked here, whoever decodes
             if gpu_eligible(opened):
-                return Decoded(jpeg=data), jpeg_thumbnail(opened, thumbnail_side) if thumbnail_side else None
+                try:
+                    thumbnail = jpeg_thumbnail(opened, thumbnail_side) if thumbnail_side else None
+                except Exception:  # a broken file: the full decode below says precisely why
+                    pass
+                else:
+                    return Decoded(jpeg=data), thumbnail
         image = decode(data, self.limits, self.cfg.image_size)
         thumbnail = make_thumbnail(image, thumbnail_side) if thumbnail_side else None
         return Decoded(pixels=self.embedder.preprocess(image)), thumbnail
