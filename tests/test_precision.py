@@ -104,6 +104,12 @@ def test_measure_stops_when_the_first_pass_shows_the_budget_is_too_small():
     assert fake.calls == ["fp32"]
 
 
+def test_the_vectors_of_all_pictures_are_checked_and_the_serving_batch_is_timed():
+    fake = FakeForward({"fp32": 0.1, "bf16": 0.04})
+    measure(fake, ["fp32", "bf16"], np.zeros((4, 3, 8, 8), np.uint8), 5.0, clock=fake.clock, batch=1)
+    assert fake.now == pytest.approx(0.1 + 0.04 + 3 * (0.1 + 0.04) / 4)
+
+
 def test_a_heavy_model_is_timed_on_one_picture_to_fit_the_budget():
     """ResNet-50 on one thread: ~1 s per batch of four; the whole-batch timing would take 8 s."""
     fake = FakeForward({"fp32": 1.0, "bf16": 0.5}, bf16_cosine=0.999)

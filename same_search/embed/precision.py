@@ -124,25 +124,30 @@ def measure(
     budget_s: float,
     repeats: int = REPEATS,
     clock: Callable[[], float] | None = None,
+    batch: int | None = None,
 ) -> list[Trial]:
     """Compare each mode's vectors with fp32's on all ``pixels``, then time it (``repeats``
     passes, interleaved so a drifting machine hurts all modes alike); :class:`CheckTooSlow`
     when the check would not fit ``budget_s``.
 
-    The first fp32 pass tells the pace. Timing runs on the whole batch when that fits the
-    budget, else on one picture (a heavy model on one thread: ResNet-50 takes about a second
-    per batch of four), and when even that would not fit nothing more runs.
+    The first fp32 pass tells the pace. Timing runs on ``batch`` pictures (the serving batch;
+    all by default) when that fits the budget, else on one picture (a heavy model on one
+    thread: ResNet-50 takes about a second per batch of four), and when even that would not
+    fit nothing more runs.
     """
     clock = clock or time.perf_counter
     started = clock()
     reference = forward("fp32", pixels)  # warm-up, and the vectors to compare with
     first = clock() - started
-    timed = pixels
-    if first * len(modes) * (1 + repeats) > budget_s:
+
+    def estimate(timed: int) -> float:
+        return first * len(modes) * (1 + repeats * timed / len(pixels))
+
+    timed = pixels[: batch or len(pixels)]
+    if estimate(len(timed)) > budget_s:
         timed = pixels[:1]
-        estimate = first * len(modes) * (1 + repeats / len(pixels))
-        if estimate > budget_s:
-            raise CheckTooSlow(f"one fp32 pass took {first:.2f}s, the check would take ~{estimate:.1f}s")
+        if estimate(1) > budget_s:
+            raise CheckTooSlow(f"one fp32 pass took {first:.2f}s, the check would take ~{estimate(1):.1f}s")
     cosines = {"fp32": 1.0}
     for mode in modes:
         if mode != "fp32":
@@ -320,10 +325,10 @@ def _measure_choice(
         return PrecisionChoice("fp32", reason, source="no check")
     if budget_s <= 0:
         return PrecisionChoice("fp32", "the check is off ([model] precision_check_s = 0)", source="no check")
-    pixels = check_pictures(max(1, min(batch, CHECK_PICTURES)), side)
+    pixels = check_pictures(CHECK_PICTURES, side)  # every one must stay within the bar
     started = clock()
     try:
-        trials = measure(forward, modes, pixels, budget_s, clock=clock)
+        trials = measure(forward, modes, pixels, budget_s, clock=clock, batch=min(batch, CHECK_PICTURES))
     except CheckTooSlow as exc:
         reason = f"check skipped, {exc} (budget [model] precision_check_s = {budget_s:g}s)"
         return PrecisionChoice("fp32", reason, source="no check")
