@@ -77,7 +77,8 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
         try:
             await libraries.open()
             saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
-            jobs = ImportJobs(store, libraries, embed.max_batch * embed.workers)
+            # Two rounds of forward passes in flight: one in the network, the next being decoded.
+            jobs = ImportJobs(store, libraries, 2 * embed.max_batch * embed.workers)
             jobs.start()
             try:
                 services = Services(cfg, store, embed, libraries, metrics, jobs)

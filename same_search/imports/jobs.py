@@ -1,9 +1,11 @@
 """Bulk import jobs: run in the background through the same batching embedder as ``add``.
 
-A job walks its source in order, a chunk at a time, with up to ``model.max_batch`` images in
-flight so the batcher fills its forward passes. After every chunk its position, counters and
-per-item errors are committed, so a restart resumes where it stopped (redoing at most one
-chunk, whose already-stored images then count as duplicates). One job runs at a time; others wait.
+A job walks its source in order, a chunk at a time, with ``concurrency`` images in flight (the
+daemon gives twice what its forward passes take at once, so one round is read and decoded
+while the other is in the network). After every chunk its position, counters and per-item
+errors are committed, so a restart resumes where it stopped (redoing at most one chunk, whose
+already-stored images then count as duplicates); a chunk holds at least two rounds, so a large
+GPU batch can fill. One job runs at a time; others wait.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
 
+#: Smallest chunk (images per progress commit); see :attr:`ImportJobs.chunk`.
 CHUNK = 32
 ACTIVE = ("queued", "running")
 #: How long a job backs off when the embedder queue is full (interactive traffic wins).
@@ -36,6 +39,8 @@ class ImportJobs:
         self.store = store
         self.libraries = libraries
         self.concurrency = max(1, concurrency)
+        #: Images per progress commit: two rounds in flight at least, so chunk ends drain little.
+        self.chunk = max(CHUNK, 2 * self.concurrency)
         self._wake = asyncio.Event()
         self._cancelled: set[int] = set()
         self._rates: dict[int, tuple[float, int]] = {}  # job id -> (start time, position at start)
@@ -144,7 +149,7 @@ class ImportJobs:
                 await self.store.save_job_progress(job)  # still "running": resumes on restart
                 log.info("import job %d paused at %d/%d for shutdown", job.id, job.position, job.total)
                 return
-            chunk = entries[job.position : job.position + CHUNK]
+            chunk = entries[job.position : job.position + self.chunk]
             errors = await self._import_chunk(job, lib, chunk)
             job.position += len(chunk)
             await self.store.save_job_progress(job, errors)
