@@ -186,6 +186,7 @@ def photos(count: int, offset: int, size: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     """Time and compare every mode; print a markdown table."""
+    global DATA
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="timing per cell")
     parser.add_argument("--photos", type=int, default=64, help="photos for the cosine check")
@@ -194,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=DATA, help="folder holding imagenet-samples/, caltech101-dev/"
     )
     args = parser.parse_args(argv)
-    global DATA
-    DATA = args.data
+    DATA = args.data  # photos() reads the module global
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
 
