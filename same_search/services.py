@@ -101,7 +101,8 @@ async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterato
     try:
         await libraries.open()
         saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
-        jobs = ImportJobs(libraries, embed.max_batch * embed.workers)
+        # Two rounds of forward passes in flight: one in the network, the next being decoded.
+        jobs = ImportJobs(libraries, 2 * embed.max_batch * embed.workers)
         await jobs.start()
         try:
             duplicates = DuplicateScans(libraries)
