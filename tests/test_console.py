@@ -75,7 +75,8 @@ def test_upload_a_picture_and_see_its_match_first(daemon, page, tmp_path: Path):
     first = page.locator("#results .card").first
     assert first.locator(".brief").inner_text() == "product 3"
     assert float(first.locator(".score").inner_text()) > 0.99
-    assert page.evaluate("document.querySelector('#results .card img').naturalWidth") > 0  # thumbnail loads
+    # the thumbnail loads (after the card appears)
+    page.wait_for_function("document.querySelector('#results .card img')?.naturalWidth > 0")
     page.screenshot(path=str(tmp_path / "console-search.png"))
     first.click()
     page.wait_for_selector(".detail")
@@ -107,11 +108,11 @@ def test_links_carry_names_that_need_encoding(daemon, page, tmp_path: Path):
     page.wait_for_selector("#results .card")
     first = page.locator("#results .card").first
     assert first.locator(".brief").inner_text() == "odd 21"
-    assert page.evaluate("document.querySelector('#results .card img').naturalWidth") > 0
+    page.wait_for_function("document.querySelector('#results .card img')?.naturalWidth > 0")
     first.click()
     page.wait_for_selector(".detail")
     assert page.locator(".detail .brief").inner_text() == "odd 21"
-    assert page.evaluate("document.querySelector('.detail img').naturalWidth") > 0
+    page.wait_for_function("document.querySelector('.detail img')?.naturalWidth > 0")
     page.click("#similar")
     page.wait_for_selector("#results .card")
     assert page.locator("#results .card .brief").first.inner_text() == "odd 21"

@@ -113,7 +113,7 @@ def test_duplicates_view_shows_groups_and_removes_extras(daemon, page, tmp_path:
     for i in range(2):
         score = groups.nth(i).locator(".card:not(.kept) .score").first.inner_text()
         assert float(score) >= 0.95
-    assert page.evaluate("document.querySelector('.dup-group img').naturalWidth") > 0
+    page.wait_for_function("document.querySelector('.dup-group img')?.naturalWidth > 0")
     page.screenshot(path=str(tmp_path / "console-duplicates.png"))
     page.click("#dup-remove")
     page.wait_for_selector("#dup-message:has-text('Removed 2 extras')", timeout=30_000)

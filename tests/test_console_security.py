@@ -285,7 +285,7 @@ def test_with_tokens_the_console_needs_the_operator_login(browser, token_daemon,
         page.wait_for_selector("#results .card")
         first = page.locator("#results .card").first
         assert first.locator(".brief").inner_text() == "product 3"
-        assert page.evaluate("document.querySelector('#results .card img').naturalWidth") > 0
+        page.wait_for_function("document.querySelector('#results .card img')?.naturalWidth > 0")
 
         page.goto(token_daemon.url("admin", "/"))
         page.wait_for_selector("table.libraries")
