@@ -23,6 +23,8 @@ from same_search.index import snapshot
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
 from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, StorageError, Store
+from same_search.verify import decision
+from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ class LibraryService:
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
         self._signup_lock = asyncio.Lock()
+        self.verifier = SamePictureService(embed.limits)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -241,6 +244,7 @@ class LibraryService:
         finally:
             self._index_pool.shutdown(wait=True)
             self._save_pool.shutdown(wait=True)
+            self.verifier.close()
 
     # ---- libraries -------------------------------------------------------------------------------
 
@@ -274,10 +278,14 @@ class LibraryService:
         """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored."""
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
+        # Local features (for same-picture checks) are extracted alongside the forward pass.
+        (vector, thumbnail), local = await asyncio.gather(
+            self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side),
+            self.verifier.extract(image),
+        )
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
-        await asyncio.shield(self.store_vector(lib, contsign, brief, tags, vector, thumbnail))
+        await asyncio.shield(self.store_vector(lib, contsign, brief, tags, vector, thumbnail, local))
         return contsign
 
     async def store_vector(
@@ -288,6 +296,7 @@ class LibraryService:
         tags: Tags | None,
         vector: np.ndarray,
         thumbnail: bytes | None = None,
+        local_features: bytes | None = None,
     ) -> None:
         """Commit an item with an already computed vector, then index it (``add`` and imports)."""
         async with lib.index.write_lock:
@@ -295,7 +304,9 @@ class LibraryService:
             if capacity and lib.index.count() >= capacity:
                 raise ApiError(ErrNo.INTERNAL, f"library {lib.row.appid!r} is full ({capacity} items)")
             try:
-                seq = await self.store.add_item(lib.row.id, contsign.key, brief, tags, vector, thumbnail)
+                seq = await self.store.add_item(
+                    lib.row.id, contsign.key, brief, tags, vector, thumbnail, local_features
+                )
             except AlreadyExists:
                 await self._refuse_duplicate(lib, contsign)
                 raise
@@ -365,6 +376,66 @@ class LibraryService:
         rows = await self.store.get_items(lib.row.id, [key for key, _ in window])
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
         return SearchPage(hits, has_more=total > pn + rn)
+
+    async def same_pictures(
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        query: QueryFeatures | None,
+        depth: int = decision.DEPTH,
+        tag_filter: TagFilter | None = None,
+        min_score: float | None = None,
+    ) -> list[tuple[Hit, Verdict]]:
+        """The stored items judged to be the same picture as the query (possibly edited), best
+        score first, among the ``depth`` best-scoring candidates.
+
+        ``query`` comes from :meth:`query_features` (None: the query has no local features, and
+        only the strict score fallback of :func:`decision.is_same_picture` can say yes). This is
+        the one decision search's ``same_picture`` and a near-duplicate policy on add share.
+        """
+        candidates = None
+        total = lib.index.count()
+        if tag_filter is not None and tag_filter.active:
+            candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
+            total = len(candidates)
+        depth = min(depth, total)
+        found = await lib.index.search(vector, depth, candidates) if depth > 0 else []
+        if min_score is not None:
+            found = [(key, score) for key, score in found if score >= min_score]
+        stored = await self.store.local_features(lib.row.id, [key for key, _ in found])
+        verdicts = [v for v in await self.verifier.judge(query, found, stored) if v.same]
+        rows = await self.store.get_items(lib.row.id, [v.key for v in verdicts])
+        return [(Hit(_item(rows[v.key]), v.score), v) for v in verdicts if v.key in rows]
+
+    async def query_features(
+        self, lib: Library, image: bytes | None, contsign: ContSign | None
+    ) -> QueryFeatures | None:
+        """A query's local features: from its image, else from the stored item it names."""
+        if image is not None:
+            return await self.verifier.query(image)
+        if contsign is None:
+            return None
+        stored = await self.store.local_features(lib.row.id, [contsign.key])
+        return self.verifier.stored_query(stored.get(contsign.key))
+
+    async def search_same_picture(
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        query: QueryFeatures | None,
+        pn: int,
+        rn: int,
+        tag_filter: TagFilter | None,
+        min_score: float | None = None,
+    ) -> SearchPage:
+        """Search's ``same_picture``: results ``pn .. pn+rn`` of the hits judged the same picture.
+
+        Verifies the :data:`decision.DEPTH` best candidates, more when the page reaches further
+        (at most :data:`decision.MAX_DEPTH`).
+        """
+        depth = min(max(decision.DEPTH, pn + rn + 1), decision.MAX_DEPTH)
+        judged = await self.same_pictures(lib, vector, query, depth, tag_filter, min_score)
+        return SearchPage([hit for hit, _ in judged[pn : pn + rn]], has_more=len(judged) > pn + rn)
 
     # ---- management ------------------------------------------------------------------------------
 

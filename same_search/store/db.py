@@ -18,7 +18,8 @@ from pathlib import Path
 import aiosqlite
 import numpy as np
 
-SCHEMA_VERSION = 1
+#: 2 added the local_features table (created by schema.sql on open; older files are upgraded).
+SCHEMA_VERSION = 2
 
 _ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at"
 
@@ -139,6 +140,10 @@ class Store:
                 f"{self.path} has schema version {row[0]}, newer than this same_search ({SCHEMA_VERSION}); "
                 "upgrade same_search or use another data dir"
             )
+        elif int(row[0]) < SCHEMA_VERSION:  # every migration so far only adds tables (schema.sql)
+            await self._writer.execute(
+                "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
+            )
 
     async def _max_seq(self) -> int:
         async with self.reader.execute(
@@ -211,8 +216,10 @@ class Store:
         tags: tuple[int, int] | None,
         vector: np.ndarray,
         thumbnail: bytes | None = None,
+        local_features: bytes | None = None,
     ) -> int:
-        """Insert one item (and its thumbnail) and return its seq; :class:`AlreadyExists` if stored."""
+        """Insert one item (its thumbnail, its local features) and return its seq; :class:`AlreadyExists`
+        if stored."""
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
@@ -230,6 +237,13 @@ class Store:
                     (
                         "INSERT OR REPLACE INTO thumbnails(lib_id, key, jpeg) VALUES (?,?,?)",
                         (lib_id, key, thumbnail),
+                    )
+                )
+            if local_features:
+                statements.append(
+                    (
+                        "INSERT OR REPLACE INTO local_features(lib_id, key, data) VALUES (?,?,?)",
+                        (lib_id, key, local_features),
                     )
                 )
             await self._write(statements)
@@ -381,6 +395,19 @@ class Store:
             row = await cur.fetchone()
         return None if row is None else bytes(row[0])
 
+    async def local_features(self, lib_id: int, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key; items without any are absent from the result."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            async with self.reader.execute(
+                "SELECT key, data FROM local_features "
+                f"WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
+            ) as cur:
+                found.update((int(key), bytes(data)) for key, data in await cur.fetchall())
+        return found
+
     async def page_items(self, lib_id: int, offset: int, limit: int) -> list[ItemRow]:
         """Items in insertion order, for browsing a library."""
         async with self.reader.execute(
@@ -395,6 +422,7 @@ class Store:
             await self._write(
                 [
                     ("DELETE FROM thumbnails WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM local_features WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
