@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 #: Bump when an edit or the product shots change (evaluation caches are keyed by it).
-VERSION = 1
+VERSION = 2
 
 
 def crop_fraction(image: Image.Image, area: float, rng: random.Random | None) -> Image.Image:

@@ -95,6 +95,10 @@ def _item(row: ItemRow) -> Item:
     return Item(ContSign.from_key(row.key), row.brief, row.tags)
 
 
+async def _nothing() -> None:
+    return None
+
+
 def _storage_failed(exc: StorageError) -> ApiError:
     return ApiError(ErrNo.INTERNAL, f"storage write failed, nothing was changed: {exc}")
 

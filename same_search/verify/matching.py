@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from same_search.verify.local_features import QUANT_SCALE, LocalFeatures
+from same_search.verify.local_features import LocalFeatures
 
 #: Lowe's ratio: a match counts only if its nearest neighbour is clearly closer than the second.
 RATIO = 0.8
@@ -47,19 +47,21 @@ def tentative_matches(query: LocalFeatures, stored: LocalFeatures, ratio: float 
     """(k, 2) index pairs (query, stored) passing the ratio test, at most one per stored keypoint."""
     if len(query) < 2 or len(stored) < 2:
         return np.zeros((0, 2), np.int64)
-    q = query.descriptors.astype(np.float32) / QUANT_SCALE
-    s = stored.descriptors.astype(np.float32) / QUANT_SCALE
-    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(q, s, k=2)
-    best: dict[int, tuple[float, int]] = {}
-    for pair in pairs:
-        if len(pair) < 2:
-            continue
-        first, second = pair
-        if first.distance < ratio * second.distance:
-            seen = best.get(first.trainIdx)
-            if seen is None or first.distance < seen[0]:
-                best[first.trainIdx] = (first.distance, first.queryIdx)
-    return np.array([(qi, si) for si, (_, qi) in best.items()], dtype=np.int64).reshape(-1, 2)
+    q = query.descriptors.astype(np.float32)
+    s = stored.descriptors.astype(np.float32)
+    # Squared distances by one matrix product (the descriptors' scale cancels in the ratio).
+    distances = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ s.T) + (s * s).sum(axis=1)[None, :]
+    two = np.argpartition(distances, 1, axis=1)[:, :2]
+    pair = np.take_along_axis(distances, two, axis=1)
+    swap = pair[:, 0] > pair[:, 1]
+    nearest = np.where(swap, two[:, 1], two[:, 0])
+    first, second = np.minimum(pair[:, 0], pair[:, 1]), np.maximum(pair[:, 0], pair[:, 1])
+    passed = np.flatnonzero(first < ratio * ratio * np.maximum(second, 0.0))
+    # One match per stored keypoint: the closest query keypoint claiming it.
+    order = passed[np.argsort(first[passed], kind="stable")]
+    _, keep = np.unique(nearest[order], return_index=True)
+    chosen = order[keep]
+    return np.stack([chosen, nearest[chosen]], axis=1).astype(np.int64)
 
 
 def verify(query: LocalFeatures, stored: LocalFeatures, mirrored: bool = False) -> Evidence:
@@ -104,12 +106,8 @@ def _coverage(
     return min(1.0, area / max(overlap, 1.0))
 
 
-def best_evidence(
-    query: LocalFeatures, stored: LocalFeatures, query_mirror: LocalFeatures | None = None
-) -> Evidence:
-    """The stronger of the direct and (when given) the mirrored query's evidence."""
+def best_evidence(query: LocalFeatures, stored: LocalFeatures) -> Evidence:
+    """The stronger of the query's and its mirror image's evidence."""
     direct = verify(query, stored)
-    if query_mirror is None:
-        return direct
-    mirror = verify(query_mirror, stored, mirrored=True)
+    mirror = verify(query.mirrored(), stored, mirrored=True)
     return mirror if mirror.inliers > direct.inliers else direct

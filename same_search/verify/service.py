@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from same_search.embed.images import ImageLimits, decode
 from same_search.errors import ApiError
 from same_search.verify import decision, local_features, matching
@@ -25,16 +23,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QueryFeatures:
-    """A query's local features; its working picture too when known, so the mirror can be tried."""
+    """A query's local features, and their mirror image's once needed."""
 
     direct: LocalFeatures
-    pixels: np.ndarray | None = None
     _mirror: LocalFeatures | None = field(default=None, repr=False)
 
-    def mirror(self) -> LocalFeatures | None:
-        """The mirrored picture's features, extracted on first use (most searches never need it)."""
-        if self._mirror is None and self.pixels is not None:
-            self._mirror = local_features.extract_pixels(np.fliplr(self.pixels))
+    def mirror(self) -> LocalFeatures:
+        """The mirrored picture's features (a permutation, computed on first use)."""
+        if self._mirror is None:
+            self._mirror = self.direct.mirrored()
         return self._mirror
 
 
@@ -81,12 +78,11 @@ class SamePictureService:
 
     def _query(self, data: bytes) -> QueryFeatures:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
-        pixels = local_features.working_picture(picture)
-        return QueryFeatures(local_features.extract_pixels(pixels), pixels)
+        return QueryFeatures(local_features.extract(picture))
 
     @staticmethod
     def stored_query(data: bytes | None) -> QueryFeatures | None:
-        """A stored item as the query (search by contsign): no pixels, so no mirror."""
+        """A stored item as the query (search by contsign)."""
         return None if data is None else QueryFeatures(LocalFeatures.from_bytes(data))
 
     async def judge(
@@ -101,7 +97,7 @@ def judge(
     query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
 ) -> list[Verdict]:
     """Verdicts for ``candidates``; the mirrored query is tried only for candidates the direct
-    one does not confirm, so a search that finds its copy unmirrored pays for one extraction."""
+    one does not confirm."""
     verdicts = []
     for key, score in candidates:
         data = stored.get(key)
@@ -111,10 +107,8 @@ def judge(
         candidate = LocalFeatures.from_bytes(data)
         evidence = matching.verify(query.direct, candidate)
         if not decision.is_same_picture(score, evidence):
-            mirror = query.mirror()
-            if mirror is not None:
-                flipped = matching.verify(mirror, candidate, mirrored=True)
-                if flipped.inliers > evidence.inliers:
-                    evidence = flipped
+            flipped = matching.verify(query.mirror(), candidate, mirrored=True)
+            if flipped.inliers > evidence.inliers:
+                evidence = flipped
         verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
     return verdicts
