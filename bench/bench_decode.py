@@ -19,29 +19,22 @@ import io
 import statistics
 import sys
 import time
-from pathlib import Path
 
+import common  # first: puts the repository and tests/ on sys.path
 import numpy as np
+from images import picture
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-for _path in (REPO, REPO / "tests"):
-    if str(_path) not in sys.path:  # run without an installed package
-        sys.path.insert(0, str(_path))
-
-from images import picture  # noqa: E402
-
-from same_search.config import ModelConfig  # noqa: E402
-from same_search.embed.embedder import Embedder  # noqa: E402
-from same_search.embed.images import ImageLimits, decode  # noqa: E402
+from same_search.config import ModelConfig
+from same_search.embed.embedder import Embedder
+from same_search.embed.images import ImageLimits, decode
 
 SIZES = ((640, 480), (1600, 1200), (3000, 2000), (4032, 3024), (6000, 4000))
-PHOTOS = REPO.parent / "shared" / "data" / "imagenet-samples"
 
 
 def source_pictures(count: int) -> list[Image.Image]:
     """Photographic sources when shared/data is present, else generated pictures."""
-    paths = sorted(PHOTOS.glob("*.JPEG"))[:count]
+    paths = sorted(common.PHOTOS.glob("*.JPEG"))[:count]
     if paths:
         return [Image.open(p).convert("RGB") for p in paths]
     return [picture(i) for i in range(count)]

@@ -40,22 +40,17 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
+from common import Summary, percentile_ms
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run without an installed package
-    sys.path.insert(0, str(REPO))
-
-from same_search.config import IndexConfig  # noqa: E402
-from same_search.index import snapshot  # noqa: E402
-from same_search.index.hnsw import HnswIndex  # noqa: E402
-from same_search.index.library_index import LibraryIndex  # noqa: E402
+from same_search.config import IndexConfig
+from same_search.index import snapshot
+from same_search.index.hnsw import HnswIndex
+from same_search.index.library_index import LibraryIndex
 
 BACKENDS = ("hnswlib", "wrapper")
 #: Chunk size of the daemon's start-up replay (Store.vectors_since).
 REPLAY_CHUNK = 4096
 BASIS_SEED = 7
-#: One row of the cross-benchmark summary: (case, metric, ours, bare); see run_all.py.
-Summary = tuple[str, str, float, float]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,14 +356,6 @@ class Report:
     summary: list[Summary]
 
 
-def pct_ms(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of seconds, in milliseconds."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, int(np.ceil(q * len(ordered))) - 1))] * 1000
-
-
 def table(results: list[CellResult], dim: int) -> str:
     """One row per (size, backend)."""
     raw = 4 * dim
@@ -381,8 +368,8 @@ def table(results: list[CellResult], dim: int) -> str:
         per_item = r.rss_growth / r.size
         lines.append(
             f"| {r.size:,} | {r.backend} | {r.strategy} | {r.build_rate:,.0f} "
-            f"| {pct_ms(r.add_latencies, 0.5):.3f} "
-            f"| {pct_ms(r.search_latencies, 0.5):.3f} | {pct_ms(r.search_latencies, 0.99):.3f} "
+            f"| {percentile_ms(r.add_latencies, 0.5):.3f} "
+            f"| {percentile_ms(r.search_latencies, 0.5):.3f} | {percentile_ms(r.search_latencies, 0.99):.3f} "
             f"| {r.recall:.3f} | {per_item:,.0f} | {per_item / raw:.2f} | {r.save_s:.3f} | {r.load_s:.3f} "
             f"| {r.file_bytes / 2**20:,.1f} |"
         )
@@ -400,8 +387,18 @@ def summarise(results: list[CellResult]) -> list[Summary]:
         case = f"index N={size:,}"
         summary += [
             (case, "build vectors/s", ours.build_rate, bare.build_rate),
-            (case, "search p50 ms", pct_ms(ours.search_latencies, 0.5), pct_ms(bare.search_latencies, 0.5)),
-            (case, "search p99 ms", pct_ms(ours.search_latencies, 0.99), pct_ms(bare.search_latencies, 0.99)),
+            (
+                case,
+                "search p50 ms",
+                percentile_ms(ours.search_latencies, 0.5),
+                percentile_ms(bare.search_latencies, 0.5),
+            ),
+            (
+                case,
+                "search p99 ms",
+                percentile_ms(ours.search_latencies, 0.99),
+                percentile_ms(bare.search_latencies, 0.99),
+            ),
             (case, "recall@10", ours.recall, bare.recall),
             (case, "RSS bytes/item", ours.rss_growth / size, bare.rss_growth / size),
             (case, "snapshot load s", ours.load_s, bare.load_s),
@@ -420,7 +417,7 @@ def notes(results: list[CellResult], args: argparse.Namespace, load_before: floa
         "wrapper search and add go through LibraryIndex.search/add (asyncio -> index thread); "
         "direct calls of the same work, p50: "
         + ", ".join(
-            f"N={r.size:,} {pct_ms(r.direct_latencies, 0.5):.3f} ms"
+            f"N={r.size:,} {percentile_ms(r.direct_latencies, 0.5):.3f} ms"
             for r in results
             if r.backend == "wrapper"
         ),

@@ -34,20 +34,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_index import DataSpec, exact_top_k, make_vectors, recall_at_k
+from common import rss_mib
+from conftest import b64, brief
+from daemon import Daemon
+from images import jpeg
 
-REPO = Path(__file__).resolve().parent.parent
-for _path in (REPO, REPO / "tests", REPO / "bench"):
-    if str(_path) not in sys.path:  # run without an installed package
-        sys.path.insert(0, str(_path))
-
-from bench_index import DataSpec, exact_top_k, make_vectors, recall_at_k  # noqa: E402
-from conftest import b64, brief  # noqa: E402
-from daemon import Daemon  # noqa: E402
-from images import jpeg  # noqa: E402
-
-from same_search.config import IndexConfig  # noqa: E402
-from same_search.index import snapshot  # noqa: E402
-from same_search.index.hnsw import HnswIndex  # noqa: E402
+from same_search.config import IndexConfig
+from same_search.index import snapshot
+from same_search.index.hnsw import HnswIndex
 
 CONFIG = '[model]\nname = "efficientnet_lite0"\n[storage]\nsnapshot_interval_s = 86400\n'
 SEED_CHUNK = 20_000
@@ -99,14 +94,6 @@ def timed_start(daemon: Daemon, timeout: float) -> float:
     started = time.perf_counter()
     daemon.start(timeout=timeout)
     return time.perf_counter() - started
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def add_load(daemon: Daemon, appid: str, seconds: float, clients: int = 8) -> dict[str, float]:

@@ -28,26 +28,20 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
+import common  # first: puts the repository, tests/ and bench/ on sys.path
 import numpy as np
 import torch
+from eval_quality import category_metrics, load_caltech, machine_description
+from images import picture
 from PIL import Image, ImageDraw, ImageFilter
 from torch import nn
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "tests", REPO / "bench"):
-    if str(path) not in sys.path:  # run without an installed package
-        sys.path.insert(0, str(path))
+from same_search.config import ModelConfig
+from same_search.embed.efficientnet_lite import SameConv2d
+from same_search.embed.embedder import Embedder
 
-from eval_quality import category_metrics, load_caltech, machine_description  # noqa: E402
-from images import picture  # noqa: E402
-
-from same_search.config import ModelConfig  # noqa: E402
-from same_search.embed.efficientnet_lite import SameConv2d  # noqa: E402
-from same_search.embed.embedder import Embedder  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data"
+DATA = common.SHARED_DATA
 CALIBRATION_SEED = 20261126
 CALIBRATION_IMAGES = 48
 

@@ -33,40 +33,32 @@ import base64
 import dataclasses
 import io
 import json
-import math
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import common  # first: puts the repository and tests/ on sys.path
 import numpy as np
 import torch
+from common import Summary, percentile_ms, rss_mib
+from daemon import Daemon
+from images import jpeg
 from PIL import Image, ImageOps
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-if str(REPO) not in sys.path:  # run without an installed package
-    sys.path.insert(0, str(REPO))
+from same_search.config import LimitsConfig, ModelConfig
+from same_search.embed.embedder import Embedder, pick_device, plan_execution
+from same_search.embed.images import ImageLimits, decode
 
-from daemon import Daemon  # noqa: E402
-from images import jpeg  # noqa: E402
-
-from same_search.config import LimitsConfig, ModelConfig  # noqa: E402
-from same_search.embed.embedder import Embedder, pick_device, plan_execution  # noqa: E402
-from same_search.embed.images import ImageLimits, decode  # noqa: E402
-
-PHOTO_DIR = REPO.parent / "shared" / "data" / "imagenet-samples"
+PHOTO_DIR = common.PHOTOS
 GENERATED_SIZE = (500, 375)
-#: One row of the cross-benchmark summary: (case, metric, ours, bare); see run_all.py.
-Summary = tuple[str, str, float, float]
 LOG_LINE = re.compile(r"route=\S+ logid=(\S+) .*err_no=\S+ latency_ms=([\d.]+)")
 
 
@@ -101,7 +93,7 @@ def load_images(count: int, photo_dir: Path) -> tuple[list[bytes], str]:
                 break
             unique.setdefault(variant(data, number))
     mean_kib = statistics.mean(len(d) for d in unique) / 1024
-    source = f"{len(originals)} photos from {photo_dir}"
+    source = f"{len(originals)} photos from {common.shown(photo_dir)}"
     if len(unique) > len(originals):
         source += f" + {len(unique) - len(originals)} re-encoded variants"
     return list(unique), f"{source} (mean {mean_kib:.0f} KiB)"
@@ -131,14 +123,6 @@ class Row:
     def p(self, q: float, server: bool = False) -> float:
         """Latency percentile ``q`` in milliseconds (NaN without samples)."""
         return percentile_ms(self.server_latencies if server else self.latencies, q)
-
-
-def percentile_ms(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of seconds, in milliseconds."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000
 
 
 class Bare:
@@ -307,14 +291,6 @@ def daemon_config(cfg: ModelConfig) -> str:
         f'[model]\nname = "{cfg.name}"\nmax_batch = {cfg.max_batch}\nthreads = {cfg.threads}\n'
         f"workers = {cfg.workers}\n"
     )
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 @dataclass

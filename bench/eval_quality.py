@@ -34,21 +34,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common  # first: puts the repository and bench/ on sys.path
 import numpy as np
+import quality_variants as variants
 import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT, REPO_ROOT / "bench"):
-    if str(_path) not in sys.path:  # allow running without an installed package
-        sys.path.insert(0, str(_path))
-
-import quality_variants as variants  # noqa: E402
-
-from same_search.config import ModelConfig  # noqa: E402
-from same_search.embed.embedder import Embedder  # noqa: E402
-from same_search.embed.images import ImageLimits, decode  # noqa: E402
-from same_search.embed.models import LoadedModel, load_model  # noqa: E402
+from same_search.config import ModelConfig
+from same_search.embed.embedder import Embedder
+from same_search.embed.images import ImageLimits, decode
+from same_search.embed.models import LoadedModel, load_model
 
 MODEL_NAME = "efficientnet_lite0"
 PREPROCESSING = ("squash", "crop", "flip")
@@ -490,7 +485,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=REPO_ROOT / ".." / "shared" / "data",
+        default=common.SHARED_DATA,
         help="folder holding caltech101-dev/ and imagenet-samples/ (default: ../shared/data)",
     )
     parser.add_argument(
@@ -781,7 +776,8 @@ def render(results: Results) -> str:
             f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
             f"- model: {MODEL_NAME} (weights sha256 {results.weights_sha256[:12]}...), batch {BATCH}",
             f"- machine: {machine_description()}",
-            f"- data: {results.data_dir}; {results.n_caltech} Caltech images in {results.n_classes} classes; "
+            f"- data: {common.shown(results.data_dir)}; "
+            f"{results.n_caltech} Caltech images in {results.n_classes} classes; "
             f"{results.n_originals} ImageNet originals x {len(EDITS)} edits = {results.n_queries} queries "
             f"({results.n_refused} edited copies left out: below the daemon's 32 px minimum side)",
             f"- each of the {results.n_caltech + results.n_originals + results.n_queries} images embedded "

@@ -27,11 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
+import common  # first: puts the repository and bench/ on sys.path
+from common import Summary
 
+REPO = common.REPO
 DOC = REPO / "docs" / "benchmarks.md"
 DOC_INTRO = """# Benchmarks
 
@@ -53,8 +52,6 @@ PRESETS: dict[str, tuple[list[str], list[str]]] = {
         ["--sizes", "10000,100000,1000000"],
     ),
 }
-#: (case, metric, ours, bare), as both benchmarks produce them.
-Summary = tuple[str, str, float, float]
 
 
 @dataclass

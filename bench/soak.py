@@ -9,31 +9,21 @@ writes lost (must be 0) and the daemon's RSS at start and end.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from conftest import b64, brief
+from common import percentile_ms, rss_mib
 from daemon import Daemon
 from images import jpeg
 
+from same_search.client import Client, SameSearchError, TransportError
 from same_search.contsign import ContSign
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Soak:
@@ -56,31 +46,36 @@ class Soak:
                 self.latency[route].append(seconds)
 
     def client(self, index: int) -> None:
+        api = self.daemon.client("soak")
         rng = random.Random(index)
         mine: list[bytes] = []
         serial = 0
         while time.monotonic() < self.deadline:
             roll = rng.random()
             if roll < 0.5:
-                route, body, image = "search", {"image": b64(rng.choice(self.query_pool)), "rn": 10}, None
+                route, image = "search", None
+                request = functools.partial(api.search, image=rng.choice(self.query_pool), rn=10)
             elif roll < 0.8 or not mine:
                 serial += 1
                 image = jpeg(100_000 + index * 100_000 + serial, (160, 120))
-                route, body = "add", {"image": b64(image), "features": [brief(f"c{index}-{serial}")]}
+                route, request = "add", functools.partial(api.add, image, f"c{index}-{serial}")
             else:
                 image = mine.pop(rng.randrange(len(mine)))
-                route, body = "remove", {"contsign": ContSign.of_image(image).to_json()}
+                route, request = "remove", functools.partial(api.remove, contsign=ContSign.of_image(image))
             started = time.monotonic()
             try:
-                answer = self.daemon.rts(route, appid="soak", **body)
-            except (urllib.error.URLError, ConnectionError, OSError):
+                request()
+                outcome = "0"
+            except TransportError:
                 self.record(route, "transport", None)
                 if route == "remove":
                     mine.append(image)  # unknown outcome: keep it and try again later
                 time.sleep(0.2)
                 continue
-            self.record(route, str(answer["err_no"]), time.monotonic() - started)
-            if answer["err_no"] != 0:
+            except SameSearchError as exc:
+                outcome = str(exc.err_no)
+            self.record(route, outcome, time.monotonic() - started)
+            if outcome != "0":
                 continue
             key = ContSign.of_image(image).key if image is not None else None
             with self.lock:
@@ -94,19 +89,19 @@ class Soak:
 
     def lost(self) -> tuple[int, int]:
         """(acknowledged adds missing, acknowledged removes still present) after the run."""
-        missing = resurrected = 0
-        for key in self.present:
-            hit = self.daemon.rts("search", appid="soak", contsign=ContSign.from_key(key).to_json(), rn=1)
-            missing += hit["err_no"] != 0
-        for key in self.removed:
-            hit = self.daemon.rts("search", appid="soak", contsign=ContSign.from_key(key).to_json(), rn=1)
-            resurrected += hit["err_no"] == 0
+        api = self.daemon.client("soak")
+        missing = sum(not stored(api, key) for key in self.present)
+        resurrected = sum(stored(api, key) for key in self.removed)
         return missing, resurrected
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+def stored(api: Client, key: int) -> bool:
+    """Whether the item with storage key ``key`` answers a search by its own contsign."""
+    try:
+        api.search(contsign=ContSign.from_key(key), rn=1)
+    except SameSearchError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -117,7 +112,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as workdir:
         daemon = Daemon(Path(workdir), "[storage]\nsnapshot_interval_s = 10.0\n")
         daemon.start()
-        daemon.rts("signup", appid="soak")
+        daemon.client("soak").signup()
         rss_start = rss_mib(daemon.proc.pid)
         started = time.monotonic()
         soak = Soak(daemon, started + args.seconds)
@@ -133,7 +128,7 @@ def main() -> int:
             thread.join()
         rss_end = rss_mib(daemon.proc.pid)
         missing, resurrected = soak.lost()
-        size = daemon.rts("snapshot", appid="soak")["snapshot"]["index_size"]
+        size = daemon.client("soak").snapshot()["index_size"]
         daemon.terminate()
     print(f"\nsoak: {args.seconds:.0f}s, {args.clients} clients, kill -9 at {kill_at:.0f}s, ", end="")
     print(f"back in {restart_s:.1f}s")
@@ -143,8 +138,9 @@ def main() -> int:
     print("\n| route | n | p50 ms | p90 ms | p99 ms | mean ms |\n|---|---|---|---|---|---|")
     for route, values in sorted(soak.latency.items()):
         print(
-            f"| {route} | {len(values)} | {percentile(values, 0.5):.0f} | {percentile(values, 0.9):.0f} | "
-            f"{percentile(values, 0.99):.0f} | {statistics.mean(values) * 1000:.0f} |"
+            f"| {route} | {len(values)} | {percentile_ms(values, 0.5):.0f} "
+            f"| {percentile_ms(values, 0.9):.0f} | {percentile_ms(values, 0.99):.0f} "
+            f"| {statistics.mean(values) * 1000:.0f} |"
         )
     print(f"\nitems at end: {size} (acknowledged present: {len(soak.present)})")
     print(f"acknowledged adds lost: {missing}; acknowledged removes undone: {resurrected}")

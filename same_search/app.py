@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from same_search.config import Config
-from same_search.console import pages
+from same_search.console import login, pages
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request
-from same_search.routes import admin, feature, retrieval
+from same_search.routes import admin, browser_guard, feature, retrieval
+from same_search.routes.auth import SESSIONS, ConsoleSessions
 from same_search.routes.envelope import BODY_TIMEOUT, ERRNO, MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
 
@@ -32,6 +33,14 @@ def service_of(path: str) -> str:
     if path.startswith(retrieval.PREFIX + "/"):
         return SEARCH
     return ADMIN
+
+
+def arrival_service(request: web.Request) -> str:
+    """The service of the port a request arrived on (its path's service behind a single test server)."""
+    ports = request.app[PORT_SERVICES]
+    sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    served = ports.get(sockname[1]) if ports and sockname else None
+    return served if served is not None else service_of(request.path)
 
 
 @web.middleware
@@ -63,13 +72,16 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application:
     """Build the application; services open when a runner starts it and close on cleanup."""
+    guard = browser_guard.BrowserGuard(cfg, is_admin=lambda request: arrival_service(request) == ADMIN)
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,
-        middlewares=[metrics_middleware, envelope_middleware, port_guard],
+        middlewares=[metrics_middleware, envelope_middleware, guard.middleware, port_guard],
     )
+    app.on_response_prepare.append(browser_guard.add_cors_headers)
     app[MAX_BODY] = cfg.server.max_body_bytes
     app[BODY_TIMEOUT] = cfg.server.body_timeout_s
     app[PORT_SERVICES] = {}
+    app[SESSIONS] = ConsoleSessions()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_services(cfg, embedder) as services:
@@ -81,4 +93,5 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
     retrieval.add_routes(app)
     admin.add_routes(app)
     pages.add_routes(app)
+    login.add_routes(app)
     return app

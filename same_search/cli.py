@@ -32,16 +32,13 @@ from same_search.client import (
     contsign_of,
 )
 from same_search.config import Config, ConfigError, load, override
+from same_search.contsign import ContSign
+from same_search.imports.finder import EntryError, SourceError, find_images, read_regular_file
+from same_search.imports.retry import CLI_ATTEMPTS, backoff_s, retryable
 
 log = logging.getLogger("same_search")
 
 DEFAULT_CONFIG = Path("config.toml")
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".mpo", ".ico", ".ppm"}
-)
-#: err_no worth retrying: queue full (99), embedder timeout (2) or briefly unavailable (5).
-RETRYABLE = frozenset({2, 5, 99})
-RETRIES = 5
 #: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error).
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -104,6 +101,15 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--appid", required=True, help="library to add to")
     imp.add_argument("--signup", action="store_true", help="create the library when it does not exist")
     imp.add_argument("-j", "--concurrency", type=int, default=8, help="adds in flight (default 8)")
+    imp.add_argument(
+        "--dup-policy",
+        choices=("off", "warn", "reject"),
+        help="near-duplicate policy for these adds (default: the library's): warn stores and counts "
+        "them, reject does not store them",
+    )
+    imp.add_argument(
+        "--dup-min-score", type=float, help="score floor of a near-duplicate (default: the library's)"
+    )
 
     search = commands.add_parser("search", parents=client, help="find images similar to one")
     search.add_argument("image", metavar="IMAGE", help="query image file")
@@ -116,6 +122,19 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--appid", required=True, help="library to export")
     export.add_argument("--out", required=True, help="ZIP file to write")
     export.add_argument("--vectors", action="store_true", help="include the stored vectors")
+
+    dup = commands.add_parser(
+        "duplicates", parents=client, help="list the groups of near-duplicates in a library"
+    )
+    dup.add_argument("--appid", required=True, help="library to scan")
+    dup.add_argument(
+        "--min-score", type=float, help="score floor of a near-duplicate (default: the library's, 0.95)"
+    )
+    dup.add_argument(
+        "--remove-extras",
+        action="store_true",
+        help="then remove every extra, keeping the oldest copy of each picture",
+    )
 
     snap = commands.add_parser("snapshot", parents=client, help="show a library's snapshot block")
     snap.add_argument("--appid", required=True, help="library")
@@ -261,17 +280,6 @@ def cmd_export(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 # -------------------------------------------------------------------------------------------- import
 
 
-def find_images(root: Path) -> list[Path]:
-    """Image files under ``root`` by extension, in a stable order; hidden files and folders skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(dirpath) / name)
-    return found
-
-
 @dataclass
 class ImportStats:
     """Counts of one import run, and what the progress line shows."""
@@ -280,6 +288,11 @@ class ImportStats:
     added: int = 0
     duplicates: int = 0
     failed: int = 0
+    #: Near-duplicates of stored images: not stored (policy reject), or stored anyway (warn).
+    near_rejected: int = 0
+    near_stored: int = 0
+    #: Whether a near-duplicate policy was asked for (the summary then reports the counts).
+    near_policy: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
     #: Set when the daemon stopped answering: the remaining files are not tried.
     unreachable: str | None = None
@@ -287,7 +300,7 @@ class ImportStats:
 
     @property
     def processed(self) -> int:
-        return self.added + self.duplicates + self.failed
+        return self.added + self.duplicates + self.failed + self.near_rejected
 
     @property
     def elapsed(self) -> float:
@@ -304,8 +317,14 @@ class ImportStats:
         )
 
     def summary(self) -> str:
+        near = ""
+        if self.near_policy or self.near_rejected or self.near_stored:
+            near = (
+                f"{self.near_rejected} near-duplicates not stored, "
+                f"{self.near_stored} added with near-duplicates, "
+            )
         return (
-            f"{self.total} files: {self.added} added, {self.duplicates} already stored, "
+            f"{self.total} files: {self.added} added, {self.duplicates} already stored, {near}"
             f"{self.failed} failed in {self.elapsed:.1f}s ({self.processed / self.elapsed:.1f} images/s)"
         )
 
@@ -333,34 +352,65 @@ class Progress:
             self.show()
 
 
-async def _add_one(client: AsyncClient, path: Path, brief: str, stats: ImportStats, seen: set) -> None:
-    """Add one file, retrying when the daemon is busy; a duplicate counts as done."""
+async def _add_one(
+    client: AsyncClient,
+    path: Path,
+    brief: str,
+    max_bytes: int,
+    stats: ImportStats,
+    seen: set,
+    policy: dict | None = None,
+) -> None:
+    """Add one file, retrying when the daemon says "not now"; a duplicate counts as done.
+
+    The file is read as a server job reads it: a regular file within ``limits.max_image_bytes``.
+    """
     try:
-        image = await asyncio.to_thread(path.read_bytes)
-    except OSError as exc:
-        return _failed(stats, brief, f"cannot read: {exc}")
+        image = await asyncio.to_thread(read_regular_file, path, max_bytes)
+    except EntryError as exc:
+        return _failed(stats, brief, str(exc))
     contsign = contsign_of(image)
     if contsign in seen:  # the same picture twice in the tree: stored once
         stats.duplicates += 1
         return None
     seen.add(contsign)
-    for attempt in range(RETRIES + 1):
+    last = CLI_ATTEMPTS - 1
+    for attempt in range(CLI_ATTEMPTS):
         try:
-            await client.add(image, brief)
-            stats.added += 1
+            await add_with_policy(client, image, brief, policy or {}, stats)
             return None
-        except Duplicate:
-            stats.duplicates += 1
+        except Duplicate as exc:
+            if not _same_image(exc, contsign):
+                stats.near_rejected += 1
+            else:
+                stats.duplicates += 1
             return None
         except SameSearchError as exc:
-            if exc.err_no not in RETRYABLE or attempt == RETRIES:
+            if not retryable(exc.err_no) or attempt == last:
                 return _failed(stats, brief, f"err_no {exc.err_no}: {exc.err_msg}")
         except TransportError as exc:
-            if attempt == RETRIES:
+            if attempt == last:
                 stats.unreachable = str(exc)
                 return _failed(stats, brief, str(exc))
-        await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        await asyncio.sleep(backoff_s(attempt))
     return None
+
+
+async def add_with_policy(
+    client: AsyncClient, image: bytes, brief: str, policy: dict, stats: ImportStats
+) -> None:
+    """``add`` with the near-duplicate policy fields (none: the library's default applies);
+    counts a stored image, and whether the daemon reported near-duplicates of it (``warn``)."""
+    reply = await client.add_with_policy(image, brief, **policy)
+    stats.added += 1
+    if reply.get("data_items"):
+        stats.near_stored += 1
+
+
+def _same_image(exc: Duplicate, contsign: ContSign) -> bool:
+    """Whether a 101 is about the very same bytes (the spec's duplicate) or a near-duplicate."""
+    items = exc.body.get("data_items") or [{"contsign": contsign.to_json()}]
+    return any(item.get("contsign") == contsign.to_json() for item in items)
 
 
 def _failed(stats: ImportStats, brief: str, reason: str) -> None:
@@ -381,29 +431,41 @@ async def _ensure_library(client: AsyncClient, appid: str, signup: bool) -> str 
     return None
 
 
-def _work(root: Path, files: list[Path]) -> Iterator[tuple[Path, str]]:
-    for path in files:
-        yield path, path.relative_to(root).as_posix()
+def _work(root: Path, names: list[str]) -> Iterator[tuple[Path, str]]:
+    for name in names:
+        yield root / name, name
 
 
 async def import_directory(
-    client: AsyncClient, root: Path, appid: str, signup: bool, concurrency: int, stream: TextIO
+    client: AsyncClient,
+    root: Path,
+    appid: str,
+    signup: bool,
+    concurrency: int,
+    stream: TextIO,
+    max_bytes: int,
+    policy: dict | None = None,
 ) -> ImportStats | str:
-    """Add every image under ``root`` with ``concurrency`` adds in flight; a string says why not."""
+    """Add every image under ``root`` (the files a server folder job takes, see
+    :func:`find_images`) with ``concurrency`` adds in flight; a string says why not."""
     problem = await _ensure_library(client, appid, signup)
     if problem is not None:
         return problem
-    files = find_images(root)
-    stats = ImportStats(total=len(files))
+    try:
+        names = await asyncio.to_thread(find_images, root)
+    except SourceError as exc:
+        return str(exc)
+    stats = ImportStats(total=len(names))
     progress = Progress(stats, stream)
-    work = _work(root, files)
+    work = _work(root, names)
     seen: set = set()
+    stats.near_policy = bool(policy)
 
     async def worker() -> None:
         for path, brief in work:
             if stats.unreachable:
                 return
-            await _add_one(client, path, brief, stats, seen)
+            await _add_one(client, path, brief, max_bytes, stats, seen, policy)
 
     ticker = asyncio.create_task(progress.run())
     try:
@@ -435,7 +497,67 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 
 async def _import(args: argparse.Namespace, cfg: Config, token: str | None, root: Path) -> ImportStats | str:
     async with AsyncClient.from_config(cfg, token=token, appid=args.appid) as client:
-        return await import_directory(client, root, args.appid, args.signup, args.concurrency, sys.stderr)
+        return await import_directory(
+            client,
+            root,
+            args.appid,
+            args.signup,
+            args.concurrency,
+            sys.stderr,
+            cfg.limits.max_image_bytes,
+            _policy_fields(args),
+        )
+
+
+def _policy_fields(args: argparse.Namespace) -> dict:
+    """The ``dup_policy``/``dup_min_score`` fields the import's adds carry (empty: the library's)."""
+    fields: dict = {}
+    if args.dup_policy is not None:
+        fields["dup_policy"] = args.dup_policy
+    if args.dup_min_score is not None:
+        fields["dup_min_score"] = args.dup_min_score
+    return fields
+
+
+# ---------------------------------------------------------------------------------------- duplicates
+
+#: Seconds between progress polls of a duplicates scan.
+SCAN_POLL_S = 0.5
+
+
+def cmd_duplicates(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
+    """Scan a library for near-duplicate groups, print them, and remove the extras when asked."""
+    client = _client(cfg, token)
+    scan = client.start_duplicates(args.appid, args.min_score)
+    while scan["status"] == "running":
+        print(f"scanning: {scan['done']}/{scan['total']} items", file=sys.stderr)
+        time.sleep(SCAN_POLL_S)
+        scan = client.duplicates(args.appid, scan["id"], limit=0)
+    if scan["status"] != "done":
+        print(f"same_search: scan {scan['status']}: {scan['message']}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"{args.appid}: {scan['total']} items scanned ({scan['method']}, min_score {scan['min_score']:g}): "
+        f"{scan['groups_total']} groups, {scan['extras_total']} extras"
+    )
+    number = 0
+    for offset in range(0, scan["groups_total"], 500):
+        page = client.duplicates(args.appid, scan["id"], offset=offset, limit=500)
+        for group in page["groups"]:
+            number += 1
+            keep = group["keep"]
+            print(f"group {number}: keep {keep['key']:<21}  {_brief(keep)}")
+            for extra in group["extras"]:
+                print(f"  {extra['score']:.4f}  {extra['key']:<21}  {_brief(extra)}")
+    if args.remove_extras and scan["extras_total"]:
+        removed = client.remove_duplicate_extras(args.appid, scan["id"])
+        print(f"removed {removed} extras")
+    return 0
+
+
+def _brief(card: dict) -> str:
+    text = card.get("brief_text")
+    return "(binary brief)" if text is None else text.replace("\n", " ")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {
@@ -444,4 +566,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {
     "libraries": cmd_libraries,
     "export": cmd_export,
     "snapshot": cmd_snapshot,
+    "duplicates": cmd_duplicates,
 }

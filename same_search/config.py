@@ -8,10 +8,15 @@ instead of dictionary look-ups, and an unknown key in the file is an error at st
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from yarl import URL
+
+from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
 
 
 @dataclass(frozen=True)
@@ -21,9 +26,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     #: The management port has its own address so it can stay on loopback while the APIs do not.
     admin_host: str = "127.0.0.1"
-    feature_port: int = 8120
-    search_port: int = 8025
-    admin_port: int = 8103
+    feature_port: int = FEATURE_PORT
+    search_port: int = SEARCH_PORT
+    admin_port: int = ADMIN_PORT
     log_level: str = "INFO"
     #: "text" (readable lines) or "json" (one JSON object per line, request fields as keys).
     log_format: str = "text"
@@ -110,7 +115,8 @@ class IndexConfig:
 
     m: int = 16
     ef_construction: int = 200
-    #: Search-time candidate list: the largest whose p99 stayed under 10 ms at 1M items (docs/benchmarks.md).
+    #: Search-time candidate list: the largest that kept p99 search latency in budget at 1M items
+    #: (docs/benchmarks.md, "the daemon with 1,000,000 items").
     ef_search: int = 512
     #: Initial slot count; the index grows by doubling.
     initial_capacity: int = 1024
@@ -127,6 +133,9 @@ class LimitsConfig:
     max_side: int = 8192
     #: Images whose width*height exceeds this are refused before decoding (decompression bombs).
     max_pixels: int = 8192 * 8192
+    #: Largest image file an import reads (folder, manifest, ZIP entry, CLI import); larger ones
+    #: are refused before a byte is read (API requests are bounded by ``server.max_body_bytes``).
+    max_image_bytes: int = 10 * 1024 * 1024
     default_rn: int = 300
     max_rn: int = 1000
     #: 0 = unbounded; otherwise the largest number of items one library may hold.
@@ -146,6 +155,92 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """What browsers may do: extra Host names for the management port, origins allowed to call the APIs."""
+
+    #: Host names (``name`` or ``name:port``) the management port accepts besides its bind address,
+    #: localhost, 127.0.0.1 and [::1]; any other Host header is refused (DNS rebinding).
+    allowed_hosts: list[str] = field(default_factory=list)
+    #: Web origins (``scheme://host[:port]``) whose pages may call the feature and retrieval ports,
+    #: answered with CORS headers; every other cross-origin browser request is refused.
+    allowed_origins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Refuse entries that would never match, or would match more than the operator meant."""
+        for origin in self.allowed_origins:
+            if origin_key(origin) is None:
+                raise ConfigError(
+                    f"[security] allowed_origins: {origin!r} is not an origin like "
+                    '"https://app.example.com" or "http://localhost:3000" (scheme, host, optional port; '
+                    'no path, no "*", not "null")'
+                )
+        for host in self.allowed_hosts:
+            if host_key(host) is None:
+                raise ConfigError(
+                    f"[security] allowed_hosts: {host!r} is not a host name like "
+                    '"search.example.com", "search.example.com:8103" or "10.0.0.5"'
+                )
+
+
+def host_key(text: str) -> tuple[str, int | None] | None:
+    """``host[:port]`` (a Host header or an allowed_hosts entry) as (normalised host, port or None).
+
+    Host names are compared lower-case without a trailing dot, IP addresses in their canonical
+    form, so ``LOCALHOST.``, ``localhost``, ``[::1]`` and ``[0:0::1]`` each match their peers.
+    """
+    if not text or any(c in text for c in "/?#@ \t\\"):
+        return None
+    try:
+        url = URL(f"http://{text}")
+        host, port = url.raw_host, url.explicit_port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return normalise_host(host), port
+
+
+def normalise_host(host: str) -> str:
+    """A host name or IP address in the one form comparisons use."""
+    host = host.strip("[]").lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def origin_key(text: str) -> tuple[str, str, int] | None:
+    """An ``Origin`` value as (scheme, normalised host, port), or None when it is not a usable origin."""
+    if not text or text == "null" or any(c in text for c in "?#@ *\\"):
+        return None
+    try:
+        url = URL(text)
+        scheme, host, port, path = url.scheme, url.raw_host, url.port, url.raw_path
+    except ValueError:
+        return None
+    if scheme not in ("http", "https") or not host or port is None or path not in ("", "/"):
+        return None
+    return scheme, normalise_host(host), port
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Search and add by URL (an extension): off unless enabled, and only to allowed hosts."""
+
+    #: Accept ``url`` in place of ``image`` on search and add.
+    enabled: bool = False
+    #: Host names (``*.example.com`` for subdomains) and addresses or networks (CIDR) that may be
+    #: fetched from; private, loopback, link-local and metadata addresses only inside a listed network.
+    allow: list[str] = field(default_factory=list)
+    #: Largest picture fetched, in bytes.
+    max_bytes: int = 10 * 1024 * 1024
+    #: Seconds for the whole fetch, redirects included.
+    timeout_s: float = 10.0
+    #: Redirects followed (each target checked like the first URL).
+    max_redirects: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
 
@@ -155,6 +250,8 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
 
     @property
     def data_path(self) -> Path:
@@ -183,6 +280,8 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
             raise ConfigError(f"[{section}] {key} must be {expected.__name__}, got {value!r}")
         if expected is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             raise ConfigError(f"[{section}] {key} must map strings to strings")
+        if expected is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"[{section}] {key} must be a list of strings")
         kwargs[key] = value
     return cls(**kwargs)
 

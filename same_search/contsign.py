@@ -1,8 +1,11 @@
 """ContSign: the 64-bit content signature that names an image in a library.
 
 It is the first 8 bytes of the MD5 of the raw image bytes, read as two little-endian uint32
-(``sign1``, ``sign2``), so any client can compute it without asking the daemon. Stored as a
-signed 64-bit integer (SQLite's INTEGER, hnswlib's label space needs unsigned; see ``as_label``).
+(``sign1``, ``sign2``), so any client can compute it without asking the daemon. The spec does not
+say how the product computes its contsign; this algorithm is this project's own choice, so
+contsigns from the product and from this daemon for the same image are not expected to agree. Stored as a
+signed 64-bit integer (SQLite's INTEGER, hnswlib's label space needs unsigned; see
+``index.library_index.key_to_label``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class ContSign:
 
     @classmethod
     def of_image(cls, data: bytes) -> ContSign:
-        """The signature of raw image bytes, exactly as the product computes it."""
+        """The signature of raw image bytes (MD5-based; this project's algorithm, see the module doc)."""
         sign1, sign2 = struct.unpack("<II", hashlib.md5(data).digest()[:8])
         return cls(sign1, sign2)
 

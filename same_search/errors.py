@@ -1,4 +1,4 @@
-"""The spec's error table as one enum, and the exception that carries it to the envelope.
+"""The exception that carries the spec's error numbers (:class:`ErrNo`, in ``wire``) to the envelope.
 
 Every failure a client can see is an :class:`ApiError` with an :class:`ErrNo`; one middleware
 (``routes.envelope``) turns it into ``{"err_no", "err_msg"}`` with HTTP 200, because the spec's
@@ -7,34 +7,10 @@ sample clients treat any other status as a transport failure.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import Any
 
-
-class ErrNo(IntEnum):
-    """Error numbers exactly as the spec's table lists them."""
-
-    INIT_FAILED = -1
-    OK = 0
-    BAD_REQUEST = 1
-    FEATURE_TIMEOUT = 2
-    BS_TIMEOUT = 3
-    META_TIMEOUT = 4
-    FEATURE_UNAVAILABLE = 5
-    BS_UNAVAILABLE = 6
-    META_UNAVAILABLE = 7
-    FEATURE_FAILED = 8
-    BS_FAILED = 9
-    META_FAILED = 10
-    INTERNAL = 11
-    AUTH_FAILED = 12
-    BUSY = 99
-    BAD_IMAGE = 100
-    DUPLICATED_ADD = 101
-    UPDATE_MISSING = 102
-    NOT_SIGNED_UP = 103
-    ALREADY_SIGNED_UP = 104
-
+# The numbers themselves are wire vocabulary, shared with the client; imported from here as before.
+from same_search.wire import ErrNo, ImageSubCode
 
 #: The spec's short messages, used when a handler has nothing more precise to say.
 DEFAULT_MESSAGES: dict[ErrNo, str] = {
@@ -59,14 +35,6 @@ DEFAULT_MESSAGES: dict[ErrNo, str] = {
     ErrNo.NOT_SIGNED_UP: "appid not signed up",
     ErrNo.ALREADY_SIGNED_UP: "appid already signed up",
 }
-
-
-class ImageSubCode(IntEnum):
-    """Sub-codes the spec lists under err_no 100; they travel inside ``err_msg``."""
-
-    EMPTY = 216200
-    UNDECODABLE = 216201
-    SIZE_OUT_OF_RANGE = 216202
 
 
 class ApiError(Exception):

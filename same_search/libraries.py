@@ -8,6 +8,7 @@ is repaired at start-up by replaying rows newer than the index snapshot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +18,13 @@ import numpy as np
 
 from same_search.config import Config
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo
 from same_search.index import snapshot
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
+from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
 from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, StorageError, Store
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 REPLAY_LOG_S = 15.0
 
 Tags = tuple[int, int]
+#: Nearest items offered to the near-duplicate decision (more than it reports: a verifier may drop some).
+NEAR_DUPLICATE_CANDIDATES = 32
 
 
 class DuplicateAdd(ApiError):
@@ -40,6 +45,22 @@ class DuplicateAdd(ApiError):
     def __init__(self, item: Item) -> None:
         super().__init__(ErrNo.DUPLICATED_ADD, "duplicated add")
         self.item = item
+
+
+class NearDuplicateAdd(ApiError):
+    """err_no 101 under the ``reject`` policy: the image is not stored; carries the close items."""
+
+    def __init__(self, hits: list[Hit]) -> None:
+        super().__init__(ErrNo.DUPLICATED_ADD, "duplicated add")
+        self.hits = hits
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """A stored image's contsign, and the near-duplicates found under the ``warn`` policy."""
+
+    contsign: ContSign
+    near_duplicates: list[Hit]
 
 
 class ModelMismatch(RuntimeError):
@@ -278,19 +299,38 @@ class LibraryService:
 
     # ---- items ------------------------------------------------------------------------------------
 
-    async def add(self, lib: Library, image: bytes, brief: bytes, tags: Tags | None) -> ContSign:
-        """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored."""
+    async def add(
+        self,
+        lib: Library,
+        image: bytes,
+        brief: bytes,
+        tags: Tags | None,
+        policy: DupPolicy = OFF,
+        region: Region | None = None,
+    ) -> AddResult:
+        """Embed and store one image; err_no 101 (with the stored item) if its contsign is stored.
+
+        Under an active near-duplicate ``policy`` the close items are looked up first: ``reject``
+        raises :class:`NearDuplicateAdd` and stores nothing, ``warn`` stores and returns them.
+        With a ``region`` only that part of the picture is embedded (and kept as the thumbnail);
+        the contsign stays the whole file's.
+        """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        # Local features (for same-picture checks) are extracted alongside the forward pass.
+        # Local features of the whole picture (same-picture checks) are extracted alongside the
+        # forward pass.
         (vector, thumbnail), local = await asyncio.gather(
-            self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side),
-            self.verifier.extract(image),
+            self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side, region),
+            self.verifier.extract(image) if self.cfg.storage.local_features else _nothing(),
         )
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
-        await asyncio.shield(self.store_vector(lib, contsign, brief, tags, vector, thumbnail, local))
-        return contsign
+        close = await asyncio.shield(
+            self.store_vector(
+                lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image), local
+            )
+        )
+        return AddResult(contsign, close)
 
     async def store_vector(
         self,
@@ -300,13 +340,22 @@ class LibraryService:
         tags: Tags | None,
         vector: np.ndarray,
         thumbnail: bytes | None = None,
+        policy: DupPolicy = OFF,
+        query: Query | None = None,
         local_features: bytes | None = None,
-    ) -> None:
-        """Commit an item with an already computed vector, then index it (``add`` and imports)."""
+    ) -> list[Hit]:
+        """Commit an item with an already computed vector, then index it (``add`` and imports).
+
+        The near-duplicate check runs under the write lock, so two close images added at once
+        cannot both pass it. Returns the near-duplicates found (always empty when ``policy`` is off).
+        """
         async with lib.index.write_lock:
             capacity = self.cfg.limits.library_capacity
             if capacity and lib.index.count() >= capacity:
                 raise ApiError(ErrNo.INTERNAL, f"library {lib.row.appid!r} is full ({capacity} items)")
+            close = await self._near_duplicates(lib, query or Query(vector), policy)
+            if close and policy.rejects:
+                raise NearDuplicateAdd(close)
             try:
                 seq = await self.store.add_item(
                     lib.row.id, contsign.key, brief, tags, vector, thumbnail, local_features
@@ -317,6 +366,24 @@ class LibraryService:
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             await lib.index.add(contsign.key, vector, seq)
+        return close
+
+    async def _near_duplicates(self, lib: Library, query: Query, policy: DupPolicy) -> list[Hit]:
+        """Stored items the policy's decision calls near-duplicates of ``query``, best first."""
+        if not policy.active or lib.index.count() == 0:
+            return []
+        found = await lib.index.search(query.vector, min(lib.index.count(), NEAR_DUPLICATE_CANDIDATES))
+        chosen = select(query, found, policy)
+        rows = await self.store.get_items(lib.row.id, [c.key for c in chosen])
+        return [Hit(_item(rows[c.key]), c.score) for c in chosen if c.key in rows]
+
+    async def set_dup_policy(self, lib: Library, mode: str, min_score: float | None) -> None:
+        """Store a library's default near-duplicate policy (``min_score`` None: the built-in floor)."""
+        try:
+            await self.store.set_dup_policy(lib.row.id, mode, min_score)
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+        lib.row = dataclasses.replace(lib.row, dup_policy=mode, dup_min_score=min_score)
 
     async def _refuse_duplicate(self, lib: Library, contsign: ContSign) -> None:
         row = await self.store.get_item(lib.row.id, contsign.key)
@@ -490,6 +557,10 @@ class LibraryService:
             "last_index_save": lib.index.saved_at,
             "index_slots": lib.index.capacity(),
             "search": "exact" if lib.index.exact is not None else "hnsw",
+            "dup_policy": lib.row.dup_policy,
+            "dup_min_score": lib.row.dup_min_score
+            if lib.row.dup_min_score is not None
+            else DEFAULT_MIN_SCORE,
         }
 
     def snapshot(self, lib: Library) -> dict[str, int]:

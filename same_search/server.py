@@ -53,10 +53,11 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             (SEARCH, cfg.server.host, cfg.server.search_port),
             (ADMIN, cfg.server.admin_host, cfg.server.admin_port),
         ):
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-            await site.start()
-            for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
-                app[PORT_SERVICES][sock.getsockname()[1]] = service
+            bound_before = set(runner.addresses)
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            # The sockets this site added (port 0 binds a free port: record the real one).
+            for address in set(runner.addresses) - bound_before:
+                app[PORT_SERVICES][address[1]] = service
             log.info("%s service listening on http://%s:%d", service, host, port)
             if not is_loopback(host) and not cfg.auth.enabled:
                 log.warning(

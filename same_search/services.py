@@ -17,8 +17,10 @@ from aiohttp import web
 
 from same_search import __version__
 from same_search.config import Config
+from same_search.duplicates import DuplicateScans
 from same_search.embed.embedder import Embedder
 from same_search.embed.service import EmbedService
+from same_search.fetch import Fetcher
 from same_search.imports.jobs import ImportJobs
 from same_search.libraries import LibraryService
 from same_search.metrics import Metrics
@@ -37,6 +39,10 @@ class Services:
     libraries: LibraryService
     metrics: Metrics
     jobs: ImportJobs
+    #: Pictures by URL for search and add (an extension; refuses everything unless [fetch] allows it).
+    fetcher: Fetcher
+    #: Near-duplicate scans of the duplicates view (an extension).
+    duplicates: DuplicateScans
     started_at: float = field(default_factory=time.time)
     #: False once shutdown begins, so /readyz tells load balancers to stop sending.
     ready: bool = True
@@ -68,7 +74,11 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
         embedder = await asyncio.to_thread(Embedder, cfg.model)
     metrics = Metrics()
     embed = EmbedService(embedder, cfg.model, cfg.limits, on_batch=metrics.observe_batch)
-    await embed.warm_up()
+    try:
+        await embed.warm_up()
+    except BaseException:
+        await embed.close()  # its thread pools exist already; a failed start must not leave them
+        raise
     embed.start()
     store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
     try:
@@ -78,12 +88,16 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
             await libraries.open()
             saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
             jobs = ImportJobs(store, libraries, embed.max_batch * embed.workers)
-            jobs.start()
+            await jobs.start()
             try:
-                services = Services(cfg, store, embed, libraries, metrics, jobs)
+                duplicates = DuplicateScans(libraries)
+                services = Services(
+                    cfg, store, embed, libraries, metrics, jobs, Fetcher(cfg.fetch), duplicates
+                )
                 metrics.attach(services)
                 yield services
             finally:
+                await duplicates.close()
                 await jobs.close(cfg.server.shutdown_grace_s)
                 saver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from same_search.client import Client
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -78,13 +80,22 @@ class Daemon:
 
     def post(self, service: str, path: str, body: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
         body = {"from": "pytest", **body}
-        request = urllib.request.Request(self.url(service, path), data=json.dumps(body).encode())
+        request = urllib.request.Request(
+            self.url(service, path),
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},  # the management port requires it
+        )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             assert response.status == 200
             return json.loads(response.read())
 
     def rts(self, route: str, **body: Any) -> dict[str, Any]:
         return self.post("search", f"/RTSAsService/{route}", body)
+
+    def client(self, appid: str | None = None) -> Client:
+        """A blocking :class:`same_search.client.Client` for this daemon's three ports."""
+        ports = self.ports
+        return Client("127.0.0.1", ports["search"], ports["feature"], ports["admin"], appid=appid)
 
     def kill(self) -> None:
         """SIGKILL: no clean-up at all, like a power cut for the process."""

@@ -350,3 +350,57 @@ def test_cli_errors(daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 3 and "cannot reach the daemon" in capsys.readouterr().err
     code, _, err = run_cli(daemon, capsys, "import", str(tmp_path / "none"), "--appid", "x")
     assert code == 2 and "not a directory" in err
+
+
+def test_cli_import_and_a_folder_job_take_the_same_files(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One finder: every decoder suffix in any case, no hidden files or folders, regular files
+    only (a FIFO would hang a reader), file symlinks followed, folder symlinks not; one limit."""
+    import os
+    import time
+
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / ".thumbs").mkdir()
+    (tree / "a.jpg").write_bytes(jpeg(600))
+    (tree / "B.JPE").write_bytes(jpeg(601))
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(tree / "sub" / "c.ppm")
+    (tree / "sub" / "d.png").write_bytes(jpeg(603))  # the decoder goes by content, not suffix
+    (tree / ".hidden.jpg").write_bytes(jpeg(604))
+    (tree / ".thumbs" / "e.jpg").write_bytes(jpeg(605))
+    (tree / "notes.txt").write_text("not an image")
+    (tree / "link.jpg").symlink_to(tree / "a.jpg")
+    (tree / "loop").symlink_to(tree)
+    os.mkfifo(tree / "pipe.jpg")
+    with (tree / "huge.jpg").open("wb") as fh:  # sparse: 20 MB on paper
+        fh.truncate(20 * 1024 * 1024)
+    expected_stored = {"a.jpg", "B.JPE", "sub/c.ppm", "sub/d.png"}
+
+    code, out, err = run_cli(daemon, capsys, "import", str(tree), "--appid", "same-cli", "--signup")
+    assert code == 1 and "6 files: 4 added, 1 already stored, 1 failed" in out, (out, err)
+    assert "failed: huge.jpg: 20971520 bytes, above the image limit of 10485760" in err
+    client = make_client(daemon, appid="same-job")
+    client.signup()
+    job = client.create_job("same-job", directory=str(tree))
+    deadline = time.monotonic() + 60
+    while (job := client.job(job["id"]))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert (job["total"], job["done"], job["duplicates"], job["failed"]) == (6, 4, 1, 1)
+    assert [e["file"] for e in job["errors"]] == ["huge.jpg"]
+    assert "above the image limit of 10485760" in job["errors"][0]["reason"]
+    for appid in ("same-cli", "same-job"):
+        stored = {item.brief_text for item in make_client(daemon).iter_items(appid)}
+        assert stored in (expected_stored, expected_stored - {"a.jpg"} | {"link.jpg"}), stored
+
+
+def test_one_retry_rule_for_the_cli_and_jobs() -> None:
+    from same_search import cli
+    from same_search.imports import jobs
+    from same_search.imports.retry import RETRYABLE
+
+    assert cli.retryable is jobs.retryable
+    assert sorted(int(e) for e in RETRYABLE) == [2, 5, 99]

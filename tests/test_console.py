@@ -82,3 +82,38 @@ def test_upload_a_picture_and_see_its_match_first(daemon, page, tmp_path: Path):
     page.click("#similar")
     page.wait_for_selector("#results .card")
     assert page.locator("#results .card .brief").first.inner_text() == "product 3"
+
+
+def test_links_carry_names_that_need_encoding(daemon, page, tmp_path: Path):
+    """An appid with a space, '/', '..', '%', '#', '?' and non-ASCII leads to its own pages and thumbnails."""
+    name = "q a/..%#?é"
+    assert daemon.rts("signup", appid=name)["err_no"] == 0
+    # "." and ".." are refused: a browser resolves them as path segments however they are encoded.
+    assert daemon.rts("signup", appid="..")["err_no"] == 1
+    for seed in (20, 21):
+        added = daemon.rts("add", appid=name, image=b64(jpeg(seed)), features=[brief(f"odd {seed}")])
+        assert added["err_no"] == 0
+    page.goto(daemon.url("admin", "/"))
+    page.locator("table.libraries td a", has_text=name).click()
+    page.wait_for_selector("#dropzone")
+    assert page.locator("h1").inner_text() == name
+    page.wait_for_function(
+        "[...document.querySelectorAll('.grid img')].every((i) => i.complete && i.naturalWidth > 0)"
+    )
+    query = tmp_path / "odd.jpg"
+    query.write_bytes(jpeg(21))
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#results .card")
+    first = page.locator("#results .card").first
+    assert first.locator(".brief").inner_text() == "odd 21"
+    assert page.evaluate("document.querySelector('#results .card img').naturalWidth") > 0
+    first.click()
+    page.wait_for_selector(".detail")
+    assert page.locator(".detail .brief").inner_text() == "odd 21"
+    assert page.evaluate("document.querySelector('.detail img').naturalWidth") > 0
+    page.click("#similar")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card .brief").first.inner_text() == "odd 21"
+    page.locator("main p a", has_text=name).click()
+    page.wait_for_selector("#dropzone")
+    assert page.locator("h1").inner_text() == name

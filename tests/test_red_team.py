@@ -100,7 +100,7 @@ async def test_search_by_contsign_racing_its_removal_is_never_an_internal_error(
     assert after["err_no"] == 1 and "not in library" in after["err_msg"]
 
 
-@pytest.mark.parametrize("appid", ["x" * 10_000, "a\r\nb", "a\x00b", "", "a,b", "tab\there"])
+@pytest.mark.parametrize("appid", ["x" * 10_000, "a\r\nb", "a\x00b", "", "a,b", "tab\there", ".", ".."])
 async def test_management_api_refuses_names_the_wire_api_refuses(client, api, appid):
     response = await client.post("/api/libraries", json={"appid": appid})
     assert (await response.json())["err_no"] == 1

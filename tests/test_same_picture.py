@@ -160,14 +160,14 @@ async def test_items_without_local_features_fall_back_to_a_strict_score(api, lib
     ]
 
 
-async def test_a_schema_1_database_is_upgraded_in_place(tmp_path):
+async def test_a_database_without_local_features_is_upgraded_in_place(tmp_path):
     path = tmp_path / "old.sqlite3"
     store = Store(path)
     await store.open()
     await store.close()
-    with sqlite3.connect(path) as db:  # what a database written before version 2 looks like
+    with sqlite3.connect(path) as db:  # what a database written before version 3 looks like
         db.execute("DROP TABLE local_features")
-        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+        db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     store = Store(path)
     await store.open()
     try:

@@ -1,17 +1,22 @@
 """Console pages: libraries overview, search by picture, item detail, import jobs.
 
 Rendered on the server with escaped f-strings (no template engine, no build step, no CDN);
-``static/console.js`` adds the interactive parts by calling the management API.
+``static/console.js`` adds the interactive parts by calling the management API. Every appid and
+contsign in a link is percent-encoded as one path segment (``href``/``src`` below), so names with
+``/``, ``?``, ``#``, ``%``, spaces or non-ASCII characters lead where they say. When ``[auth] tokens``
+are set the pages need the operator's login (``console.login``).
 """
 
 from __future__ import annotations
 
 import time
+import urllib.parse
 from html import escape
 from importlib import resources
 
 from aiohttp import web
 
+from same_search.console.login import FRAME_HEADERS, LOGOUT, operator_only
 from same_search.contsign import ContSign
 from same_search.errors import ApiError
 from same_search.libraries import Library
@@ -24,6 +29,38 @@ PAGE_SIZE = 48
 MAX_OFFSET = 1 << 62
 
 
+def segment(text: str) -> str:
+    """``text`` as one URL path segment: every reserved, space or non-ASCII character percent-encoded."""
+    return urllib.parse.quote(text, safe="")
+
+
+def linkable(appid: str) -> bool:
+    """Whether a browser can carry ``appid`` in a path: it resolves "." and ".." segments, even encoded."""
+    return appid not in (".", "..")
+
+
+def library_href(appid: str) -> str:
+    """The console page of a library (HTML-escaped, ready for an attribute)."""
+    return escape(f"/libraries/{segment(appid)}")
+
+
+def item_href(appid: str, key: str) -> str:
+    """The console page of one item."""
+    return escape(f"/libraries/{segment(appid)}/items/{segment(key)}")
+
+
+def thumbnail_src(appid: str, key: str) -> str:
+    """The thumbnail of one item under the management API."""
+    return escape(f"/api/libraries/{segment(appid)}/items/{segment(key)}/thumbnail")
+
+
+def _library_link(appid: str) -> str:
+    if not linkable(appid):
+        title = "a browser cannot open this name as a URL path; use the API or the CLI"
+        return f'<span title="{escape(title)}">{escape(appid)}</span>'
+    return f'<a href="{library_href(appid)}">{escape(appid)}</a>'
+
+
 def _when(ts: float | None) -> str:
     return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -31,6 +68,11 @@ def _when(ts: float | None) -> str:
 def _page(services: Services, title: str, body: str, appid: str = "") -> web.Response:
     info = services.embed.info
     health = services.health()
+    logout = (
+        f'<button id="logout" class="logout" data-action="{LOGOUT}">Log out</button>'
+        if services.cfg.auth.enabled
+        else ""
+    )
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)} · same_search</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -38,10 +80,10 @@ def _page(services: Services, title: str, body: str, appid: str = "") -> web.Res
 <body data-appid="{escape(appid)}">
 <header><a class="brand" href="/">same_search</a>
 <span class="status" id="status">v{escape(health["version"])} · model {escape(info.model_id)} ({info.dim}-d, {escape(info.device)})
-· {health["libraries"]} libraries · up {health["uptime_s"]:.0f}s</span></header>
+· {health["libraries"]} libraries · up {health["uptime_s"]:.0f}s</span>{logout}</header>
 <main>{body}</main>
 <script src="/static/console.js"></script></body></html>"""
-    return web.Response(text=html, content_type="text/html")
+    return web.Response(text=html, content_type="text/html", headers=FRAME_HEADERS)
 
 
 def _error(services: Services, exc: ApiError) -> web.Response:
@@ -57,7 +99,7 @@ async def overview(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     libs = services.libraries
     rows = "".join(
-        f'<tr><td><a href="/libraries/{escape(s["appid"])}">{escape(s["appid"])}</a></td><td>{s["items"]}</td>'
+        f"<tr><td>{_library_link(s['appid'])}</td><td>{s['items']}</td>"
         f"<td>{s['search']}</td><td>{escape(s['model'])}</td><td>{_when(s['last_index_save'])}</td></tr>"
         for s in (libs.stats(lib) for lib in libs.libraries.values())
     )
@@ -107,6 +149,7 @@ async def library(request: web.Request) -> web.Response:
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
 <input type="file" id="file" accept="image/*"></label>, to search this library.</div>
 {_results_block("Results")}
+{_library_extensions(appid)}
 <h2>Items {offset + 1 if items else 0}&ndash;{offset + len(items)} of {stats["items"]}</h2>
 <div class="grid">{cards}</div><p class="nav">{nav}</p>
 """
@@ -122,9 +165,9 @@ def _brief_text(brief: bytes) -> str:
 
 def _item_card(appid: str, contsign: ContSign, brief: bytes) -> str:
     key = f"{contsign.sign1},{contsign.sign2}"
-    base = f"/libraries/{escape(appid)}/items/{key}"
     return (
-        f'<a class="card" href="{base}"><img loading="lazy" alt="" src="/api{base}/thumbnail">'
+        f'<a class="card" href="{item_href(appid, key)}">'
+        f'<img loading="lazy" alt="" src="{thumbnail_src(appid, key)}">'
         f'<span class="brief">{escape(_brief_text(brief))}</span></a>'
     )
 
@@ -145,8 +188,8 @@ async def item(request: web.Request) -> web.Response:
     key = f"{sign1},{sign2}"
     tags = ", ".join(map(str, entry.tags)) if entry.tags else "none"
     body = f"""
-<p><a href="/libraries/{escape(lib.row.appid)}">&larr; {escape(lib.row.appid)}</a></p>
-<div class="detail"><img src="/api/libraries/{escape(lib.row.appid)}/items/{key}/thumbnail" alt="">
+<p><a href="{library_href(lib.row.appid)}">&larr; {escape(lib.row.appid)}</a></p>
+<div class="detail"><img src="{thumbnail_src(lib.row.appid, key)}" alt="">
 <dl><dt>brief</dt><dd class="brief">{escape(_brief_text(entry.brief))}</dd>
 <dt>contsign</dt><dd>{{"sign1": {sign1}, "sign2": {sign2}}}</dd><dt>tags</dt><dd>{escape(tags)}</dd>
 <dt>added</dt><dd>{_when(created)}</dd><dt>updated</dt><dd>{_when(updated)}</dd></dl></div>
@@ -164,9 +207,71 @@ async def static(request: web.Request) -> web.Response:
     return web.Response(text=STATIC.joinpath(name).read_text(), content_type=kind)
 
 
+# ---- extensions of issue 12: region search on the library page, the duplicates view ---------------
+
+#: Scripts of the extensions, served from ``static/`` under their own path.
+EXTENSION_SCRIPTS = ("region.js", "duplicates.js")
+_EXTENSION_STYLE = """<style>
+#region-stage { position: relative; display: inline-block; cursor: crosshair; user-select: none; }
+#region-stage img { max-width: min(480px, 100%); display: block; }
+#region-box { position: absolute; border: 2px dashed #c00; background: rgba(200, 0, 0, .1); pointer-events: none; }
+.dup-group { border: 1px solid #ccc; border-radius: 6px; padding: .6em; margin: .8em 0; }
+.card.kept { border: 2px solid #2a7; }
+</style>"""
+
+
+def _library_extensions(appid: str) -> str:
+    """On a library's page: a box to drag on the query picture, and the way to the duplicates view."""
+    return f"""{_EXTENSION_STYLE}
+<div id="region-panel" hidden><h2>Search a part of the picture</h2>
+<p>Drag a box on the picture: only that part is searched.</p>
+<div id="region-stage"><img id="region-image" alt="query picture" draggable="false"><div id="region-box" hidden></div></div>
+<p id="region-status"></p></div>
+<p><a id="duplicates-link" href="/libraries/{escape(appid)}/duplicates">Find near-duplicates in this library</a></p>
+<script src="/static/ext/region.js" defer></script>"""
+
+
+async def duplicates_page(request: web.Request) -> web.Response:
+    """The duplicates view: scan with a score floor, groups as thumbnails with scores, remove extras."""
+    services = request.app[SERVICES]
+    try:
+        services, lib = _library(request)
+    except ApiError as exc:
+        return _error(services, exc)
+    appid = lib.row.appid
+    floor = services.libraries.stats(lib)["dup_min_score"]
+    body = f"""{_EXTENSION_STYLE}
+<p><a href="/libraries/{escape(appid)}">&larr; {escape(appid)}</a></p>
+<h1>Near-duplicates in {escape(appid)}</h1>
+<p>Groups of pictures scoring at least the floor against the oldest copy in their group. A floor
+below 0.95 also groups different photos of look-alike things: check each group before removing.</p>
+<form id="dup-scan" class="inline"><label>min score
+<input name="min_score" type="number" step="0.01" min="0" max="1" value="{floor:g}"></label>
+<button>Find duplicates</button></form>
+<p id="dup-progress"></p>
+<p><button id="dup-remove" hidden>Remove the extras</button> <span id="dup-message"></span></p>
+<div id="dup-groups"></div>
+<script src="/static/ext/duplicates.js" defer></script>"""
+    return _page(services, f"duplicates · {appid}", body, appid)
+
+
+async def extension_static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in EXTENSION_SCRIPTS:
+        raise web.HTTPNotFound()
+    return web.Response(text=STATIC.joinpath(name).read_text(), content_type="application/javascript")
+
+
+def add_extension_routes(app: web.Application) -> None:
+    """Register the extension pages and their scripts."""
+    app.router.add_get("/libraries/{appid}/duplicates", duplicates_page)
+    app.router.add_get("/static/ext/{name}", extension_static)
+
+
 def add_routes(app: web.Application) -> None:
     """Register the console pages."""
-    app.router.add_get("/", overview)
-    app.router.add_get("/libraries/{appid}", library)
-    app.router.add_get("/libraries/{appid}/items/{contsign}", item)
+    app.router.add_get("/", operator_only(overview))
+    app.router.add_get("/libraries/{appid}", operator_only(library))
+    app.router.add_get("/libraries/{appid}/items/{contsign}", operator_only(item))
     app.router.add_get("/static/{name}", static)
+    add_extension_routes(app)

@@ -57,14 +57,12 @@ def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = N
     """Resolve the ``0 = auto`` settings of ``[model]`` for this machine.
 
     On a CPU, several single-threaded forward passes beat one multi-threaded pass, and small
-    batches beat large ones: measured on 2 cores with Lite0, 2 workers x 1 thread x batch 4 served
-    44.7 searches/s at concurrency 8 and 40 ms single-search p50, against 25.4/s and 100 ms with one
-    worker on torch's default 2 threads and batch 16 (docs/benchmarks.md). A GPU wants one worker
-    feeding it large batches.
+    batches beat large ones, both in throughput and in single-search latency (docs/benchmarks.md,
+    "execution plan (auto)"). A GPU wants one worker feeding it large batches.
     """
     cores = cores or os.cpu_count() or 1
     precision = resolve_precision(cfg.precision, device)
-    decoders = max(2, cores)  # a GPU forward pass outruns one decoding thread 20x (docs/benchmarks.md)
+    decoders = max(2, cores)  # a GPU forward pass outruns one decoding thread by far (docs/benchmarks.md)
     if device.type == "cpu":
         workers = cfg.workers or cores
         threads = cfg.threads or (1 if workers > 1 else max(1, cores - 1))
@@ -104,7 +102,7 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     """``auto`` -> fp16 on a GPU, fp32 on a CPU; refuse fp16 on a CPU (no fast kernels there).
 
     bf16 on a CPU is allowed but warned about when the CPU lacks bf16 instructions: autocast then
-    emulates it, measured 17x slower than fp32 on an AVX2-only EPYC (docs/benchmarks.md).
+    emulates it, many times slower than fp32 (docs/benchmarks.md, "arithmetic modes").
     """
     if setting == "auto":
         return "fp32" if device.type == "cpu" else "fp16"

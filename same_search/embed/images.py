@@ -8,12 +8,13 @@ checked from the header *before* pixels are decoded, so a decompression bomb cos
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps
 
-from same_search.errors import ImageSubCode, bad_image
+from same_search.errors import ImageSubCode, bad_image, bad_request
 
 # We enforce our own pixel limit from the header; Pillow's own check would raise a different
 # exception type (or only warn) and is redundant.
@@ -33,27 +34,107 @@ class ImageLimits:
     max_pixels: int = 8192 * 8192
 
 
-def decode(data: bytes, limits: ImageLimits, target_side: int) -> Image.Image:
-    """Open, validate, orient and convert ``data`` to an RGB image.
+#: EXIF orientations that turn the picture a quarter turn, so width and height swap.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+#: Fractions may overshoot 1 by float rounding (0.1 + 0.9), not by more.
+_FRACTION_SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box on the picture as the viewer sees it (after EXIF rotation): pixels, or fractions."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    fraction: bool = False
+
+    def box(self, size: tuple[int, int], min_side: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in pixels of a picture of ``size``; err_no 1 saying what is
+        wrong for a box that is empty, reaches outside the picture or is smaller than ``min_side``."""
+        width, height = size
+        if self.w <= 0 or self.h <= 0:
+            raise bad_request(f"region is empty: w and h must be positive, got w={self.w:g}, h={self.h:g}")
+        if self.x < 0 or self.y < 0:
+            raise bad_request(
+                f"region lies outside the picture: x and y must be >= 0, got {self.x:g}, {self.y:g}"
+            )
+        if self.fraction:
+            if self.x + self.w > 1 + _FRACTION_SLACK or self.y + self.h > 1 + _FRACTION_SLACK:
+                raise bad_request(
+                    "region lies outside the picture: with unit fraction, x + w and y + h must be at most 1"
+                )
+            left, top = round(self.x * width), round(self.y * height)
+            right = min(width, round((self.x + self.w) * width))
+            bottom = min(height, round((self.y + self.h) * height))
+        else:
+            left, top, right, bottom = (round(v) for v in (self.x, self.y, self.x + self.w, self.y + self.h))
+            if right > width or bottom > height:
+                raise bad_request(
+                    f"region lies outside the picture: it reaches ({right}, {bottom}) on a "
+                    f"{width}x{height} picture (after EXIF rotation)"
+                )
+        if min(right - left, bottom - top) < min_side:
+            raise bad_request(
+                f"region is {right - left}x{bottom - top} px on the {width}x{height} picture; "
+                f"its shortest side must be at least {min_side} px"
+            )
+        return left, top, right, bottom
+
+
+def decode(data: bytes, limits: ImageLimits, target_side: int, region: Region | None = None) -> Image.Image:
+    """Open, validate, orient and convert ``data`` to an RGB image; only ``region`` of it when given.
 
     ``target_side`` lets large JPEGs decode at a reduced scale (``Image.draft``): the decoder
     skips DCT coefficients, which is several times faster and uses a fraction of the memory,
-    while the result stays at least ``target_side`` on its shorter side.
+    while the result (or the region of it) stays at least ``target_side`` on its shorter side.
+    The region is checked against the picture's size from the header, before any pixel is decoded.
     """
     if not data:
         raise bad_image(ImageSubCode.EMPTY, "image is empty")
     image = _open(data)
     _check_size(image.size, limits)
-    if image.format == "JPEG" and min(image.size) > 2 * target_side:
-        image.draft("RGB", _draft_size(image.size, target_side))
+    oriented = _oriented_size(image)
+    box = None if region is None else region.box(oriented, limits.min_side)
+    shorter = min(image.size) if box is None else min(box[2] - box[0], box[3] - box[1])
+    if image.format == "JPEG" and shorter > 2 * target_side:
+        wanted = math.ceil(target_side * min(image.size) / shorter)
+        image.draft("RGB", _draft_size(image.size, wanted))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
             image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+            image = _to_rgb(image)
     except Exception as exc:  # truncated data, bad Huffman tables, ... all look the same to clients
         raise bad_image(ImageSubCode.UNDECODABLE, f"image cannot be decoded: {exc}") from exc
+    return image if box is None else image.crop(_scaled(box, oriented, image.size))
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    """The picture's size as a viewer shows it: EXIF quarter turns swap width and height."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block: exif_transpose will ignore it too
+        orientation = 1
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def _scaled(
+    box: tuple[int, int, int, int], full: tuple[int, int], actual: tuple[int, int]
+) -> tuple[int, ...]:
+    """A box on the full-size picture moved onto the (draft-reduced) decoded one."""
+    sx, sy = actual[0] / full[0], actual[1] / full[1]
+    left, top, right, bottom = box
+    return (
+        round(left * sx),
+        round(top * sy),
+        max(round(left * sx) + 1, round(right * sx)),
+        max(round(top * sy) + 1, round(bottom * sy)),
+    )
 
 
 def _open(data: bytes) -> Image.Image:

@@ -30,8 +30,8 @@ LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Lite0 was trained on (x - 127) / 128 over 0..255 pixels: measured 88.6% top-1 on
-#: shared/data/imagenet-samples versus 77.5% with the ImageNet mean/std.
+#: Lite0 was trained on (x - 127) / 128 over 0..255 pixels, and classifies far better with it than
+#: with the ImageNet mean/std (docs/quality.md, "Choices").
 TF_MEAN = (127.0 / 255.0,) * 3
 TF_STD = (128.0 / 255.0,) * 3
 

@@ -4,25 +4,41 @@ A request decodes its image in a worker thread (so the event loop never touches 
 then waits in a bounded queue; one background task takes up to ``max_batch`` queued images,
 runs a single forward pass in the inference thread, and hands each request its vector. While
 one batch runs, the next batch's images are already being decoded in the other threads.
+
+Background work (import jobs) yields to interactive requests: a batch takes queued interactive
+images first and then no background ones, and background images enter the decode threads only as
+threads free up, so an interactive request never queues behind a backlog of a job's decodes. A task marks
+itself as background with :func:`background_priority`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder, ModelInfo
-from same_search.embed.images import ImageLimits, decode, make_thumbnail
+from same_search.embed.images import ImageLimits, Region, decode, make_thumbnail
 from same_search.errors import ApiError, ErrNo
 
 log = logging.getLogger(__name__)
+
+
+INTERACTIVE, BACKGROUND = 0, 1
+_priority: ContextVar[int] = ContextVar("embed_priority", default=INTERACTIVE)
+
+
+def background_priority() -> None:
+    """Embed at background priority from now on in this task and the tasks it creates."""
+    _priority.set(BACKGROUND)
 
 
 @dataclass
@@ -50,7 +66,10 @@ class EmbedService:
         self.workers = embedder.plan.workers
         self.max_batch = embedder.plan.max_batch
         self._infer_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="infer")
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # (priority, arrival, job): interactive before background, first come first served within.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
+        self._background_decodes = asyncio.Semaphore(threads)
         self._pending = 0
         self._in_forward = 0
         self._waiting = 0  # decoded: queued, or held by a batching loop, not yet in a forward pass
@@ -88,27 +107,33 @@ class EmbedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         while not self._queue.empty():
-            job = self._queue.get_nowait()
+            _, _, job = self._queue.get_nowait()
             if not job.future.done():
                 job.future.set_exception(ApiError(ErrNo.FEATURE_UNAVAILABLE, "embedder is shutting down"))
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=True)
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        """Decode and embed one image; err_no 100 for bad images, 99 when full, 2 on timeout."""
-        vector, _ = await self.embed_with_thumbnail(data, 0)
+    async def embed_image(self, data: bytes, region: Region | None = None) -> np.ndarray:
+        """Decode and embed one image (only ``region`` of it when given); err_no 100 for bad
+        images, 1 for a bad region, 99 when full, 2 on timeout."""
+        vector, _ = await self.embed_with_thumbnail(data, 0, region)
         return vector
 
-    async def embed_with_thumbnail(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
+    async def embed_with_thumbnail(
+        self, data: bytes, thumbnail_side: int, region: Region | None = None
+    ) -> tuple[np.ndarray, bytes | None]:
         """Like :meth:`embed_image`, plus a JPEG thumbnail (longest side ``thumbnail_side``; 0 = none)
-        made from the already decoded picture, so storing one costs no second decode."""
+        made from the already decoded picture (the region, when given), so storing one costs no
+        second decode."""
         if self._pending >= self.cfg.queue_max:
             raise ApiError(
                 ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later"
             )
         self._pending += 1
         try:
-            return await asyncio.wait_for(self._embed(data, thumbnail_side), timeout=self.cfg.timeout_s)
+            return await asyncio.wait_for(
+                self._embed(data, thumbnail_side, region), timeout=self.cfg.timeout_s
+            )
         except TimeoutError as exc:
             raise ApiError(
                 ErrNo.FEATURE_TIMEOUT, f"no vector within {self.cfg.timeout_s:g}s; the embedder is overloaded"
@@ -116,16 +141,29 @@ class EmbedService:
         finally:
             self._pending -= 1
 
-    async def _embed(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
+    async def _embed(
+        self, data: bytes, thumbnail_side: int, region: Region | None
+    ) -> tuple[np.ndarray, bytes | None]:
         loop = asyncio.get_running_loop()
-        pixels, thumbnail = await loop.run_in_executor(self._decode_pool, self._decode, data, thumbnail_side)
+        priority = _priority.get()
+        if priority == INTERACTIVE:
+            pixels, thumbnail = await loop.run_in_executor(
+                self._decode_pool, self._decode, data, thumbnail_side, region
+            )
+        else:  # at most one background decode per thread: none waits in the pool's queue
+            async with self._background_decodes:
+                pixels, thumbnail = await loop.run_in_executor(
+                    self._decode_pool, self._decode, data, thumbnail_side, region
+                )
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting += 1
-        await self._queue.put(_Job(pixels, future))
+        self._queue.put_nowait((priority, next(self._arrivals), _Job(pixels, future)))
         return await future, thumbnail
 
-    def _decode(self, data: bytes, thumbnail_side: int) -> tuple[np.ndarray, bytes | None]:
-        image = decode(data, self.limits, self.cfg.image_size)
+    def _decode(
+        self, data: bytes, thumbnail_side: int, region: Region | None
+    ) -> tuple[np.ndarray, bytes | None]:
+        image = decode(data, self.limits, self.cfg.image_size, region)
         return self.embedder.preprocess(image), make_thumbnail(
             image, thumbnail_side
         ) if thumbnail_side else None
@@ -169,21 +207,28 @@ class EmbedService:
         arrives within ``max_wait_ms``.
 
         Waiting only while other requests are decoding means a lone request never pays the
-        wait (single-search latency), while a burst still shares one forward pass.
+        wait (single-search latency), while a burst still shares one forward pass. A batch
+        led by an interactive image takes no background images: on a CPU a pass costs about
+        its batch size, and a search should not pay for an import's images.
         """
-        jobs = [await self._queue.get()]
+        priority, _, first = await self._queue.get()
+        jobs = [first]
         deadline = asyncio.get_running_loop().time() + self.cfg.max_wait_ms / 1000.0
         while len(jobs) < self.max_batch:
             if not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
-                continue
-            if self._decoding() <= 0:
+                item = self._queue.get_nowait()
+            elif self._decoding() <= 0:
                 break
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            else:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item[0] > priority:  # background behind an interactive lead: the next batch's
+                self._queue.put_nowait(item)
                 break
-            try:
-                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
+            jobs.append(item[2])
         return jobs

@@ -1,9 +1,15 @@
 """Bulk import jobs: run in the background through the same batching embedder as ``add``.
 
-A job walks its source in order, a chunk at a time, with up to ``model.max_batch`` images in
-flight so the batcher fills its forward passes. After every chunk its position, counters and
-per-item errors are committed, so a restart resumes where it stopped (redoing at most one
-chunk, whose already-stored images then count as duplicates). One job runs at a time; others wait.
+A job walks its source in order, a chunk at a time, with up to ``concurrency`` images in flight
+(``model.max_batch * workers``: enough to fill every forward pass). Its embeddings run at
+background priority, so interactive requests overtake the job's images in the embedder (see
+:mod:`same_search.embed.service`). After every chunk its position, counters and per-item errors
+are committed, so a restart resumes where it stopped (redoing at most one chunk, whose already
+stored images then count as duplicates). One job runs at a time; others wait.
+
+Reading is guarded (:mod:`same_search.imports.finder`): only regular files within the image
+limit are read, each in a daemon thread with a deadline, so no entry can exhaust memory, block
+the queue or keep the process alive at shutdown; a refused entry is one line in the job's errors.
 """
 
 from __future__ import annotations
@@ -12,21 +18,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from same_search.embed.service import background_priority
 from same_search.errors import ApiError, ErrNo
-from same_search.imports.sources import Entry, SourceError, list_entries, read_entry
-from same_search.libraries import DuplicateAdd, Library, LibraryService
+from same_search.imports.detached import run_detached
+from same_search.imports.retry import backoff_s, retryable
+from same_search.imports.sources import Entry, EntryError, Source, SourceError, open_source
+from same_search.libraries import DuplicateAdd, Library, LibraryService, NearDuplicateAdd
+from same_search.near_duplicates import DupPolicy, resolve
 from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
 
 CHUNK = 32
 ACTIVE = ("queued", "running")
-#: How long a job backs off when the embedder queue is full (interactive traffic wins).
-BUSY_BACKOFF_S = 0.5
+#: Longest a source may take to open and list (a huge folder on a slow disk) before the job fails.
+LIST_TIMEOUT_S = 600.0
+#: Longest one entry may take to read before it is recorded as failed and the job goes on.
+READ_TIMEOUT_S = 60.0
+
+
+class _Stopping(Exception):
+    """The daemon is stopping: leave the chunk unfinished; it is redone after the restart."""
 
 
 class ImportJobs:
@@ -36,14 +52,18 @@ class ImportJobs:
         self.store = store
         self.libraries = libraries
         self.concurrency = max(1, concurrency)
+        self.max_image_bytes = libraries.cfg.limits.max_image_bytes
+        self.uploads = libraries.cfg.data_path / "uploads"
         self._wake = asyncio.Event()
         self._cancelled: set[int] = set()
+        self._running: JobRow | None = None  # the runner's own copy of the job it is running
         self._rates: dict[int, tuple[float, int]] = {}  # job id -> (start time, position at start)
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    def start(self) -> None:
-        """Start the runner; jobs left queued or running by a previous process resume."""
+    async def start(self) -> None:
+        """Delete orphaned uploads, then start the runner; jobs left queued or running resume."""
+        await self._remove_orphaned_uploads()
         self._task = asyncio.create_task(self._run(), name="import-jobs")
         self._wake.set()
 
@@ -60,26 +80,53 @@ class ImportJobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def create(self, appid: str, kind: str, source: str) -> JobRow:
-        """Queue a job; the library must exist and the source must be readable."""
+    async def create(
+        self,
+        appid: str,
+        kind: str,
+        source: str,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+    ) -> JobRow:
+        """Queue a job; the library must exist and the source must be readable.
+
+        ``dup_policy``/``dup_min_score`` are the job's own near-duplicate policy, kept with the
+        job; left None, the library's default when the job runs applies.
+        """
         self.libraries.get(appid)
-        try:
-            entries = await asyncio.to_thread(list_entries, kind, source)
-        except SourceError as exc:
-            raise ApiError(ErrNo.BAD_REQUEST, str(exc)) from exc
-        job_id = await self.store.create_job(appid, kind, source, len(entries))
+        opened = await self._open(kind, source)
+        opened.close()
+        job_id = await self.store.create_job(
+            appid, kind, source, len(opened.entries), dup_policy, dup_min_score
+        )
         self._wake.set()
-        log.info("import job %d queued: %s %s into %s (%d images)", job_id, kind, source, appid, len(entries))
+        log.info(
+            "import job %d queued: %s %s into %s (%d images)",
+            job_id,
+            kind,
+            source,
+            appid,
+            len(opened.entries),
+        )
         return (await self.store.jobs(job_id))[0]
 
     async def cancel(self, job_id: int) -> JobRow:
-        """Cancel a queued or running job (a running one stops after its current chunk)."""
+        """Cancel a queued or running job: a running one stops after its current chunk and ends
+        ``cancelled`` even if that chunk was its last. An uploaded ZIP is deleted at once."""
         job = await self.get(job_id)
-        if job.status in ACTIVE:
-            self._cancelled.add(job_id)
-            if job.status == "queued":
-                job.status = "cancelled"
-                await self.store.save_job_progress(job)
+        running = self._running if self._running is not None and self._running.id == job_id else None
+        if running is not None:
+            job = running
+        if job.status not in ACTIVE:
+            return job
+        self._cancelled.add(job_id)  # no await since the status was read: the runner sees it
+        if job.kind == "zip":  # an open archive reads on (Linux keeps an unlinked file's data)
+            Path(job.source).unlink(missing_ok=True)
+        if running is not None:
+            return replace(running)
+        job.status = "cancelled"
+        await self.store.save_job_progress(job)
+        log.info("import job %d cancelled while queued", job.id)
         return await self.get(job_id)
 
     async def get(self, job_id: int) -> JobRow:
@@ -109,93 +156,171 @@ class ImportJobs:
         elapsed = time.monotonic() - started[0]
         return (job.position - started[1]) / elapsed if elapsed > 0 else None
 
+    # ---- uploads -------------------------------------------------------------------------------
+
+    async def _remove_orphaned_uploads(self) -> None:
+        """Delete what ``data/uploads`` holds besides the ZIPs of queued or running jobs: uploads
+        of jobs that ended while the daemon was down, half-written uploads and export files."""
+        if not self.uploads.is_dir():
+            return
+        keep = {Path(job.source).resolve() for job in await self.store.jobs() if job.status in ACTIVE}
+        removed = 0
+        for path in self.uploads.iterdir():
+            if path.resolve() not in keep and not path.is_dir():
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("removed %d orphaned file(s) from %s", removed, self.uploads)
+
+    # ---- the runner ----------------------------------------------------------------------------
+
+    async def _open(self, kind: str, source: str) -> Source:
+        """Open and list a source in a daemon thread; err_no 1 when it cannot be used."""
+        try:
+            return await run_detached(open_source, kind, source, self.max_image_bytes, timeout=LIST_TIMEOUT_S)
+        except SourceError as exc:
+            raise ApiError(ErrNo.BAD_REQUEST, str(exc)) from exc
+        except TimeoutError:
+            raise ApiError(
+                ErrNo.BAD_REQUEST, f"listing {source} took more than {LIST_TIMEOUT_S:g}s"
+            ) from None
+
     async def _run(self) -> None:
+        background_priority()  # every embedding this task (and its children) asks for yields
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            for job in reversed(await self.store.jobs()):  # oldest first
-                if job.status not in ACTIVE or self._stopping:
+            for listed in reversed(await self.store.jobs()):  # oldest first
+                if listed.status not in ACTIVE or self._stopping:
+                    continue
+                job = await self.get(listed.id)  # cancelled while an older job ran?
+                if job.status not in ACTIVE or job.id in self._cancelled:
                     continue
                 try:
                     await self._run_job(job)
                 except Exception as exc:  # a broken job must not stop the runner for the others
                     log.exception("import job %d crashed", job.id)
-                    job.status, job.message = "failed", f"internal error: {exc}"
+                    job.message = f"internal error: {exc}"
                     with contextlib.suppress(Exception):
-                        await self.store.save_job_progress(job)
+                        await self._finish(job, "failed")
+                finally:
+                    self._running = None
 
     async def _run_job(self, job: JobRow) -> None:
+        self._running = job  # from here a cancel is the runner's to act on
         try:
-            entries = await asyncio.to_thread(list_entries, job.kind, job.source)
             lib = self.libraries.get(job.appid)
-        except (SourceError, ApiError) as exc:
-            job.status, job.message = "failed", str(exc)
-            await self.store.save_job_progress(job)
-            log.warning("import job %d failed: %s", job.id, exc)
-            return
-        job.status, job.total = "running", len(entries)
-        self._rates[job.id] = (time.monotonic(), job.position)
-        log.info("import job %d running from %d/%d", job.id, job.position, job.total)
-        while job.position < job.total:
-            if job.id in self._cancelled:
-                job.status = "cancelled"
-                break
-            if self._stopping:
-                await self.store.save_job_progress(job)  # still "running": resumes on restart
-                log.info("import job %d paused at %d/%d for shutdown", job.id, job.position, job.total)
+            source = await self._open(job.kind, job.source)
+        except ApiError as exc:
+            if job.id in self._cancelled:  # e.g. its upload was deleted by the cancel
+                await self._finish(job, "cancelled")
                 return
-            chunk = entries[job.position : job.position + CHUNK]
-            errors = await self._import_chunk(job, lib, chunk)
-            job.position += len(chunk)
-            await self.store.save_job_progress(job, errors)
+            job.message = exc.err_msg
+            log.warning("import job %d failed: %s", job.id, exc.err_msg)
+            await self._finish(job, "failed")
+            return
+        with source:
+            job.status, job.total = "running", len(source.entries)
+            await self.store.save_job_progress(job)  # "running" shows at once, not after a chunk
+            self._rates[job.id] = (time.monotonic(), job.position)
+            log.info("import job %d running from %d/%d", job.id, job.position, job.total)
+            while job.position < job.total and job.id not in self._cancelled:
+                if self._stopping:
+                    break
+                chunk = source.entries[job.position : job.position + CHUNK]
+                errors = await self._import_chunk(job, lib, source, chunk)
+                if errors is None:
+                    return  # stopping mid-chunk: the last committed chunk stands, resumed from there
+                job.position += len(chunk)
+                await self.store.save_job_progress(job, errors)
+        if job.id in self._cancelled:  # checked last: a cancel during the last chunk counts too
+            await self._finish(job, "cancelled")
+        elif job.position >= job.total:
+            await self._finish(job, "done")
         else:
-            job.status = "done"
+            log.info("import job %d paused at %d/%d for shutdown", job.id, job.position, job.total)
+
+    async def _finish(self, job: JobRow, status: str) -> None:
+        """Record the final status; an uploaded ZIP is deleted once its job has ended."""
+        job.status = status
         await self.store.save_job_progress(job)
-        if job.kind == "zip":  # an uploaded ZIP is ours to delete once its job has ended
+        if job.kind == "zip":
             Path(job.source).unlink(missing_ok=True)
         log.info(
-            "import job %d %s: %d added, %d duplicates, %d failed of %d",
+            "import job %d %s: %d added, %d duplicates, %d near-duplicates, %d failed of %d",
             job.id,
             job.status,
             job.done,
             job.duplicates,
+            job.near_duplicates,
             job.failed,
             job.total,
         )
 
     async def _import_chunk(
-        self, job: JobRow, lib: Library, chunk: list[Entry]
-    ) -> list[tuple[str, int, str]]:
-        """Add a chunk with bounded concurrency; count outcomes on ``job``; return its failures."""
+        self, job: JobRow, lib: Library, source: Source, chunk: list[Entry]
+    ) -> list[tuple[str, int, str]] | None:
+        """Add a chunk with bounded concurrency; count outcomes on ``job``; return its failures
+        (``None`` when the daemon began stopping: nothing of the chunk is counted)."""
         gate = asyncio.Semaphore(self.concurrency)
         errors: list[tuple[str, int, str]] = []
+        outcomes: list[str] = []
 
         async def one(entry: Entry) -> None:
             async with gate:
-                outcome = await self._import_one(job, lib, entry)
-            if outcome == "done":
-                job.done += 1
-            elif outcome == "duplicate":
-                job.duplicates += 1
-            else:
-                job.failed += 1
+                outcome = await self._import_one(job, lib, source, entry)
+            if isinstance(outcome, tuple):
                 errors.append(outcome)
+                outcome = "failed"
+            outcomes.append(outcome)
 
-        await asyncio.gather(*(one(entry) for entry in chunk))
+        try:
+            async with asyncio.TaskGroup() as group:  # a _Stopping in one cancels the others
+                for entry in chunk:
+                    group.create_task(one(entry))
+        except* _Stopping:
+            stopped = True
+        else:
+            stopped = False
+        if stopped:
+            return None
+        job.done += outcomes.count("done") + outcomes.count("done_near_duplicate")
+        job.duplicates += outcomes.count("duplicate")
+        job.near_duplicates += outcomes.count("near_duplicate") + outcomes.count("done_near_duplicate")
+        job.failed += outcomes.count("failed")
         return errors
 
-    async def _import_one(self, job: JobRow, lib: Library, entry: Entry) -> str | tuple[str, int, str]:
+    async def _import_one(
+        self, job: JobRow, lib: Library, source: Source, entry: Entry
+    ) -> str | tuple[str, int, str]:
+        """The outcome of one entry: ``"done"``, ``"duplicate"``, ``"near_duplicate"`` (refused by
+        the policy), ``"done_near_duplicate"`` (stored with a warning), or the failure
+        ``(file, err_no, reason)``."""
         try:
-            data = await asyncio.to_thread(read_entry, job.kind, job.source, entry)
-        except (OSError, KeyError) as exc:
-            return (entry.name, int(ErrNo.BAD_REQUEST), f"cannot read: {exc}")
+            data = await run_detached(source.read, entry, timeout=READ_TIMEOUT_S)
+        except EntryError as exc:
+            return (entry.name, int(ErrNo.BAD_REQUEST), str(exc))
+        except TimeoutError:
+            return (entry.name, int(ErrNo.BAD_REQUEST), f"reading took more than {READ_TIMEOUT_S:g}s")
+        policy = _policy(job, lib)
+        attempt = 0
         while True:
             try:
-                await self.libraries.add(lib, data, entry.brief, entry.tags)
-                return "done"
+                result = await self.libraries.add(lib, data, entry.brief, entry.tags, policy)
+                return "done_near_duplicate" if result.near_duplicates else "done"
             except DuplicateAdd:
                 return "duplicate"
+            except NearDuplicateAdd:
+                return "near_duplicate"
             except ApiError as exc:
-                if exc.err_no != ErrNo.BUSY:
+                if not retryable(exc.err_no):
                     return (entry.name, int(exc.err_no), exc.err_msg)
-            await asyncio.sleep(BUSY_BACKOFF_S)
+            if self._stopping:
+                raise _Stopping
+            await asyncio.sleep(backoff_s(attempt))
+            attempt += 1
+
+
+def _policy(job: JobRow, lib: Library) -> DupPolicy:
+    """The job's own near-duplicate policy over the library's current default."""
+    return resolve(lib.row.dup_policy, lib.row.dup_min_score, job.dup_policy, job.dup_min_score)

@@ -17,12 +17,14 @@ from urllib.parse import quote
 from aiohttp import web
 
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.imports.export import import_export, read_export, write_export
 from same_search.libraries import Item, Library
+from same_search.near_duplicates import check_min_score, check_mode
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
-from same_search.routes.fields import check_library_name, encode_base64, is_decimal
+from same_search.routes.fields import check_library_name, encode_base64, is_decimal, parse_region
 from same_search.services import SERVICES, Services
 
 API = "/api"
@@ -95,7 +97,7 @@ def item_json(appid: str, item: Item, created: float, updated: float) -> dict[st
         "tags": list(item.tags) if item.tags is not None else None,
         "created": created,
         "updated": updated,
-        "thumbnail": f"{API}/libraries/{appid}/items/{key}/thumbnail",
+        "thumbnail": f"{API}/libraries/{quote(appid, safe='')}/items/{key}/thumbnail",
     }
 
 
@@ -201,27 +203,33 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{lib}/rebuild", rebuild_index)
     app.router.add_post(f"{lib}/compact", rebuild_index)
     add_job_routes(app)
+    add_extension_routes(app)
 
 
 # ---- search from the console, bulk import jobs, export and import -----------------------------------
 
 
 async def _save_upload(request: web.Request, path: Path) -> int:
-    """Stream the request body to ``path`` (never all in memory); err_no 1 past the upload limit."""
+    """Stream the request body to ``path`` (never all in memory); err_no 1 past the upload limit.
+
+    Whatever stops it (the limit, an empty body, the client going away mid-body, a full disk)
+    deletes the partial file: an upload is either complete or not on disk at all.
+    """
     limit = request.app[SERVICES].cfg.server.max_upload_bytes
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
-    with path.open("wb") as fh:
-        async for chunk in request.content.iter_chunked(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                fh.close()
-                path.unlink(missing_ok=True)
-                raise bad_request(f"upload exceeds the limit of {limit} bytes")
-            fh.write(chunk)
-    if size == 0:
+    try:
+        with path.open("wb") as fh:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise bad_request(f"upload exceeds the limit of {limit} bytes")
+                fh.write(chunk)
+        if size == 0:
+            raise bad_request("the upload is empty")
+    except BaseException:
         path.unlink(missing_ok=True)
-        raise bad_request("the upload is empty")
+        raise
     return size
 
 
@@ -236,7 +244,7 @@ async def search_image(request: web.Request) -> web.Response:
     if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
         vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
     else:
-        vector = await services.embed.embed_image(bytes(await read_body(request)))
+        vector = await services.embed.embed_image(bytes(await read_body(request)), query_region(request))
     page = await services.libraries.search(lib, vector, 0, rn, None)
     results = []
     for hit in page.hits:
@@ -262,7 +270,7 @@ async def create_job(request: web.Request) -> web.Response:
     appid = body.get("appid")
     if not isinstance(appid, str):
         raise bad_request("appid is required")
-    job = await services.jobs.create(appid, kind, path)
+    job = await services.jobs.create(appid, kind, path, *_job_policy(body))
     return ok(job=await services.jobs.describe(job))
 
 
@@ -271,11 +279,12 @@ async def upload_job(request: web.Request) -> web.Response:
     services = _operator(request)
     appid = request.query.get("appid", "")
     services.libraries.get(appid)
+    policy = _job_policy(_query_policy(request))
     path = _upload_path(services, ".zip")
     await _save_upload(request, path)
     try:
-        job = await services.jobs.create(appid, "zip", str(path))
-    except ApiError:
+        job = await services.jobs.create(appid, "zip", str(path), *policy)
+    except BaseException:  # refused, or the request was cancelled: the ZIP is nobody's
         path.unlink(missing_ok=True)
         raise
     return ok(job=await services.jobs.describe(job))
@@ -360,3 +369,175 @@ def add_job_routes(app: web.Application) -> None:
     app.router.add_get(f"{API}/jobs", list_jobs)
     app.router.add_get(f"{API}/jobs/{{job_id}}", get_job)
     app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel_job)
+
+
+# ---- extensions of issue 12: near-duplicate policy, region ----------------------------------------------
+
+
+def query_region(request: web.Request) -> Region | None:
+    """``?region=x,y,w,h`` (pixels, or fractions with ``&unit=fraction``): the console's box."""
+    text = request.query.get("region")
+    if not text:
+        return None
+    try:
+        x, y, w, h = (float(part) for part in text.split(","))
+    except ValueError:
+        raise bad_request(f"region {text!r} must be x,y,w,h") from None
+    return parse_region({"x": x, "y": y, "w": w, "h": h, "unit": request.query.get("unit", "px")})
+
+
+def _job_policy(body: dict[str, Any]) -> tuple[str | None, float | None]:
+    """A job's own ``dup_policy``/``dup_min_score`` (None: the library's default when it runs)."""
+    mode, floor = body.get("dup_policy"), body.get("dup_min_score")
+    return (
+        None if mode is None else check_mode(mode),
+        None if floor is None else check_min_score(floor),
+    )
+
+
+def _query_policy(request: web.Request) -> dict[str, Any]:
+    """``?dup_policy=&dup_min_score=`` of an upload, as a body would carry them."""
+    body: dict[str, Any] = {}
+    if "dup_policy" in request.query:
+        body["dup_policy"] = request.query["dup_policy"]
+    if "dup_min_score" in request.query:
+        try:
+            body["dup_min_score"] = float(request.query["dup_min_score"])
+        except ValueError:
+            raise bad_request("dup_min_score must be a number from 0 to 1") from None
+    return body
+
+
+async def set_dup_policy(request: web.Request) -> web.Response:
+    """``{"dup_policy": "off|warn|reject", "dup_min_score": x | null}``: the library's default.
+
+    A field left out keeps its current value; ``"dup_min_score": null`` returns to the built-in floor.
+    """
+    services, lib = _library(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise bad_request('body must be JSON: {"dup_policy": "off|warn|reject", "dup_min_score"}') from None
+    if not isinstance(body, dict) or not {"dup_policy", "dup_min_score"} & body.keys():
+        raise bad_request("give dup_policy and/or dup_min_score")
+    mode = check_mode(body["dup_policy"]) if "dup_policy" in body else lib.row.dup_policy
+    floor = lib.row.dup_min_score
+    if "dup_min_score" in body:
+        floor = None if body["dup_min_score"] is None else check_min_score(body["dup_min_score"])
+    await services.libraries.set_dup_policy(lib, mode, floor)
+    return ok(library=services.libraries.stats(lib))
+
+
+#: How long starting a scan waits for it to end, so a small library's groups come in one answer.
+SCAN_WAIT_S = 2.0
+MAX_GROUPS_PAGE = 500
+
+
+async def start_duplicates_scan(request: web.Request) -> web.Response:
+    """``{"min_score": x}`` (default: the library's dup_min_score): scan for near-duplicate groups."""
+    services, lib = _library(request)
+    body = await _json_body(request)
+    floor = body.get("min_score")
+    if floor is None:
+        floor = services.libraries.stats(lib)["dup_min_score"]
+    scan = await services.duplicates.start(lib, check_min_score(floor, "min_score"))
+    await services.duplicates.wait(scan, SCAN_WAIT_S)
+    return ok(scan=await _scan_json(request, services, lib, scan))
+
+
+async def get_duplicates_scan(request: web.Request) -> web.Response:
+    """A scan's progress, and its groups once done (``?offset=&limit=`` pages through groups)."""
+    services, lib = _library(request)
+    scan = services.duplicates.get(lib, _scan_id(request))
+    return ok(scan=await _scan_json(request, services, lib, scan))
+
+
+async def remove_duplicate_extras(request: web.Request) -> web.Response:
+    """Remove every extra of a scan, or only ``{"contsigns": [...]}`` among them; kept items stay."""
+    services, lib = _library(request)
+    scan = services.duplicates.get(lib, _scan_id(request))
+    body = await _json_body(request)
+    contsigns = None
+    if body.get("contsigns") is not None:
+        listed = body["contsigns"]
+        if not isinstance(listed, list):
+            raise bad_request("contsigns must be a list of {sign1, sign2}")
+        contsigns = [ContSign.from_json(c, f"contsigns[{i}]") for i, c in enumerate(listed)]
+    removed = await services.duplicates.remove_extras(lib, scan, contsigns)
+    return ok(removed=removed, scan=await _scan_json(request, services, lib, scan))
+
+
+async def cancel_duplicates_scan(request: web.Request) -> web.Response:
+    """Stop a running scan (a long one of a large library)."""
+    services, lib = _library(request)
+    scan = services.duplicates.get(lib, _scan_id(request))
+    await services.duplicates.cancel(scan)
+    return ok(scan=await _scan_json(request, services, lib, scan))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise bad_request("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise bad_request("body must be a JSON object")
+    return body
+
+
+def _scan_id(request: web.Request) -> int:
+    text = request.match_info["scan_id"]
+    if not text.isdigit():
+        raise bad_request("scan id must be an integer")
+    return int(text)
+
+
+async def _scan_json(request: web.Request, services: Services, lib: Library, scan: Any) -> dict[str, Any]:
+    """A scan as the API shows it: progress, and a page of groups as item cards with scores."""
+    offset = _query_int(request, "offset", 0, 1 << 62)
+    limit = _query_int(request, "limit", 100, MAX_GROUPS_PAGE)
+    page = scan.groups[offset : offset + limit]
+    keys = [key for group in page for key in (group.keep, *(k for k, _ in group.extras))]
+    items = await services.duplicates.items(lib, keys)
+
+    def card(key: int, score: float) -> dict[str, Any] | None:
+        item = items.get(key)
+        if item is None:  # removed since the scan
+            return None
+        shown = item_json(lib.row.appid, item, 0.0, 0.0)
+        return {k: v for k, v in shown.items() if k not in ("created", "updated")} | {"score": score}
+
+    groups = []
+    for group in page:
+        keep = card(group.keep, 1.0)
+        extras = [c for c in (card(k, s) for k, s in group.extras) if c is not None]
+        if keep is not None and extras:
+            groups.append({"keep": keep, "extras": extras})
+    return {
+        "id": scan.id,
+        "appid": scan.appid,
+        "status": scan.status,
+        "message": scan.message,
+        "method": scan.method,
+        "min_score": scan.min_score,
+        "total": scan.total,
+        "done": scan.done,
+        "progress": round(scan.done / scan.total, 4) if scan.total else 1.0,
+        "groups_total": len(scan.groups),
+        "extras_total": len(scan.extras),
+        "offset": offset,
+        "groups": groups,
+    }
+
+
+def add_extension_routes(app: web.Application) -> None:
+    """Register the routes of the near-duplicate policy and the duplicates view."""
+    lib = f"{API}/libraries/{{appid}}"
+    app.router.add_put(f"{lib}/dup_policy", set_dup_policy)
+    app.router.add_post(f"{lib}/dup_policy", set_dup_policy)
+    app.router.add_post(f"{lib}/duplicates", start_duplicates_scan)
+    app.router.add_get(f"{lib}/duplicates/{{scan_id}}", get_duplicates_scan)
+    app.router.add_post(f"{lib}/duplicates/{{scan_id}}/remove", remove_duplicate_extras)
+    app.router.add_post(f"{lib}/duplicates/{{scan_id}}/cancel", cancel_duplicates_scan)

@@ -1,31 +1,76 @@
-"""Optional per-appid tokens (``[auth] tokens`` in config.toml).
+"""Optional per-appid tokens (``[auth] tokens`` in config.toml), and the console's login sessions.
 
 A client sends its token in the ``X-Same-Token`` header, as ``Authorization: Bearer <token>``, or,
 for scripts that can only change the JSON body, as a ``token`` field. Comparison is constant-time
 and tokens never reach the log.
+
+The web console cannot put a header on an ``<img>`` request, so an operator who logged in with the
+``"*"`` token gets a session cookie instead; ``routes.browser_guard`` honours it on the management
+port only, and only for requests that passed its Origin and Host checks.
 """
 
 from __future__ import annotations
 
 import hmac
+import secrets
+from collections import OrderedDict
 
 from aiohttp import web
 
 from same_search.config import AuthConfig
 from same_search.errors import ApiError, ErrNo
+from same_search.wire import TOKEN_HEADER as HEADER
 
-HEADER = "X-Same-Token"
 WILDCARD = "*"
+#: The console's session cookie: a random id; the token it stands for stays in the daemon's memory.
+SESSION_COOKIE = "same_search_session"
+#: The operator token a valid session cookie stands for, set by the browser guard.
+SESSION_TOKEN = web.RequestKey("session_token", str)
+
+
+class ConsoleSessions:
+    """Console logins held in memory: they end at logout, when the browser closes, or at a restart.
+
+    The cookie carries only a random id, so the raw token never travels again after the login and
+    a logout really ends the session (a stolen cookie stops working). The oldest sessions are
+    forgotten beyond ``limit``, so a login loop cannot grow memory.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._tokens: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+
+    def open(self, token: str) -> str:
+        """A new session id standing for ``token``."""
+        session_id = secrets.token_urlsafe(32)
+        self._tokens[session_id] = token
+        while len(self._tokens) > self._limit:
+            self._tokens.popitem(last=False)
+        return session_id
+
+    def token_of(self, session_id: str | None) -> str | None:
+        """The token a session id stands for, or None when it is unknown or closed."""
+        return self._tokens.get(session_id) if session_id else None
+
+    def close(self, session_id: str | None) -> None:
+        """End a session (logout)."""
+        if session_id:
+            self._tokens.pop(session_id, None)
+
+
+SESSIONS = web.AppKey("console_sessions", ConsoleSessions)
 
 
 def presented_token(request: web.Request, body: dict) -> str | None:
-    """The token a request carries, from the header, the Authorization header or the body."""
+    """The token a request carries: header, Authorization header, body, else the console session."""
     token = request.headers.get(HEADER)
     if token is None:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         token = value.strip() if scheme.lower() == "bearer" and value.strip() else None
     if token is None and isinstance(body.get("token"), str):
         token = body["token"]
+    if token is None:
+        token = request.get(SESSION_TOKEN)
     return token
 
 

@@ -75,7 +75,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
         response = envelope_response(error.body())
     if request.get(CLOSE):
         response.force_close()
-    request[ERRNO] = 0 if error is None else int(error.err_no)
+    request[ERRNO] = request.get(ERRNO, 0) if error is None else int(error.err_no)
     _log_request(request, started)
     return response
 

@@ -19,16 +19,9 @@ from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import Fields, decode_base64, encode_base64, is_decimal, parse_json_object
 from same_search.services import SERVICES
-
-PATH = "/GeneralClassifyService/classify"
-
-#: The global descriptor: ``dim`` little-endian float32, L2-normalised.
-FEA_DESCRIPTOR = 2001
-#: The image's contsign: 8 bytes, ``struct.pack("<II", sign1, sign2)``.
-FEA_CONTSIGN = 2002
-#: The serving model as UTF-8 ``model_id:fingerprint:dim``, to tell descriptors of different models apart.
-FEA_MODEL = 2003
-ALL_FEATURES = (FEA_DESCRIPTOR, FEA_CONTSIGN, FEA_MODEL)
+from same_search.wire import CLASSIFY as PATH
+from same_search.wire import FEA_CONTSIGN, FEA_DESCRIPTOR, FEA_MODEL
+from same_search.wire import FEATURE_OUTPUTS as ALL_FEATURES
 
 
 def wanted_features(spec: str) -> list[int]:

@@ -14,10 +14,10 @@ import struct
 from typing import Any
 
 from same_search.contsign import ContSign
+from same_search.embed.images import Region
 from same_search.errors import bad_request
+from same_search.wire import FEA_BRIEF, FEA_TAGS
 
-FEA_BRIEF = 1000
-FEA_TAGS = 999
 MAX_APPID_LEN = 128
 MAX_CONTSIGNS = 10_000
 
@@ -33,12 +33,34 @@ def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     return data
 
 
+#: Line breaks that MIME encoders (76 columns), the ``base64`` tool and Python 2's ``encodestring``
+#: put into base64 text. Spaces and tabs are not among them: a ``+`` that a form encoder turned
+#: into a space would otherwise be dropped and the image silently corrupted.
+_LINE_BREAKS = str.maketrans("", "", "\r\n")
+
+
 def decode_base64(value: Any, field: str) -> bytes:
-    """Strict standard base64 (padding required, no stray characters)."""
+    """Standard base64, tolerant of what other stacks send: line breaks anywhere (MIME wrapping,
+    ``\\r\\n``) and missing ``=`` padding. Anything else that is not base64 is err_no 1 naming
+    ``field``; so is a length that no whole number of bytes can have (1 more than a multiple of 4),
+    which is what a truncated upload looks like, rather than a silently shortened image.
+    """
     if not isinstance(value, str):
         raise bad_request(f"{field} must be a base64 string")
+    text = value.translate(_LINE_BREAKS)
+    body = text.rstrip("=")
+    padding = len(text) - len(body)
+    if padding > 2:
+        raise bad_request(f"{field} is not valid base64: more than two '=' at the end")
+    if len(body) % 4 == 1:
+        raise bad_request(
+            f"{field} is not valid base64: {len(body)} characters (without padding) cannot encode "
+            "whole bytes; the data looks truncated"
+        )
+    if padding and (len(body) + padding) % 4:
+        raise bad_request(f"{field} is not valid base64: wrong padding")
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise bad_request(f"{field} is not valid base64: {exc}") from exc
 
@@ -64,6 +86,8 @@ def check_library_name(name: str) -> str:
     One rule for the wire API and the management API, so no port can create a library that
     another cannot name (a CR/LF or NUL in a name broke URLs, headers and log lines).
     """
+    if name in (".", ".."):  # browsers resolve them as path segments even when escaped
+        raise bad_request(f"appid {name!r} cannot be named in a URL; choose another name")
     if not name or "," in name or len(name) > MAX_APPID_LEN or not name.isprintable():
         raise bad_request(
             f"appid must be 1 to {MAX_APPID_LEN} printable characters without commas (appid_sub_lib included)"
@@ -158,6 +182,17 @@ class Fields:
             result[fea_id] = decode_base64(entry.get("fea_data"), f"features[{i}].fea_data")
         return result
 
+    def region(self) -> Region | None:
+        """Extension: ``region`` ``{"x", "y", "w", "h"}`` in pixels, or with ``"unit": "fraction"``.
+
+        Only types are checked here; whether the box fits the picture is known once its header
+        is read (``embed.images``), and a misfit is err_no 1 too.
+        """
+        value = self.data.get("region")
+        if value is None:
+            return None
+        return parse_region(value)
+
     def contsign(self) -> ContSign | None:
         """``contsign`` (or the spec table's spelling ``consign``)."""
         for name in ("contsign", "consign"):
@@ -177,6 +212,28 @@ class Fields:
                 raise bad_request(f"{name} may hold at most {MAX_CONTSIGNS} entries per request")
             return [ContSign.from_json(item, f"{name}[{i}]") for i, item in enumerate(value)]
         return []
+
+
+REGION_UNITS = ("px", "fraction")
+
+
+def parse_region(value: Any, field: str = "region") -> Region:
+    """``{"x", "y", "w", "h"[, "unit"]}`` as a :class:`Region`; err_no 1 naming what is wrong."""
+    if not isinstance(value, dict):
+        raise bad_request(f'{field} must be an object {{"x", "y", "w", "h"}} (optionally "unit": "fraction")')
+    unknown = set(value) - {"x", "y", "w", "h", "unit"}
+    if unknown:
+        raise bad_request(f"{field} has unknown keys {sorted(unknown)}; known: x, y, w, h, unit")
+    unit = value.get("unit", "px")
+    if unit not in REGION_UNITS:
+        raise bad_request(f'{field}.unit must be "px" (the default) or "fraction", got {unit!r}')
+    numbers = []
+    for key in ("x", "y", "w", "h"):
+        number = value.get(key)
+        if isinstance(number, bool) or not isinstance(number, int | float) or number != number:
+            raise bad_request(f"{field}.{key} is required and must be a number")
+        numbers.append(float(number))
+    return Region(*numbers, fraction=unit == "fraction")
 
 
 def brief_of(features: dict[int, bytes], limit: int, required: bool) -> bytes | None:

@@ -13,12 +13,11 @@ from aiohttp import web
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
-from same_search.libraries import DuplicateAdd, Item, Library, TagFilter
+from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, TagFilter
+from same_search.near_duplicates import DupPolicy, check_min_score, check_mode, resolve
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
-    FEA_BRIEF,
-    FEA_TAGS,
     Fields,
     brief_of,
     encode_base64,
@@ -27,8 +26,8 @@ from same_search.routes.fields import (
     tags_of,
 )
 from same_search.services import SERVICES, Services
-
-PREFIX = "/RTSAsService"
+from same_search.wire import FEA_BRIEF, FEA_TAGS
+from same_search.wire import RTS_PREFIX as PREFIX
 
 
 def item_json(item: Item, score: float | None = None) -> dict[str, Any]:
@@ -70,16 +69,45 @@ async def signup(request: web.Request) -> web.Response:
 
 async def add(request: web.Request) -> web.Response:
     services, fields, lib = await _library(request)
-    image = fields.image(required=True)
     features = fields.features()
     brief = brief_of(features, services.cfg.limits.brief_max_bytes, required=True)
     tags = tags_of(features)
+    policy = dup_policy(fields, lib)
+    region = fields.region()
+    image = await _image_or_url(services, fields, required=True)  # last: a URL costs a fetch
     assert image is not None and brief is not None
     try:
-        contsign = await services.libraries.add(lib, image, brief, tags)
+        result = await services.libraries.add(lib, image, brief, tags, policy, region)
     except DuplicateAdd as exc:
         raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=[item_json(exc.item)]) from None
-    return ok(contsign=contsign.to_json())
+    except NearDuplicateAdd as exc:
+        close = [item_json(hit.item, hit.score) for hit in exc.hits]
+        raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=close) from None
+    if policy.mode == "warn":
+        close = [item_json(hit.item, hit.score) for hit in result.near_duplicates]
+        return ok(contsign=result.contsign.to_json(), data_items=close)
+    return ok(contsign=result.contsign.to_json())
+
+
+async def _image_or_url(services: Services, fields: Fields, required: bool) -> bytes | None:
+    """The ``image``, or (extension) the picture at ``url`` when the operator allows fetching."""
+    if not fields.has("url"):
+        return fields.image(required=required)
+    if fields.has("image"):
+        raise bad_request("give image or url, not both")
+    return await services.fetcher.fetch(fields.data["url"])
+
+
+def dup_policy(fields: Fields, lib: Library) -> DupPolicy:
+    """Extension: ``dup_policy`` and ``dup_min_score`` of the request over the library's default."""
+    mode = fields.data.get("dup_policy")
+    floor = fields.data.get("dup_min_score")
+    return resolve(
+        lib.row.dup_policy,
+        lib.row.dup_min_score,
+        None if mode is None else check_mode(mode),
+        None if floor is None else check_min_score(floor),
+    )
 
 
 async def update(request: web.Request) -> web.Response:
@@ -96,14 +124,14 @@ async def update(request: web.Request) -> web.Response:
     return ok(contsign=contsign.to_json())
 
 
-def _target(fields: Fields) -> ContSign:
+def _target(fields: Fields, missing: str = "image or contsign is required") -> ContSign:
     """The item a request names: the image's contsign wins over a ``contsign`` field."""
     image = fields.image(required=False)
     if image is not None:
         return ContSign.of_image(image)
     contsign = fields.contsign()
     if contsign is None:
-        raise bad_request("image or contsign is required")
+        raise bad_request(missing)
     return contsign
 
 
@@ -114,17 +142,24 @@ async def search(request: web.Request) -> web.Response:
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
     same_picture = _flag(fields, "same_picture")
-    image = fields.image(required=False)
-    contsign = None if image is not None else fields.contsign()
-    if image is None and contsign is None:
-        raise bad_request("image or contsign is required")
+    region = fields.region()
+    image = await _image_or_url(services, fields, required=False)
+    contsign = None
+    if image is None:
+        if region is not None:
+            raise bad_request(
+                "region needs an image (or url) to cut it from; a stored item's vector has no region"
+            )
+        contsign = fields.contsign()
+        if contsign is None:
+            raise bad_request("image or contsign is required")
     # The query's local features (same_picture only) are extracted while the vector is computed.
     query = asyncio.ensure_future(
         services.libraries.query_features(lib, image, contsign) if same_picture else _none()
     )
     try:
         if image is not None:
-            vector = await services.embed.embed_image(image)
+            vector = await services.embed.embed_image(image, region)
         else:
             assert contsign is not None
             vector = await services.libraries.vector_of(lib, contsign)
@@ -171,23 +206,14 @@ def _tag_filter(fields: Fields) -> TagFilter | None:
 
 
 async def remove(request: web.Request) -> web.Response:
+    """The spec's order: ``contsigns`` when it holds any; else the item the request names, where
+    an image's contsign wins over a ``contsign`` field (the spec's ``consign`` row)."""
     services, fields, lib = await _library(request)
     targets = fields.contsigns()
     if not targets:
-        targets = [_target_for_remove(fields)]
+        targets = [_target(fields, "contsigns, contsign or image is required")]
     removed = await services.libraries.remove(lib, targets)
     return ok(removed=removed)
-
-
-def _target_for_remove(fields: Fields) -> ContSign:
-    """Without ``contsigns``: ``contsign`` first, else the image (the spec's order for remove)."""
-    contsign = fields.contsign()
-    if contsign is not None:
-        return contsign
-    image = fields.image(required=False)
-    if image is None:
-        raise bad_request("contsigns, contsign or image is required")
-    return ContSign.of_image(image)
 
 
 async def snapshot(request: web.Request) -> web.Response:

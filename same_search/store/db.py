@@ -18,8 +18,10 @@ from pathlib import Path
 import aiosqlite
 import numpy as np
 
-#: 2 added the local_features table (created by schema.sql on open; older files are upgraded).
-SCHEMA_VERSION = 2
+#: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
+#: in one transaction each. Shipped files are never edited: a change is a new file.
+MIGRATIONS = (2, 3)
+SCHEMA_VERSION = MIGRATIONS[-1]
 
 _ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at"
 
@@ -34,6 +36,13 @@ class LibraryRow:
     dim: int
     fingerprint: str
     created_at: float
+    #: The library's default near-duplicate policy on add: off | warn | reject.
+    dup_policy: str = "off"
+    #: Its score floor; None means the built-in default (``near_duplicates.DEFAULT_MIN_SCORE``).
+    dup_min_score: float | None = None
+
+
+_LIBRARY_COLUMNS = "id, appid, model_id, dim, fingerprint, created_at, dup_policy, dup_min_score"
 
 
 @dataclass(frozen=True)
@@ -64,11 +73,16 @@ class JobRow:
     message: str
     created_at: float
     updated_at: float
+    #: The job's own near-duplicate policy; None: the library's when the job runs.
+    dup_policy: str | None = None
+    dup_min_score: float | None = None
+    #: Images that had near-duplicates in the library (rejected, or stored with a warning).
+    near_duplicates: int = 0
 
 
 _JOB_COLUMNS = (
     "id, appid, kind, source, status, position, total, done, failed, duplicates, message, "
-    "created_at, updated_at"
+    "created_at, updated_at, dup_policy, dup_min_score, near_duplicates"
 )
 
 
@@ -84,6 +98,19 @@ def _item(row: Sequence) -> ItemRow:
     key, brief, tag1, tag2, created, updated = row
     tags = None if tag1 is None else (int(tag1), int(tag2))
     return ItemRow(int(key), bytes(brief), tags, created, updated)
+
+
+def _statements(sql: str) -> list[str]:
+    """The complete statements of a SQL script (comments and blank lines dropped)."""
+    statements, current = [], ""
+    for line in sql.splitlines():
+        if line.strip().startswith("--") or not line.strip():
+            continue
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 def _placeholders(n: int) -> str:
@@ -131,19 +158,31 @@ class Store:
         await self._writer.executescript(schema)
         async with self._writer.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
             row = await cur.fetchone()
+        version = 1 if row is None else int(row[0])
         if row is None:
-            await self._writer.execute(
-                "INSERT INTO meta(key, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
+            await self._writer.execute("INSERT INTO meta(key, value) VALUES('schema_version', '1')")
+        if version > SCHEMA_VERSION:
             raise RuntimeError(
-                f"{self.path} has schema version {row[0]}, newer than this same_search ({SCHEMA_VERSION}); "
+                f"{self.path} has schema version {version}, newer than this same_search ({SCHEMA_VERSION}); "
                 "upgrade same_search or use another data dir"
             )
-        elif int(row[0]) < SCHEMA_VERSION:  # every migration so far only adds tables (schema.sql)
-            await self._writer.execute(
-                "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
-            )
+        for target in MIGRATIONS:
+            if target > version:
+                await self._apply_migration(target)
+
+    async def _apply_migration(self, version: int) -> None:
+        """One migration file and the new version number, in one transaction: all or nothing."""
+        assert self._writer is not None
+        sql = resources.files("same_search.store").joinpath(f"migration_{version:04d}.sql").read_text()
+        await self._writer.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(sql):
+                await self._writer.execute(statement)
+            await self._writer.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+            await self._writer.execute("COMMIT")
+        except BaseException:
+            await self._writer.execute("ROLLBACK")
+            raise
 
     async def _max_seq(self) -> int:
         async with self.reader.execute(
@@ -158,14 +197,19 @@ class Store:
         assert self._reader is not None, "store is not open"
         return self._reader
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> None:
-        """Run statements as one transaction; turn disk errors into :class:`StorageError`."""
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> int | None:
+        """Run statements as one transaction; turn disk errors into :class:`StorageError`.
+
+        Returns the rowid the last statement inserted (read on the writer, inside the
+        transaction, so no other write can come between).
+        """
         assert self._writer is not None, "store is not open"
+        last_rowid = None
         try:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 for sql, params in statements:
-                    await self._writer.execute(sql, params)
+                    last_rowid = (await self._writer.execute(sql, params)).lastrowid
                 await self._writer.execute("COMMIT")
             except BaseException:
                 await self._writer.execute("ROLLBACK")
@@ -174,6 +218,7 @@ class Store:
             raise AlreadyExists(str(exc)) from exc
         except (sqlite3.DatabaseError, OSError) as exc:  # full, read-only, I/O error, ...
             raise StorageError(str(exc)) from exc
+        return last_rowid
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -183,10 +228,20 @@ class Store:
 
     async def libraries(self) -> list[LibraryRow]:
         """Every library, oldest first."""
-        async with self.reader.execute(
-            "SELECT id, appid, model_id, dim, fingerprint, created_at FROM libraries ORDER BY id"
-        ) as cur:
+        async with self.reader.execute(f"SELECT {_LIBRARY_COLUMNS} FROM libraries ORDER BY id") as cur:
             return [LibraryRow(*row) for row in await cur.fetchall()]
+
+    async def set_dup_policy(self, lib_id: int, policy: str, min_score: float | None) -> None:
+        """A library's default near-duplicate policy (``min_score`` None: the built-in floor)."""
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "UPDATE libraries SET dup_policy=?, dup_min_score=? WHERE id=?",
+                        (policy, min_score, lib_id),
+                    )
+                ]
+            )
 
     async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> LibraryRow:
         """Insert a library; :class:`AlreadyExists` if the appid is taken."""
@@ -218,8 +273,8 @@ class Store:
         thumbnail: bytes | None = None,
         local_features: bytes | None = None,
     ) -> int:
-        """Insert one item (its thumbnail, its local features) and return its seq; :class:`AlreadyExists`
-        if stored."""
+        """Insert one item (its thumbnail, its local features) and return its seq;
+        :class:`AlreadyExists` if stored."""
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
@@ -431,29 +486,35 @@ class Store:
 
     # ---- bulk import jobs ------------------------------------------------------------------
 
-    async def create_job(self, appid: str, kind: str, source: str, total: int) -> int:
-        """A queued job; returns its id."""
+    async def create_job(
+        self,
+        appid: str,
+        kind: str,
+        source: str,
+        total: int,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+    ) -> int:
+        """A queued job (with its own near-duplicate policy, if any); returns its id."""
         now = time.time()
         async with self._write_lock:
-            await self._write(
+            job_id = await self._write(
                 [
                     (
-                        "INSERT INTO jobs(appid, kind, source, status, total, created_at, updated_at) "
-                        "VALUES (?,?,?,'queued',?,?,?)",
-                        (appid, kind, source, total, now, now),
+                        "INSERT INTO jobs(appid, kind, source, status, total, created_at, updated_at, "
+                        "dup_policy, dup_min_score) VALUES (?,?,?,'queued',?,?,?,?,?)",
+                        (appid, kind, source, total, now, now, dup_policy, dup_min_score),
                     )
                 ]
             )
-        async with self.reader.execute("SELECT max(id) FROM jobs") as cur:
-            row = await cur.fetchone()
-        return int(row[0])  # type: ignore[index]
+        return int(job_id)  # type: ignore[arg-type]
 
     async def save_job_progress(self, job: JobRow, errors: Sequence[tuple[str, int, str]] = ()) -> None:
         """Persist a job's counters, position and status, and append its new per-item errors."""
         statements: list[tuple[str, Sequence]] = [
             (
                 "UPDATE jobs SET status=?, position=?, total=?, done=?, failed=?, duplicates=?, message=?, "
-                "updated_at=? WHERE id=?",
+                "near_duplicates=?, updated_at=? WHERE id=?",
                 (
                     job.status,
                     job.position,
@@ -462,6 +523,7 @@ class Store:
                     job.failed,
                     job.duplicates,
                     job.message,
+                    job.near_duplicates,
                     time.time(),
                     job.id,
                 ),

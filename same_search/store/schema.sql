@@ -1,5 +1,5 @@
 -- same_search storage schema. SQLite is the source of truth: indexes are caches rebuilt from it.
--- Version 1. Migrations append to store/migrations in store/db.py, never edit a shipped version.
+-- Version 1. Later versions are store/migration_NNNN.sql, applied in order by store/db.py; never edit a shipped one.
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -85,15 +85,3 @@ CREATE TABLE IF NOT EXISTS job_errors (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_errors_by_job ON job_errors (job_id);
-
--- Version 2: local features of an item (same_search/verify/local_features.py: RootSIFT
--- keypoints, a few tens of KB), for the same-picture check of search's `same_picture`. Items
--- stored before version 2, or imported as bare vectors, have none (the check then falls back to
--- a strict score). A rowid table: a row this size spills into overflow pages either way.
-CREATE TABLE IF NOT EXISTS local_features (
-    lib_id INTEGER NOT NULL,
-    key    INTEGER NOT NULL,
-    data   BLOB NOT NULL,
-    UNIQUE (lib_id, key),
-    FOREIGN KEY (lib_id, key) REFERENCES items(lib_id, key) ON DELETE CASCADE
-);

@@ -1,19 +1,23 @@
 // same_search console: search by picture, live import jobs, small forms. Plain JavaScript, no build step.
 "use strict";
 
-function headers(extra) {
-  const token = localStorage.getItem("same_search_token");
-  return Object.assign(token ? { "X-Same-Token": token } : {}, extra || {});
+// Earlier versions kept the operator token in localStorage; the login session cookie replaces it.
+localStorage.removeItem("same_search_token");
+
+// A path segment: every reserved, space or non-ASCII character percent-encoded.
+const seg = encodeURIComponent;
+
+function toLogin() {
+  location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
 }
 
+// Calls the management API on this origin; the login session cookie goes along by itself.
+// A refused token (err_no 12) means the session ended: back to the login form.
 async function api(method, path, body, contentType) {
-  const options = { method, headers: headers(contentType ? { "Content-Type": contentType } : {}) };
+  const options = { method, headers: contentType ? { "Content-Type": contentType } : {}, credentials: "same-origin" };
   if (body !== undefined) options.body = body;
   const answer = await (await fetch(path, options)).json();
-  if (answer.err_no === 12) {
-    const token = prompt("This daemon needs the operator token:");
-    if (token) { localStorage.setItem("same_search_token", token); return api(method, path, body, contentType); }
-  }
+  if (answer.err_no === 12 && !document.getElementById("login")) toLogin();
   return answer;
 }
 
@@ -32,7 +36,7 @@ function showResults(appid, answer) {
   status.className = "";
   status.textContent = answer.results.length ? "" : "No results: the library is empty.";
   for (const hit of answer.results) {
-    grid.append(el("a", { class: "card", href: `/libraries/${encodeURIComponent(appid)}/items/${hit.key}` },
+    grid.append(el("a", { class: "card", href: `/libraries/${seg(appid)}/items/${seg(hit.key)}` },
       el("img", { src: hit.thumbnail, alt: "" }),
       el("span", { class: "score" }, hit.score.toFixed(4)),
       el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text)));
@@ -41,7 +45,7 @@ function showResults(appid, answer) {
 
 async function searchFile(appid, file) {
   document.getElementById("search-status").textContent = "Searching…";
-  showResults(appid, await api("POST", `/api/libraries/${encodeURIComponent(appid)}/search?rn=24`, file,
+  showResults(appid, await api("POST", `/api/libraries/${seg(appid)}/search?rn=24`, file,
     file.type || "application/octet-stream"));
 }
 
@@ -61,7 +65,7 @@ function setUpSearch() {
   const similar = document.getElementById("similar");
   if (similar) {
     similar.addEventListener("click", async () => {
-      const path = `/api/libraries/${encodeURIComponent(appid)}/search?rn=24&contsign=${similar.dataset.contsign}`;
+      const path = `/api/libraries/${seg(appid)}/search?rn=24&contsign=${encodeURIComponent(similar.dataset.contsign)}`;
       showResults(appid, await api("POST", path));
     });
   }
@@ -82,7 +86,7 @@ async function refreshJobs() {
     const bar = el("span", { class: "progress", title: `${share}%` }, el("span", { style: `width:${share}%` }));
     const cancel = el("button", { "data-job": job.id }, "cancel");
     cancel.disabled = !["queued", "running"].includes(job.status);
-    cancel.addEventListener("click", () => api("POST", `/api/jobs/${job.id}/cancel`).then(refreshJobs));
+    cancel.addEventListener("click", () => api("POST", `/api/jobs/${seg(job.id)}/cancel`).then(refreshJobs));
     return el("tr", { "data-status": job.status },
       el("td", {}, String(job.id)), el("td", {}, job.appid), el("td", {}, job.source), el("td", {}, job.status),
       el("td", {}, bar, ` ${job.position}/${job.total}`), el("td", {}, String(job.failed)),
@@ -113,5 +117,31 @@ function setUpForms() {
   if (document.getElementById("jobs")) { refreshJobs(); setInterval(refreshJobs, 1500); }
 }
 
+// Only a page of this console may follow the login, never another site (no open redirect).
+function nextPath() {
+  const target = new URL(new URLSearchParams(location.search).get("next") || "/", location.origin);
+  return target.origin === location.origin ? target.pathname + target.search : "/";
+}
+
+function setUpLogin() {
+  const form = document.getElementById("login");
+  if (form) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const answer = await api("POST", "/login", JSON.stringify({ token: form.token.value }), "application/json");
+      if (answer.err_no === 0) location.replace(nextPath());
+      else { form.querySelector(".message").textContent = answer.err_msg; form.token.select(); }
+    });
+  }
+  const logout = document.getElementById("logout");
+  if (logout) {
+    logout.addEventListener("click", async () => {
+      await api("POST", logout.dataset.action);
+      location.assign("/login");
+    });
+  }
+}
+
+setUpLogin();
 setUpSearch();
 setUpForms();

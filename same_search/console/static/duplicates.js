@@ -1,0 +1,69 @@
+// same_search console, duplicates view (extension): scan a library for near-duplicate groups, show
+// them as thumbnails with scores, remove the extras in one action. Uses api() and el() of console.js.
+"use strict";
+
+(function () {
+  const appid = document.body.dataset.appid;
+  const base = `/api/libraries/${encodeURIComponent(appid)}/duplicates`;
+  const form = document.getElementById("dup-scan");
+  const progress = document.getElementById("dup-progress");
+  const message = document.getElementById("dup-message");
+  const groups = document.getElementById("dup-groups");
+  const remove = document.getElementById("dup-remove");
+  let current = null;
+
+  function card(member, kept) {
+    const href = `/libraries/${encodeURIComponent(appid)}/items/${member.key}`;
+    return el("a", { class: kept ? "card kept" : "card", href, "data-key": member.key },
+      el("img", { src: member.thumbnail, alt: "" }),
+      el("span", { class: "score" }, kept ? "keep" : member.score.toFixed(4)),
+      el("span", { class: "brief" }, member.brief_text === null ? "(binary brief)" : member.brief_text));
+  }
+
+  function render(scan) {
+    current = scan;
+    if (scan.status === "running") {
+      progress.textContent = `Scanning… ${scan.done}/${scan.total} items (${Math.round(100 * scan.progress)}%)`;
+    } else if (scan.status === "done") {
+      progress.textContent = `${scan.groups_total} groups, ${scan.extras_total} extras among ${scan.total} items ` +
+        `(${scan.method} scan, min score ${scan.min_score})`;
+    } else {
+      progress.textContent = `Scan ${scan.status}: ${scan.message}`;
+    }
+    groups.replaceChildren(...scan.groups.map((group) =>
+      el("div", { class: "dup-group" }, el("div", { class: "grid" }, card(group.keep, true),
+        ...group.extras.map((extra) => card(extra, false))))));
+    remove.hidden = !(scan.status === "done" && scan.extras_total > 0);
+    remove.textContent = `Remove the ${scan.extras_total} extras`;
+  }
+
+  async function follow(scan) {
+    render(scan);
+    while (scan.status === "running") {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const answer = await api("GET", `${base}/${scan.id}?limit=500`);
+      if (answer.err_no !== 0) { progress.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; return; }
+      scan = answer.scan;
+      render(scan);
+    }
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    message.textContent = "";
+    progress.textContent = "Scanning…";
+    const answer = await api("POST", `${base}?limit=500`,
+      JSON.stringify({ min_score: Number(form.min_score.value) }), "application/json");
+    if (answer.err_no !== 0) { progress.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; return; }
+    follow(answer.scan);
+  });
+
+  remove.addEventListener("click", async () => {
+    if (!current) return;
+    if (!confirm(`Remove ${current.extras_total} extras? The oldest copy in each group is kept.`)) return;
+    const answer = await api("POST", `${base}/${current.id}/remove?limit=500`);
+    if (answer.err_no !== 0) { message.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; return; }
+    message.textContent = `Removed ${answer.removed} extras.`;
+    render(answer.scan);
+  });
+})();

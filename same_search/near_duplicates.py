@@ -1,0 +1,111 @@
+"""The near-duplicate policy on add: what counts as "already stored, edited", and what to do then.
+
+The spec's err_no 101 fires only for the very same bytes. This optional policy (per library, or
+per request) extends it to near-duplicates: ``off`` (the spec's behaviour), ``warn`` (store, and
+report the close items) or ``reject`` (101 with the close items, store nothing).
+
+Whether two pictures are the same picture is decided in one place, :func:`is_near_duplicate`.
+Today it is a score floor on the descriptor's cosine similarity, and the default floor is set
+high: on photos the model was not tuned for, different photos of look-alike things score nearly
+as high as edited copies, so a floor that keeps them out also lets many edited copies through as
+new images (the measurement and what it costs are in docs/api.md). A same-picture verifier (local
+features, geometric checks) plugs in here later, with the floor staying as an extra condition,
+and every caller (add, import jobs, the duplicates view) follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from same_search.errors import bad_request
+
+POLICIES = ("off", "warn", "reject")
+#: The built-in floor. Chosen for precision on look-alike negatives, at a large cost in recall.
+DEFAULT_MIN_SCORE = 0.95
+#: At most this many close items are reported in ``data_items`` (best first).
+MAX_REPORTED = 10
+
+
+@dataclass(frozen=True)
+class DupPolicy:
+    """What ``add`` does with an image whose near-duplicates are already stored."""
+
+    mode: str = "off"
+    min_score: float = DEFAULT_MIN_SCORE
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def rejects(self) -> bool:
+        return self.mode == "reject"
+
+
+OFF = DupPolicy()
+
+
+@dataclass(frozen=True)
+class Query:
+    """The image being added, as far as the decision may need it."""
+
+    vector: np.ndarray
+    #: The raw image bytes when known (a verifier would look at pixels); None for stored vectors.
+    image: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A stored item close to the query: its storage key and its cosine similarity."""
+
+    key: int
+    score: float
+
+
+def check_mode(value: object, field: str = "dup_policy") -> str:
+    """``off``, ``warn`` or ``reject``; anything else is err_no 1 naming ``field``."""
+    if value not in POLICIES:
+        raise bad_request(f"{field} must be one of {', '.join(POLICIES)}, got {value!r}")
+    return str(value)
+
+
+def check_min_score(value: object, field: str = "dup_min_score") -> float:
+    """A score floor from 0 to 1; anything else is err_no 1 naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise bad_request(f"{field} must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def resolve(
+    default_mode: str,
+    default_min_score: float | None,
+    mode: str | None = None,
+    min_score: float | None = None,
+) -> DupPolicy:
+    """The policy in force: the request's (or job's) fields over the library's default over the
+    built-in floor; each of the two fields falls back on its own."""
+    floor = min_score if min_score is not None else default_min_score
+    return DupPolicy(mode or default_mode, DEFAULT_MIN_SCORE if floor is None else floor)
+
+
+def is_near_duplicate(query: Query, candidate: Candidate, policy: DupPolicy) -> bool:
+    """The same-picture decision: today the score floor alone (see the module doc).
+
+    A verifier replaces the body, keeping ``candidate.score >= policy.min_score`` as a floor.
+    """
+    del query  # a verifier will compare the pictures; the score floor does not need them
+    return candidate.score >= policy.min_score
+
+
+def select(query: Query, candidates: list[tuple[int, float]], policy: DupPolicy) -> list[Candidate]:
+    """The candidates (``(key, score)``, best first) judged near-duplicates, at most MAX_REPORTED."""
+    chosen = []
+    for key, score in candidates:
+        candidate = Candidate(key, float(score))
+        if is_near_duplicate(query, candidate, policy):
+            chosen.append(candidate)
+            if len(chosen) == MAX_REPORTED:
+                break
+    return chosen

@@ -1,0 +1,121 @@
+"""The console's extensions in a real headless Chromium against the real daemon: a box dragged on
+the query picture searches that part only; the duplicates view shows groups and removes extras."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import b64, brief
+from daemon import Daemon
+from images import encode, jpeg, picture
+from PIL import Image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium on this machine: apt-get install chromium (.ci/run does it)"
+)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+PICTURES = {
+    "p1": jpeg(1),
+    "p2": jpeg(2),
+    "p3": jpeg(3),
+    "p1 copy": encode(picture(1), quality=50),
+    "p2 smaller": encode(picture(2).resize((240, 180))),
+    "p4": jpeg(4),
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("console-ext"))
+    d.start()
+    d.rts("signup", appid="shop")
+    for name, image in PICTURES.items():
+        assert d.rts("add", appid="shop", image=b64(image), features=[brief(name)])["err_no"] == 0
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        yield page
+        browser.close()
+
+
+def two_panels() -> bytes:
+    canvas = Image.new("RGB", (640, 240))
+    canvas.paste(picture(1), (0, 0))
+    canvas.paste(picture(2), (320, 0))
+    return encode(canvas)
+
+
+def drag(page, selector: str, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag from ``start`` to ``end``, given as fractions of the element's box."""
+    page.locator(selector).scroll_into_view_if_needed()
+    rect = page.locator(selector).bounding_box()
+    assert rect is not None and rect["width"] > 0
+    page.mouse.move(rect["x"] + start[0] * rect["width"], rect["y"] + start[1] * rect["height"])
+    page.mouse.down()
+    page.mouse.move(rect["x"] + end[0] * rect["width"], rect["y"] + end[1] * rect["height"], steps=5)
+    page.mouse.up()
+
+
+def test_drag_a_box_on_the_query_picture(daemon, page, tmp_path: Path):
+    query = tmp_path / "panels.jpg"
+    query.write_bytes(two_panels())
+    page.goto(daemon.url("admin", "/libraries/shop"))
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#region-panel:not([hidden])")
+    page.wait_for_function("document.getElementById('region-image').naturalWidth > 0")
+    drag(page, "#region-image", (0.55, 0.05), (0.97, 0.95))
+    page.wait_for_selector("#region-status:has-text('Results for the box')", timeout=30_000)
+    first = page.locator("#results .card").first
+    assert first.locator(".brief").inner_text() in ("p2", "p2 smaller")
+    assert float(first.locator(".score").inner_text()) > 0.9
+    assert page.locator("#region-box").is_visible()
+    drag(page, "#region-image", (0.03, 0.05), (0.45, 0.95))
+    page.wait_for_function(
+        "document.querySelector('#results .card .brief') && "
+        "document.querySelector('#results .card .brief').textContent.startsWith('p1')",
+        timeout=30_000,
+    )
+    box = page.locator("#region-box").bounding_box()
+    image = page.locator("#region-image").bounding_box()
+    assert box is not None and image is not None and box["width"] > 0.35 * image["width"]
+    page.screenshot(path=str(tmp_path / "console-region.png"))
+
+
+def test_duplicates_view_shows_groups_and_removes_extras(daemon, page, tmp_path: Path):
+    page.goto(daemon.url("admin", "/libraries/shop"))
+    page.click("#duplicates-link")
+    page.wait_for_selector("#dup-scan")
+    page.click("#dup-scan button")
+    page.wait_for_selector(".dup-group", timeout=30_000)
+    groups = page.locator(".dup-group")
+    assert groups.count() == 2
+    kept = sorted(groups.nth(i).locator(".card.kept .brief").inner_text() for i in range(2))
+    assert kept == ["p1", "p2"]
+    for i in range(2):
+        score = groups.nth(i).locator(".card:not(.kept) .score").first.inner_text()
+        assert float(score) >= 0.95
+    assert page.evaluate("document.querySelector('.dup-group img').naturalWidth") > 0
+    page.screenshot(path=str(tmp_path / "console-duplicates.png"))
+    page.click("#dup-remove")
+    page.wait_for_selector("#dup-message:has-text('Removed 2 extras')", timeout=30_000)
+    assert page.locator(".dup-group").count() == 0
+    assert daemon.rts("snapshot", appid="shop")["snapshot"]["index_size"] == len(PICTURES) - 2

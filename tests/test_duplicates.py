@@ -1,0 +1,182 @@
+"""The duplicates view (extension): near-duplicate groups of a library, and removing the extras."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from conftest import b64, brief
+from images import encode, jpeg, picture
+
+from same_search.app import create_app
+from same_search.config import Config, IndexConfig, ModelConfig, StorageConfig
+from same_search.contsign import ContSign
+from same_search.services import SERVICES
+
+R = "/RTSAsService"
+
+
+def copy_of(seed: int, quality: int = 50) -> bytes:
+    return encode(picture(seed), quality=quality)
+
+
+#: brief -> picture bytes, in the order they are added.
+PICTURES = {
+    "p1": jpeg(1),
+    "p1 copy": copy_of(1),
+    "p2": jpeg(2),
+    "p1 smaller": encode(picture(1).resize((240, 180))),
+    "p3": jpeg(3),
+    "p2 copy": copy_of(2, 45),
+    "p4": jpeg(4),
+    "p6": jpeg(6),
+}
+
+
+def key(name: str) -> str:
+    c = ContSign.of_image(PICTURES[name])
+    return f"{c.sign1},{c.sign2}"
+
+
+async def fill(call) -> None:
+    assert (await call(f"{R}/signup", appid="lib"))["err_no"] == 0
+    for name, image in PICTURES.items():
+        answer = await call(f"{R}/add", appid="lib", image=b64(image), features=[brief(name)])
+        assert answer["err_no"] == 0, answer
+
+
+async def scan_to_end(client, body: dict | None = None) -> dict:
+    started = await (await client.post("/api/libraries/lib/duplicates", json=body or {})).json()
+    assert started["err_no"] == 0, started
+    scan = started["scan"]
+    for _ in range(300):
+        if scan["status"] != "running":
+            return scan
+        await asyncio.sleep(0.1)
+        scan = (await (await client.get(f"/api/libraries/lib/duplicates/{scan['id']}")).json())["scan"]
+    raise TimeoutError(scan)
+
+
+def shape(scan: dict) -> list[tuple[str, list[str]]]:
+    return [(g["keep"]["brief_text"], [e["brief_text"] for e in g["extras"]]) for g in scan["groups"]]
+
+
+EXPECTED = [("p1", ["p1 copy", "p1 smaller"]), ("p2", ["p2 copy"])]
+
+
+async def test_small_library_is_scanned_exactly_in_one_answer(client, api):
+    await fill(api)
+    started = await (await client.post("/api/libraries/lib/duplicates", json={"min_score": 0.95})).json()
+    scan = started["scan"]
+    assert scan["status"] == "done" and scan["method"] == "exact" and scan["progress"] == 1.0
+    assert sorted((k, sorted(v)) for k, v in shape(scan)) == EXPECTED
+    assert scan["groups_total"] == 2 and scan["extras_total"] == 3 and scan["total"] == len(PICTURES)
+    for group in scan["groups"]:
+        assert group["keep"]["score"] == 1.0
+        scores = [e["score"] for e in group["extras"]]
+        assert all(s >= 0.95 for s in scores) and scores == sorted(scores, reverse=True)
+        assert group["keep"]["thumbnail"].endswith(f"/items/{group['keep']['key']}/thumbnail")
+
+
+async def test_remove_the_extras_in_one_action(client, api):
+    await fill(api)
+    scan = await scan_to_end(client)  # min_score: the library's floor, 0.95
+    answer = await (await client.post(f"/api/libraries/lib/duplicates/{scan['id']}/remove")).json()
+    assert answer["err_no"] == 0 and answer["removed"] == 3
+    assert answer["scan"]["groups"] == [] and answer["scan"]["extras_total"] == 0
+    left = (await api(f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"]
+    assert left == len(PICTURES) - 3
+    again = await scan_to_end(client)
+    assert again["groups"] == []
+
+
+async def test_remove_some_extras_but_never_a_kept_item(client, api):
+    await fill(api)
+    scan = await scan_to_end(client)
+    path = f"/api/libraries/lib/duplicates/{scan['id']}/remove"
+    kept = ContSign.of_image(PICTURES["p1"]).to_json()
+    refused = await (await client.post(path, json={"contsigns": [kept]})).json()
+    assert refused["err_no"] == 1 and "not extras" in refused["err_msg"]
+    one = ContSign.of_image(PICTURES["p2 copy"]).to_json()
+    answer = await (await client.post(path, json={"contsigns": [one]})).json()
+    assert answer["removed"] == 1
+    assert [(k, sorted(v)) for k, v in shape(answer["scan"])] == [("p1", ["p1 copy", "p1 smaller"])]
+    assert (await api(f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == len(PICTURES) - 1
+
+
+async def test_a_lower_floor_groups_more(client, api):
+    await fill(api)
+    loose = await scan_to_end(client, {"min_score": 0.5})
+    assert loose["extras_total"] > 3  # look-alikes join: why the default floor is high
+
+
+async def test_a_large_library_is_scanned_through_the_index_in_the_background(
+    aiohttp_client, embedder, tmp_path
+):
+    cfg = Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "d")),
+        model=ModelConfig(name="efficientnet_lite0"),
+        index=IndexConfig(exact_threshold=3),  # above 3 items: through the index
+    )
+    client = await aiohttp_client(create_app(cfg, embedder))
+
+    async def call(route, **body):
+        return await (await client.post(route, json={"from": "t", **body})).json()
+
+    await fill(call)
+    scan = await scan_to_end(client, {"min_score": 0.95})
+    assert scan["method"] == "index" and scan["done"] == scan["total"] == len(PICTURES)
+    assert sorted((k, sorted(v)) for k, v in shape(scan)) == EXPECTED
+
+
+async def test_a_running_scan_can_be_cancelled(aiohttp_client, embedder, tmp_path):
+    cfg = Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "d")),
+        model=ModelConfig(name="efficientnet_lite0"),
+        index=IndexConfig(exact_threshold=3),
+    )
+    client = await aiohttp_client(create_app(cfg, embedder))
+
+    async def call(route, **body):
+        return await (await client.post(route, json={"from": "t", **body})).json()
+
+    await fill(call)
+    # Hold the library's index thread so the scan cannot finish before it is cancelled.
+    lib = client.app[SERVICES].libraries.get("lib")
+    gate = threading.Event()
+    blocked = asyncio.get_running_loop().run_in_executor(lib.index._executor, gate.wait)
+    try:
+        started = (await (await client.post("/api/libraries/lib/duplicates", json={})).json())["scan"]
+        assert started["status"] == "running"
+        answer = await (await client.post(f"/api/libraries/lib/duplicates/{started['id']}/cancel")).json()
+    finally:
+        gate.set()
+        await blocked
+    assert answer["err_no"] == 0 and answer["scan"]["status"] == "cancelled"
+    assert answer["scan"]["groups"] == []
+    removal = await (await client.post(f"/api/libraries/lib/duplicates/{started['id']}/remove")).json()
+    assert removal["err_no"] == 1 and "cancelled" in removal["err_msg"]
+
+
+async def test_errors(client, api):
+    await fill(api)
+    for body, field in (({"min_score": 2}, "min_score"), ({"min_score": "x"}, "min_score")):
+        answer = await (await client.post("/api/libraries/lib/duplicates", json=body)).json()
+        assert answer["err_no"] == 1 and field in answer["err_msg"]
+    assert (await (await client.get("/api/libraries/lib/duplicates/99")).json())["err_no"] == 1
+    assert (await (await client.get("/api/libraries/lib/duplicates/x")).json())["err_no"] == 1
+    assert (await (await client.post("/api/libraries/nope/duplicates", json={})).json())["err_no"] == 103
+
+
+async def test_scans_end_cleanly_at_shutdown(aiohttp_client, embedder, tmp_path):
+    cfg = Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "d")), model=ModelConfig(name="efficientnet_lite0")
+    )
+    client = await aiohttp_client(create_app(cfg, embedder))
+
+    async def call(route, **body):
+        return await (await client.post(route, json={"from": "t", **body})).json()
+
+    await fill(call)
+    await client.post("/api/libraries/lib/duplicates", json={})
+    await client.close()
