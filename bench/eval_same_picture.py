@@ -114,7 +114,6 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
     """
     sets = Sets()
     rng = random.Random(13)
-    families = near_copy_families(REPO_ROOT / "bench" / "caltech_near_copies.txt")
     caltech_lib: list[str] = []
     products_lib: list[str] = []
     negatives: dict[str, str] = {}
@@ -148,17 +147,8 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
             key = f"imagenet/{path.name}"
             sets.queries[key] = path.read_bytes()
             negatives[key] = "neg: other ImageNet"
-    by_family: dict[str, set[str]] = {}
-    for key in sets.library:
-        by_family.setdefault(family(key, families), set()).add(key)
     for key, kind in negatives.items():
-        copies = frozenset(by_family.get(family(key, families), ()))
-        sets.truth[key] = copies
-        # A "negative" whose picture the library holds after all is a natural near-copy; one of
-        # another banknote shares its printed design. Both are reported apart from the negatives.
-        sets.kind[key] = (
-            "natural near-copy" if copies else "banknote (same design)" if "/dollar_bill/" in key else kind
-        )
+        sets.truth[key], sets.kind[key] = frozenset(), kind
     originals = (
         rng.sample(imagenet_lib, round(args.originals * args.sample))
         + rng.sample(caltech_lib, round(args.originals * args.sample))
@@ -172,9 +162,30 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
                 continue
             query = f"{key}#{edit}"
             sets.queries[query] = jpeg_bytes(edited, quality)
-            sets.truth[query] = frozenset(by_family[family(key, families)])
             sets.kind[query] = edit
+    assign_truth(sets)
     return sets
+
+
+def assign_truth(sets: Sets) -> None:
+    """Each query's picture among the library's, by near-copy family (re-run on cached sets, so
+    a corrected near-copy list needs no rebuild).
+
+    A "negative" whose picture the library holds after all is a natural near-copy; banknotes of
+    one design (and edits of them) are told apart from the rest. Both are reported separately.
+    """
+    families = near_copy_families(REPO_ROOT / "bench" / "caltech_near_copies.txt")
+    by_family: dict[str, set[str]] = {}
+    for key in sets.library:
+        by_family.setdefault(family(key, families), set()).add(key)
+    for query in sets.queries:
+        source = query.split("#")[0]
+        sets.truth[query] = frozenset(by_family.get(family(source, families), ()))
+        kind = sets.kind[query]
+        if "/dollar_bill/" in query:
+            sets.kind[query] = kind if kind.startswith("banknote") else f"banknote ({kind})"
+        elif kind.startswith("neg:") and sets.truth[query]:
+            sets.kind[query] = "natural near-copy"
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets_path = args.cache_dir / f"same_picture-sets-{settings}.pkl" if args.cache_dir else None
     if sets_path and sets_path.exists():
         sets = pickle.loads(sets_path.read_bytes())
+        assign_truth(sets)
     else:
         sets = build_sets(data_dir, args)
         if sets_path:
