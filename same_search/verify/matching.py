@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from same_search.verify.local_features import LocalFeatures
 
@@ -22,8 +23,9 @@ from same_search.verify.local_features import LocalFeatures
 RATIO = 0.8
 #: RANSAC inlier distance, in working-resolution pixels of the stored picture.
 REPROJECTION_PX = 5.0
-#: Below this many tentative matches no transform is estimated (RANSAC needs a few spares).
-MIN_MATCHES = 5
+#: Below this many tentative matches no transform is estimated: the decision needs at least 8
+#: inliers (same_search/verify/decision.py), so fewer matches can never pass and RANSAC is skipped.
+MIN_MATCHES = 8
 #: A transform that scales by more than this (or less than its inverse) is not an edit we accept.
 MAX_SCALE = 8.0
 
@@ -47,15 +49,15 @@ def tentative_matches(query: LocalFeatures, stored: LocalFeatures, ratio: float 
     """(k, 2) index pairs (query, stored) passing the ratio test, at most one per stored keypoint."""
     if len(query) < 2 or len(stored) < 2:
         return np.zeros((0, 2), np.int64)
-    q = query.descriptors.astype(np.float32)
-    s = stored.descriptors.astype(np.float32)
-    # Squared distances by one matrix product (the descriptors' scale cancels in the ratio).
-    distances = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ s.T) + (s * s).sum(axis=1)[None, :]
-    two = np.argpartition(distances, 1, axis=1)[:, :2]
-    pair = np.take_along_axis(distances, two, axis=1)
-    swap = pair[:, 0] > pair[:, 1]
-    nearest = np.where(swap, two[:, 1], two[:, 0])
-    first, second = np.minimum(pair[:, 0], pair[:, 1]), np.maximum(pair[:, 0], pair[:, 1])
+    q = torch.from_numpy(query.descriptors.astype(np.float32))
+    s = torch.from_numpy(stored.descriptors.astype(np.float32))
+    # Squared distances by one matrix product (the descriptors' scale cancels in the ratio). It
+    # runs in torch, which the embedder holds to its planned thread count: numpy's BLAS would
+    # spread this small product over every core and take many times longer on a busy machine.
+    distances = (q * q).sum(dim=1)[:, None] - 2.0 * (q @ s.T) + (s * s).sum(dim=1)[None, :]
+    two, nearest_two = torch.topk(distances, 2, dim=1, largest=False)
+    first, second = two[:, 0].numpy(), two[:, 1].numpy()
+    nearest = nearest_two[:, 0].numpy()
     passed = np.flatnonzero(first < ratio * ratio * np.maximum(second, 0.0))
     # One match per stored keypoint: the closest query keypoint claiming it.
     order = passed[np.argsort(first[passed], kind="stable")]
@@ -72,7 +74,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures, mirrored: bool = False) 
     src = query.points[pairs[:, 0]]
     dst = stored.points[pairs[:, 1]]
     transform, mask = cv2.estimateAffinePartial2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=2000, confidence=0.995
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=1000, confidence=0.995
     )
     if transform is None or mask is None:
         return Evidence.none(len(pairs))
