@@ -353,7 +353,7 @@ class LibraryService:
             capacity = self.cfg.limits.library_capacity
             if capacity and lib.index.count() >= capacity:
                 raise ApiError(ErrNo.INTERNAL, f"library {lib.row.appid!r} is full ({capacity} items)")
-            close = await self._near_duplicates(lib, query or Query(vector), policy)
+            close = await self._near_duplicates(lib, query or Query(vector), policy, local_features)
             if close and policy.rejects:
                 raise NearDuplicateAdd(close)
             try:
@@ -368,12 +368,25 @@ class LibraryService:
             await lib.index.add(contsign.key, vector, seq)
         return close
 
-    async def _near_duplicates(self, lib: Library, query: Query, policy: DupPolicy) -> list[Hit]:
-        """Stored items the policy's decision calls near-duplicates of ``query``, best first."""
+    async def _near_duplicates(
+        self, lib: Library, query: Query, policy: DupPolicy, local_features: bytes | None = None
+    ) -> list[Hit]:
+        """Stored items the policy's decision calls near-duplicates of ``query``, best first.
+
+        Candidates above the policy's score floor are also verified as the same picture when both
+        sides have local features (:mod:`same_search.verify`): a look-alike above the floor is not
+        a near-duplicate. Candidates without local features keep the floor alone.
+        """
         if not policy.active or lib.index.count() == 0:
             return []
         found = await lib.index.search(query.vector, min(lib.index.count(), NEAR_DUPLICATE_CANDIDATES))
         chosen = select(query, found, policy)
+        if chosen and local_features is not None:
+            stored = await self.store.local_features(lib.row.id, [c.key for c in chosen])
+            features = self.verifier.stored_query(local_features)
+            verdicts = await self.verifier.judge(features, [(c.key, c.score) for c in chosen], stored)
+            kept = {v.key for v in verdicts if v.same or v.evidence is None}
+            chosen = [c for c in chosen if c.key in kept]
         rows = await self.store.get_items(lib.row.id, [c.key for c in chosen])
         return [Hit(_item(rows[c.key]), c.score) for c in chosen if c.key in rows]
 

@@ -210,3 +210,28 @@ def test_mirrored_features_equal_a_fresh_extraction_of_the_mirror_image():
     assert len(differences) >= 0.6 * len(fresh)  # the same keypoints, found at mirrored places
     # Nearly all descriptors agree to a few percent (a ratio-test match needs far less).
     assert np.mean(np.array(differences) < 0.1) >= 0.9
+
+
+async def test_the_near_duplicate_policy_uses_the_same_decision(api, library):
+    """Under ``reject`` with no score floor, an edited copy is refused and a look-alike stored."""
+    stored = await add(api, scene(60, 1), "scene")
+    look_alike = encode(scene(60, 2))
+    body = await api(
+        f"{R}/add",
+        appid="lib",
+        image=b64(look_alike),
+        features=[brief("alike")],
+        dup_policy="reject",
+        dup_min_score=0,
+    )
+    assert body["err_no"] == 0, body
+    copy = encode(EDITS["crop"](scene(60, 1)))
+    body = await api(
+        f"{R}/add",
+        appid="lib",
+        image=b64(copy),
+        features=[brief("copy")],
+        dup_policy="reject",
+        dup_min_score=0,
+    )
+    assert body["err_no"] == 101 and [hit["contsign"] for hit in body["data_items"]] == [stored]
