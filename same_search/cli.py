@@ -39,7 +39,8 @@ from same_search.imports.retry import CLI_ATTEMPTS, backoff_s, retryable
 log = logging.getLogger("same_search")
 
 DEFAULT_CONFIG = Path("config.toml")
-#: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error).
+#: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error,
+#: 5 the data dir is held by another daemon).
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 EPILOG = """\
@@ -177,10 +178,11 @@ def build_config(args: argparse.Namespace) -> Config:
 def run_daemon(cfg: Config) -> int:
     """Run the daemon until it is told to stop; the exit code says why it could not start."""
     # Imported here: they pull in torch, which client commands do not need.
+    from same_search.datadir import DataDirInUse
     from same_search.embed.models import ModelUnavailable
     from same_search.libraries import ModelMismatch
     from same_search.logs import configure as configure_logging
-    from same_search.server import serve
+    from same_search.server import ListenError, serve
 
     configure_logging(cfg.server.log_level, cfg.server.log_format)
     log.info("same_search %s starting; data dir %s", __version__, cfg.data_path.resolve())
@@ -192,6 +194,12 @@ def run_daemon(cfg: Config) -> int:
     except ConfigError as exc:  # settings only checkable against the machine, e.g. fp16 on a CPU
         log.error("cannot start: %s", exc)
         return 2
+    except DataDirInUse as exc:
+        log.error("cannot start: %s", exc)
+        return 5
+    except ListenError as exc:  # its own message: the data dir and the disk have nothing to do with it
+        log.error("cannot start: %s", exc)
+        return 4
     except (OSError, sqlite3.Error) as exc:
         log.error("cannot start: %s (check that the data dir is writable and the disk has space)", exc)
         return 4

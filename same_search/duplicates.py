@@ -156,7 +156,9 @@ class DuplicateScans:
         """Every stored key and vector, in insertion order (small libraries only: all in memory)."""
         keys: list[int] = []
         chunks = []
-        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(lib.row.id, 0):
+        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(
+            lib.row.id, 0, lib.row.dim
+        ):
             keys += [int(k) for k in chunk_keys]
             chunks.append(chunk_vectors)
         vectors = np.concatenate(chunks) if chunks else np.empty((0, lib.row.dim), np.float32)
@@ -171,7 +173,9 @@ class DuplicateScans:
         keys: list[int] = []
         neighbours: Neighbours = {}
         k = NEIGHBOURS + 1
-        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(lib.row.id, 0):
+        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(
+            lib.row.id, 0, lib.row.dim
+        ):
             for key, vector in zip(chunk_keys.tolist(), chunk_vectors, strict=True):
                 keys.append(key)
                 found = await lib.index.search(vector, min(k, max(1, lib.index.count())))

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,12 +21,25 @@ from same_search.config import Config
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
-from same_search.errors import ApiError, ErrNo
+from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index import snapshot
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
+from same_search.index.vectors import row_problems, vector_problem
 from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
-from same_search.store.db import AlreadyExists, ItemRow, LibraryRow, StorageError, Store
+from same_search.rows import bad_rows_text, load_failure_reason, raw_item_problems, tags_problem
+from same_search.store.db import (
+    AlreadyExists,
+    BadRows,
+    BulkResult,
+    ItemRow,
+    LibraryRow,
+    NewItem,
+    NewLibrary,
+    StorageError,
+    Store,
+    TooManyItems,
+)
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
 
@@ -33,6 +47,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds between progress lines of a long index rebuild or replay.
 REPLAY_LOG_S = 15.0
+#: Rows per graph insert when a library that serves takes a bulk import. Each insert holds the
+#: index thread, which every library's searches share, so it is kept small: a search waits for
+#: at most one such batch (HNSW inserts at 1280-d cost milliseconds each).
+LIVE_BATCH = 128
+#: Rows a repair reports one by one (all of them are dropped).
+REPAIR_REPORT_MAX = 1000
 
 Tags = tuple[int, int]
 #: Nearest items offered to the near-duplicate decision (more than it reports: a verifier may drop some).
@@ -112,6 +132,24 @@ class Library:
     index: LibraryIndex
 
 
+@dataclass(frozen=True)
+class Unavailable:
+    """A library whose index could not be built from its rows (at start, or after an import
+    that could not be indexed): set aside, named, not served, until repaired or deleted."""
+
+    row: LibraryRow
+    reason: str
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What a repair dropped, and whether it brought a set-aside library back."""
+
+    appid: str
+    dropped: list[tuple[ContSign, str]]
+    restored: bool
+
+
 def _item(row: ItemRow) -> Item:
     return Item(ContSign.from_key(row.key), row.brief, row.tags)
 
@@ -136,6 +174,9 @@ class LibraryService:
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
         self._signup_lock = asyncio.Lock()
+        #: Libraries whose rows could not be loaded at start, by appid: named, not served.
+        self.unavailable: dict[str, Unavailable] = {}
+        self._repair_lock = asyncio.Lock()
         self.verifier = SamePictureService(embed.limits)
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -155,11 +196,25 @@ class LibraryService:
                 )
         for row in rows:
             started = time.monotonic()
-            index = await self._load_index(row)
+            try:
+                index = await self._load_index(row)
+            except Exception as exc:  # one library's rows must never stop the others from serving
+                self._set_aside(row, load_failure_reason(exc))
+                continue
             self.libraries[row.appid] = Library(row, index)
             log.info(
                 "library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started
             )
+
+    def _set_aside(self, row: LibraryRow, reason: str) -> None:
+        self.unavailable[row.appid] = Unavailable(row, reason)
+        log.error(
+            "library %s is UNAVAILABLE, every other library serves: %s. Its rows are untouched; "
+            "POST /api/libraries/%s/repair drops the rows that cannot be loaded and brings it back",
+            row.appid,
+            reason,
+            row.appid,
+        )
 
     async def _load_index(self, row: LibraryRow) -> LibraryIndex:
         """The saved graph brought up to date with the database, or else a rebuild from it.
@@ -167,7 +222,12 @@ class LibraryService:
         A snapshot's graph holds exactly the items stored up to its seq: removals after that seq
         are marked deleted in it, then the rows inserted after it are added. Anything wrong with
         the snapshot (missing, corrupt, inconsistent) costs a rebuild, never a failed start.
+        Rows that cannot be loaded or served raise :class:`BadRows` (the caller sets the library
+        aside): tags are checked first, vectors as they are replayed.
         """
+        bad_tags = await self.store.rows_with_bad_tags(row.id)
+        if bad_tags:
+            raise BadRows(bad_tags)
         count = await self.store.count(row.id)
         try:
             index, removed = await self._open_snapshot(row)
@@ -190,16 +250,28 @@ class LibraryService:
             )
         return index
 
-    async def _replay(self, index: LibraryIndex, row: LibraryRow, total: int | None = None) -> int:
+    async def _replay(
+        self, index: LibraryIndex, row: LibraryRow, total: int | None = None, live: bool = False
+    ) -> int:
         """Add the rows inserted after the index's seq; returns how many.
 
-        A long replay (a rebuild of a large library takes minutes) logs its progress every
-        ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive and when it ends.
+        Every chunk is checked first: a row that is not a finite unit vector of the library's
+        dimension raises :class:`BadRows` naming it, before anything of that chunk is indexed.
+        ``live``: the index is already serving, so inserts go through its own thread in batches
+        of ``LIVE_BATCH``. A long replay (a rebuild of a large library takes minutes) logs its
+        progress every ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive.
         """
         replayed = 0
         started = last_log = time.monotonic()
-        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq):
-            await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+        chunk = LIVE_BATCH if live else 4096
+        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq, row.dim, chunk):
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(chunk_keys[i]), problem) for i, problem in bad])
+            if live:
+                await index.add_batch(chunk_keys, vectors, seq)
+            else:
+                await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
             replayed += len(chunk_keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -274,16 +346,25 @@ class LibraryService:
     # ---- libraries -------------------------------------------------------------------------------
 
     def get(self, appid: str) -> Library:
-        """A signed-up library, or err_no 103."""
+        """A signed-up library; err_no 6 if it is set aside as unavailable, 103 if there is none."""
         lib = self.libraries.get(appid)
         if lib is None:
+            if appid in self.unavailable:
+                raise self._unavailable_error(appid)
             raise ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
         return lib
+
+    def _unavailable_error(self, appid: str) -> ApiError:
+        return ApiError(
+            ErrNo.BS_UNAVAILABLE,
+            f"library {appid!r} is unavailable: {self.unavailable[appid].reason}. The operator can "
+            f"drop the rows that cannot be loaded with POST /api/libraries/{appid}/repair",
+        )
 
     async def signup(self, appid: str) -> Library:
         """Create a library for the serving model; err_no 104 if it exists."""
         async with self._signup_lock:
-            if appid in self.libraries:
+            if appid in self.libraries or appid in self.unavailable:
                 raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
             info = self.embed.info
             try:
@@ -346,9 +427,20 @@ class LibraryService:
     ) -> list[Hit]:
         """Commit an item with an already computed vector, then index it (``add`` and imports).
 
-        The near-duplicate check runs under the write lock, so two close images added at once
-        cannot both pass it. Returns the near-duplicates found (always empty when ``policy`` is off).
+        The last check before the database: a vector that is not a finite unit vector of the
+        library's dimension, tags outside uint32 or an over-long brief are refused here, whatever
+        path they came by, so no stored row can later keep the library from loading. The
+        near-duplicate check runs under the write lock, so two close images added at once cannot
+        both pass it. Returns the near-duplicates found (always empty when ``policy`` is off).
         """
+        problem = vector_problem(np.asarray(vector), lib.row.dim)
+        if problem is not None:
+            raise ApiError(ErrNo.INTERNAL, f"refusing to store contsign {contsign}: {problem}")
+        problem = tags_problem(tags)
+        if problem is not None:
+            raise bad_request(problem)
+        if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
+            raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
         async with lib.index.write_lock:
             capacity = self.cfg.limits.library_capacity
             if capacity and lib.index.count() >= capacity:
@@ -523,17 +615,147 @@ class LibraryService:
 
     # ---- management ------------------------------------------------------------------------------
 
-    async def delete_library(self, lib: Library) -> None:
-        """Drop a library: its rows, its thumbnails and its index files."""
-        async with lib.index.write_lock:
+    async def delete_library(self, lib: Library | Unavailable) -> None:
+        """Drop a library, served or set aside: its rows, its thumbnails and its index files."""
+        lock = lib.index.write_lock if isinstance(lib, Library) else self._repair_lock
+        async with lock:
             try:
                 await self.store.delete_library(lib.row.id)
             except StorageError as exc:
                 raise _storage_failed(exc) from exc
             self.libraries.pop(lib.row.appid, None)
+            self.unavailable.pop(lib.row.appid, None)
             for path in snapshot.paths(self.index_dir, lib.row.id):
                 path.unlink(missing_ok=True)
         log.info("library %s deleted", lib.row.appid)
+
+    async def stored_count(self, lib: Library | Unavailable) -> int:
+        """Rows of a library in the database (also for one set aside, whose index is not loaded)."""
+        return await self.store.count(lib.row.id)
+
+    def get_any(self, appid: str) -> Library | Unavailable:
+        """A library whether it serves or is set aside (deleting, listing); err_no 103 otherwise."""
+        found = self.libraries.get(appid) or self.unavailable.get(appid)
+        if found is None:
+            raise ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
+        return found
+
+    async def repair(self, appid: str) -> RepairReport:
+        """Drop every row of a library that cannot be loaded or served, and bring it back.
+
+        Scans all rows (vector blob size, finite unit vector, tags, brief type). A served library
+        loses those rows through the ordinary removal path; a set-aside one loses them, then its
+        index is loaded again: on success it serves, otherwise it stays aside with the new reason
+        (err_no 6). Nothing is dropped automatically at start: the operator decides (a backup
+        may hold the good rows).
+        """
+        async with self._repair_lock:
+            target = self.get_any(appid)
+            bad: list[tuple[int, str]] = []
+            async for chunk in self.store.raw_items(target.row.id):
+                bad += raw_item_problems(chunk, target.row.dim)
+            dropped = [(ContSign.from_key(key), problem) for key, problem in bad]
+            if isinstance(target, Library):
+                if dropped:
+                    await self.remove(target, [contsign for contsign, _ in dropped])
+                    log.warning("library %s: repair dropped %d rows: %s", appid, len(bad), bad_rows_text(bad))
+                return RepairReport(appid, dropped, restored=False)
+            if bad:
+                try:
+                    await self.store.remove_items(target.row.id, [key for key, _ in bad])
+                except StorageError as exc:
+                    raise _storage_failed(exc) from exc
+            try:
+                index = await self._load_index(target.row)
+            except Exception as exc:
+                reason = load_failure_reason(exc)
+                self._set_aside(target.row, reason)
+                raise ApiError(
+                    ErrNo.BS_UNAVAILABLE,
+                    f"library {appid!r} is still unavailable after dropping {len(bad)} rows: {reason}",
+                ) from exc
+            self.unavailable.pop(appid, None)
+            self.libraries[appid] = Library(target.row, index)
+            log.warning(
+                "library %s repaired: %d rows dropped, serving again with %d items",
+                appid,
+                len(bad),
+                index.count(),
+            )
+            return RepairReport(appid, dropped, restored=True)
+
+    async def import_items(
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+    ) -> tuple[Library, int, int]:
+        """Store already validated items with their vectors, all or nothing; (library, imported, duplicates).
+
+        One database transaction holds every row (and the library itself when the import creates
+        it), so a failure or a crash leaves nothing behind. Once committed, the rows enter the
+        index in batches of ``LIVE_BATCH``, one graph insert each. Shielded: once the commit
+        starts, the index must follow it even if the caller goes away.
+        """
+        return await asyncio.shield(self._import_items(appid, batches))
+
+    async def _import_items(
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+    ) -> tuple[Library, int, int]:
+        capacity = self.cfg.limits.library_capacity
+        lib = self.libraries.get(appid)
+        if lib is None:
+            async with self._signup_lock:
+                if appid in self.unavailable:
+                    raise self._unavailable_error(appid)
+                created = None
+                if appid not in self.libraries:
+                    info = self.embed.info
+                    new = NewLibrary(appid, info.model_id, info.dim, info.fingerprint)
+                    created = await self._insert(new, batches, capacity)
+            if created is not None:
+                # Built outside the signup lock: the row exists, so a signup meanwhile gets 104.
+                index = LibraryIndex.empty(
+                    created.library.dim, self.cfg.index, self._index_pool, capacity=max(created.inserted, 16)
+                )
+                await self._index_committed(index, created.library, live=False)
+                lib = Library(created.library, index)
+                self.libraries[appid] = lib
+                log.info("library %s created by an import of %d items", appid, created.inserted)
+                return lib, created.inserted, created.duplicates
+            lib = self.get(appid)
+        async with lib.index.write_lock:
+            if self.libraries.get(appid) is not lib:  # deleted meanwhile
+                raise ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
+            result = await self._insert(lib.row, batches, capacity)
+            await self._index_committed(lib.index, lib.row, live=True)
+        log.info("library %s: imported %d items (%d duplicates)", appid, result.inserted, result.duplicates)
+        return lib, result.inserted, result.duplicates
+
+    async def _index_committed(self, index: LibraryIndex, row: LibraryRow, live: bool) -> None:
+        """Index rows just committed; if that fails the index no longer matches the database,
+        so the library is set aside (named, repairable) rather than served half-indexed."""
+        try:
+            await self._replay(index, row, live=live)
+        except Exception as exc:
+            log.exception("library %s: indexing the imported rows failed", row.appid)
+            self.libraries.pop(row.appid, None)
+            self._set_aside(row, load_failure_reason(exc))
+            raise ApiError(
+                ErrNo.INTERNAL, f"the import was stored but could not be indexed: {load_failure_reason(exc)}"
+            ) from exc
+
+    async def _insert(
+        self,
+        library: LibraryRow | NewLibrary,
+        batches: AsyncIterator[Sequence[NewItem]],
+        capacity: int,
+    ) -> BulkResult:
+        try:
+            return await self.store.insert_items(library, batches, capacity)
+        except TooManyItems as exc:
+            raise ApiError(ErrNo.INTERNAL, f"{exc}; nothing was imported") from exc
+        except AlreadyExists as exc:
+            raise ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {library.appid!r} already signed up") from exc
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
 
     async def rebuild(self, lib: Library) -> float:
         """Rebuild a library's graph from the database (also drops deleted slots); returns seconds."""
@@ -541,7 +763,14 @@ class LibraryService:
         async with lib.index.write_lock:
             count = await self.store.count(lib.row.id)
             fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
-            await self._replay(fresh, lib.row)
+            try:
+                await self._replay(fresh, lib.row)
+            except BadRows as exc:
+                raise ApiError(
+                    ErrNo.INTERNAL,
+                    f"cannot rebuild library {lib.row.appid!r}, the current index keeps serving: "
+                    f"{load_failure_reason(exc)}; POST /api/libraries/{lib.row.appid}/repair drops them",
+                ) from exc
             lib.index = fresh
         await self.save_indexes()
         log.info("library %s: index rebuilt (%d items)", lib.row.appid, lib.index.count())
@@ -557,10 +786,30 @@ class LibraryService:
         row = await self.store.get_item(lib.row.id, contsign.key)
         return None if row is None else (_item(row), row.created_at, row.updated_at)
 
+    def all_stats(self) -> list[dict]:
+        """Every library, served ones first, then those set aside (with their reason)."""
+        return [self.stats(lib) for lib in self.libraries.values()] + [
+            self.unavailable_stats(aside) for aside in self.unavailable.values()
+        ]
+
+    def unavailable_stats(self, aside: Unavailable) -> dict:
+        """What the management API reports about a library set aside at start."""
+        return {
+            "appid": aside.row.appid,
+            "status": "unavailable",
+            "reason": aside.reason,
+            "items": None,
+            "model": aside.row.model_id,
+            "dim": aside.row.dim,
+            "fingerprint": aside.row.fingerprint,
+            "created": aside.row.created_at,
+        }
+
     def stats(self, lib: Library) -> dict:
         """What the management API reports about one library."""
         return {
             "appid": lib.row.appid,
+            "status": "ok",
             "items": lib.index.count(),
             "capacity": self.cfg.limits.library_capacity,
             "model": lib.row.model_id,

@@ -7,6 +7,7 @@ Shutdown order: stop accepting, let in-flight requests finish (bounded by
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import signal
@@ -18,6 +19,32 @@ from same_search.config import Config
 from same_search.services import SERVICES
 
 log = logging.getLogger(__name__)
+
+#: The flag that moves each service's port, for the message when the port is taken.
+PORT_FLAGS = {FEATURE: "--feature-port", SEARCH: "--search-port", ADMIN: "--admin-port"}
+
+
+class ListenError(Exception):
+    """A port could not be opened (in use, not permitted, address not on this machine)."""
+
+
+def listen_error(service: str, host: str, port: int, exc: OSError) -> ListenError:
+    """What the operator should read when ``host:port`` cannot be bound."""
+    flag = PORT_FLAGS[service]
+    if exc.errno == errno.EADDRINUSE:
+        return ListenError(
+            f"port {port} ({service} service, {host}) is already in use by another program; "
+            f"choose another with {flag} or stop it"
+        )
+    if exc.errno == errno.EACCES:
+        return ListenError(
+            f"not permitted to listen on port {port} ({service} service); choose another with {flag}"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ListenError(
+            f"cannot listen on {host}:{port} ({service} service): {host} is not an address of this machine"
+        )
+    return ListenError(f"cannot listen on {host}:{port} ({service} service): {exc}")
 
 
 def is_loopback(host: str) -> bool:
@@ -54,7 +81,10 @@ async def serve(cfg: Config, stop: asyncio.Event | None = None) -> None:
             (ADMIN, cfg.server.admin_host, cfg.server.admin_port),
         ):
             bound_before = set(runner.addresses)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            try:
+                await web.TCPSite(runner, host, port, reuse_address=True).start()
+            except OSError as exc:
+                raise listen_error(service, host, port, exc) from exc
             # The sockets this site added (port 0 binds a free port: record the real one).
             for address in set(runner.addresses) - bound_before:
                 app[PORT_SERVICES][address[1]] = service

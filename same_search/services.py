@@ -17,6 +17,7 @@ from aiohttp import web
 
 from same_search import __version__
 from same_search.config import Config
+from same_search.datadir import DataDirLock
 from same_search.duplicates import DuplicateScans
 from same_search.embed.embedder import Embedder
 from same_search.embed.service import EmbedService
@@ -50,8 +51,11 @@ class Services:
     def health(self) -> dict:
         """What /healthz reports."""
         info = self.embed.info
+        unavailable = [
+            {"appid": appid, "reason": aside.reason} for appid, aside in self.libraries.unavailable.items()
+        ]
         return {
-            "status": "ok",
+            "status": "degraded" if unavailable else "ok",
             "version": __version__,
             "model": {
                 "id": info.model_id,
@@ -60,6 +64,8 @@ class Services:
                 "device": info.device,
             },
             "libraries": len(self.libraries.libraries),
+            # Libraries set aside at start because their rows could not be loaded (see repair).
+            "unavailable": unavailable,
             "uptime_s": round(time.time() - self.started_at, 3),
         }
 
@@ -69,7 +75,16 @@ SERVICES = web.AppKey("services", Services)
 
 @contextlib.asynccontextmanager
 async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncIterator[Services]:
-    """Load the model (unless one is given), open storage and indexes; undo it all on exit."""
+    """Lock the data dir, load the model (unless one is given), open storage and indexes; undo it
+    all on exit. The lock comes first: a second daemon on the same data dir stops before loading
+    anything."""
+    with DataDirLock(cfg.data_path):
+        async with _open_services(cfg, embedder) as services:
+            yield services
+
+
+@contextlib.asynccontextmanager
+async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterator[Services]:
     if embedder is None:
         embedder = await asyncio.to_thread(Embedder, cfg.model)
     metrics = Metrics()

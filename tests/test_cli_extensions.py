@@ -70,9 +70,9 @@ def test_duplicates_prints_the_groups_and_removes_extras(daemon, capsys, tmp_pat
     }
     root = folder(tmp_path / "lib", pictures)
     assert run(daemon, capsys, "import", str(root), "--appid", "dups", "--signup", "-j", "1")[0] == 0
-    code, out, _ = run(daemon, capsys, "duplicates", "--appid", "dups")
+    code, out, err = run(daemon, capsys, "duplicates", "--appid", "dups")
     lines = out.splitlines()
-    assert code == 0, out
+    assert code == 0, err
     assert lines[0] == "dups: 5 items scanned (exact, min_score 0.95): 1 groups, 2 extras"
     c = ContSign.of_image(jpeg(1))
     assert lines[1].split() == ["group", "1:", "keep", f"{c.sign1},{c.sign2}", "p1.jpg"]

@@ -79,6 +79,7 @@ def test_extensions_on_the_daemon(tmp_path, picture_server):
         request = urllib.request.Request(
             daemon.url("admin", "/api/libraries/lib/dup_policy"),
             data=json.dumps({"dup_policy": "reject"}).encode(),
+            headers={"Content-Type": "application/json"},
             method="PUT",
         )
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -103,6 +103,12 @@ async def overview(request: web.Request) -> web.Response:
         f"<td>{s['search']}</td><td>{escape(s['model'])}</td><td>{_when(s['last_index_save'])}</td></tr>"
         for s in (libs.stats(lib) for lib in libs.libraries.values())
     )
+    rows += "".join(
+        f'<tr class="unavailable"><td>{escape(appid)}</td><td colspan="4" class="error">unavailable: '
+        f"{escape(aside.reason)} (POST /api/libraries/{escape(appid)}/repair drops the rows that cannot "
+        "be loaded)</td></tr>"
+        for appid, aside in libs.unavailable.items()
+    )
     options = "".join(f"<option>{escape(appid)}</option>" for appid in libs.libraries)
     body = f"""
 <h1>Libraries</h1>

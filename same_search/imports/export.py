@@ -4,109 +4,78 @@ The ZIP holds ``meta.json`` (appid, model, dimension, fingerprint, count), ``ite
 ``{"contsign", "brief", "tags"}`` per line, brief in base64) and, when asked for, ``vectors.npy``
 (float32, one row per line of items.jsonl). Vectors only mean something to the same model, so an
 import requires the serving model's fingerprint.
+
+Reading an export back (checked whole, then stored all or nothing) is ``export_read``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import io
 import json
+import shutil
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from numpy.lib import format as npy_format
 
 from same_search.contsign import ContSign
-from same_search.errors import bad_request
-from same_search.libraries import DuplicateAdd, Library, LibraryService
+from same_search.libraries import Library, LibraryService
 
 FORMAT = "same_search-export-1"
 
 
 async def write_export(libraries: LibraryService, lib: Library, path: Path, with_vectors: bool) -> int:
-    """Write ``lib`` to a ZIP at ``path``; returns the item count."""
-    lines: list[str] = []
-    vectors: list[np.ndarray] = []
-    async for chunk in libraries.store.items_with_vectors(lib.row.id):
-        for item, raw in chunk:
-            contsign = ContSign.from_key(item.key)
-            lines.append(
-                json.dumps(
-                    {
-                        "contsign": contsign.to_json(),
-                        "brief": base64.b64encode(item.brief).decode(),
-                        "tags": list(item.tags) if item.tags else None,
-                    }
-                )
-            )
-            if with_vectors:
-                vectors.append(np.frombuffer(raw, dtype="<f4"))
-    meta = {
-        "format": FORMAT,
-        "appid": lib.row.appid,
-        "model_id": lib.row.model_id,
-        "dim": lib.row.dim,
-        "fingerprint": lib.row.fingerprint,
-        "count": len(lines),
-        "vectors": with_vectors,
-        "exported_at": time.time(),
+    """Write ``lib`` to a ZIP at ``path``; returns the item count.
+
+    Streamed, so memory stays at one chunk of rows whatever the library's size: lines and raw
+    vectors go to two temporary files beside ``path`` (the count is only known at the end, and
+    meta.json and the vectors.npy header carry it), then into the ZIP.
+    """
+    items_tmp, vectors_tmp = path.with_name(path.name + ".items"), path.with_name(path.name + ".vectors")
+    count = 0
+    try:
+        with items_tmp.open("wb") as items_out, vectors_tmp.open("wb") as vectors_out:
+            async for chunk in libraries.store.items_with_vectors(lib.row.id):
+                lines = "".join(_export_line(item.key, item.brief, item.tags) for item, _ in chunk)
+                await asyncio.to_thread(items_out.write, lines.encode())
+                if with_vectors:
+                    await asyncio.to_thread(vectors_out.write, b"".join(raw for _, raw in chunk))
+                count += len(chunk)
+        meta = {
+            "format": FORMAT,
+            "appid": lib.row.appid,
+            "model_id": lib.row.model_id,
+            "dim": lib.row.dim,
+            "fingerprint": lib.row.fingerprint,
+            "count": count,
+            "vectors": with_vectors,
+            "exported_at": time.time(),
+        }
+        await asyncio.to_thread(_write_zip, path, meta, items_tmp, vectors_tmp if with_vectors else None)
+    finally:
+        items_tmp.unlink(missing_ok=True)
+        vectors_tmp.unlink(missing_ok=True)
+    return count
+
+
+def _export_line(key: int, brief: bytes, tags: tuple[int, int] | None) -> str:
+    line = {
+        "contsign": ContSign.from_key(key).to_json(),
+        "brief": base64.b64encode(brief).decode(),
+        "tags": list(tags) if tags else None,
     }
+    return json.dumps(line) + "\n"
+
+
+def _write_zip(path: Path, meta: dict, items: Path, vectors: Path | None) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=1))
-        archive.writestr("items.jsonl", "\n".join(lines) + ("\n" if lines else ""))
-        if with_vectors:
-            buffer = io.BytesIO()
-            matrix = np.stack(vectors) if vectors else np.empty((0, lib.row.dim), np.float32)
-            np.save(buffer, matrix.astype("<f4"))
-            archive.writestr("vectors.npy", buffer.getvalue())
-    return len(lines)
-
-
-@dataclass
-class ImportResult:
-    imported: int
-    duplicates: int
-
-
-def read_export(path: Path, fingerprint: str) -> tuple[dict, list[dict], np.ndarray]:
-    """Validate and read an export ZIP (runs in a worker thread)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            meta = json.loads(archive.read("meta.json"))
-            lines = [json.loads(line) for line in archive.read("items.jsonl").decode().splitlines() if line]
-            if "vectors.npy" not in archive.namelist():
-                raise bad_request(
-                    "this export has no vectors.npy; export with ?vectors=1 to import it elsewhere"
-                )
-            matrix = np.load(io.BytesIO(archive.read("vectors.npy")), allow_pickle=False)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise bad_request(f"not a same_search export: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise bad_request(f"unknown export format {meta.get('format')!r}")
-    if meta.get("fingerprint") != fingerprint:
-        raise bad_request(
-            f"export made with model {meta.get('model_id')} (fingerprint {meta.get('fingerprint')}); this "
-            f"daemon serves fingerprint {fingerprint}: vectors are not comparable, add the images instead"
-        )
-    if matrix.ndim != 2 or matrix.shape[0] != len(lines):
-        raise bad_request("vectors.npy does not match items.jsonl")
-    return meta, lines, matrix.astype(np.float32)
-
-
-async def import_export(
-    libraries: LibraryService, lib: Library, lines: list[dict], matrix: np.ndarray
-) -> ImportResult:
-    """Store every exported item with its vector; items already present count as duplicates."""
-    result = ImportResult(0, 0)
-    for line, vector in zip(lines, matrix, strict=True):
-        contsign = ContSign.from_json(line.get("contsign"))
-        brief = base64.b64decode(line.get("brief") or "")
-        tags = tuple(line["tags"]) if line.get("tags") else None
-        try:
-            await libraries.store_vector(lib, contsign, brief, tags, vector)  # type: ignore[arg-type]
-            result.imported += 1
-        except DuplicateAdd:
-            result.duplicates += 1
-    return result
+        with items.open("rb") as source, archive.open("items.jsonl", "w", force_zip64=True) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        if vectors is not None:
+            with vectors.open("rb") as source, archive.open("vectors.npy", "w", force_zip64=True) as target:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (meta["count"], meta["dim"])}
+                npy_format.write_array_header_1_0(target, header)
+                shutil.copyfileobj(source, target, 1 << 20)

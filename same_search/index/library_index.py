@@ -103,9 +103,11 @@ class LibraryIndex:
 
     async def add(self, key: int, vector: np.ndarray, seq: int) -> None:
         """Insert one vector in the index thread."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.add_now, np.array([key]), vector.reshape(1, -1), seq
-        )
+        await self.add_batch(np.array([key]), vector.reshape(1, -1), seq)
+
+    async def add_batch(self, keys: np.ndarray, vectors: np.ndarray, seq: int) -> None:
+        """Insert many vectors in the index thread, as one graph insert (bulk imports)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.add_now, keys, vectors, seq)
 
     async def delete(self, keys: list[int], seq: int) -> None:
         """Remove keys in the index thread."""

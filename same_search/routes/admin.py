@@ -19,8 +19,9 @@ from aiohttp import web
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo, bad_request
-from same_search.imports.export import import_export, read_export, write_export
-from same_search.libraries import Item, Library
+from same_search.imports.export import write_export
+from same_search.imports.export_read import check_export, export_batches
+from same_search.libraries import REPAIR_REPORT_MAX, Item, Library
 from same_search.near_duplicates import check_min_score, check_mode
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
@@ -103,8 +104,7 @@ def item_json(appid: str, item: Item, created: float, updated: float) -> dict[st
 
 async def list_libraries(request: web.Request) -> web.Response:
     services = _operator(request)
-    libs = services.libraries
-    return ok(libraries=[libs.stats(lib) for lib in libs.libraries.values()])
+    return ok(libraries=services.libraries.all_stats())
 
 
 async def create_library(request: web.Request) -> web.Response:
@@ -124,13 +124,13 @@ async def library_stats(request: web.Request) -> web.Response:
 
 
 async def delete_library(request: web.Request) -> web.Response:
-    """Deleting needs ``?confirm=<appid>``: a typo must not wipe a library."""
-    services, lib = _library(request)
+    """Deleting needs ``?confirm=<appid>``: a typo must not wipe a library (served or set aside)."""
+    services = _operator(request)
+    request[APPID] = request.match_info["appid"]
+    lib = services.libraries.get_any(request.match_info["appid"])
+    items = await services.libraries.stored_count(lib)
     if request.query.get("confirm") != lib.row.appid:
-        raise bad_request(
-            f"add ?confirm={lib.row.appid} to delete this library and its {lib.index.count()} items"
-        )
-    items = lib.index.count()
+        raise bad_request(f"add ?confirm={lib.row.appid} to delete this library and its {items} items")
     await services.libraries.delete_library(lib)
     return ok(deleted=lib.row.appid, items=items)
 
@@ -185,6 +185,24 @@ async def rebuild_index(request: web.Request) -> web.Response:
     )
 
 
+async def repair_library(request: web.Request) -> web.Response:
+    """Drop the rows that cannot be loaded (reported one by one) and bring a set-aside library back."""
+    services = _operator(request)
+    appid = request.match_info["appid"]
+    request[APPID] = appid
+    report = await services.libraries.repair(appid)
+    library = services.libraries.libraries[appid]
+    return ok(
+        dropped=len(report.dropped),
+        rows=[
+            {"contsign": contsign.to_json(), "reason": reason}
+            for contsign, reason in report.dropped[:REPAIR_REPORT_MAX]
+        ],
+        restored=report.restored,
+        library=services.libraries.stats(library),
+    )
+
+
 def add_routes(app: web.Application) -> None:
     """Register the management routes."""
     app.router.add_get("/healthz", healthz)
@@ -202,6 +220,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{lib}/save", save_index)
     app.router.add_post(f"{lib}/rebuild", rebuild_index)
     app.router.add_post(f"{lib}/compact", rebuild_index)
+    app.router.add_post(f"{lib}/repair", repair_library)
     add_job_routes(app)
     add_extension_routes(app)
 
@@ -343,19 +362,26 @@ def _attachment(filename: str) -> str:
 
 
 async def import_library(request: web.Request) -> web.Response:
-    """An export ZIP (with vectors) as the body; the library is created if missing."""
+    """An export ZIP (with vectors) as the body; the library is created if missing.
+
+    All or nothing: the whole file is checked first (err_no 1 naming the line and field), then
+    stored in one transaction, together with the library when the import creates it.
+    """
     services = _operator(request)
     appid = check_library_name(request.match_info["appid"])
     request[APPID] = appid
+    if appid in services.libraries.unavailable:
+        services.libraries.get(appid)  # err_no 6 before a long upload
     path = _upload_path(services, ".import.zip")
     await _save_upload(request, path)
     try:
-        _, lines, matrix = await asyncio.to_thread(read_export, path, services.embed.info.fingerprint)
+        info = services.embed.info
+        limit = services.cfg.limits.brief_max_bytes
+        export = await asyncio.to_thread(check_export, path, info.fingerprint, info.dim, limit)
+        lib, imported, duplicates = await services.libraries.import_items(appid, export_batches(export))
     finally:
         path.unlink(missing_ok=True)
-    lib = services.libraries.libraries.get(appid) or await services.libraries.signup(appid)
-    result = await import_export(services.libraries, lib, lines, matrix)
-    return ok(imported=result.imported, duplicates=result.duplicates, library=services.libraries.stats(lib))
+    return ok(imported=imported, duplicates=duplicates, library=services.libraries.stats(lib))
 
 
 def add_job_routes(app: web.Application) -> None:

@@ -58,6 +58,9 @@ BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/libraries/{appid}/search"): IMAGE_TYPES,
     ("POST", "/api/jobs/upload"): ZIP_TYPES,
     ("POST", "/api/libraries/{appid}/import"): ZIP_TYPES,
+    ("PUT", "/api/libraries/{appid}/dup_policy"): JSON_TYPES,
+    ("POST", "/api/libraries/{appid}/dup_policy"): JSON_TYPES,
+    ("POST", "/api/libraries/{appid}/duplicates"): JSON_TYPES,
 }
 
 CORS_METHODS = "POST, OPTIONS"

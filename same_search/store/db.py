@@ -8,6 +8,7 @@ would happily interleave statements of concurrent coroutines on a shared connect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -94,6 +95,60 @@ class StorageError(Exception):
     """The database refused a write (disk full, read-only file system, I/O error)."""
 
 
+class BadRows(Exception):
+    """Stored rows that cannot be loaded into an index; ``rows`` holds (key, problem) pairs."""
+
+    def __init__(self, rows: Sequence[tuple[int, str]]) -> None:
+        self.rows = list(rows)
+        shown = "; ".join(f"key {key}: {problem}" for key, problem in self.rows[:3])
+        more = f" (and {len(self.rows) - 3} more in the same chunk)" if len(self.rows) > 3 else ""
+        super().__init__(f"rows that cannot be loaded: {shown}{more}")
+
+
+class TooManyItems(Exception):
+    """A bulk insert would take a library past its capacity; nothing was written."""
+
+
+@dataclass(frozen=True)
+class NewLibrary:
+    """A library to create together with its first items (an import that creates it)."""
+
+    appid: str
+    model_id: str
+    dim: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes."""
+
+    key: int
+    brief: bytes
+    tags: tuple[int, int] | None
+    vector: bytes
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """A row as SQLite holds it, nothing converted: what a repair inspects."""
+
+    key: int
+    brief: object
+    tag1: object
+    tag2: object
+    vector: object
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """What a bulk insert did: the library (created by it or not), inserted and skipped items."""
+
+    library: LibraryRow
+    inserted: int
+    duplicates: int
+
+
 def _item(row: Sequence) -> ItemRow:
     key, brief, tag1, tag2, created, updated = row
     tags = None if tag1 is None else (int(tag1), int(tag2))
@@ -115,6 +170,16 @@ def _statements(sql: str) -> list[str]:
 
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _is_vector(value: object, width: int) -> bool:
+    return isinstance(value, bytes) and len(value) == width
+
+
+def _vector_shape_problem(value: object, dim: int) -> str:
+    if not isinstance(value, bytes):
+        return f"vector is stored as {type(value).__name__}, not a blob"
+    return f"vector of {len(value)} bytes, expected {4 * dim} ({dim} float32)"
 
 
 class Store:
@@ -197,19 +262,15 @@ class Store:
         assert self._reader is not None, "store is not open"
         return self._reader
 
-    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> int | None:
-        """Run statements as one transaction; turn disk errors into :class:`StorageError`.
-
-        Returns the rowid the last statement inserted (read on the writer, inside the
-        transaction, so no other write can come between).
-        """
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction on the writer (caller holds ``_write_lock``): committed when the block
+        ends, rolled back when it raises; disk errors become :class:`StorageError`."""
         assert self._writer is not None, "store is not open"
-        last_rowid = None
         try:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    last_rowid = (await self._writer.execute(sql, params)).lastrowid
+                yield self._writer
                 await self._writer.execute("COMMIT")
             except BaseException:
                 await self._writer.execute("ROLLBACK")
@@ -218,6 +279,17 @@ class Store:
             raise AlreadyExists(str(exc)) from exc
         except (sqlite3.DatabaseError, OSError) as exc:  # full, read-only, I/O error, ...
             raise StorageError(str(exc)) from exc
+
+    async def _write(self, statements: Iterable[tuple[str, Sequence]]) -> int | None:
+        """Run statements as one transaction; turn disk errors into :class:`StorageError`.
+
+        Returns the rowid the last statement inserted (read on the writer, inside the
+        transaction, so no other write can come between).
+        """
+        last_rowid = None
+        async with self._transaction() as conn:
+            for sql, params in statements:
+                last_rowid = (await conn.execute(sql, params)).lastrowid
         return last_rowid
 
     def _next_seq(self) -> int:
@@ -303,6 +375,73 @@ class Store:
                 )
             await self._write(statements)
         return seq
+
+    async def insert_items(
+        self,
+        library: LibraryRow | NewLibrary,
+        batches: AsyncIterator[Sequence[NewItem]],
+        capacity: int = 0,
+    ) -> BulkResult:
+        """Insert many items as ONE transaction: all of them are stored or none.
+
+        ``library`` is an existing library, or a :class:`NewLibrary` created in the same
+        transaction (so a failed import leaves no empty library behind).
+        Each batch is one ``executemany``; keys already stored are skipped and counted as
+        duplicates. Past ``capacity`` items (0 = unbounded) :class:`TooManyItems` rolls it all
+        back. Other writers wait for the commit; readers go on (WAL).
+        """
+        inserted = duplicates = 0
+        async with self._write_lock, self._transaction() as conn:
+            if isinstance(library, LibraryRow):
+                row = library
+            else:
+                now = time.time()
+                cursor = await conn.execute(
+                    "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) VALUES (?,?,?,?,?)",
+                    (library.appid, library.model_id, library.dim, library.fingerprint, now),
+                )
+                assert cursor.lastrowid is not None
+                row = LibraryRow(
+                    cursor.lastrowid, library.appid, library.model_id, library.dim, library.fingerprint, now
+                )
+            async with conn.execute("SELECT count(*) FROM items WHERE lib_id=?", (row.id,)) as cur:
+                stored = int((await cur.fetchone())[0])  # type: ignore[index]
+            async for batch in batches:
+                keys = [item.key for item in batch]
+                async with conn.execute(
+                    f"SELECT key FROM items WHERE lib_id=? AND key IN ({_placeholders(len(keys))})",
+                    (row.id, *keys),
+                ) as cur:
+                    present = {int(r[0]) for r in await cur.fetchall()}
+                fresh = [item for item in batch if item.key not in present]
+                duplicates += len(batch) - len(fresh)
+                if capacity and stored + inserted + len(fresh) > capacity:
+                    raise TooManyItems(
+                        f"library {row.appid!r} would hold more than its capacity of {capacity} items"
+                    )
+                now = time.time()
+                await conn.executemany(
+                    "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, created_at, updated_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            row.id,
+                            item.key,
+                            item.brief,
+                            *(item.tags or (None, None)),
+                            item.vector,
+                            self._next_seq(),
+                            now,
+                            now,
+                        )
+                        for item in fresh
+                    ],
+                )
+                await conn.executemany(
+                    "DELETE FROM removals WHERE lib_id=? AND key=?", [(row.id, item.key) for item in fresh]
+                )
+                inserted += len(fresh)
+        return BulkResult(row, inserted, duplicates)
 
     async def update_item(
         self, lib_id: int, key: int, brief: bytes | None, tags: tuple[int, int] | None
@@ -405,10 +544,15 @@ class Store:
             return [int(row[0]) for row in await cur.fetchall()]
 
     async def vectors_since(
-        self, lib_id: int, seq: int, chunk: int = 4096
+        self, lib_id: int, seq: int, dim: int, chunk: int = 4096
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
-        """(keys, vectors, max seq) chunks of items inserted after ``seq``, in seq order."""
+        """(keys, vectors, max seq) chunks of items inserted after ``seq``, in seq order.
+
+        A vector that is not a blob of ``dim`` float32 raises :class:`BadRows` naming it, rather
+        than a reshape or an index error that says nothing about which row is at fault.
+        """
         last = seq
+        width = 4 * dim
         while True:
             async with self.reader.execute(
                 "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
@@ -417,10 +561,44 @@ class Store:
                 rows = await cur.fetchall()
             if not rows:
                 return
+            bad = [(int(r[0]), _vector_shape_problem(r[1], dim)) for r in rows if not _is_vector(r[1], width)]
+            if bad:
+                raise BadRows(bad)
             keys = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), -1)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
             last = int(rows[-1][2])
             yield keys, vectors, last
+
+    async def rows_with_bad_tags(self, lib_id: int, limit: int = 5) -> list[tuple[int, str]]:
+        """(key, problem) of up to ``limit`` rows whose tags are not uint32 (negative, too large,
+        text or blob: SQLite orders text and blobs after every number). Index seeks only, so it is
+        cheap enough for every start; such a row would fail every search that returns it."""
+        found: list[tuple[int, str]] = []
+        for column in ("tag1", "tag2"):
+            async with self.reader.execute(
+                f"SELECT key, {column} FROM items WHERE lib_id=? AND ({column} < 0 OR {column} > ?) LIMIT ?",
+                (lib_id, 0xFFFFFFFF, limit),
+            ) as cur:
+                found += [
+                    (int(r[0]), f"{column} is {r[1]!r}, not an unsigned 32-bit integer")
+                    for r in await cur.fetchall()
+                ]
+        return found[:limit]
+
+    async def raw_items(self, lib_id: int, chunk: int = 1024) -> AsyncIterator[list[RawItem]]:
+        """Every row of a library as stored, in seq order, in chunks (a repair's scan)."""
+        last = -(1 << 63)
+        while True:
+            async with self.reader.execute(
+                "SELECT key, brief, tag1, tag2, vector, seq FROM items "
+                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            last = rows[-1][5]
+            yield [RawItem(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
     async def removals_since(self, lib_id: int, seq: int) -> list[int]:
         """Keys removed after ``seq`` (and not re-added since)."""

@@ -1,0 +1,291 @@
+"""Reading an export ZIP back: checked whole before anything is stored, then streamed in batches.
+
+A tampered file must not leave rows that keep a library from loading, so every size is checked
+from the ZIP directory before a byte is decompressed, every line and vector is checked in a
+first pass, and only a file that passed is read again, in batches, into one database
+transaction (``LibraryService.import_items``). Memory stays at one batch plus 8 bytes per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import json
+import zipfile
+from array import array
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from same_search.contsign import ContSign
+from same_search.errors import ApiError, bad_request
+from same_search.imports.export import FORMAT
+from same_search.index.vectors import row_problems
+from same_search.rows import tags_problem
+from same_search.store.db import NewItem
+
+#: Largest meta.json: a few hundred bytes in practice.
+META_MAX_BYTES = 64 * 1024
+#: Bytes an items.jsonl line may take besides its base64 brief (contsign, tags, keys, spaces).
+LINE_OVERHEAD = 512
+#: Largest vectors.npy header (numpy writes 128 bytes; it refuses more than 10,000 itself).
+NPY_HEADER_MAX = 16 * 1024
+#: Entries above this size must not be compressed more than the ratios below.
+RATIO_FLOOR = 1 << 20
+#: Deflate tops out near 1032:1, which only repeated data reaches; items.jsonl with one brief
+#: repeated on every line stays near 100:1, so more than this is a ZIP bomb, not an export.
+MAX_COMPRESSION_RATIO = 200
+#: float32 embeddings barely compress (about 1.1:1); more than this is zeros or repeats, not
+#: vectors of this daemon. It also bounds the item count by the upload size.
+MAX_VECTORS_RATIO = 10
+#: Items per database batch (one executemany) and per block of vectors read.
+BATCH = 1000
+#: An export has three entries; a ZIP directory listing more is refused before it is parsed
+#: (millions of entries would cost gigabytes of ZipInfo objects).
+MAX_ENTRIES = 16
+_FLOAT32 = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class CheckedExport:
+    """An export ZIP that passed every check: its item count, dimension and meta.json."""
+
+    path: Path
+    meta: dict
+    count: int
+    dim: int
+    brief_max_bytes: int
+
+
+def _refuse(message: str) -> ApiError:
+    return bad_request(f"export refused, nothing was stored: {message}")
+
+
+def check_export(path: Path, fingerprint: str, dim: int, brief_max_bytes: int) -> CheckedExport:
+    """Validate a whole export ZIP without storing anything (runs in a worker thread).
+
+    Every size is checked from the ZIP directory before a byte is decompressed, items.jsonl is
+    read line by line and vectors.npy row block by row block, so memory stays at one block plus
+    8 bytes per item (the contsigns, to find duplicates). The first problem found is err_no 1
+    naming the file, the line or row and the field.
+    """
+    try:
+        _refuse_large_directory(path)
+        with zipfile.ZipFile(path) as archive:
+            entries = _entries(archive)
+            meta = _read_meta(archive, entries["meta.json"], fingerprint, dim)
+            checked = CheckedExport(path, meta, meta["count"], dim, brief_max_bytes)
+            _check_sizes(entries, checked)
+            keys = array("q")
+            for item in _items(archive, checked):
+                keys.append(item.key)
+            _refuse_duplicates(keys)
+    except ApiError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        raise _refuse(f"not a readable same_search export: {exc}") from exc
+    return checked
+
+
+def _refuse_large_directory(path: Path) -> None:
+    """Read the entry count from the end-of-directory record before ``ZipFile`` parses it all."""
+    with path.open("rb") as fh:
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # stdlib helper, stable since 2.x
+    if end is None:
+        raise _refuse("not a ZIP file (no end of central directory record)")
+    total = end[zipfile._ECD_ENTRIES_TOTAL]  # type: ignore[attr-defined]
+    if total > MAX_ENTRIES:
+        raise _refuse(f"the ZIP lists {total} entries; an export has 3")
+
+
+def _entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    names = [info.filename for info in archive.infolist()]
+    for name in ("meta.json", "items.jsonl", "vectors.npy"):
+        if names.count(name) > 1:
+            raise _refuse(f"the ZIP holds {name} {names.count(name)} times")
+    entries = {info.filename: info for info in archive.infolist()}
+    if "meta.json" not in entries or "items.jsonl" not in entries:
+        raise _refuse("not a same_search export: meta.json and items.jsonl are required")
+    if "vectors.npy" not in entries:
+        raise bad_request("this export has no vectors.npy; export with ?vectors=1 to import it elsewhere")
+    for name in ("meta.json", "items.jsonl", "vectors.npy"):
+        info = entries[name]
+        if info.flag_bits & 0x1:
+            raise _refuse(f"{name} is encrypted")
+        limit = MAX_VECTORS_RATIO if name == "vectors.npy" else MAX_COMPRESSION_RATIO
+        if info.file_size > RATIO_FLOOR and info.file_size > limit * max(info.compress_size, 1):
+            raise _refuse(
+                f"{name} expands from {info.compress_size} to {info.file_size} bytes, "
+                f"more than {limit}:1; not an export of this daemon"
+            )
+    return entries
+
+
+def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo, fingerprint: str, dim: int) -> dict:
+    if info.file_size > META_MAX_BYTES:
+        raise _refuse(f"meta.json is {info.file_size} bytes, more than {META_MAX_BYTES}")
+    try:
+        meta = json.loads(archive.read(info))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _refuse(f"meta.json is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise _refuse("meta.json must be a JSON object")
+    if meta.get("format") != FORMAT:
+        raise bad_request(f"unknown export format {meta.get('format')!r}")
+    if meta.get("fingerprint") != fingerprint:
+        raise bad_request(
+            f"export made with model {meta.get('model_id')} (fingerprint {meta.get('fingerprint')}); this "
+            f"daemon serves fingerprint {fingerprint}: vectors are not comparable, add the images instead"
+        )
+    for field in ("count", "dim"):
+        value = meta.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _refuse(f"meta.json {field} must be a non-negative integer, got {value!r}")
+    if meta["dim"] != dim:
+        raise _refuse(f"meta.json dim is {meta['dim']}, the serving model's is {dim}")
+    return meta
+
+
+def _max_line(brief_max_bytes: int) -> int:
+    """Longest items.jsonl line that can hold a valid item: base64 of the largest brief + the rest."""
+    return 4 * -(-brief_max_bytes // 3) + LINE_OVERHEAD
+
+
+def _check_sizes(entries: dict[str, zipfile.ZipInfo], export: CheckedExport) -> None:
+    """Declared sizes against what ``count`` items can take, before anything is decompressed."""
+    items_cap = export.count * (_max_line(export.brief_max_bytes) + 1)
+    if entries["items.jsonl"].file_size > items_cap:
+        raise _refuse(
+            f"items.jsonl declares {entries['items.jsonl'].file_size} bytes, more than {export.count} "
+            f"lines can take ({items_cap} bytes)"
+        )
+    vectors = export.count * export.dim * 4
+    size = entries["vectors.npy"].file_size
+    if not vectors < size <= vectors + NPY_HEADER_MAX:
+        raise _refuse(
+            f"vectors.npy declares {size} bytes; {export.count} rows of {export.dim} float32 take "
+            f"{vectors} bytes plus a header"
+        )
+
+
+def _open_vectors(archive: zipfile.ZipFile, export: CheckedExport) -> IO[bytes]:
+    """vectors.npy positioned after its header, which must say (count, dim) little-endian float32."""
+    handle = archive.open("vectors.npy")
+    try:
+        version = npy_format.read_magic(handle)
+        if version not in ((1, 0), (2, 0)):
+            raise _refuse(f"vectors.npy has format version {version}, expected 1.0 or 2.0")
+        reader = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, fortran, dtype = reader(handle)
+        if dtype != _FLOAT32 or fortran:
+            raise _refuse(f"vectors.npy holds {dtype}{' (Fortran order)' if fortran else ''}, expected <f4")
+        if shape != (export.count, export.dim):
+            raise _refuse(
+                f"vectors.npy has shape {tuple(shape)}, expected ({export.count}, {export.dim}): one row of "
+                f"{export.dim} values (the serving model's dimension) per line of items.jsonl"
+            )
+        if archive.getinfo("vectors.npy").file_size != handle.tell() + export.count * export.dim * 4:
+            raise _refuse("vectors.npy size does not match its header")
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _items(archive: zipfile.ZipFile, export: CheckedExport) -> Iterator[NewItem]:
+    """Every line's item with its vector, each one checked; err_no 1 at the first problem."""
+    max_line = _max_line(export.brief_max_bytes)
+    with archive.open("items.jsonl") as lines, _open_vectors(archive, export) as vectors:
+        line_no = 0
+        while line_no < export.count:
+            block = min(BATCH, export.count - line_no)
+            raw = vectors.read(block * export.dim * 4)
+            if len(raw) != block * export.dim * 4:
+                raise _refuse(f"vectors.npy ends before row {line_no + len(raw) // (export.dim * 4) + 1}")
+            matrix = np.frombuffer(raw, dtype=_FLOAT32).reshape(block, export.dim)
+            bad = row_problems(matrix, export.dim)
+            if bad:
+                row, problem = bad[0]
+                raise _refuse(
+                    f"vectors.npy row {line_no + row + 1} (items.jsonl line {line_no + row + 1}): {problem}"
+                )
+            for offset in range(block):
+                line_no += 1
+                text = lines.readline(max_line + 1)
+                if not text:
+                    raise _refuse(f"items.jsonl has {line_no - 1} lines, meta.json count says {export.count}")
+                if len(text) > max_line:
+                    raise _refuse(f"items.jsonl line {line_no} is longer than {max_line} bytes")
+                yield _parse_line(text, line_no, export.brief_max_bytes, matrix[offset])
+        if lines.readline(max_line + 1).strip():
+            raise _refuse(f"items.jsonl has more lines than meta.json count ({export.count})")
+
+
+def _parse_line(text: bytes, line_no: int, brief_max_bytes: int, vector: np.ndarray) -> NewItem:
+    where = f"items.jsonl line {line_no}"
+    try:
+        line = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise _refuse(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(line, dict):
+        raise _refuse(f"{where} must be a JSON object {{contsign, brief, tags}}")
+    unknown = set(line) - {"contsign", "brief", "tags"}
+    if unknown:
+        raise _refuse(f"{where} has unknown fields {sorted(unknown)}")
+    try:
+        contsign = ContSign.from_json(line.get("contsign"))
+    except ApiError as exc:
+        raise _refuse(f"{where}: {exc.err_msg}") from None
+    brief_text = line.get("brief", "")
+    if not isinstance(brief_text, str):
+        raise _refuse(f"{where}: brief must be a base64 string")
+    try:
+        brief = base64.b64decode(brief_text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _refuse(f"{where}: brief is not valid base64: {exc}") from exc
+    if len(brief) > brief_max_bytes:
+        raise _refuse(
+            f"{where}: brief is {len(brief)} bytes, more than limits.brief_max_bytes ({brief_max_bytes})"
+        )
+    tags = line.get("tags")
+    problem = tags_problem(tags)
+    if problem is not None:
+        raise _refuse(f"{where}: {problem}")
+    return NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector.tobytes())
+
+
+def _refuse_duplicates(keys: array) -> None:
+    """The same contsign on two lines would make the import depend on line order: refused."""
+    if len(keys) < 2:
+        return
+    ordered = np.frombuffer(keys, dtype=np.int64)
+    order = np.argsort(ordered, kind="stable")
+    same = np.flatnonzero(ordered[order][1:] == ordered[order][:-1])
+    if len(same):
+        first, second = int(order[same[0]]), int(order[same[0] + 1])
+        raise _refuse(
+            f"items.jsonl lines {first + 1} and {second + 1} hold the same contsign "
+            f"{ContSign.from_key(int(ordered[first]))} ({len(same)} duplicate lines in all)"
+        )
+
+
+async def export_batches(export: CheckedExport) -> AsyncIterator[list[NewItem]]:
+    """The checked export's items in batches of ``BATCH``, read in a worker thread (second pass)."""
+    archive = await asyncio.to_thread(zipfile.ZipFile, export.path)
+    items = _items(archive, export)
+
+    def next_batch() -> list[NewItem]:
+        return list(itertools.islice(items, BATCH))
+
+    try:
+        while batch := await asyncio.to_thread(next_batch):
+            yield batch
+    finally:
+        items.close()
+        archive.close()
