@@ -3,6 +3,7 @@ look-alikes are not, old items without local features fall back to a strict scor
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import sqlite3
@@ -235,3 +236,18 @@ async def test_the_near_duplicate_policy_uses_the_same_decision(api, library):
         dup_min_score=0,
     )
     assert body["err_no"] == 101 and [hit["contsign"] for hit in body["data_items"]] == [stored]
+
+
+async def test_the_duplicates_view_uses_the_same_decision(client, api, library):
+    """A scan with no score floor groups the edited copy with its original, never the look-alike."""
+    await add(api, scene(70, 1), "scene")
+    await add(api, scene(70, 2), "look-alike")
+    await add(api, EDITS["crop"](scene(70, 1)), "copy")
+    started = await (await client.post("/api/libraries/lib/duplicates", json={"min_score": 0})).json()
+    assert started["err_no"] == 0, started
+    scan = started["scan"]
+    while scan["status"] == "running":
+        await asyncio.sleep(0.1)
+        scan = (await (await client.get(f"/api/libraries/lib/duplicates/{scan['id']}")).json())["scan"]
+    groups = [(g["keep"]["brief_text"], [e["brief_text"] for e in g["extras"]]) for g in scan["groups"]]
+    assert groups == [("scene", ["copy"])]
