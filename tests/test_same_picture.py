@@ -251,3 +251,10 @@ async def test_the_duplicates_view_uses_the_same_decision(client, api, library):
         scan = (await (await client.get(f"/api/libraries/lib/duplicates/{scan['id']}")).json())["scan"]
     groups = [(g["keep"]["brief_text"], [e["brief_text"] for e in g["extras"]]) for g in scan["groups"]]
     assert groups == [("scene", ["copy"])]
+
+
+async def test_unreadable_stored_features_are_judged_by_score_alone(api, library, config):
+    with sqlite3.connect(config.data_path / "same_search.sqlite3") as db:
+        db.execute("UPDATE local_features SET data = x'07'")
+    assert await search(api, EDITS["crop"](original(2)), same_picture=1) == []
+    assert [hit["contsign"] for hit in await search(api, original(2), same_picture=1)] == [library[2]]

@@ -100,11 +100,10 @@ def judge(
     one does not confirm."""
     verdicts = []
     for key, score in candidates:
-        data = stored.get(key)
-        if query is None or data is None:
+        candidate = _parse(stored.get(key), key)
+        if query is None or candidate is None:
             verdicts.append(Verdict(key, score, decision.is_same_picture(score, None), None))
             continue
-        candidate = LocalFeatures.from_bytes(data)
         evidence = matching.verify(query.direct, candidate)
         if not decision.is_same_picture(score, evidence):
             flipped = matching.verify(query.mirror(), candidate, mirrored=True)
@@ -112,3 +111,14 @@ def judge(
                 evidence = flipped
         verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
     return verdicts
+
+
+def _parse(data: bytes | None, key: int) -> LocalFeatures | None:
+    """Stored features, or None when absent or unreadable (judged like an item without them)."""
+    if data is None:
+        return None
+    try:
+        return LocalFeatures.from_bytes(data)
+    except ValueError as exc:
+        log.warning("stored local features of key %d are unreadable (%s); judged by score only", key, exc)
+        return None
