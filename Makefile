@@ -35,8 +35,9 @@ proto:
 	$(BIN)/python -m grpc_tools.protoc -Isame_search/proto --python_out=same_search/proto \
 		--pyi_out=same_search/proto same_search/proto/imgfeature.proto
 
-# Daemon vs bare model, our index vs bare hnswlib; prints one table and appends it to
-# docs/benchmarks.md (about 10 minutes on 2 cores; --preset large adds 1M vectors).
+# Daemon vs bare model (HTTP add/search, an import job, the daemon's own plan run bare), our index
+# vs bare hnswlib; names the CPU's arithmetic flags and the precision auto picked; prints one table
+# and appends it to docs/benchmarks.md (about 10 minutes on 2 cores; --preset large adds 1M vectors).
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 

@@ -13,7 +13,9 @@ be the default only if retrieval quality stays within 1 point of fp32.
   once on real photos not in the test set (the best case). Not offered by the daemon: see
   docs/quality.md. fbgemm's int8 kernels are timed too.
 
-Photos come from ``../shared/data`` when present, else generated pictures (then P@10 is skipped).
+Photos come from ``../shared/data`` (or ``--data``) when present, else generated pictures (then
+P@10 is skipped). The last line is what the daemon's ``precision = "auto"`` check picks on this
+machine, run afresh (same_search/embed/precision.py).
 
     nice -n 10 .venv/bin/python bench/bench_precision.py
     .venv/bin/python bench/bench_precision.py --seconds 2 --photos 16     # smoke run
@@ -25,9 +27,11 @@ import argparse
 import copy
 import math
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import common  # first: puts the repository, tests/ and bench/ on sys.path
 import numpy as np
@@ -41,6 +45,7 @@ from same_search.config import ModelConfig
 from same_search.embed.efficientnet_lite import SameConv2d
 from same_search.embed.embedder import Embedder
 
+#: ``shared/data`` beside the repository; a worktree elsewhere passes ``--data``.
 DATA = common.SHARED_DATA
 CALIBRATION_SEED = 20261126
 CALIBRATION_IMAGES = 48
@@ -176,11 +181,16 @@ def photos(count: int, offset: int, size: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     """Time and compare every mode; print a markdown table."""
+    global DATA
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="timing per cell")
     parser.add_argument("--photos", type=int, default=64, help="photos for the cosine check")
     parser.add_argument("--caltech-per-class", type=int, default=15, help="P@10 subset (0: skip)")
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="folder holding imagenet-samples/, caltech101-dev/"
+    )
     args = parser.parse_args(argv)
+    DATA = args.data  # photos() reads the module global
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
 
@@ -242,7 +252,23 @@ def main(argv: list[str] | None = None) -> int:
     print("| mode | img/s batch 1 | img/s batch 4 | cos to fp32 (mean) | cos (min) | Caltech P@10 |")
     print("|:---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
+    print(f'\nWhat the daemon\'s `precision = "auto"` picks here (a fresh check): {auto_choice(fp32)}')
     return 0
+
+
+def auto_choice(fp32: Embedder) -> str:
+    """The daemon's own start-up check, run anew (empty cache) with the daemon's CPU plan."""
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = ModelConfig(
+            name="efficientnet_lite0",
+            device="cpu",
+            workers=1,
+            threads=1,
+            max_batch=4,
+            precision_cache=str(Path(folder) / "precision.json"),
+        )
+        choice = Embedder(cfg, loaded=fp32.model).precision_choice
+    return "not checked" if choice is None else f"{choice.mode} ({choice.reason})"
 
 
 if __name__ == "__main__":

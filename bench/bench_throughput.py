@@ -8,15 +8,25 @@ Measured on the same machine, with the same model, ``max_batch`` and torch threa
   (the decode + preprocess share is shown on its own row);
 - **(aW)** ``workers`` threads each running (a) at once: the bare model with the daemon's own
   execution plan (same weights, batch and total threads), the fair 100% for the daemon's rate;
+- **(bW)** the daemon's whole plan run bare: ``decode_threads`` threads decoding + preprocessing
+  (and making the thumbnail an ``add`` stores), ``workers`` threads running forward passes of up
+  to ``max_batch`` decoded images: everything the daemon does per image except HTTP, JSON,
+  base64, SQLite and the index. The daemon's add/search rows at concurrency >= 8 and the import
+  job row are judged against it (targets 0.85 and 0.95, issue 14);
 - **(b1)** one image at a time: decode + preprocess + a batch-1 forward pass (the latency floor
   of a single request);
 - **(c)** the real daemon (``python -m same_search`` as a subprocess, tests/daemon.py) answering
   ``add`` and ``search`` over HTTP at each client concurrency (asyncio + aiohttp client, request
   bodies prepared before the clock starts); "server p50" is the daemon's own latency from its
-  access log, so the gap to the client's is HTTP and JSON.
+  access log, so the gap to the client's is HTTP and JSON;
+- **(j)** an import job over the same pictures written to a folder (no HTTP per image), from
+  ``POST /api/jobs`` to ``done``.
 
 The bare cases run once before and once after the daemon cells and are pooled; a warning says
-when the two passes disagree (a machine whose speed drifts makes every ratio unreliable).
+when the two passes disagree (a machine whose speed drifts makes every ratio unreliable). The
+cells with a target (add/search at concurrency >= 8, the import job) are also judged against
+(bW) measured right before and right after each of them, which a shared machine's drift
+affects far less than the pooled rate.
 Photos come from ``../shared/data/imagenet-samples`` when present (re-encoded variants when
 ``--images`` exceeds them), else generated 500x375 JPEGs from tests/images.py. Prints markdown
 tables; every ratio is daemon / bare.
@@ -37,6 +47,7 @@ import os
 import re
 import statistics
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -47,19 +58,28 @@ from pathlib import Path
 import aiohttp
 import common  # first: puts the repository and tests/ on sys.path
 import numpy as np
-import torch
 from common import Summary, percentile_ms, rss_mib
 from daemon import Daemon
 from images import jpeg
 from PIL import Image, ImageOps
+from run_all import cpu_description
 
-from same_search.config import LimitsConfig, ModelConfig
-from same_search.embed.embedder import Embedder, pick_device, plan_execution
-from same_search.embed.images import ImageLimits, decode
+from same_search.config import LimitsConfig, ModelConfig, StorageConfig
+from same_search.embed.embedder import (
+    Embedder,
+    ExecutionPlan,
+    available_cores,
+    pick_device,
+    plan_execution,
+)
+from same_search.embed.images import ImageLimits, decode, make_thumbnail
 
 PHOTO_DIR = common.PHOTOS
 GENERATED_SIZE = (500, 375)
 LOG_LINE = re.compile(r"route=\S+ logid=(\S+) .*err_no=\S+ latency_ms=([\d.]+)")
+PRECISION_LINE = re.compile(r"precision auto -> .*")
+#: Cells judged against (bW), with the issue's targets.
+TARGETS = {"add": 0.85, "search": 0.85, "import": 0.95}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +192,45 @@ class Bare:
             total = sum(pool.map(stream, range(streams)))
         case = f"bare model, pre-decoded, batch {batch}, {streams} parallel streams (aW)"
         return Row(case, total, time.perf_counter() - started)
+
+    def pipeline(self, images: list[bytes], seconds: float, plan: ExecutionPlan) -> Row:
+        """(bW): the daemon's plan without the daemon: ``plan.decode_threads`` threads decode,
+        preprocess and thumbnail (as an ``add`` does), ``plan.workers`` threads take the decoded
+        pictures in order, ``max_batch`` at a time, and run the forward passes."""
+        batch, side = plan.max_batch, StorageConfig().thumbnail_side
+        cursor, lock = [0], threading.Lock()
+
+        def prepare(data: bytes) -> np.ndarray:
+            image = decode(data, self.limits, self.cfg.image_size)
+            make_thumbnail(image, side)
+            return self.embedder.preprocess(image)
+
+        with ThreadPoolExecutor(plan.decode_threads) as decoders, ThreadPoolExecutor(plan.workers) as workers:
+            started = time.perf_counter()
+            decoded = [decoders.submit(prepare, data) for data in images]
+
+            def stream(_: int) -> int:
+                done = 0
+                while time.perf_counter() - started < seconds:
+                    with lock:
+                        start = cursor[0]
+                        cursor[0] += batch
+                    if start >= len(decoded):
+                        break
+                    pixels = np.stack([future.result() for future in decoded[start : start + batch]])
+                    self.embedder.embed(pixels)
+                    done += len(pixels)
+                return done
+
+            total = sum(workers.map(stream, range(plan.workers)))
+            seconds_taken = time.perf_counter() - started
+            for future in decoded:
+                future.cancel()
+        case = (
+            f"bare plan: {plan.decode_threads} decode threads + {plan.workers} x batch {batch} "
+            f"forward passes (bW)"
+        )
+        return Row(case, total, seconds_taken)
 
     def batched_with_decode(self, images: list[bytes], seconds: float) -> tuple[Row, Row]:
         """(b): decode + preprocess each batch's JPEGs in this thread, then its forward pass.
@@ -289,7 +348,7 @@ def daemon_config(cfg: ModelConfig) -> str:
     """The daemon's config.toml: defaults, with the model, batch and threads of the bare runs."""
     return (
         f'[model]\nname = "{cfg.name}"\nmax_batch = {cfg.max_batch}\nthreads = {cfg.threads}\n'
-        f"workers = {cfg.workers}\n"
+        f'workers = {cfg.workers}\nprecision = "{cfg.precision}"\n'
     )
 
 
@@ -301,6 +360,10 @@ class DaemonRun:
     model: dict
     rss_mib: float
     notes: list[str]
+    #: The daemon's "precision auto -> MODE: why" log line (empty when precision was explicit).
+    precision: str = ""
+    #: Rate of the bare plan (bW) right before and right after each judged cell.
+    brackets: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -329,6 +392,28 @@ class HttpLoad:
             self.notes.append(f"{row.case}: answers by err_no {dict(codes)}")
         return row
 
+    def import_job(self, folder: Path, timeout: float) -> Row:
+        """(j): the pictures written to ``folder``, imported by one job; rate from POST to done."""
+        folder.mkdir()
+        for number, data in enumerate(self.images):
+            (folder / f"{number:06d}.jpg").write_bytes(data)
+        self.daemon.rts("signup", appid="import_job")
+        started = time.perf_counter()
+        job = self.daemon.post("admin", "/api/jobs", {"appid": "import_job", "source": {"dir": str(folder)}})
+        job_id = job["job"]["id"]
+        while time.perf_counter() - started < timeout:
+            job = self.daemon.get("admin", f"/api/jobs/{job_id}")["job"]
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.05)
+        row = Row("daemon import job (folder on the server)", job["done"], time.perf_counter() - started)
+        row.errors = job["failed"]
+        if job["status"] != "done":
+            self.notes.append(
+                f"{row.case}: status {job['status']} after {row.seconds:.0f}s ({job['message']})"
+            )
+        return row
+
     def warm_up(self, burst: int) -> None:
         """A few searches alone and one concurrent burst on an empty library: first passes are slow."""
         self.daemon.rts("signup", appid="warmup")
@@ -338,10 +423,32 @@ class HttpLoad:
 
 
 def bench_daemon(
-    cfg: ModelConfig, images: list[bytes], concurrencies: list[int], seconds: float, rn: int
+    cfg: ModelConfig,
+    images: list[bytes],
+    concurrencies: list[int],
+    seconds: float,
+    rn: int,
+    probe: Callable[[], Row] | None = None,
 ) -> DaemonRun:
-    """(c): ``add`` (a fresh library per cell), then ``search`` at each concurrency, one daemon."""
+    """(c): ``add`` (a fresh library per cell), then ``search`` at each concurrency, then an
+    import job, one daemon. ``probe`` (the bare plan, bW) runs right before and right after
+    every cell that has a target, while the daemon idles, so a machine whose speed drifts
+    (other people's work) moves both sides of that cell's ratio alike."""
     rows: list[Row] = []
+    brackets: dict[str, list[float]] = {}
+    last_probe: list[float] = []  # the rate of a probe taken since the last cell, if any
+
+    def measured(cell: Callable[[], Row], judged_cell: bool) -> Row:
+        if probe is not None and judged_cell and not last_probe:
+            last_probe.append(probe().rate)
+        before = last_probe.pop() if last_probe else None
+        row = cell()
+        if probe is not None and judged_cell:
+            after = probe().rate
+            brackets[row.case] = [before, after]  # type: ignore[list-item]
+            last_probe.append(after)
+        return row
+
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as workdir:
         daemon = Daemon(Path(workdir), daemon_config(cfg))
         daemon.start(timeout=300)
@@ -352,16 +459,22 @@ def bench_daemon(
             for concurrency in concurrencies:
                 appid = f"add_c{concurrency}"
                 daemon.rts("signup", appid=appid)
-                rows.append(load.cell("add", appid, concurrency))
+                rows.append(measured(lambda a=appid, c=concurrency: load.cell("add", a, c), concurrency >= 8))
                 sizes[appid] = daemon.rts("snapshot", appid=appid)["snapshot"]["index_size"]
             fullest = max(sizes, key=sizes.__getitem__)
-            rows += [load.cell("search", fullest, concurrency) for concurrency in concurrencies]
+            for concurrency in concurrencies:
+                rows.append(measured(lambda c=concurrency: load.cell("search", fullest, c), concurrency >= 8))
             load.notes.append(f"search cells query library {fullest} ({sizes[fullest]} items, rn={rn})")
+            folder = Path(workdir) / "import"
+            rows.append(measured(lambda: load.import_job(folder, max(60.0, 4 * seconds)), True))
             model = daemon.get("admin", "/healthz")["model"]
             memory = rss_mib(daemon.proc.pid)
         finally:
             daemon.terminate()
-    return DaemonRun(rows, model, memory, load.notes)
+        found = PRECISION_LINE.search(daemon.log.read_text(errors="replace"))
+    run = DaemonRun(rows, model, memory, load.notes, found.group(0) if found else "")
+    run.brackets = {case: (rates[0], rates[1]) for case, rates in brackets.items()}
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +489,8 @@ class Report:
     markdown: str
     summary: list[Summary]
     model_id: str
+    #: What precision the run used and why (the "precision auto -> ..." line when auto).
+    precision: str = ""
 
 
 def fmt(value: float, digits: int = 1) -> str:
@@ -388,18 +503,52 @@ def ratio(ours: float, bare: float) -> str:
     return fmt(ours / bare, 2) if bare and bare == bare and ours == ours else ""
 
 
-def throughput_table(bare_rows: list[Row], daemon_rows: list[Row], a: Row, aw: Row, b: Row) -> str:
-    """Every case with images/s, latency percentiles and the ratios to (a), (aW) and (b)."""
+def throughput_table(bare_rows: list[Row], daemon_rows: list[Row], bare: BareRun) -> str:
+    """Every case with images/s, latency percentiles and the ratios to (a), (aW), (bW) and (b)."""
     lines = [
         "| case | images | images/s | client p50 ms | client p99 ms | server p50 ms | errors "
-        "| / bare (a) | / bare (aW) | / bare (b) |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| / bare (a) | / bare (aW) | / bare (bW) | / bare (b) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for row in [*bare_rows, *daemon_rows]:
         lines.append(
             f"| {row.case} | {row.images} | {fmt(row.rate)} | {fmt(row.p(0.5))} | {fmt(row.p(0.99))} "
-            f"| {fmt(row.p(0.5, server=True))} | {row.errors} | {ratio(row.rate, a.rate)} "
-            f"| {ratio(row.rate, aw.rate)} | {ratio(row.rate, b.rate)} |"
+            f"| {fmt(row.p(0.5, server=True))} | {row.errors} | {ratio(row.rate, bare.a.rate)} "
+            f"| {ratio(row.rate, bare.aw.rate)} | {ratio(row.rate, bare.bw.rate)} "
+            f"| {ratio(row.rate, bare.b.rate)} |"
+        )
+    return "\n".join(lines)
+
+
+def target_of(row: Row) -> float | None:
+    """The issue's target ratio to (bW) for a daemon row: add/search at concurrency >= 8, import jobs."""
+    if row.case.startswith("daemon import"):
+        return TARGETS["import"]
+    match = re.fullmatch(r"daemon (add|search), concurrency (\d+)", row.case)
+    return TARGETS[match.group(1)] if match and int(match.group(2)) >= 8 else None
+
+
+def judged(row: Row) -> bool:
+    """Whether a daemon row has a target against (bW)."""
+    return target_of(row) is not None
+
+
+def target_table(bare: BareRun, daemon_rows: list[Row], brackets: dict[str, tuple[float, float]]) -> str:
+    """The issue's targets: add/search at concurrency >= 8 and the import job against (bW), the
+    bare plan measured right before and after that cell (the pooled (bW) without brackets)."""
+    lines = [
+        "| daemon case | images/s | bW before / after | ratio to their mean | to pooled (bW) | target |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    for row in filter(judged, daemon_rows):
+        target = target_of(row)
+        before, after = brackets.get(row.case, (float("nan"), float("nan")))
+        around = (before + after) / 2
+        share = row.rate / around if around == around else row.rate / bare.bw.rate
+        verdict = "met" if share >= target else "missed"
+        lines.append(
+            f"| {row.case} | {fmt(row.rate)} | {fmt(before)} / {fmt(after)} | {ratio(row.rate, around)} "
+            f"| {ratio(row.rate, bare.bw.rate)} | {target} ({verdict}) |"
         )
     return "\n".join(lines)
 
@@ -424,11 +573,20 @@ def latency_table(single: Row, search_c1: Row | None) -> str:
     return "\n".join(lines)
 
 
-def summarise(bare: BareRun, daemon_rows: list[Row]) -> list[Summary]:
-    """Daemon against bare, for the combined table of run_all."""
+def summarise(
+    bare: BareRun, daemon_rows: list[Row], brackets: dict[str, tuple[float, float]] | None = None
+) -> list[Summary]:
+    """Daemon against bare, for the combined table of run_all; the targeted cells against the
+    bare plan (bW) measured around them when ``brackets`` has them."""
+    brackets = brackets or {}
     summary: list[Summary] = [
-        (row.case, "images/s vs bare (aW)", row.rate, bare.aw.rate) for row in daemon_rows
+        (row.case, "images/s vs bare plan (bW) around it", row.rate, statistics.mean(brackets[row.case]))
+        if row.case in brackets
+        else (row.case, "images/s vs bare plan (bW)", row.rate, bare.bw.rate)
+        for row in daemon_rows
+        if judged(row)
     ]
+    summary += [(row.case, "images/s vs bare (aW)", row.rate, bare.aw.rate) for row in daemon_rows]
     summary += [(row.case, "images/s vs bare (b)", row.rate, bare.b.rate) for row in daemon_rows]
     search_c1 = find(daemon_rows, "daemon search, concurrency 1")
     if search_c1 is not None:
@@ -476,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch, help="[model] max_batch")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="[model] threads (0: torch's)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="[model] workers (daemon only)")
+    parser.add_argument(
+        "--precision", default=defaults.precision, help="[model] precision for both sides (default auto)"
+    )
     parser.add_argument("--rn", type=int, default=10, help="results per search request (default 10)")
     parser.add_argument("--photos", type=Path, default=PHOTO_DIR, help="folder of JPEG photos")
     parser.add_argument("--no-daemon", action="store_true", help="measure the bare model only")
@@ -492,11 +653,12 @@ class BareRun:
     b: Row
     b1: Row
     aw: Row
+    bw: Row
 
     @property
     def rows(self) -> list[Row]:
         """Table order."""
-        return [self.a, self.aw, self.a1, self.decode_only, self.b, self.b1]
+        return [self.a, self.aw, self.bw, self.a1, self.decode_only, self.b, self.b1]
 
     def pooled(self, later: BareRun) -> tuple[BareRun, list[str]]:
         """Both passes pooled (one before the daemon, one after), and notes where they disagree."""
@@ -509,25 +671,34 @@ class BareRun:
                 )
         pooled = {
             name: Row(a.case, a.images + b.images, a.seconds + b.seconds, a.latencies + b.latencies)
-            for name in ("a", "a1", "decode_only", "b", "b1", "aw")
+            for name in ("a", "a1", "decode_only", "b", "b1", "aw", "bw")
             for a, b in [(getattr(self, name), getattr(later, name))]
         }
         return BareRun(**pooled), notes
 
 
-def bench_bare(bare: Bare, images: list[bytes], pixels: np.ndarray, seconds: float) -> BareRun:
-    """(a), (aW), batch 1, decode alone, (b) and (b1) in this process."""
+def bench_bare(
+    bare: Bare, images: list[bytes], pixels: np.ndarray, seconds: float, plan: ExecutionPlan
+) -> BareRun:
+    """(a), (aW), (bW), batch 1, decode alone, (b) and (b1) in this process."""
     a = bare.batched(pixels, seconds, bare.cfg.max_batch, " (a)")
     aw = bare.parallel(pixels, seconds, max(1, bare.cfg.workers))
+    bw = bare.pipeline(images, seconds, plan)
     a1 = bare.batched(pixels, seconds, 1)
     b, decode_only = bare.batched_with_decode(images, seconds)
     b1 = bare.one_by_one(images, seconds)
-    return BareRun(a, a1, decode_only, b, b1, aw)
+    return BareRun(a, a1, decode_only, b, b1, aw, bw)
 
 
 def run(args: argparse.Namespace) -> Report:
     """Bare model, daemon, bare model again (so a drifting machine shows), then the report."""
-    cfg = ModelConfig(name=args.model, max_batch=args.max_batch, threads=args.threads, workers=args.workers)
+    cfg = ModelConfig(
+        name=args.model,
+        max_batch=args.max_batch,
+        threads=args.threads,
+        workers=args.workers,
+        precision=args.precision,
+    )
     # Resolve the daemon's "0 = auto" settings here, so both sides use the same batch and threads;
     # the bare model is one forward-pass stream, the daemon runs `workers` of them.
     plan = plan_execution(cfg, pick_device(cfg.device))
@@ -535,38 +706,64 @@ def run(args: argparse.Namespace) -> Report:
     load_before = os.getloadavg()[0]
     images, source = load_images(args.images, args.photos)
     model = Bare(cfg)
+    plan = dataclasses.replace(plan, precision=model.embedder.plan.precision)
+    choice = model.embedder.precision_choice
+    precision = f"precision {args.precision} -> {plan.precision}" + (f": {choice.reason}" if choice else "")
     pixels = np.stack([model.prepare(data) for data in images])
     model.warm_up(pixels)
-    bare = bench_bare(model, images, pixels, args.seconds)
+    bare = bench_bare(model, images, pixels, args.seconds, plan)
     info = model.embedder.info
     notes = [
         f"images: {source}",
+        f"CPU: {cpu_description()}",
         f"model: {info.model_id} ({info.fingerprint}, dim {info.dim}, {info.device}), "
-        f"max_batch {cfg.max_batch}, torch threads {cfg.threads or 'default'} "
-        f"(= {torch.get_num_threads()} here)",
+        f"plan: {plan.workers} workers x {plan.threads} torch threads, max_batch {plan.max_batch}, "
+        f"{plan.decode_threads} decode threads, on {available_cores()} cores",
+        f"bare model: {precision}",
     ]
     daemon_rows: list[Row] = []
+    brackets: dict[str, tuple[float, float]] = {}
     if not args.no_daemon:
-        daemon = bench_daemon(cfg, images, args.concurrency, args.seconds, args.rn)
-        daemon_rows = daemon.rows
+        probe_seconds = min(args.seconds, 15.0)
+        daemon = bench_daemon(
+            cfg,
+            images,
+            args.concurrency,
+            args.seconds,
+            args.rn,
+            probe=lambda: model.pipeline(images, probe_seconds, plan),
+        )
+        daemon_rows, brackets = daemon.rows, daemon.brackets
         if daemon.model.get("fingerprint") != info.fingerprint:
             notes.append(f"WARNING: the daemon serves {daemon.model}, not the bare model's fingerprint")
+        if daemon.precision:
+            notes.append(f"daemon: {daemon.precision}")
         notes.append(f"daemon RSS at the end: {daemon.rss_mib:.0f} MiB")
         notes.extend(daemon.notes)
-        bare, drift = bare.pooled(bench_bare(model, images, pixels, args.seconds))
+        bare, drift = bare.pooled(bench_bare(model, images, pixels, args.seconds, plan))
         notes.append("bare rows: two passes pooled, one before and one after the daemon cells")
         notes.extend(drift)
     notes.append(load_note(load_before))
-    markdown = "\n\n".join(
-        [
-            "### Embedding throughput: daemon vs bare model",
-            throughput_table(bare.rows, daemon_rows, bare.a, bare.aw, bare.b),
-            "Single-request latency (search at concurrency 1 vs one decode + batch-1 forward pass):",
-            latency_table(bare.b1, find(daemon_rows, "daemon search, concurrency 1")),
-            "\n".join(f"- {note}" for note in notes),
+    parts = [
+        "### Embedding throughput: daemon vs bare model",
+        throughput_table(bare.rows, daemon_rows, bare),
+    ]
+    if daemon_rows:
+        parts += [
+            "The issue's targets, against the daemon's plan run bare (bW) right before and after each cell:",
+            target_table(bare, daemon_rows, brackets),
         ]
+    parts += [
+        "Single-request latency (search at concurrency 1 vs one decode + batch-1 forward pass):",
+        latency_table(bare.b1, find(daemon_rows, "daemon search, concurrency 1")),
+        "\n".join(f"- {note}" for note in notes),
+    ]
+    return Report(
+        "\n\n".join(parts),
+        summarise(bare, daemon_rows, brackets),
+        f"{info.model_id}:{info.fingerprint}",
+        precision,
     )
-    return Report(markdown, summarise(bare, daemon_rows), f"{info.model_id}:{info.fingerprint}")
 
 
 def main(argv: list[str] | None = None) -> int:

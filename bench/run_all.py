@@ -75,6 +75,40 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: The CPU flags that decide which arithmetic is fast (bf16, int8) and how wide the vectors are.
+ARITHMETIC_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_flags() -> set[str]:
+    """The ``flags`` of the first CPU in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_description() -> str:
+    """CPU model and which of :data:`ARITHMETIC_FLAGS` it has, e.g. ``... (avx2 avx512f; no amx_bf16)``."""
+    flags = cpu_flags()
+    present = [flag for flag in ARITHMETIC_FLAGS if flag in flags]
+    missing = [flag for flag in ARITHMETIC_FLAGS if flag not in flags]
+    return f"{cpu_model()} (has {' '.join(present) or 'none of them'}; lacks {' '.join(missing) or 'none'})"
+
+
 def gpu() -> str:
     """The first CUDA device torch sees, or ``none``."""
     import torch
@@ -103,28 +137,30 @@ def version(package: str) -> str:
         return "?"
 
 
-def machine_lines(model_id: str, load_before: Sequence[float]) -> list[str]:
+def machine_lines(model_id: str, load_before: Sequence[float], precision: str = "") -> list[str]:
     """The header facts of one run."""
     load_after = os.getloadavg()
     return [
         f"date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"machine: {platform.node()}, nproc {len(os.sched_getaffinity(0))}, CPU {cpu_model()}",
+        f"CPU arithmetic: {cpu_description()}",
         f"GPU: {gpu()}",
         f"model: {model_id}",
+        f"precision: {precision or 'not measured (--skip-throughput)'}",
         f"load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
         f"software: Python {platform.python_version()}, torch {version('torch')}, "
         f"hnswlib {version('hnswlib')}, numpy {version('numpy')}; commit {git_commit()}",
     ]
 
 
-def run_throughput(argv: list[str]) -> tuple[Section, str]:
-    """bench_throughput.py with ``argv``; also returns the model id it measured."""
+def run_throughput(argv: list[str]) -> tuple[Section, str, str]:
+    """bench_throughput.py with ``argv``; also returns the model id and precision it measured."""
     import bench_throughput
 
     started = time.monotonic()
     report = bench_throughput.run(bench_throughput.build_parser().parse_args(argv))
     section = Section("throughput", report.markdown, report.summary, time.monotonic() - started)
-    return section, report.model_id
+    return section, report.model_id, report.precision
 
 
 def run_index(argv: list[str]) -> Section:
@@ -200,14 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     index_argv = [*index_argv, *shlex.split(args.index_args)]
     load_before = os.getloadavg()
     sections: list[Section] = []
-    model_id = "not measured (--skip-throughput)"
+    model_id, precision = "not measured (--skip-throughput)", ""
     if not args.skip_throughput:
-        section, model_id = run_throughput(throughput_argv)
+        section, model_id, precision = run_throughput(throughput_argv)
         sections.append(section)
     if not args.skip_index:
         sections.append(run_index(index_argv))
     command = shlex.join(["bench/run_all.py", *(argv if argv is not None else sys.argv[1:])])
-    header = machine_lines(model_id, load_before)
+    header = machine_lines(model_id, load_before, precision)
     title = f"{dt.date.today().isoformat()}: {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs"
     text = document(title, header, command, sections)
     print(text)

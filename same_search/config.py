@@ -91,8 +91,15 @@ class ModelConfig:
     workers: int = 0
     #: Largest batch one forward pass takes; 0 = auto (CPU: 4; GPU: 32, 64 on a card of 16 GiB+).
     max_batch: int = 0
-    #: Arithmetic of the forward pass: "auto" (GPU: fp16, CPU: fp32), "fp32", "bf16", "fp16" (GPU only).
+    #: Arithmetic of the forward pass: "auto" (GPU: fp16; CPU: measured, fp32 or bf16), "fp32", "bf16",
+    #: "fp16" (GPU only).
     precision: str = "auto"
+    #: Seconds ``precision = "auto"`` may spend measuring fp32 and bf16 at start on a CPU; 0 = fp32, no check.
+    precision_check_s: float = 5.0
+    #: File caching that check's outcome per machine and model; empty = ~/.cache/same_search/precision.json.
+    precision_cache: str = ""
+    #: With a CUDA device, decode JPEGs on it (nvJPEG), others and refused files on the CPU.
+    gpu_decode: bool = True
     #: Milliseconds the batcher waits for more requests before running a partial batch.
     max_wait_ms: float = 2.0
     #: Requests allowed to wait for the embedder; beyond that the answer is err_no 99 at once.

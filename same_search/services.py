@@ -102,7 +102,8 @@ async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterato
         try:
             await libraries.open()
             saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
-            jobs = ImportJobs(store, libraries, embed.max_batch * embed.workers)
+            # Two rounds of forward passes in flight: one in the network, the next being decoded.
+            jobs = ImportJobs(store, libraries, 2 * embed.max_batch * embed.workers)
             await jobs.start()
             try:
                 duplicates = DuplicateScans(libraries)

@@ -31,8 +31,9 @@ def brief(text: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    """The real Lite0 embedder, loaded once (the daemon's own fallback model)."""
-    return Embedder(ModelConfig(name="efficientnet_lite0"))
+    """The real Lite0 embedder, loaded once (the daemon's own fallback model), in fp32: the
+    golden vectors are fp32's, and "auto" may pick bf16 on a CPU that has it."""
+    return Embedder(ModelConfig(name="efficientnet_lite0", precision="fp32"))
 
 
 @pytest.fixture

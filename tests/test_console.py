@@ -63,6 +63,7 @@ def test_overview_lists_libraries_and_jobs(daemon, page, tmp_path: Path):
     page.click("#new-job button")
     page.wait_for_selector("#jobs tr[data-status=done]", timeout=60_000)
     assert "3/3" in page.locator("#jobs tr").first.inner_text()
+    assert page.locator("#jobs tr td.near").first.inner_text() == "0"
 
 
 def test_upload_a_picture_and_see_its_match_first(daemon, page, tmp_path: Path):

@@ -191,3 +191,22 @@ def test_padding_to_a_bucket_does_not_change_vectors(embedder: Embedder):
     assert padded.shape[0] == 4 and not padded[3].any()
     assert np.allclose(embedder.embed(padded.numpy())[:3], embedder.embed(batch), atol=1e-4)
     assert embedder.warm_up() >= 0
+
+
+def test_auto_plan_counts_the_cores_this_process_may_run_on():
+    """``taskset`` / cpusets limit the plan (os.cpu_count() would see the whole machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); import torch; "
+        "from same_search.config import ModelConfig; "
+        "from same_search.embed.embedder import available_cores, plan_execution; "
+        "plan = plan_execution(ModelConfig(), torch.device('cpu')); "
+        "print(available_cores(), os.cpu_count(), plan.workers, plan.threads, plan.decode_threads)"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    cores, total, workers, threads, decoders = map(int, out.stdout.split())
+    assert (cores, workers, threads, decoders) == (1, 1, 1, 2), out.stdout
+    assert total >= cores

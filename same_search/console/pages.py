@@ -121,7 +121,7 @@ async def overview(request: web.Request) -> web.Response:
 <input name="dir" placeholder="/absolute/folder/on/the/server" size="40" required>
 <button>Import folder</button> <span class="message"></span></form>
 <table class="jobs"><thead><tr><th>job</th><th>library</th><th>source</th><th>status</th><th>progress</th>
-<th>failed</th><th>duplicates</th><th>images/s</th><th>ETA</th><th></th></tr></thead><tbody id="jobs"></tbody></table>
+<th>failed</th><th>duplicates</th><th>near-duplicates</th><th>images/s</th><th>ETA</th><th></th></tr></thead><tbody id="jobs"></tbody></table>
 """
     return _page(services, "libraries", body)
 

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from PIL import Image
 
 from same_search.config import ConfigError, ModelConfig
 from same_search.embed.models import LoadedModel, load_model
+from same_search.embed.precision import PrecisionCache, PrecisionChoice, choose_precision, default_cache_path
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,14 @@ class ExecutionPlan:
 
 
 def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = None) -> ExecutionPlan:
-    """Resolve the ``0 = auto`` settings of ``[model]`` for this machine.
+    """Resolve the ``0 = auto`` settings of ``[model]`` for this machine's ``cores`` (the CPUs
+    this process may run on, see :func:`available_cores`).
 
     On a CPU, several single-threaded forward passes beat one multi-threaded pass, and small
     batches beat large ones, both in throughput and in single-search latency (docs/benchmarks.md,
     "execution plan (auto)"). A GPU wants one worker feeding it large batches.
     """
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()
     precision = resolve_precision(cfg.precision, device)
     decoders = max(2, cores)  # a GPU forward pass outruns one decoding thread by far (docs/benchmarks.md)
     if device.type == "cpu":
@@ -69,6 +71,14 @@ def plan_execution(cfg: ModelConfig, device: torch.device, cores: int | None = N
         return ExecutionPlan(workers, threads, cfg.max_batch or 4, precision, decoders)
     batch = cfg.max_batch or gpu_batch(device)
     return ExecutionPlan(cfg.workers or 1, cfg.threads or 1, batch, precision, decoders)
+
+
+def available_cores() -> int:
+    """CPUs this process may run on: ``taskset``/cgroup cpusets count, the machine's total does not."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def batch_buckets(max_batch: int) -> list[int]:
@@ -100,6 +110,9 @@ def gpu_batch(device: torch.device) -> int:
 
 def resolve_precision(setting: str, device: torch.device) -> str:
     """``auto`` -> fp16 on a GPU, fp32 on a CPU; refuse fp16 on a CPU (no fast kernels there).
+
+    This is the static answer; :class:`Embedder` then measures ``auto`` on a CPU
+    (:mod:`same_search.embed.precision`), which may turn it into bf16.
 
     bf16 on a CPU is allowed but warned about when the CPU lacks bf16 instructions: autocast then
     emulates it, many times slower than fp32 (docs/benchmarks.md, "arithmetic modes").
@@ -139,6 +152,8 @@ class Embedder:
     """A loaded network plus its preprocessing; call from worker threads, never the event loop."""
 
     def __init__(self, cfg: ModelConfig, loaded: LoadedModel | None = None) -> None:
+        """Load (or take) the network and plan its execution; ``precision = "auto"`` on a CPU
+        is measured here (a few seconds at most, or a cache hit)."""
         self.cfg = cfg
         self.model = loaded or load_model(cfg)
         self.device = pick_device(cfg.device)
@@ -159,6 +174,10 @@ class Embedder:
             device=str(self.device),
             weights_source=self.model.weights_source,
         )
+        self.precision_choice: PrecisionChoice | None = None
+        if cfg.precision == "auto" and self.device.type == "cpu":
+            self.precision_choice = self._choose_precision()
+            self.plan = replace(self.plan, precision=self.precision_choice.mode)
         log.info(
             "embedder ready: model=%s dim=%d device=%s precision=%s weights=%s fingerprint=%s "
             "workers=%d threads=%d max_batch=%d",
@@ -171,6 +190,20 @@ class Embedder:
             self.plan.workers,
             self.plan.threads,
             self.plan.max_batch,
+        )
+
+    def _choose_precision(self) -> PrecisionChoice:
+        """Measure fp32 against bf16 on this CPU (see :mod:`same_search.embed.precision`)."""
+        cache_path = Path(self.cfg.precision_cache) if self.cfg.precision_cache else default_cache_path()
+        return choose_precision(
+            lambda mode, pixels: self.embed(pixels, precision=mode),
+            fingerprint=self.info.fingerprint,
+            threads=self.plan.threads,
+            batch=self.plan.max_batch,
+            side=self.cfg.image_size,
+            budget_s=self.cfg.precision_check_s,
+            has_bf16=cpu_has_bf16(),
+            cache=PrecisionCache(cache_path),
         )
 
     def _fingerprint(self) -> str:
@@ -199,20 +232,32 @@ class Embedder:
         return np.array(resized, dtype=np.uint8).transpose(2, 0, 1)
 
     @torch.inference_mode()
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) uint8 -> (N, dim) float32 unit vectors.
+    def embed(self, batch: np.ndarray, precision: str | None = None) -> np.ndarray:
+        """(N, 3, S, S) uint8 -> (N, dim) float32 unit vectors, in the plan's precision unless
+        ``precision`` names another (the precision check compares them).
 
         Pixels travel to a GPU as uint8 (4x less than floats) from pinned memory, so the copy
         overlaps; scaling, the forward pass in the plan's precision, pooling and normalisation
         all run on the device. Pooling and normalisation are always fp32.
         """
-        count = len(batch)
         pixels = torch.from_numpy(batch)
         if self.device.type == "cuda":
             pixels = self._pad_to_bucket(pixels).pin_memory()
+        return self._forward(pixels, len(batch), precision)
+
+    @torch.inference_mode()
+    def embed_tensor(self, pixels: torch.Tensor, precision: str | None = None) -> np.ndarray:
+        """Like :meth:`embed` for (N, 3, S, S) uint8 pixels already in a tensor, on the CPU or
+        already on the device (pictures decoded by nvJPEG)."""
+        count = len(pixels)
+        if self.device.type == "cuda":
+            pixels = self._pad_to_bucket(pixels)
+        return self._forward(pixels, count, precision)
+
+    def _forward(self, pixels: torch.Tensor, count: int, precision: str | None) -> np.ndarray:
         x = pixels.to(self.device, non_blocking=True).float().div_(255.0)
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        with self._autocast():
+        with self._autocast(precision or self.plan.precision):
             features = self.network(x)
         pooled = self._pool(features[:count].float())
         return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy().astype(np.float32)
@@ -242,12 +287,12 @@ class Embedder:
         log.info("embedder warmed up in %.1fs (batch sizes %s)", seconds, ",".join(map(str, sizes)))
         return seconds
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
         """Autocast for fp16/bf16: one code path for both (bf16 is exercised by CPU tests), and
         the shared fp32 network is never converted in place."""
-        if self.plan.precision == "fp32":
+        if precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.float16 if self.plan.precision == "fp16" else torch.bfloat16
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def _pool(self, features: torch.Tensor) -> torch.Tensor:

@@ -92,10 +92,7 @@ def decode(data: bytes, limits: ImageLimits, target_side: int, region: Region | 
     while the result (or the region of it) stays at least ``target_side`` on its shorter side.
     The region is checked against the picture's size from the header, before any pixel is decoded.
     """
-    if not data:
-        raise bad_image(ImageSubCode.EMPTY, "image is empty")
-    image = _open(data)
-    _check_size(image.size, limits)
+    image = open_checked(data, limits)
     oriented = _oriented_size(image)
     box = None if region is None else region.box(oriented, limits.min_side)
     shorter = min(image.size) if box is None else min(box[2] - box[0], box[3] - box[1])
@@ -135,6 +132,15 @@ def _scaled(
         max(round(left * sx) + 1, round(right * sx)),
         max(round(top * sy) + 1, round(bottom * sy)),
     )
+
+
+def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """``data`` opened (header only, no pixels decoded) with its format and size checked."""
+    if not data:
+        raise bad_image(ImageSubCode.EMPTY, "image is empty")
+    image = _open(data)
+    _check_size(image.size, limits)
+    return image
 
 
 def _open(data: bytes) -> Image.Image:

@@ -9,6 +9,9 @@ Background work (import jobs) yields to interactive requests: a batch takes queu
 images first and then no background ones, and background images enter the decode threads only as
 threads free up, so an interactive request never queues behind a backlog of a job's decodes. A task marks
 itself as background with :func:`background_priority`.
+
+With a CUDA device the decode threads only check each JPEG's header and the batch is decoded
+on the card (:mod:`same_search.embed.gpu_decode`); other formats are decoded here as before.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder, ModelInfo
-from same_search.embed.images import ImageLimits, Region, decode, make_thumbnail
+from same_search.embed.gpu_decode import Decoded, JpegBatchDecoder, gather_batch, gpu_eligible, jpeg_thumbnail
+from same_search.embed.images import ImageLimits, Region, decode, make_thumbnail, open_checked
 from same_search.errors import ApiError, ErrNo
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,7 @@ def background_priority() -> None:
 
 @dataclass
 class _Job:
-    pixels: np.ndarray
+    decoded: Decoded
     future: asyncio.Future[np.ndarray]
 
 
@@ -57,7 +61,10 @@ class EmbedService:
         limits: LimitsConfig,
         decode_threads: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        gpu_decoder: JpegBatchDecoder | None = None,
     ) -> None:
+        """``gpu_decoder`` decodes JPEGs in the batch; by default nvJPEG when the embedder runs
+        on CUDA and ``[model] gpu_decode`` is on (tests inject a stand-in on the CPU)."""
         self.embedder = embedder
         self.cfg = cfg
         self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
@@ -77,6 +84,9 @@ class EmbedService:
         self.batches = 0
         self.images = 0
         self._on_batch = on_batch
+        if gpu_decoder is None and embedder.device.type == "cuda" and cfg.gpu_decode:
+            gpu_decoder = JpegBatchDecoder.probe(embedder.device, cfg.image_size)
+        self.gpu_decoder = gpu_decoder
 
     @property
     def info(self) -> ModelInfo:
@@ -147,26 +157,47 @@ class EmbedService:
         loop = asyncio.get_running_loop()
         priority = _priority.get()
         if priority == INTERACTIVE:
-            pixels, thumbnail = await loop.run_in_executor(
+            decoded, thumbnail = await loop.run_in_executor(
                 self._decode_pool, self._decode, data, thumbnail_side, region
             )
         else:  # at most one background decode per thread: none waits in the pool's queue
             async with self._background_decodes:
-                pixels, thumbnail = await loop.run_in_executor(
+                decoded, thumbnail = await loop.run_in_executor(
                     self._decode_pool, self._decode, data, thumbnail_side, region
                 )
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting += 1
-        self._queue.put_nowait((priority, next(self._arrivals), _Job(pixels, future)))
+        self._queue.put_nowait((priority, next(self._arrivals), _Job(decoded, future)))
         return await future, thumbnail
 
     def _decode(
         self, data: bytes, thumbnail_side: int, region: Region | None
-    ) -> tuple[np.ndarray, bytes | None]:
+    ) -> tuple[Decoded, bytes | None]:
+        if self.gpu_decoder is not None and region is None:
+            opened = open_checked(data, self.limits)  # limits checked here, whoever decodes
+            if gpu_eligible(opened):
+                try:
+                    thumbnail = jpeg_thumbnail(opened, thumbnail_side) if thumbnail_side else None
+                except Exception:  # a broken file: the full decode below says precisely why
+                    pass
+                else:
+                    return Decoded(jpeg=data), thumbnail
         image = decode(data, self.limits, self.cfg.image_size, region)
-        return self.embedder.preprocess(image), make_thumbnail(
-            image, thumbnail_side
-        ) if thumbnail_side else None
+        thumbnail = make_thumbnail(image, thumbnail_side) if thumbnail_side else None
+        return Decoded(pixels=self.embedder.preprocess(image)), thumbnail
+
+    def _cpu_pixels(self, data: bytes) -> np.ndarray:
+        """A JPEG the GPU refused, decoded here (its error, if any, is the request's answer)."""
+        return self.embedder.preprocess(decode(data, self.limits, self.cfg.image_size))
+
+    def _forward(self, jobs: list[_Job]) -> list[np.ndarray | Exception]:
+        """One forward pass over ``jobs``, in the inference thread: a vector or an error per job."""
+        items = [job.decoded for job in jobs]
+        if all(item.pixels is not None for item in items):
+            return list(self.embedder.embed(np.stack([item.pixels for item in items])))
+        pixels, errors = gather_batch(items, self.gpu_decoder, self._cpu_pixels)
+        vectors = iter(self.embedder.embed_tensor(pixels) if pixels is not None else ())
+        return [error if error is not None else next(vectors) for error in errors]
 
     def _decoding(self) -> int:
         """Admitted requests still decoding: neither waiting for a forward pass nor in one."""
@@ -180,10 +211,9 @@ class EmbedService:
             jobs = [job for job in jobs if not job.future.done()]  # timed out while queued
             if not jobs:
                 continue
-            batch = np.stack([job.pixels for job in jobs])
             self._in_forward += len(jobs)
             try:
-                vectors = await loop.run_in_executor(self._infer_pool, self.embedder.embed, batch)
+                vectors = await loop.run_in_executor(self._infer_pool, self._forward, jobs)
             except Exception as exc:
                 log.exception("forward pass failed for a batch of %d", len(jobs))
                 for job in jobs:
@@ -199,7 +229,11 @@ class EmbedService:
             if self._on_batch is not None:
                 self._on_batch(len(jobs))
             for job, vector in zip(jobs, vectors, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(vector, Exception):
+                    job.future.set_exception(vector)
+                else:
                     job.future.set_result(vector)
 
     async def _collect(self) -> list[_Job]:

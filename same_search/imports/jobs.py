@@ -1,11 +1,12 @@
 """Bulk import jobs: run in the background through the same batching embedder as ``add``.
 
-A job walks its source in order, a chunk at a time, with up to ``concurrency`` images in flight
-(``model.max_batch * workers``: enough to fill every forward pass). Its embeddings run at
-background priority, so interactive requests overtake the job's images in the embedder (see
-:mod:`same_search.embed.service`). After every chunk its position, counters and per-item errors
-are committed, so a restart resumes where it stopped (redoing at most one chunk, whose already
-stored images then count as duplicates). One job runs at a time; others wait.
+A job walks its source in order, a chunk at a time, with ``concurrency`` images in flight (the
+daemon gives twice what its forward passes take at once, so one round is read and decoded
+while the other is in the network). Its embeddings run at background priority, so interactive
+requests overtake the job's images in the embedder (see :mod:`same_search.embed.service`). After
+every chunk its position, counters and per-item errors are committed, so a restart resumes where
+it stopped (redoing at most one chunk, whose already stored images then count as duplicates); a
+chunk holds at least two rounds, so a large GPU batch can fill. One job runs at a time; others wait.
 
 Reading is guarded (:mod:`same_search.imports.finder`): only regular files within the image
 limit are read, each in a daemon thread with a deadline, so no entry can exhaust memory, block
@@ -33,6 +34,7 @@ from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
 
+#: Smallest chunk (images per progress commit); see :attr:`ImportJobs.chunk`.
 CHUNK = 32
 ACTIVE = ("queued", "running")
 #: Longest a source may take to open and list (a huge folder on a slow disk) before the job fails.
@@ -54,6 +56,8 @@ class ImportJobs:
         self.concurrency = max(1, concurrency)
         self.max_image_bytes = libraries.cfg.limits.max_image_bytes
         self.uploads = libraries.cfg.data_path / "uploads"
+        #: Images per progress commit: two rounds in flight at least, so chunk ends drain little.
+        self.chunk = max(CHUNK, 2 * self.concurrency)
         self._wake = asyncio.Event()
         self._cancelled: set[int] = set()
         self._running: JobRow | None = None  # the runner's own copy of the job it is running
@@ -227,7 +231,7 @@ class ImportJobs:
             while job.position < job.total and job.id not in self._cancelled:
                 if self._stopping:
                     break
-                chunk = source.entries[job.position : job.position + CHUNK]
+                chunk = source.entries[job.position : job.position + self.chunk]
                 errors = await self._import_chunk(job, lib, source, chunk)
                 if errors is None:
                     return  # stopping mid-chunk: the last committed chunk stands, resumed from there

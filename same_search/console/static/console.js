@@ -90,7 +90,8 @@ async function refreshJobs() {
     return el("tr", { "data-status": job.status },
       el("td", {}, String(job.id)), el("td", {}, job.appid), el("td", {}, job.source), el("td", {}, job.status),
       el("td", {}, bar, ` ${job.position}/${job.total}`), el("td", {}, String(job.failed)),
-      el("td", {}, String(job.duplicates)), el("td", {}, job.images_per_s === null ? "" : String(job.images_per_s)),
+      el("td", {}, String(job.duplicates)), el("td", { class: "near" }, String(job.near_duplicates ?? 0)),
+      el("td", {}, job.images_per_s === null ? "" : String(job.images_per_s)),
       el("td", {}, formatEta(job.eta_s)), el("td", {}, cancel));
   }));
 }
