@@ -11,12 +11,12 @@ and, either way, the agreeing keypoints span at least :data:`MIN_COVERAGE` of th
 pictures share, so that a cluster in one small patch (a repeated texture) never suffices.
 
 The thresholds were picked on the harder development protocol of ``bench/eval_same_picture.py``
-(2026-11-26: 696 edited copies of Caltech-101, ImageNet and product-on-white pictures under
-eight strong edits; 780 look-alike negatives: other photos of the same Caltech class, product
-shots of the same class, other ImageNet photos; near-copies inside Caltech classes checked by
-eye and listed in ``bench/caltech_near_copies.txt``). There, "inliers >= 12" alone gave
-precision 0.994 / recall 0.961 and this rule 0.997 / 0.953; the stricter rule was kept for the
-margin it leaves on unseen look-alike products. docs/quality.md has the full table and cost.
+(2026-11-26, half sample: 696 edited copies of Caltech-101, ImageNet and product-on-white
+pictures under eight strong edits; 386 look-alike negatives: other photos of the same Caltech
+class, product shots of the same class, other ImageNet photos; near-copies inside Caltech classes
+checked by eye and listed in ``bench/caltech_near_copies.txt``). There "inliers >= 12" alone gave
+precision 0.994 / recall 0.961 and this rule 0.997 / 0.953; the rule was kept for the margin it
+leaves on unseen look-alike products. docs/quality.md has the full-sample table and the cost.
 
 Items without local features (stored before they existed, imported as bare vectors) cannot be
 verified: for them only a descriptor score of :data:`FALLBACK_SCORE` says "same picture".
