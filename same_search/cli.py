@@ -40,7 +40,7 @@ log = logging.getLogger("same_search")
 
 DEFAULT_CONFIG = Path("config.toml")
 #: Exit codes of the client commands (the daemon keeps its own: 2 config, 3 model, 4 OS error,
-#: 5 the data dir is held by another daemon).
+#: 5 the data dir is held by another daemon, 6 the storage backend cannot be reached).
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 EPILOG = """\
@@ -97,8 +97,15 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     client = [_common_flags(True), _client_flags(True)]
     commands.add_parser("serve", parents=[_common_flags(True), _daemon_flags(True)], help="run the daemon")
 
-    imp = commands.add_parser("import", parents=client, help="add every image under a directory")
-    imp.add_argument("directory", metavar="DIR", help="directory searched recursively for images")
+    imp = commands.add_parser(
+        "import", parents=client, help="add every image under a directory, or load an export ZIP"
+    )
+    imp.add_argument(
+        "directory",
+        metavar="DIR|EXPORT.zip",
+        help="directory searched recursively for images, or a ZIP written by 'export --vectors' "
+        "(stored as it is, without embedding again: how a library moves between daemons or backends)",
+    )
     imp.add_argument("--appid", required=True, help="library to add to")
     imp.add_argument("--signup", action="store_true", help="create the library when it does not exist")
     imp.add_argument("-j", "--concurrency", type=int, default=8, help="adds in flight (default 8)")
@@ -178,6 +185,7 @@ def build_config(args: argparse.Namespace) -> Config:
 def run_daemon(cfg: Config) -> int:
     """Run the daemon until it is told to stop; the exit code says why it could not start."""
     # Imported here: they pull in torch, which client commands do not need.
+    from same_search.backends.base import BackendUnavailable
     from same_search.datadir import DataDirInUse
     from same_search.embed.models import ModelUnavailable
     from same_search.libraries import ModelMismatch
@@ -191,6 +199,9 @@ def run_daemon(cfg: Config) -> int:
     except (ModelUnavailable, ModelMismatch) as exc:
         log.error("cannot start: %s", exc)
         return 3
+    except BackendUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 6
     except ConfigError as exc:  # settings only checkable against the machine, e.g. fp16 on a CPU
         log.error("cannot start: %s", exc)
         return 2
@@ -485,8 +496,10 @@ async def import_directory(
 
 
 def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
-    """Import a directory tree; exit 1 when any file failed (listed on stderr)."""
+    """Import a directory tree (exit 1 when any file failed, listed on stderr) or an export ZIP."""
     root = Path(args.directory)
+    if root.is_file() and root.suffix.lower() == ".zip":
+        return cmd_import_export(args, cfg, token, root)
     if not root.is_dir():
         print(f"same_search: {root} is not a directory", file=sys.stderr)
         return EXIT_USAGE
@@ -501,6 +514,13 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
         print(f"same_search: stopped, the daemon does not answer: {result.unreachable}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_FAILED if result.failed else 0
+
+
+def cmd_import_export(args: argparse.Namespace, cfg: Config, token: str | None, path: Path) -> int:
+    """Load an export ZIP (with vectors) into ``--appid``, created when missing; nothing is embedded."""
+    answer = _client(cfg, token).import_library(args.appid, path.read_bytes())
+    print(f"imported {answer['imported']} items into {args.appid} ({answer['duplicates']} already stored)")
+    return 0
 
 
 async def _import(args: argparse.Namespace, cfg: Config, token: str | None, root: Path) -> ImportStats | str:

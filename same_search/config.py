@@ -59,6 +59,25 @@ class StorageConfig:
     #: Store local features (a few tens of KB) with each new item, so search's ``same_picture``
     #: can verify it geometrically; without them it falls back to a strict score.
     local_features: bool = True
+    #: Where libraries live: "local" (SQLite + hnswlib in data_dir) or "milvus" (a Milvus server).
+    backend: str = "local"
+    #: Milvus only: the server's address ("http://host:19530"), or a milvus-lite ".db" path.
+    uri: str = ""
+    #: Milvus only: "user:password" or an API key; empty when the server has no authentication.
+    token: str = ""
+    #: Milvus only: the Milvus database holding this deployment's collections ("" = "default").
+    db_name: str = ""
+    #: Milvus only: shards (write channels) of each new library's collection; fixed at creation.
+    milvus_shards: int = 1
+    #: Milvus only: in-memory replicas each library is loaded with (<= the number of query nodes).
+    milvus_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse a backend we do not have, or Milvus without an address."""
+        if self.backend not in ("local", "milvus"):
+            raise ConfigError(f'[storage] backend must be "local" or "milvus", got {self.backend!r}')
+        if self.backend == "milvus" and not self.uri:
+            raise ConfigError('[storage] backend = "milvus" needs uri (e.g. "http://127.0.0.1:19530")')
 
 
 POOLINGS = ("avg", "gem")

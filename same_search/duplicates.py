@@ -80,7 +80,7 @@ class DuplicateScans:
 
     async def start(self, lib: Library, min_score: float) -> Scan:
         """Begin a scan in the background; returns it at once (status ``running``)."""
-        total = lib.index.count()
+        total = await self.libraries.count(lib)
         exact = total <= self.libraries.cfg.index.exact_threshold
         scan = Scan(next(self._ids), lib.row.appid, min_score, "exact" if exact else "index", total)
         self.scans[scan.id] = scan
@@ -158,11 +158,9 @@ class DuplicateScans:
         """Every stored key and vector, in insertion order (small libraries only: all in memory)."""
         keys: list[int] = []
         chunks = []
-        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(
-            lib.row.id, 0, lib.row.dim
-        ):
-            keys += [int(k) for k in chunk_keys]
-            chunks.append(chunk_vectors)
+        async for chunk in self.libraries.export_items(lib):
+            keys += [item.contsign.key for item, _ in chunk]
+            chunks.append(np.stack([vector for _, vector in chunk]))
         vectors = np.concatenate(chunks) if chunks else np.empty((0, lib.row.dim), np.float32)
         return keys, vectors
 
@@ -175,12 +173,11 @@ class DuplicateScans:
         keys: list[int] = []
         neighbours: Neighbours = {}
         k = NEIGHBOURS + 1
-        async for chunk_keys, chunk_vectors, _ in self.libraries.store.vectors_since(
-            lib.row.id, 0, lib.row.dim
-        ):
-            for key, vector in zip(chunk_keys.tolist(), chunk_vectors, strict=True):
+        async for chunk in self.libraries.export_items(lib):
+            for item, vector in chunk:
+                key = item.contsign.key
                 keys.append(key)
-                found = await lib.index.search(vector, min(k, max(1, lib.index.count())))
+                found = await self.libraries.nearest(lib, vector, k)
                 query = Query(vector)
                 for other, score in found:
                     if other != key and score >= scan.min_score and _decide(query, other, score, policy):
@@ -201,9 +198,7 @@ class DuplicateScans:
         }
         if not pairs:
             return neighbours
-        stored = await self.libraries.store.local_features(
-            lib.row.id, sorted({k for pair in pairs for k in pair})
-        )
+        stored = await self.libraries.local_features(lib, sorted({k for pair in pairs for k in pair}))
         verifier = self.libraries.verifier
         kept: Neighbours = {}
         for (a, b), score in pairs.items():
@@ -239,8 +234,7 @@ class DuplicateScans:
 
     async def items(self, lib: Library, keys: list[int]) -> dict[int, Item]:
         """The stored items of ``keys`` (removed ones are absent)."""
-        rows = await self.libraries.store.get_items(lib.row.id, keys)
-        return {key: Item(ContSign.from_key(key), row.brief, row.tags) for key, row in rows.items()}
+        return await self.libraries.items(lib, keys)
 
 
 #: key -> {other key: score}, symmetric: a pair found from either side is known to both.

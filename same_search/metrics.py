@@ -1,7 +1,8 @@
 """Prometheus metrics: requests, latency, the embedder's queue and batches, libraries, saves.
 
 Each application gets its own registry (tests build many apps in one process). Library and
-queue figures are read at scrape time from the live services, so they are never stale.
+queue figures are read at scrape time (the library service's census, taken by the /metrics
+route just before it renders), so they are never stale.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from same_search.libraries import LibraryCensus
     from same_search.services import Services
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -45,6 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self.embedded = Counter("same_search_embedded_images", "Images embedded", registry=self.registry)
+        self.census: list[LibraryCensus] = []
 
     def observe_request(self, service: str, route: str, err_no: int, seconds: float) -> None:
         """Count one answered request."""
@@ -60,8 +63,9 @@ class Metrics:
         """Report the live state of ``services`` at every scrape."""
         self.registry.register(_LiveCollector(services))
 
-    def exposition(self) -> bytes:
-        """The text format Prometheus scrapes."""
+    def exposition(self, census: list[LibraryCensus]) -> bytes:
+        """The text format Prometheus scrapes, with ``census`` as the per-library figures."""
+        self.census = census
         return generate_latest(self.registry)
 
 
@@ -82,11 +86,11 @@ class _LiveCollector(Collector):
             "same_search_index_save_age_seconds", "Seconds since the index was last saved", labels=["appid"]
         )
         now = time.time()
-        for appid, lib in self.services.libraries.libraries.items():
-            items.add_metric([appid], lib.index.count())
-            capacity.add_metric([appid], self.services.cfg.limits.library_capacity)
-            if lib.index.saved_at is not None:
-                save_age.add_metric([appid], now - lib.index.saved_at)
+        for lib in self.services.metrics.census:
+            items.add_metric([lib.appid], lib.items)
+            capacity.add_metric([lib.appid], self.services.cfg.limits.library_capacity)
+            if lib.last_index_save is not None:
+                save_age.add_metric([lib.appid], now - lib.last_index_save)
         yield items
         yield capacity
         yield save_age

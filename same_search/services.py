@@ -1,7 +1,9 @@
 """The shared services behind all three ports, opened and closed in one place.
 
-Order matters and is symmetrical: model, then database, then library indexes; on the way down
-indexes are saved before the database closes, and the embedder stops last.
+Order matters and is symmetrical: model, then the library backend (local database and indexes,
+or a Milvus connection); on the way down indexes are saved before the backend closes, and the
+embedder stops last. Which backend runs is decided by ``backends.create_backend`` and known to
+no one above the library service.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from same_search import __version__
+from same_search.backends import create_backend
 from same_search.config import Config
 from same_search.datadir import DataDirLock
 from same_search.duplicates import DuplicateScans
@@ -25,7 +28,6 @@ from same_search.fetch import Fetcher
 from same_search.imports.jobs import ImportJobs
 from same_search.libraries import LibraryService
 from same_search.metrics import Metrics
-from same_search.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,6 @@ class Services:
     """Everything a route handler may use."""
 
     cfg: Config
-    store: Store
     embed: EmbedService
     libraries: LibraryService
     metrics: Metrics
@@ -63,6 +64,7 @@ class Services:
                 "fingerprint": info.fingerprint,
                 "device": info.device,
             },
+            "backend": self.libraries.backend_name,
             "libraries": len(self.libraries.libraries),
             # Libraries set aside at start because their rows could not be loaded (see repair).
             "unavailable": unavailable,
@@ -95,33 +97,28 @@ async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterato
         await embed.close()  # its thread pools exist already; a failed start must not leave them
         raise
     embed.start()
-    store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
+    libraries = LibraryService(cfg, create_backend(cfg), embed)
     try:
-        await store.open()
-        libraries = LibraryService(cfg, store, embed)
+        await libraries.open()
+        saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
+        # Two rounds of forward passes in flight: one in the network, the next being decoded.
+        jobs = ImportJobs(libraries, 2 * embed.max_batch * embed.workers)
+        await jobs.start()
         try:
-            await libraries.open()
-            saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
-            # Two rounds of forward passes in flight: one in the network, the next being decoded.
-            jobs = ImportJobs(store, libraries, 2 * embed.max_batch * embed.workers)
-            await jobs.start()
+            duplicates = DuplicateScans(libraries)
+            services = Services(cfg, embed, libraries, metrics, jobs, Fetcher(cfg.fetch), duplicates)
+            metrics.attach(services)
             try:
-                duplicates = DuplicateScans(libraries)
-                services = Services(
-                    cfg, store, embed, libraries, metrics, jobs, Fetcher(cfg.fetch), duplicates
-                )
-                metrics.attach(services)
                 yield services
             finally:
                 await duplicates.close()
-                await jobs.close(cfg.server.shutdown_grace_s)
-                saver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await saver
         finally:
-            await libraries.close()
+            await jobs.close(cfg.server.shutdown_grace_s)
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
     finally:
-        await store.close()
+        await libraries.close()
         await embed.close()
 
 

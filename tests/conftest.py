@@ -1,10 +1,18 @@
-"""Shared fixtures: one real embedder for the session, a real app on a temp data dir per test."""
+"""Shared fixtures: one real embedder for the session, a real app on a temp data dir per test.
+
+The app runs on the ``local`` backend unless the test module lists more in ``BACKENDS``: the
+contract tests (retrieval and management API, export/import) set ``BACKENDS = ("local",
+"milvus")`` and run once per backend. Milvus is milvus-lite, started once per session by the
+tests themselves on a loopback port, each test in a database of its own. A test that only means
+something on one backend is marked ``@pytest.mark.local_only``.
+"""
 
 from __future__ import annotations
 
 import base64
+import itertools
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +44,56 @@ def embedder() -> Embedder:
     return Embedder(ModelConfig(name="efficientnet_lite0", precision="fp32"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "local_only: runs on the local backend only, even in a contract module"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a contract module's tests once per backend it lists in ``BACKENDS``."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    backends = getattr(metafunc.module, "BACKENDS", ("local",))
+    if metafunc.definition.get_closest_marker("local_only"):
+        backends = ("local",)
+    metafunc.parametrize("backend", backends)
+
+
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """Defaults, with the data dir in a temp folder and the model the tests load."""
+def backend() -> str:
+    """The library backend of the test's app (parametrized by ``pytest_generate_tests``)."""
+    return "local"
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A milvus-lite server in this process (a gRPC server on a free loopback port)."""
+    from milvus_lite import server_manager_instance
+
+    path = str(tmp_path_factory.mktemp("milvus") / "lite.db")
+    uri = server_manager_instance.start_and_get_uri(path)
+    assert uri is not None, "milvus-lite did not start"
+    yield uri
+    server_manager_instance.release_server(path)
+
+
+_DATABASES = itertools.count()
+
+
+def storage_for(backend: str, data_dir: Path, request: pytest.FixtureRequest) -> StorageConfig:
+    """Storage settings for ``backend``; Milvus gets a fresh database per call."""
+    if backend == "local":
+        return StorageConfig(data_dir=str(data_dir))
+    uri = request.getfixturevalue("milvus_uri")
+    return StorageConfig(data_dir=str(data_dir), backend="milvus", uri=uri, db_name=f"t{next(_DATABASES)}")
+
+
+@pytest.fixture
+def config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Config:
+    """Defaults, with the data dir in a temp folder, the model the tests load, and the backend."""
     return Config(
-        storage=StorageConfig(data_dir=str(tmp_path / "data")), model=ModelConfig(name="efficientnet_lite0")
+        storage=storage_for(backend, tmp_path / "data", request), model=ModelConfig(name="efficientnet_lite0")
     )
 
 

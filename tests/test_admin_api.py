@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import pytest
 from conftest import b64, brief
 from images import jpeg
 from PIL import Image
@@ -14,6 +15,8 @@ from same_search.config import AuthConfig
 from same_search.contsign import ContSign
 
 R = "/RTSAsService"
+#: The management API holds on every backend (see conftest.pytest_generate_tests).
+BACKENDS = ("local", "milvus")
 
 
 def key(seed: int) -> str:
@@ -52,7 +55,7 @@ async def test_health_ready_and_metrics(client, api):
     assert "same_search_embed_batch_size_count" in text and "same_search_request_seconds_bucket" in text
 
 
-async def test_libraries_create_list_stats_delete(client, api):
+async def test_libraries_create_list_stats_delete(client, api, backend):
     await fill(api)
     created = await (await client.post("/api/libraries", json={"appid": "second"})).json()
     assert created["err_no"] == 0 and created["library"]["items"] == 0
@@ -61,7 +64,8 @@ async def test_libraries_create_list_stats_delete(client, api):
     listed = (await get(client, "/api/libraries"))["libraries"]
     assert [(lib["appid"], lib["items"]) for lib in listed] == [("lib", 3), ("second", 0)]
     stats = (await get(client, "/api/libraries/lib"))["library"]
-    assert stats["model"] == "efficientnet_lite0" and stats["dim"] == 1280 and stats["search"] == "exact"
+    assert stats["model"] == "efficientnet_lite0" and stats["dim"] == 1280 and stats["backend"] == backend
+    assert stats["search"] == {"local": "exact", "milvus": "milvus-hnsw"}[backend]
     refused = await (await client.delete("/api/libraries/lib")).json()
     assert refused["err_no"] == 1 and "confirm=lib" in refused["err_msg"]
     assert (await get(client, "/api/libraries/lib"))["library"]["items"] == 3
@@ -116,6 +120,7 @@ async def test_management_needs_the_operator_token_when_auth_is_on(aiohttp_clien
     assert (await get(client, "/healthz"))["err_no"] == 0
 
 
+@pytest.mark.local_only  # the local backend's graph rebuild from SQLite
 async def test_a_rebuild_logs_its_progress(
     aiohttp_client, client, api, config, embedder, caplog, monkeypatch
 ):
@@ -123,13 +128,13 @@ async def test_a_rebuild_logs_its_progress(
     import logging
     import shutil
 
-    from same_search import libraries
+    from same_search.backends import local
 
     await fill(api)
     await client.close()
     shutil.rmtree(config.data_path / "indexes")
-    monkeypatch.setattr(libraries, "REPLAY_LOG_S", 0.0)
-    with caplog.at_level(logging.INFO, logger="same_search.libraries"):
+    monkeypatch.setattr(local, "REPLAY_LOG_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="same_search.backends.local"):
         reopened = await aiohttp_client(create_app(config, embedder))
     assert "rebuilding from the database" in caplog.text
     assert "library lib: indexed 3 of 3 items" in caplog.text

@@ -28,6 +28,8 @@ def test_shipped_config_is_the_defaults_and_fully_commented():
         ({"server": {"feature_port": "8120"}}, "must be int"),
         ({"index": {"m": True}}, "must be int"),
         ({"server": 3}, "must be a table"),
+        ({"storage": {"backend": "mongo"}}, 'backend must be "local" or "milvus"'),
+        ({"storage": {"backend": "milvus"}}, "needs uri"),
     ],
 )
 def test_config_errors(data, message):

@@ -46,7 +46,11 @@ async def test_concurrent_add_search_remove_stay_consistent(config, embedder, ex
         assert all(r["err_no"] == 0 for r in outcome)
         live = {ContSign.of_image(images[s]) for s in seeds if s not in removed}
         snapshot = (await call("snapshot"))["snapshot"]
-        assert snapshot["index_size"] == len(live) == await client.server.app[SERVICES].store.count(1)
+        assert (
+            snapshot["index_size"]
+            == len(live)
+            == await client.server.app[SERVICES].libraries.backend.store.count(1)
+        )
         body = await call("search", image=b64(images[1]), rn=100)
         assert {ContSign(**i["contsign"]) for i in body["data_items"]} == live
         assert body["data_items"][0]["contsign"] == ContSign.of_image(images[1]).to_json()
@@ -72,8 +76,9 @@ async def test_restart_in_process_reloads_without_reembedding(config, embedder):
     await client.start_server()
     try:
         services = client.server.app[SERVICES]
-        lib = services.libraries.get("lib")
-        assert lib.index.count() == 3 and lib.index.saved_at is not None and not lib.index.dirty
+        lib = await services.libraries.get("lib")
+        index = lib.handle  # the local backend's LibraryIndex
+        assert index.count() == 3 and index.saved_at is not None and not index.dirty
         response = await client.post(
             f"{R}/search",
             json={"from": "t", "appid": "lib", "contsign": ContSign.of_image(jpeg(2)).to_json()},

@@ -143,9 +143,9 @@ async def test_a_running_scan_can_be_cancelled(aiohttp_client, embedder, tmp_pat
 
     await fill(call)
     # Hold the library's index thread so the scan cannot finish before it is cancelled.
-    lib = client.app[SERVICES].libraries.get("lib")
+    lib = await client.app[SERVICES].libraries.get("lib")
     gate = threading.Event()
-    blocked = asyncio.get_running_loop().run_in_executor(lib.index._executor, gate.wait)
+    blocked = asyncio.get_running_loop().run_in_executor(lib.handle._executor, gate.wait)  # local backend
     try:
         started = (await (await client.post("/api/libraries/lib/duplicates", json={})).json())["scan"]
         assert started["status"] == "running"

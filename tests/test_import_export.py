@@ -19,6 +19,8 @@ from same_search.contsign import ContSign
 from same_search.embed.embedder import pick_device, plan_execution
 
 R = "/RTSAsService"
+#: Jobs, export and import hold on every backend (see conftest.pytest_generate_tests).
+BACKENDS = ("local", "milvus")
 
 
 def write_images(folder: Path, seeds, sub: str = "") -> None:

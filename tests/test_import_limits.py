@@ -249,7 +249,7 @@ async def test_cancel_during_the_last_chunk_ends_cancelled(client, api, tmp_path
     """The job's only chunk is held at the library's write lock while the cancel arrives."""
     await api(f"{R}/signup", appid="lib")
     services = client.app[SERVICES]
-    lock = services.libraries.get("lib").index.write_lock
+    lock = services.libraries.backend.write_lock(await services.libraries.get("lib"))  # local backend
     await lock.acquire()
     try:
         data = zip_of({f"{seed}.jpg": jpeg(seed) for seed in range(60, 63)})
@@ -269,7 +269,8 @@ async def test_cancel_during_the_last_chunk_ends_cancelled(client, api, tmp_path
 
 async def test_cancelling_a_queued_upload_deletes_it(client, api):
     await api(f"{R}/signup", appid="lib")
-    lock = client.app[SERVICES].libraries.get("lib").index.write_lock
+    libraries = client.app[SERVICES].libraries
+    lock = libraries.backend.write_lock(await libraries.get("lib"))  # local backend
     await lock.acquire()  # the first job cannot finish, the second stays queued
     try:
         first = await upload_job(client, "lib", zip_of({"a.jpg": jpeg(70)}))

@@ -224,7 +224,7 @@ async def test_valid_import_into_an_existing_library_counts_duplicates(client, a
 async def test_store_layer_refuses_rows_that_could_not_be_loaded(client, api):
     await api(f"{R}/signup", appid="lib")
     services = client.server.app[SERVICES]
-    lib = services.libraries.get("lib")
+    lib = await services.libraries.get("lib")
     good = np.ones(lib.row.dim, np.float32) / np.sqrt(lib.row.dim)
     for vector in (good[:-1], good * np.nan, good * 2):
         with pytest.raises(ApiError) as refused:
@@ -236,7 +236,8 @@ async def test_store_layer_refuses_rows_that_could_not_be_loaded(client, api):
 
 
 def http(d: Daemon, method: str, path: str, data: bytes | None = None) -> bytes:
-    request = urllib.request.Request(d.url("admin", path), data=data, method=method)
+    headers = {"Content-Type": "application/zip"} if data is not None else {}  # the browser guard wants it
+    request = urllib.request.Request(d.url("admin", path), data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=120) as response:
         return response.read()
 

@@ -10,6 +10,9 @@ from images import jpeg, near_duplicate
 
 from same_search.contsign import ContSign
 
+#: The wire contract holds on every backend (see conftest.pytest_generate_tests).
+BACKENDS = ("local", "milvus")
+
 R = "/RTSAsService"
 
 

@@ -101,7 +101,7 @@ async def overview(request: web.Request) -> web.Response:
     rows = "".join(
         f"<tr><td>{_library_link(s['appid'])}</td><td>{s['items']}</td>"
         f"<td>{s['search']}</td><td>{escape(s['model'])}</td><td>{_when(s['last_index_save'])}</td></tr>"
-        for s in (libs.stats(lib) for lib in libs.libraries.values())
+        for s in [await libs.stats(lib) for lib in await libs.all()]
     )
     rows += "".join(
         f'<tr class="unavailable"><td>{escape(appid)}</td><td colspan="4" class="error">unavailable: '
@@ -126,19 +126,19 @@ async def overview(request: web.Request) -> web.Response:
     return _page(services, "libraries", body)
 
 
-def _library(request: web.Request) -> tuple[Services, Library]:
+async def _library(request: web.Request) -> tuple[Services, Library]:
     services = request.app[SERVICES]
-    return services, services.libraries.get(request.match_info["appid"])
+    return services, await services.libraries.get(request.match_info["appid"])
 
 
 async def library(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        services, lib = _library(request)
+        services, lib = await _library(request)
     except ApiError as exc:
         return _error(services, exc)
     appid = lib.row.appid
-    stats = services.libraries.stats(lib)
+    stats = await services.libraries.stats(lib)
     text = request.query.get("offset", "0")
     offset = min(int(text), MAX_OFFSET) if is_decimal(text) else 0
     items = await services.libraries.items_page(lib, offset, PAGE_SIZE)
@@ -181,7 +181,7 @@ def _item_card(appid: str, contsign: ContSign, brief: bytes) -> str:
 async def item(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        services, lib = _library(request)
+        services, lib = await _library(request)
         sign1, sign2 = (int(p) for p in request.match_info["contsign"].split(","))
         found = await services.libraries.item(lib, ContSign.from_json({"sign1": sign1, "sign2": sign2}))
     except ValueError:
@@ -241,11 +241,11 @@ async def duplicates_page(request: web.Request) -> web.Response:
     """The duplicates view: scan with a score floor, groups as thumbnails with scores, remove extras."""
     services = request.app[SERVICES]
     try:
-        services, lib = _library(request)
+        services, lib = await _library(request)
     except ApiError as exc:
         return _error(services, exc)
     appid = lib.row.appid
-    floor = services.libraries.stats(lib)["dup_min_score"]
+    floor = (await services.libraries.stats(lib))["dup_min_score"]
     body = f"""{_EXTENSION_STYLE}
 <p><a href="/libraries/{escape(appid)}">&larr; {escape(appid)}</a></p>
 <h1>Near-duplicates in {escape(appid)}</h1>

@@ -18,6 +18,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from numpy.lib import format as npy_format
 
 from same_search.contsign import ContSign
@@ -37,11 +38,12 @@ async def write_export(libraries: LibraryService, lib: Library, path: Path, with
     count = 0
     try:
         with items_tmp.open("wb") as items_out, vectors_tmp.open("wb") as vectors_out:
-            async for chunk in libraries.store.items_with_vectors(lib.row.id):
-                lines = "".join(_export_line(item.key, item.brief, item.tags) for item, _ in chunk)
+            async for chunk in libraries.export_items(lib):
+                lines = "".join(_export_line(item.contsign.key, item.brief, item.tags) for item, _ in chunk)
                 await asyncio.to_thread(items_out.write, lines.encode())
                 if with_vectors:
-                    await asyncio.to_thread(vectors_out.write, b"".join(raw for _, raw in chunk))
+                    raw = b"".join(np.asarray(vector, dtype="<f4").tobytes() for _, vector in chunk)
+                    await asyncio.to_thread(vectors_out.write, raw)
                 count += len(chunk)
         meta = {
             "format": FORMAT,

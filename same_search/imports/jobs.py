@@ -23,6 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from same_search.backends.base import JobRow
 from same_search.embed.service import background_priority
 from same_search.errors import ApiError, ErrNo
 from same_search.imports.detached import run_detached
@@ -30,7 +31,6 @@ from same_search.imports.retry import backoff_s, retryable
 from same_search.imports.sources import Entry, EntryError, Source, SourceError, open_source
 from same_search.libraries import DuplicateAdd, Library, LibraryService, NearDuplicateAdd
 from same_search.near_duplicates import DupPolicy, resolve
-from same_search.store.db import JobRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ class _Stopping(Exception):
 class ImportJobs:
     """Creates, runs, reports and cancels import jobs."""
 
-    def __init__(self, store: Store, libraries: LibraryService, concurrency: int) -> None:
-        self.store = store
+    def __init__(self, libraries: LibraryService, concurrency: int) -> None:
+        #: The daemon's job ledger (a SQLite file in the data dir, whatever the library backend).
+        self.store = libraries.jobs
         self.libraries = libraries
         self.concurrency = max(1, concurrency)
         self.max_image_bytes = libraries.cfg.limits.max_image_bytes
@@ -97,7 +98,7 @@ class ImportJobs:
         ``dup_policy``/``dup_min_score`` are the job's own near-duplicate policy, kept with the
         job; left None, the library's default when the job runs applies.
         """
-        self.libraries.get(appid)
+        await self.libraries.get(appid)
         opened = await self._open(kind, source)
         opened.close()
         job_id = await self.store.create_job(
@@ -132,6 +133,10 @@ class ImportJobs:
         await self.store.save_job_progress(job)
         log.info("import job %d cancelled while queued", job.id)
         return await self.get(job_id)
+
+    async def list(self) -> list[JobRow]:
+        """Every job, newest first."""
+        return await self.store.jobs()
 
     async def get(self, job_id: int) -> JobRow:
         found = await self.store.jobs(job_id)
@@ -213,7 +218,7 @@ class ImportJobs:
     async def _run_job(self, job: JobRow) -> None:
         self._running = job  # from here a cancel is the runner's to act on
         try:
-            lib = self.libraries.get(job.appid)
+            lib = await self.libraries.get(job.appid)
             source = await self._open(job.kind, job.source)
         except ApiError as exc:
             if job.id in self._cancelled:  # e.g. its upload was deleted by the cancel

@@ -49,7 +49,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[SERVICES].metrics.exposition()
+    services = request.app[SERVICES]
+    body = services.metrics.exposition(await services.libraries.census())
     return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
@@ -59,11 +60,11 @@ def _operator(request: web.Request) -> Services:
     return services
 
 
-def _library(request: web.Request) -> tuple[Services, Library]:
+async def _library(request: web.Request) -> tuple[Services, Library]:
     services = _operator(request)
     appid = request.match_info["appid"]
     request[APPID] = appid
-    return services, services.libraries.get(appid)
+    return services, await services.libraries.get(appid)
 
 
 def _contsign(request: web.Request, text: str | None = None) -> ContSign:
@@ -104,7 +105,7 @@ def item_json(appid: str, item: Item, created: float, updated: float) -> dict[st
 
 async def list_libraries(request: web.Request) -> web.Response:
     services = _operator(request)
-    return ok(libraries=services.libraries.all_stats())
+    return ok(libraries=await services.libraries.all_stats())
 
 
 async def create_library(request: web.Request) -> web.Response:
@@ -115,19 +116,19 @@ async def create_library(request: web.Request) -> web.Response:
         raise bad_request("appid is required: a non-empty string without commas")
     request[APPID] = check_library_name(appid)
     lib = await services.libraries.signup(appid)
-    return ok(library=services.libraries.stats(lib))
+    return ok(library=await services.libraries.stats(lib))
 
 
 async def library_stats(request: web.Request) -> web.Response:
-    services, lib = _library(request)
-    return ok(library=services.libraries.stats(lib), queue_size=services.embed.queue_size)
+    services, lib = await _library(request)
+    return ok(library=await services.libraries.stats(lib), queue_size=services.embed.queue_size)
 
 
 async def delete_library(request: web.Request) -> web.Response:
     """Deleting needs ``?confirm=<appid>``: a typo must not wipe a library (served or set aside)."""
     services = _operator(request)
     request[APPID] = request.match_info["appid"]
-    lib = services.libraries.get_any(request.match_info["appid"])
+    lib = await services.libraries.get_any(request.match_info["appid"])
     items = await services.libraries.stored_count(lib)
     if request.query.get("confirm") != lib.row.appid:
         raise bad_request(f"add ?confirm={lib.row.appid} to delete this library and its {items} items")
@@ -136,11 +137,11 @@ async def delete_library(request: web.Request) -> web.Response:
 
 
 async def list_items(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     offset = _query_int(request, "offset", 0, 1 << 62)
     limit = _query_int(request, "limit", 50, MAX_PAGE)
     rows = await services.libraries.items_page(lib, offset, limit)
-    total = lib.index.count()
+    total = await services.libraries.count(lib)
     return ok(
         total=total,
         offset=offset,
@@ -150,7 +151,7 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     found = await services.libraries.item(lib, _contsign(request))
     if found is None:
         raise ApiError(ErrNo.UPDATE_MISSING, f"no item {request.match_info['contsign']} in {lib.row.appid!r}")
@@ -158,30 +159,31 @@ async def get_item(request: web.Request) -> web.Response:
 
 
 async def delete_item(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     return ok(removed=await services.libraries.remove(lib, [_contsign(request)]))
 
 
 async def thumbnail(request: web.Request) -> web.Response:
-    services, lib = _library(request)
-    jpeg = await services.store.thumbnail(lib.row.id, _contsign(request).key)
+    services, lib = await _library(request)
+    jpeg = await services.libraries.thumbnail(lib, _contsign(request))
     if jpeg is None:
         raise web.HTTPNotFound(text="no thumbnail for this item")
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
 
 async def save_index(request: web.Request) -> web.Response:
-    services, lib = _library(request)
+    services, lib = await _library(request)
     await services.libraries.save_indexes(only_dirty=False)
-    return ok(library=services.libraries.stats(lib))
+    return ok(library=await services.libraries.stats(lib))
 
 
 async def rebuild_index(request: web.Request) -> web.Response:
     """Rebuild from the database; this is also how deleted slots are compacted away."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     seconds = await services.libraries.rebuild(lib)
     return ok(
-        seconds=round(seconds, 3), library=services.libraries.stats(services.libraries.get(lib.row.appid))
+        seconds=round(seconds, 3),
+        library=await services.libraries.stats(await services.libraries.get(lib.row.appid)),
     )
 
 
@@ -199,7 +201,7 @@ async def repair_library(request: web.Request) -> web.Response:
             for contsign, reason in report.dropped[:REPAIR_REPORT_MAX]
         ],
         restored=report.restored,
-        library=services.libraries.stats(library),
+        library=await services.libraries.stats(library),
     )
 
 
@@ -258,7 +260,7 @@ def _upload_path(services: Services, suffix: str) -> Path:
 
 async def search_image(request: web.Request) -> web.Response:
     """Search with the raw image as the body (what the console's drop zone sends)."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     rn = _query_int(request, "rn", 20, services.cfg.limits.max_rn)
     if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
         vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
@@ -297,7 +299,7 @@ async def upload_job(request: web.Request) -> web.Response:
     """A ZIP of images as the body, ``?appid=``; imported like a folder."""
     services = _operator(request)
     appid = request.query.get("appid", "")
-    services.libraries.get(appid)
+    await services.libraries.get(appid)
     policy = _job_policy(_query_policy(request))
     path = _upload_path(services, ".zip")
     await _save_upload(request, path)
@@ -311,7 +313,7 @@ async def upload_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     services = _operator(request)
-    return ok(jobs=[await services.jobs.describe(job, errors=0) for job in await services.store.jobs()])
+    return ok(jobs=[await services.jobs.describe(job, errors=0) for job in await services.jobs.list()])
 
 
 def _job_id(request: web.Request) -> int:
@@ -333,7 +335,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def export_library(request: web.Request) -> web.StreamResponse:
     """The library as a ZIP (``?vectors=1`` adds vectors.npy, needed to import it elsewhere)."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     path = _upload_path(services, ".export.zip")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -371,7 +373,7 @@ async def import_library(request: web.Request) -> web.Response:
     appid = check_library_name(request.match_info["appid"])
     request[APPID] = appid
     if appid in services.libraries.unavailable:
-        services.libraries.get(appid)  # err_no 6 before a long upload
+        await services.libraries.get(appid)  # err_no 6 before a long upload
     path = _upload_path(services, ".import.zip")
     await _save_upload(request, path)
     try:
@@ -381,7 +383,7 @@ async def import_library(request: web.Request) -> web.Response:
         lib, imported, duplicates = await services.libraries.import_items(appid, export_batches(export))
     finally:
         path.unlink(missing_ok=True)
-    return ok(imported=imported, duplicates=duplicates, library=services.libraries.stats(lib))
+    return ok(imported=imported, duplicates=duplicates, library=await services.libraries.stats(lib))
 
 
 def add_job_routes(app: web.Application) -> None:
@@ -439,7 +441,7 @@ async def set_dup_policy(request: web.Request) -> web.Response:
 
     A field left out keeps its current value; ``"dup_min_score": null`` returns to the built-in floor.
     """
-    services, lib = _library(request)
+    services, lib = await _library(request)
     try:
         body = await request.json()
     except ValueError:
@@ -451,7 +453,7 @@ async def set_dup_policy(request: web.Request) -> web.Response:
     if "dup_min_score" in body:
         floor = None if body["dup_min_score"] is None else check_min_score(body["dup_min_score"])
     await services.libraries.set_dup_policy(lib, mode, floor)
-    return ok(library=services.libraries.stats(lib))
+    return ok(library=await services.libraries.stats(lib))
 
 
 #: How long starting a scan waits for it to end, so a small library's groups come in one answer.
@@ -461,11 +463,11 @@ MAX_GROUPS_PAGE = 500
 
 async def start_duplicates_scan(request: web.Request) -> web.Response:
     """``{"min_score": x}`` (default: the library's dup_min_score): scan for near-duplicate groups."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     body = await _json_body(request)
     floor = body.get("min_score")
     if floor is None:
-        floor = services.libraries.stats(lib)["dup_min_score"]
+        floor = (await services.libraries.stats(lib))["dup_min_score"]
     scan = await services.duplicates.start(lib, check_min_score(floor, "min_score"))
     await services.duplicates.wait(scan, SCAN_WAIT_S)
     return ok(scan=await _scan_json(request, services, lib, scan))
@@ -473,14 +475,14 @@ async def start_duplicates_scan(request: web.Request) -> web.Response:
 
 async def get_duplicates_scan(request: web.Request) -> web.Response:
     """A scan's progress, and its groups once done (``?offset=&limit=`` pages through groups)."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     scan = services.duplicates.get(lib, _scan_id(request))
     return ok(scan=await _scan_json(request, services, lib, scan))
 
 
 async def remove_duplicate_extras(request: web.Request) -> web.Response:
     """Remove every extra of a scan, or only ``{"contsigns": [...]}`` among them; kept items stay."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     scan = services.duplicates.get(lib, _scan_id(request))
     body = await _json_body(request)
     contsigns = None
@@ -495,7 +497,7 @@ async def remove_duplicate_extras(request: web.Request) -> web.Response:
 
 async def cancel_duplicates_scan(request: web.Request) -> web.Response:
     """Stop a running scan (a long one of a large library)."""
-    services, lib = _library(request)
+    services, lib = await _library(request)
     scan = services.duplicates.get(lib, _scan_id(request))
     await services.duplicates.cancel(scan)
     return ok(scan=await _scan_json(request, services, lib, scan))

@@ -58,7 +58,7 @@ async def _read(request: web.Request) -> tuple[Services, Fields, str]:
 
 async def _library(request: web.Request) -> tuple[Services, Fields, Library]:
     services, fields, name = await _read(request)
-    return services, fields, services.libraries.get(name)
+    return services, fields, await services.libraries.get(name)
 
 
 async def signup(request: web.Request) -> web.Response:
@@ -218,7 +218,7 @@ async def remove(request: web.Request) -> web.Response:
 
 async def snapshot(request: web.Request) -> web.Response:
     services, _, lib = await _library(request)
-    return ok(snapshot=services.libraries.snapshot(lib))
+    return ok(snapshot=await services.libraries.snapshot(lib))
 
 
 def add_routes(app: web.Application) -> None:

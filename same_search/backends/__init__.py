@@ -1,0 +1,24 @@
+"""Where libraries live: one interface (``base.Backend``), one module per backend.
+
+``local``: SQLite + hnswlib on this box (``local.py``, built from ``same_search.store`` and
+``same_search.index``). ``milvus``: a Milvus server or cluster, shared by any number of daemons
+(``milvus.py``; needs ``pymilvus``). ``[storage] backend`` in config.toml picks one.
+"""
+
+from __future__ import annotations
+
+from same_search.backends.base import Backend
+from same_search.config import Config
+
+BACKENDS = ("local", "milvus")
+
+
+def create_backend(cfg: Config) -> Backend:
+    """The backend ``cfg.storage.backend`` names (imported only when chosen)."""
+    if cfg.storage.backend == "milvus":
+        from same_search.backends.milvus import MilvusBackend
+
+        return MilvusBackend(cfg)
+    from same_search.backends.local import LocalBackend
+
+    return LocalBackend(cfg)

@@ -1,0 +1,329 @@
+"""The contract every library backend keeps: where a library's items, vectors and search live.
+
+The library service (``same_search.libraries``) is the only caller. It owns the API's rules
+(101/102/103/104, paging, ``min_score``, embedding); a backend owns persistence and search:
+
+- ``local``: SQLite (the source of truth) plus an in-memory hnswlib graph per library with
+  on-disk snapshots; one daemon per data directory.
+- ``milvus``: every library in a Milvus collection; no library state on the daemon's disk, so
+  several daemons can serve the same libraries.
+
+Keys are ContSigns as signed 64-bit integers (:attr:`ContSign.key`), which is also what Milvus
+stores as its INT64 primary key. Vectors are L2-normalised float32 rows; scores are inner
+products (cosine similarity). A backend's methods may be called concurrently from the event
+loop; each keeps its own writes ordered.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+# The row types live with the SQLite store, where they were born; every backend speaks them.
+# NewItem / NewLibrary are what a checked export import streams (vectors as float32 bytes).
+from same_search.store.db import (
+    AlreadyExists,
+    BadRows,
+    ItemRow,
+    JobRow,
+    LibraryRow,
+    NewItem,
+    NewLibrary,
+    StorageError,
+    TooManyItems,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "Backend",
+    "BackendUnavailable",
+    "BadRows",
+    "IndexingFailed",
+    "ItemRow",
+    "ItemToAdd",
+    "JobLedger",
+    "JobRow",
+    "Library",
+    "LibraryFull",
+    "LibraryGone",
+    "LibraryRow",
+    "NewItem",
+    "NewLibrary",
+    "SearchResult",
+    "StorageError",
+    "TagFilter",
+    "TooManyItems",
+    "Unavailable",
+]
+
+Tags = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TagFilter:
+    """Search only items carrying all (``match_all``) or any of the non-zero ``tags``."""
+
+    tags: Tags
+    match_all: bool
+
+    @property
+    def active(self) -> bool:
+        return any(self.tags)
+
+    @property
+    def wanted(self) -> list[int]:
+        """The non-zero tags (zero means "no tag" in the wire format)."""
+        return [t for t in self.tags if t != 0]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a backend search found: (key, score) best first, and any rows it read on the way."""
+
+    found: list[tuple[int, float]]
+    rows: dict[int, ItemRow] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ItemToAdd:
+    """An item about to be stored, with its already computed vector."""
+
+    key: int
+    brief: bytes
+    tags: Tags | None
+    vector: np.ndarray
+    thumbnail: bytes | None = None
+    #: Stored form of the picture's local features (same_search/verify), when the backend keeps them.
+    local_features: bytes | None = None
+
+
+@dataclass
+class Library:
+    """A signed-up library: its row and whatever the backend keeps per library (``handle``)."""
+
+    row: LibraryRow
+    handle: Any = field(default=None, repr=False)
+
+
+class LibraryFull(Exception):
+    """The library already holds the configured ``library_capacity`` items."""
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """A library whose rows could not be loaded (at start, or after an import that could not be
+    indexed): set aside, named, not served, until repaired or deleted."""
+
+    row: LibraryRow
+    reason: str
+
+
+class IndexingFailed(Exception):
+    """Rows were committed but could not be indexed: the library no longer matches its rows."""
+
+    def __init__(self, row: LibraryRow, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.row = row
+        self.cause = cause
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot be reached at start (Milvus down, wrong uri or token)."""
+
+
+class LibraryGone(Exception):
+    """The library was deleted (by another daemon, with a shared backend) while in use."""
+
+
+class JobLedger(Protocol):
+    """Where import jobs and their per-item errors are recorded.
+
+    Jobs are daemon state, not library state: a job reads a folder, manifest or uploaded ZIP on
+    the daemon's own disk, so only that daemon can run it. Every backend therefore keeps them in
+    a SQLite file in the data directory (:class:`same_search.store.db.Store` implements this).
+    """
+
+    async def create_job(
+        self,
+        appid: str,
+        kind: str,
+        source: str,
+        total: int,
+        dup_policy: str | None = None,
+        dup_min_score: float | None = None,
+    ) -> int:
+        """A queued job (with its own near-duplicate policy, if any); returns its id."""
+
+    async def save_job_progress(self, job: JobRow, errors: Sequence[tuple[str, int, str]] = ()) -> None:
+        """Persist a job's counters, position and status, and append its new per-item errors."""
+
+    async def jobs(self, job_id: int | None = None) -> list[JobRow]:
+        """All jobs, newest first (or just one)."""
+
+    async def job_errors(self, job_id: int, limit: int = 1000) -> list[tuple[str, int, str]]:
+        """The first ``limit`` per-item failures of a job."""
+
+
+class Backend(ABC):
+    """Libraries, their items and their search, behind one interface."""
+
+    #: "local" or "milvus"; shown by /healthz and in library stats.
+    name: str
+    #: Whether other daemons may create and delete libraries in this backend (the service then
+    #: refreshes its list from the backend instead of trusting what it loaded at start).
+    shared: bool = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect or open files. Raises if the storage cannot be reached."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Persist what needs persisting (local: index snapshots) and disconnect."""
+
+    @property
+    @abstractmethod
+    def jobs(self) -> JobLedger:
+        """The daemon's import-job ledger (always on the local disk, see :class:`JobLedger`)."""
+
+    # ---- libraries -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def load_libraries(self) -> list[Library | Unavailable]:
+        """Every library, ready to serve (local: snapshot loaded and replayed, or rebuilt), or
+        :class:`Unavailable` with the reason when its rows cannot be loaded: one library's rows
+        never stop the others from serving."""
+
+    @abstractmethod
+    async def load_library(self, row: LibraryRow) -> Library:
+        """Load one library again (after a repair); raises when its rows still cannot be loaded."""
+
+    @abstractmethod
+    async def find_library(self, appid: str) -> Library | None:
+        """A library this daemon has not loaded yet (created by another daemon), or None.
+
+        Backends whose libraries only this daemon can create (local) return None.
+        """
+
+    @abstractmethod
+    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> Library:
+        """A new empty library; :class:`AlreadyExists` if the appid is taken."""
+
+    @abstractmethod
+    async def delete_library(self, lib: Library | Unavailable) -> None:
+        """Drop a library (served or set aside) and everything it holds."""
+
+    @abstractmethod
+    async def stored_count(self, row: LibraryRow) -> int:
+        """Items stored for a library, also one set aside (no index needed)."""
+
+    @abstractmethod
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        """(key, problem) of every stored row that cannot be loaded or served (a repair's scan)."""
+
+    @abstractmethod
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        """Delete rows of a library that is set aside (no index to keep in step)."""
+
+    @abstractmethod
+    async def import_items(
+        self, target: Library | NewLibrary, batches: AsyncIterator[Sequence[NewItem]], capacity: int = 0
+    ) -> tuple[Library, int, int]:
+        """Store checked items with their vectors; (library, imported, duplicates).
+
+        ``target`` is a served library, or a :class:`NewLibrary` the import creates. Keys already
+        stored count as duplicates and are left as they were. Raises :class:`TooManyItems` past
+        ``capacity`` (nothing stored), :class:`AlreadyExists` if a created library's appid is
+        taken, :class:`IndexingFailed` if the rows were stored but could not be indexed.
+        """
+
+    @abstractmethod
+    async def update_library(self, lib: Library, row: LibraryRow) -> None:
+        """Persist a library's settings: every field of ``row`` but its identity (id, appid,
+        model, dimension, fingerprint, creation time), e.g. its near-duplicate policy."""
+
+    # ---- items -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def count(self, lib: Library) -> int:
+        """Stored items."""
+
+    @abstractmethod
+    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+        """Store items (durably, then searchable at once); one flag per item: False = key was stored.
+
+        Args:
+            items: distinct keys.
+            capacity: when non-zero, :class:`LibraryFull` if the library already holds that many.
+        Returns:
+            True for each item stored by this call, False for each whose key was already stored
+            (that item is left as it was).
+        """
+
+    @abstractmethod
+    async def update_item(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
+        """Replace the brief and/or tags of a stored item; False if it is not stored."""
+
+    @abstractmethod
+    async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
+        """Delete the stored ones among ``keys``; returns the keys removed."""
+
+    @abstractmethod
+    async def get_items(self, lib: Library, keys: Sequence[int]) -> dict[int, ItemRow]:
+        """Items by key (missing keys are absent from the result)."""
+
+    @abstractmethod
+    async def vector(self, lib: Library, key: int) -> np.ndarray | None:
+        """The stored vector of an item, or None if it is not stored."""
+
+    @abstractmethod
+    async def search(
+        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
+    ) -> SearchResult:
+        """Up to ``k`` (key, score) best first, among items passing ``tag_filter`` when active.
+
+        Never returns fewer than ``k`` while more matching items are stored. A backend whose
+        search can return the items' rows in the same call (Milvus) puts them in ``rows``, so
+        the page needs no second round trip; the service fetches whatever is missing.
+        """
+
+    @abstractmethod
+    async def page_items(self, lib: Library, offset: int, limit: int) -> list[ItemRow]:
+        """Items in insertion order, for browsing."""
+
+    @abstractmethod
+    async def thumbnail(self, lib: Library, key: int) -> bytes | None:
+        """The stored thumbnail JPEG of an item, if any."""
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key (same-picture checks); items without any are left out.
+
+        A backend that does not keep them returns nothing: its items are then judged by the
+        strict score fallback of :func:`same_search.verify.decision.is_same_picture`.
+        """
+        del lib, keys
+        return {}
+
+    @abstractmethod
+    def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
+        """Every item with its vector, in insertion order, in chunks."""
+
+    # ---- maintenance -----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def save(self, libs: Sequence[Library], only_dirty: bool = True) -> int:
+        """Make caches durable (local: index snapshots; milvus: flush); returns libraries saved."""
+
+    @abstractmethod
+    async def rebuild(self, lib: Library) -> None:
+        """Rebuild the search structure from the stored items, dropping deleted slots."""
+
+    @abstractmethod
+    def describe(self, lib: Library) -> dict[str, Any]:
+        """Backend-specific figures for library stats: ``search``, ``index_slots``, ``last_index_save``."""

@@ -1,0 +1,371 @@
+"""The local backend: SQLite as the source of truth, an hnswlib graph per library in memory.
+
+Built from two parts that keep their own folders: ``same_search.store`` (the single-writer
+SQLite store) and ``same_search.index`` (graph, exact matrix, snapshot files). This module is
+what joins them: writes go to SQLite first and to the index only after the commit, under the
+library's write lock, so the index never holds something the database does not; a crash
+between the two is repaired at start-up by replaying rows newer than the index snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from same_search.backends.base import (
+    AlreadyExists,
+    Backend,
+    BadRows,
+    IndexingFailed,
+    ItemRow,
+    ItemToAdd,
+    JobLedger,
+    Library,
+    LibraryFull,
+    LibraryRow,
+    NewItem,
+    NewLibrary,
+    SearchResult,
+    TagFilter,
+    Tags,
+    Unavailable,
+)
+from same_search.config import Config
+from same_search.index import snapshot
+from same_search.index.hnsw import HnswIndex
+from same_search.index.library_index import LibraryIndex, key_to_label
+from same_search.index.vectors import row_problems
+from same_search.rows import load_failure_reason, raw_item_problems
+from same_search.store.db import Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds between progress lines of a long index rebuild or replay.
+REPLAY_LOG_S = 15.0
+#: Rows per graph insert when a library that serves takes a bulk import. Each insert holds the
+#: index thread, which every library's searches share, so it is kept small: a search waits for
+#: at most one such batch (HNSW inserts at 1280-d cost milliseconds each).
+LIVE_BATCH = 128
+
+
+def _index(lib: Library) -> LibraryIndex:
+    return lib.handle
+
+
+class LocalBackend(Backend):
+    """Libraries in ``<data_dir>/same_search.sqlite3``, graphs snapshotted to ``<data_dir>/indexes``."""
+
+    name = "local"
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store = Store(cfg.data_path / "same_search.sqlite3", cfg.storage.max_db_bytes)
+        self.index_dir = cfg.data_path / "indexes"
+        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
+        self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
+        #: One write lock per library (by row id), kept across rebuilds that swap its index.
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        """Stop the index threads and close the database (the service saves indexes first)."""
+        self._index_pool.shutdown(wait=True)
+        self._save_pool.shutdown(wait=True)
+        await self.store.close()
+
+    @property
+    def jobs(self) -> JobLedger:
+        return self.store
+
+    def write_lock(self, lib: Library) -> asyncio.Lock:
+        """The library's write lock: held by every write, a save and a rebuild."""
+        return self._locks.setdefault(lib.row.id, asyncio.Lock())
+
+    # ---- libraries -------------------------------------------------------------------------------
+
+    async def load_libraries(self) -> list[Library | Unavailable]:
+        libs: list[Library | Unavailable] = []
+        for row in await self.store.libraries():
+            try:
+                libs.append(await self.load_library(row))
+            except Exception as exc:  # one library's rows must never stop the others from serving
+                libs.append(Unavailable(row, load_failure_reason(exc)))
+        return libs
+
+    async def load_library(self, row: LibraryRow) -> Library:
+        started = time.monotonic()
+        index = await self._load_index(row)
+        log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
+        return Library(row, index)
+
+    async def find_library(self, appid: str) -> Library | None:
+        return None  # only this daemon writes its data dir: every library is loaded at start
+
+    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> Library:
+        row = await self.store.create_library(appid, model_id, dim, fingerprint)
+        return Library(row, LibraryIndex.empty(dim, self.cfg.index, self._index_pool))
+
+    async def delete_library(self, lib: Library | Unavailable) -> None:
+        async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
+            await self.store.delete_library(lib.row.id)
+            for path in snapshot.paths(self.index_dir, lib.row.id):
+                path.unlink(missing_ok=True)
+        self._locks.pop(lib.row.id, None)
+
+    async def stored_count(self, row: LibraryRow) -> int:
+        return await self.store.count(row.id)
+
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        bad: list[tuple[int, str]] = []
+        async for chunk in self.store.raw_items(row.id):
+            bad += raw_item_problems(chunk, row.dim)
+        return bad
+
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        await self.store.remove_items(row.id, keys)
+
+    async def import_items(
+        self, target: Library | NewLibrary, batches: AsyncIterator[Sequence[NewItem]], capacity: int = 0
+    ) -> tuple[Library, int, int]:
+        """One database transaction holds every row (and the library itself when the import
+        creates it), so a failure or a crash leaves nothing behind; once committed, the rows
+        enter the index in batches of ``LIVE_BATCH``, one graph insert each."""
+        if isinstance(target, NewLibrary):
+            created = await self.store.insert_items(target, batches, capacity)
+            index = LibraryIndex.empty(
+                created.library.dim, self.cfg.index, self._index_pool, capacity=max(created.inserted, 16)
+            )
+            await self._index_committed(index, created.library, live=False)
+            return Library(created.library, index), created.inserted, created.duplicates
+        async with self.write_lock(target):
+            result = await self.store.insert_items(target.row, batches, capacity)
+            await self._index_committed(_index(target), target.row, live=True)
+        return target, result.inserted, result.duplicates
+
+    async def _index_committed(self, index: LibraryIndex, row: LibraryRow, live: bool) -> None:
+        try:
+            await self._replay(index, row, live=live)
+        except Exception as exc:
+            log.exception("library %s: indexing the imported rows failed", row.appid)
+            raise IndexingFailed(row, exc) from exc
+
+    async def update_library(self, lib: Library, row: LibraryRow) -> None:
+        await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
+
+    async def _load_index(self, row: LibraryRow) -> LibraryIndex:
+        """The saved graph brought up to date with the database, or else a rebuild from it.
+
+        A snapshot's graph holds exactly the items stored up to its seq: removals after that seq
+        are marked deleted in it, then the rows inserted after it are added. Anything wrong with
+        the snapshot (missing, corrupt, inconsistent) costs a rebuild, never a failed start.
+        Rows that cannot be loaded or served raise :class:`BadRows` (the service sets the library
+        aside): tags are checked first, vectors as they are replayed.
+        """
+        bad_tags = await self.store.rows_with_bad_tags(row.id)
+        if bad_tags:
+            raise BadRows(bad_tags)
+        count = await self.store.count(row.id)
+        try:
+            index, removed = await self._open_snapshot(row)
+            replayed = await self._replay(index, row)
+            if index.count() != count:
+                raise snapshot.SnapshotInvalid(f"{index.count()} items after replay, database has {count}")
+        except Exception as exc:
+            log.warning(
+                "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
+            )
+            index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            await self._replay(index, row, count)
+            return index
+        if replayed or removed:
+            log.info(
+                "library %s: replayed %d adds, %d removals after the snapshot",
+                row.appid,
+                replayed,
+                len(removed),
+            )
+        return index
+
+    async def _replay(
+        self, index: LibraryIndex, row: LibraryRow, total: int | None = None, live: bool = False
+    ) -> int:
+        """Add the rows inserted after the index's seq; returns how many.
+
+        Every chunk is checked first: a row that is not a finite unit vector of the library's
+        dimension raises :class:`BadRows` naming it, before anything of that chunk is indexed.
+        ``live``: the index is already serving, so inserts go through its own thread in batches
+        of ``LIVE_BATCH``. A long replay (a rebuild of a large library takes minutes) logs its
+        progress every ``REPLAY_LOG_S`` seconds, so an operator watching the log knows it is alive.
+        """
+        replayed = 0
+        started = last_log = time.monotonic()
+        chunk = LIVE_BATCH if live else 4096
+        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq, row.dim, chunk):
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(chunk_keys[i]), problem) for i, problem in bad])
+            if live:
+                await index.add_batch(chunk_keys, vectors, seq)
+            else:
+                await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+            replayed += len(chunk_keys)
+            now = time.monotonic()
+            if now - last_log >= REPLAY_LOG_S:
+                last_log = now
+                rate = replayed / (now - started)
+                left = f", about {(total - replayed) / rate:.0f}s left" if total and rate > 0 else ""
+                of = f" of {total:,}" if total else ""
+                log.info(
+                    "library %s: indexed %s%s items (%.0f/s%s)", row.appid, f"{replayed:,}", of, rate, left
+                )
+        index.seq = max(index.seq, self.store.seq)
+        return replayed
+
+    async def _open_snapshot(self, row: LibraryRow) -> tuple[LibraryIndex, list[int]]:
+        """The verified snapshot graph with later removals applied; (index, removed keys)."""
+        header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
+        in_graph = {key_to_label(k) for k in await self.store.keys(row.id, max_seq=header.seq)}
+        graph_path, _ = snapshot.paths(self.index_dir, row.id)
+        graph = await asyncio.to_thread(
+            HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, in_graph
+        )
+        removed = await self.store.removals_since(row.id, header.seq)
+        graph.forget(np.array([key_to_label(k) for k in removed], dtype=np.uint64))
+        index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
+        index.saved_seq, index.saved_at = header.seq, header.saved_at
+        return index, removed
+
+    # ---- items -----------------------------------------------------------------------------------
+
+    async def count(self, lib: Library) -> int:
+        return _index(lib).count()
+
+    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+        stored = []
+        async with self.write_lock(lib):
+            index = _index(lib)
+            for item in items:
+                if capacity and index.count() >= capacity:
+                    raise LibraryFull(f"library {lib.row.appid!r} is full ({capacity} items)")
+                try:
+                    seq = await self.store.add_item(
+                        lib.row.id,
+                        item.key,
+                        item.brief,
+                        item.tags,
+                        item.vector,
+                        item.thumbnail,
+                        item.local_features,
+                    )
+                except AlreadyExists:
+                    stored.append(False)
+                    continue
+                await index.add(item.key, item.vector, seq)
+                stored.append(True)
+        return stored
+
+    async def update_item(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
+        return await self.store.update_item(lib.row.id, key, brief, tags)
+
+    async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
+        async with self.write_lock(lib):
+            removed, seq = await self.store.remove_items(lib.row.id, keys)
+            if removed:
+                await _index(lib).delete(removed, seq)
+        return removed
+
+    async def get_items(self, lib: Library, keys: Sequence[int]) -> dict[int, ItemRow]:
+        return await self.store.get_items(lib.row.id, keys)
+
+    async def vector(self, lib: Library, key: int) -> np.ndarray | None:
+        index = _index(lib)
+        if index.graph.contains(key_to_label(key)):
+            try:
+                return (await index.vectors_of([key]))[0]
+            except (KeyError, RuntimeError):  # removed between the check and the read: not stored
+                pass
+        return None
+
+    async def search(
+        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
+    ) -> SearchResult:
+        candidates = None
+        if tag_filter is not None and tag_filter.active:
+            candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
+            k = min(k, len(candidates))
+        k = min(k, _index(lib).count())
+        return SearchResult(await _index(lib).search(vector, k, candidates) if k > 0 else [])
+
+    async def page_items(self, lib: Library, offset: int, limit: int) -> list[ItemRow]:
+        return await self.store.page_items(lib.row.id, offset, limit)
+
+    async def thumbnail(self, lib: Library, key: int) -> bytes | None:
+        return await self.store.thumbnail(lib.row.id, key)
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        return await self.store.local_features(lib.row.id, keys)
+
+    async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
+        async for chunk in self.store.items_with_vectors(lib.row.id):
+            yield [(row, np.frombuffer(raw, dtype="<f4")) for row, raw in chunk]
+
+    # ---- maintenance -----------------------------------------------------------------------------
+
+    async def save(self, libs: Sequence[Library], only_dirty: bool = True) -> int:
+        """Snapshot every (changed) library's graph; returns how many were written."""
+        saved = 0
+        for lib in libs:
+            if only_dirty and not _index(lib).dirty:
+                continue
+            async with self.write_lock(lib):
+                index = _index(lib)
+                started = time.monotonic()
+                saving = asyncio.get_running_loop().run_in_executor(
+                    self._save_pool, index.save_now, self.index_dir, lib.row.id, lib.row.fingerprint
+                )
+                try:
+                    await asyncio.shield(saving)
+                except asyncio.CancelledError:
+                    await saving  # keep writers out until the file is complete, then stop
+                    raise
+                finally:
+                    if saving.done() and not saving.cancelled() and saving.exception() is None:
+                        log.info(
+                            "library %s: index saved (%d items, %.2fs)",
+                            lib.row.appid,
+                            index.count(),
+                            time.monotonic() - started,
+                        )
+            saved += 1
+        return saved
+
+    async def rebuild(self, lib: Library) -> None:
+        """A fresh graph from the database, swapped in under the write lock, then saved."""
+        async with self.write_lock(lib):
+            count = await self.store.count(lib.row.id)
+            fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            await self._replay(fresh, lib.row)
+            lib.handle = fresh
+        await self.save([lib])
+
+    def describe(self, lib: Library) -> dict[str, Any]:
+        index = _index(lib)
+        return {
+            "last_index_save": index.saved_at,
+            "index_slots": index.capacity(),
+            "search": "exact" if index.exact is not None else "hnsw",
+        }
+
+    def dirty(self, lib: Library) -> bool:
+        """Whether the library changed since its last snapshot (tests and the shutdown save)."""
+        return _index(lib).dirty
