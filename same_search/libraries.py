@@ -350,7 +350,7 @@ class LibraryService:
         # forward pass.
         (vector, thumbnail), local = await asyncio.gather(
             self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side, region),
-            self.verifier.extract(image) if self.cfg.storage.local_features else _nothing(),
+            self.verifier.extract(image) if self._keeps_local_features else _nothing(),
         )
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
@@ -532,6 +532,11 @@ class LibraryService:
         if missing:
             rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
         return [(Hit(_item(rows[v.key]), v.score), v) for v in verdicts if v.key in rows]
+
+    @property
+    def _keeps_local_features(self) -> bool:
+        """Whether adds extract local features: configured on, and the backend stores them."""
+        return self.cfg.storage.local_features and self.backend.keeps_local_features
 
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
         """Stored local features by key (items without any are left out)."""

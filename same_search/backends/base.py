@@ -176,6 +176,8 @@ class Backend(ABC):
     #: Whether other daemons may create and delete libraries in this backend (the service then
     #: refreshes its list from the backend instead of trusting what it loaded at start).
     shared: bool = False
+    #: Whether items keep local features (same-picture checks); if not, adds skip extracting them.
+    keeps_local_features: bool = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 

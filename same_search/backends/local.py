@@ -62,6 +62,7 @@ class LocalBackend(Backend):
     """Libraries in ``<data_dir>/same_search.sqlite3``, graphs snapshotted to ``<data_dir>/indexes``."""
 
     name = "local"
+    keeps_local_features = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
