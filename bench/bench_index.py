@@ -43,7 +43,7 @@ import numpy as np
 from common import Summary, percentile_ms
 
 from same_search.config import IndexConfig
-from same_search.index import snapshot
+from same_search.index import graph_files
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex
 
@@ -225,7 +225,7 @@ class Wrapper:
     def save(self, directory: Path) -> Path:
         """``save_now``: graph to a temp file, fsync, checksum, header, renames."""
         self.index.save_now(directory, 1, self.fingerprint)
-        return snapshot.paths(directory, 1)[0]
+        return graph_files.paths(directory, 1)[0]
 
     def load(self, directory: Path) -> None:
         """What start-up does before replaying rows: verify the header, load the graph.
@@ -235,8 +235,8 @@ class Wrapper:
         """
         live = set(self.index.graph.live_labels())
         del self.index
-        header = snapshot.read_header(directory, 1, self.fingerprint, self.dim)
-        graph_path, _ = snapshot.paths(directory, 1)
+        header = graph_files.read_header(directory, 1, self.fingerprint, self.dim)
+        graph_path, _ = graph_files.paths(directory, 1)
         graph = HnswIndex.load(graph_path, self.dim, self.cfg.ef_search, live)
         self.index = LibraryIndex(graph, self.cfg, header.seq, self.executor)
 

@@ -41,7 +41,7 @@ from daemon import Daemon
 from images import jpeg
 
 from same_search.config import IndexConfig
-from same_search.index import snapshot
+from same_search.index import graph_files
 from same_search.index.hnsw import HnswIndex
 
 CONFIG = '[model]\nname = "efficientnet_lite0"\n[storage]\nsnapshot_interval_s = 86400\n'
@@ -145,7 +145,7 @@ def index_at_size(
 ) -> tuple[float, int, list[dict[str, float]]]:
     """Load the daemon's saved graph here and measure single queries and recall@10."""
     cfg = IndexConfig()
-    graph_path, _ = snapshot.paths(daemon.data_dir / "indexes", lib_id)
+    graph_path, _ = graph_files.paths(daemon.data_dir / "indexes", lib_id)
     started = time.perf_counter()
     graph = HnswIndex.load(graph_path, spec.dim, cfg.ef_search, set(range(1, items + 1)))
     load_s = time.perf_counter() - started

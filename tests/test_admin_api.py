@@ -91,6 +91,10 @@ async def test_items_paging_fetch_thumbnail_delete(client, api):
     assert removed["removed"] == 1
     missing = await get(client, f"/api/libraries/lib/items/{key(3)}")
     assert missing["err_no"] == 102
+    gone = await client.get(one["thumbnail"])  # a JSON error naming the item, not "no such route"
+    assert gone.status == 200
+    body = await gone.json()
+    assert body["err_no"] == 102 and key(3) in body["err_msg"] and "'lib'" in body["err_msg"]
     assert (await get(client, "/api/libraries/lib/items/1,x"))["err_no"] == 1
     assert (await get(client, "/api/libraries/lib/items?limit=5000"))["err_no"] == 1
     assert (await get(client, "/api/libraries/none/items"))["err_no"] == 103

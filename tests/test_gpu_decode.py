@@ -21,10 +21,12 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder
+from same_search.embed.errors import ImageRefused
 from same_search.embed.gpu_decode import Decoded, JpegBatchDecoder, gather_batch, gpu_eligible
 from same_search.embed.images import ImageLimits, decode, open_checked
 from same_search.embed.service import EmbedService
-from same_search.errors import ApiError, ErrNo
+from same_search.error_mapping import api_error
+from same_search.errors import ErrNo
 
 LIMITS = ImageLimits()
 CPU = torch.device("cpu")
@@ -115,8 +117,8 @@ def test_a_file_broken_for_both_decoders_fails_alone_with_216201(embedder):
         [jpeg_item(broken), jpeg_item(good)], decoder, lambda d: cpu_pixels(embedder, d)
     )
     assert pixels.shape[0] == 1 and errors[1] is None
-    assert isinstance(errors[0], ApiError) and errors[0].err_no == ErrNo.BAD_IMAGE
-    assert "216201" in str(errors[0].body())
+    assert isinstance(errors[0], ImageRefused) and api_error(errors[0]).err_no == ErrNo.BAD_IMAGE
+    assert "216201" in str(api_error(errors[0]).body())
 
 
 def test_batched_decode_and_tensor_resize_keep_the_vectors_of_the_pillow_path(embedder):
@@ -164,9 +166,9 @@ async def test_the_service_serves_every_format_through_an_injected_device_decode
             with_exif_rotation(jpeg(54)),
         ]
         vectors = await asyncio.gather(*(service.embed_image(data) for data in files))
-        with pytest.raises(ApiError) as broken:
+        with pytest.raises(ImageRefused) as broken:
             await service.embed_image(jpeg(55)[:2000])
-        with pytest.raises(ApiError) as broken_with_thumbnail:
+        with pytest.raises(ImageRefused) as broken_with_thumbnail:
             await service.embed_with_thumbnail(jpeg(57)[:2000], 64)
         vector, thumbnail = await service.embed_with_thumbnail(jpeg(56), 64)
     finally:
@@ -174,7 +176,7 @@ async def test_the_service_serves_every_format_through_an_injected_device_decode
     expected = embedder.embed(np.stack([cpu_pixels(embedder, data) for data in files]))
     cosines = (np.stack(vectors) * expected).sum(axis=1)
     assert cosines.min() > 0.998, cosines
-    assert broken.value.err_no == ErrNo.BAD_IMAGE == broken_with_thumbnail.value.err_no
+    assert api_error(broken.value).err_no == ErrNo.BAD_IMAGE == api_error(broken_with_thumbnail.value).err_no
     assert decoder.decoded >= 2 and decoder.refused >= 1
     small = Image.open(io.BytesIO(thumbnail))
     assert small.format == "JPEG" and max(small.size) == 64 and vector.shape == (1280,)

@@ -11,17 +11,19 @@ import pytest
 from images import encode, picture
 from PIL import Image
 
+from same_search.embed.errors import ImageRefused
 from same_search.embed.images import ImageLimits, decode
-from same_search.errors import ApiError
+from same_search.error_mapping import api_error
 
 LIMITS = ImageLimits()
 
 
 def sub_code(data: bytes) -> str:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ImageRefused) as info:
         decode(data, LIMITS, 224)
-    assert info.value.err_no == 100
-    return info.value.err_msg.split(":")[0]
+    error = api_error(info.value)  # mapped to the spec's numbers in one place, same_search.errors
+    assert error.err_no == 100
+    return error.err_msg.split(":")[0]
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -58,7 +60,7 @@ def test_error_sub_codes():
 
 
 def test_bomb_limit_is_configurable():
-    with pytest.raises(ApiError):
+    with pytest.raises(ImageRefused):
         decode(encode(picture(1, (400, 400))), ImageLimits(max_pixels=100_000), 224)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from same_search.config import IndexConfig
-from same_search.index import snapshot
+from same_search.index import graph_files
 from same_search.index.exact import ExactIndex, top_k
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label, label_to_key
@@ -121,17 +121,17 @@ def test_snapshot_round_trip_and_corruption(tmp_path: Path, pool):
     index = LibraryIndex.empty(DIM, cfg, pool)
     index.add_now(np.arange(10), unit_vectors(10), seq=7)
     index.save_now(tmp_path, 1, "fp")
-    header = snapshot.read_header(tmp_path, 1, "fp", DIM)
+    header = graph_files.read_header(tmp_path, 1, "fp", DIM)
     assert (header.seq, header.count, header.dim) == (7, 10, DIM)
     assert not index.dirty
-    with pytest.raises(snapshot.SnapshotInvalid, match="model"):
-        snapshot.read_header(tmp_path, 1, "other", DIM)
-    graph, meta = snapshot.paths(tmp_path, 1)
+    with pytest.raises(graph_files.SnapshotInvalid, match="model"):
+        graph_files.read_header(tmp_path, 1, "other", DIM)
+    graph, meta = graph_files.paths(tmp_path, 1)
     graph.write_bytes(graph.read_bytes()[:-10])
-    with pytest.raises(snapshot.SnapshotInvalid, match="checksum"):
-        snapshot.read_header(tmp_path, 1, "fp", DIM)
+    with pytest.raises(graph_files.SnapshotInvalid, match="checksum"):
+        graph_files.read_header(tmp_path, 1, "fp", DIM)
     meta.write_text("{not json")
-    with pytest.raises(snapshot.SnapshotInvalid, match="unreadable"):
-        snapshot.read_header(tmp_path, 1, "fp", DIM)
-    with pytest.raises(snapshot.SnapshotInvalid, match="no snapshot"):
-        snapshot.read_header(tmp_path, 2, "fp", DIM)
+    with pytest.raises(graph_files.SnapshotInvalid, match="unreadable"):
+        graph_files.read_header(tmp_path, 1, "fp", DIM)
+    with pytest.raises(graph_files.SnapshotInvalid, match="no snapshot"):
+        graph_files.read_header(tmp_path, 2, "fp", DIM)

@@ -37,7 +37,7 @@ from same_search.backends.base import (
     Unavailable,
 )
 from same_search.config import Config
-from same_search.index import snapshot
+from same_search.index import graph_files
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex, key_to_label
 from same_search.index.vectors import row_problems
@@ -119,7 +119,7 @@ class LocalBackend(Backend):
     async def delete_library(self, lib: Library | Unavailable) -> None:
         async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
             await self.store.delete_library(lib.row.id)
-            for path in snapshot.paths(self.index_dir, lib.row.id):
+            for path in graph_files.paths(self.index_dir, lib.row.id):
                 path.unlink(missing_ok=True)
         self._locks.pop(lib.row.id, None)
 
@@ -180,7 +180,7 @@ class LocalBackend(Backend):
             index, removed = await self._open_snapshot(row)
             replayed = await self._replay(index, row)
             if index.count() != count:
-                raise snapshot.SnapshotInvalid(f"{index.count()} items after replay, database has {count}")
+                raise graph_files.SnapshotInvalid(f"{index.count()} items after replay, database has {count}")
         except Exception as exc:
             log.warning(
                 "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
@@ -234,9 +234,9 @@ class LocalBackend(Backend):
 
     async def _open_snapshot(self, row: LibraryRow) -> tuple[LibraryIndex, list[int]]:
         """The verified snapshot graph with later removals applied; (index, removed keys)."""
-        header = snapshot.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
+        header = graph_files.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
         in_graph = {key_to_label(k) for k in await self.store.keys(row.id, max_seq=header.seq)}
-        graph_path, _ = snapshot.paths(self.index_dir, row.id)
+        graph_path, _ = graph_files.paths(self.index_dir, row.id)
         graph = await asyncio.to_thread(
             HnswIndex.load, graph_path, row.dim, self.cfg.index.ef_search, in_graph
         )

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from same_search.console.login import FRAME_HEADERS, LOGOUT, operator_only
 from same_search.contsign import ContSign
-from same_search.errors import ApiError
+from same_search.errors import ApiError, ErrNo
 from same_search.libraries import Library
 from same_search.routes.fields import is_decimal
 from same_search.services import SERVICES, Services
@@ -185,11 +185,11 @@ async def item(request: web.Request) -> web.Response:
         sign1, sign2 = (int(p) for p in request.match_info["contsign"].split(","))
         found = await services.libraries.item(lib, ContSign.from_json({"sign1": sign1, "sign2": sign2}))
     except ValueError:
-        return _error(services, ApiError(1, "contsign must be sign1,sign2"))
+        return _error(services, ApiError(ErrNo.BAD_REQUEST, "contsign must be sign1,sign2"))
     except ApiError as exc:
         return _error(services, exc)
     if found is None:
-        return _error(services, ApiError(102, "no such item"))
+        return _error(services, ApiError(ErrNo.UPDATE_MISSING, "no such item"))
     entry, created, updated = found
     key = f"{sign1},{sign2}"
     tags = ", ".join(map(str, entry.tags)) if entry.tags else "none"

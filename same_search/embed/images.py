@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile, ImageOps
 
-from same_search.errors import ImageSubCode, bad_image, bad_request
+from same_search.embed.errors import ImageProblem, ImageRefused, RegionRefused
 
 # We enforce our own pixel limit from the header; Pillow's own check would raise a different
 # exception type (or only warn) and is redundant.
@@ -52,18 +52,18 @@ class Region:
     fraction: bool = False
 
     def box(self, size: tuple[int, int], min_side: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) in pixels of a picture of ``size``; err_no 1 saying what is
-        wrong for a box that is empty, reaches outside the picture or is smaller than ``min_side``."""
+        """(left, top, right, bottom) in pixels of a picture of ``size``; a :class:`RegionRefused` saying
+        what is wrong for a box that is empty, reaches outside the picture or is smaller than ``min_side``."""
         width, height = size
         if self.w <= 0 or self.h <= 0:
-            raise bad_request(f"region is empty: w and h must be positive, got w={self.w:g}, h={self.h:g}")
+            raise RegionRefused(f"region is empty: w and h must be positive, got w={self.w:g}, h={self.h:g}")
         if self.x < 0 or self.y < 0:
-            raise bad_request(
+            raise RegionRefused(
                 f"region lies outside the picture: x and y must be >= 0, got {self.x:g}, {self.y:g}"
             )
         if self.fraction:
             if self.x + self.w > 1 + _FRACTION_SLACK or self.y + self.h > 1 + _FRACTION_SLACK:
-                raise bad_request(
+                raise RegionRefused(
                     "region lies outside the picture: with unit fraction, x + w and y + h must be at most 1"
                 )
             left, top = round(self.x * width), round(self.y * height)
@@ -72,12 +72,12 @@ class Region:
         else:
             left, top, right, bottom = (round(v) for v in (self.x, self.y, self.x + self.w, self.y + self.h))
             if right > width or bottom > height:
-                raise bad_request(
+                raise RegionRefused(
                     f"region lies outside the picture: it reaches ({right}, {bottom}) on a "
                     f"{width}x{height} picture (after EXIF rotation)"
                 )
         if min(right - left, bottom - top) < min_side:
-            raise bad_request(
+            raise RegionRefused(
                 f"region is {right - left}x{bottom - top} px on the {width}x{height} picture; "
                 f"its shortest side must be at least {min_side} px"
             )
@@ -106,7 +106,7 @@ def decode(data: bytes, limits: ImageLimits, target_side: int, region: Region | 
             image = ImageOps.exif_transpose(image) or image
             image = _to_rgb(image)
     except Exception as exc:  # truncated data, bad Huffman tables, ... all look the same to clients
-        raise bad_image(ImageSubCode.UNDECODABLE, f"image cannot be decoded: {exc}") from exc
+        raise ImageRefused(ImageProblem.UNDECODABLE, f"image cannot be decoded: {exc}") from exc
     return image if box is None else image.crop(_scaled(box, oriented, image.size))
 
 
@@ -137,7 +137,7 @@ def _scaled(
 def open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     """``data`` opened (header only, no pixels decoded) with its format and size checked."""
     if not data:
-        raise bad_image(ImageSubCode.EMPTY, "image is empty")
+        raise ImageRefused(ImageProblem.EMPTY, "image is empty")
     image = _open(data)
     _check_size(image.size, limits)
     return image
@@ -148,22 +148,22 @@ def _open(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except Exception as exc:
-        raise bad_image(ImageSubCode.UNDECODABLE, "image format not recognised") from exc
+        raise ImageRefused(ImageProblem.UNDECODABLE, "image format not recognised") from exc
     if image.format not in SUPPORTED_FORMATS:
-        raise bad_image(ImageSubCode.UNDECODABLE, f"unsupported image format {image.format}")
+        raise ImageRefused(ImageProblem.UNDECODABLE, f"unsupported image format {image.format}")
     return image
 
 
 def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:
     width, height = size
     if min(width, height) < limits.min_side:
-        raise bad_image(
-            ImageSubCode.SIZE_OUT_OF_RANGE,
+        raise ImageRefused(
+            ImageProblem.SIZE_OUT_OF_RANGE,
             f"image is {width}x{height}; the shortest side must be at least {limits.min_side} px",
         )
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
-        raise bad_image(
-            ImageSubCode.SIZE_OUT_OF_RANGE,
+        raise ImageRefused(
+            ImageProblem.SIZE_OUT_OF_RANGE,
             f"image is {width}x{height}; the longest side may be at most {limits.max_side} px "
             f"and the area at most {limits.max_pixels} px",
         )

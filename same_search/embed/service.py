@@ -29,9 +29,9 @@ import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
 from same_search.embed.embedder import Embedder, ModelInfo
+from same_search.embed.errors import EmbedderBusy, EmbedderStopping, EmbedderTimeout, EmbedFailed
 from same_search.embed.gpu_decode import Decoded, JpegBatchDecoder, gather_batch, gpu_eligible, jpeg_thumbnail
 from same_search.embed.images import ImageLimits, Region, decode, make_thumbnail, open_checked
-from same_search.errors import ApiError, ErrNo
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class EmbedService:
         while not self._queue.empty():
             _, _, job = self._queue.get_nowait()
             if not job.future.done():
-                job.future.set_exception(ApiError(ErrNo.FEATURE_UNAVAILABLE, "embedder is shutting down"))
+                job.future.set_exception(EmbedderStopping("embedder is shutting down"))
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=True)
 
@@ -136,17 +136,15 @@ class EmbedService:
         made from the already decoded picture (the region, when given), so storing one costs no
         second decode."""
         if self._pending >= self.cfg.queue_max:
-            raise ApiError(
-                ErrNo.BUSY, f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later"
-            )
+            raise EmbedderBusy(f"embedder queue is full ({self.cfg.queue_max} requests waiting); retry later")
         self._pending += 1
         try:
             return await asyncio.wait_for(
                 self._embed(data, thumbnail_side, region), timeout=self.cfg.timeout_s
             )
         except TimeoutError as exc:
-            raise ApiError(
-                ErrNo.FEATURE_TIMEOUT, f"no vector within {self.cfg.timeout_s:g}s; the embedder is overloaded"
+            raise EmbedderTimeout(
+                f"no vector within {self.cfg.timeout_s:g}s; the embedder is overloaded"
             ) from exc
         finally:
             self._pending -= 1
@@ -218,9 +216,7 @@ class EmbedService:
                 log.exception("forward pass failed for a batch of %d", len(jobs))
                 for job in jobs:
                     if not job.future.done():
-                        job.future.set_exception(
-                            ApiError(ErrNo.FEATURE_FAILED, f"feature extraction failed: {exc}")
-                        )
+                        job.future.set_exception(EmbedFailed(f"feature extraction failed: {exc}"))
                 continue
             finally:
                 self._in_forward -= len(jobs)

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from same_search.backends.base import JobRow
+from same_search.embed.errors import EmbedError
 from same_search.embed.service import background_priority
+from same_search.error_mapping import api_error
 from same_search.errors import ApiError, ErrNo
 from same_search.imports.detached import run_detached
 from same_search.imports.retry import backoff_s, retryable
@@ -321,9 +323,10 @@ class ImportJobs:
                 return "duplicate"
             except NearDuplicateAdd:
                 return "near_duplicate"
-            except ApiError as exc:
-                if not retryable(exc.err_no):
-                    return (entry.name, int(exc.err_no), exc.err_msg)
+            except (ApiError, EmbedError) as exc:
+                error = api_error(exc)
+                if not retryable(error.err_no):
+                    return (entry.name, int(error.err_no), error.err_msg)
             if self._stopping:
                 raise _Stopping
             await asyncio.sleep(backoff_s(attempt))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from same_search.config import IndexConfig
-from same_search.index import snapshot
+from same_search.index import graph_files
 from same_search.index.exact import ExactIndex, top_k
 from same_search.index.hnsw import HnswIndex
 
@@ -167,8 +167,8 @@ class LibraryIndex:
         """Write a snapshot (caller holds write_lock so no writer moves the graph meanwhile)."""
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{lib_id}.hnsw.tmp"
-        header = snapshot.SnapshotHeader(
-            format_version=snapshot.FORMAT_VERSION,
+        header = graph_files.SnapshotHeader(
+            format_version=graph_files.FORMAT_VERSION,
             fingerprint=fingerprint,
             dim=self.graph.dim,
             count=self.count(),
@@ -178,7 +178,7 @@ class LibraryIndex:
         )
         try:
             self.graph.save(tmp)
-            snapshot.commit_graph(tmp, directory, lib_id, header)
+            graph_files.commit_graph(tmp, directory, lib_id, header)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a half-written file must not fill the disk further
             raise

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from same_search import wire
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo, bad_request
@@ -28,7 +29,7 @@ from same_search.routes.envelope import APPID, ok, read_body
 from same_search.routes.fields import check_library_name, encode_base64, is_decimal, parse_region
 from same_search.services import SERVICES, Services
 
-API = "/api"
+API = wire.API
 MAX_PAGE = 1000
 
 
@@ -42,9 +43,11 @@ async def readyz(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     ready = services.ready
     body = {"ready": ready, "libraries": len(services.libraries.libraries)}
-    return (
-        ok(**body) if ready else web.json_response({"err_no": 5, "err_msg": "not ready", **body}, status=503)
-    )
+    if ready:
+        return ok(**body)
+    # HTTP 503 so load balancers stop sending; the body is still the usual envelope.
+    not_ready = ApiError(ErrNo.FEATURE_UNAVAILABLE, "not ready: shutting down")
+    return web.json_response({**not_ready.body(), **body}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -84,8 +87,9 @@ def _query_int(request: web.Request, name: str, default: int, maximum: int) -> i
     return int(value)
 
 
-def item_json(appid: str, item: Item, created: float, updated: float) -> dict[str, Any]:
-    """An item as the management API shows it."""
+def item_card(appid: str, item: Item, created: float, updated: float) -> dict[str, Any]:
+    """An item as the management API and the console show it (the wire API's shape is
+    ``routes.retrieval.item_json``)."""
     try:
         text: str | None = item.brief.decode("utf-8")
     except UnicodeDecodeError:
@@ -145,7 +149,7 @@ async def list_items(request: web.Request) -> web.Response:
     return ok(
         total=total,
         offset=offset,
-        items=[item_json(lib.row.appid, *row) for row in rows],
+        items=[item_card(lib.row.appid, *row) for row in rows],
         has_more=int(offset + len(rows) < total),
     )
 
@@ -155,7 +159,7 @@ async def get_item(request: web.Request) -> web.Response:
     found = await services.libraries.item(lib, _contsign(request))
     if found is None:
         raise ApiError(ErrNo.UPDATE_MISSING, f"no item {request.match_info['contsign']} in {lib.row.appid!r}")
-    return ok(item=item_json(lib.row.appid, *found))
+    return ok(item=item_card(lib.row.appid, *found))
 
 
 async def delete_item(request: web.Request) -> web.Response:
@@ -165,9 +169,14 @@ async def delete_item(request: web.Request) -> web.Response:
 
 async def thumbnail(request: web.Request) -> web.Response:
     services, lib = await _library(request)
-    jpeg = await services.libraries.thumbnail(lib, _contsign(request))
+    contsign = _contsign(request)
+    jpeg = await services.libraries.thumbnail(lib, contsign)
     if jpeg is None:
-        raise web.HTTPNotFound(text="no thumbnail for this item")
+        raise ApiError(
+            ErrNo.UPDATE_MISSING,
+            f"no thumbnail for item {contsign.sign1},{contsign.sign2} in library {lib.row.appid!r}: "
+            "no such item, or it was added with [storage] thumbnail_side = 0",
+        )
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
 
@@ -206,25 +215,41 @@ async def repair_library(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    """Register the management routes."""
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    lib = f"{API}/libraries/{{appid}}"
-    app.router.add_get(f"{API}/libraries", list_libraries)
-    app.router.add_post(f"{API}/libraries", create_library)
-    app.router.add_get(lib, library_stats)
-    app.router.add_delete(lib, delete_library)
-    app.router.add_get(f"{lib}/items", list_items)
-    app.router.add_get(f"{lib}/items/{{contsign}}", get_item)
-    app.router.add_delete(f"{lib}/items/{{contsign}}", delete_item)
-    app.router.add_get(f"{lib}/items/{{contsign}}/thumbnail", thumbnail)
-    app.router.add_post(f"{lib}/save", save_index)
-    app.router.add_post(f"{lib}/rebuild", rebuild_index)
-    app.router.add_post(f"{lib}/compact", rebuild_index)
-    app.router.add_post(f"{lib}/repair", repair_library)
-    add_job_routes(app)
-    add_extension_routes(app)
+    """Register every management route: one table, paths from the wire vocabulary (``wire``),
+    so the client and the daemon cannot disagree on a path."""
+    for method, path, handler in (
+        ("GET", wire.HEALTHZ, healthz),
+        ("GET", wire.READYZ, readyz),
+        ("GET", wire.METRICS, metrics),
+        ("GET", wire.LIBRARIES, list_libraries),
+        ("POST", wire.LIBRARIES, create_library),
+        ("GET", wire.LIBRARY, library_stats),
+        ("DELETE", wire.LIBRARY, delete_library),
+        ("GET", wire.ITEMS, list_items),
+        ("GET", wire.ITEM, get_item),
+        ("DELETE", wire.ITEM, delete_item),
+        ("GET", wire.THUMBNAIL, thumbnail),
+        ("POST", wire.SAVE, save_index),
+        ("POST", wire.REBUILD, rebuild_index),
+        ("POST", wire.COMPACT, rebuild_index),
+        ("POST", wire.REPAIR, repair_library),
+        ("POST", wire.LIBRARY_SEARCH, search_image),
+        ("GET", wire.EXPORT, export_library),
+        ("POST", wire.IMPORT, import_library),
+        ("POST", wire.JOBS, create_job),
+        ("POST", wire.JOB_UPLOAD, upload_job),
+        ("GET", wire.JOBS, list_jobs),
+        ("GET", wire.JOB, get_job),
+        ("POST", wire.JOB_CANCEL, cancel_job),
+        # Extensions: the near-duplicate policy and the duplicates view.
+        ("PUT", wire.DUP_POLICY, set_dup_policy),
+        ("POST", wire.DUP_POLICY, set_dup_policy),
+        ("POST", wire.DUPLICATES, start_duplicates_scan),
+        ("GET", wire.DUPLICATES_SCAN, get_duplicates_scan),
+        ("POST", wire.DUPLICATES_REMOVE, remove_duplicate_extras),
+        ("POST", wire.DUPLICATES_CANCEL, cancel_duplicates_scan),
+    ):
+        app.router.add_route(method, path, handler)
 
 
 # ---- search from the console, bulk import jobs, export and import -----------------------------------
@@ -271,7 +296,7 @@ async def search_image(request: web.Request) -> web.Response:
     for hit in page.hits:
         found = await services.libraries.item(lib, hit.item.contsign)
         if found is not None:
-            results.append({**item_json(lib.row.appid, *found), "score": hit.score})
+            results.append({**item_card(lib.row.appid, *found), "score": hit.score})
     return ok(results=results, has_more=int(page.has_more))
 
 
@@ -384,19 +409,6 @@ async def import_library(request: web.Request) -> web.Response:
     finally:
         path.unlink(missing_ok=True)
     return ok(imported=imported, duplicates=duplicates, library=await services.libraries.stats(lib))
-
-
-def add_job_routes(app: web.Application) -> None:
-    """Register search, jobs, export and import."""
-    lib = f"{API}/libraries/{{appid}}"
-    app.router.add_post(f"{lib}/search", search_image)
-    app.router.add_get(f"{lib}/export", export_library)
-    app.router.add_post(f"{lib}/import", import_library)
-    app.router.add_post(f"{API}/jobs", create_job)
-    app.router.add_post(f"{API}/jobs/upload", upload_job)
-    app.router.add_get(f"{API}/jobs", list_jobs)
-    app.router.add_get(f"{API}/jobs/{{job_id}}", get_job)
-    app.router.add_post(f"{API}/jobs/{{job_id}}/cancel", cancel_job)
 
 
 # ---- extensions of issue 12: near-duplicate policy, region ----------------------------------------------
@@ -534,7 +546,7 @@ async def _scan_json(request: web.Request, services: Services, lib: Library, sca
         item = items.get(key)
         if item is None:  # removed since the scan
             return None
-        shown = item_json(lib.row.appid, item, 0.0, 0.0)
+        shown = item_card(lib.row.appid, item, 0.0, 0.0)
         return {k: v for k, v in shown.items() if k not in ("created", "updated")} | {"score": score}
 
     groups = []
@@ -558,14 +570,3 @@ async def _scan_json(request: web.Request, services: Services, lib: Library, sca
         "offset": offset,
         "groups": groups,
     }
-
-
-def add_extension_routes(app: web.Application) -> None:
-    """Register the routes of the near-duplicate policy and the duplicates view."""
-    lib = f"{API}/libraries/{{appid}}"
-    app.router.add_put(f"{lib}/dup_policy", set_dup_policy)
-    app.router.add_post(f"{lib}/dup_policy", set_dup_policy)
-    app.router.add_post(f"{lib}/duplicates", start_duplicates_scan)
-    app.router.add_get(f"{lib}/duplicates/{{scan_id}}", get_duplicates_scan)
-    app.router.add_post(f"{lib}/duplicates/{{scan_id}}/remove", remove_duplicate_extras)
-    app.router.add_post(f"{lib}/duplicates/{{scan_id}}/cancel", cancel_duplicates_scan)

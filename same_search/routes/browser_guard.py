@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from aiohttp import hdrs, web
 
+from same_search import wire
 from same_search.config import Config, host_key, normalise_host, origin_key
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.routes.auth import SESSION_COOKIE, SESSION_TOKEN, SESSIONS
@@ -52,15 +53,15 @@ ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/oct
 #: (method, route) -> the content types its body may have. JSON routes need the type even without
 #: a body; raw-body routes whenever a body is sent. tests/test_browser_guard.py checks every route exists.
 BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("POST", "/api/libraries"): JSON_TYPES,
-    ("POST", "/api/jobs"): JSON_TYPES,
+    ("POST", wire.LIBRARIES): JSON_TYPES,
+    ("POST", wire.JOBS): JSON_TYPES,
     ("POST", "/login"): JSON_TYPES,
-    ("POST", "/api/libraries/{appid}/search"): IMAGE_TYPES,
-    ("POST", "/api/jobs/upload"): ZIP_TYPES,
-    ("POST", "/api/libraries/{appid}/import"): ZIP_TYPES,
-    ("PUT", "/api/libraries/{appid}/dup_policy"): JSON_TYPES,
-    ("POST", "/api/libraries/{appid}/dup_policy"): JSON_TYPES,
-    ("POST", "/api/libraries/{appid}/duplicates"): JSON_TYPES,
+    ("POST", wire.LIBRARY_SEARCH): IMAGE_TYPES,
+    ("POST", wire.JOB_UPLOAD): ZIP_TYPES,
+    ("POST", wire.IMPORT): ZIP_TYPES,
+    ("PUT", wire.DUP_POLICY): JSON_TYPES,
+    ("POST", wire.DUP_POLICY): JSON_TYPES,
+    ("POST", wire.DUPLICATES): JSON_TYPES,
 }
 
 CORS_METHODS = "POST, OPTIONS"

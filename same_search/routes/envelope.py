@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from same_search.embed.errors import EmbedError
+from same_search.error_mapping import api_error
 from same_search.errors import ApiError, ErrNo, bad_request
 
 log = logging.getLogger("same_search.access")
@@ -62,8 +64,8 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
     error: ApiError | None = None
     try:
         response = await handler(request)
-    except ApiError as exc:
-        error = exc
+    except (ApiError, EmbedError) as exc:
+        error = api_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

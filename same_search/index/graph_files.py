@@ -1,4 +1,7 @@
-"""Index snapshot files: written atomically, checked before use.
+"""Saved index graphs (the operator's "index snapshots"): written atomically, checked before use.
+
+Named apart from the spec's ``snapshot`` statistics block (``/RTSAsService/snapshot``), which
+has nothing to do with these files.
 
 A snapshot is two files per library: the graph (``<id>.hnsw``) and a JSON header
 (``<id>.meta.json``) with the format version, the model fingerprint, the live count, the write
