@@ -258,3 +258,8 @@ async def test_unreadable_stored_features_are_judged_by_score_alone(api, library
         db.execute("UPDATE local_features SET data = x'07'")
     assert await search(api, EDITS["crop"](original(2)), same_picture=1) == []
     assert [hit["contsign"] for hit in await search(api, original(2), same_picture=1)] == [library[2]]
+
+
+async def test_a_bad_image_is_still_err_100_under_same_picture(api, library):
+    body = await api(f"{R}/search", appid="lib", image=b64(b"not an image"), same_picture=1)
+    assert body["err_no"] == 100

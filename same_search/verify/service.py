@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from same_search.embed.errors import ImageRefused
 from same_search.embed.images import ImageLimits, decode
-from same_search.errors import ApiError
 from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
 
@@ -70,7 +70,7 @@ class SamePictureService:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, self._query, data)
-        except ApiError:  # undecodable: the embedder reports it to the client
+        except ImageRefused:  # undecodable or out of limits: the embedder reports it to the client
             return None
         except Exception:
             log.exception("local feature extraction failed")
