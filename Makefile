@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-precision eval soak clean
+.PHONY: run test install lint proto bench bench-precision eval eval-same-picture soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -49,6 +49,13 @@ $(BENCH_STAMP): $(STAMP)
 # the pHash baseline and the same-picture threshold; about 35 minutes on 2 cores.
 eval: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_quality.py --budget-min 45
+
+# The same-picture decision (search's same_picture) on the harder protocol: strong edits,
+# look-alike negatives, product shots on white; writes bench/same_picture_results.md. About
+# 15 minutes on 2 cores the first time (pictures, vectors and local features are then cached
+# under /tmp/same_search-eval-cache), 3 minutes after.
+eval-same-picture: $(BENCH_STAMP)
+	$(BIN)/python bench/eval_same_picture.py
 
 # Speed and vector drift of fp32 / bf16 / int8 forward passes on this CPU (about 5 minutes).
 bench-precision: $(STAMP)

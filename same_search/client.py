@@ -377,10 +377,13 @@ class _Base:
         tags: Tags | None = None,
         tag_logic: int | str = 0,
         appid: str | None = None,
+        same_picture: bool = False,
     ) -> _Call[SearchResult]:
         """Items most similar to an image (or to a stored item's vector), best first.
 
         ``tags`` filters; ``tag_logic`` 0/"all" needs every non-zero tag, 1/"any" one of them.
+        ``same_picture`` keeps only the hits judged the same picture, possibly edited (extension,
+        docs/api.md).
         """
         if (image is None) == (contsign is None):
             raise ValueError("search needs exactly one of image= or contsign=")
@@ -389,7 +392,14 @@ class _Base:
             {"features": values.features_json(None, tags), "tag_logic": logic} if tags is not None else {}
         )
         return self._rts(
-            "search", appid, values.search_result, **_naming(image, contsign), pn=pn, rn=rn, **filters
+            "search",
+            appid,
+            values.search_result,
+            **_naming(image, contsign),
+            pn=pn,
+            rn=rn,
+            same_picture=1 if same_picture else None,
+            **filters,
         )
 
     @_request

@@ -56,6 +56,9 @@ class StorageConfig:
     max_db_bytes: int = 0
     #: Longest side in pixels of the JPEG thumbnail stored with each item; 0 stores none.
     thumbnail_side: int = 128
+    #: Store local features (a few tens of KB) with each new item, so search's ``same_picture``
+    #: can verify it geometrically; without them it falls back to a strict score.
+    local_features: bool = True
     #: Where libraries live: "local" (SQLite + hnswlib in data_dir) or "milvus" (a Milvus server).
     backend: str = "local"
     #: Milvus only: the server's address ("http://host:19530"), or a milvus-lite ".db" path.

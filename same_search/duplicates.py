@@ -3,8 +3,9 @@
 A scan reads every stored vector in insertion order and lists each item's near neighbours: exactly
 (all pairs, block by block) when the library is small enough to be searched exactly
 (``index.exact_threshold``), else through the library's index, ``NEIGHBOURS`` per item. Whether a
-neighbour is a near-duplicate is the same decision the add policy uses
-(:func:`near_duplicates.is_near_duplicate`), so a verifier plugged in there serves both.
+neighbour is a near-duplicate is the same decision the add policy uses: the score floor
+(:func:`near_duplicates.is_near_duplicate`), then the same-picture check of
+:mod:`same_search.verify` on the pairs above it.
 
 Groups are formed greedily in insertion order: the oldest item not yet grouped keeps its
 near-duplicates that are not grouped yet. So every extra scores at least ``min_score`` against its
@@ -130,6 +131,7 @@ class DuplicateScans:
                 neighbours = await asyncio.to_thread(_exact_neighbours, keys, vectors, scan, policy)
             else:
                 keys, neighbours = await self._index_neighbours(lib, scan, policy)
+            neighbours = await self._verified(lib, neighbours)
             scan.groups = _groups(keys, neighbours)
             scan.status = "done"
         except asyncio.CancelledError:
@@ -183,6 +185,29 @@ class DuplicateScans:
                 scan.done = len(keys)
         scan.total = len(keys)
         return keys, neighbours
+
+    async def _verified(self, lib: Library, neighbours: Neighbours) -> Neighbours:
+        """The pairs above the floor that the same-picture decision confirms.
+
+        The decision search's ``same_picture`` and the add policy use (:mod:`same_search.verify`):
+        a pair of look-alikes above the floor is not a near-duplicate. A pair where either item
+        has no local features keeps the floor alone.
+        """
+        pairs = {
+            (min(a, b), max(a, b)): score for a, others in neighbours.items() for b, score in others.items()
+        }
+        if not pairs:
+            return neighbours
+        stored = await self.libraries.local_features(lib, sorted({k for pair in pairs for k in pair}))
+        verifier = self.libraries.verifier
+        kept: Neighbours = {}
+        for (a, b), score in pairs.items():
+            if a in stored and b in stored:
+                [verdict] = await verifier.judge(verifier.stored_query(stored[a]), [(b, score)], stored)
+                if not verdict.same:
+                    continue
+            _link(kept, a, b, score)
+        return kept
 
     async def remove_extras(self, lib: Library, scan: Scan, contsigns: list[ContSign] | None) -> int:
         """Remove the scan's extras (all, or those listed: each must be an extra, never a kept item)."""

@@ -46,6 +46,8 @@ from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
 from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
+from same_search.verify import decision
+from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,10 @@ def _item(row: ItemRow) -> Item:
     return Item(ContSign.from_key(row.key), row.brief, row.tags)
 
 
+async def _nothing() -> None:
+    return None
+
+
 def _storage_failed(exc: StorageError) -> ApiError:
     return ApiError(ErrNo.INTERNAL, f"storage write failed, nothing was changed: {exc}")
 
@@ -165,6 +171,7 @@ class LibraryService:
         self._signup_lock = asyncio.Lock()
         #: Per library: held while a near-duplicate check and the store that follows it run.
         self._dup_locks: dict[str, asyncio.Lock] = {}
+        self.verifier = SamePictureService(embed.limits)
         #: Libraries whose rows could not be loaded at start, by appid: named, not served.
         self.unavailable: dict[str, Unavailable] = {}
         self._repair_lock = asyncio.Lock()
@@ -220,6 +227,7 @@ class LibraryService:
             )
         finally:
             await self.backend.close()
+            self.verifier.close()
 
     @property
     def jobs(self) -> JobLedger:
@@ -338,13 +346,18 @@ class LibraryService:
         """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        vector, thumbnail = await self.embed.embed_with_thumbnail(
-            image, self.cfg.storage.thumbnail_side, region
+        # Local features of the whole picture (same-picture checks) are extracted alongside the
+        # forward pass.
+        (vector, thumbnail), local = await asyncio.gather(
+            self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side, region),
+            self.verifier.extract(image) if self._keeps_local_features else _nothing(),
         )
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
         close = await asyncio.shield(
-            self.store_vector(lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image))
+            self.store_vector(
+                lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image), local
+            )
         )
         return AddResult(contsign, close)
 
@@ -358,6 +371,7 @@ class LibraryService:
         thumbnail: bytes | None = None,
         policy: DupPolicy = OFF,
         query: Query | None = None,
+        local_features: bytes | None = None,
     ) -> list[Hit]:
         """Store an item with an already computed vector (``add`` and imports); 101 if stored.
 
@@ -379,13 +393,13 @@ class LibraryService:
         if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
             raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
         if not policy.active:
-            await self._store_one(lib, contsign, brief, tags, vector, thumbnail)
+            await self._store_one(lib, contsign, brief, tags, vector, thumbnail, local_features)
             return []
         async with self._dup_locks.setdefault(lib.row.appid, asyncio.Lock()):
-            close = await self._near_duplicates(lib, query or Query(vector), policy)
+            close = await self._near_duplicates(lib, query or Query(vector), policy, local_features)
             if close and policy.rejects:
                 raise NearDuplicateAdd(close)
-            await self._store_one(lib, contsign, brief, tags, vector, thumbnail)
+            await self._store_one(lib, contsign, brief, tags, vector, thumbnail, local_features)
         return close
 
     async def _store_one(
@@ -396,20 +410,35 @@ class LibraryService:
         tags: Tags | None,
         vector: np.ndarray,
         thumbnail: bytes | None,
+        local_features: bytes | None = None,
     ) -> None:
-        stored = await self.store_vectors(lib, [ItemToAdd(contsign.key, brief, tags, vector, thumbnail)])
+        item = ItemToAdd(contsign.key, brief, tags, vector, thumbnail, local_features)
+        stored = await self.store_vectors(lib, [item])
         if not stored[0]:
             await self._refuse_duplicate(lib, contsign)
             raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
 
-    async def _near_duplicates(self, lib: Library, query: Query, policy: DupPolicy) -> list[Hit]:
-        """Stored items the policy's decision calls near-duplicates of ``query``, best first."""
+    async def _near_duplicates(
+        self, lib: Library, query: Query, policy: DupPolicy, local_features: bytes | None = None
+    ) -> list[Hit]:
+        """Stored items the policy's decision calls near-duplicates of ``query``, best first.
+
+        Candidates above the policy's score floor are also verified as the same picture when both
+        sides have local features (:mod:`same_search.verify`): a look-alike above the floor is not
+        a near-duplicate. Candidates without local features keep the floor alone.
+        """
         if not policy.active:
             return []
         result = await self._call(
             lib, self.backend.search(lib, query.vector, NEAR_DUPLICATE_CANDIDATES, None)
         )
         chosen = select(query, result.found, policy)
+        if chosen and local_features is not None:
+            stored = await self._call(lib, self.backend.local_features(lib, [c.key for c in chosen]))
+            features = self.verifier.stored_query(local_features)
+            verdicts = await self.verifier.judge(features, [(c.key, c.score) for c in chosen], stored)
+            kept = {v.key for v in verdicts if v.same or v.evidence is None}
+            chosen = [c for c in chosen if c.key in kept]
         rows = result.rows
         missing = [c.key for c in chosen if c.key not in rows]
         if missing:
@@ -474,6 +503,74 @@ class LibraryService:
             rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
         return SearchPage(hits, has_more=len(found) > pn + rn)
+
+    async def same_pictures(
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        query: QueryFeatures | None,
+        depth: int = decision.DEPTH,
+        tag_filter: TagFilter | None = None,
+        min_score: float | None = None,
+    ) -> list[tuple[Hit, Verdict]]:
+        """The stored items judged to be the same picture as the query (possibly edited), best
+        score first, among the ``depth`` best-scoring candidates.
+
+        ``query`` comes from :meth:`query_features` (None: the query has no local features, and
+        only the strict score fallback of :func:`decision.is_same_picture` can say yes). Search's
+        ``same_picture``, the near-duplicate policy on add and the duplicates view share this
+        decision (:mod:`same_search.verify`).
+        """
+        result = await self._call(lib, self.backend.search(lib, vector, depth, tag_filter))
+        found = result.found
+        if min_score is not None:
+            found = [(key, score) for key, score in found if score >= min_score]
+        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in found]))
+        verdicts = [v for v in await self.verifier.judge(query, found, stored) if v.same]
+        rows = result.rows
+        missing = [v.key for v in verdicts if v.key not in rows]
+        if missing:
+            rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
+        return [(Hit(_item(rows[v.key]), v.score), v) for v in verdicts if v.key in rows]
+
+    @property
+    def _keeps_local_features(self) -> bool:
+        """Whether adds extract local features: configured on, and the backend stores them."""
+        return self.cfg.storage.local_features and self.backend.keeps_local_features
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key (items without any are left out)."""
+        return await self._call(lib, self.backend.local_features(lib, keys))
+
+    async def query_features(
+        self, lib: Library, image: bytes | None, contsign: ContSign | None
+    ) -> QueryFeatures | None:
+        """A query's local features: from its image, else from the stored item it names."""
+        if image is not None:
+            return await self.verifier.query(image)
+        if contsign is None:
+            return None
+        stored = await self._call(lib, self.backend.local_features(lib, [contsign.key]))
+        return self.verifier.stored_query(stored.get(contsign.key))
+
+    async def search_same_picture(
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        query: QueryFeatures | None,
+        pn: int,
+        rn: int,
+        tag_filter: TagFilter | None,
+        min_score: float | None = None,
+    ) -> SearchPage:
+        """Search's ``same_picture``: results ``pn .. pn+rn`` of the hits judged the same picture.
+
+        Verifies the :data:`decision.DEPTH` best candidates, more when the page reaches further
+        (at most :data:`decision.MAX_DEPTH`).
+        """
+        depth = min(max(decision.DEPTH, pn + rn + 1), decision.MAX_DEPTH)
+        judged = await self.same_pictures(lib, vector, query, depth, tag_filter, min_score)
+        return SearchPage([hit for hit, _ in judged[pn : pn + rn]], has_more=len(judged) > pn + rn)
 
     # ---- management ------------------------------------------------------------------------------
 

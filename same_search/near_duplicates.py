@@ -8,9 +8,10 @@ Whether two pictures are the same picture is decided in one place, :func:`is_nea
 Today it is a score floor on the descriptor's cosine similarity, and the default floor is set
 high: on photos the model was not tuned for, different photos of look-alike things score nearly
 as high as edited copies, so a floor that keeps them out also lets many edited copies through as
-new images (the measurement and what it costs are in docs/api.md). A same-picture verifier (local
-features, geometric checks) plugs in here later, with the floor staying as an extra condition,
-and every caller (add, import jobs, the duplicates view) follows.
+new images (the measurement and what it costs are in docs/api.md). On add (and import jobs),
+the candidates above the floor are then verified as the same picture with local features
+(:mod:`same_search.verify`, in ``LibraryService._near_duplicates``), so a look-alike above the
+floor is not a near-duplicate; items without local features keep the floor alone.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon import Daemon, free_port
-from images import jpeg
+from images import encode, jpeg, picture
+from PIL import ImageOps
 
 from same_search.cli import main
 from same_search.client import (
@@ -404,3 +405,14 @@ def test_one_retry_rule_for_the_cli_and_jobs() -> None:
 
     assert cli.retryable is jobs.retryable
     assert sorted(int(e) for e in RETRYABLE) == [2, 5, 99]
+
+
+def test_same_picture_search_on_the_real_daemon(daemon: Daemon) -> None:
+    """search(same_picture=True) keeps the edited copy's original and drops everything else."""
+    client = make_client(daemon, "same_picture")
+    client.signup()
+    stored = {seed: client.add(encode(picture(seed, (480, 360))), f"p{seed}") for seed in (2, 3, 11)}
+    crop = picture(3, (480, 360)).crop((90, 60, 410, 300))
+    query = encode(ImageOps.mirror(crop), quality=40)
+    assert len(client.search(image=query)) == 3
+    assert [hit.contsign for hit in client.search(image=query, same_picture=True)] == [stored[3]]

@@ -156,7 +156,9 @@ async def test_library_default_set_on_8103_survives_a_restart(aiohttp_client, co
     assert off["err_no"] == 0
     answer = await (await client.post("/api/libraries/lib/dup_policy", json={"dup_min_score": 0.5})).json()
     assert answer["library"]["dup_policy"] == "reject" and answer["library"]["dup_min_score"] == 0.5
-    assert (await call(f"{R}/add", appid="lib", image=b64(jpeg(2)), features=[brief("t")]))["err_no"] == 101
+    # jpeg(2) scores above 0.5 but is another picture: the same-picture check (local features)
+    # keeps it from being called a near-duplicate, whatever the floor
+    assert (await call(f"{R}/add", appid="lib", image=b64(jpeg(2)), features=[brief("t")]))["err_no"] == 0
     reset = await (await client.put("/api/libraries/lib/dup_policy", json={"dup_min_score": None})).json()
     assert reset["library"]["dup_min_score"] == 0.95
 
@@ -182,7 +184,7 @@ async def test_a_version_1_database_is_migrated(tmp_path):
         [job] = await store.jobs()
         assert job.near_duplicates == 0 and job.dup_policy is None
         async with store.reader.execute("SELECT value FROM meta WHERE key='schema_version'") as cur:
-            assert int((await cur.fetchone())[0]) == SCHEMA_VERSION == 2
+            assert int((await cur.fetchone())[0]) == SCHEMA_VERSION  # every migration applied
     finally:
         await store.close()
     again = Store(path)  # opening again applies nothing twice

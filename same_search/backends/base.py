@@ -97,6 +97,8 @@ class ItemToAdd:
     tags: Tags | None
     vector: np.ndarray
     thumbnail: bytes | None = None
+    #: Stored form of the picture's local features (same_search/verify), when the backend keeps them.
+    local_features: bytes | None = None
 
 
 @dataclass
@@ -174,6 +176,8 @@ class Backend(ABC):
     #: Whether other daemons may create and delete libraries in this backend (the service then
     #: refreshes its list from the backend instead of trusting what it loaded at start).
     shared: bool = False
+    #: Whether items keep local features (same-picture checks); if not, adds skip extracting them.
+    keeps_local_features: bool = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -298,6 +302,15 @@ class Backend(ABC):
     @abstractmethod
     async def thumbnail(self, lib: Library, key: int) -> bytes | None:
         """The stored thumbnail JPEG of an item, if any."""
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key (same-picture checks); items without any are left out.
+
+        A backend that does not keep them returns nothing: its items are then judged by the
+        strict score fallback of :func:`same_search.verify.decision.is_same_picture`.
+        """
+        del lib, keys
+        return {}
 
     @abstractmethod
     def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:

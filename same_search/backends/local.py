@@ -62,6 +62,7 @@ class LocalBackend(Backend):
     """Libraries in ``<data_dir>/same_search.sqlite3``, graphs snapshotted to ``<data_dir>/indexes``."""
 
     name = "local"
+    keeps_local_features = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -259,7 +260,13 @@ class LocalBackend(Backend):
                     raise LibraryFull(f"library {lib.row.appid!r} is full ({capacity} items)")
                 try:
                     seq = await self.store.add_item(
-                        lib.row.id, item.key, item.brief, item.tags, item.vector, item.thumbnail
+                        lib.row.id,
+                        item.key,
+                        item.brief,
+                        item.tags,
+                        item.vector,
+                        item.thumbnail,
+                        item.local_features,
                     )
                 except AlreadyExists:
                     stored.append(False)
@@ -305,6 +312,9 @@ class LocalBackend(Backend):
 
     async def thumbnail(self, lib: Library, key: int) -> bytes | None:
         return await self.store.thumbnail(lib.row.id, key)
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        return await self.store.local_features(lib.row.id, keys)
 
     async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         async for chunk in self.store.items_with_vectors(lib.row.id):

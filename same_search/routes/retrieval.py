@@ -6,6 +6,7 @@ is stored lives there.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -140,21 +141,50 @@ async def search(request: web.Request) -> web.Response:
     pn = fields.uint("pn", 0)
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
+    same_picture = _flag(fields, "same_picture")
     region = fields.region()
     image = await _image_or_url(services, fields, required=False)
-    if image is not None:
-        vector = await services.embed.embed_image(image, region)
-    elif region is not None:
-        raise bad_request(
-            "region needs an image (or url) to cut it from; a stored item's vector has no region"
-        )
-    else:
+    contsign = None
+    if image is None:
+        if region is not None:
+            raise bad_request(
+                "region needs an image (or url) to cut it from; a stored item's vector has no region"
+            )
         contsign = fields.contsign()
         if contsign is None:
             raise bad_request("image or contsign is required")
-        vector = await services.libraries.vector_of(lib, contsign)
-    page = await services.libraries.search(lib, vector, pn, rn, tag_filter, _min_score(fields))
+    # The query's local features (same_picture only) are extracted while the vector is computed.
+    query = asyncio.ensure_future(
+        services.libraries.query_features(lib, image, contsign) if same_picture else _none()
+    )
+    try:
+        if image is not None:
+            vector = await services.embed.embed_image(image, region)
+        else:
+            assert contsign is not None
+            vector = await services.libraries.vector_of(lib, contsign)
+    except BaseException:
+        query.cancel()
+        raise
+    if same_picture:
+        page = await services.libraries.search_same_picture(
+            lib, vector, await query, pn, rn, tag_filter, _min_score(fields)
+        )
+    else:
+        page = await services.libraries.search(lib, vector, pn, rn, tag_filter, _min_score(fields))
     return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
+
+
+async def _none() -> None:
+    return None
+
+
+def _flag(fields: Fields, name: str) -> bool:
+    """An optional 0/1 extension field (absent = 0)."""
+    value = fields.data.get(name, 0)
+    if isinstance(value, bool) or value not in (0, 1):
+        raise bad_request(f"{name} must be 0 or 1")
+    return value == 1
 
 
 def _min_score(fields: Fields) -> float | None:

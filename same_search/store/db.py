@@ -21,7 +21,7 @@ import numpy as np
 
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
 #: in one transaction each. Shipped files are never edited: a change is a new file.
-MIGRATIONS = (2,)
+MIGRATIONS = (2, 3)
 SCHEMA_VERSION = MIGRATIONS[-1]
 
 _ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at"
@@ -343,8 +343,10 @@ class Store:
         tags: tuple[int, int] | None,
         vector: np.ndarray,
         thumbnail: bytes | None = None,
+        local_features: bytes | None = None,
     ) -> int:
-        """Insert one item (and its thumbnail) and return its seq; :class:`AlreadyExists` if stored."""
+        """Insert one item (its thumbnail, its local features) and return its seq;
+        :class:`AlreadyExists` if stored."""
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
@@ -362,6 +364,13 @@ class Store:
                     (
                         "INSERT OR REPLACE INTO thumbnails(lib_id, key, jpeg) VALUES (?,?,?)",
                         (lib_id, key, thumbnail),
+                    )
+                )
+            if local_features:
+                statements.append(
+                    (
+                        "INSERT OR REPLACE INTO local_features(lib_id, key, data) VALUES (?,?,?)",
+                        (lib_id, key, local_features),
                     )
                 )
             await self._write(statements)
@@ -619,6 +628,19 @@ class Store:
             row = await cur.fetchone()
         return None if row is None else bytes(row[0])
 
+    async def local_features(self, lib_id: int, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key; items without any are absent from the result."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            async with self.reader.execute(
+                "SELECT key, data FROM local_features "
+                f"WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
+            ) as cur:
+                found.update((int(key), bytes(data)) for key, data in await cur.fetchall())
+        return found
+
     async def page_items(self, lib_id: int, offset: int, limit: int) -> list[ItemRow]:
         """Items in insertion order, for browsing a library."""
         async with self.reader.execute(
@@ -633,6 +655,7 @@ class Store:
             await self._write(
                 [
                     ("DELETE FROM thumbnails WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM local_features WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),

@@ -1,0 +1,150 @@
+"""Local features of a picture: RootSIFT keypoints at a fixed working resolution, compact bytes.
+
+Computed once per stored item at add time and once per query, so that a search can check its
+top candidates geometrically (:mod:`same_search.verify.matching`). The working resolution is
+fixed (the longer side scaled to :data:`WORKING_SIDE`, up or down) so that a copy shrunk to a
+quarter and its full-size original are described at comparable scales.
+
+Bytes layout (little-endian), version 1::
+
+    u8 version | u16 width | u16 height | u16 count | count x (f16 x, f16 y) | count x 128 u8
+
+x, y are keypoint positions in working-resolution pixels; the descriptors are RootSIFT (the
+square root of the L1-normalised SIFT vector, so their Euclidean distance is Hellinger's) scaled
+by :data:`QUANT_SCALE` and clipped to a byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+#: Longer side of the picture the keypoints are found in (pixels).
+WORKING_SIDE = 320
+#: At most this many keypoints (the strongest) are kept per picture.
+MAX_KEYPOINTS = 300
+#: RootSIFT components are at most 1 and mostly below 0.4; x512 keeps 2 bits more than x255.
+QUANT_SCALE = 512.0
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<BHHH")
+
+
+def _mirror_permutation() -> np.ndarray:
+    """Index map from a SIFT descriptor to its mirror image's (see :meth:`LocalFeatures.mirrored`)."""
+    permutation = np.zeros(128, dtype=np.intp)
+    for row in range(4):
+        for col in range(4):
+            for orientation in range(8):
+                target = ((3 - row) * 4 + col) * 8 + (8 - orientation) % 8
+                permutation[target] = (row * 4 + col) * 8 + orientation
+    return permutation
+
+
+_MIRROR = _mirror_permutation()
+
+cv2.setNumThreads(1)  # callers run several extractions in threads; OpenCV must not oversubscribe
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one picture at working resolution."""
+
+    width: int
+    height: int
+    points: np.ndarray  # (n, 2) float32 x, y
+    descriptors: np.ndarray  # (n, 128) uint8 quantised RootSIFT
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def mirrored(self) -> LocalFeatures:
+        """The features of the mirror image, without extracting again.
+
+        SIFT finds the same keypoints in a mirrored picture (x -> width - 1/2 - x in OpenCV's
+        keypoint coordinates, which its initial upscaling offsets by half a pixel), and each
+        descriptor is a permutation of the original's: its 4 x 4 cells swap rows and its 8
+        orientation bins run backwards (bin o -> (8 - o) mod 8). Checked against a fresh
+        extraction in tests/test_same_picture.py: most descriptors come out identical, a few
+        differ where SIFT's orientation assignment was a near tie.
+        """
+        points = self.points.copy()
+        points[:, 0] = self.width - 0.5 - points[:, 0]
+        return LocalFeatures(self.width, self.height, points, self.descriptors[:, _MIRROR])
+
+    def to_bytes(self) -> bytes:
+        """The compact stored form (see the module docstring)."""
+        header = _HEADER.pack(FORMAT_VERSION, self.width, self.height, len(self))
+        points = self.points.astype("<f2").tobytes()
+        return header + points + np.ascontiguousarray(self.descriptors, dtype=np.uint8).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LocalFeatures:
+        """Inverse of :meth:`to_bytes`; ValueError for anything else."""
+        if len(data) < _HEADER.size:
+            raise ValueError("local features: truncated header")
+        version, width, height, count = _HEADER.unpack_from(data)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"local features: unknown format version {version}")
+        if len(data) != _HEADER.size + count * (4 + 128):
+            raise ValueError("local features: length does not match the keypoint count")
+        start = _HEADER.size
+        points = np.frombuffer(data, "<f2", count * 2, start).reshape(count, 2).astype(np.float32)
+        descriptors = np.frombuffer(data, np.uint8, count * 128, start + count * 4).reshape(count, 128)
+        return cls(width, height, points, descriptors)
+
+
+def working_picture(image: Image.Image, side: int = WORKING_SIDE) -> np.ndarray:
+    """Greyscale uint8 array with its longer side scaled to ``side`` (up or down)."""
+    grey = image.convert("L")
+    scale = side / max(grey.size)
+    size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+    if size != grey.size:
+        grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0 if scale < 1 else None)
+    return np.asarray(grey, dtype=np.uint8)
+
+
+_detectors: dict[int, cv2.SIFT] = {}
+
+
+def _sift(max_keypoints: int) -> cv2.SIFT:
+    # cv2.SIFT objects are reentrant for detectAndCompute; one per keypoint budget is enough.
+    if max_keypoints not in _detectors:
+        _detectors[max_keypoints] = cv2.SIFT_create(nfeatures=max_keypoints)
+    return _detectors[max_keypoints]
+
+
+def extract(
+    image: Image.Image, *, mirror: bool = False, side: int = WORKING_SIDE, max_keypoints: int = MAX_KEYPOINTS
+) -> LocalFeatures:
+    """RootSIFT keypoints of ``image`` (or of its mirror image) at working resolution."""
+    if mirror:
+        image = ImageOps.mirror(image)
+    return extract_pixels(working_picture(image, side), max_keypoints)
+
+
+def extract_pixels(pixels: np.ndarray, max_keypoints: int = MAX_KEYPOINTS) -> LocalFeatures:
+    """RootSIFT keypoints of a greyscale picture already at working resolution."""
+    keypoints, descriptors = _sift(max_keypoints).detectAndCompute(np.ascontiguousarray(pixels), None)
+    height, width = pixels.shape
+    if descriptors is None or not keypoints:
+        return LocalFeatures(width, height, np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    if len(keypoints) > max_keypoints:  # SIFT may keep ties beyond nfeatures
+        keypoints, descriptors = keypoints[:max_keypoints], descriptors[:max_keypoints]
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32)
+    return LocalFeatures(width, height, points, quantise(root_sift(descriptors)))
+
+
+def root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """Hellinger-kernel SIFT: L1-normalise, then square root (Arandjelovic & Zisserman, 2012)."""
+    d = descriptors.astype(np.float32)
+    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-7)
+    return np.sqrt(d)
+
+
+def quantise(descriptors: np.ndarray) -> np.ndarray:
+    """Unit-length float descriptors -> uint8 (x :data:`QUANT_SCALE`, clipped)."""
+    return np.clip(np.rint(descriptors * QUANT_SCALE), 0, 255).astype(np.uint8)

@@ -1,0 +1,115 @@
+"""Match two pictures' local features and check that the matches agree on one geometry.
+
+An edited copy (cropped, scaled, rotated, re-encoded, partly covered) shares many keypoints with
+its original *at positions related by one similarity transform*; another photo of a similar
+thing shares descriptors here and there, but scattered. So: nearest neighbours with Lowe's ratio
+test, one match per stored keypoint, then RANSAC for a similarity transform (rotation, uniform
+scale, translation; a mirrored copy is handled by matching the mirrored query's features). What
+comes out is :class:`Evidence`, the raw numbers the decision in
+:mod:`same_search.verify.decision` weighs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from same_search.verify.local_features import LocalFeatures
+
+#: Lowe's ratio: a match counts only if its nearest neighbour is clearly closer than the second.
+RATIO = 0.8
+#: RANSAC inlier distance, in working-resolution pixels of the stored picture.
+REPROJECTION_PX = 5.0
+#: Below this many tentative matches no transform is estimated: the decision needs at least 8
+#: inliers (same_search/verify/decision.py), so fewer matches can never pass and RANSAC is skipped.
+MIN_MATCHES = 8
+#: A transform that scales by more than this (or less than its inverse) is not an edit we accept.
+MAX_SCALE = 8.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How well a query's keypoints agree with a stored picture's under one similarity transform."""
+
+    matches: int  # tentative matches after the ratio test, one per stored keypoint
+    inliers: int  # of those, consistent with the estimated transform
+    coverage: float  # area of the inliers' convex hull / area of the smaller picture's overlap
+    scale: float  # query -> stored scale factor of the transform (0 when none)
+    mirrored: bool = False
+
+    @staticmethod
+    def none(matches: int = 0) -> Evidence:
+        return Evidence(matches, 0, 0.0, 0.0)
+
+
+def tentative_matches(query: LocalFeatures, stored: LocalFeatures, ratio: float = RATIO) -> np.ndarray:
+    """(k, 2) index pairs (query, stored) passing the ratio test, at most one per stored keypoint."""
+    if len(query) < 2 or len(stored) < 2:
+        return np.zeros((0, 2), np.int64)
+    q = torch.from_numpy(query.descriptors.astype(np.float32))
+    s = torch.from_numpy(stored.descriptors.astype(np.float32))
+    # Squared distances by one matrix product (the descriptors' scale cancels in the ratio). It
+    # runs in torch, which the embedder holds to its planned thread count: numpy's BLAS would
+    # spread this small product over every core and take many times longer on a busy machine.
+    distances = (q * q).sum(dim=1)[:, None] - 2.0 * (q @ s.T) + (s * s).sum(dim=1)[None, :]
+    two, nearest_two = torch.topk(distances, 2, dim=1, largest=False)
+    first, second = two[:, 0].numpy(), two[:, 1].numpy()
+    nearest = nearest_two[:, 0].numpy()
+    passed = np.flatnonzero(first < ratio * ratio * np.maximum(second, 0.0))
+    # One match per stored keypoint: the closest query keypoint claiming it.
+    order = passed[np.argsort(first[passed], kind="stable")]
+    _, keep = np.unique(nearest[order], return_index=True)
+    chosen = order[keep]
+    return np.stack([chosen, nearest[chosen]], axis=1).astype(np.int64)
+
+
+def verify(query: LocalFeatures, stored: LocalFeatures, mirrored: bool = False) -> Evidence:
+    """Match ``query`` against ``stored`` and estimate one similarity transform between them."""
+    pairs = tentative_matches(query, stored)
+    if len(pairs) < MIN_MATCHES:
+        return Evidence.none(len(pairs))
+    src = query.points[pairs[:, 0]]
+    dst = stored.points[pairs[:, 1]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=1000, confidence=0.995
+    )
+    if transform is None or mask is None:
+        return Evidence.none(len(pairs))
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2]))))
+    if not 1.0 / MAX_SCALE <= scale <= MAX_SCALE:
+        return Evidence.none(len(pairs))
+    inlier = mask.ravel().astype(bool)
+    return Evidence(
+        len(pairs),
+        int(inlier.sum()),
+        _coverage(src[inlier], dst[inlier], query, stored, scale),
+        scale,
+        mirrored,
+    )
+
+
+def _coverage(
+    src: np.ndarray, dst: np.ndarray, query: LocalFeatures, stored: LocalFeatures, scale: float
+) -> float:
+    """How much of the shared area the inliers span: hull area over the overlap's area.
+
+    The overlap is bounded by the stored picture and by the query mapped into it, so a small
+    crop whose keypoints span all of it covers as much as a full copy does. Repetitive texture
+    that fools the matcher tends to agree only within a small patch, which this exposes.
+    """
+    if len(dst) < 3:
+        return 0.0
+    hull = cv2.convexHull(dst.reshape(-1, 1, 2).astype(np.float32))
+    area = float(cv2.contourArea(hull))
+    overlap = min(stored.width * stored.height, query.width * query.height * scale * scale)
+    return min(1.0, area / max(overlap, 1.0))
+
+
+def best_evidence(query: LocalFeatures, stored: LocalFeatures) -> Evidence:
+    """The stronger of the query's and its mirror image's evidence."""
+    direct = verify(query, stored)
+    mirror = verify(query.mirrored(), stored, mirrored=True)
+    return mirror if mirror.inliers > direct.inliers else direct

@@ -1,0 +1,124 @@
+"""Local features for the daemon: extracted off the event loop, judged against stored ones.
+
+:class:`SamePictureService` is what the library layer calls: :meth:`extract` when an item is
+added (its bytes to store), :meth:`query` for a search image, and :meth:`judge` for a list of
+candidates. It knows nothing of libraries or storage; callers hand it the stored bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from same_search.embed.errors import ImageRefused
+from same_search.embed.images import ImageLimits, decode
+from same_search.verify import decision, local_features, matching
+from same_search.verify.local_features import LocalFeatures
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QueryFeatures:
+    """A query's local features, and their mirror image's once needed."""
+
+    direct: LocalFeatures
+    _mirror: LocalFeatures | None = field(default=None, repr=False)
+
+    def mirror(self) -> LocalFeatures:
+        """The mirrored picture's features (a permutation, computed on first use)."""
+        if self._mirror is None:
+            self._mirror = self.direct.mirrored()
+        return self._mirror
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One candidate judged: the same picture or not, and the evidence behind it (None: no features)."""
+
+    key: int
+    score: float
+    same: bool
+    evidence: matching.Evidence | None
+
+
+class SamePictureService:
+    """Extraction and verification in their own small thread pool."""
+
+    def __init__(self, limits: ImageLimits, threads: int = 2) -> None:
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
+
+    def close(self) -> None:
+        """Stop the threads (pending work finishes first)."""
+        self._pool.shutdown(wait=True)
+
+    async def extract(self, data: bytes) -> bytes | None:
+        """The stored form of an image's local features; None when they cannot be had.
+
+        Never fails an add: a picture the embedder accepts but this cannot describe is stored
+        without local features, and judged by the strict score fallback.
+        """
+        query = await self.query(data)
+        return None if query is None else query.direct.to_bytes()
+
+    async def query(self, data: bytes) -> QueryFeatures | None:
+        """Decode ``data`` and extract its local features (None if it cannot be decoded)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, self._query, data)
+        except ImageRefused:  # undecodable or out of limits: the embedder reports it to the client
+            return None
+        except Exception:
+            log.exception("local feature extraction failed")
+            return None
+
+    def _query(self, data: bytes) -> QueryFeatures:
+        picture = decode(data, self.limits, local_features.WORKING_SIDE)
+        return QueryFeatures(local_features.extract(picture))
+
+    @staticmethod
+    def stored_query(data: bytes | None) -> QueryFeatures | None:
+        """A stored item as the query (search by contsign)."""
+        return None if data is None else QueryFeatures(LocalFeatures.from_bytes(data))
+
+    async def judge(
+        self, query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
+    ) -> list[Verdict]:
+        """Judge ``(key, score)`` candidates against their stored features, in order."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, judge, query, candidates, stored)
+
+
+def judge(
+    query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
+) -> list[Verdict]:
+    """Verdicts for ``candidates``; the mirrored query is tried only for candidates the direct
+    one does not confirm."""
+    verdicts = []
+    for key, score in candidates:
+        candidate = _parse(stored.get(key), key)
+        if query is None or candidate is None:
+            verdicts.append(Verdict(key, score, decision.is_same_picture(score, None), None))
+            continue
+        evidence = matching.verify(query.direct, candidate)
+        if not decision.is_same_picture(score, evidence):
+            flipped = matching.verify(query.mirror(), candidate, mirrored=True)
+            if flipped.inliers > evidence.inliers:
+                evidence = flipped
+        verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
+    return verdicts
+
+
+def _parse(data: bytes | None, key: int) -> LocalFeatures | None:
+    """Stored features, or None when absent or unreadable (judged like an item without them)."""
+    if data is None:
+        return None
+    try:
+        return LocalFeatures.from_bytes(data)
+    except ValueError as exc:
+        log.warning("stored local features of key %d are unreadable (%s); judged by score only", key, exc)
+        return None
