@@ -272,9 +272,16 @@ class LibraryService:
         found = self.unavailable.get(appid)
         return found if found is not None else await self.get(appid)
 
-    async def stored_count(self, lib: Library | Unavailable) -> int:
-        """Items a library holds (also one set aside, whose index is not loaded)."""
-        return await self.backend.stored_count(lib.row)
+    async def stored_count(self, lib: Library | Unavailable) -> int | None:
+        """Items a library holds (also one set aside, whose index is not loaded); None when the
+        backend cannot count them (a set-aside Milvus collection that does not load), so that
+        deleting such a library still works."""
+        try:
+            return await self.backend.stored_count(lib.row)
+        except (StorageError, LibraryGone):
+            if isinstance(lib, Library):
+                raise
+            return None
 
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
@@ -347,11 +354,19 @@ class LibraryService:
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
         # Local features of the whole picture (same-picture checks) are extracted alongside the
-        # forward pass.
-        (vector, thumbnail), local = await asyncio.gather(
-            self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side, region),
-            self.verifier.extract(image) if self._keeps_local_features else _nothing(),
+        # forward pass; when the embedder refuses (busy, timeout, bad image) the extraction is
+        # cancelled too, so refused adds never pile up work outside the embedder's admission limit.
+        extraction = asyncio.ensure_future(
+            self.verifier.extract(image) if self._keeps_local_features else _nothing()
         )
+        try:
+            vector, thumbnail = await self.embed.embed_with_thumbnail(
+                image, self.cfg.storage.thumbnail_side, region
+            )
+        except BaseException:
+            extraction.cancel()
+            raise
+        local = await extraction
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
         close = await asyncio.shield(

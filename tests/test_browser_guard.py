@@ -206,6 +206,10 @@ async def test_the_management_port_requires_its_content_types(client, api):
         assert (await envelope(await client.post(path, data=b"PK\x03\x04", headers=plain)))["err_no"] == 1
     for path in ("/api/libraries/shop/rebuild", "/api/libraries/shop/save", "/logout"):
         assert (await envelope(await client.post(path, data=b"x", headers=plain)))["err_no"] == 1
+    # remove-extras takes an optional body; one sent without a JSON type is refused (no scan needed)
+    remove_extras = "/api/libraries/shop/duplicates/1/remove"
+    no_type = await client.post(remove_extras, data=b'{"contsigns": []}', skip_auto_headers=["Content-Type"])
+    assert (await envelope(no_type))["err_no"] == 1
     assert (await envelope(await client.get("/api/jobs")))["jobs"] == []
     assert await libraries(client) == ["shop"]
 
@@ -333,7 +337,9 @@ async def test_console_pages_need_the_operator_login(aiohttp_client, config, emb
     client = await aiohttp_client(create_app(config, embedder))
     signup = {"from": "x", "appid": "secret-shop", "token": "t-ops"}
     assert (await envelope(await client.post(f"{R}/signup", json=signup)))["err_no"] == 0
-    for path in ("/", "/libraries/secret-shop", "/libraries/secret-shop/items/1,2"):
+    shop = "/libraries/secret-shop"
+    pages = ("/", shop, f"{shop}/items/1,2", f"{shop}/duplicates")
+    for path in pages:
         response = await client.get(path, allow_redirects=False)
         assert response.status == 303 and response.headers["Location"].startswith("/login?next=")
         assert "secret-shop" not in await response.text()

@@ -80,6 +80,7 @@ def test_drag_a_box_on_the_query_picture(daemon, page, tmp_path: Path):
     query.write_bytes(two_panels())
     page.goto(daemon.url("admin", "/libraries/shop"))
     page.set_input_files("#file", str(query))
+    page.wait_for_selector("#results .card")  # the whole-picture search first, so it cannot land late
     page.wait_for_selector("#region-panel:not([hidden])")
     page.wait_for_function("document.getElementById('region-image').naturalWidth > 0")
     drag(page, "#region-image", (0.55, 0.05), (0.97, 0.95))

@@ -263,3 +263,12 @@ async def test_unreadable_stored_features_are_judged_by_score_alone(api, library
 async def test_a_bad_image_is_still_err_100_under_same_picture(api, library):
     body = await api(f"{R}/search", appid="lib", image=b64(b"not an image"), same_picture=1)
     assert body["err_no"] == 100
+
+
+def test_unreadable_stored_features_as_a_query_fall_back_to_the_score():
+    """Search by contsign with same_picture: a stored row whose features do not parse (corrupt, or
+    an older format) is treated like an item without features, never an internal error."""
+    from same_search.verify.service import SamePictureService
+
+    assert SamePictureService.stored_query(b"not local features") is None
+    assert SamePictureService.stored_query(None) is None

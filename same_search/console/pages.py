@@ -233,7 +233,7 @@ def _library_extensions(appid: str) -> str:
 <p>Drag a box on the picture: only that part is searched.</p>
 <div id="region-stage"><img id="region-image" alt="query picture" draggable="false"><div id="region-box" hidden></div></div>
 <p id="region-status"></p></div>
-<p><a id="duplicates-link" href="/libraries/{escape(appid)}/duplicates">Find near-duplicates in this library</a></p>
+<p><a id="duplicates-link" href="{library_href(appid)}/duplicates">Find near-duplicates in this library</a></p>
 <script src="/static/ext/region.js" defer></script>"""
 
 
@@ -247,7 +247,7 @@ async def duplicates_page(request: web.Request) -> web.Response:
     appid = lib.row.appid
     floor = (await services.libraries.stats(lib))["dup_min_score"]
     body = f"""{_EXTENSION_STYLE}
-<p><a href="/libraries/{escape(appid)}">&larr; {escape(appid)}</a></p>
+<p><a href="{library_href(appid)}">&larr; {escape(appid)}</a></p>
 <h1>Near-duplicates in {escape(appid)}</h1>
 <p>Groups of pictures scoring at least the floor against the oldest copy in their group. A floor
 below 0.95 also groups different photos of look-alike things: check each group before removing.</p>
@@ -270,7 +270,7 @@ async def extension_static(request: web.Request) -> web.Response:
 
 def add_extension_routes(app: web.Application) -> None:
     """Register the extension pages and their scripts."""
-    app.router.add_get("/libraries/{appid}/duplicates", duplicates_page)
+    app.router.add_get("/libraries/{appid}/duplicates", operator_only(duplicates_page))
     app.router.add_get("/static/ext/{name}", extension_static)
 
 

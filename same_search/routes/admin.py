@@ -135,7 +135,8 @@ async def delete_library(request: web.Request) -> web.Response:
     lib = await services.libraries.get_any(request.match_info["appid"])
     items = await services.libraries.stored_count(lib)
     if request.query.get("confirm") != lib.row.appid:
-        raise bad_request(f"add ?confirm={lib.row.appid} to delete this library and its {items} items")
+        what = "its items" if items is None else f"its {items} items"
+        raise bad_request(f"add ?confirm={lib.row.appid} to delete this library and {what}")
     await services.libraries.delete_library(lib)
     return ok(deleted=lib.row.appid, items=items)
 

@@ -62,7 +62,10 @@ BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("PUT", wire.DUP_POLICY): JSON_TYPES,
     ("POST", wire.DUP_POLICY): JSON_TYPES,
     ("POST", wire.DUPLICATES): JSON_TYPES,
+    ("POST", wire.DUPLICATES_REMOVE): JSON_TYPES,
 }
+#: JSON routes whose body is optional (no body: remove every extra); a body sent must be JSON.
+BODY_OPTIONAL = frozenset({("POST", wire.DUPLICATES_REMOVE)})
 
 CORS_METHODS = "POST, OPTIONS"
 CORS_HEADERS = "Content-Type, X-Same-Token, Authorization"
@@ -156,8 +159,11 @@ class BrowserGuard:
         raw = request.headers.get(hdrs.CONTENT_TYPE)
         mime = request.content_type if raw is not None else None
         resource = request.match_info.route.resource
-        wanted = BODY_TYPES.get((request.method, resource.canonical)) if resource is not None else None
-        needs_type = wanted is not None and (wanted is JSON_TYPES or request.body_exists)
+        route = (request.method, resource.canonical) if resource is not None else None
+        wanted = BODY_TYPES.get(route) if route is not None else None
+        needs_type = wanted is not None and (
+            (wanted is JSON_TYPES and route not in BODY_OPTIONAL) or request.body_exists
+        )
         if needs_type and not _matches(mime, wanted):
             listed = " or ".join(wanted)
             got = f"got {mime}" if mime else "none was sent"

@@ -83,7 +83,13 @@ class SamePictureService:
     @staticmethod
     def stored_query(data: bytes | None) -> QueryFeatures | None:
         """A stored item as the query (search by contsign)."""
-        return None if data is None else QueryFeatures(LocalFeatures.from_bytes(data))
+        if data is None:
+            return None
+        try:
+            return QueryFeatures(LocalFeatures.from_bytes(data))
+        except ValueError as exc:  # unreadable: judged like an item without features
+            log.warning("stored local features unreadable (%s); falling back to the score", exc)
+            return None
 
     async def judge(
         self, query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
