@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -69,10 +70,25 @@ def backend() -> str:
 @pytest.fixture(scope="session")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A milvus-lite server in this process (a gRPC server on a free loopback port)."""
+    import grpc
     from milvus_lite import server_manager_instance
 
     path = str(tmp_path_factory.mktemp("milvus") / "lite.db")
-    uri = server_manager_instance.start_and_get_uri(path)
+    # pymilvus pings every 10 s even while idle; milvus-lite's gRPC server keeps grpc's default
+    # ping policy and answers a session's idle stretches with GOAWAY "too many pings", after which
+    # the next connect can fail. A real Milvus allows those pings: let this test server allow them.
+    real_server = grpc.server
+
+    def server_allowing_pings(*args, options=(), **kwargs):
+        allow = [
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+        return real_server(*args, options=[*options, *allow], **kwargs)
+
+    with mock.patch.object(grpc, "server", server_allowing_pings):
+        uri = server_manager_instance.start_and_get_uri(path)
     assert uri is not None, "milvus-lite did not start"
     yield uri
     server_manager_instance.release_server(path)

@@ -67,6 +67,8 @@ from same_search.config import Config
 from same_search.store.db import Store
 
 log = logging.getLogger(__name__)
+#: Tries to reach Milvus at start (0.5 s, then 1 s, between them).
+CONNECT_ATTEMPTS = 3
 
 T = TypeVar("T")
 
@@ -153,7 +155,7 @@ class MilvusBackend(Backend):
         await self._jobs.open()
         storage = self.cfg.storage
         try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._connect, storage)
+            await self._connect_with_retries(storage)
         except Exception as exc:
             raise BackendUnavailable(
                 f"cannot use Milvus at {storage.uri!r} (database {storage.db_name or 'default'!r}): {exc}"
@@ -166,6 +168,19 @@ class MilvusBackend(Backend):
                     raise
         await self._run(self.client.load_collection, CATALOGUE)
         log.info("milvus backend: %s, database %r", storage.uri, storage.db_name or "default")
+
+    async def _connect_with_retries(self, storage: Any, attempts: int = CONNECT_ATTEMPTS) -> None:
+        """Connect, retrying a few times: a Milvus that is restarting, or a gRPC channel the server
+        just closed (GOAWAY), fails the first attempt and serves the next."""
+        for attempt in range(attempts):
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._connect, storage)
+                return
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("milvus at %s not reachable (%s); retrying", storage.uri, exc)
+                await asyncio.sleep(0.5 * 2**attempt)
 
     def _connect(self, storage: Any) -> None:
         from pymilvus import MilvusClient
