@@ -38,6 +38,7 @@ import common  # first: puts the repository and bench/ on sys.path
 import numpy as np
 import quality_variants as variants
 import torch
+from hard_edits import crop_fraction as _crop_fraction
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from same_search.config import ModelConfig
@@ -231,18 +232,6 @@ def load_imagenet(root: Path, count: int, offset: int = 0) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------------
 # Edits for the near-duplicate task
 # --------------------------------------------------------------------------------------------
-
-
-def _crop_fraction(image: Image.Image, area: float, rng: random.Random | None) -> Image.Image:
-    """Keep ``area`` of the picture (same aspect), centred or at a random position."""
-    width, height = image.size
-    side = area**0.5
-    cw, ch = max(1, round(width * side)), max(1, round(height * side))
-    if rng is None:
-        left, top = (width - cw) // 2, (height - ch) // 2
-    else:
-        left, top = rng.randint(0, width - cw), rng.randint(0, height - ch)
-    return image.crop((left, top, left + cw, top + ch))
 
 
 def _text_band(image: Image.Image, rng: random.Random) -> Image.Image:

@@ -6,27 +6,15 @@ Debian's `chromium`). The browser talks to a real daemon process.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from browser import ARGS, CHROMIUM, needs_chromium
 from conftest import b64, brief
 from daemon import Daemon
 from images import jpeg
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium on this machine: apt-get install chromium (.ci/run does it)"
-)
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import ARGS, CHROMIUM, needs_chromium
 from conftest import b64, brief
 from daemon import Daemon
 from images import jpeg
-from test_console import ARGS, CHROMIUM
 
 from same_search.contsign import ContSign
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium on this machine: apt-get install chromium (.ci/run does it)"
-)
+pytestmark = needs_chromium
 OPERATOR = "t-ops"
 TOKENS = f'[auth]\ntokens = {{ shop = "t-shop", "*" = "{OPERATOR}" }}\n'
 ITEMS = 6
