@@ -39,6 +39,7 @@ import numpy as np
 import quality_variants as variants
 import torch
 from hard_edits import crop_fraction as _crop_fraction
+from hard_edits import logo as _logo
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from same_search.config import ModelConfig
@@ -272,21 +273,6 @@ def _screenshot(image: Image.Image) -> Image.Image:
         right = width // 10 + (width * (9 - row)) // 10
         draw.rectangle((width // 10, y, right, y + max(2, height // 60)), fill=(150, 150, 150))
     return canvas
-
-
-def _logo(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A large semi-opaque logo (disc + wordmark) over a random third of the picture."""
-    out = image.convert("RGBA")
-    width, height = out.size
-    side = min(width, height) // 2
-    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    left, top = rng.randint(0, width - side), rng.randint(0, height - side)
-    colour = tuple(rng.randint(0, 255) for _ in range(3))
-    draw.ellipse((left, top, left + side, top + side), fill=(*colour, 200))
-    font = ImageFont.load_default(size=max(10, side // 4))
-    draw.text((left + side // 8, top + side // 3), "LOGO", fill=(255, 255, 255, 230), font=font)
-    return Image.alpha_composite(out, layer).convert("RGB")
 
 
 def _down_up(image: Image.Image, short_side: int = 80) -> Image.Image:
