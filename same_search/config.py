@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -71,13 +72,21 @@ class StorageConfig:
     milvus_shards: int = 1
     #: Milvus only: in-memory replicas each library is loaded with (<= the number of query nodes).
     milvus_replicas: int = 1
+    #: Keep every added image's bytes under ``<data_dir>/originals`` (content-addressed), so a
+    #: library can be re-embedded with another model later (local backend only).
+    keep_originals: bool = False
 
     def __post_init__(self) -> None:
-        """Refuse a backend we do not have, or Milvus without an address."""
+        """Refuse a backend we do not have, Milvus without an address, or kept originals on Milvus."""
         if self.backend not in ("local", "milvus"):
             raise ConfigError(f'[storage] backend must be "local" or "milvus", got {self.backend!r}')
         if self.backend == "milvus" and not self.uri:
             raise ConfigError('[storage] backend = "milvus" needs uri (e.g. "http://127.0.0.1:19530")')
+        if self.backend == "milvus" and self.keep_originals:
+            raise ConfigError(
+                '[storage] keep_originals needs backend = "local": originals live in one daemon\'s data '
+                "dir, while a Milvus backend is shared by several daemons (and cannot be re-embedded)"
+            )
 
 
 POOLINGS = ("avg", "gem")
@@ -266,6 +275,11 @@ class FetchConfig:
     max_redirects: int = 3
 
 
+#: The name ``[model]`` (the daemon's default model) goes by, e.g. in signup's ``model`` field.
+DEFAULT_MODEL = "default"
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration tree."""
@@ -273,16 +287,31 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: Named model profiles (``[models.<name>]``, the keys of ``[model]``) besides the default.
+    models: dict[str, ModelConfig] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
+    def __post_init__(self) -> None:
+        """Refuse profile names a request could not name, and the reserved default name."""
+        for name in self.models:
+            if name == DEFAULT_MODEL or not _PROFILE_NAME.match(name):
+                raise ConfigError(
+                    f"[models.{name}]: a profile name is 1-64 letters, digits, '_', '-' or '.', "
+                    f"and not {DEFAULT_MODEL!r} (the name of [model])"
+                )
+
     @property
     def data_path(self) -> Path:
         """The data directory as a path."""
         return Path(self.storage.data_dir)
+
+    def model_profiles(self) -> dict[str, ModelConfig]:
+        """Every model the daemon may serve by name: ``default`` ([model]) first, then [models.*]."""
+        return {DEFAULT_MODEL: self.model, **self.models}
 
 
 class ConfigError(ValueError):
@@ -321,8 +350,21 @@ def from_mapping(data: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown section [{name}]; known: {', '.join(sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table")
+        if name == "models":
+            built[name] = _profiles(values)
+            continue
         built[name] = _coerce(name, type(sections[name]()), values)
     return Config(**built)
+
+
+def _profiles(values: dict[str, Any]) -> dict[str, ModelConfig]:
+    """``[models.<name>]`` tables, each with the keys of ``[model]``."""
+    profiles = {}
+    for name, table in values.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[models] {name} must be a table [models.{name}] with the keys of [model]")
+        profiles[name] = _coerce(f"models.{name}", ModelConfig, table)
+    return profiles
 
 
 def load(path: str | Path | None) -> Config:

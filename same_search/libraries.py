@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,17 +30,20 @@ from same_search.backends.base import (
     LibraryFull,
     LibraryGone,
     LibraryRow,
+    ModelChanged,
     NewItem,
     NewLibrary,
+    ReembedJobRow,
     StorageError,
     TagFilter,
     Tags,
     TooManyItems,
     Unavailable,
 )
-from same_search.config import Config
+from same_search.config import DEFAULT_MODEL, Config
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
+from same_search.embed.registry import ModelRegistry
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
@@ -98,7 +101,7 @@ class AddResult:
 
 
 class ModelMismatch(RuntimeError):
-    """A library was built with another model than the one serving; never mix vectors."""
+    """A library was built with a model this daemon does not serve; never mix vectors."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class Item:
     contsign: ContSign
     brief: bytes
     tags: Tags | None
+    #: sha256 of its kept original, if one is kept.
+    original: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ class LibraryCensus:
 
 
 def _item(row: ItemRow) -> Item:
-    return Item(ContSign.from_key(row.key), row.brief, row.tags)
+    return Item(ContSign.from_key(row.key), row.brief, row.tags, row.original)
 
 
 async def _nothing() -> None:
@@ -163,10 +168,14 @@ def _not_signed_up(appid: str) -> ApiError:
 class LibraryService:
     """Every library of the daemon and the operations the API offers on them."""
 
-    def __init__(self, cfg: Config, backend: Backend, embed: EmbedService) -> None:
+    def __init__(self, cfg: Config, backend: Backend, models: ModelRegistry) -> None:
         self.cfg = cfg
         self.backend = backend
-        self.embed = embed
+        #: Every model served; each library embeds with the one its fingerprint names.
+        self.models = models
+        #: The default model's queue (new libraries, the feature service).
+        self.embed = models.default
+        embed = models.default
         self.libraries: dict[str, Library] = {}
         self._signup_lock = asyncio.Lock()
         #: Per library: held while a near-duplicate check and the store that follows it run.
@@ -179,13 +188,17 @@ class LibraryService:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the backend and load every library (refusing libraries of another model)."""
+        """Open the backend and load every library; one whose model is not served is set aside
+        (err_no 6, named in /healthz), never served with another model, never a failed start."""
         await self.backend.open()
         for lib in await self.backend.load_libraries():
             if isinstance(lib, Unavailable):
                 self._set_aside(lib.row, lib.reason)
                 continue
-            self._check_model(lib)
+            missing = self._model_missing(lib.row)
+            if missing is not None:
+                self._set_aside(lib.row, missing)
+                continue
             self.libraries[lib.row.appid] = lib
 
     def _set_aside(self, row: LibraryRow, reason: str) -> None:
@@ -198,16 +211,55 @@ class LibraryService:
             row.appid,
         )
 
-    def _check_model(self, lib: Library) -> None:
-        info, row = self.embed.info, lib.row
-        if row.fingerprint != info.fingerprint or row.dim != info.dim:
-            raise ModelMismatch(
-                f"library {row.appid!r} holds vectors of model {row.model_id} "
-                f"(fingerprint {row.fingerprint}, dim {row.dim}) but this daemon serves {info.model_id} "
-                f"(fingerprint {info.fingerprint}, dim {info.dim}). Start with the [model] "
-                "settings the library was built with, or point --data-dir at a new directory "
-                "and add the images again."
+    def _model_missing(self, row: LibraryRow) -> str | None:
+        """Why no served model fits a library's vectors, or None when one does."""
+        embed = self.models.for_fingerprint(row.fingerprint)
+        if embed is not None and embed.info.dim == row.dim:
+            return None
+        failed = "; ".join(
+            f"profile {name!r} failed to load: {why}" for name, why in self.models.failed.items()
+        )
+        return (
+            f"built with model {row.model_id} (fingerprint {row.fingerprint}, dim {row.dim}), which no "
+            "configured model profile provides"
+            + (f" ({failed})" if failed else "")
+            + ". Add a [models.<name>] profile with the settings it was built with and restart"
+        )
+
+    def embed_for(self, lib: Library) -> EmbedService:
+        """The batching queue of the model a library's vectors were made with."""
+        embed = self.models.for_fingerprint(lib.row.fingerprint)
+        if embed is None:  # only after a profile vanished under a served library: never mix
+            raise ApiError(ErrNo.BS_UNAVAILABLE, f"library {lib.row.appid!r}: {self._model_missing(lib.row)}")
+        return embed
+
+    async def embed_query(self, lib: Library, image: bytes, region: Region | None = None) -> np.ndarray:
+        """A query picture's vector, made by the library's own model."""
+        return await self.embed_for(lib).embed_image(image, region)
+
+    def model_named(self, name: str | None) -> EmbedService:
+        """The queue of a model profile by name (None: the default); err_no 1 for an unknown one,
+        err_no 6 for one configured but not loaded."""
+        name = DEFAULT_MODEL if name is None else name
+        embed = self.models.by_name(name)
+        if embed is not None:
+            return embed
+        if name in self.models.failed:
+            raise ApiError(
+                ErrNo.BS_UNAVAILABLE, f"model {name!r} is not available: {self.models.failed[name]}"
             )
+        known = ", ".join(self.models.profile_names())
+        raise bad_request(f"model {name!r} is not configured; configured models: {known}")
+
+    def models_in_use(self) -> list[dict]:
+        """Every model profile and the libraries each one serves (/healthz, the console)."""
+        shown = self.models.describe()
+        for model in shown:
+            fingerprint = model.get("fingerprint")
+            model["libraries"] = sorted(
+                appid for appid, lib in self.libraries.items() if lib.row.fingerprint == fingerprint
+            )
+        return shown
 
     async def save_indexes(self, only_dirty: bool = True) -> int:
         """Make every (changed) library's search structure durable; returns how many were saved."""
@@ -253,10 +305,9 @@ class LibraryService:
             lib = await self.backend.find_library(appid)
             if lib is None:
                 raise _not_signed_up(appid)
-            try:
-                self._check_model(lib)
-            except ModelMismatch as exc:  # made by a daemon serving another model: never mix
-                raise ApiError(ErrNo.INTERNAL, str(exc)) from exc
+            missing = self._model_missing(lib.row)
+            if missing is not None:  # made by a daemon serving another model: never mix
+                raise ApiError(ErrNo.BS_UNAVAILABLE, f"library {appid!r} is unavailable here: {missing}")
             lib = self.libraries.setdefault(appid, lib)
         return lib
 
@@ -287,7 +338,11 @@ class LibraryService:
         """Every library, including those other daemons created on a shared backend."""
         if self.backend.shared:
             loaded = await self.backend.load_libraries()
-            current = {lib.row.appid: lib for lib in loaded if isinstance(lib, Library)}
+            current = {
+                lib.row.appid: lib
+                for lib in loaded
+                if isinstance(lib, Library) and self._model_missing(lib.row) is None
+            }
             for appid in list(self.libraries):
                 if appid not in current:  # deleted through another daemon
                     del self.libraries[appid]
@@ -295,14 +350,15 @@ class LibraryService:
                 self.libraries.setdefault(appid, lib)
         return list(self.libraries.values())
 
-    async def signup(self, appid: str) -> Library:
-        """Create a library for the serving model; err_no 104 if it exists."""
+    async def signup(self, appid: str, model: str | None = None) -> Library:
+        """Create a library for the model profile ``model`` (None: the default); err_no 104 if
+        it exists, 1 for an unknown model."""
+        info = self.model_named(model).info
         async with self._signup_lock:
             exists = ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
             taken = appid in self.libraries or appid in self.unavailable
             if taken or await self.backend.find_library(appid) is not None:
                 raise exists
-            info = self.embed.info
             try:
                 lib = await self.backend.create_library(appid, info.model_id, info.dim, info.fingerprint)
             except AlreadyExists as exc:
@@ -353,6 +409,22 @@ class LibraryService:
         """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
+        try:
+            return await self._add(lib, contsign, image, brief, tags, policy, region)
+        except ModelChanged:  # a re-embed switched the library while this image was embedded
+            return await self._add(lib, contsign, image, brief, tags, policy, region)
+
+    async def _add(
+        self,
+        lib: Library,
+        contsign: ContSign,
+        image: bytes,
+        brief: bytes,
+        tags: Tags | None,
+        policy: DupPolicy,
+        region: Region | None,
+    ) -> AddResult:
+        embed = self.embed_for(lib)
         # Local features of the whole picture (same-picture checks) are extracted alongside the
         # forward pass; when the embedder refuses (busy, timeout, bad image) the extraction is
         # cancelled too, so refused adds never pile up work outside the embedder's admission limit.
@@ -360,7 +432,7 @@ class LibraryService:
             self.verifier.extract(image) if self._keeps_local_features else _nothing()
         )
         try:
-            vector, thumbnail = await self.embed.embed_with_thumbnail(
+            vector, thumbnail = await embed.embed_with_thumbnail(
                 image, self.cfg.storage.thumbnail_side, region
             )
         except BaseException:
@@ -369,12 +441,28 @@ class LibraryService:
         local = await extraction
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
+        original = image if self.keeps_originals else None
         close = await asyncio.shield(
             self.store_vector(
-                lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image), local
+                lib,
+                contsign,
+                brief,
+                tags,
+                vector,
+                thumbnail,
+                policy,
+                Query(vector, image),
+                local,
+                original,
+                embed.info.fingerprint,
             )
         )
         return AddResult(contsign, close)
+
+    @property
+    def keeps_originals(self) -> bool:
+        """Whether adds keep the uploaded bytes (configured on, and the backend can)."""
+        return self.cfg.storage.keep_originals and self.backend.can_reembed
 
     async def store_vector(
         self,
@@ -387,6 +475,8 @@ class LibraryService:
         policy: DupPolicy = OFF,
         query: Query | None = None,
         local_features: bytes | None = None,
+        original: bytes | None = None,
+        fingerprint: str | None = None,
     ) -> list[Hit]:
         """Store an item with an already computed vector (``add`` and imports); 101 if stored.
 
@@ -407,27 +497,20 @@ class LibraryService:
             raise bad_request(problem)
         if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
             raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
+        stored = ItemToAdd(
+            contsign.key, brief, tags, vector, thumbnail, local_features, original, fingerprint
+        )
         if not policy.active:
-            await self._store_one(lib, contsign, brief, tags, vector, thumbnail, local_features)
+            await self._store_one(lib, contsign, stored)
             return []
         async with self._dup_locks.setdefault(lib.row.appid, asyncio.Lock()):
             close = await self._near_duplicates(lib, query or Query(vector), policy, local_features)
             if close and policy.rejects:
                 raise NearDuplicateAdd(close)
-            await self._store_one(lib, contsign, brief, tags, vector, thumbnail, local_features)
+            await self._store_one(lib, contsign, stored)
         return close
 
-    async def _store_one(
-        self,
-        lib: Library,
-        contsign: ContSign,
-        brief: bytes,
-        tags: Tags | None,
-        vector: np.ndarray,
-        thumbnail: bytes | None,
-        local_features: bytes | None = None,
-    ) -> None:
-        item = ItemToAdd(contsign.key, brief, tags, vector, thumbnail, local_features)
+    async def _store_one(self, lib: Library, contsign: ContSign, item: ItemToAdd) -> None:
         stored = await self.store_vectors(lib, [item])
         if not stored[0]:
             await self._refuse_duplicate(lib, contsign)
@@ -659,7 +742,7 @@ class LibraryService:
             return RepairReport(appid, dropped, restored=True)
 
     async def import_items(
-        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]], fingerprint: str | None = None
     ) -> tuple[Library, int, int]:
         """Store already validated items with their vectors; (library, imported, duplicates).
 
@@ -668,10 +751,18 @@ class LibraryService:
         behind; on Milvus batches are upserted one by one (docs/scale-out.md). Shielded: once
         storing starts, the index must follow it even if the caller goes away.
         """
-        return await asyncio.shield(self._import_items(appid, batches))
+        return await asyncio.shield(self._import_items(appid, batches, fingerprint))
+
+    def import_models(self, appid: str) -> dict[str, int]:
+        """Fingerprint -> dimension of the vectors an export import into ``appid`` may hold:
+        the library's own model when it exists, else any model served."""
+        lib = self.libraries.get(appid)
+        if lib is not None:
+            return {lib.row.fingerprint: lib.row.dim}
+        return {fingerprint: served.info.dim for fingerprint, served in self.models.served.items()}
 
     async def _import_items(
-        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]], fingerprint: str | None
     ) -> tuple[Library, int, int]:
         capacity = self.cfg.limits.library_capacity
         if appid in self.unavailable:
@@ -681,8 +772,19 @@ class LibraryService:
         except ApiError as exc:
             if exc.err_no != ErrNo.NOT_SIGNED_UP:
                 raise
-            info = self.embed.info
+            embed = self.embed if fingerprint is None else self.models.for_fingerprint(fingerprint)
+            if embed is None:
+                raise bad_request(
+                    f"no model served here makes vectors of fingerprint {fingerprint}"
+                ) from None
+            info = embed.info
             target = NewLibrary(appid, info.model_id, info.dim, info.fingerprint)
+        held = target.fingerprint if isinstance(target, NewLibrary) else target.row.fingerprint
+        if fingerprint is not None and held != fingerprint:
+            raise bad_request(
+                f"library {appid!r} holds vectors of fingerprint {held}, the export's are "
+                f"{fingerprint}: not comparable"
+            )
         try:
             if isinstance(target, NewLibrary):
                 async with self._signup_lock:  # a signup meanwhile gets 104
@@ -710,6 +812,68 @@ class LibraryService:
             ) from exc
         return lib, imported, duplicates
 
+    # ---- re-embedding (an extension: a library moved to another model from its kept originals) ---
+
+    @property
+    def reembed_ledger(self) -> Any:
+        """Where re-embed jobs are recorded; err_no 1 on a backend that cannot re-embed."""
+        if not self.backend.can_reembed:
+            raise bad_request(f"re-embedding needs the local backend; this daemon uses {self.backend.name}")
+        return self.backend.reembed_ledger
+
+    async def reembed_target(self, lib: Library, model: str | None) -> EmbedService:
+        """The model a re-embed of ``lib`` would move it to, after every refusal (err_no 1): no
+        model named, the one it already has, originals not kept, items without an original."""
+        if not self.backend.can_reembed:
+            raise bad_request(f"re-embedding needs the local backend; this daemon uses {self.backend.name}")
+        if not isinstance(model, str) or not model:
+            known = ", ".join(self.models.profile_names())
+            raise bad_request(f"model is required: the name of a model profile ({known})")
+        embed = self.model_named(model)
+        if embed.info.fingerprint == lib.row.fingerprint:
+            raise bad_request(
+                f"library {lib.row.appid!r} is already on model {model!r} (fingerprint {lib.row.fingerprint})"
+            )
+        if not self.keeps_originals:
+            raise bad_request(
+                "re-embedding rebuilds a library from its kept originals: set [storage] keep_originals "
+                "= true (items added before that have none)"
+            )
+        missing = await self._call(lib, self.backend.items_without_original(lib))
+        if missing:
+            total = await self.count(lib)
+            raise bad_request(
+                f"library {lib.row.appid!r} has {missing} of {total} items without a kept original (added "
+                "before keep_originals was on, or imported without originals): add those images again "
+                "(or remove them) before re-embedding"
+            )
+        return embed
+
+    async def read_original(self, sha256: str) -> bytes:
+        """A kept original's bytes (err_no 11 when its file cannot be read)."""
+        try:
+            return await self.backend.read_original(sha256)
+        except StorageError as exc:
+            raise _storage_failed(exc) from exc
+
+    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
+        """(key, original) of items that have no vector of the new model yet, oldest first."""
+        return await self._call(lib, self.backend.reembed_pending(lib, limit))
+
+    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Keep new-model vectors until the switch (persisted: a restart resumes after them)."""
+        await self._call(lib, self.backend.save_reembedded(lib, vectors))
+
+    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
+        """Move ``lib`` to the job's model in one transaction, then serve the new index."""
+        await self._call(lib, self.backend.switch_model(lib, job, catch_up))
+        log.info(
+            "library %s now serves model %s (fingerprint %s)",
+            lib.row.appid,
+            lib.row.model_id,
+            lib.row.fingerprint,
+        )
+
     async def items_page(self, lib: Library, offset: int, limit: int) -> list[tuple[Item, float, float]]:
         """(item, created_at, updated_at) in insertion order."""
         rows = await self._call(lib, self.backend.page_items(lib, offset, limit))
@@ -733,6 +897,11 @@ class LibraryService:
     async def thumbnail(self, lib: Library, contsign: ContSign) -> bytes | None:
         """The small JPEG stored with an item, if any."""
         return await self._call(lib, self.backend.thumbnail(lib, contsign.key))
+
+    async def read_originals(self, shas: Sequence[str]) -> AsyncIterator[tuple[str, bytes]]:
+        """Kept originals by sha256, one at a time (export)."""
+        for sha in shas:
+            yield sha, await self.read_original(sha)
 
     async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[Item, np.ndarray]]]:
         """Every item with its vector, in insertion order, in chunks of (Item, vector)."""
@@ -765,6 +934,8 @@ class LibraryService:
             "items": await self.count(lib),
             "capacity": self.cfg.limits.library_capacity,
             "model": lib.row.model_id,
+            # The model profile serving it (an extension; None when none does).
+            "model_name": self.models.name_of(lib.row.fingerprint),
             "dim": lib.row.dim,
             "fingerprint": lib.row.fingerprint,
             "created": lib.row.created_at,
@@ -782,7 +953,7 @@ class LibraryService:
             "tag": 0,
             "index_size": await self.count(lib),
             "index_capacity": self.cfg.limits.library_capacity,
-            "queue_size": self.embed.queue_size,
+            "queue_size": self.embed_for(lib).queue_size,
         }
 
     async def census(self) -> list[LibraryCensus]:

@@ -1,9 +1,9 @@
 """The shared services behind all three ports, opened and closed in one place.
 
-Order matters and is symmetrical: model, then the library backend (local database and indexes,
-or a Milvus connection); on the way down indexes are saved before the backend closes, and the
-embedder stops last. Which backend runs is decided by ``backends.create_backend`` and known to
-no one above the library service.
+Order matters and is symmetrical: models (the default and every [models.*] profile), then the
+library backend (local database and indexes, or a Milvus connection); on the way down indexes
+are saved before the backend closes, and the models stop last. Which backend runs is decided by
+``backends.create_backend`` and known to no one above the library service.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from same_search.config import Config
 from same_search.datadir import DataDirLock
 from same_search.duplicates import DuplicateScans
 from same_search.embed.embedder import Embedder
+from same_search.embed.registry import ModelRegistry, open_registry
 from same_search.embed.service import EmbedService
 from same_search.fetch import Fetcher
 from same_search.imports.jobs import ImportJobs
 from same_search.libraries import LibraryService
 from same_search.metrics import Metrics
+from same_search.reembed import ReembedJobs
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,10 @@ class Services:
     """Everything a route handler may use."""
 
     cfg: Config
+    #: The default model's queue: the feature service's, and a new library's unless signup names one.
     embed: EmbedService
+    #: Every model served (one queue per fingerprint), by fingerprint and by profile name.
+    models: ModelRegistry
     libraries: LibraryService
     metrics: Metrics
     jobs: ImportJobs
@@ -45,6 +50,8 @@ class Services:
     fetcher: Fetcher
     #: Near-duplicate scans of the duplicates view (an extension).
     duplicates: DuplicateScans
+    #: Re-embedding jobs: a library moved to another model from its kept originals (an extension).
+    reembeds: ReembedJobs
     started_at: float = field(default_factory=time.time)
     #: False once shutdown begins, so /readyz tells load balancers to stop sending.
     ready: bool = True
@@ -64,6 +71,8 @@ class Services:
                 "fingerprint": info.fingerprint,
                 "device": info.device,
             },
+            # Every model profile, and which libraries each one serves (an extension).
+            "models": self.libraries.models_in_use(),
             "backend": self.libraries.backend_name,
             "libraries": len(self.libraries.libraries),
             # Libraries set aside at start because their rows could not be loaded (see repair).
@@ -87,39 +96,37 @@ async def open_services(cfg: Config, embedder: Embedder | None = None) -> AsyncI
 
 @contextlib.asynccontextmanager
 async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterator[Services]:
-    if embedder is None:
-        embedder = await asyncio.to_thread(Embedder, cfg.model)
     metrics = Metrics()
-    embed = EmbedService(embedder, cfg.model, cfg.limits, on_batch=metrics.observe_batch)
-    try:
-        await embed.warm_up()
-    except BaseException:
-        await embed.close()  # its thread pools exist already; a failed start must not leave them
-        raise
-    embed.start()
-    libraries = LibraryService(cfg, create_backend(cfg), embed)
+    models = await open_registry(cfg.model_profiles(), cfg.limits, embedder, metrics.observe_batch)
+    embed = models.default
+    libraries = LibraryService(cfg, create_backend(cfg), models)
     try:
         await libraries.open()
         saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))
         # Two rounds of forward passes in flight: one in the network, the next being decoded.
         jobs = ImportJobs(libraries, 2 * embed.max_batch * embed.workers)
         await jobs.start()
+        reembeds = ReembedJobs(libraries)
+        await reembeds.start()
         try:
             duplicates = DuplicateScans(libraries)
-            services = Services(cfg, embed, libraries, metrics, jobs, Fetcher(cfg.fetch), duplicates)
+            services = Services(
+                cfg, embed, models, libraries, metrics, jobs, Fetcher(cfg.fetch), duplicates, reembeds
+            )
             metrics.attach(services)
             try:
                 yield services
             finally:
                 await duplicates.close()
         finally:
+            await reembeds.close()
             await jobs.close(cfg.server.shutdown_grace_s)
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
     finally:
         await libraries.close()
-        await embed.close()
+        await models.close()
 
 
 async def _save_periodically(libraries: LibraryService, interval: float) -> None:

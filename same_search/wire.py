@@ -108,6 +108,10 @@ DUPLICATES = f"{LIBRARY}/duplicates"
 DUPLICATES_SCAN = f"{DUPLICATES}/{{scan_id}}"
 DUPLICATES_REMOVE = f"{DUPLICATES_SCAN}/remove"
 DUPLICATES_CANCEL = f"{DUPLICATES_SCAN}/cancel"
+# Extensions (issue 16): re-embedding a library with another model from its kept originals.
+REEMBED = f"{LIBRARY}/reembed"
+REEMBED_JOB = f"{REEMBED}/{{job_id}}"
+REEMBED_CANCEL = f"{REEMBED_JOB}/cancel"
 
 
 def rts(route: str) -> str:

@@ -33,6 +33,8 @@ from same_search.store.db import (
     LibraryRow,
     NewItem,
     NewLibrary,
+    ReembedIncomplete,
+    ReembedJobRow,
     StorageError,
     TooManyItems,
 )
@@ -51,8 +53,11 @@ __all__ = [
     "LibraryFull",
     "LibraryGone",
     "LibraryRow",
+    "ModelChanged",
     "NewItem",
     "NewLibrary",
+    "ReembedIncomplete",
+    "ReembedJobRow",
     "SearchResult",
     "StorageError",
     "TagFilter",
@@ -99,6 +104,11 @@ class ItemToAdd:
     thumbnail: bytes | None = None
     #: Stored form of the picture's local features (same_search/verify), when the backend keeps them.
     local_features: bytes | None = None
+    #: The uploaded bytes, kept as the item's original (``[storage] keep_originals``), or None.
+    original: bytes | None = None
+    #: Fingerprint of the model that made ``vector``: refused (:class:`ModelChanged`) when the
+    #: library moved to another model meanwhile (a re-embed switched while this add embedded).
+    fingerprint: str | None = None
 
 
 @dataclass
@@ -133,6 +143,10 @@ class IndexingFailed(Exception):
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot be reached at start (Milvus down, wrong uri or token)."""
+
+
+class ModelChanged(Exception):
+    """The library's model changed between embedding an item and storing it: embed it again."""
 
 
 class LibraryGone(Exception):
@@ -178,6 +192,8 @@ class Backend(ABC):
     shared: bool = False
     #: Whether items keep local features (same-picture checks); if not, adds skip extracting them.
     keeps_local_features: bool = False
+    #: Whether the backend can keep originals and re-embed a library from them (local only).
+    can_reembed: bool = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -329,3 +345,32 @@ class Backend(ABC):
     @abstractmethod
     def describe(self, lib: Library) -> dict[str, Any]:
         """Backend-specific figures for library stats: ``search``, ``index_slots``, ``last_index_save``."""
+
+    # ---- kept originals and re-embedding (backends with ``can_reembed``) --------------------------
+
+    async def items_without_original(self, lib: Library) -> int:
+        """Items with no kept original (they cannot be re-embedded)."""
+        raise NotImplementedError(f"the {self.name} backend keeps no originals")
+
+    async def read_original(self, sha256: str) -> bytes:
+        """A kept original's bytes."""
+        raise NotImplementedError(f"the {self.name} backend keeps no originals")
+
+    @property
+    def reembed_ledger(self) -> Any:
+        """Where re-embed jobs are recorded (:class:`same_search.store.db.Store`)."""
+        raise NotImplementedError(f"the {self.name} backend cannot re-embed libraries")
+
+    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
+        """(key, original sha256) of items without a vector of the new model yet, oldest first."""
+        raise NotImplementedError
+
+    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Keep new-model vectors beside the serving ones until the switch."""
+        raise NotImplementedError
+
+    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
+        """Move ``lib`` to the job's model at once: writes wait while ``catch_up(lib)`` embeds the
+        items added since the last pass, the stored vectors and model switch in one transaction,
+        and the search structure is built for the new vectors before the library serves them."""
+        raise NotImplementedError

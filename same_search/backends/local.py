@@ -29,8 +29,11 @@ from same_search.backends.base import (
     Library,
     LibraryFull,
     LibraryRow,
+    ModelChanged,
     NewItem,
     NewLibrary,
+    ReembedIncomplete,
+    ReembedJobRow,
     SearchResult,
     TagFilter,
     Tags,
@@ -63,6 +66,7 @@ class LocalBackend(Backend):
 
     name = "local"
     keeps_local_features = True
+    can_reembed = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -256,6 +260,8 @@ class LocalBackend(Backend):
         async with self.write_lock(lib):
             index = _index(lib)
             for item in items:
+                if item.fingerprint is not None and item.fingerprint != lib.row.fingerprint:
+                    raise ModelChanged(f"library {lib.row.appid!r} moved to model {lib.row.model_id}")
                 if capacity and index.count() >= capacity:
                     raise LibraryFull(f"library {lib.row.appid!r} is full ({capacity} items)")
                 try:
@@ -267,6 +273,7 @@ class LocalBackend(Backend):
                         item.vector,
                         item.thumbnail,
                         item.local_features,
+                        item.original,
                     )
                 except AlreadyExists:
                     stored.append(False)
@@ -370,3 +377,43 @@ class LocalBackend(Backend):
     def dirty(self, lib: Library) -> bool:
         """Whether the library changed since its last snapshot (tests and the shutdown save)."""
         return _index(lib).dirty
+
+    # ---- kept originals and re-embedding ----------------------------------------------------------
+
+    async def items_without_original(self, lib: Library) -> int:
+        return await self.store.items_without_original(lib.row.id)
+
+    async def read_original(self, sha256: str) -> bytes:
+        return await self.store.read_original(sha256)
+
+    @property
+    def reembed_ledger(self) -> Store:
+        return self.store
+
+    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
+        return await self.store.reembed_pending(lib.row.id, limit)
+
+    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+        await self.store.save_reembedded(lib.row.id, vectors)
+
+    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
+        """Under the write lock: last items embedded, one transaction, then a fresh index.
+
+        Searches go on meanwhile with the old row and index (consistent with each other); the
+        row and the index are swapped together, with no await between, so no search ever sees
+        one model's query against the other's vectors. The graph is saved last: a crash before
+        that rebuilds it from the database at start (the old snapshot's fingerprint is refused).
+        """
+        async with self.write_lock(lib):
+            while True:
+                await catch_up(lib)
+                try:
+                    row = await self.store.switch_model(lib.row, job)
+                    break
+                except ReembedIncomplete:
+                    continue
+            count = await self.store.count(row.id)
+            fresh = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            await self._replay(fresh, row, count)
+            lib.row, lib.handle = row, fresh
+        await self.save([lib])

@@ -148,6 +148,23 @@ def pick_device(setting: str) -> torch.device:
     return device
 
 
+def model_fingerprint(cfg: ModelConfig, model: LoadedModel) -> str:
+    """Everything that decides what a vector means, hashed: model, weights, preprocessing
+    (resolution, normalisation), pooling. Two settings with one fingerprint make comparable
+    vectors; anything else is another model (device, precision and batching are not in it)."""
+    recipe = {
+        "pipeline": PIPELINE_VERSION,
+        "model": model.model_id,
+        "weights": model.weights_sha256,
+        "size": cfg.image_size,
+        "mean": model.mean,
+        "std": model.std,
+        "pooling": cfg.pooling,
+        "gem_p": cfg.gem_p if cfg.pooling == "gem" else None,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Embedder:
     """A loaded network plus its preprocessing; call from worker threads, never the event loop."""
 
@@ -207,18 +224,7 @@ class Embedder:
         )
 
     def _fingerprint(self) -> str:
-        """Everything that decides what a vector means, hashed: model, weights, preprocessing."""
-        recipe = {
-            "pipeline": PIPELINE_VERSION,
-            "model": self.model.model_id,
-            "weights": self.model.weights_sha256,
-            "size": self.cfg.image_size,
-            "mean": self.model.mean,
-            "std": self.model.std,
-            "pooling": self.cfg.pooling,
-            "gem_p": self.cfg.gem_p if self.cfg.pooling == "gem" else None,
-        }
-        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+        return model_fingerprint(self.cfg, self.model)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB picture -> (3, S, S) uint8 array: the whole picture resized, aspect not kept.

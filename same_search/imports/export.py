@@ -1,9 +1,11 @@
 """Export a library to a ZIP, and import such a ZIP into another box without re-embedding.
 
 The ZIP holds ``meta.json`` (appid, model, dimension, fingerprint, count), ``items.jsonl`` (one
-``{"contsign", "brief", "tags"}`` per line, brief in base64) and, when asked for, ``vectors.npy``
-(float32, one row per line of items.jsonl). Vectors only mean something to the same model, so an
-import requires the serving model's fingerprint.
+``{"contsign", "brief", "tags"}`` per line, brief in base64, plus ``"original": sha256`` for an
+item with a kept original), when asked for ``vectors.npy`` (float32, one row per line of
+items.jsonl), and the kept originals as ``originals/<sha256>`` (unless left out with
+``originals=False``), so the library can be re-embedded where it is imported. Vectors only mean
+something to the same model, so an import requires a served model's fingerprint.
 
 Reading an export back (checked whole, then stored all or nothing) is ``export_read``.
 """
@@ -25,9 +27,13 @@ from same_search.contsign import ContSign
 from same_search.libraries import Library, LibraryService
 
 FORMAT = "same_search-export-1"
+#: The folder of kept originals inside an export ZIP.
+ORIGINALS = "originals/"
 
 
-async def write_export(libraries: LibraryService, lib: Library, path: Path, with_vectors: bool) -> int:
+async def write_export(
+    libraries: LibraryService, lib: Library, path: Path, with_vectors: bool, with_originals: bool = True
+) -> int:
     """Write ``lib`` to a ZIP at ``path``; returns the item count.
 
     Streamed, so memory stays at one chunk of rows whatever the library's size: lines and raw
@@ -36,10 +42,18 @@ async def write_export(libraries: LibraryService, lib: Library, path: Path, with
     """
     items_tmp, vectors_tmp = path.with_name(path.name + ".items"), path.with_name(path.name + ".vectors")
     count = 0
+    originals: dict[str, None] = {}  # in first-seen order: the ZIP lists each file once
     try:
         with items_tmp.open("wb") as items_out, vectors_tmp.open("wb") as vectors_out:
             async for chunk in libraries.export_items(lib):
-                lines = "".join(_export_line(item.contsign.key, item.brief, item.tags) for item, _ in chunk)
+                lines = "".join(
+                    _export_line(
+                        item.contsign.key, item.brief, item.tags, item.original if with_originals else None
+                    )
+                    for item, _ in chunk
+                )
+                if with_originals:
+                    originals.update((item.original, None) for item, _ in chunk if item.original)
                 await asyncio.to_thread(items_out.write, lines.encode())
                 if with_vectors:
                     raw = b"".join(np.asarray(vector, dtype="<f4").tobytes() for _, vector in chunk)
@@ -53,22 +67,39 @@ async def write_export(libraries: LibraryService, lib: Library, path: Path, with
             "fingerprint": lib.row.fingerprint,
             "count": count,
             "vectors": with_vectors,
+            "originals": len(originals),
             "exported_at": time.time(),
         }
         await asyncio.to_thread(_write_zip, path, meta, items_tmp, vectors_tmp if with_vectors else None)
+        if originals:
+            await _append_originals(libraries, path, list(originals))
     finally:
         items_tmp.unlink(missing_ok=True)
         vectors_tmp.unlink(missing_ok=True)
     return count
 
 
-def _export_line(key: int, brief: bytes, tags: tuple[int, int] | None) -> str:
-    line = {
+def _export_line(key: int, brief: bytes, tags: tuple[int, int] | None, original: str | None) -> str:
+    line: dict = {
         "contsign": ContSign.from_key(key).to_json(),
         "brief": base64.b64encode(brief).decode(),
         "tags": list(tags) if tags else None,
     }
+    if original:
+        line["original"] = original
     return json.dumps(line) + "\n"
+
+
+async def _append_originals(libraries: LibraryService, path: Path, shas: list[str]) -> None:
+    """Add ``originals/<sha256>`` entries, one file at a time (stored: JPEGs do not deflate)."""
+    archive = await asyncio.to_thread(zipfile.ZipFile, path, "a")
+    try:
+        async for sha, data in libraries.read_originals(shas):
+            info = zipfile.ZipInfo(f"{ORIGINALS}{sha}", date_time=time.localtime()[:6])
+            info.compress_type = zipfile.ZIP_STORED
+            await asyncio.to_thread(archive.writestr, info, data)
+    finally:
+        await asyncio.to_thread(archive.close)
 
 
 def _write_zip(path: Path, meta: dict, items: Path, vectors: Path | None) -> None:

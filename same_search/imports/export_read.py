@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
+import hashlib
 import itertools
 import json
 import zipfile
@@ -25,10 +27,11 @@ from numpy.lib import format as npy_format
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, bad_request
-from same_search.imports.export import FORMAT
+from same_search.imports.export import FORMAT, ORIGINALS
 from same_search.index.vectors import row_problems
 from same_search.rows import tags_problem
 from same_search.store.db import NewItem
+from same_search.store.originals import is_sha256_hex
 
 #: Largest meta.json: a few hundred bytes in practice.
 META_MAX_BYTES = 64 * 1024
@@ -46,9 +49,15 @@ MAX_COMPRESSION_RATIO = 200
 MAX_VECTORS_RATIO = 10
 #: Items per database batch (one executemany) and per block of vectors read.
 BATCH = 1000
-#: An export has three entries; a ZIP directory listing more is refused before it is parsed
-#: (millions of entries would cost gigabytes of ZipInfo objects).
+#: An export has three entries besides its originals; a ZIP directory listing more is refused
+#: before it is parsed (millions of entries would cost gigabytes of ZipInfo objects).
 MAX_ENTRIES = 16
+#: Each ``originals/<sha256>`` entry takes at least this many bytes of the ZIP (its name twice,
+#: two headers, and a picture of a few hundred bytes at the least): more entries than the file's
+#: size allows for is not an export of this daemon.
+MIN_ORIGINAL_ENTRY_BYTES = 512
+#: Items per batch when originals come along (their bytes are held with the batch).
+ORIGINALS_BATCH = 64
 _FLOAT32 = np.dtype("<f4")
 
 
@@ -61,31 +70,47 @@ class CheckedExport:
     count: int
     dim: int
     brief_max_bytes: int
+    #: sha256 names of the kept originals the export carries (each referenced by some line).
+    originals: frozenset[str] = frozenset()
 
 
 def _refuse(message: str) -> ApiError:
     return bad_request(f"export refused, nothing was stored: {message}")
 
 
-def check_export(path: Path, fingerprint: str, dim: int, brief_max_bytes: int) -> CheckedExport:
+def check_export(
+    path: Path, models: dict[str, int], brief_max_bytes: int, max_image_bytes: int
+) -> CheckedExport:
     """Validate a whole export ZIP without storing anything (runs in a worker thread).
 
-    Every size is checked from the ZIP directory before a byte is decompressed, items.jsonl is
-    read line by line and vectors.npy row block by row block, so memory stays at one block plus
-    8 bytes per item (the contsigns, to find duplicates). The first problem found is err_no 1
-    naming the file, the line or row and the field.
+    ``models`` maps each fingerprint the import may hold to its dimension. Every size is checked
+    from the ZIP directory before a byte is decompressed, items.jsonl is read line by line and
+    vectors.npy row block by row block, so memory stays at one block plus 8 bytes per item (the
+    contsigns, to find duplicates). Kept originals must each be named by a line, fit
+    ``max_image_bytes``, and hash to their name. The first problem found is err_no 1 naming the
+    file, the line or row and the field.
     """
     try:
         _refuse_large_directory(path)
         with zipfile.ZipFile(path) as archive:
             entries = _entries(archive)
-            meta = _read_meta(archive, entries["meta.json"], fingerprint, dim)
-            checked = CheckedExport(path, meta, meta["count"], dim, brief_max_bytes)
+            meta = _read_meta(archive, entries["meta.json"], models)
+            originals = _original_entries(archive, max_image_bytes)
+            dim = meta["dim"]
+            checked = CheckedExport(path, meta, meta["count"], dim, brief_max_bytes, frozenset(originals))
             _check_sizes(entries, checked)
             keys = array("q")
-            for item in _items(archive, checked):
+            referenced: set[str] = set()
+            for item, original in _items(archive, checked):
                 keys.append(item.key)
+                if original is not None:
+                    referenced.add(original)
             _refuse_duplicates(keys)
+            unused = set(originals) - referenced
+            if unused:
+                raise _refuse(f"{ORIGINALS}{min(unused)} is named by no line of items.jsonl")
+            for sha in sorted(referenced):
+                _check_original(archive, originals[sha], sha)
     except ApiError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
@@ -100,8 +125,9 @@ def _refuse_large_directory(path: Path) -> None:
     if end is None:
         raise _refuse("not a ZIP file (no end of central directory record)")
     total = end[zipfile._ECD_ENTRIES_TOTAL]  # type: ignore[attr-defined]
-    if total > MAX_ENTRIES:
-        raise _refuse(f"the ZIP lists {total} entries; an export has 3")
+    allowed = MAX_ENTRIES + path.stat().st_size // MIN_ORIGINAL_ENTRY_BYTES
+    if total > allowed:
+        raise _refuse(f"the ZIP lists {total} entries; an export of this size has at most {allowed}")
 
 
 def _entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -127,7 +153,46 @@ def _entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     return entries
 
 
-def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo, fingerprint: str, dim: int) -> dict:
+def _original_entries(archive: zipfile.ZipFile, max_image_bytes: int) -> dict[str, zipfile.ZipInfo]:
+    """The ``originals/<sha256>`` entries by sha256; any other name besides the three files is refused."""
+    found: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        if info.filename in ("meta.json", "items.jsonl", "vectors.npy"):
+            continue
+        sha = info.filename[len(ORIGINALS) :]
+        if not info.filename.startswith(ORIGINALS) or not is_sha256_hex(sha):
+            raise _refuse(
+                f"unexpected entry {info.filename[:100]!r}; an export holds meta.json, items.jsonl, "
+                f"vectors.npy and {ORIGINALS}<sha256>"
+            )
+        if sha in found:
+            raise _refuse(f"the ZIP holds {info.filename} twice")
+        if info.flag_bits & 0x1:
+            raise _refuse(f"{info.filename} is encrypted")
+        if info.file_size > max_image_bytes:
+            raise _refuse(
+                f"{info.filename} is {info.file_size} bytes, "
+                f"more than limits.max_image_bytes ({max_image_bytes})"
+            )
+        if info.file_size > RATIO_FLOOR and info.file_size > MAX_COMPRESSION_RATIO * max(
+            info.compress_size, 1
+        ):
+            raise _refuse(f"{info.filename} expands more than {MAX_COMPRESSION_RATIO}:1; not a picture")
+        found[sha] = info
+    return found
+
+
+def _check_original(archive: zipfile.ZipFile, info: zipfile.ZipInfo, sha: str) -> None:
+    """A kept original must hash to its name (a corrupt or swapped file is refused)."""
+    digest = hashlib.sha256()
+    with archive.open(info) as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != sha:
+        raise _refuse(f"{info.filename} does not match its sha256 (the file is damaged or was replaced)")
+
+
+def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo, models: dict[str, int]) -> dict:
     if info.file_size > META_MAX_BYTES:
         raise _refuse(f"meta.json is {info.file_size} bytes, more than {META_MAX_BYTES}")
     try:
@@ -138,11 +203,13 @@ def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo, fingerprint: str
         raise _refuse("meta.json must be a JSON object")
     if meta.get("format") != FORMAT:
         raise bad_request(f"unknown export format {meta.get('format')!r}")
-    if meta.get("fingerprint") != fingerprint:
+    if meta.get("fingerprint") not in models:
         raise bad_request(
-            f"export made with model {meta.get('model_id')} (fingerprint {meta.get('fingerprint')}); this "
-            f"daemon serves fingerprint {fingerprint}: vectors are not comparable, add the images instead"
+            f"export made with model {meta.get('model_id')} (fingerprint {meta.get('fingerprint')}); the "
+            f"library can hold fingerprint {' or '.join(models)}: vectors are not comparable, add the "
+            "images instead (or configure a [models.<name>] profile with the settings it was made with)"
         )
+    dim = models[meta["fingerprint"]]
     for field in ("count", "dim"):
         value = meta.get(field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -198,8 +265,9 @@ def _open_vectors(archive: zipfile.ZipFile, export: CheckedExport) -> IO[bytes]:
     return handle
 
 
-def _items(archive: zipfile.ZipFile, export: CheckedExport) -> Iterator[NewItem]:
-    """Every line's item with its vector, each one checked; err_no 1 at the first problem."""
+def _items(archive: zipfile.ZipFile, export: CheckedExport) -> Iterator[tuple[NewItem, str | None]]:
+    """Every line's item with its vector and its original's sha256, each one checked; err_no 1
+    at the first problem."""
     max_line = _max_line(export.brief_max_bytes)
     with archive.open("items.jsonl") as lines, _open_vectors(archive, export) as vectors:
         line_no = 0
@@ -222,20 +290,23 @@ def _items(archive: zipfile.ZipFile, export: CheckedExport) -> Iterator[NewItem]
                     raise _refuse(f"items.jsonl has {line_no - 1} lines, meta.json count says {export.count}")
                 if len(text) > max_line:
                     raise _refuse(f"items.jsonl line {line_no} is longer than {max_line} bytes")
-                yield _parse_line(text, line_no, export.brief_max_bytes, matrix[offset])
+                yield _parse_line(text, line_no, export, matrix[offset])
         if lines.readline(max_line + 1).strip():
             raise _refuse(f"items.jsonl has more lines than meta.json count ({export.count})")
 
 
-def _parse_line(text: bytes, line_no: int, brief_max_bytes: int, vector: np.ndarray) -> NewItem:
+def _parse_line(
+    text: bytes, line_no: int, export: CheckedExport, vector: np.ndarray
+) -> tuple[NewItem, str | None]:
     where = f"items.jsonl line {line_no}"
+    brief_max_bytes = export.brief_max_bytes
     try:
         line = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise _refuse(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(line, dict):
         raise _refuse(f"{where} must be a JSON object {{contsign, brief, tags}}")
-    unknown = set(line) - {"contsign", "brief", "tags"}
+    unknown = set(line) - {"contsign", "brief", "tags", "original"}
     if unknown:
         raise _refuse(f"{where} has unknown fields {sorted(unknown)}")
     try:
@@ -257,7 +328,11 @@ def _parse_line(text: bytes, line_no: int, brief_max_bytes: int, vector: np.ndar
     problem = tags_problem(tags)
     if problem is not None:
         raise _refuse(f"{where}: {problem}")
-    return NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector.tobytes())
+    original = line.get("original")
+    if original is not None and original not in export.originals:
+        raise _refuse(f"{where}: original {str(original)[:80]!r} is not in the ZIP's {ORIGINALS} folder")
+    item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector.tobytes())
+    return item, original
 
 
 def _refuse_duplicates(keys: array) -> None:
@@ -279,9 +354,15 @@ async def export_batches(export: CheckedExport) -> AsyncIterator[list[NewItem]]:
     """The checked export's items in batches of ``BATCH``, read in a worker thread (second pass)."""
     archive = await asyncio.to_thread(zipfile.ZipFile, export.path)
     items = _items(archive, export)
+    size = ORIGINALS_BATCH if export.originals else BATCH
 
     def next_batch() -> list[NewItem]:
-        return list(itertools.islice(items, BATCH))
+        return [
+            item
+            if original is None
+            else dataclasses.replace(item, original=archive.read(ORIGINALS + original))
+            for item, original in itertools.islice(items, size)
+        ]
 
     try:
         while batch := await asyncio.to_thread(next_batch):

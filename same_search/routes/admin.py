@@ -24,6 +24,7 @@ from same_search.imports.export import write_export
 from same_search.imports.export_read import check_export, export_batches
 from same_search.libraries import REPAIR_REPORT_MAX, Item, Library
 from same_search.near_duplicates import check_min_score, check_mode
+from same_search.reembed import describe as describe_reembed
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
 from same_search.routes.fields import check_library_name, encode_base64, is_decimal, parse_region
@@ -119,13 +120,18 @@ async def create_library(request: web.Request) -> web.Response:
     if not isinstance(appid, str):
         raise bad_request("appid is required: a non-empty string without commas")
     request[APPID] = check_library_name(appid)
-    lib = await services.libraries.signup(appid)
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request("model must be the name of a model profile (a string)")
+    lib = await services.libraries.signup(appid, model)
     return ok(library=await services.libraries.stats(lib))
 
 
 async def library_stats(request: web.Request) -> web.Response:
     services, lib = await _library(request)
-    return ok(library=await services.libraries.stats(lib), queue_size=services.embed.queue_size)
+    return ok(
+        library=await services.libraries.stats(lib), queue_size=services.libraries.embed_for(lib).queue_size
+    )
 
 
 async def delete_library(request: web.Request) -> web.Response:
@@ -249,6 +255,11 @@ def add_routes(app: web.Application) -> None:
         ("GET", wire.DUPLICATES_SCAN, get_duplicates_scan),
         ("POST", wire.DUPLICATES_REMOVE, remove_duplicate_extras),
         ("POST", wire.DUPLICATES_CANCEL, cancel_duplicates_scan),
+        # Extensions: re-embedding a library with another model (issue 16).
+        ("POST", wire.REEMBED, start_reembed),
+        ("GET", wire.REEMBED, list_reembeds),
+        ("GET", wire.REEMBED_JOB, get_reembed),
+        ("POST", wire.REEMBED_CANCEL, cancel_reembed),
     ):
         app.router.add_route(method, path, handler)
 
@@ -291,7 +302,9 @@ async def search_image(request: web.Request) -> web.Response:
     if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
         vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
     else:
-        vector = await services.embed.embed_image(bytes(await read_body(request)), query_region(request))
+        vector = await services.libraries.embed_query(
+            lib, bytes(await read_body(request)), query_region(request)
+        )
     page = await services.libraries.search(lib, vector, 0, rn, None)
     results = []
     for hit in page.hits:
@@ -365,7 +378,13 @@ async def export_library(request: web.Request) -> web.StreamResponse:
     path = _upload_path(services, ".export.zip")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        await write_export(services.libraries, lib, path, request.query.get("vectors") in ("1", "true"))
+        await write_export(
+            services.libraries,
+            lib,
+            path,
+            request.query.get("vectors") in ("1", "true"),
+            request.query.get("originals") not in ("0", "false"),  # kept originals: in unless left out
+        )
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/zip",
@@ -403,10 +422,14 @@ async def import_library(request: web.Request) -> web.Response:
     path = _upload_path(services, ".import.zip")
     await _save_upload(request, path)
     try:
-        info = services.embed.info
-        limit = services.cfg.limits.brief_max_bytes
-        export = await asyncio.to_thread(check_export, path, info.fingerprint, info.dim, limit)
-        lib, imported, duplicates = await services.libraries.import_items(appid, export_batches(export))
+        accepted = services.libraries.import_models(appid)
+        limits = services.cfg.limits
+        export = await asyncio.to_thread(
+            check_export, path, accepted, limits.brief_max_bytes, limits.max_image_bytes
+        )
+        lib, imported, duplicates = await services.libraries.import_items(
+            appid, export_batches(export), export.meta["fingerprint"]
+        )
     finally:
         path.unlink(missing_ok=True)
     return ok(imported=imported, duplicates=duplicates, library=await services.libraries.stats(lib))
@@ -571,3 +594,38 @@ async def _scan_json(request: web.Request, services: Services, lib: Library, sca
         "offset": offset,
         "groups": groups,
     }
+
+
+# ---- extension of issue 16: re-embedding a library with another model --------------------------------
+
+
+async def start_reembed(request: web.Request) -> web.Response:
+    """``{"model": name}``: build the library again with that model profile from its kept
+    originals, then switch (err_no 1 when refused: unknown model, same model, no originals)."""
+    services, lib = await _library(request)
+    body = await _json_body(request)
+    job = await services.reembeds.begin(lib, body.get("model"))
+    return ok(job=describe_reembed(job))
+
+
+async def list_reembeds(request: web.Request) -> web.Response:
+    services, lib = await _library(request)
+    return ok(jobs=[describe_reembed(job) for job in await services.reembeds.of_library(lib)])
+
+
+async def _reembed_job(request: web.Request) -> tuple[Services, Any]:
+    services, lib = await _library(request)
+    job = await services.reembeds.get(_job_id(request))
+    if job.appid != lib.row.appid:
+        raise bad_request(f"re-embed job {job.id} belongs to library {job.appid!r}")
+    return services, job
+
+
+async def get_reembed(request: web.Request) -> web.Response:
+    _, job = await _reembed_job(request)
+    return ok(job=describe_reembed(job))
+
+
+async def cancel_reembed(request: web.Request) -> web.Response:
+    services, job = await _reembed_job(request)
+    return ok(job=describe_reembed(await services.reembeds.cancel(job.id)))

@@ -62,8 +62,12 @@ async def _library(request: web.Request) -> tuple[Services, Fields, Library]:
 
 
 async def signup(request: web.Request) -> web.Response:
-    services, _, name = await _read(request)
-    await services.libraries.signup(name)
+    services, fields, name = await _read(request)
+    # Extension: ``model`` names a model profile ([models.<name>]); absent: the default model.
+    model = fields.data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request("model must be the name of a model profile (a string)")
+    await services.libraries.signup(name, model)
     return ok()
 
 
@@ -159,7 +163,7 @@ async def search(request: web.Request) -> web.Response:
     )
     try:
         if image is not None:
-            vector = await services.embed.embed_image(image, region)
+            vector = await services.libraries.embed_query(lib, image, region)
         else:
             assert contsign is not None
             vector = await services.libraries.vector_of(lib, contsign)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -19,12 +20,15 @@ from pathlib import Path
 import aiosqlite
 import numpy as np
 
+from same_search.store.originals import Originals, sha256_hex
+
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
-#: in one transaction each. Shipped files are never edited: a change is a new file.
-MIGRATIONS = (2, 3)
+#: in one transaction each. Shipped files are never edited: a change is a new file. A version
+#: missing from the tuple (4 belongs to another branch of work) is simply not applied here.
+MIGRATIONS = (2, 3, 5)
 SCHEMA_VERSION = MIGRATIONS[-1]
 
-_ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at"
+_ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at, original"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class ItemRow:
     tags: tuple[int, int] | None
     created_at: float
     updated_at: float
+    #: sha256 of the kept original (``[storage] keep_originals``), or None.
+    original: str | None = None
 
 
 @dataclass
@@ -127,6 +133,39 @@ class NewItem:
     brief: bytes
     tags: tuple[int, int] | None
     vector: bytes
+    #: The picture's bytes to keep as its original (an export with originals/), or None.
+    original: bytes | None = None
+
+
+@dataclass
+class ReembedJobRow:
+    """A re-embed job: a library built again with another model, and its progress."""
+
+    id: int
+    lib_id: int
+    appid: str
+    model_name: str
+    model_id: str
+    dim: int
+    fingerprint: str
+    status: str
+    total: int
+    done: int
+    resumed: int
+    resumed_at: int
+    message: str
+    created_at: float
+    updated_at: float
+
+
+_REEMBED_COLUMNS = (
+    "id, lib_id, appid, model_name, model_id, dim, fingerprint, status, total, done, resumed, "
+    "resumed_at, message, created_at, updated_at"
+)
+
+
+class ReembedIncomplete(Exception):
+    """Items of the library have no vector of the new model yet (added since the last pass)."""
 
 
 @dataclass(frozen=True)
@@ -150,9 +189,9 @@ class BulkResult:
 
 
 def _item(row: Sequence) -> ItemRow:
-    key, brief, tag1, tag2, created, updated = row
+    key, brief, tag1, tag2, created, updated, original = row
     tags = None if tag1 is None else (int(tag1), int(tag2))
-    return ItemRow(int(key), bytes(brief), tags, created, updated)
+    return ItemRow(int(key), bytes(brief), tags, created, updated, original)
 
 
 def _statements(sql: str) -> list[str]:
@@ -188,6 +227,9 @@ class Store:
     def __init__(self, path: Path, max_bytes: int = 0) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        #: Kept originals, beside the database; their bytes count against ``max_bytes`` too.
+        self.originals = Originals(path.parent / "originals")
+        self._originals_bytes = 0
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -209,6 +251,8 @@ class Store:
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._seq = await self._max_seq()
+        async with self.reader.execute("SELECT coalesce(sum(size), 0) FROM originals") as cur:
+            self._originals_bytes = int((await cur.fetchone())[0])  # type: ignore[index]
 
     async def close(self) -> None:
         """Close both connections (the writer checkpoints the WAL on close)."""
@@ -344,18 +388,24 @@ class Store:
         vector: np.ndarray,
         thumbnail: bytes | None = None,
         local_features: bytes | None = None,
+        original: bytes | None = None,
     ) -> int:
-        """Insert one item (its thumbnail, its local features) and return its seq;
-        :class:`AlreadyExists` if stored."""
+        """Insert one item (its thumbnail, its local features, its kept original) and return its
+        seq; :class:`AlreadyExists` if stored. The original's file is durable before the row
+        commits; a file this call created is removed again if the row is not stored."""
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
+            sha, kept = None, False
+            if original is not None:
+                sha = sha256_hex(original)
+                kept = await self._keep_original(sha, original)
             seq = self._next_seq()
             statements: list[tuple[str, Sequence]] = [
                 (
                     "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, "
-                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now),
+                    "created_at, updated_at, original) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now, sha),
                 ),
                 ("DELETE FROM removals WHERE lib_id=? AND key=?", (lib_id, key)),
             ]
@@ -373,8 +423,93 @@ class Store:
                         (lib_id, key, local_features),
                     )
                 )
-            await self._write(statements)
+            if sha is not None and original is not None:
+                statements.append(
+                    ("INSERT OR IGNORE INTO originals(sha256, size) VALUES (?,?)", (sha, len(original)))
+                )
+            try:
+                await self._write(statements)
+            except BaseException:
+                if sha is not None and kept:
+                    await asyncio.to_thread(self.originals.remove, sha)
+                raise
+            if kept and original is not None:
+                self._originals_bytes += len(original)
         return seq
+
+    async def _keep_original(self, sha: str, data: bytes) -> bool:
+        """Write an original's file (caller holds ``_write_lock``); True when this call created it.
+
+        Counted against ``max_bytes`` with the database: past it, or on a full disk, nothing is
+        written and :class:`StorageError` says why (the add answers err_no 11).
+        """
+        async with self.reader.execute("SELECT 1 FROM originals WHERE sha256=?", (sha,)) as cur:
+            shared = await cur.fetchone() is not None
+        if shared and await asyncio.to_thread(self.originals.path(sha).is_file):
+            return False  # kept already for another item: shared
+        if self.max_bytes:
+            used = self._database_bytes() + self._originals_bytes
+            if used + len(data) > self.max_bytes:
+                raise StorageError(
+                    "database and kept originals would exceed [storage] max_db_bytes "
+                    f"({self.max_bytes} bytes)"
+                )
+        try:
+            return await asyncio.to_thread(self.originals.write, sha, data)
+        except OSError as exc:
+            raise StorageError(f"could not keep the original: {exc}") from exc
+
+    def _database_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
+
+    async def _drop_unreferenced(self, shas: Iterable[str]) -> None:
+        """Delete the rows and files of originals no item references any more (caller holds
+        ``_write_lock``, so no add can take one of them meanwhile)."""
+        unused: list[tuple[str, int]] = []
+        for sha in set(shas):
+            async with self.reader.execute(
+                "SELECT size FROM originals WHERE sha256=? AND NOT EXISTS "
+                "(SELECT 1 FROM items WHERE original=?)",
+                (sha, sha),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                unused.append((sha, int(row[0])))
+        if not unused:
+            return
+        await self._write([("DELETE FROM originals WHERE sha256=?", (sha,)) for sha, _ in unused])
+        for sha, size in unused:
+            await asyncio.to_thread(self.originals.remove, sha)
+            self._originals_bytes -= size
+
+    async def _originals_of(self, lib_id: int, keys: Sequence[int] | None = None) -> list[str]:
+        """The kept originals referenced by some (or all) items of a library."""
+        if keys is None:
+            async with self.reader.execute(
+                "SELECT DISTINCT original FROM items WHERE lib_id=? AND original IS NOT NULL", (lib_id,)
+            ) as cur:
+                return [row[0] for row in await cur.fetchall()]
+        found: list[str] = []
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            async with self.reader.execute(
+                "SELECT original FROM items WHERE original IS NOT NULL AND lib_id=? "
+                f"AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
+            ) as cur:
+                found += [row[0] for row in await cur.fetchall()]
+        return found
+
+    async def read_original(self, sha: str) -> bytes:
+        """A kept original's bytes (StorageError when its file is gone)."""
+        try:
+            return await asyncio.to_thread(self.originals.read, sha)
+        except OSError as exc:
+            raise StorageError(f"kept original {sha} cannot be read: {exc}") from exc
 
     async def insert_items(
         self,
@@ -390,8 +525,26 @@ class Store:
         duplicates. Past ``capacity`` items (0 = unbounded) :class:`TooManyItems` rolls it all
         back. Other writers wait for the commit; readers go on (WAL).
         """
+        created: list[tuple[str, int]] = []  # originals this import wrote: removed again on failure
+        async with self._write_lock:
+            try:
+                result = await self._insert_items(library, batches, capacity, created)
+            except BaseException:
+                for sha, _ in created:
+                    await asyncio.to_thread(self.originals.remove, sha)
+                raise
+            self._originals_bytes += sum(size for _, size in created)
+            return result
+
+    async def _insert_items(
+        self,
+        library: LibraryRow | NewLibrary,
+        batches: AsyncIterator[Sequence[NewItem]],
+        capacity: int,
+        created: list[tuple[str, int]],
+    ) -> BulkResult:
         inserted = duplicates = 0
-        async with self._write_lock, self._transaction() as conn:
+        async with self._transaction() as conn:
             if isinstance(library, LibraryRow):
                 row = library
             else:
@@ -420,9 +573,19 @@ class Store:
                         f"library {row.appid!r} would hold more than its capacity of {capacity} items"
                     )
                 now = time.time()
+                shas = {}
+                for item in fresh:
+                    if item.original is not None:
+                        sha = shas[item.key] = sha256_hex(item.original)
+                        if await self._keep_original(sha, item.original):
+                            created.append((sha, len(item.original)))
+                        await conn.execute(
+                            "INSERT OR IGNORE INTO originals(sha256, size) VALUES (?,?)",
+                            (sha, len(item.original)),
+                        )
                 await conn.executemany(
-                    "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, created_at, updated_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO items(lib_id, key, brief, tag1, tag2, vector, seq, created_at, updated_at, "
+                    "original) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             row.id,
@@ -433,6 +596,7 @@ class Store:
                             self._next_seq(),
                             now,
                             now,
+                            shas.get(item.key),
                         )
                         for item in fresh
                     ],
@@ -473,6 +637,7 @@ class Store:
             present = await self._present(lib_id, keys)
             if not present:
                 return [], self._seq
+            kept = await self._originals_of(lib_id, present)
             seq = self._next_seq()
             statements: list[tuple[str, Sequence]] = []
             for start in range(0, len(present), 500):
@@ -488,6 +653,7 @@ class Store:
                 for key in present
             ]
             await self._write(statements)
+            await self._drop_unreferenced(kept)
         return present, seq
 
     async def _present(self, lib_id: int, keys: Sequence[int]) -> list[int]:
@@ -652,8 +818,11 @@ class Store:
     async def delete_library(self, lib_id: int) -> None:
         """Delete a library and everything in it (items, removals, thumbnails cascade)."""
         async with self._write_lock:
+            kept = await self._originals_of(lib_id)
             await self._write(
                 [
+                    ("DELETE FROM reembed_vectors WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM reembed_jobs WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM thumbnails WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM local_features WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
@@ -661,6 +830,7 @@ class Store:
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
                 ]
             )
+            await self._drop_unreferenced(kept)
 
     # ---- bulk import jobs ------------------------------------------------------------------
 
@@ -747,4 +917,136 @@ class Store:
             if not rows:
                 return
             last = int(rows[-1][-1])
-            yield [(_item(row[:6]), bytes(row[6])) for row in rows]
+            yield [(_item(row[:7]), bytes(row[7])) for row in rows]
+
+    # ---- re-embedding (a library moved to another model) -------------------------------------
+
+    async def items_without_original(self, lib_id: int) -> int:
+        """Items of a library with no kept original (a re-embed cannot rebuild those)."""
+        async with self.reader.execute(
+            "SELECT count(*) FROM items WHERE lib_id=? AND original IS NULL", (lib_id,)
+        ) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def create_reembed_job(
+        self, row: LibraryRow, model_name: str, model_id: str, dim: int, fingerprint: str, total: int
+    ) -> int:
+        """A running job for ``row``; leftover vectors of an earlier job are dropped first."""
+        now = time.time()
+        async with self._write_lock:
+            job_id = await self._write(
+                [
+                    ("DELETE FROM reembed_vectors WHERE lib_id=?", (row.id,)),
+                    (
+                        "INSERT INTO reembed_jobs(lib_id, appid, model_name, model_id, dim, fingerprint, "
+                        "status, total, created_at, updated_at) VALUES (?,?,?,?,?,?,'running',?,?,?)",
+                        (row.id, row.appid, model_name, model_id, dim, fingerprint, total, now, now),
+                    ),
+                ]
+            )
+        return int(job_id)  # type: ignore[arg-type]
+
+    async def reembed_jobs(self, job_id: int | None = None, status: str | None = None) -> list[ReembedJobRow]:
+        """Re-embed jobs, newest first (one by id, or those with a status)."""
+        sql, params = f"SELECT {_REEMBED_COLUMNS} FROM reembed_jobs WHERE 1=1", []
+        if job_id is not None:
+            sql, params = sql + " AND id=?", [*params, job_id]
+        if status is not None:
+            sql, params = sql + " AND status=?", [*params, status]
+        async with self.reader.execute(sql + " ORDER BY id DESC", params) as cur:
+            return [ReembedJobRow(*row) for row in await cur.fetchall()]
+
+    async def save_reembed_job(self, job: ReembedJobRow) -> None:
+        """Persist a job's status, counters and message; a job that ends without switching
+        (cancelled, failed) drops the vectors it made, so the library is as it was."""
+        statements: list[tuple[str, Sequence]] = [
+            (
+                "UPDATE reembed_jobs SET status=?, total=?, done=?, resumed=?, resumed_at=?, message=?, "
+                "updated_at=? WHERE id=?",
+                (
+                    job.status,
+                    job.total,
+                    job.done,
+                    job.resumed,
+                    job.resumed_at,
+                    job.message,
+                    time.time(),
+                    job.id,
+                ),
+            )
+        ]
+        if job.status in ("cancelled", "failed"):
+            statements.append(("DELETE FROM reembed_vectors WHERE lib_id=?", (job.lib_id,)))
+        async with self._write_lock:
+            await self._write(statements)
+
+    async def reembed_pending(self, lib_id: int, limit: int) -> list[tuple[int, str | None]]:
+        """(key, kept original) of items with no vector of the new model yet, oldest first."""
+        async with self.reader.execute(
+            "SELECT i.key, i.original FROM items i WHERE i.lib_id=? AND NOT EXISTS "
+            "(SELECT 1 FROM reembed_vectors r WHERE r.lib_id=i.lib_id AND r.key=i.key) "
+            "ORDER BY i.seq LIMIT ?",
+            (lib_id, limit),
+        ) as cur:
+            return [(int(key), original) for key, original in await cur.fetchall()]
+
+    async def reembed_done(self, lib_id: int) -> int:
+        """Items of a library that have their new vector (stale rows of removed items excluded)."""
+        async with self.reader.execute(
+            "SELECT count(*) FROM reembed_vectors r WHERE r.lib_id=? AND EXISTS "
+            "(SELECT 1 FROM items i WHERE i.lib_id=r.lib_id AND i.key=r.key)",
+            (lib_id,),
+        ) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def save_reembedded(self, lib_id: int, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Keep new-model vectors of some items (one transaction: a restart resumes after them)."""
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "INSERT OR REPLACE INTO reembed_vectors(lib_id, key, vector) VALUES (?,?,?)",
+                        (lib_id, key, np.asarray(vector, dtype="<f4").tobytes()),
+                    )
+                    for key, vector in vectors
+                ]
+            )
+
+    async def switch_model(self, row: LibraryRow, job: ReembedJobRow) -> LibraryRow:
+        """The switch, in ONE transaction: every item's vector, the library's model, dimension and
+        fingerprint, and the job's status. :class:`ReembedIncomplete` (nothing changed) when an
+        item still lacks its new vector. Every item's seq moves above every seq handed out so far
+        (old seq + the current top, order kept), so no snapshot of the old vectors counts as
+        holding the new ones."""
+        async with self._write_lock:
+            async with self.reader.execute(
+                "SELECT count(*) FROM items i WHERE i.lib_id=? AND NOT EXISTS "
+                "(SELECT 1 FROM reembed_vectors r WHERE r.lib_id=i.lib_id AND r.key=i.key)",
+                (row.id,),
+            ) as cur:
+                missing = int((await cur.fetchone())[0])  # type: ignore[index]
+            if missing:
+                raise ReembedIncomplete(f"{missing} items have no vector of the new model yet")
+            base = self._seq
+            async with self._transaction() as conn:
+                await conn.execute(
+                    "UPDATE items SET vector=r.vector, seq=?+items.seq FROM reembed_vectors r "
+                    "WHERE r.lib_id=items.lib_id AND r.key=items.key AND items.lib_id=?",
+                    (base, row.id),
+                )
+                async with conn.execute(
+                    "SELECT count(*), coalesce(max(seq), 0) FROM items WHERE lib_id=?", (row.id,)
+                ) as cur:
+                    count, top = await cur.fetchone()  # type: ignore[misc]
+                await conn.execute(
+                    "UPDATE libraries SET model_id=?, dim=?, fingerprint=? WHERE id=?",
+                    (job.model_id, job.dim, job.fingerprint, row.id),
+                )
+                await conn.execute("DELETE FROM reembed_vectors WHERE lib_id=?", (row.id,))
+                await conn.execute(
+                    "UPDATE reembed_jobs SET status='done', done=?, total=?, message='', updated_at=? "
+                    "WHERE id=?",
+                    (count, count, time.time(), job.id),
+                )
+            self._seq = max(self._seq, int(top))
+        return dataclasses.replace(row, model_id=job.model_id, dim=job.dim, fingerprint=job.fingerprint)

@@ -1,0 +1,224 @@
+"""Re-embed jobs: a library built again with another model from its kept originals, then switched.
+
+While a job runs, the library keeps serving with its old model and keeps taking writes. The job
+embeds every item's kept original with the new model (at background priority, so searches and
+adds overtake it) into a side table, a chunk per transaction; items added meanwhile are picked up
+by the next pass (they are kept like every other add), removed ones simply drop out. When a pass
+finds nothing left, the backend holds the library's writes, embeds the last few, and switches in
+one transaction (every vector and the library's model), then serves a fresh index of the new
+vectors. Progress is the side table itself, so a daemon killed mid-job resumes where it stopped;
+a cancel (or a failure) drops the side table and leaves the library exactly as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import numpy as np
+
+from same_search.backends.base import Library, ReembedJobRow
+from same_search.embed.errors import EmbedderBusy, EmbedderTimeout, EmbedError
+from same_search.embed.service import EmbedService, background_priority
+from same_search.error_mapping import api_error
+from same_search.errors import ApiError, bad_request
+from same_search.libraries import LibraryService
+
+log = logging.getLogger(__name__)
+
+#: Items embedded and committed together: the most a kill -9 can cost a resumed job.
+CHUNK = 32
+#: Seconds to wait before retrying an image the embedder refused for load (busy, timeout).
+RETRY_S = 0.5
+
+
+class ReembedFailed(Exception):
+    """The job cannot finish (an item without an original, a picture the model refuses)."""
+
+
+class ReembedJobs:
+    """Every re-embed job of the daemon: at most one running per library."""
+
+    def __init__(self, libraries: LibraryService) -> None:
+        self.libraries = libraries
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._jobs: dict[int, ReembedJobRow] = {}
+        self._cancelled: set[int] = set()
+        self._switching: set[int] = set()
+
+    @property
+    def _ledger(self) -> Any:
+        return self.libraries.reembed_ledger
+
+    async def start(self) -> None:
+        """Resume the jobs a previous run left running (killed, or stopped mid-job)."""
+        if not self.libraries.backend.can_reembed:
+            return
+        for job in reversed(await self._ledger.reembed_jobs(status="running")):
+            lib = self.libraries.libraries.get(job.appid)
+            embed = self.libraries.models.for_fingerprint(job.fingerprint)
+            if lib is None or lib.row.id != job.lib_id or embed is None:
+                job.status = "failed"
+                job.message = (
+                    f"model {job.model_name!r} is not served any more"
+                    if embed is None
+                    else f"library {job.appid!r} is not served at start"
+                )
+                await self._ledger.save_reembed_job(job)
+                log.warning("re-embed job %d of %s cannot resume: %s", job.id, job.appid, job.message)
+                continue
+            job.resumed += 1
+            job.resumed_at = await self._ledger.reembed_done(lib.row.id)
+            await self._ledger.save_reembed_job(job)
+            log.info("re-embed job %d of %s resumes at %d/%d", job.id, job.appid, job.resumed_at, job.total)
+            self._spawn(job, lib, embed)
+
+    async def close(self) -> None:
+        """Stop running jobs where they are (still ``running``: the next start resumes them)."""
+        for task in self._tasks.values():
+            task.cancel()
+        for task in list(self._tasks.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def begin(self, lib: Library, model: Any) -> ReembedJobRow:
+        """Start moving ``lib`` to the model profile ``model``; err_no 1 when refused."""
+        embed = await self.libraries.reembed_target(lib, model)
+        running = self._running_for(lib)
+        if running is not None:
+            raise bad_request(f"library {lib.row.appid!r} is being re-embedded already (job {running.id})")
+        info = embed.info
+        total = await self.libraries.count(lib)
+        job_id = await self._ledger.create_reembed_job(
+            lib.row, model, info.model_id, info.dim, info.fingerprint, total
+        )
+        job = (await self._ledger.reembed_jobs(job_id))[0]
+        log.info("re-embed job %d: library %s -> model %s (%d items)", job.id, lib.row.appid, model, total)
+        self._spawn(job, lib, embed)
+        return job
+
+    def _running_for(self, lib: Library) -> ReembedJobRow | None:
+        for job_id, task in self._tasks.items():
+            if not task.done() and self._jobs[job_id].lib_id == lib.row.id:
+                return self._jobs[job_id]
+        return None
+
+    def _spawn(self, job: ReembedJobRow, lib: Library, embed: EmbedService) -> None:
+        self._jobs[job.id] = job
+        self._tasks[job.id] = asyncio.create_task(self._run(job, lib, embed), name=f"reembed-{job.id}")
+
+    async def get(self, job_id: int) -> ReembedJobRow:
+        """One job (live counters while it runs); err_no 1 when there is none."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        found = await self._ledger.reembed_jobs(job_id)
+        if not found:
+            raise bad_request(f"no re-embed job {job_id}")
+        return found[0]
+
+    async def of_library(self, lib: Library) -> list[ReembedJobRow]:
+        """A library's jobs, newest first."""
+        return [
+            self._jobs.get(job.id, job)
+            for job in await self._ledger.reembed_jobs()
+            if job.lib_id == lib.row.id
+        ]
+
+    async def cancel(self, job_id: int) -> ReembedJobRow:
+        """Stop a running job and drop what it made; the library stays on its old model."""
+        job = await self.get(job_id)
+        task = self._tasks.get(job_id)
+        if task is None or task.done():
+            raise bad_request(f"re-embed job {job_id} is {job.status}, not running")
+        if job_id in self._switching:
+            raise bad_request(
+                f"re-embed job {job_id} is switching the library; it can no longer be cancelled"
+            )
+        self._cancelled.add(job_id)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+        return job
+
+    async def _run(self, job: ReembedJobRow, lib: Library, embed: EmbedService) -> None:
+        background_priority()
+        try:
+            while job.id not in self._cancelled:
+                pending = await self.libraries.reembed_pending(lib, CHUNK)
+                if not pending:
+                    break
+                await self.libraries.save_reembedded(lib, await self._embed(pending, embed))
+                job.done = await self._ledger.reembed_done(lib.row.id)
+                job.total = max(await self.libraries.count(lib), job.done)
+                await self._ledger.save_reembed_job(job)
+            if job.id in self._cancelled:
+                job.status, job.message = "cancelled", "cancelled; the library keeps its model"
+                await self._ledger.save_reembed_job(job)
+                log.info("re-embed job %d of %s cancelled at %d/%d", job.id, job.appid, job.done, job.total)
+                return
+            self._switching.add(job.id)
+
+            async def catch_up(locked: Library) -> None:
+                while pending := await self.libraries.reembed_pending(locked, CHUNK):
+                    await self.libraries.save_reembedded(locked, await self._embed(pending, embed))
+
+            await self.libraries.switch_model(lib, job, catch_up)
+            job.status, job.message = "done", ""
+            job.done = job.total = await self.libraries.count(lib)
+            log.info("re-embed job %d done: library %s serves model %s", job.id, job.appid, job.model_name)
+        except asyncio.CancelledError:
+            raise  # shutdown: still "running", resumed at the next start
+        except (ReembedFailed, ApiError, EmbedError) as exc:
+            await self._fail(job, str(exc) if isinstance(exc, ReembedFailed) else api_error(exc).err_msg)
+        except Exception as exc:
+            log.exception("re-embed job %d crashed", job.id)
+            await self._fail(job, f"internal error: {exc}")
+        finally:
+            self._switching.discard(job.id)
+            self._cancelled.discard(job.id)
+
+    async def _fail(self, job: ReembedJobRow, message: str) -> None:
+        job.status, job.message = "failed", f"{message}; the library keeps its model"
+        log.warning("re-embed job %d of %s failed: %s", job.id, job.appid, message)
+        with contextlib.suppress(Exception):
+            await self._ledger.save_reembed_job(job)
+
+    async def _embed(
+        self, pending: list[tuple[int, str | None]], embed: EmbedService
+    ) -> list[tuple[int, np.ndarray]]:
+        """New-model vectors of a chunk of items, from their kept originals."""
+        without = [key for key, original in pending if original is None]
+        if without:
+            raise ReembedFailed(
+                f"{len(without)} items have no kept original (imported without originals while the job ran)"
+            )
+
+        async def one(key: int, original: str) -> tuple[int, np.ndarray]:
+            data = await self.libraries.read_original(original)
+            while True:
+                try:
+                    return key, await embed.embed_image(data)
+                except (EmbedderBusy, EmbedderTimeout):
+                    await asyncio.sleep(RETRY_S)  # the embedder is busy with interactive work
+
+        return list(await asyncio.gather(*(one(key, original) for key, original in pending if original)))
+
+
+def describe(job: ReembedJobRow) -> dict[str, Any]:
+    """A job as the management API shows it."""
+    return {
+        "id": job.id,
+        "appid": job.appid,
+        "model": job.model_name,
+        "model_id": job.model_id,
+        "fingerprint": job.fingerprint,
+        "status": job.status,
+        "done": job.done,
+        "total": job.total,
+        "resumed": job.resumed,
+        "resumed_at": job.resumed_at,
+        "message": job.message,
+        "created": job.created_at,
+        "updated": job.updated_at,
+    }
