@@ -113,15 +113,26 @@ def test_corrupted_snapshot_is_rebuilt_from_the_database(daemon):
     assert contents(daemon) == expected
 
 
-def test_library_of_another_model_refuses_to_start(daemon):
+def test_library_of_a_model_not_served_is_set_aside_not_mixed(daemon):
+    """Never served with another model's vectors, and never a failed start (issue 16): the
+    library is set aside (err_no 6, named in /healthz) while the others serve."""
     daemon.start()
     daemon.rts("signup", appid="lib")
+    daemon.rts("signup", appid="other")
     assert daemon.terminate() == 0
     with sqlite3.connect(daemon.data_dir / "same_search.sqlite3") as db:
-        db.execute("UPDATE libraries SET model_id='resnet50', fingerprint='0123456789abcdef', dim=2048")
-    assert daemon.run_to_exit() == 3
-    log = daemon.log.read_text()
-    assert "holds vectors of model resnet50" in log and "--data-dir" in log
+        db.execute(
+            "UPDATE libraries SET model_id='resnet50', fingerprint='0123456789abcdef', dim=2048 "
+            "WHERE appid='lib'"
+        )
+    daemon.start()
+    health = daemon.get("admin", "/healthz")
+    assert health["status"] == "degraded"
+    [aside] = health["unavailable"]
+    assert aside["appid"] == "lib" and "0123456789abcdef" in aside["reason"] and "[models." in aside["reason"]
+    answer = add(daemon, 1)
+    assert answer["err_no"] == 6 and "resnet50" in answer["err_msg"]
+    assert daemon.rts("add", appid="other", image=b64(jpeg(1)), features=[brief("x")])["err_no"] == 0
 
 
 def test_no_real_weights_refuses_to_start(tmp_path):
