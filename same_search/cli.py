@@ -130,6 +130,11 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--appid", required=True, help="library to export")
     export.add_argument("--out", required=True, help="ZIP file to write")
     export.add_argument("--vectors", action="store_true", help="include the stored vectors")
+    export.add_argument(
+        "--no-originals",
+        action="store_true",
+        help="leave the kept originals out (smaller, cannot be re-embedded)",
+    )
 
     dup = commands.add_parser(
         "duplicates", parents=client, help="list the groups of near-duplicates in a library"
@@ -146,6 +151,21 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 
     snap = commands.add_parser("snapshot", parents=client, help="show a library's snapshot block")
     snap.add_argument("--appid", required=True, help="library")
+
+    reembed = commands.add_parser(
+        "reembed",
+        parents=client,
+        help="move a library to another model profile, rebuilt from its kept originals",
+        description="Re-embed a library with another model profile from its kept originals "
+        "([storage] keep_originals): it keeps serving and taking writes with its old model until "
+        "the switch. Waits and shows progress; Ctrl-C stops watching, not the job.",
+    )
+    reembed.add_argument("--appid", required=True, help="library")
+    what = reembed.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help='model profile to move to ("default" or a [models.<name>] name)')
+    what.add_argument("--status", type=int, metavar="JOB", help="watch a job already started")
+    what.add_argument("--cancel", type=int, metavar="JOB", help="cancel a job; the library keeps its model")
+    reembed.add_argument("--no-wait", action="store_true", help="start (or show) the job and return")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -273,7 +293,8 @@ def cmd_libraries(args: argparse.Namespace, cfg: Config, token: str | None) -> i
     width = max([len("appid"), *(len(lib["appid"]) for lib in libraries)])
     print(f"{'appid':<{width}}  {'items':>9}  {'search':<6}  model")
     for lib in libraries:
-        model = f"{lib.get('model')} (dim {lib.get('dim')})"
+        profile = f" [{lib['model_name']}]" if lib.get("model_name") else ""
+        model = f"{lib.get('model')}{profile} (dim {lib.get('dim')})"
         print(f"{lib['appid']:<{width}}  {lib['items']:>9}  {lib.get('search', ''):<6}  {model}")
     return 0
 
@@ -287,7 +308,9 @@ def cmd_snapshot(args: argparse.Namespace, cfg: Config, token: str | None) -> in
 
 def cmd_export(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     """Write the library's export ZIP; through a temp file, so a failure leaves no half file."""
-    data = _client(cfg, token).export_library(args.appid, vectors=args.vectors)
+    data = _client(cfg, token).export_library(
+        args.appid, vectors=args.vectors, originals=not getattr(args, "no_originals", False)
+    )
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     partial.write_bytes(data)
@@ -583,6 +606,46 @@ def cmd_duplicates(args: argparse.Namespace, cfg: Config, token: str | None) -> 
     return 0
 
 
+# ------------------------------------------------------------------------------------------- reembed
+
+#: Seconds between progress polls of a re-embed job.
+REEMBED_POLL_S = 1.0
+
+
+def cmd_reembed(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
+    """Start, watch or cancel a library's re-embed job; exit 0 once it is done (or cancelled on request)."""
+    client = _client(cfg, token)
+    if args.cancel is not None:
+        job = client.cancel_reembed(args.appid, args.cancel)
+        print(f"re-embed job {job['id']} {job['status']} at {job['done']}/{job['total']}: {job['message']}")
+        return 0
+    job = (
+        client.start_reembed(args.appid, args.model)
+        if args.model
+        else client.reembed(args.appid, args.status)
+    )
+    print(f"re-embed job {job['id']}: {args.appid} -> model {job['model']} ({job['total']} items)")
+    if args.no_wait:
+        return 0
+    try:
+        while job["status"] == "running":
+            print(f"re-embedding: {job['done']}/{job['total']} items", file=sys.stderr)
+            time.sleep(REEMBED_POLL_S)
+            job = client.reembed(args.appid, job["id"])
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped watching; the job goes on (same_search reembed --appid {args.appid} "
+            f"--cancel {job['id']} to stop it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if job["status"] != "done":
+        print(f"same_search: re-embed {job['status']}: {job['message']}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.appid} now serves model {job['model']} ({job['done']} items)")
+    return 0
+
+
 def _brief(card: dict) -> str:
     text = card.get("brief_text")
     return "(binary brief)" if text is None else text.replace("\n", " ")
@@ -595,4 +658,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {
     "export": cmd_export,
     "snapshot": cmd_snapshot,
     "duplicates": cmd_duplicates,
+    "reembed": cmd_reembed,
 }

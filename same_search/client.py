@@ -314,9 +314,10 @@ class _Base:
     # ---- retrieval, port 8025
 
     @_request
-    def signup(self, *, appid: str | None = None) -> _Call[None]:
-        """Create the library (AlreadySignedUp if it exists)."""
-        return self._rts("signup", appid, lambda body: None)
+    def signup(self, *, appid: str | None = None, model: str | None = None) -> _Call[None]:
+        """Create the library (AlreadySignedUp if it exists), for the model profile ``model``
+        (an extension; None: the daemon's default model)."""
+        return self._rts("signup", appid, lambda body: None, model=model)
 
     @_request
     def add(
@@ -472,6 +473,21 @@ class _Base:
         values.pick("job", dict),
     )
     cancel_job = _route("POST", wire.JOB_CANCEL, "Ask a running job to stop.", values.job_or_payload)
+    reembeds = _route(
+        "GET", wire.REEMBED, "A library's re-embed jobs, newest first.", values.pick("jobs", list)
+    )
+    reembed = _route(
+        "GET",
+        wire.REEMBED_JOB,
+        "One re-embed job: status, done, total, resumed, message.",
+        values.pick("job", dict),
+    )
+    cancel_reembed = _route(
+        "POST",
+        wire.REEMBED_CANCEL,
+        "Stop a re-embed job; the library keeps its model.",
+        values.pick("job", dict),
+    )
 
     cancel_duplicates = _route(
         "POST", wire.DUPLICATES_CANCEL, "Stop a running duplicates scan.", values.pick("scan", dict)
@@ -500,9 +516,18 @@ class _Base:
         return _Call("admin", path, "GET", query=query, parse=values.pick("scan", dict))
 
     @_request
-    def create_library(self, appid: str) -> _Call[dict[str, Any]]:
-        """Create a library through the management API; returns its stats."""
-        return _Call("admin", wire.LIBRARIES, body={"appid": appid}, parse=values.pick("library", dict))
+    def create_library(self, appid: str, model: str | None = None) -> _Call[dict[str, Any]]:
+        """Create a library through the management API (for the model profile ``model``, None:
+        the default); returns its stats."""
+        body = {"appid": appid} if model is None else {"appid": appid, "model": model}
+        return _Call("admin", wire.LIBRARIES, body=body, parse=values.pick("library", dict))
+
+    @_request
+    def start_reembed(self, appid: str, model: str) -> _Call[dict[str, Any]]:
+        """Start re-embedding a library with the model profile ``model`` from its kept originals
+        (an extension); returns the job."""
+        path = wire.REEMBED.format(appid=_quote(appid))
+        return _Call("admin", path, body={"model": model}, parse=values.pick("job", dict))
 
     @_request
     def delete_library(self, appid: str, confirm: bool = True) -> _Call[int]:
@@ -536,9 +561,11 @@ class _Base:
         return _Call("admin", wire.JOB_UPLOAD, data=zip_bytes, query=query, parse=values.pick("job", dict))
 
     @_request
-    def export_library(self, appid: str, vectors: bool = False) -> _Call[bytes]:
-        """The library as a ZIP (with its vectors when asked)."""
-        query = {"vectors": "1"} if vectors else None
+    def export_library(self, appid: str, vectors: bool = False, originals: bool = True) -> _Call[bytes]:
+        """The library as a ZIP (with its vectors when asked; with its kept originals unless not)."""
+        query = {"vectors": "1"} if vectors else {}
+        if not originals:
+            query["originals"] = "0"
         return _Call("admin", wire.EXPORT.format(appid=_quote(appid)), "GET", query=query, reply="bytes")
 
     @_request

@@ -11,6 +11,8 @@ from conftest import b64, brief
 from daemon import Daemon
 from images import jpeg
 
+from same_search.cli import EXIT_FAILED, main
+from same_search.client import SameSearchError
 from same_search.contsign import ContSign
 
 LITE0 = 'name = "efficientnet_lite0"\nprecision = "fp32"\n'
@@ -117,3 +119,26 @@ def test_reembed_survives_kill_9_and_resumes_where_it_was(daemon):
     assert daemon.terminate() == 0
     daemon.start()  # the switch and its index survive a restart
     assert best(daemon, "lib", 9)["score"] > 0.999
+
+
+def test_cli_and_client_reembed(daemon, capsys):
+    daemon.config.write_text(MODEL_B_KEEPING_A)
+    daemon.start()
+    client = daemon.client("lib")
+    client.signup(model="a")
+    for seed in range(5):
+        client.add(jpeg(seed), f"img {seed}")
+    with pytest.raises(SameSearchError, match="'nope' is not configured"):
+        client.start_reembed("lib", "nope")
+    ports = daemon.ports
+    flags = ["--search-port", str(ports["search"]), "--feature-port", str(ports["feature"])]
+    flags += ["--admin-port", str(ports["admin"])]
+    assert main(["reembed", *flags, "--appid", "lib", "--model", "default"]) == 0
+    assert "lib now serves model default (5 items)" in capsys.readouterr().out
+    assert client.library("lib")["model_name"] == "default"
+    [job] = client.reembeds("lib")
+    assert job["status"] == "done" and client.reembed("lib", job["id"])["done"] == 5
+    assert main(["reembed", *flags, "--appid", "lib", "--model", "default"]) == EXIT_FAILED
+    assert "already on model 'default'" in capsys.readouterr().err
+    assert main(["libraries", *flags]) == 0
+    assert "[default]" in capsys.readouterr().out
