@@ -116,6 +116,7 @@ async def overview(request: web.Request) -> web.Response:
 <tbody>{rows or '<tr><td colspan="5">No library yet: create one below or sign up through the API.</td></tr>'}</tbody></table>
 <form id="new-library" class="inline"><input name="appid" placeholder="new appid" required>
 <button>Create library</button> <span class="message"></span></form>
+{_models_table(services)}
 <h1>Import jobs</h1>
 <form id="new-job" class="inline"><select name="appid">{options}</select>
 <input name="dir" placeholder="/absolute/folder/on/the/server" size="40" required>
@@ -156,6 +157,7 @@ async def library(request: web.Request) -> web.Response:
 <input type="file" id="file" accept="image/*"></label>, to search this library.</div>
 {_results_block("Results")}
 {_library_extensions(appid)}
+{_reembed_panel(services, stats)}
 <h2>Items {offset + 1 if items else 0}&ndash;{offset + len(items)} of {stats["items"]}</h2>
 <div class="grid">{cards}</div><p class="nav">{nav}</p>
 """
@@ -216,7 +218,7 @@ async def static(request: web.Request) -> web.Response:
 # ---- extensions of issue 12: region search on the library page, the duplicates view ---------------
 
 #: Scripts of the extensions, served from ``static/`` under their own path.
-EXTENSION_SCRIPTS = ("region.js", "duplicates.js")
+EXTENSION_SCRIPTS = ("region.js", "duplicates.js", "reembed.js")
 _EXTENSION_STYLE = """<style>
 #region-stage { position: relative; display: inline-block; cursor: crosshair; user-select: none; }
 #region-stage img { max-width: min(480px, 100%); display: block; }
@@ -235,6 +237,55 @@ def _library_extensions(appid: str) -> str:
 <p id="region-status"></p></div>
 <p><a id="duplicates-link" href="{library_href(appid)}/duplicates">Find near-duplicates in this library</a></p>
 <script src="/static/ext/region.js" defer></script>"""
+
+
+# ---- extension of issue 16: a model per library, re-embedding ------------------------------------------
+
+
+def _models_table(services: Services) -> str:
+    """Every model profile, its state and the libraries it serves (the overview page)."""
+    rows = ""
+    for model in services.libraries.models_in_use():
+        names = ", ".join(model["names"])
+        if model["status"] != "ok":
+            rows += (
+                f'<tr class="unavailable"><td>{escape(names)}</td><td colspan="3" class="error">'
+                f"unavailable: {escape(model['reason'])}</td></tr>"
+            )
+            continue
+        libs = ", ".join(_library_link(appid) for appid in model["libraries"]) or "none"
+        rows += (
+            f"<tr><td>{escape(names)}</td><td>{escape(model['id'])} ({model['dim']}-d, "
+            f"{escape(model['device'])})</td><td><code>{escape(model['fingerprint'])}</code></td><td>{libs}</td></tr>"
+        )
+    return (
+        '<h1>Models</h1><table class="models"><thead><tr><th>profile</th><th>model</th><th>fingerprint</th>'
+        f"<th>libraries</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _reembed_panel(services: Services, stats: dict) -> str:
+    """On a library's page: its model, and a button to re-embed it with another profile."""
+    current = stats.get("model_name")
+    others = [name for name in services.models.names if services.models.names[name] != stats["fingerprint"]]
+    options = "".join(f"<option>{escape(name)}</option>" for name in others)
+    originals = (
+        ""
+        if services.libraries.keeps_originals
+        else ' <span class="error">[storage] keep_originals is off: re-embedding needs kept originals.</span>'
+    )
+    form = (
+        f'<form id="reembed-form" class="inline"><select name="model">{options}</select> '
+        "<button>Re-embed with this model</button></form>"
+        if others
+        else "<p>No other model profile is configured ([models.&lt;name&gt;] in config.toml).</p>"
+    )
+    return f"""<h2>Model</h2>
+<p>Served by model profile <b>{escape(current or "?")}</b> ({escape(stats["model"])}, fingerprint
+<code>{escape(stats["fingerprint"])}</code>). Re-embedding builds the library again with another model
+from its kept originals while it keeps serving, then switches at once.{originals}</p>
+{form}<p id="reembed-progress"></p><p><button id="reembed-cancel" hidden>Cancel the re-embed</button></p>
+<script src="/static/ext/reembed.js" defer></script>"""
 
 
 async def duplicates_page(request: web.Request) -> web.Response:
