@@ -208,7 +208,6 @@ def run_daemon(cfg: Config) -> int:
     from same_search.backends.base import BackendUnavailable
     from same_search.datadir import DataDirInUse
     from same_search.embed.models import ModelUnavailable
-    from same_search.libraries import ModelMismatch
     from same_search.logs import configure as configure_logging
     from same_search.server import ListenError, serve
 
@@ -216,7 +215,7 @@ def run_daemon(cfg: Config) -> int:
     log.info("same_search %s starting; data dir %s", __version__, cfg.data_path.resolve())
     try:
         asyncio.run(serve(cfg))
-    except (ModelUnavailable, ModelMismatch) as exc:
+    except ModelUnavailable as exc:
         log.error("cannot start: %s", exc)
         return 3
     except BackendUnavailable as exc:

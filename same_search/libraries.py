@@ -68,7 +68,6 @@ __all__ = [
     "Item",
     "Library",
     "LibraryService",
-    "ModelMismatch",
     "NearDuplicateAdd",
     "SearchPage",
     "TagFilter",
@@ -98,10 +97,6 @@ class AddResult:
 
     contsign: ContSign
     near_duplicates: list[Hit]
-
-
-class ModelMismatch(RuntimeError):
-    """A library was built with a model this daemon does not serve; never mix vectors."""
 
 
 @dataclass(frozen=True)

@@ -74,9 +74,10 @@ class _LiveCollector(Collector):
         self.services = services
 
     def collect(self) -> Iterator[Metric]:
-        embed = self.services.embed
-        queue = GaugeMetricFamily("same_search_embed_queue_depth", "Requests waiting for the embedder")
-        queue.add_metric([], embed.queue_size)
+        queue = GaugeMetricFamily(
+            "same_search_embed_queue_depth", "Requests waiting for the embedders (every model's queue)"
+        )
+        queue.add_metric([], self.services.models.queue_size)
         yield queue
         items = GaugeMetricFamily("same_search_library_items", "Live items per library", labels=["appid"])
         capacity = GaugeMetricFamily(

@@ -145,6 +145,7 @@ class ReembedJobs:
         background_priority()
         try:
             while job.id not in self._cancelled:
+                self._check_served(lib)
                 pending = await self.libraries.reembed_pending(lib, CHUNK)
                 if not pending:
                     break
@@ -157,6 +158,7 @@ class ReembedJobs:
                 await self._ledger.save_reembed_job(job)
                 log.info("re-embed job %d of %s cancelled at %d/%d", job.id, job.appid, job.done, job.total)
                 return
+            self._check_served(lib)
             self._switching.add(job.id)
 
             async def catch_up(locked: Library) -> None:
@@ -177,6 +179,11 @@ class ReembedJobs:
         finally:
             self._switching.discard(job.id)
             self._cancelled.discard(job.id)
+
+    def _check_served(self, lib: Library) -> None:
+        """A library deleted (or set aside) while its job runs ends the job."""
+        if self.libraries.libraries.get(lib.row.appid) is not lib:
+            raise ReembedFailed(f"library {lib.row.appid!r} was deleted or set aside during the job")
 
     async def _fail(self, job: ReembedJobRow, message: str) -> None:
         job.status, job.message = "failed", f"{message}; the library keeps its model"

@@ -19,7 +19,7 @@ import pytest
 from conftest import b64, brief
 from images import jpeg
 
-from same_search.config import Config, ModelConfig, StorageConfig
+from same_search.config import Config, ConfigError, ModelConfig, StorageConfig, from_mapping
 from same_search.contsign import ContSign
 from same_search.embed.embedder import model_fingerprint
 from same_search.services import SERVICES
@@ -254,3 +254,28 @@ async def test_cancel_leaves_the_library_untouched(client, api, embedder):
     assert again["err_no"] == 1 and "cancelled, not running" in again["err_msg"]
     found = await api(f"{R}/search", appid="lib", image=b64(jpeg(0)))
     assert found["data_items"][0]["score"] > 0.999
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"models": {"default": {"name": "efficientnet_lite0"}}}, "not 'default'"),
+        ({"models": {"bad name": {}}}, "profile name"),
+        ({"models": {"x": {"pooling": "max"}}}, "pooling must be one of"),
+        ({"models": {"x": {"nmae": "resnet50"}}}, r"\[models.x\] unknown key 'nmae'"),
+        ({"models": {"x": 3}}, "must be a table"),
+        (
+            {"storage": {"backend": "milvus", "uri": "http://m:19530", "keep_originals": True}},
+            "keep_originals",
+        ),
+    ],
+)
+def test_model_profile_and_originals_config_errors(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_mapping(data)
+
+
+def test_model_profiles_from_toml():
+    cfg = from_mapping({"models": {"old": {"name": "efficientnet_lite0", "image_size": 288}}})
+    assert list(cfg.model_profiles()) == ["default", "old"]
+    assert cfg.models["old"].image_size == 288 and cfg.models["old"].pooling == "avg"
