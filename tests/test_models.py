@@ -23,6 +23,7 @@ from same_search.config import Config, ConfigError, ModelConfig, StorageConfig, 
 from same_search.contsign import ContSign
 from same_search.embed.embedder import model_fingerprint
 from same_search.services import SERVICES
+from same_search.store.db import StorageError, Store
 
 R = "/RTSAsService"
 GEM = ModelConfig(name="efficientnet_lite0", pooling="gem", precision="fp32")
@@ -279,3 +280,23 @@ def test_model_profiles_from_toml():
     cfg = from_mapping({"models": {"old": {"name": "efficientnet_lite0", "image_size": 288}}})
     assert list(cfg.model_profiles()) == ["default", "old"]
     assert cfg.models["old"].image_size == 288 and cfg.models["old"].pooling == "avg"
+
+
+async def test_kept_originals_count_against_max_db_bytes(tmp_path: Path):
+    """An original that would take database + originals past max_db_bytes is refused (err_no 11
+    through the API) and leaves no file and no row behind."""
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        row = await store.create_library("lib", "m", 4, "f")
+        vector = np.array([1, 0, 0, 0], dtype=np.float32)
+        await store.add_item(row.id, 1, b"", None, vector, original=b"a" * 10_000)
+        assert len(originals(tmp_path)) == 1
+        store.max_bytes = store._database_bytes() + 10_000 + 5_000  # room for 5 KB more
+        with pytest.raises(StorageError, match="max_db_bytes"):
+            await store.add_item(row.id, 2, b"", None, vector, original=b"b" * 10_000)
+        assert len(originals(tmp_path)) == 1 and await store.count(row.id) == 1
+        await store.add_item(row.id, 3, b"", None, vector, original=b"a" * 10_000)  # shared: no new bytes
+        assert len(originals(tmp_path)) == 1 and await store.count(row.id) == 2
+    finally:
+        await store.close()
