@@ -16,6 +16,7 @@ from typing import Any
 
 from yarl import URL
 
+from same_search.query_expansion import check_expansion
 from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
 
 
@@ -151,6 +152,22 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """How search ranks its results (docs/quality.md)."""
+
+    #: Average query expansion: rank by the query averaged with its this many best hits
+    #: (0 = off). Scores stay cosine similarity to the query as sent. A request's
+    #: ``query_expansion`` field overrides it.
+    query_expansion: int = 2
+
+    def __post_init__(self) -> None:
+        try:
+            check_expansion(self.query_expansion)
+        except ValueError as exc:
+            raise ConfigError(f"[search] {exc}") from None
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Input limits from the API contract, configurable for special deployments."""
 
@@ -274,6 +291,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from same_search import query_expansion as qe
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
@@ -44,7 +45,7 @@ from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
-from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
+from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, resolve, select
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -502,22 +503,76 @@ class LibraryService:
         rn: int,
         tag_filter: TagFilter | None,
         min_score: float | None = None,
+        query_expansion: int | None = None,
     ) -> SearchPage:
-        """Results ``pn .. pn+rn`` by descending cosine similarity (only those >= ``min_score``).
+        """Results ``pn .. pn+rn`` (only those >= ``min_score``), scored by cosine similarity.
 
-        One result past the page is asked for: it tells whether more exist, on every backend.
+        With query expansion (``query_expansion`` hits, else the configured default; 0 = off)
+        the order comes from the expanded query (:mod:`same_search.query_expansion`); without
+        it, by descending score. One result past the page is asked for: it tells whether more
+        exist, on every backend.
         """
-        result = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
-        found = result.found
-        if min_score is not None:
-            found = [(key, score) for key, score in found if score >= min_score]
+        n = self.cfg.search.query_expansion if query_expansion is None else query_expansion
+        if n > 0:
+            found, rows = await self._expanded_ranking(lib, vector, n, pn + rn + 1, tag_filter, min_score)
+        else:
+            result = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
+            found, rows = result.found, result.rows
+            if min_score is not None:
+                found = [(key, score) for key, score in found if score >= min_score]
         window = found[pn : pn + rn]
-        rows = result.rows
         missing = [key for key, _ in window if key not in rows]
         if missing:
             rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
         return SearchPage(hits, has_more=len(found) > pn + rn)
+
+    async def _expanded_ranking(
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        n: int,
+        want: int,
+        tag_filter: TagFilter | None,
+        min_score: float | None,
+    ) -> tuple[list[tuple[int, float]], dict[int, ItemRow]]:
+        """At least ``want`` hits (when there are) in query-expansion order, scored against the
+        original query, and the rows the searches read on the way.
+
+        Two searches: the plain one (its best ``n`` hits expand the query, its near-duplicates
+        lead, its scores are reused) and the expanded one. Hits the plain search did not reach
+        have their score computed from their stored vector. When ``min_score`` leaves too few,
+        the expanded search is asked deeper (at most ``MAX_DEEPENING`` times the page).
+        """
+        first = await self._call(lib, self.backend.search(lib, vector, max(n, want), tag_filter))
+        floor = resolve(lib.row.dup_policy, lib.row.dup_min_score).min_score
+        leading = qe.near_duplicate_prefix(first.found, floor)
+        if len(leading) >= want or len(first.found) <= 1:  # expansion cannot change this page
+            found = first.found
+            if min_score is not None:
+                found = [(key, score) for key, score in found if score >= min_score]
+            return found, first.rows
+        neighbours = await self._vectors(lib, [key for key, _ in first.found[:n]])
+        expanded = qe.expanded_query(vector, list(neighbours.values()))
+        original = dict(first.found)
+        rows = dict(first.rows)
+        depth = want
+        while True:
+            second = await self._call(lib, self.backend.search(lib, expanded, depth, tag_filter))
+            rows.update(second.rows)
+            unscored = [key for key, _ in second.found if key not in original]
+            for key, stored in (await self._vectors(lib, unscored)).items():
+                original[key] = float(np.dot(np.asarray(vector, dtype=np.float32).ravel(), stored))
+            found = qe.merged_ranking(leading, (key for key, _ in second.found), original, min_score)
+            if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
+                return found, rows
+            depth *= 2
+
+    async def _vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored vectors by key, read concurrently (keys removed meanwhile are left out)."""
+        read = await asyncio.gather(*(self._call(lib, self.backend.vector(lib, key)) for key in keys))
+        pairs = zip(keys, read, strict=True)
+        return {key: np.asarray(v, dtype=np.float32).ravel() for key, v in pairs if v is not None}
 
     async def same_pictures(
         self,

@@ -15,6 +15,7 @@ from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, TagFilter
 from same_search.near_duplicates import DupPolicy, check_min_score, check_mode, resolve
+from same_search.query_expansion import check_expansion
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
@@ -171,7 +172,9 @@ async def search(request: web.Request) -> web.Response:
             lib, vector, await query, pn, rn, tag_filter, _min_score(fields)
         )
     else:
-        page = await services.libraries.search(lib, vector, pn, rn, tag_filter, _min_score(fields))
+        page = await services.libraries.search(
+            lib, vector, pn, rn, tag_filter, _min_score(fields), _query_expansion(fields)
+        )
     return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
 
 
@@ -195,6 +198,17 @@ def _min_score(fields: Fields) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
         raise bad_request("min_score must be a number from -1 to 1")
     return float(value)
+
+
+def _query_expansion(fields: Fields) -> int | None:
+    """Optional extension: how many best hits expand the query (0 = off); absent = the config's."""
+    value = fields.data.get("query_expansion")
+    if value is None:
+        return None
+    try:
+        return check_expansion(value)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def _tag_filter(fields: Fields) -> TagFilter | None:
