@@ -231,6 +231,41 @@ def variants_for(
     }
 
 
+def calibration(caltech: np.ndarray, caltech_labels: np.ndarray, imagenet: np.ndarray) -> list[str]:
+    """Score calibration (report only): scores of unrelated pairs in each development set, raw
+    and centred on that set's own mean, and of same-class Caltech pairs. A threshold is stable
+    across libraries when the unrelated percentiles agree between the two sets."""
+    rng = np.random.default_rng(13)
+    lines = [
+        "| scores | set | unrelated p50 | unrelated p95 | unrelated p99 | same-class p50 (Caltech) |",
+        "|:---|:---|---:|---:|---:|---:|",
+    ]
+    spread = {}
+    for mode in ("raw", "centred"):
+        p99 = []
+        for set_name, vecs, labels in (
+            ("caltech101-dev", caltech, caltech_labels),
+            ("imagenet-samples", imagenet, np.arange(len(imagenet)).astype(str)),
+        ):
+            x = vecs if mode == "raw" else normalise(vecs - vecs.mean(axis=0))
+            i, j = rng.integers(0, len(x), 200_000), rng.integers(0, len(x), 200_000)
+            keep = i != j
+            scores = np.einsum("nd,nd->n", x[i[keep]], x[j[keep]])
+            same = labels[i[keep]] == labels[j[keep]]
+            unrelated = np.percentile(scores[~same], [50, 95, 99])
+            related = f"{np.median(scores[same]):.3f}" if same.any() else "-"
+            p99.append(unrelated[2])
+            cells = " | ".join(f"{v:.3f}" for v in unrelated)
+            lines.append(f"| {mode} | {set_name} | {cells} | {related} |")
+        spread[mode] = abs(p99[0] - p99[1])
+    lines += [
+        "",
+        f"Spread of the 1%-false-positive threshold (unrelated p99) between the two sets: raw "
+        f"{spread['raw']:.3f}, centred {spread['centred']:.3f}.",
+    ]
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Embed (cached), rank under every variant and network, print and write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -293,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             short = {"QE off": tops["baseline (QE off)"], "QE 2": tops["the daemon's QE 2 (the default)"]}
             out += [f"## {name}: per class (worst P@10 without QE first)", ""]
             out += [*per_class(short, labels, query_labels, n_relevant), ""]
+            out += ["## lite0: score calibration (report only)", ""]
+            out += [*calibration(library[: len(caltech)], query_labels, library[len(caltech) :]), ""]
     out += [
         "## Networks (the daemon's pipeline around each)",
         "",
