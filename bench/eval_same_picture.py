@@ -53,10 +53,8 @@ from same_search.verify import decision, local_features, matching, service  # no
 LIMITS = ImageLimits()
 FULL_RES = 1 << 20
 #: The development photos beside the repository (a worktree one level deeper finds them too).
-DATA_DIR = next(
-    (d for d in (REPO_ROOT.parent / "shared" / "data", REPO_ROOT.parents[1] / "shared" / "data") if d.is_dir()),
-    REPO_ROOT.parent / "shared" / "data",
-)
+_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data", REPO_ROOT.parents[1] / "shared" / "data")
+DATA_DIR = next((d for d in _DATA_DIRS if d.is_dir()), _DATA_DIRS[0])
 
 
 # --------------------------------------------------------------------------------------------
