@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from same_search import promotion
 from same_search import query_expansion as qe
 from same_search.backends.base import (
     AlreadyExists,
@@ -504,22 +505,31 @@ class LibraryService:
         tag_filter: TagFilter | None,
         min_score: float | None = None,
         query_expansion: int | None = None,
+        promote: bool = False,
+        query: QueryFeatures | None = None,
     ) -> SearchPage:
         """Results ``pn .. pn+rn`` (only those >= ``min_score``), scored by cosine similarity.
 
         With query expansion (``query_expansion`` hits, else the configured default; 0 = off)
         the order comes from the expanded query (:mod:`same_search.query_expansion`); without
-        it, by descending score. One result past the page is asked for: it tells whether more
-        exist, on every backend.
+        it, by descending score. ``promote`` moves the best candidates that the same-picture
+        check confirms against ``query`` (its local features; None: it has none, and only the
+        strict score fallback confirms) to the top (:mod:`same_search.promotion`). One result
+        past the page is asked for: it tells whether more exist, on every backend.
         """
         n = self.cfg.search.query_expansion if query_expansion is None else query_expansion
+        promote = promote and pn < promotion.DEPTH  # positions past the depth never move
+        # Promotion reorders the ranking's first DEPTH whatever the page, so every page sees them.
+        depth = max(pn + rn + 1, promotion.DEPTH) if promote else pn + rn + 1
         if n > 0:
-            found, rows = await self._expanded_ranking(lib, vector, n, pn + rn + 1, tag_filter, min_score)
+            found, rows = await self._expanded_ranking(lib, vector, n, depth, tag_filter, min_score)
         else:
-            result = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
+            result = await self._call(lib, self.backend.search(lib, vector, depth, tag_filter))
             found, rows = result.found, result.rows
             if min_score is not None:
                 found = [(key, score) for key, score in found if score >= min_score]
+        if promote:
+            found = await self._promoted(lib, found, query)
         window = found[pn : pn + rn]
         missing = [key for key, _ in window if key not in rows]
         if missing:
@@ -567,6 +577,15 @@ class LibraryService:
             if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
                 return found, rows
             depth *= 2
+
+    async def _promoted(
+        self, lib: Library, found: list[tuple[int, float]], query: QueryFeatures | None
+    ) -> list[tuple[int, float]]:
+        """``found`` with the candidates among its first few that are the query's picture first."""
+        head = found[: promotion.DEPTH]
+        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in head]))
+        verdicts = await self.verifier.judge(query, head, stored)
+        return promotion.promoted(found, [v.key for v in verdicts if v.same])
 
     async def _vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by key, read concurrently (keys removed meanwhile are left out)."""

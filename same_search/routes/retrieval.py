@@ -143,6 +143,8 @@ async def search(request: web.Request) -> web.Response:
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
     same_picture = _flag(fields, "same_picture")
+    promote = _flag(fields, "promote_same_picture", services.cfg.search.promote_same_picture)
+    min_score, expansion = _min_score(fields), _query_expansion(fields)
     region = fields.region()
     image = await _image_or_url(services, fields, required=False)
     contsign = None
@@ -154,9 +156,10 @@ async def search(request: web.Request) -> web.Response:
         contsign = fields.contsign()
         if contsign is None:
             raise bad_request("image or contsign is required")
-    # The query's local features (same_picture only) are extracted while the vector is computed.
+    # The query's local features (same_picture and promotion only) are extracted while the
+    # vector is computed.
     query = asyncio.ensure_future(
-        services.libraries.query_features(lib, image, contsign) if same_picture else _none()
+        services.libraries.query_features(lib, image, contsign) if same_picture or promote else _none()
     )
     try:
         if image is not None:
@@ -169,11 +172,19 @@ async def search(request: web.Request) -> web.Response:
         raise
     if same_picture:
         page = await services.libraries.search_same_picture(
-            lib, vector, await query, pn, rn, tag_filter, _min_score(fields)
+            lib, vector, await query, pn, rn, tag_filter, min_score
         )
     else:
         page = await services.libraries.search(
-            lib, vector, pn, rn, tag_filter, _min_score(fields), _query_expansion(fields)
+            lib,
+            vector,
+            pn,
+            rn,
+            tag_filter,
+            min_score,
+            expansion,
+            promote=promote,
+            query=await query,
         )
     return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
 
@@ -182,9 +193,9 @@ async def _none() -> None:
     return None
 
 
-def _flag(fields: Fields, name: str) -> bool:
-    """An optional 0/1 extension field (absent = 0)."""
-    value = fields.data.get(name, 0)
+def _flag(fields: Fields, name: str, default: bool = False) -> bool:
+    """An optional 0/1 extension field (absent = ``default``)."""
+    value = fields.data.get(name, int(default))
     if isinstance(value, bool) or value not in (0, 1):
         raise bad_request(f"{name} must be 0 or 1")
     return value == 1
