@@ -7,7 +7,8 @@ index search, the neighbours' vectors, the vectors of hits the first search did 
 Each row alternates ``query_expansion`` 0 and 2 request by request, so load on the machine hits
 both alike. Then the same with the exact search swapped for the HNSW graph (``exact_threshold``
 below the library size, the daemon restarted on the same data). Finally a few searches by
-image, the way clients search, to put the difference next to a whole request.
+image, the way clients search, to put the difference next to a whole request, and the cost of
+``promote_same_picture`` on them.
 
     .venv/bin/python bench/bench_query_expansion.py --items 1000 --searches 200
 """
@@ -62,7 +63,7 @@ def timed(daemon: Daemon, **body) -> float:
 
 
 def row(label: str, samples: dict[int, list[float]]) -> str:
-    off, on = samples[0], samples[2]
+    off, on = samples[min(samples)], samples[max(samples)]
     extra = statistics.median(on) - statistics.median(off)
     return (
         f"| {label} | {percentile_ms(off, 0.5):.1f} / {percentile_ms(off, 0.9):.1f} | "
@@ -75,6 +76,15 @@ def compare(daemon: Daemon, queries: list[dict], rn: int) -> dict[int, list[floa
     for query in queries:
         for n in (0, 2):
             samples[n].append(timed(daemon, rn=rn, query_expansion=n, **query))
+    return samples
+
+
+def compare_promotion(daemon: Daemon, queries: list[dict]) -> dict[int, list[float]]:
+    """Searches by image with ``promote_same_picture`` 0 and 1 alternating (QE at its default)."""
+    samples: dict[int, list[float]] = {0: [], 1: []}
+    for query in queries:
+        for flag in (0, 1):
+            samples[flag].append(timed(daemon, rn=10, promote_same_picture=flag, **query))
     return samples
 
 
@@ -104,6 +114,8 @@ def main() -> None:
                 {"image": base64.b64encode(rng.choice(pictures)).decode()} for _ in range(args.image_searches)
             ]
             print(row("by image, rn 10, exact", compare(daemon, images, 10)))
+            print("| search by image, rn 10 (median / p90 ms) | promote 0 | promote 1 | extra (median) |")
+            print(row("QE 2, exact", compare_promotion(daemon, images)))
         finally:
             daemon.stop()
         daemon.config.write_text(CONFIG.format(threshold=10))
