@@ -549,12 +549,13 @@ class LibraryService:
         """At least ``want`` hits (when there are) in query-expansion order, scored against the
         original query, and the rows the searches read on the way.
 
-        Two searches: the plain one (its best ``n`` hits expand the query, its near-duplicates
-        lead, its scores are reused) and the expanded one. Hits the plain search did not reach
-        have their score computed from their stored vector. When ``min_score`` leaves too few,
-        the expanded search is asked deeper (at most ``MAX_DEEPENING`` times the page).
+        Two searches: the plain one (its best ``n`` hits, copies of the query aside, expand the
+        query; its near-duplicates lead; its scores are reused) and the expanded one. Hits the
+        plain search did not reach have their score computed from their stored vector. When
+        ``min_score`` leaves too few, the expanded search is asked deeper (at most
+        ``MAX_DEEPENING`` times the page).
         """
-        first = await self._call(lib, self.backend.search(lib, vector, max(n, want), tag_filter))
+        first = await self._call(lib, self.backend.search(lib, vector, max(n + 1, want), tag_filter))
         floor = resolve(lib.row.dup_policy, lib.row.dup_min_score).min_score
         leading = qe.near_duplicate_prefix(first.found, floor)
         if len(leading) >= want or len(first.found) <= 1:  # expansion cannot change this page
@@ -562,8 +563,9 @@ class LibraryService:
             if min_score is not None:
                 found = [(key, score) for key, score in found if score >= min_score]
             return found, first.rows
-        neighbours = await self._vectors(lib, [key for key, _ in first.found[:n]])
+        neighbours = await self._vectors(lib, qe.expanding_keys(first.found, n))
         expanded = qe.expanded_query(vector, list(neighbours.values()))
+        query = np.asarray(vector, dtype=np.float32).ravel()
         original = dict(first.found)
         rows = dict(first.rows)
         depth = want
@@ -572,7 +574,7 @@ class LibraryService:
             rows.update(second.rows)
             unscored = [key for key, _ in second.found if key not in original]
             for key, stored in (await self._vectors(lib, unscored)).items():
-                original[key] = float(np.dot(np.asarray(vector, dtype=np.float32).ravel(), stored))
+                original[key] = float(np.dot(query, stored))
             found = qe.merged_ranking(leading, (key for key, _ in second.found), original, min_score)
             if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
                 return found, rows

@@ -25,6 +25,14 @@ import numpy as np
 MAX_EXPANSION = 10
 #: The expanded search is asked this many times deeper at most when ``min_score`` drops hits.
 MAX_DEEPENING = 8
+#: Hits scoring at least this are the query itself (a stored copy, or the item searched by its
+#: contsign): averaging them in would only weigh the query twice, so they never expand it.
+IDENTICAL = 0.9999
+
+
+def expanding_keys(found: Sequence[tuple[int, float]], n: int) -> list[int]:
+    """The ``n`` best hits that expand the query, copies of the query itself left out."""
+    return [key for key, score in found if score < IDENTICAL][:n]
 
 
 def expanded_query(query: np.ndarray, neighbours: Sequence[np.ndarray]) -> np.ndarray:

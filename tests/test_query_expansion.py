@@ -64,9 +64,10 @@ def ranked(body: dict) -> list[tuple[str, float]]:
 
 def expected_order(query: np.ndarray, vectors: dict[str, np.ndarray], n: int, floor: float) -> list[str]:
     """What QE must give, computed here from the vectors: near-duplicates by score first, then
-    by cosine to the query averaged with its n best hits."""
+    by cosine to the query averaged with its n best hits (copies of the query itself aside)."""
     plain = sorted(vectors, key=lambda c: -float(query @ vectors[c]))
-    expanded = query + sum(vectors[c] for c in plain[:n])
+    neighbours = [c for c in plain if float(query @ vectors[c]) < 0.9999][:n]
+    expanded = query + sum(vectors[c] for c in neighbours)
     expanded = expanded / np.linalg.norm(expanded)
     leading = [c for c in plain if float(query @ vectors[c]) >= floor]
     rest = sorted((c for c in vectors if c not in leading), key=lambda c: -float(expanded @ vectors[c]))
@@ -227,3 +228,4 @@ def test_merged_ranking_keeps_near_duplicates_first_and_filters_on_original_scor
         (5, 0.6),
     ]
     assert qe.near_duplicate_prefix([(1, 0.99), (2, 0.9), (3, 0.97)], 0.95) == [(1, 0.99)]
+    assert qe.expanding_keys([(1, 1.0), (2, 0.99995), (3, 0.9), (4, 0.8), (5, 0.7)], 2) == [3, 4]
