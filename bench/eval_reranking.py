@@ -138,6 +138,75 @@ def daemon_qe(
     return np.take_along_axis(top, order, axis=1)
 
 
+def top_by_distance(distance: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
+    """Top ``k`` library indices per query row of a distance matrix, the query itself left out."""
+    distance = distance.copy()
+    distance[np.arange(len(distance)), exclude] = np.inf
+    top = np.argpartition(distance, k, axis=1)[:, :k]
+    order = np.argsort(np.take_along_axis(distance, top, axis=1), axis=1)
+    return np.take_along_axis(top, order, axis=1)
+
+
+def k_reciprocal(
+    library: np.ndarray, queries_index: np.ndarray, k1: int = 20, k2: int = 6, lam: float = 0.3
+) -> np.ndarray:
+    """k-reciprocal re-ranking (Zhong et al. 2017) over the whole library (the queries are library
+    members): Jaccard distance of k-reciprocal neighbour sets blended with the original distance.
+    Needs every item's neighbours, so a daemon would keep a neighbour graph updated on every add."""
+    n = len(library)
+    dist = 2 - 2 * (library @ library.T)
+    dist = dist / dist.max(axis=0)
+    rank = np.argsort(dist, axis=1)[:, : k1 + 1]
+    half = round(k1 / 2)
+    weights = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        forward = rank[i]
+        reciprocal = forward[(rank[forward] == i).any(axis=1)]
+        expansion = set(reciprocal.tolist())
+        for c in reciprocal:
+            near = rank[c, : half + 1]
+            near = near[(rank[near, : half + 1] == c).any(axis=1)]
+            if len(np.intersect1d(near, reciprocal)) > 2 / 3 * len(near):
+                expansion.update(near.tolist())
+        members = np.array(sorted(expansion))
+        w = np.exp(-dist[i, members])
+        weights[i, members] = w / w.sum()
+    if k2 > 1:
+        weights = weights[rank[:, :k2]].mean(axis=1)
+    jaccard = np.zeros((len(queries_index), n), dtype=np.float32)
+    for row, i in enumerate(queries_index):
+        shared = np.minimum(weights[i][None, :], weights).sum(axis=1)
+        jaccard[row] = 1 - shared / (2 - shared)
+    return top_by_distance(jaccard * (1 - lam) + dist[queries_index] * lam, queries_index, 100)
+
+
+def diffusion(
+    library: np.ndarray, queries_index: np.ndarray, k: int = 20, query_k: int = 5, alpha: float = 0.99
+) -> np.ndarray:
+    """Diffusion on the library's reciprocal k-NN graph (Iscen et al. 2017; similarities cubed),
+    solved in closed form; the query starts from itself and its ``query_k`` best hits. Needs the
+    library's graph and its inverse, rebuilt as the library changes."""
+    n = len(library)
+    sim = library @ library.T
+    affinity = np.clip(sim, 0, None) ** 3
+    np.fill_diagonal(affinity, 0)
+    keep = np.argpartition(-affinity, k, axis=1)[:, :k]
+    rows = np.arange(n)[:, None]
+    knn = np.zeros_like(affinity)
+    knn[rows, keep] = affinity[rows, keep]
+    graph = np.minimum(knn, knn.T)
+    degree = graph.sum(axis=1)
+    scale = 1 / np.sqrt(np.where(degree > 0, degree, 1))
+    inverse = np.linalg.inv(np.eye(n) - alpha * graph * scale[:, None] * scale[None, :])
+    start = sim[queries_index].copy()
+    start[np.arange(len(queries_index)), queries_index] = -np.inf
+    top = np.argpartition(-start, query_k, axis=1)[:, :query_k]
+    seeds = np.zeros((len(queries_index), n))
+    seeds[np.arange(len(queries_index))[:, None], top] = np.take_along_axis(start, top, axis=1) ** 3
+    seeds[np.arange(len(queries_index)), queries_index] = 1
+    return top_by_distance(-(seeds @ inverse.T), queries_index, 100)
+
+
 #: Evaluated networks: (stages, input side, weights package); Lite0 is the daemon's.
 NETWORKS = {
     "lite0": (None, 224, None),
@@ -246,6 +315,8 @@ def variants_for(
             expand(augmented2[queries_index], augmented2, queries_index, 2, 0), augmented2, queries_index, 100
         ),
         "centred on the library mean": lambda: ranked(centred[queries_index], centred, queries_index, 100),
+        "k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)": lambda: k_reciprocal(library, queries_index),
+        "diffusion (k 20, 5 query neighbours, alpha 0.99)": lambda: diffusion(library, queries_index),
     }
 
 
