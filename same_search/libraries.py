@@ -46,7 +46,16 @@ from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
-from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, resolve, select
+from same_search.near_duplicates import (
+    DEFAULT_MIN_SCORE,
+    MAX_REPORTED,
+    OFF,
+    Candidate,
+    DupPolicy,
+    Query,
+    resolve,
+    select,
+)
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -148,6 +157,14 @@ class LibraryCensus:
 
 def _item(row: ItemRow) -> Item:
     return Item(ContSign.from_key(row.key), row.brief, row.tags)
+
+
+def _near_duplicate_verdict(verdict: Verdict, policy: DupPolicy) -> bool:
+    """A checked candidate is a near-duplicate when the check confirms it; one the check could
+    not look at (no local features) when its score alone reaches the policy's strict floor."""
+    if verdict.evidence is None:
+        return verdict.score >= policy.min_score
+    return verdict.same
 
 
 async def _nothing() -> None:
@@ -449,13 +466,17 @@ class LibraryService:
         result = await self._call(
             lib, self.backend.search(lib, query.vector, NEAR_DUPLICATE_CANDIDATES, None)
         )
-        chosen = select(query, result.found, policy)
-        if chosen and local_features is not None:
-            stored = await self._call(lib, self.backend.local_features(lib, [c.key for c in chosen]))
-            features = self.verifier.stored_query(local_features)
-            verdicts = await self.verifier.judge(features, [(c.key, c.score) for c in chosen], stored)
-            kept = {v.key for v in verdicts if v.same or v.evidence is None}
-            chosen = [c for c in chosen if c.key in kept]
+        features = self.verifier.stored_query(local_features)
+        if features is None:
+            chosen = select(query, result.found, policy)
+        else:
+            # With the built-in floors, candidates the check confirms may score as low as
+            # policy.verified_min_score; unverifiable ones still need policy.min_score.
+            close = [(key, score) for key, score in result.found if score >= policy.candidate_floor]
+            stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in close]))
+            verdicts = await self.verifier.judge(features, close, stored)
+            kept = [v for v in verdicts if _near_duplicate_verdict(v, policy)]
+            chosen = [Candidate(v.key, v.score) for v in kept[:MAX_REPORTED]]
         rows = result.rows
         missing = [c.key for c in chosen if c.key not in rows]
         if missing:
@@ -850,6 +871,9 @@ class LibraryService:
             "dup_min_score": lib.row.dup_min_score
             if lib.row.dup_min_score is not None
             else DEFAULT_MIN_SCORE,
+            # The built-in floor for candidates the same-picture check confirms (None when the
+            # library sets its own floor, which then applies to every candidate).
+            "dup_verified_min_score": resolve(lib.row.dup_policy, lib.row.dup_min_score).verified_min_score,
         }
 
     async def snapshot(self, lib: Library) -> dict[str, int]:

@@ -23,8 +23,12 @@ import numpy as np
 from same_search.errors import bad_request
 
 POLICIES = ("off", "warn", "reject")
-#: The built-in floor. Chosen for precision on look-alike negatives, at a large cost in recall.
+#: The built-in floor for pairs the same-picture check cannot look at (an item or a query
+#: without local features): the score alone must decide, so it is set for precision.
 DEFAULT_MIN_SCORE = 0.95
+#: The built-in floor for pairs the same-picture check confirms: with the check behind it, 0.6
+#: kept precision at 0.996 and caught 83% of strong edits, where 0.95 caught 1% (docs/quality.md).
+VERIFIED_MIN_SCORE = 0.6
 #: At most this many close items are reported in ``data_items`` (best first).
 MAX_REPORTED = 10
 
@@ -35,6 +39,14 @@ class DupPolicy:
 
     mode: str = "off"
     min_score: float = DEFAULT_MIN_SCORE
+    #: The lower floor for candidates the same-picture check confirms; None: ``min_score`` for
+    #: them too (a floor set by the operator or the request applies to every candidate).
+    verified_min_score: float | None = VERIFIED_MIN_SCORE
+
+    @property
+    def candidate_floor(self) -> float:
+        """The lowest score a candidate worth checking may have."""
+        return min(self.min_score, self.verified_min_score or self.min_score)
 
     @property
     def active(self) -> bool:
@@ -88,7 +100,9 @@ def resolve(
     """The policy in force: the request's (or job's) fields over the library's default over the
     built-in floor; each of the two fields falls back on its own."""
     floor = min_score if min_score is not None else default_min_score
-    return DupPolicy(mode or default_mode, DEFAULT_MIN_SCORE if floor is None else floor)
+    if floor is None:  # the built-in floors: strict for the score alone, lower where verified
+        return DupPolicy(mode or default_mode)
+    return DupPolicy(mode or default_mode, floor, verified_min_score=None)
 
 
 def is_near_duplicate(query: Query, candidate: Candidate, policy: DupPolicy) -> bool:
