@@ -16,6 +16,9 @@ cost of one picture's forward pass.
   the ranking of one query is unchanged by a shared offset only if norms move too, so measure it.
 - **the daemon's QE n**: what search does with ``[search] query_expansion = n``: hits scoring at
   least the near-duplicate floor (0.95) first by score, the rest by the expanded query.
+- **k-reciprocal re-ranking** and **diffusion** (report only): library-wide graph methods.
+
+Also a score-calibration table (unrelated-pair percentiles per development set, raw and centred).
 
 Vectors are cached on disk (``--cache-dir``) keyed by the model fingerprint.
 
