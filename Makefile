@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-precision eval eval-same-picture soak clean
+.PHONY: run test install lint proto bench bench-precision eval eval-same-picture eval-reranking bench-query-expansion soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -56,6 +56,17 @@ eval: $(BENCH_STAMP)
 # under /tmp/same_search-eval-cache), 3 minutes after.
 eval-same-picture: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_same_picture.py
+
+# The category protocol with the 1,000 ImageNet photos as distractors: query expansion and the
+# other re-ranking variants, per-class results, score calibration, EfficientNet-Lite0/1/2 with
+# their CPU cost; writes bench/reranking_results.md. A few minutes per network the first time
+# (vectors cached under /tmp/same_search-eval-cache), under a minute after.
+eval-reranking: $(BENCH_STAMP)
+	$(BIN)/python bench/eval_reranking.py
+
+# What query expansion costs per search on the real daemon (1,000 photos; about 5 minutes).
+bench-query-expansion: $(STAMP)
+	$(BIN)/python bench/bench_query_expansion.py
 
 # Speed and vector drift of fp32 / bf16 / int8 forward passes on this CPU (about 5 minutes).
 bench-precision: $(STAMP)

@@ -52,6 +52,9 @@ from same_search.verify import decision, local_features, matching, service  # no
 
 LIMITS = ImageLimits()
 FULL_RES = 1 << 20
+#: The development photos beside the repository (a worktree one level deeper finds them too).
+_DATA_DIRS = (REPO_ROOT.parent / "shared" / "data", REPO_ROOT.parents[1] / "shared" / "data")
+DATA_DIR = next((d for d in _DATA_DIRS if d.is_dir()), _DATA_DIRS[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +356,67 @@ def extraction_ms(sets: Sets, count: int = 60) -> list[float]:
     return out
 
 
+def rank_one(sets: Sets, results: dict[str, list[Candidate]], promote: bool) -> dict[str, bool]:
+    """Positive query -> whether its original is the top hit: by score alone, or (``promote``)
+    with the candidates the same-picture check confirms moved ahead of the rest (best score
+    first among them), as search would do if it promoted verified hits."""
+    positives, _ = main_sets(sets)
+    top = {}
+    for key in positives:
+        candidates = results[key]
+        if promote:
+            confirmed = [c for c in candidates if decision.is_same_picture(c.score, c.evidence)]
+            candidates = confirmed + [c for c in candidates if c not in confirmed]
+        top[key] = bool(candidates) and candidates[0].key in sets.truth[key]
+    return top
+
+
+def rank_one_rows(sets: Sets, results: dict[str, list[Candidate]]) -> list[list[str]]:
+    """Recall@1 per strong edit, by score and with verified candidates promoted."""
+    positives, _ = main_sets(sets)
+    plain, promoted = rank_one(sets, results, False), rank_one(sets, results, True)
+    rows = []
+    for edit in [*hard_edits.STRONG_EDITS, None]:
+        members = [k for k in positives if edit is None or sets.kind[k] == edit]
+        in_depth = np.mean([any(c.key in sets.truth[k] for c in results[k]) for k in members])
+        rows.append(
+            [
+                edit or "**all strong edits**",
+                str(len(members)),
+                f"{np.mean([plain[k] for k in members]):.3f}",
+                f"{np.mean([promoted[k] for k in members]):.3f}",
+                f"{in_depth:.3f}",
+            ]
+        )
+    return rows
+
+
+#: Near-duplicate floors measured with the same-picture check behind them.
+FLOORS = (0.95, 0.90, 0.85, 0.80, 0.70, 0.60, 0.50)
+
+
+def floor_rows(sets: Sets, results: dict[str, list[Candidate]]) -> list[list[str]]:
+    """The near-duplicate policy on add at each floor: a candidate is a near-duplicate when its
+    score reaches the floor and the same-picture check confirms it (the policy's rule), over the
+    verified candidates; precision and recall as for same_picture."""
+    rows = []
+    for floor in FLOORS:
+        judge = lambda c, f=floor: c.score >= f and decision.is_same_picture(c.score, c.evidence)  # noqa: E731
+        precision, recall, false_pos = precision_recall(sets, outcome(sets, results, judge))
+        bare = lambda c, f=floor: c.score >= f  # noqa: E731
+        b_precision, b_recall, b_false = precision_recall(sets, outcome(sets, results, bare))
+        rows.append(
+            [
+                f"{floor:.2f}",
+                f"{precision:.3f}",
+                f"{recall:.3f}",
+                str(false_pos),
+                f"{b_precision:.3f} / {b_recall:.3f} / {b_false}",
+            ]
+        )
+    return rows
+
+
 def report(sets: Sets, results: dict[str, list[Candidate]], cache: FeatureCache, args, elapsed: float) -> str:
     """The markdown report."""
     positives, negatives = main_sets(sets)
@@ -383,6 +447,31 @@ def report(sets: Sets, results: dict[str, list[Candidate]], cache: FeatureCache,
         members = [k for k in sets.queries if sets.kind[k] == kind]
         rows.append([kind, f"{sum(said[k][0] for k in members)} of {len(members)} said same"])
     lines += [markdown_table(["edit / negative kind", "result"], rows), ""]
+    lines += [
+        "## Near-duplicate recall@1: score alone, and verified candidates promoted to the top",
+        "",
+        f"Recall@1 of the edited copies (the original is the first hit). Promoted: the candidates among "
+        f"the {args.depth} best that the same-picture check confirms come first. The last column is the "
+        f"ceiling: the original is among the {args.depth} candidates at all.",
+        "",
+        markdown_table(
+            ["edit", "queries", "R@1 by score", "R@1 promoted", f"original in top {args.depth}"],
+            rank_one_rows(sets, results),
+        ),
+        "",
+    ]
+    lines += [
+        "## Near-duplicate floor on add, with the same-picture check behind it",
+        "",
+        f"Over the {args.depth} best candidates (the policy looks at 32; a floor below the 10th score "
+        "could find a few more in the daemon).",
+        "",
+        markdown_table(
+            ["dup_min_score", "precision", "recall", "false positives", "floor alone: P / R / FP"],
+            floor_rows(sets, results),
+        ),
+        "",
+    ]
     lines += ["## Bare score of the best hit, for comparison", ""]
     header = ["min_score", "precision", "recall", "false positives"]
     lines += [markdown_table(header, bare_score_rows(sets, results)), ""]
@@ -427,7 +516,7 @@ def log(message: str) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / ".." / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument(
         "--imagenet", type=int, default=300, help="ImageNet photos in the library (and as negatives)"
     )

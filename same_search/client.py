@@ -379,12 +379,15 @@ class _Base:
         tag_logic: int | str = 0,
         appid: str | None = None,
         same_picture: bool = False,
+        query_expansion: int | None = None,
+        promote_same_picture: bool | None = None,
     ) -> _Call[SearchResult]:
         """Items most similar to an image (or to a stored item's vector), best first.
 
         ``tags`` filters; ``tag_logic`` 0/"all" needs every non-zero tag, 1/"any" one of them.
         ``same_picture`` keeps only the hits judged the same picture, possibly edited (extension,
-        docs/api.md).
+        docs/api.md). ``query_expansion`` (0 = off: descending score) and ``promote_same_picture``
+        override the daemon's defaults for the result order (extensions; None: the daemon's).
         """
         if (image is None) == (contsign is None):
             raise ValueError("search needs exactly one of image= or contsign=")
@@ -400,6 +403,8 @@ class _Base:
             pn=pn,
             rn=rn,
             same_picture=1 if same_picture else None,
+            query_expansion=query_expansion,
+            promote_same_picture=None if promote_same_picture is None else int(promote_same_picture),
             **filters,
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from yarl import URL
 
+from same_search.query_expansion import check_expansion
 from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
 
 
@@ -160,6 +161,27 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """How search ranks its results (docs/quality.md)."""
+
+    #: Average query expansion: rank by the query averaged with its this many best hits
+    #: (0 = off). Scores stay cosine similarity to the query as sent. A request's
+    #: ``query_expansion`` field overrides it.
+    query_expansion: int = 2
+    #: Move the best candidates that the same-picture check confirms (edited copies of the
+    #: query) to the top of every search's results; costs a local-feature extraction of the
+    #: query and a check of 10 candidates per search. A request's ``promote_same_picture``
+    #: (0 or 1) overrides it.
+    promote_same_picture: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            check_expansion(self.query_expansion)
+        except ValueError as exc:
+            raise ConfigError(f"[search] {exc}") from None
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     """Input limits from the API contract, configurable for special deployments."""
 
@@ -290,6 +312,7 @@ class Config:
     #: Named model profiles (``[models.<name>]``, the keys of ``[model]``) besides the default.
     models: dict[str, ModelConfig] = field(default_factory=dict)
     index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from same_search import promotion
+from same_search import query_expansion as qe
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
@@ -47,7 +49,16 @@ from same_search.embed.registry import ModelRegistry
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
-from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
+from same_search.near_duplicates import (
+    DEFAULT_MIN_SCORE,
+    MAX_REPORTED,
+    OFF,
+    Candidate,
+    DupPolicy,
+    Query,
+    resolve,
+    select,
+)
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -146,6 +157,14 @@ class LibraryCensus:
 
 def _item(row: ItemRow) -> Item:
     return Item(ContSign.from_key(row.key), row.brief, row.tags, row.original)
+
+
+def _near_duplicate_verdict(verdict: Verdict, policy: DupPolicy) -> bool:
+    """A checked candidate is a near-duplicate when the check confirms it; one the check could
+    not look at (no local features) when its score alone reaches the policy's strict floor."""
+    if verdict.evidence is None:
+        return verdict.score >= policy.min_score
+    return verdict.same
 
 
 async def _nothing() -> None:
@@ -525,13 +544,17 @@ class LibraryService:
         result = await self._call(
             lib, self.backend.search(lib, query.vector, NEAR_DUPLICATE_CANDIDATES, None)
         )
-        chosen = select(query, result.found, policy)
-        if chosen and local_features is not None:
-            stored = await self._call(lib, self.backend.local_features(lib, [c.key for c in chosen]))
-            features = self.verifier.stored_query(local_features)
-            verdicts = await self.verifier.judge(features, [(c.key, c.score) for c in chosen], stored)
-            kept = {v.key for v in verdicts if v.same or v.evidence is None}
-            chosen = [c for c in chosen if c.key in kept]
+        features = self.verifier.stored_query(local_features)
+        if features is None:
+            chosen = select(query, result.found, policy)
+        else:
+            # With the built-in floors, candidates the check confirms may score as low as
+            # policy.verified_min_score; unverifiable ones still need policy.min_score.
+            close = [(key, score) for key, score in result.found if score >= policy.candidate_floor]
+            stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in close]))
+            verdicts = await self.verifier.judge(features, close, stored)
+            kept = [v for v in verdicts if _near_duplicate_verdict(v, policy)]
+            chosen = [Candidate(v.key, v.score) for v in kept[:MAX_REPORTED]]
         rows = result.rows
         missing = [c.key for c in chosen if c.key not in rows]
         if missing:
@@ -580,22 +603,96 @@ class LibraryService:
         rn: int,
         tag_filter: TagFilter | None,
         min_score: float | None = None,
+        query_expansion: int | None = None,
+        promote: bool = False,
+        query: QueryFeatures | None = None,
     ) -> SearchPage:
-        """Results ``pn .. pn+rn`` by descending cosine similarity (only those >= ``min_score``).
+        """Results ``pn .. pn+rn`` (only those >= ``min_score``), scored by cosine similarity.
 
-        One result past the page is asked for: it tells whether more exist, on every backend.
+        With query expansion (``query_expansion`` hits, else the configured default; 0 = off)
+        the order comes from the expanded query (:mod:`same_search.query_expansion`); without
+        it, by descending score. ``promote`` moves the best candidates that the same-picture
+        check confirms against ``query`` (its local features; None: it has none, and only the
+        strict score fallback confirms) to the top (:mod:`same_search.promotion`). One result
+        past the page is asked for: it tells whether more exist, on every backend.
         """
-        result = await self._call(lib, self.backend.search(lib, vector, pn + rn + 1, tag_filter))
-        found = result.found
-        if min_score is not None:
-            found = [(key, score) for key, score in found if score >= min_score]
+        n = self.cfg.search.query_expansion if query_expansion is None else query_expansion
+        promote = promote and pn < promotion.DEPTH  # positions past the depth never move
+        # Promotion reorders the ranking's first DEPTH whatever the page, so every page sees them.
+        depth = max(pn + rn + 1, promotion.DEPTH) if promote else pn + rn + 1
+        if n > 0:
+            found, rows = await self._expanded_ranking(lib, vector, n, depth, tag_filter, min_score)
+        else:
+            result = await self._call(lib, self.backend.search(lib, vector, depth, tag_filter))
+            found, rows = result.found, result.rows
+            if min_score is not None:
+                found = [(key, score) for key, score in found if score >= min_score]
+        if promote:
+            found = await self._promoted(lib, found, query)
         window = found[pn : pn + rn]
-        rows = result.rows
         missing = [key for key, _ in window if key not in rows]
         if missing:
             rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
         hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
         return SearchPage(hits, has_more=len(found) > pn + rn)
+
+    async def _expanded_ranking(
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        n: int,
+        want: int,
+        tag_filter: TagFilter | None,
+        min_score: float | None,
+    ) -> tuple[list[tuple[int, float]], dict[int, ItemRow]]:
+        """At least ``want`` hits (when there are) in query-expansion order, scored against the
+        original query, and the rows the searches read on the way.
+
+        Two searches: the plain one (its best ``n`` hits, copies of the query aside, expand the
+        query; its near-duplicates lead; its scores are reused) and the expanded one. Hits the
+        plain search did not reach have their score computed from their stored vector. When
+        ``min_score`` leaves too few, the expanded search is asked deeper (at most
+        ``MAX_DEEPENING`` times the page).
+        """
+        first = await self._call(lib, self.backend.search(lib, vector, max(n + 1, want), tag_filter))
+        floor = resolve(lib.row.dup_policy, lib.row.dup_min_score).min_score
+        leading = qe.near_duplicate_prefix(first.found, floor)
+        if len(leading) >= want or len(first.found) <= 1:  # expansion cannot change this page
+            found = first.found
+            if min_score is not None:
+                found = [(key, score) for key, score in found if score >= min_score]
+            return found, first.rows
+        neighbours = await self._vectors(lib, qe.expanding_keys(first.found, n))
+        expanded = qe.expanded_query(vector, list(neighbours.values()))
+        query = np.asarray(vector, dtype=np.float32).ravel()
+        original = dict(first.found)
+        rows = dict(first.rows)
+        depth = want
+        while True:
+            second = await self._call(lib, self.backend.search(lib, expanded, depth, tag_filter))
+            rows.update(second.rows)
+            unscored = [key for key, _ in second.found if key not in original]
+            for key, stored in (await self._vectors(lib, unscored)).items():
+                original[key] = float(np.dot(query, stored))
+            found = qe.merged_ranking(leading, (key for key, _ in second.found), original, min_score)
+            if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
+                return found, rows
+            depth *= 2
+
+    async def _promoted(
+        self, lib: Library, found: list[tuple[int, float]], query: QueryFeatures | None
+    ) -> list[tuple[int, float]]:
+        """``found`` with the candidates among its first few that are the query's picture first."""
+        head = found[: promotion.DEPTH]
+        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in head]))
+        verdicts = await self.verifier.judge(query, head, stored)
+        return promotion.promoted(found, [v.key for v in verdicts if v.same])
+
+    async def _vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:
+        """Stored vectors by key, read concurrently (keys removed meanwhile are left out)."""
+        read = await asyncio.gather(*(self._call(lib, self.backend.vector(lib, key)) for key in keys))
+        pairs = zip(keys, read, strict=True)
+        return {key: np.asarray(v, dtype=np.float32).ravel() for key, v in pairs if v is not None}
 
     async def same_pictures(
         self,
@@ -940,6 +1037,9 @@ class LibraryService:
             "dup_min_score": lib.row.dup_min_score
             if lib.row.dup_min_score is not None
             else DEFAULT_MIN_SCORE,
+            # The built-in floor for candidates the same-picture check confirms (None when the
+            # library sets its own floor, which then applies to every candidate).
+            "dup_verified_min_score": resolve(lib.row.dup_policy, lib.row.dup_min_score).verified_min_score,
         }
 
     async def snapshot(self, lib: Library) -> dict[str, int]:

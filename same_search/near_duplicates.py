@@ -4,14 +4,14 @@ The spec's err_no 101 fires only for the very same bytes. This optional policy (
 per request) extends it to near-duplicates: ``off`` (the spec's behaviour), ``warn`` (store, and
 report the close items) or ``reject`` (101 with the close items, store nothing).
 
-Whether two pictures are the same picture is decided in one place, :func:`is_near_duplicate`.
-Today it is a score floor on the descriptor's cosine similarity, and the default floor is set
-high: on photos the model was not tuned for, different photos of look-alike things score nearly
-as high as edited copies, so a floor that keeps them out also lets many edited copies through as
-new images (the measurement and what it costs are in docs/api.md). On add (and import jobs),
-the candidates above the floor are then verified as the same picture with local features
-(:mod:`same_search.verify`, in ``LibraryService._near_duplicates``), so a look-alike above the
-floor is not a near-duplicate; items without local features keep the floor alone.
+Whether a stored item is a near-duplicate is decided with the same-picture check
+(:mod:`same_search.verify`, in ``LibraryService._near_duplicates``) over the best-scoring
+candidates: a look-alike is not a near-duplicate, whatever its score. The score floors say which
+candidates are worth checking and what the score alone may decide: by default 0.6 for a candidate
+the check confirms and 0.95 for one it cannot look at (no local features on either side), because
+a global descriptor scores different photos of look-alike things nearly as high as edited copies
+(the measurements are in docs/quality.md). A floor set by the library or the request applies to
+every candidate. :func:`is_near_duplicate` is the score-alone decision.
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ import numpy as np
 from same_search.errors import bad_request
 
 POLICIES = ("off", "warn", "reject")
-#: The built-in floor. Chosen for precision on look-alike negatives, at a large cost in recall.
+#: The built-in floor for pairs the same-picture check cannot look at (an item or a query
+#: without local features): the score alone must decide, so it is set for precision.
 DEFAULT_MIN_SCORE = 0.95
+#: The built-in floor for pairs the same-picture check confirms: with the check behind it, 0.6
+#: kept precision at 0.996 and caught 83% of strong edits, where 0.95 caught 1% (docs/quality.md).
+VERIFIED_MIN_SCORE = 0.6
 #: At most this many close items are reported in ``data_items`` (best first).
 MAX_REPORTED = 10
 
@@ -35,6 +39,14 @@ class DupPolicy:
 
     mode: str = "off"
     min_score: float = DEFAULT_MIN_SCORE
+    #: The lower floor for candidates the same-picture check confirms; None: ``min_score`` for
+    #: them too (a floor set by the operator or the request applies to every candidate).
+    verified_min_score: float | None = VERIFIED_MIN_SCORE
+
+    @property
+    def candidate_floor(self) -> float:
+        """The lowest score a candidate worth checking may have."""
+        return min(self.min_score, self.verified_min_score or self.min_score)
 
     @property
     def active(self) -> bool:
@@ -88,14 +100,13 @@ def resolve(
     """The policy in force: the request's (or job's) fields over the library's default over the
     built-in floor; each of the two fields falls back on its own."""
     floor = min_score if min_score is not None else default_min_score
-    return DupPolicy(mode or default_mode, DEFAULT_MIN_SCORE if floor is None else floor)
+    if floor is None:  # the built-in floors: strict for the score alone, lower where verified
+        return DupPolicy(mode or default_mode)
+    return DupPolicy(mode or default_mode, floor, verified_min_score=None)
 
 
 def is_near_duplicate(query: Query, candidate: Candidate, policy: DupPolicy) -> bool:
-    """The same-picture decision: today the score floor alone (see the module doc).
-
-    A verifier replaces the body, keeping ``candidate.score >= policy.min_score`` as a floor.
-    """
+    """The decision by score alone, for candidates the same-picture check cannot look at."""
     del query  # a verifier will compare the pictures; the score floor does not need them
     return candidate.score >= policy.min_score
 

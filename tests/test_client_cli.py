@@ -416,3 +416,21 @@ def test_same_picture_search_on_the_real_daemon(daemon: Daemon) -> None:
     query = encode(ImageOps.mirror(crop), quality=40)
     assert len(client.search(image=query)) == 3
     assert [hit.contsign for hit in client.search(image=query, same_picture=True)] == [stored[3]]
+
+
+def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
+    """query_expansion and promote_same_picture reach the daemon; scores never change."""
+    from test_promotion import PALETTE, QUERY
+    from test_same_picture import scene
+
+    client = make_client(daemon, "order")
+    client.signup()
+    stored = [client.add(encode(scene(PALETTE, layout)), f"layout-{layout}") for layout in range(1, 7)]
+    plain = client.search(image=QUERY, query_expansion=0)
+    assert [hit.score for hit in plain] == sorted((hit.score for hit in plain), reverse=True)
+    assert plain[0].contsign != stored[0]  # the descriptor ranks a look-alike first
+    scores = {str(hit.contsign): hit.score for hit in plain}
+    for hits in (client.search(image=QUERY), client.search(image=QUERY, promote_same_picture=True)):
+        assert {str(hit.contsign): hit.score for hit in hits} == pytest.approx(scores, abs=1e-6)
+    promoted = client.search(image=QUERY, query_expansion=0, promote_same_picture=True)
+    assert promoted[0].contsign == stored[0]

@@ -1,13 +1,15 @@
 """The near-duplicate policy on add (extension): off, warn, reject; per request, per library, per job.
 
-A re-encoded copy of a stored picture scores above the default floor (0.95); a different picture,
-even a look-alike, scores well below it; an edited copy (crop, shrink, JPEG 40) scores below it
-too: the recall the default floor gives up, which a lower ``dup_min_score`` buys back.
+A re-encoded copy of a stored picture scores above the strict floor (0.95); a different picture,
+even a look-alike, scores well below it, and so does an edited copy (crop, shrink, JPEG 40). Under
+the built-in floors the same-picture check tells those two apart from 0.6 up; a floor set by the
+library or the request applies to every candidate; without local features the score alone needs 0.95.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from importlib import resources
 
@@ -73,20 +75,39 @@ async def test_reject_is_101_with_the_close_items_and_stores_nothing(api):
     assert gone["err_no"] == 1  # not stored
 
 
-async def test_the_default_floor_keeps_look_alikes_out_and_costs_recall(api):
+async def test_the_default_floors_catch_an_edited_copy_and_keep_look_alikes_out(api):
     await library_with_original(api)
+    original = ContSign.of_image(jpeg(1)).to_json()
     # A different picture that the descriptor finds alike (score about 0.83) is not a duplicate...
     assert (await add(api, jpeg(6), "look-alike", dup_policy="reject"))["err_no"] == 0
-    # ...and neither, at the default floor, is a cropped, shrunk, JPEG-40 copy (about 0.83 too).
+    # ...while a cropped, shrunk, JPEG-40 copy (about 0.83 too) is: under the built-in floors a
+    # candidate the same-picture check confirms needs only 0.6.
     edited = near_duplicate(jpeg(1))
-    assert (await add(api, edited, dup_policy="warn"))["data_items"] == []
-    await api(f"{R}/remove", appid="lib", image=b64(edited))
-    # A lower floor catches it, and with it the look-alike: a score cannot tell them apart.
-    answer = await add(api, edited, dup_policy="reject", dup_min_score=0.8)
+    answer = await add(api, edited, dup_policy="reject")
     assert answer["err_no"] == 101
-    assert {tuple(i["contsign"].values()) for i in answer["data_items"]} >= {
-        tuple(ContSign.of_image(jpeg(1)).to_json().values())
-    }
+    assert [item["contsign"] for item in answer["data_items"]] == [original]
+    assert 0.6 <= answer["data_items"][0]["score"] < 0.95
+    # A floor the request (or the library) sets applies to every candidate, confirmed or not.
+    assert (await add(api, edited, dup_policy="warn", dup_min_score=0.95))["data_items"] == []
+    await api(f"{R}/remove", appid="lib", image=b64(edited))
+    lower = await add(api, edited, dup_policy="reject", dup_min_score=0.8)
+    assert lower["err_no"] == 101 and [item["contsign"] for item in lower["data_items"]] == [original]
+
+
+async def test_without_local_features_the_score_alone_needs_the_strict_floor(
+    aiohttp_client, config, embedder
+):
+    config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, local_features=False))
+    client = await aiohttp_client(create_app(config, embedder))
+
+    async def api(route: str, **body):
+        body.setdefault("from", "pytest")
+        return await (await client.post(route, json=body)).json()
+
+    await library_with_original(api)
+    edited = near_duplicate(jpeg(1))  # about 0.83: under 0.95, and nothing can confirm it
+    assert (await add(api, edited, dup_policy="warn"))["data_items"] == []
+    assert (await add(api, copy_of(1), dup_policy="reject"))["err_no"] == 101  # above 0.95
 
 
 async def test_a_byte_duplicate_is_still_the_spec_101(api):

@@ -15,6 +15,7 @@ from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, TagFilter
 from same_search.near_duplicates import DupPolicy, check_min_score, check_mode, resolve
+from same_search.query_expansion import check_expansion
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
@@ -146,6 +147,8 @@ async def search(request: web.Request) -> web.Response:
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
     same_picture = _flag(fields, "same_picture")
+    promote = _flag(fields, "promote_same_picture", services.cfg.search.promote_same_picture)
+    min_score, expansion = _min_score(fields), _query_expansion(fields)
     region = fields.region()
     image = await _image_or_url(services, fields, required=False)
     contsign = None
@@ -157,9 +160,10 @@ async def search(request: web.Request) -> web.Response:
         contsign = fields.contsign()
         if contsign is None:
             raise bad_request("image or contsign is required")
-    # The query's local features (same_picture only) are extracted while the vector is computed.
+    # The query's local features (same_picture and promotion only) are extracted while the
+    # vector is computed.
     query = asyncio.ensure_future(
-        services.libraries.query_features(lib, image, contsign) if same_picture else _none()
+        services.libraries.query_features(lib, image, contsign) if same_picture or promote else _none()
     )
     try:
         if image is not None:
@@ -172,10 +176,20 @@ async def search(request: web.Request) -> web.Response:
         raise
     if same_picture:
         page = await services.libraries.search_same_picture(
-            lib, vector, await query, pn, rn, tag_filter, _min_score(fields)
+            lib, vector, await query, pn, rn, tag_filter, min_score
         )
     else:
-        page = await services.libraries.search(lib, vector, pn, rn, tag_filter, _min_score(fields))
+        page = await services.libraries.search(
+            lib,
+            vector,
+            pn,
+            rn,
+            tag_filter,
+            min_score,
+            expansion,
+            promote=promote,
+            query=await query,
+        )
     return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
 
 
@@ -183,9 +197,9 @@ async def _none() -> None:
     return None
 
 
-def _flag(fields: Fields, name: str) -> bool:
-    """An optional 0/1 extension field (absent = 0)."""
-    value = fields.data.get(name, 0)
+def _flag(fields: Fields, name: str, default: bool = False) -> bool:
+    """An optional 0/1 extension field (absent = ``default``)."""
+    value = fields.data.get(name, int(default))
     if isinstance(value, bool) or value not in (0, 1):
         raise bad_request(f"{name} must be 0 or 1")
     return value == 1
@@ -199,6 +213,17 @@ def _min_score(fields: Fields) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not -1.0 <= value <= 1.0:
         raise bad_request("min_score must be a number from -1 to 1")
     return float(value)
+
+
+def _query_expansion(fields: Fields) -> int | None:
+    """Optional extension: how many best hits expand the query (0 = off); absent = the config's."""
+    value = fields.data.get("query_expansion")
+    if value is None:
+        return None
+    try:
+        return check_expansion(value)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def _tag_filter(fields: Fields) -> TagFilter | None:

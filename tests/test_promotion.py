@@ -1,0 +1,113 @@
+"""Search's ``promote_same_picture`` on the real app: an edited copy that the descriptor ranks
+below look-alikes comes first once the same-picture check confirms it; scores never change."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from conftest import b64, brief
+from images import encode
+from PIL import Image, ImageDraw
+from test_same_picture import scene
+
+from same_search.app import create_app
+from same_search.config import SearchConfig
+
+R = "/RTSAsService"
+#: Six photos of one kind of scene (one palette, six layouts): look-alikes of each other.
+PALETTE = 60
+
+
+def sticker(image: Image.Image) -> Image.Image:
+    """A black sticker over the lower right 30% of the picture."""
+    out = image.copy()
+    w, h = image.size
+    ImageDraw.Draw(out).rectangle((w // 2, int(h * 0.4), w, h), fill=(0, 0, 0))
+    return out
+
+
+#: The edited copy of layout 1 the descriptor ranks below some look-alikes.
+QUERY = encode(sticker(scene(PALETTE, 1)), quality=70)
+
+
+def key(contsign: dict) -> str:
+    return json.dumps(contsign, sort_keys=True)
+
+
+async def fill(api) -> str:
+    """The six look-alikes; returns the key of the one the query is a copy of."""
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    keys = []
+    for layout in range(1, 7):
+        body = await api(
+            f"{R}/add", appid="lib", image=b64(encode(scene(PALETTE, layout))), features=[brief(str(layout))]
+        )
+        assert body["err_no"] == 0, body
+        keys.append(key(body["contsign"]))
+    return keys[0]
+
+
+async def ranking(api, **extra) -> list[tuple[str, float]]:
+    body = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100, **extra)
+    assert body["err_no"] == 0, body
+    return [(key(hit["contsign"]), hit["score"]) for hit in body["data_items"]]
+
+
+async def test_a_confirmed_copy_comes_first_with_its_score_unchanged(api):
+    original = await fill(api)
+    plain = await ranking(api, query_expansion=0)
+    assert plain[0][0] != original, "the query must be one the descriptor gets wrong"
+    promoted = await ranking(api, query_expansion=0, promote_same_picture=1)
+    assert promoted[0][0] == original
+    assert promoted[1:] == [hit for hit in plain if hit[0] != original]
+    assert dict(promoted) == pytest.approx(dict(plain), abs=1e-6)
+
+
+async def test_promotion_on_top_of_query_expansion_and_paging(api):
+    original = await fill(api)
+    whole = await ranking(api, promote_same_picture=1)  # QE 2, the default
+    assert whole[0][0] == original
+    pages = []
+    for pn in range(0, 6, 2):
+        body = await api(f"{R}/search", appid="lib", image=b64(QUERY), pn=pn, rn=2, promote_same_picture=1)
+        pages += [(key(hit["contsign"]), hit["score"]) for hit in body["data_items"]]
+    assert [k for k, _ in pages] == [k for k, _ in whole]
+
+
+async def test_look_alikes_are_never_promoted(api):
+    await fill(api)
+    look_alike = encode(scene(PALETTE, 7))  # another layout: not in the library
+    plain = await api(f"{R}/search", appid="lib", image=b64(look_alike), rn=100, query_expansion=0)
+    promoted = await api(
+        f"{R}/search", appid="lib", image=b64(look_alike), rn=100, query_expansion=0, promote_same_picture=1
+    )
+    assert promoted["data_items"] == plain["data_items"]
+
+
+async def test_config_turns_it_on_and_a_request_turns_it_off(aiohttp_client, config, embedder):
+    config = dataclasses.replace(config, search=SearchConfig(query_expansion=0, promote_same_picture=True))
+    client = await aiohttp_client(create_app(config, embedder))
+
+    async def api(route: str, **body):
+        body.setdefault("from", "pytest")
+        return await (await client.post(route, json=body)).json()
+
+    original = await fill(api)
+    assert (await ranking(api))[0][0] == original
+    assert (await ranking(api, promote_same_picture=0))[0][0] != original
+
+
+@pytest.mark.parametrize("bad", [2, -1, "1", True])
+async def test_bad_flag_is_err_no_1(api, bad):
+    await fill(api)
+    body = await api(f"{R}/search", appid="lib", image=b64(QUERY), promote_same_picture=bad)
+    assert body["err_no"] == 1 and "promote_same_picture" in body["err_msg"]
+
+
+def test_promoted_moves_only_confirmed_hits_within_the_depth():
+    from same_search import promotion
+
+    found = [(k, 1.0 - k / 100) for k in range(20)]
+    assert promotion.promoted(found, [3, 1, 15]) == [found[1], found[3], found[0], found[2], *found[4:]]
