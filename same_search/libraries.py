@@ -21,7 +21,6 @@ import numpy as np
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
-    BadRows,
     IndexingFailed,
     ItemRow,
     ItemToAdd,
@@ -45,6 +44,7 @@ from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
 from same_search.near_duplicates import DEFAULT_MIN_SCORE, OFF, DupPolicy, Query, select
+from same_search.rebuilds import ADOPTION, Rebuild, Rebuilds
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -175,6 +175,10 @@ class LibraryService:
         #: Libraries whose rows could not be loaded at start, by appid: named, not served.
         self.unavailable: dict[str, Unavailable] = {}
         self._repair_lock = asyncio.Lock()
+        #: Background index rebuilds, one per library at a time (``rebuild``, ``compact``, adoption).
+        self.rebuilds = Rebuilds(backend)
+        #: Libraries whose switch to a reduced index was started by this process (asked at most once).
+        self._adoptions: set[str] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -187,6 +191,8 @@ class LibraryService:
                 continue
             self._check_model(lib)
             self.libraries[lib.row.appid] = lib
+        for lib in self.libraries.values():
+            self._adopt_reduction_if_due(lib)  # also resumes one a crash or a shutdown interrupted
 
     def _set_aside(self, row: LibraryRow, reason: str) -> None:
         self.unavailable[row.appid] = Unavailable(row, reason)
@@ -220,6 +226,7 @@ class LibraryService:
         start, which replays or rebuilds from the database; nothing acknowledged depends on them.
         """
         try:
+            await self.rebuilds.close()  # the indexes serving now are the ones saved
             await self.save_indexes()
         except Exception:
             log.exception(
@@ -429,6 +436,7 @@ class LibraryService:
     ) -> None:
         item = ItemToAdd(contsign.key, brief, tags, vector, thumbnail, local_features)
         stored = await self.store_vectors(lib, [item])
+        self._adopt_reduction_if_due(lib)
         if not stored[0]:
             await self._refuse_duplicate(lib, contsign)
             raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
@@ -591,27 +599,42 @@ class LibraryService:
 
     async def delete_library(self, lib: Library | Unavailable) -> None:
         """Drop a library, served or set aside: its items, thumbnails and search structure."""
+        await self.rebuilds.cancel(lib.row.appid)
         try:
             await self.backend.delete_library(lib)
         except StorageError as exc:
             raise _storage_failed(exc) from exc
         self.libraries.pop(lib.row.appid, None)
         self.unavailable.pop(lib.row.appid, None)
+        self._adoptions.discard(lib.row.appid)
+        self.rebuilds.latest.pop(lib.row.appid, None)
         log.info("library %s deleted", lib.row.appid)
 
-    async def rebuild(self, lib: Library) -> float:
-        """Rebuild a library's search structure from its items (drops deleted slots); returns seconds."""
-        started = asyncio.get_running_loop().time()
-        try:
-            await self._call(lib, self.backend.rebuild(lib))
-        except BadRows as exc:
-            raise ApiError(
-                ErrNo.INTERNAL,
-                f"cannot rebuild library {lib.row.appid!r}, the current index keeps serving: "
-                f"{load_failure_reason(exc)}; POST /api/libraries/{lib.row.appid}/repair drops them",
-            ) from exc
-        log.info("library %s: index rebuilt (%d items)", lib.row.appid, await self.count(lib))
-        return asyncio.get_running_loop().time() - started
+    def rebuild(self, lib: Library, reason: str) -> Rebuild:
+        """Start rebuilding a library's search structure from its items in the background
+        (it drops deleted slots); the running rebuild when one is under way already.
+
+        The library keeps answering searches and accepting writes meanwhile; the state shows on
+        :meth:`stats` and ``GET /api/libraries/{appid}/rebuild``.
+        """
+        return self.rebuilds.start(lib, reason)
+
+    async def wait_rebuild(self, rebuild: Rebuild) -> None:
+        """Until ``rebuild`` has ended (the caller going away does not cancel it)."""
+        await self.rebuilds.wait(rebuild)
+
+    def _adopt_reduction_if_due(self, lib: Library) -> None:
+        """Start the switch to a reduced index once the library is large enough (once per
+        library and process: an adoption that fails is tried again at the next start)."""
+        appid = lib.row.appid
+        if appid in self._adoptions or not self.backend.wants_reduction(lib):
+            return
+        running = self.rebuilds.current(appid)
+        if running is not None and running.running:
+            return  # a rebuild under way builds the right kind already (new_index picks it)
+        self._adoptions.add(appid)
+        log.info("library %s: large enough for a reduced index; switching in the background", appid)
+        self.rebuilds.start(lib, ADOPTION)
 
     async def repair(self, appid: str) -> RepairReport:
         """Drop every row of a library that cannot be loaded or served, and bring it back.
@@ -693,6 +716,7 @@ class LibraryService:
                 lib, imported, duplicates = await self._call(
                     target, self.backend.import_items(target, batches, capacity)
                 )
+                self._adopt_reduction_if_due(lib)
                 log.info("library %s: imported %d items (%d duplicates)", appid, imported, duplicates)
         except TooManyItems as exc:
             raise ApiError(ErrNo.INTERNAL, f"{exc}; nothing was imported") from exc
@@ -774,7 +798,13 @@ class LibraryService:
             "dup_min_score": lib.row.dup_min_score
             if lib.row.dup_min_score is not None
             else DEFAULT_MIN_SCORE,
+            "rebuild": self.rebuild_state(lib.row.appid),
         }
+
+    def rebuild_state(self, appid: str) -> dict | None:
+        """The library's running rebuild, else its last one since the start, else None."""
+        rebuild = self.rebuilds.current(appid)
+        return None if rebuild is None else rebuild.to_json()
 
     async def snapshot(self, lib: Library) -> dict[str, int]:
         """The spec's snapshot block for one library."""

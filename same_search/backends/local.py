@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from same_search.backends.base import (
     LibraryRow,
     NewItem,
     NewLibrary,
+    RebuildProgress,
     SearchResult,
     TagFilter,
     Tags,
@@ -52,6 +54,27 @@ REPLAY_LOG_S = 15.0
 #: index thread, which every library's searches share, so it is kept small: a search waits for
 #: at most one such batch (HNSW inserts at 1280-d cost milliseconds each).
 LIVE_BATCH = 128
+#: Rows per graph insert while a rebuild builds its fresh index in its own thread. hnswlib adds a
+#: batch on every core; a cancelled rebuild (shutdown) waits for at most one such batch.
+REBUILD_BATCH = 1024
+#: Test hook: seconds a rebuild sleeps after each build batch, so tests can race writes against
+#: it (and kill the daemon in the middle of one). Unset or 0 in production.
+REBUILD_PAUSE_ENV = "SAME_SEARCH_REBUILD_PAUSE_S"
+#: Default of ``[index] reduce_min_items`` until the index engine adds the key: a library this
+#: large adopts the reduced index.
+REDUCE_MIN_ITEMS = 20000
+
+
+def reduce_min_items(cfg: Config) -> int:
+    """Items from which a library should hold a reduced index (``[index] reduce_min_items``)."""
+    return int(getattr(cfg.index, "reduce_min_items", REDUCE_MIN_ITEMS))
+
+
+def _rebuild_pause_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(REBUILD_PAUSE_ENV, "0") or 0))
+    except ValueError:
+        return 0.0
 
 
 def _index(lib: Library) -> LibraryIndex:
@@ -143,9 +166,8 @@ class LocalBackend(Backend):
         enter the index in batches of ``LIVE_BATCH``, one graph insert each."""
         if isinstance(target, NewLibrary):
             created = await self.store.insert_items(target, batches, capacity)
-            index = LibraryIndex.empty(
-                created.library.dim, self.cfg.index, self._index_pool, capacity=max(created.inserted, 16)
-            )
+            # The final count is known: a large import builds the reduced kind at once.
+            index = await self.new_index(created.library, created.inserted)
             await self._index_committed(index, created.library, live=False)
             return Library(created.library, index), created.inserted, created.duplicates
         async with self.write_lock(target):
@@ -159,6 +181,11 @@ class LocalBackend(Backend):
         except Exception as exc:
             log.exception("library %s: indexing the imported rows failed", row.appid)
             raise IndexingFailed(row, exc) from exc
+
+    async def new_index(self, row: LibraryRow, count: int) -> LibraryIndex:
+        """An empty index of the right kind for a library about to hold ``count`` items."""
+        # replaced by the index engine branch
+        return LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
 
     async def update_library(self, lib: Library, row: LibraryRow) -> None:
         await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
@@ -350,14 +377,100 @@ class LocalBackend(Backend):
             saved += 1
         return saved
 
-    async def rebuild(self, lib: Library) -> None:
-        """A fresh graph from the database, swapped in under the write lock, then saved."""
+    async def rebuild(self, lib: Library, progress: RebuildProgress | None = None) -> None:
+        """A fresh index built beside the serving one, caught up, swapped in, then saved.
+
+        The library keeps serving searches and writes throughout. The fresh index is built from
+        the rows stored up to seq S (noted under the write lock, so no write of this library is
+        between taking its seq and committing) in a thread of its own, off the write lock and off
+        the shared index thread. The writes after S (rows and removals carry seqs in SQLite) are
+        applied once off the lock, then the last few under it, and the swap happens under it:
+        every write acknowledged before the swap is in the new index, every later one goes to
+        it. Nothing touches the disk before the swap, so a crash or a cancel (shutdown) at any
+        point leaves the old index and its snapshot as they were.
+        """
+        progress = progress if progress is not None else RebuildProgress()
+        row = lib.row
         async with self.write_lock(lib):
-            count = await self.store.count(lib.row.id)
-            fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
-            await self._replay(fresh, lib.row)
-            lib.handle = fresh
+            upto = self.store.seq
+            progress.total = await self.store.count(row.id)
+        fresh = await self.new_index(row, progress.total)
+        builder = ThreadPoolExecutor(1, thread_name_prefix=f"rebuild-{row.id}")
+        try:
+            await self._build(fresh, row, upto, progress, builder)
+            progress.phase = "catching up"
+            since = await self._catch_up(fresh, row, upto, upto, builder)
+            async with self.write_lock(lib):
+                await self._catch_up(fresh, row, upto, since, builder)
+                stored = await self.store.count(row.id)
+                if fresh.count() != stored:
+                    raise RuntimeError(f"rebuilt index holds {fresh.count()} items, the database {stored}")
+                fresh.seq = max(fresh.seq, self.store.seq)
+                lib.handle = fresh
+        finally:
+            builder.shutdown(wait=False, cancel_futures=True)
+        progress.phase = "saving"
         await self.save([lib])
+
+    async def _build(
+        self, fresh: LibraryIndex, row: LibraryRow, upto: int, progress: RebuildProgress, builder: Executor
+    ) -> None:
+        """Insert the rows stored up to seq ``upto`` into ``fresh``, a batch per graph insert."""
+        loop = asyncio.get_running_loop()
+        pause = _rebuild_pause_s()
+        started = last_log = time.monotonic()
+        async for keys, vectors, seq in self.store.vectors_since(row.id, 0, row.dim, REBUILD_BATCH, upto):
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(keys[i]), problem) for i, problem in bad])
+            await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq)
+            progress.done += len(keys)
+            now = time.monotonic()
+            if now - last_log >= REPLAY_LOG_S:
+                last_log = now
+                rate = progress.done / (now - started)
+                log.info(
+                    "library %s: rebuild indexed %s of %s items (%.0f/s, about %.0fs left)",
+                    row.appid,
+                    f"{progress.done:,}",
+                    f"{progress.total:,}",
+                    rate,
+                    max(0, progress.total - progress.done) / rate if rate > 0 else 0,
+                )
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def _catch_up(
+        self, fresh: LibraryIndex, row: LibraryRow, upto: int, since: int, builder: Executor
+    ) -> int:
+        """Apply to ``fresh`` the removals after ``upto`` and the rows inserted after ``since``;
+        returns the last seq applied.
+
+        Seqs are handed out and committed in order under the store's write lock, so every row
+        of seq at most the last one read here was visible to this read. Removals are applied
+        from ``upto`` on every pass: ``removals`` only lists keys not stored now (a re-add
+        deletes its row), so deleting them again is always right. A key removed and added again
+        is deleted first, then added with its new vector, as the live path does.
+        """
+        loop = asyncio.get_running_loop()
+        removed = await self.store.removals_since(row.id, upto)
+        if removed:
+            await loop.run_in_executor(builder, fresh.delete_now, removed, upto)
+        last = since
+        async for keys, vectors, seq in self.store.vectors_since(row.id, since, row.dim, REBUILD_BATCH):
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(keys[i]), problem) for i, problem in bad])
+            present = [int(k) for k in keys if fresh.graph.contains(key_to_label(int(k)))]
+            if present:
+                await loop.run_in_executor(builder, fresh.delete_now, present, seq)
+            await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq)
+            last = seq
+        return last
+
+    def wants_reduction(self, lib: Library) -> bool:
+        index = _index(lib)
+        return not getattr(index, "reduced", False) and index.count() >= reduce_min_items(self.cfg)
 
     def describe(self, lib: Library) -> dict[str, Any]:
         index = _index(lib)

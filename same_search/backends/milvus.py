@@ -56,6 +56,7 @@ from same_search.backends.base import (
     LibraryRow,
     NewItem,
     NewLibrary,
+    RebuildProgress,
     SearchResult,
     StorageError,
     TagFilter,
@@ -539,8 +540,10 @@ class MilvusBackend(Backend):
             saved += 1
         return saved
 
-    async def rebuild(self, lib: Library) -> None:
+    async def rebuild(self, lib: Library, progress: RebuildProgress | None = None) -> None:
         """Milvus compaction: rewrites segments without deleted rows and rebuilds their index."""
+        if progress is not None:
+            progress.phase = "compacting"
         await self._run(self.client.compact, _name(lib))
 
     def describe(self, lib: Library) -> dict[str, Any]:

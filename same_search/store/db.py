@@ -544,19 +544,21 @@ class Store:
             return [int(row[0]) for row in await cur.fetchall()]
 
     async def vectors_since(
-        self, lib_id: int, seq: int, dim: int, chunk: int = 4096
+        self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
-        """(keys, vectors, max seq) chunks of items inserted after ``seq``, in seq order.
+        """(keys, vectors, max seq) chunks of items inserted after ``seq`` (and at or before
+        ``max_seq`` when given: a rebuild's starting point), in seq order.
 
         A vector that is not a blob of ``dim`` float32 raises :class:`BadRows` naming it, rather
         than a reshape or an index error that says nothing about which row is at fault.
         """
         last = seq
         width = 4 * dim
+        upto = (1 << 63) - 1 if max_seq is None else max_seq
         while True:
             async with self.reader.execute(
-                "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
-                (lib_id, last, chunk),
+                "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+                (lib_id, last, upto, chunk),
             ) as cur:
                 rows = await cur.fetchall()
             if not rows:
