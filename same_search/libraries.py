@@ -693,8 +693,52 @@ class LibraryService:
         """
         return await asyncio.shield(self._import_items(appid, batches))
 
+    async def embed_item(self, lib: Library, image: bytes, brief: bytes, tags: Tags | None) -> NewItem:
+        """An image made ready to store in a batch (:meth:`store_batch`): embedded, with its
+        thumbnail and local features, checked as :meth:`store_vector` checks; err_no 101
+        (:class:`DuplicateAdd`) when its contsign is stored already, before any embedding."""
+        contsign = ContSign.of_image(image)
+        await self._refuse_duplicate(lib, contsign)
+        problem = tags_problem(tags)
+        if problem is not None:
+            raise bad_request(problem)
+        if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
+            raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
+        extraction = asyncio.ensure_future(
+            self.verifier.extract(image) if self._keeps_local_features else _nothing()
+        )
+        try:
+            vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
+        except BaseException:
+            extraction.cancel()
+            raise
+        local = await extraction
+        problem = vector_problem(np.asarray(vector), lib.row.dim)
+        if problem is not None:
+            raise ApiError(ErrNo.INTERNAL, f"refusing to store contsign {contsign}: {problem}")
+        vector_bytes = np.asarray(vector, dtype="<f4").tobytes()
+        return NewItem(contsign.key, brief, tags, vector_bytes, thumbnail, local)
+
+    async def store_batch(self, lib: Library, items: Sequence[NewItem]) -> tuple[int, int]:
+        """Store embedded items (:meth:`embed_item`) as one batch: one database transaction and
+        one graph insert per ``LIVE_BATCH`` rows instead of one of each per item (import jobs);
+        (stored, duplicates). A contsign twice in ``items`` is stored once. Shielded like
+        :meth:`import_items`; err_no 103 if the library was deleted meanwhile (never re-created)."""
+        first: dict[int, NewItem] = {}
+        for item in items:
+            first.setdefault(item.key, item)
+        unique = list(first.values())
+
+        async def one_batch() -> AsyncIterator[Sequence[NewItem]]:
+            yield unique
+
+        _, stored, duplicates = await asyncio.shield(
+            self._import_items(lib.row.appid, one_batch(), create=False)
+        )
+        return stored, duplicates + len(items) - len(unique)
+
     async def _import_items(
-        self, appid: str, batches: AsyncIterator[Sequence[NewItem]]
+        self, appid: str, batches: AsyncIterator[Sequence[NewItem]], create: bool = True
     ) -> tuple[Library, int, int]:
         capacity = self.cfg.limits.library_capacity
         if appid in self.unavailable:
@@ -702,7 +746,7 @@ class LibraryService:
         try:
             target: Library | NewLibrary = await self.get(appid)
         except ApiError as exc:
-            if exc.err_no != ErrNo.NOT_SIGNED_UP:
+            if exc.err_no != ErrNo.NOT_SIGNED_UP or not create:
                 raise
             info = self.embed.info
             target = NewLibrary(appid, info.model_id, info.dim, info.fingerprint)
@@ -717,7 +761,13 @@ class LibraryService:
                     target, self.backend.import_items(target, batches, capacity)
                 )
                 self._adopt_reduction_if_due(lib)
-                log.info("library %s: imported %d items (%d duplicates)", appid, imported, duplicates)
+                log.log(
+                    logging.INFO if create else logging.DEBUG,
+                    "library %s: imported %d items (%d duplicates)",
+                    appid,
+                    imported,
+                    duplicates,
+                )
         except TooManyItems as exc:
             raise ApiError(ErrNo.INTERNAL, f"{exc}; nothing was imported") from exc
         except AlreadyExists as exc:

@@ -363,7 +363,14 @@ class MilvusBackend(Backend):
             if capacity and await self.count(lib) + len(batch) > capacity:
                 raise TooManyItems(f"library {lib.row.appid!r} would hold more than {capacity} items")
             items = [
-                ItemToAdd(item.key, item.brief, item.tags, np.frombuffer(item.vector, dtype="<f4"))
+                ItemToAdd(
+                    item.key,
+                    item.brief,
+                    item.tags,
+                    np.frombuffer(item.vector, dtype="<f4"),
+                    item.thumbnail,
+                    item.local_features,
+                )
                 for item in batch
             ]
             stored = await self.add_items(lib, items)

@@ -121,12 +121,15 @@ class NewLibrary:
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes."""
+    """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes
+    (and, from an import job's pictures, the thumbnail and local features)."""
 
     key: int
     brief: bytes
     tags: tuple[int, int] | None
     vector: bytes
+    thumbnail: bytes | None = None
+    local_features: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,14 @@ class Store:
                 )
                 await conn.executemany(
                     "DELETE FROM removals WHERE lib_id=? AND key=?", [(row.id, item.key) for item in fresh]
+                )
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO thumbnails(lib_id, key, jpeg) VALUES (?,?,?)",
+                    [(row.id, item.key, item.thumbnail) for item in fresh if item.thumbnail],
+                )
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO local_features(lib_id, key, data) VALUES (?,?,?)",
+                    [(row.id, item.key, item.local_features) for item in fresh if item.local_features],
                 )
                 inserted += len(fresh)
         return BulkResult(row, inserted, duplicates)
