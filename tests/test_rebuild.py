@@ -84,7 +84,9 @@ async def nearest(client, appid: str, vector: np.ndarray, k: int = 10, tags=None
 
 
 @pytest.mark.local_only
-async def test_writes_racing_a_background_rebuild_are_all_in_the_index(client, api, monkeypatch):
+async def test_writes_racing_a_background_rebuild_are_all_in_the_index(
+    aiohttp_client, client, api, config, embedder, monkeypatch, caplog
+):
     dim = (await model_of(client))["dim"]
     keys = np.arange(1, ITEMS + 1, dtype=np.int64) * 7919
     vectors = unit_vectors(ITEMS, dim, seed=1)
@@ -145,6 +147,17 @@ async def test_writes_racing_a_background_rebuild_are_all_in_the_index(client, a
     assert {k for k, _ in only_nine} == {int(k) for k in retagged} - gone
     picture_hits = await api(f"{R}/search", appid="race", image=b64(jpeg(5)))
     assert picture_hits["data_items"][0]["score"] > 0.999
+
+    # The snapshot the rebuild saved is a good one: the next start takes it (plus replay).
+    import logging
+
+    await client.close()
+    with caplog.at_level(logging.INFO):
+        reopened = await aiohttp_client(create_app(config, embedder))
+    assert "rebuilding from the database" not in caplog.text
+    assert (await get(reopened, "/api/libraries/race"))["library"]["items"] == expected
+    best = await nearest(reopened, "race", readded[0], 1)
+    assert best[0][0] == readded_key and best[0][1] > 0.999
 
 
 @pytest.mark.local_only

@@ -95,6 +95,9 @@ class LocalBackend(Backend):
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
         #: One write lock per library (by row id), kept across rebuilds that swap its index.
         self._locks: dict[int, asyncio.Lock] = {}
+        #: Snapshots written per library (by row id): a rebuild saves its index before the swap
+        #: and must know whether the serving one was saved over it meanwhile.
+        self._saves: dict[int, int] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -368,6 +371,7 @@ class LocalBackend(Backend):
                     raise
                 finally:
                     if saving.done() and not saving.cancelled() and saving.exception() is None:
+                        self._saves[lib.row.id] = self._saves.get(lib.row.id, 0) + 1
                         log.info(
                             "library %s: index saved (%d items, %.2fs)",
                             lib.row.appid,
@@ -378,16 +382,19 @@ class LocalBackend(Backend):
         return saved
 
     async def rebuild(self, lib: Library, progress: RebuildProgress | None = None) -> None:
-        """A fresh index built beside the serving one, caught up, swapped in, then saved.
+        """A fresh index built beside the serving one, caught up, saved, then swapped in.
 
-        The library keeps serving searches and writes throughout. The fresh index is built from
-        the rows stored up to seq S (noted under the write lock, so no write of this library is
-        between taking its seq and committing) in a thread of its own, off the write lock and off
-        the shared index thread. The writes after S (rows and removals carry seqs in SQLite) are
-        applied once off the lock, then the last few under it, and the swap happens under it:
-        every write acknowledged before the swap is in the new index, every later one goes to
-        it. Nothing touches the disk before the swap, so a crash or a cancel (shutdown) at any
-        point leaves the old index and its snapshot as they were.
+        The library keeps serving searches and writes throughout, and writers never wait for
+        more than the last few writes to be applied. The fresh index is built from the rows
+        stored up to seq S (noted under the write lock, so no write of this library is between
+        taking its seq and committing) in a thread of its own, off the write lock and off the
+        shared index thread. The writes after S (rows and removals carry seqs in SQLite) are
+        applied off the lock, the fresh index is saved (nobody else touches it yet), the writes
+        made meanwhile are applied, and only the last few are applied under the lock, where the
+        swap happens: every write acknowledged before the swap is in the new index, every later
+        one goes to it. Until the save nothing touches the disk; the save is a complete snapshot
+        (atomically renamed), so a crash or a cancel (shutdown) at any point leaves a valid
+        snapshot that the next start brings up to date from the database.
         """
         progress = progress if progress is not None else RebuildProgress()
         row = lib.row
@@ -400,17 +407,42 @@ class LocalBackend(Backend):
             await self._build(fresh, row, upto, progress, builder)
             progress.phase = "catching up"
             since = await self._catch_up(fresh, row, upto, upto, builder)
+            progress.phase = "saving"
+            saves_before = self._saves.get(row.id, 0)
+            await self._save_fresh(fresh, row)
+            progress.phase = "catching up"
+            since = await self._catch_up(fresh, row, upto, since, builder)
             async with self.write_lock(lib):
                 await self._catch_up(fresh, row, upto, since, builder)
                 stored = await self.store.count(row.id)
                 if fresh.count() != stored:
                     raise RuntimeError(f"rebuilt index holds {fresh.count()} items, the database {stored}")
                 fresh.seq = max(fresh.seq, self.store.seq)
+                if self._saves.get(row.id, 0) != saves_before:
+                    fresh.saved_seq = -1  # the old index was saved meanwhile, maybe over this one
                 lib.handle = fresh
         finally:
             builder.shutdown(wait=False, cancel_futures=True)
-        progress.phase = "saving"
-        await self.save([lib])
+        log.info("library %s: rebuilt index swapped in (%d items)", row.appid, fresh.count())
+
+    async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:
+        """Snapshot an index not serving yet: no lock needed, but the save thread, so it never
+        writes the library's files at the same time as a save of the serving index."""
+        started = time.monotonic()
+        saving = asyncio.get_running_loop().run_in_executor(
+            self._save_pool, fresh.save_now, self.index_dir, row.id, row.fingerprint
+        )
+        try:
+            await asyncio.shield(saving)
+        except asyncio.CancelledError:
+            await saving  # the file is complete (or removed) before this stops
+            raise
+        log.info(
+            "library %s: rebuilt index saved (%d items, %.2fs)",
+            row.appid,
+            fresh.count(),
+            time.monotonic() - started,
+        )
 
     async def _build(
         self, fresh: LibraryIndex, row: LibraryRow, upto: int, progress: RebuildProgress, builder: Executor
@@ -443,8 +475,8 @@ class LocalBackend(Backend):
     async def _catch_up(
         self, fresh: LibraryIndex, row: LibraryRow, upto: int, since: int, builder: Executor
     ) -> int:
-        """Apply to ``fresh`` the removals after ``upto`` and the rows inserted after ``since``;
-        returns the last seq applied.
+        """Apply to ``fresh`` the rows inserted after ``since`` and the removals after ``upto``;
+        returns the seq of the last row applied.
 
         Seqs are handed out and committed in order under the store's write lock, so every row
         of seq at most the last one read here was visible to this read. Removals are applied
@@ -453,9 +485,6 @@ class LocalBackend(Backend):
         is deleted first, then added with its new vector, as the live path does.
         """
         loop = asyncio.get_running_loop()
-        removed = await self.store.removals_since(row.id, upto)
-        if removed:
-            await loop.run_in_executor(builder, fresh.delete_now, removed, upto)
         last = since
         async for keys, vectors, seq in self.store.vectors_since(row.id, since, row.dim, REBUILD_BATCH):
             bad = row_problems(vectors, row.dim)
@@ -466,6 +495,12 @@ class LocalBackend(Backend):
                 await loop.run_in_executor(builder, fresh.delete_now, present, seq)
             await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq)
             last = seq
+        # Read after the rows: every removal of seq up to ``last`` committed before the row of
+        # seq ``last`` did, so the index then holds exactly the writes up to ``last`` (a saved
+        # snapshot's promise); a later removal applied early is applied again at replay.
+        removed = await self.store.removals_since(row.id, upto)
+        if removed:
+            await loop.run_in_executor(builder, fresh.delete_now, removed, upto)
         return last
 
     def wants_reduction(self, lib: Library) -> bool:
