@@ -360,9 +360,25 @@ class LibraryService:
         """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        # Local features of the whole picture (same-picture checks) are extracted alongside the
-        # forward pass; when the embedder refuses (busy, timeout, bad image) the extraction is
-        # cancelled too, so refused adds never pile up work outside the embedder's admission limit.
+        vector, thumbnail, local = await self._embed_picture(image, region)
+        # Shielded: once the row is being committed, the index must follow even if the caller is
+        # cancelled (client gone, shutdown), or index and database would disagree until a restart.
+        close = await asyncio.shield(
+            self.store_vector(
+                lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image), local
+            )
+        )
+        return AddResult(contsign, close)
+
+    async def _embed_picture(
+        self, image: bytes, region: Region | None = None
+    ) -> tuple[np.ndarray, bytes | None, bytes | None]:
+        """(vector, thumbnail, local features) of a picture about to be stored.
+
+        Local features of the whole picture (same-picture checks) are extracted alongside the
+        forward pass; when the embedder refuses (busy, timeout, bad image) the extraction is
+        cancelled too, so refused adds never pile up work outside the embedder's admission limit.
+        """
         extraction = asyncio.ensure_future(
             self.verifier.extract(image) if self._keeps_local_features else _nothing()
         )
@@ -373,15 +389,7 @@ class LibraryService:
         except BaseException:
             extraction.cancel()
             raise
-        local = await extraction
-        # Shielded: once the row is being committed, the index must follow even if the caller is
-        # cancelled (client gone, shutdown), or index and database would disagree until a restart.
-        close = await asyncio.shield(
-            self.store_vector(
-                lib, contsign, brief, tags, vector, thumbnail, policy, Query(vector, image), local
-            )
-        )
-        return AddResult(contsign, close)
+        return vector, thumbnail, await extraction
 
     async def store_vector(
         self,
@@ -704,15 +712,7 @@ class LibraryService:
             raise bad_request(problem)
         if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
             raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
-        extraction = asyncio.ensure_future(
-            self.verifier.extract(image) if self._keeps_local_features else _nothing()
-        )
-        try:
-            vector, thumbnail = await self.embed.embed_with_thumbnail(image, self.cfg.storage.thumbnail_side)
-        except BaseException:
-            extraction.cancel()
-            raise
-        local = await extraction
+        vector, thumbnail, local = await self._embed_picture(image)
         problem = vector_problem(np.asarray(vector), lib.row.dim)
         if problem is not None:
             raise ApiError(ErrNo.INTERNAL, f"refusing to store contsign {contsign}: {problem}")
