@@ -10,6 +10,8 @@ between the two is repaired at start-up by replaying rows newer than the index s
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import os
 import time
@@ -70,6 +72,30 @@ def reduce_min_items(cfg: Config) -> int:
     return int(getattr(cfg.index, "reduce_min_items", REDUCE_MIN_ITEMS))
 
 
+@functools.cache
+def _takes_tags(index_type: type) -> bool:
+    """Whether an index class keeps tags for filters (its ``add_now`` takes ``tags``)."""
+    return "tags" in inspect.signature(index_type.add_now).parameters
+
+
+def _add_now(index: LibraryIndex, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray) -> None:
+    """``index.add_now``, with the rows' tags when the index keeps them."""
+    if _takes_tags(type(index)):
+        index.add_now(keys, vectors, seq, tags=tags)  # type: ignore[call-arg]
+    else:
+        index.add_now(keys, vectors, seq)
+
+
+async def _add_batch(
+    index: LibraryIndex, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray
+) -> None:
+    """``index.add_batch`` (the index thread), with the rows' tags when the index keeps them."""
+    if _takes_tags(type(index)):
+        await index.add_batch(keys, vectors, seq, tags=tags)  # type: ignore[call-arg]
+    else:
+        await index.add_batch(keys, vectors, seq)
+
+
 def _rebuild_pause_s() -> float:
     try:
         return max(0.0, float(os.environ.get(REBUILD_PAUSE_ENV, "0") or 0))
@@ -98,6 +124,9 @@ class LocalBackend(Backend):
         #: Snapshots written per library (by row id): a rebuild saves its index before the swap
         #: and must know whether the serving one was saved over it meanwhile.
         self._saves: dict[int, int] = {}
+        #: Per library being rebuilt (by row id): keys whose tags changed while it ran. Tag
+        #: updates carry no seq; the rebuild re-reads these rows before its swap.
+        self._retagged: dict[int, set[int]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -241,14 +270,15 @@ class LocalBackend(Backend):
         replayed = 0
         started = last_log = time.monotonic()
         chunk = LIVE_BATCH if live else 4096
-        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq, row.dim, chunk):
+        rows = self.store.tagged_vectors_since(row.id, index.seq, row.dim, chunk)
+        async for chunk_keys, vectors, tags, seq in rows:
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(chunk_keys[i]), problem) for i, problem in bad])
             if live:
-                await index.add_batch(chunk_keys, vectors, seq)
+                await _add_batch(index, chunk_keys, vectors, seq, tags)
             else:
-                await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+                await asyncio.to_thread(_add_now, index, chunk_keys, vectors, seq, tags)
             replayed += len(chunk_keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -306,6 +336,8 @@ class LocalBackend(Backend):
         return stored
 
     async def update_item(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
+        if tags is not None:
+            self._note_retagged(lib, key)  # before the commit: a rebuild's swap cannot slip between
         return await self.store.update_item(lib.row.id, key, brief, tags)
 
     async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
@@ -401,6 +433,7 @@ class LocalBackend(Backend):
         async with self.write_lock(lib):
             upto = self.store.seq
             progress.total = await self.store.count(row.id)
+            self._retagged[row.id] = set()
         fresh = await self.new_index(row, progress.total)
         builder = ThreadPoolExecutor(1, thread_name_prefix=f"rebuild-{row.id}")
         try:
@@ -412,8 +445,10 @@ class LocalBackend(Backend):
             await self._save_fresh(fresh, row)
             progress.phase = "catching up"
             since = await self._catch_up(fresh, row, upto, since, builder)
+            await self._retag(fresh, row, builder)
             async with self.write_lock(lib):
                 await self._catch_up(fresh, row, upto, since, builder)
+                await self._retag(fresh, row, builder)
                 stored = await self.store.count(row.id)
                 if fresh.count() != stored:
                     raise RuntimeError(f"rebuilt index holds {fresh.count()} items, the database {stored}")
@@ -423,7 +458,30 @@ class LocalBackend(Backend):
                 lib.handle = fresh
         finally:
             builder.shutdown(wait=False, cancel_futures=True)
+            self._retagged.pop(row.id, None)
         log.info("library %s: rebuilt index swapped in (%d items)", row.appid, fresh.count())
+
+    def _note_retagged(self, lib: Library, key: int) -> None:
+        """Remember a tag update for the library's running rebuild, if any."""
+        retagged = self._retagged.get(lib.row.id)
+        if retagged is not None:
+            retagged.add(key)
+
+    async def _retag(self, fresh: LibraryIndex, row: LibraryRow, builder: Executor) -> None:
+        """Give ``fresh`` the current tags of the rows retagged while it was built (an index that
+        keeps tags only; the rows are read again and re-added with them)."""
+        keys = sorted(self._retagged.get(row.id, ()))
+        self._retagged[row.id] = set()
+        if not keys or not _takes_tags(type(fresh)):
+            return
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found, vectors, tags = await self.store.tagged_vectors_of(row.id, chunk, row.dim)
+            present = [int(k) for k in found if fresh.graph.contains(key_to_label(int(k)))]
+            if present:
+                await loop.run_in_executor(builder, fresh.delete_now, present, fresh.seq)
+            await loop.run_in_executor(builder, _add_now, fresh, found, vectors, fresh.seq, tags)
 
     async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:
         """Snapshot an index not serving yet: no lock needed, but the save thread, so it never
@@ -451,11 +509,12 @@ class LocalBackend(Backend):
         loop = asyncio.get_running_loop()
         pause = _rebuild_pause_s()
         started = last_log = time.monotonic()
-        async for keys, vectors, seq in self.store.vectors_since(row.id, 0, row.dim, REBUILD_BATCH, upto):
+        rows = self.store.tagged_vectors_since(row.id, 0, row.dim, REBUILD_BATCH, upto)
+        async for keys, vectors, tags, seq in rows:
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(keys[i]), problem) for i, problem in bad])
-            await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq)
+            await loop.run_in_executor(builder, _add_now, fresh, keys, vectors, seq, tags)
             progress.done += len(keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -486,14 +545,15 @@ class LocalBackend(Backend):
         """
         loop = asyncio.get_running_loop()
         last = since
-        async for keys, vectors, seq in self.store.vectors_since(row.id, since, row.dim, REBUILD_BATCH):
+        rows = self.store.tagged_vectors_since(row.id, since, row.dim, REBUILD_BATCH)
+        async for keys, vectors, tags, seq in rows:
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(keys[i]), problem) for i, problem in bad])
             present = [int(k) for k in keys if fresh.graph.contains(key_to_label(int(k)))]
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, seq)
-            await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq)
+            await loop.run_in_executor(builder, _add_now, fresh, keys, vectors, seq, tags)
             last = seq
         # Read after the rows: every removal of seq up to ``last`` committed before the row of
         # seq ``last`` did, so the index then holds exactly the writes up to ``last`` (a saved

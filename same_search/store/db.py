@@ -582,6 +582,46 @@ class Store:
             last = int(rows[-1][2])
             yield keys, vectors, last
 
+    async def tagged_vectors_since(
+        self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """Like :meth:`vectors_since`, with each row's tags: (keys, vectors, tags, max seq), tags
+        an (n, 2) uint32 array, 0 where a row has none (what an index keeping tags is given)."""
+        last = seq
+        width = 4 * dim
+        upto = (1 << 63) - 1 if max_seq is None else max_seq
+        while True:
+            async with self.reader.execute(
+                "SELECT key, vector, seq, tag1, tag2 FROM items "
+                "WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+                (lib_id, last, upto, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            bad = [(int(r[0]), _vector_shape_problem(r[1], dim)) for r in rows if not _is_vector(r[1], width)]
+            if bad:
+                raise BadRows(bad)
+            keys = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            tags = np.array([(r[3] or 0, r[4] or 0) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
+            last = int(rows[-1][2])
+            yield keys, vectors, tags, last
+
+    async def tagged_vectors_of(
+        self, lib_id: int, keys: Sequence[int], dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, vectors, tags) of the stored ones among ``keys`` (at most 500 at a time)."""
+        wanted = _placeholders(len(keys))
+        async with self.reader.execute(
+            f"SELECT key, vector, tag1, tag2 FROM items WHERE lib_id=? AND key IN ({wanted})", (lib_id, *keys)
+        ) as cur:
+            rows = [r for r in await cur.fetchall() if _is_vector(r[1], 4 * dim)]
+        found = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        tags = np.array([(r[2] or 0, r[3] or 0) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
+        return found, vectors, tags
+
     async def rows_with_bad_tags(self, lib_id: int, limit: int = 5) -> list[tuple[int, str]]:
         """(key, problem) of up to ``limit`` rows whose tags are not uint32 (negative, too large,
         text or blob: SQLite orders text and blobs after every number). Index seeks only, so it is
