@@ -189,6 +189,8 @@ async def test_rebuild_progress_shows_in_metrics_and_on_the_console_page(client,
     await client.post("/api/libraries/shown/rebuild")
     page = await (await client.get("/libraries/shown")).text()
     assert 'id="rebuild"' in page and "building" in page
+    overview = await (await client.get("/")).text()
+    assert "· rebuilding (building)" in overview
     metrics = await (await client.get("/metrics")).text()
     assert 'same_search_rebuild_running{appid="shown"} 1.0' in metrics
     await wait_rebuild(client, "shown")

@@ -100,7 +100,8 @@ async def overview(request: web.Request) -> web.Response:
     libs = services.libraries
     rows = "".join(
         f"<tr><td>{_library_link(s['appid'])}</td><td>{s['items']}</td>"
-        f"<td>{s['search']}</td><td>{escape(s['model'])}</td><td>{_when(s['last_index_save'])}</td></tr>"
+        f"<td>{s['search']}{_rebuilding(s['rebuild'])}</td><td>{escape(s['model'])}</td>"
+        f"<td>{_when(s['last_index_save'])}</td></tr>"
         for s in [await libs.stats(lib) for lib in await libs.all()]
     )
     rows += "".join(
@@ -174,6 +175,13 @@ def rebuild_text(state: dict | None) -> str:
         return f"Rebuild ({state['reason']}) {state['phase']}: {state['done']} of {total} items{share}{eta}"
     line = f"Last rebuild ({state['reason']}): {state['state']} after {state['seconds']:.1f} s"
     return line + (f": {state['error']}" if state["error"] else "")
+
+
+def _rebuilding(state: dict | None) -> str:
+    """ " · rebuilding" for the overview's search column while the library's index is rebuilt."""
+    if state is None or state["state"] != "running":
+        return ""
+    return f' <span class="rebuilding">· rebuilding ({escape(state["phase"])})</span>'
 
 
 def _rebuild_block(state: dict | None) -> str:
