@@ -178,7 +178,7 @@ def rebuild_text(state: dict | None) -> str:
 
 
 def _rebuilding(state: dict | None) -> str:
-    """ " · rebuilding" for the overview's search column while the library's index is rebuilt."""
+    """The note after the overview's search column while the library's index is rebuilt."""
     if state is None or state["state"] != "running":
         return ""
     return f' <span class="rebuilding">· rebuilding ({escape(state["phase"])})</span>'
