@@ -11,7 +11,9 @@ What it measures, the way the issue's own check does:
    comes once every row is stored and indexed), then confirms the count on ``GET /api/libraries``;
 4. the daemon's RSS growth per item over the empty daemon;
 5. recall@10 over HTTP (``/RTSAsService/search`` by contsign) against exact search over the same
-   vectors in numpy, unfiltered and with the 50% and 1% tag filters, with p50/p99 latency.
+   vectors in numpy, unfiltered and with the 50% and 1% tag filters, with p50/p99 latency;
+6. with ``--during-rebuild``: adds (pictures) and searches over HTTP while a background rebuild of
+   the library runs, their p50/p99, and that every add is found afterwards.
 
     .venv/bin/python bench/check_import_100k.py                 # 100k items, 300 queries per case
     .venv/bin/python bench/check_import_100k.py --items 20000   # a quicker look
@@ -150,6 +152,44 @@ def tag_features(tag1: int, tag2: int) -> list[dict]:
     return [{"fea_id": 999, "fea_data": base64.b64encode(packed).decode()}]
 
 
+def during_rebuild(daemon: Daemon, keys: np.ndarray) -> None:
+    """Add pictures and search, one after the other, while a background rebuild runs."""
+    from images import jpeg
+
+    started = daemon.post("admin", f"/api/libraries/{APPID}/rebuild", {})["rebuild"]
+    assert started["state"] == "running", started
+    adds, searches, added = [], [], []
+    seed = 10_000
+    while True:
+        state = daemon.get("admin", f"/api/libraries/{APPID}/rebuild")["rebuild"]
+        if state["state"] != "running":
+            break
+        image = jpeg(seed)
+        seed += 1
+        began = time.perf_counter()
+        brief = [{"fea_id": 1000, "fea_data": base64.b64encode(f"added {seed}".encode()).decode()}]
+        answer = daemon.rts("add", appid=APPID, image=base64.b64encode(image).decode(), features=brief)
+        adds.append(time.perf_counter() - began)
+        assert answer["err_no"] == 0, answer
+        added.append(answer["contsign"])
+        query = ContSign.from_key(int(keys[seed % len(keys)])).to_json()
+        began = time.perf_counter()
+        found = daemon.rts("search", appid=APPID, contsign=query)
+        searches.append(time.perf_counter() - began)
+        assert found["err_no"] == 0, found
+    assert state["state"] == "done", state
+    missing = 0
+    for contsign in added:
+        hits = daemon.rts("search", appid=APPID, contsign=contsign, rn=1)["data_items"]
+        missing += not hits or hits[0]["contsign"] != contsign
+    print(
+        f"\nduring a {state['seconds']:.0f} s background rebuild: {len(adds)} adds p50 "
+        f"{percentile_ms(adds, 0.5):.0f} ms p99 {percentile_ms(adds, 0.99):.0f} ms; {len(searches)} "
+        f"searches p50 {percentile_ms(searches, 0.5):.0f} ms p99 {percentile_ms(searches, 0.99):.0f} ms; "
+        f"{len(added) - missing} of {len(added)} adds found afterwards"
+    )
+
+
 def machine() -> str:
     """The CPU, its vector extensions (lscpu's flags that matter to hnswlib and torch), cores, load."""
     name, flags = "unknown CPU", set()
@@ -170,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--photos", type=Path, default=descriptor_model.DATA, help="../shared/data")
+    parser.add_argument(
+        "--during-rebuild", action="store_true", help="then add and search while the library is rebuilt"
+    )
     parser.add_argument("--workdir", type=Path, help="keep the data dir and ZIP here (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -218,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, features, allowed, chosen in cases:
                 recall, p50, p99 = search_case(daemon, keys, vectors, chosen, features, allowed)
                 print(f"| {name} | {len(chosen)} | {recall:.4f} | {p50:.1f} | {p99:.1f} |")
+            if args.during_rebuild:
+                during_rebuild(daemon, keys)
             print(
                 f"\nupload to fully indexed: {seconds:.1f} s; RSS growth "
                 f"{(rss - empty_rss) * 1024 / args.items:.2f} KiB/item; {machine()}"
