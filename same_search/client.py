@@ -468,8 +468,21 @@ class _Base:
     )
     thumbnail = _route("GET", wire.THUMBNAIL, "The small JPEG stored with an item.", reply="bytes")
     save = _route("POST", wire.SAVE, "Write the library's index snapshot now.")
-    rebuild = _route("POST", wire.REBUILD, "Rebuild the library's index from the database.")
-    compact = _route("POST", wire.COMPACT, "Rebuild without the slots of removed items.")
+    rebuild = _route(
+        "POST",
+        f"{wire.REBUILD}?wait=1",
+        "Rebuild the library's index from the database; returns when it has ended (the library "
+        "serves meanwhile).",
+    )
+    compact = _route(
+        "POST", f"{wire.COMPACT}?wait=1", "Rebuild without the slots of removed items; returns when done."
+    )
+    rebuild_status = _route(
+        "GET",
+        wire.REBUILD,
+        "The library's running rebuild, else its last one (state, phase, done, total, eta_s, error).",
+        values.pick("rebuild", lambda state: state),
+    )
     jobs = _route("GET", wire.JOBS, "Every import job the daemon knows.", values.pick("jobs", list))
     job = _route(
         "GET",

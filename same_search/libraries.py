@@ -23,7 +23,6 @@ from same_search import query_expansion as qe
 from same_search.backends.base import (
     AlreadyExists,
     Backend,
-    BadRows,
     IndexingFailed,
     ItemRow,
     ItemToAdd,
@@ -59,6 +58,7 @@ from same_search.near_duplicates import (
     resolve,
     select,
 )
+from same_search.rebuilds import ADOPTION, Rebuild, Rebuilds
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -198,6 +198,10 @@ class LibraryService:
         #: Libraries whose rows could not be loaded at start, by appid: named, not served.
         self.unavailable: dict[str, Unavailable] = {}
         self._repair_lock = asyncio.Lock()
+        #: Background index rebuilds, one per library at a time (``rebuild``, ``compact``, adoption).
+        self.rebuilds = Rebuilds(backend)
+        #: Libraries whose switch to a reduced index was started by this process (asked at most once).
+        self._adoptions: set[str] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -214,6 +218,8 @@ class LibraryService:
                 self._set_aside(lib.row, missing)
                 continue
             self.libraries[lib.row.appid] = lib
+        for lib in self.libraries.values():
+            self._adopt_reduction_if_due(lib)  # also resumes one a crash or a shutdown interrupted
 
     def _set_aside(self, row: LibraryRow, reason: str) -> None:
         self.unavailable[row.appid] = Unavailable(row, reason)
@@ -286,6 +292,7 @@ class LibraryService:
         start, which replays or rebuilds from the database; nothing acknowledged depends on them.
         """
         try:
+            await self.rebuilds.close()  # the indexes serving now are the ones saved
             await self.save_indexes()
         except Exception:
             log.exception(
@@ -439,20 +446,7 @@ class LibraryService:
         region: Region | None,
     ) -> AddResult:
         embed = self.embed_for(lib)
-        # Local features of the whole picture (same-picture checks) are extracted alongside the
-        # forward pass; when the embedder refuses (busy, timeout, bad image) the extraction is
-        # cancelled too, so refused adds never pile up work outside the embedder's admission limit.
-        extraction = asyncio.ensure_future(
-            self.verifier.extract(image) if self._keeps_local_features else _nothing()
-        )
-        try:
-            vector, thumbnail = await embed.embed_with_thumbnail(
-                image, self.cfg.storage.thumbnail_side, region
-            )
-        except BaseException:
-            extraction.cancel()
-            raise
-        local = await extraction
+        vector, thumbnail, local = await self._embed_picture(embed, image, region)
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
         original = image if self.keeps_originals else None
@@ -472,6 +466,28 @@ class LibraryService:
             )
         )
         return AddResult(contsign, close)
+
+    async def _embed_picture(
+        self, embed: EmbedService, image: bytes, region: Region | None = None
+    ) -> tuple[np.ndarray, bytes | None, bytes | None]:
+        """(vector, thumbnail, local features) of a picture about to be stored, by ``embed``
+        (the library's own model).
+
+        Local features of the whole picture (same-picture checks) are extracted alongside the
+        forward pass; when the embedder refuses (busy, timeout, bad image) the extraction is
+        cancelled too, so refused adds never pile up work outside the embedder's admission limit.
+        """
+        extraction = asyncio.ensure_future(
+            self.verifier.extract(image) if self._keeps_local_features else _nothing()
+        )
+        try:
+            vector, thumbnail = await embed.embed_with_thumbnail(
+                image, self.cfg.storage.thumbnail_side, region
+            )
+        except BaseException:
+            extraction.cancel()
+            raise
+        return vector, thumbnail, await extraction
 
     @property
     def keeps_originals(self) -> bool:
@@ -526,6 +542,7 @@ class LibraryService:
 
     async def _store_one(self, lib: Library, contsign: ContSign, item: ItemToAdd) -> None:
         stored = await self.store_vectors(lib, [item])
+        self._adopt_reduction_if_due(lib)
         if not stored[0]:
             await self._refuse_duplicate(lib, contsign)
             raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
@@ -766,27 +783,42 @@ class LibraryService:
 
     async def delete_library(self, lib: Library | Unavailable) -> None:
         """Drop a library, served or set aside: its items, thumbnails and search structure."""
+        await self.rebuilds.cancel(lib.row.appid)
         try:
             await self.backend.delete_library(lib)
         except StorageError as exc:
             raise _storage_failed(exc) from exc
         self.libraries.pop(lib.row.appid, None)
         self.unavailable.pop(lib.row.appid, None)
+        self._adoptions.discard(lib.row.appid)
+        self.rebuilds.latest.pop(lib.row.appid, None)
         log.info("library %s deleted", lib.row.appid)
 
-    async def rebuild(self, lib: Library) -> float:
-        """Rebuild a library's search structure from its items (drops deleted slots); returns seconds."""
-        started = asyncio.get_running_loop().time()
-        try:
-            await self._call(lib, self.backend.rebuild(lib))
-        except BadRows as exc:
-            raise ApiError(
-                ErrNo.INTERNAL,
-                f"cannot rebuild library {lib.row.appid!r}, the current index keeps serving: "
-                f"{load_failure_reason(exc)}; POST /api/libraries/{lib.row.appid}/repair drops them",
-            ) from exc
-        log.info("library %s: index rebuilt (%d items)", lib.row.appid, await self.count(lib))
-        return asyncio.get_running_loop().time() - started
+    def rebuild(self, lib: Library, reason: str) -> Rebuild:
+        """Start rebuilding a library's search structure from its items in the background
+        (it drops deleted slots); the running rebuild when one is under way already.
+
+        The library keeps answering searches and accepting writes meanwhile; the state shows on
+        :meth:`stats` and ``GET /api/libraries/{appid}/rebuild``.
+        """
+        return self.rebuilds.start(lib, reason)
+
+    async def wait_rebuild(self, rebuild: Rebuild) -> None:
+        """Until ``rebuild`` has ended (the caller going away does not cancel it)."""
+        await self.rebuilds.wait(rebuild)
+
+    def _adopt_reduction_if_due(self, lib: Library) -> None:
+        """Start the switch to a reduced index once the library is large enough (once per
+        library and process: an adoption that fails is tried again at the next start)."""
+        appid = lib.row.appid
+        if appid in self._adoptions or not self.backend.wants_reduction(lib):
+            return
+        running = self.rebuilds.current(appid)
+        if running is not None and running.running:
+            return  # a rebuild under way builds the right kind already (new_index picks it)
+        self._adoptions.add(appid)
+        log.info("library %s: large enough for a reduced index; switching in the background", appid)
+        self.rebuilds.start(lib, ADOPTION)
 
     async def repair(self, appid: str) -> RepairReport:
         """Drop every row of a library that cannot be loaded or served, and bring it back.
@@ -853,8 +885,62 @@ class LibraryService:
             return {lib.row.fingerprint: lib.row.dim}
         return {fingerprint: served.info.dim for fingerprint, served in self.models.served.items()}
 
+    async def embed_item(self, lib: Library, image: bytes, brief: bytes, tags: Tags | None) -> NewItem:
+        """An image made ready to store in a batch (:meth:`store_batch`): embedded, with its
+        thumbnail and local features, checked as :meth:`store_vector` checks; err_no 101
+        (:class:`DuplicateAdd`) when its contsign is stored already, before any embedding."""
+        contsign = ContSign.of_image(image)
+        await self._refuse_duplicate(lib, contsign)
+        problem = tags_problem(tags)
+        if problem is not None:
+            raise bad_request(problem)
+        if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
+            raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
+        embed = self.embed_for(lib)
+        vector, thumbnail, local = await self._embed_picture(embed, image)
+        if embed.info.fingerprint != lib.row.fingerprint:  # a re-embed switched the library meanwhile
+            embed = self.embed_for(lib)
+            vector, thumbnail, local = await self._embed_picture(embed, image)
+        problem = vector_problem(np.asarray(vector), lib.row.dim)
+        if problem is not None:
+            raise ApiError(ErrNo.INTERNAL, f"refusing to store contsign {contsign}: {problem}")
+        vector_bytes = np.asarray(vector, dtype="<f4").tobytes()
+        return NewItem(
+            contsign.key,
+            brief,
+            tags,
+            vector_bytes,
+            original=image if self.keeps_originals else None,
+            thumbnail=thumbnail,
+            local_features=local,
+        )
+
+    async def store_batch(self, lib: Library, items: Sequence[NewItem]) -> tuple[int, int]:
+        """Store embedded items (:meth:`embed_item`) as one batch: one database transaction and
+        one graph insert per ``LIVE_BATCH`` rows instead of one of each per item (import jobs);
+        (stored, duplicates). A contsign twice in ``items`` is stored once. Shielded like
+        :meth:`import_items`; err_no 103 if the library was deleted meanwhile (never re-created)."""
+        first: dict[int, NewItem] = {}
+        for item in items:
+            first.setdefault(item.key, item)
+        unique = list(first.values())
+
+        async def one_batch() -> AsyncIterator[Sequence[NewItem]]:
+            yield unique
+
+        _, stored, duplicates = await asyncio.shield(
+            # The library's fingerprint: a re-embed that switched it meanwhile refuses the batch
+            # (err_no 1) instead of mixing two models' vectors.
+            self._import_items(lib.row.appid, one_batch(), lib.row.fingerprint, create=False)
+        )
+        return stored, duplicates + len(items) - len(unique)
+
     async def _import_items(
-        self, appid: str, batches: AsyncIterator[Sequence[NewItem]], fingerprint: str | None
+        self,
+        appid: str,
+        batches: AsyncIterator[Sequence[NewItem]],
+        fingerprint: str | None,
+        create: bool = True,
     ) -> tuple[Library, int, int]:
         capacity = self.cfg.limits.library_capacity
         if appid in self.unavailable:
@@ -862,7 +948,7 @@ class LibraryService:
         try:
             target: Library | NewLibrary = await self.get(appid)
         except ApiError as exc:
-            if exc.err_no != ErrNo.NOT_SIGNED_UP:
+            if exc.err_no != ErrNo.NOT_SIGNED_UP or not create:
                 raise
             embed = self.embed if fingerprint is None else self.models.for_fingerprint(fingerprint)
             if embed is None:
@@ -887,7 +973,14 @@ class LibraryService:
                 lib, imported, duplicates = await self._call(
                     target, self.backend.import_items(target, batches, capacity)
                 )
-                log.info("library %s: imported %d items (%d duplicates)", appid, imported, duplicates)
+                self._adopt_reduction_if_due(lib)
+                log.log(
+                    logging.INFO if create else logging.DEBUG,
+                    "library %s: imported %d items (%d duplicates)",
+                    appid,
+                    imported,
+                    duplicates,
+                )
         except TooManyItems as exc:
             raise ApiError(ErrNo.INTERNAL, f"{exc}; nothing was imported") from exc
         except AlreadyExists as exc:
@@ -1040,7 +1133,13 @@ class LibraryService:
             # The built-in floor for candidates the same-picture check confirms (None when the
             # library sets its own floor, which then applies to every candidate).
             "dup_verified_min_score": resolve(lib.row.dup_policy, lib.row.dup_min_score).verified_min_score,
+            "rebuild": self.rebuild_state(lib.row.appid),
         }
+
+    def rebuild_state(self, appid: str) -> dict | None:
+        """The library's running rebuild, else its last one since the start, else None."""
+        rebuild = self.rebuilds.current(appid)
+        return None if rebuild is None else rebuild.to_json()
 
     async def snapshot(self, lib: Library) -> dict[str, int]:
         """The spec's snapshot block for one library."""

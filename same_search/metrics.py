@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -95,3 +95,30 @@ class _LiveCollector(Collector):
         yield items
         yield capacity
         yield save_age
+        yield from _rebuild_metrics(self.services)
+
+
+def _rebuild_metrics(services: Services) -> Iterator[Metric]:
+    """Background index rebuilds: which run, how far they got, how many ended and how."""
+    rebuilds = services.libraries.rebuilds
+    running = GaugeMetricFamily(
+        "same_search_rebuild_running", "1 while the library's index is being rebuilt", labels=["appid"]
+    )
+    progress = GaugeMetricFamily(
+        "same_search_rebuild_progress_ratio",
+        "Share of the rows a running rebuild has built (catching up and saving follow)",
+        labels=["appid"],
+    )
+    for rebuild in list(rebuilds.latest.values()):
+        running.add_metric([rebuild.appid], 1 if rebuild.running else 0)
+        if rebuild.running:
+            total = rebuild.progress.total
+            progress.add_metric([rebuild.appid], rebuild.progress.done / total if total else 0.0)
+    finished = CounterMetricFamily(
+        "same_search_rebuilds_finished", "Rebuilds ended since the start, by outcome", labels=["state"]
+    )
+    for state, count in rebuilds.finished.items():
+        finished.add_metric([state], count)
+    yield running
+    yield progress
+    yield finished

@@ -107,3 +107,15 @@ def test_links_carry_names_that_need_encoding(daemon, page, tmp_path: Path):
     page.locator("main p a", has_text=name).click()
     page.wait_for_selector("#dropzone")
     assert page.locator("h1").inner_text() == name
+
+
+def test_the_library_page_starts_a_rebuild_and_follows_it_to_the_end(daemon, page):
+    page.goto(daemon.url("admin", "/libraries/shop"))
+    assert page.locator("#rebuild").inner_text() == "No rebuild since the daemon started."
+    page.click("#rebuild-start")
+    # The POST answers at once with the rebuild running; the line refreshes itself until it ends.
+    page.wait_for_selector("#rebuild[data-state=done]", timeout=30_000)
+    assert page.locator("#rebuild").inner_text().startswith("Last rebuild (manual): done after")
+    assert not page.locator("#rebuild-start").is_disabled()
+    page.reload()
+    assert page.locator("#rebuild").inner_text().startswith("Last rebuild (manual): done after")

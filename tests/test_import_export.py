@@ -190,3 +190,24 @@ def test_job_of_a_few_hundred_images_resumes_after_kill_9(tmp_path):
         assert resumed[0].endswith("running from 0/240") and not resumed[-1].endswith("from 0/240")
     finally:
         daemon.stop()
+
+
+async def test_a_job_stores_each_chunk_as_one_batch_with_thumbnails_and_local_features(client, api, tmp_path):
+    """Without a near-duplicate policy a job's chunk is embedded, then stored in one transaction
+    (every item of the chunk has the same creation time) and indexed in one graph insert; the
+    thumbnails and local features travel with it; a picture twice in the folder is stored once."""
+    await api(f"{R}/signup", appid="lib")
+    write_images(tmp_path / "photos", range(20, 30))
+    (tmp_path / "photos" / "again.jpg").write_bytes(jpeg(21))
+    created = await (
+        await client.post("/api/jobs", json={"appid": "lib", "source": {"dir": str(tmp_path / "photos")}})
+    ).json()
+    job = await wait_job(client, created["job"]["id"])
+    assert (job["status"], job["done"], job["duplicates"], job["failed"]) == ("done", 10, 1, 0)
+    items = (await (await client.get("/api/libraries/lib/items?limit=100")).json())["items"]
+    assert len(items) == 10 and len({item["created"] for item in items}) == 1
+    thumbnail = await client.get(items[0]["thumbnail"])
+    assert thumbnail.status == 200 and thumbnail.content_type == "image/jpeg"
+    for seed in range(20, 30):
+        hits = (await api(f"{R}/search", appid="lib", image=b64(jpeg(seed)), same_picture=1))["data_items"]
+        assert hits and hits[0]["contsign"] == ContSign.of_image(jpeg(seed)).to_json()

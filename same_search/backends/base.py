@@ -119,6 +119,19 @@ class Library:
     handle: Any = field(default=None, repr=False)
 
 
+@dataclass
+class RebuildProgress:
+    """How far a running rebuild got: the backend moves it along, the service shows it on 8103.
+
+    ``phase`` is ``building`` (the fresh structure from the rows stored when it started),
+    ``catching up`` (the writes that came meanwhile) or ``saving`` (the new snapshot).
+    """
+
+    phase: str = "building"
+    done: int = 0
+    total: int = 0
+
+
 class LibraryFull(Exception):
     """The library already holds the configured ``library_capacity`` items."""
 
@@ -339,8 +352,18 @@ class Backend(ABC):
         """Make caches durable (local: index snapshots; milvus: flush); returns libraries saved."""
 
     @abstractmethod
-    async def rebuild(self, lib: Library) -> None:
-        """Rebuild the search structure from the stored items, dropping deleted slots."""
+    async def rebuild(self, lib: Library, progress: RebuildProgress | None = None) -> None:
+        """Rebuild the search structure from the stored items, dropping deleted slots.
+
+        The library keeps serving searches and writes meanwhile; ``progress`` is updated as the
+        work goes on. Cancelling it leaves the current structure serving, unchanged.
+        """
+
+    def wants_reduction(self, lib: Library) -> bool:
+        """Whether the library has grown enough to adopt a reduced index it does not have yet
+        (a rebuild switches it); backends without one never do."""
+        del lib
+        return False
 
     @abstractmethod
     def describe(self, lib: Library) -> dict[str, Any]:

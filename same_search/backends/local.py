@@ -10,10 +10,13 @@ between the two is repaired at start-up by replaying rows newer than the index s
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,7 @@ from same_search.backends.base import (
     ModelChanged,
     NewItem,
     NewLibrary,
+    RebuildProgress,
     ReembedIncomplete,
     ReembedJobRow,
     SearchResult,
@@ -55,6 +59,51 @@ REPLAY_LOG_S = 15.0
 #: index thread, which every library's searches share, so it is kept small: a search waits for
 #: at most one such batch (HNSW inserts at 1280-d cost milliseconds each).
 LIVE_BATCH = 128
+#: Rows per graph insert while a rebuild builds its fresh index in its own thread. hnswlib adds a
+#: batch on every core; a cancelled rebuild (shutdown) waits for at most one such batch.
+REBUILD_BATCH = 1024
+#: Test hook: seconds a rebuild sleeps after each build batch, so tests can race writes against
+#: it (and kill the daemon in the middle of one). Unset or 0 in production.
+REBUILD_PAUSE_ENV = "SAME_SEARCH_REBUILD_PAUSE_S"
+#: Default of ``[index] reduce_min_items`` until the index engine adds the key: a library this
+#: large adopts the reduced index.
+REDUCE_MIN_ITEMS = 20000
+
+
+def reduce_min_items(cfg: Config) -> int:
+    """Items from which a library should hold a reduced index (``[index] reduce_min_items``)."""
+    return int(getattr(cfg.index, "reduce_min_items", REDUCE_MIN_ITEMS))
+
+
+@functools.cache
+def _takes_tags(index_type: type) -> bool:
+    """Whether an index class keeps tags for filters (its ``add_now`` takes ``tags``)."""
+    return "tags" in inspect.signature(index_type.add_now).parameters
+
+
+def _add_now(index: LibraryIndex, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray) -> None:
+    """``index.add_now``, with the rows' tags when the index keeps them."""
+    if _takes_tags(type(index)):
+        index.add_now(keys, vectors, seq, tags=tags)  # type: ignore[call-arg]
+    else:
+        index.add_now(keys, vectors, seq)
+
+
+async def _add_batch(
+    index: LibraryIndex, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray
+) -> None:
+    """``index.add_batch`` (the index thread), with the rows' tags when the index keeps them."""
+    if _takes_tags(type(index)):
+        await index.add_batch(keys, vectors, seq, tags=tags)  # type: ignore[call-arg]
+    else:
+        await index.add_batch(keys, vectors, seq)
+
+
+def _rebuild_pause_s() -> float:
+    try:
+        return max(0.0, float(os.environ.get(REBUILD_PAUSE_ENV, "0") or 0))
+    except ValueError:
+        return 0.0
 
 
 def _index(lib: Library) -> LibraryIndex:
@@ -76,6 +125,12 @@ class LocalBackend(Backend):
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
         #: One write lock per library (by row id), kept across rebuilds that swap its index.
         self._locks: dict[int, asyncio.Lock] = {}
+        #: Snapshots written per library (by row id): a rebuild saves its index before the swap
+        #: and must know whether the serving one was saved over it meanwhile.
+        self._saves: dict[int, int] = {}
+        #: Per library being rebuilt (by row id): keys whose tags changed while it ran. Tag
+        #: updates carry no seq; the rebuild re-reads these rows before its swap.
+        self._retagged: dict[int, set[int]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -147,9 +202,8 @@ class LocalBackend(Backend):
         enter the index in batches of ``LIVE_BATCH``, one graph insert each."""
         if isinstance(target, NewLibrary):
             created = await self.store.insert_items(target, batches, capacity)
-            index = LibraryIndex.empty(
-                created.library.dim, self.cfg.index, self._index_pool, capacity=max(created.inserted, 16)
-            )
+            # The final count is known: a large import builds the reduced kind at once.
+            index = await self.new_index(created.library, created.inserted)
             await self._index_committed(index, created.library, live=False)
             return Library(created.library, index), created.inserted, created.duplicates
         async with self.write_lock(target):
@@ -163,6 +217,11 @@ class LocalBackend(Backend):
         except Exception as exc:
             log.exception("library %s: indexing the imported rows failed", row.appid)
             raise IndexingFailed(row, exc) from exc
+
+    async def new_index(self, row: LibraryRow, count: int) -> LibraryIndex:
+        """An empty index of the right kind for a library about to hold ``count`` items."""
+        # replaced by the index engine branch
+        return LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
 
     async def update_library(self, lib: Library, row: LibraryRow) -> None:
         await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
@@ -215,14 +274,15 @@ class LocalBackend(Backend):
         replayed = 0
         started = last_log = time.monotonic()
         chunk = LIVE_BATCH if live else 4096
-        async for chunk_keys, vectors, seq in self.store.vectors_since(row.id, index.seq, row.dim, chunk):
+        rows = self.store.tagged_vectors_since(row.id, index.seq, row.dim, chunk)
+        async for chunk_keys, vectors, tags, seq in rows:
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(chunk_keys[i]), problem) for i, problem in bad])
             if live:
-                await index.add_batch(chunk_keys, vectors, seq)
+                await _add_batch(index, chunk_keys, vectors, seq, tags)
             else:
-                await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq)
+                await asyncio.to_thread(_add_now, index, chunk_keys, vectors, seq, tags)
             replayed += len(chunk_keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -283,6 +343,8 @@ class LocalBackend(Backend):
         return stored
 
     async def update_item(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
+        if tags is not None:
+            self._note_retagged(lib, key)  # before the commit: a rebuild's swap cannot slip between
         return await self.store.update_item(lib.row.id, key, brief, tags)
 
     async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
@@ -348,6 +410,7 @@ class LocalBackend(Backend):
                     raise
                 finally:
                     if saving.done() and not saving.cancelled() and saving.exception() is None:
+                        self._saves[lib.row.id] = self._saves.get(lib.row.id, 0) + 1
                         log.info(
                             "library %s: index saved (%d items, %.2fs)",
                             lib.row.appid,
@@ -357,14 +420,164 @@ class LocalBackend(Backend):
             saved += 1
         return saved
 
-    async def rebuild(self, lib: Library) -> None:
-        """A fresh graph from the database, swapped in under the write lock, then saved."""
+    async def rebuild(self, lib: Library, progress: RebuildProgress | None = None) -> None:
+        """A fresh index built beside the serving one, caught up, saved, then swapped in.
+
+        The library keeps serving searches and writes throughout, and writers never wait for
+        more than the last few writes to be applied. The fresh index is built from the rows
+        stored up to seq S (noted under the write lock, so no write of this library is between
+        taking its seq and committing) in a thread of its own, off the write lock and off the
+        shared index thread. The writes after S (rows and removals carry seqs in SQLite) are
+        applied off the lock, the fresh index is saved (nobody else touches it yet), the writes
+        made meanwhile are applied, and only the last few are applied under the lock, where the
+        swap happens: every write acknowledged before the swap is in the new index, every later
+        one goes to it. Until the save nothing touches the disk; the save is a complete snapshot
+        (atomically renamed), so a crash or a cancel (shutdown) at any point leaves a valid
+        snapshot that the next start brings up to date from the database.
+        """
+        progress = progress if progress is not None else RebuildProgress()
+        row = lib.row
         async with self.write_lock(lib):
-            count = await self.store.count(lib.row.id)
-            fresh = LibraryIndex.empty(lib.row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
-            await self._replay(fresh, lib.row)
-            lib.handle = fresh
-        await self.save([lib])
+            upto = self.store.seq
+            progress.total = await self.store.count(row.id)
+            self._retagged[row.id] = set()
+        fresh = await self.new_index(row, progress.total)
+        builder = ThreadPoolExecutor(1, thread_name_prefix=f"rebuild-{row.id}")
+        try:
+            await self._build(fresh, row, upto, progress, builder)
+            progress.phase = "catching up"
+            since = await self._catch_up(fresh, row, upto, upto, builder)
+            progress.phase = "saving"
+            saves_before = self._saves.get(row.id, 0)
+            await self._save_fresh(fresh, row)
+            progress.phase = "catching up"
+            since = await self._catch_up(fresh, row, upto, since, builder)
+            await self._retag(fresh, row, builder)
+            async with self.write_lock(lib):
+                if lib.row.fingerprint != row.fingerprint:  # a re-embed switched it meanwhile
+                    raise RuntimeError(
+                        f"library {row.appid!r} moved to model {lib.row.model_id} during the rebuild; "
+                        "its index was already rebuilt for the new vectors"
+                    )
+                await self._catch_up(fresh, row, upto, since, builder)
+                await self._retag(fresh, row, builder)
+                stored = await self.store.count(row.id)
+                if fresh.count() != stored:
+                    raise RuntimeError(f"rebuilt index holds {fresh.count()} items, the database {stored}")
+                fresh.seq = max(fresh.seq, self.store.seq)
+                if self._saves.get(row.id, 0) != saves_before:
+                    fresh.saved_seq = -1  # the old index was saved meanwhile, maybe over this one
+                lib.handle = fresh
+        finally:
+            builder.shutdown(wait=False, cancel_futures=True)
+            self._retagged.pop(row.id, None)
+        log.info("library %s: rebuilt index swapped in (%d items)", row.appid, fresh.count())
+
+    def _note_retagged(self, lib: Library, key: int) -> None:
+        """Remember a tag update for the library's running rebuild, if any."""
+        retagged = self._retagged.get(lib.row.id)
+        if retagged is not None:
+            retagged.add(key)
+
+    async def _retag(self, fresh: LibraryIndex, row: LibraryRow, builder: Executor) -> None:
+        """Give ``fresh`` the current tags of the rows retagged while it was built (an index that
+        keeps tags only; the rows are read again and re-added with them)."""
+        keys = sorted(self._retagged.get(row.id, ()))
+        self._retagged[row.id] = set()
+        if not keys or not _takes_tags(type(fresh)):
+            return
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found, vectors, tags = await self.store.tagged_vectors_of(row.id, chunk, row.dim)
+            present = [int(k) for k in found if fresh.graph.contains(key_to_label(int(k)))]
+            if present:
+                await loop.run_in_executor(builder, fresh.delete_now, present, fresh.seq)
+            await loop.run_in_executor(builder, _add_now, fresh, found, vectors, fresh.seq, tags)
+
+    async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:
+        """Snapshot an index not serving yet: no lock needed, but the save thread, so it never
+        writes the library's files at the same time as a save of the serving index."""
+        started = time.monotonic()
+        saving = asyncio.get_running_loop().run_in_executor(
+            self._save_pool, fresh.save_now, self.index_dir, row.id, row.fingerprint
+        )
+        try:
+            await asyncio.shield(saving)
+        except asyncio.CancelledError:
+            await saving  # the file is complete (or removed) before this stops
+            raise
+        log.info(
+            "library %s: rebuilt index saved (%d items, %.2fs)",
+            row.appid,
+            fresh.count(),
+            time.monotonic() - started,
+        )
+
+    async def _build(
+        self, fresh: LibraryIndex, row: LibraryRow, upto: int, progress: RebuildProgress, builder: Executor
+    ) -> None:
+        """Insert the rows stored up to seq ``upto`` into ``fresh``, a batch per graph insert."""
+        loop = asyncio.get_running_loop()
+        pause = _rebuild_pause_s()
+        started = last_log = time.monotonic()
+        rows = self.store.tagged_vectors_since(row.id, 0, row.dim, REBUILD_BATCH, upto)
+        async for keys, vectors, tags, seq in rows:
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(keys[i]), problem) for i, problem in bad])
+            await loop.run_in_executor(builder, _add_now, fresh, keys, vectors, seq, tags)
+            progress.done += len(keys)
+            now = time.monotonic()
+            if now - last_log >= REPLAY_LOG_S:
+                last_log = now
+                rate = progress.done / (now - started)
+                log.info(
+                    "library %s: rebuild indexed %s of %s items (%.0f/s, about %.0fs left)",
+                    row.appid,
+                    f"{progress.done:,}",
+                    f"{progress.total:,}",
+                    rate,
+                    max(0, progress.total - progress.done) / rate if rate > 0 else 0,
+                )
+            if pause:
+                await asyncio.sleep(pause)
+
+    async def _catch_up(
+        self, fresh: LibraryIndex, row: LibraryRow, upto: int, since: int, builder: Executor
+    ) -> int:
+        """Apply to ``fresh`` the rows inserted after ``since`` and the removals after ``upto``;
+        returns the seq of the last row applied.
+
+        Seqs are handed out and committed in order under the store's write lock, so every row
+        of seq at most the last one read here was visible to this read. Removals are applied
+        from ``upto`` on every pass: ``removals`` only lists keys not stored now (a re-add
+        deletes its row), so deleting them again is always right. A key removed and added again
+        is deleted first, then added with its new vector, as the live path does.
+        """
+        loop = asyncio.get_running_loop()
+        last = since
+        rows = self.store.tagged_vectors_since(row.id, since, row.dim, REBUILD_BATCH)
+        async for keys, vectors, tags, seq in rows:
+            bad = row_problems(vectors, row.dim)
+            if bad:
+                raise BadRows([(int(keys[i]), problem) for i, problem in bad])
+            present = [int(k) for k in keys if fresh.graph.contains(key_to_label(int(k)))]
+            if present:
+                await loop.run_in_executor(builder, fresh.delete_now, present, seq)
+            await loop.run_in_executor(builder, _add_now, fresh, keys, vectors, seq, tags)
+            last = seq
+        # Read after the rows: every removal of seq up to ``last`` committed before the row of
+        # seq ``last`` did, so the index then holds exactly the writes up to ``last`` (a saved
+        # snapshot's promise); a later removal applied early is applied again at replay.
+        removed = await self.store.removals_since(row.id, upto)
+        if removed:
+            await loop.run_in_executor(builder, fresh.delete_now, removed, upto)
+        return last
+
+    def wants_reduction(self, lib: Library) -> bool:
+        index = _index(lib)
+        return not getattr(index, "reduced", False) and index.count() >= reduce_min_items(self.cfg)
 
     def describe(self, lib: Library) -> dict[str, Any]:
         index = _index(lib)
@@ -413,7 +626,7 @@ class LocalBackend(Backend):
                 except ReembedIncomplete:
                     continue
             count = await self.store.count(row.id)
-            fresh = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            fresh = await self.new_index(row, count)
             await self._replay(fresh, row, count)
             lib.row, lib.handle = row, fresh
         await self.save([lib])

@@ -56,6 +56,7 @@ from same_search.backends.base import (
     LibraryRow,
     NewItem,
     NewLibrary,
+    RebuildProgress,
     SearchResult,
     StorageError,
     TagFilter,
@@ -362,7 +363,14 @@ class MilvusBackend(Backend):
             if capacity and await self.count(lib) + len(batch) > capacity:
                 raise TooManyItems(f"library {lib.row.appid!r} would hold more than {capacity} items")
             items = [
-                ItemToAdd(item.key, item.brief, item.tags, np.frombuffer(item.vector, dtype="<f4"))
+                ItemToAdd(
+                    item.key,
+                    item.brief,
+                    item.tags,
+                    np.frombuffer(item.vector, dtype="<f4"),
+                    item.thumbnail,
+                    item.local_features,
+                )
                 for item in batch
             ]
             stored = await self.add_items(lib, items)
@@ -539,8 +547,10 @@ class MilvusBackend(Backend):
             saved += 1
         return saved
 
-    async def rebuild(self, lib: Library) -> None:
+    async def rebuild(self, lib: Library, progress: RebuildProgress | None = None) -> None:
         """Milvus compaction: rewrites segments without deleted rows and rebuilds their index."""
+        if progress is not None:
+            progress.phase = "compacting"
         await self._run(self.client.compact, _name(lib))
 
     def describe(self, lib: Library) -> dict[str, Any]:

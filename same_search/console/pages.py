@@ -100,7 +100,8 @@ async def overview(request: web.Request) -> web.Response:
     libs = services.libraries
     rows = "".join(
         f"<tr><td>{_library_link(s['appid'])}</td><td>{s['items']}</td>"
-        f"<td>{s['search']}</td><td>{escape(s['model'])}</td><td>{_when(s['last_index_save'])}</td></tr>"
+        f"<td>{s['search']}{_rebuilding(s['rebuild'])}</td><td>{escape(s['model'])}</td>"
+        f"<td>{_when(s['last_index_save'])}</td></tr>"
         for s in [await libs.stats(lib) for lib in await libs.all()]
     )
     rows += "".join(
@@ -153,6 +154,7 @@ async def library(request: web.Request) -> web.Response:
 <h1>{escape(appid)}</h1>
 <p class="stats">{stats["items"]} items · {stats["dim"]}-d {escape(stats["model"])} · {stats["search"]} search
 · index saved {_when(stats["last_index_save"])}</p>
+{_rebuild_block(stats["rebuild"])}
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
 <input type="file" id="file" accept="image/*"></label>, to search this library.</div>
 {_results_block("Results")}
@@ -162,6 +164,36 @@ async def library(request: web.Request) -> web.Response:
 <div class="grid">{cards}</div><p class="nav">{nav}</p>
 """
     return _page(services, appid, body, appid)
+
+
+def rebuild_text(state: dict | None) -> str:
+    """One line about the library's running or last rebuild (console.js writes the same)."""
+    if state is None:
+        return "No rebuild since the daemon started."
+    if state["state"] == "running":
+        total = state["total"] or 0
+        share = f" ({100 * state['done'] // total}%)" if total else ""
+        eta = f", about {state['eta_s']:.0f} s left" if state["eta_s"] is not None else ""
+        return f"Rebuild ({state['reason']}) {state['phase']}: {state['done']} of {total} items{share}{eta}"
+    line = f"Last rebuild ({state['reason']}): {state['state']} after {state['seconds']:.1f} s"
+    return line + (f": {state['error']}" if state["error"] else "")
+
+
+def _rebuilding(state: dict | None) -> str:
+    """The note after the overview's search column while the library's index is rebuilt."""
+    if state is None or state["state"] != "running":
+        return ""
+    return f' <span class="rebuilding">· rebuilding ({escape(state["phase"])})</span>'
+
+
+def _rebuild_block(state: dict | None) -> str:
+    """The rebuild line and button; console.js refreshes the line while a rebuild runs."""
+    running = state is not None and state["state"] == "running"
+    return (
+        f'<p class="rebuild"><span id="rebuild" data-state="{"running" if running else "idle"}">'
+        f"{escape(rebuild_text(state))}</span> "
+        f'<button id="rebuild-start"{" disabled" if running else ""}>Rebuild index</button></p>'
+    )
 
 
 def _brief_text(brief: bytes) -> str:

@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from same_search.backends.base import JobRow
+from same_search.backends.base import JobRow, NewItem
 from same_search.embed.errors import EmbedError
 from same_search.embed.service import background_priority
 from same_search.error_mapping import api_error
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Smallest chunk (images per progress commit); see :attr:`ImportJobs.chunk`.
 CHUNK = 32
 ACTIVE = ("queued", "running")
+#: An entry embedded and waiting in its chunk's batch (stored with the chunk).
+EMBEDDED = "embedded"
 #: Longest a source may take to open and list (a huge folder on a slow disk) before the job fails.
 LIST_TIMEOUT_S = 600.0
 #: Longest one entry may take to read before it is recorded as failed and the job goes on.
@@ -272,14 +274,21 @@ class ImportJobs:
         self, job: JobRow, lib: Library, source: Source, chunk: list[Entry]
     ) -> list[tuple[str, int, str]] | None:
         """Add a chunk with bounded concurrency; count outcomes on ``job``; return its failures
-        (``None`` when the daemon began stopping: nothing of the chunk is counted)."""
+        (``None`` when the daemon began stopping: nothing of the chunk is counted).
+
+        Without an active near-duplicate policy the chunk's pictures are embedded concurrently,
+        then stored together: one database transaction and one graph insert per batch, not per
+        picture. Under a policy each picture is checked and stored in turn, so two close pictures
+        of one chunk cannot both pass it.
+        """
         gate = asyncio.Semaphore(self.concurrency)
         errors: list[tuple[str, int, str]] = []
         outcomes: list[str] = []
+        batch: list[tuple[Entry, NewItem]] | None = None if _policy(job, lib).active else []
 
         async def one(entry: Entry) -> None:
             async with gate:
-                outcome = await self._import_one(job, lib, source, entry)
+                outcome = await self._import_one(job, lib, source, entry, batch)
             if isinstance(outcome, tuple):
                 errors.append(outcome)
                 outcome = "failed"
@@ -295,6 +304,15 @@ class ImportJobs:
             stopped = False
         if stopped:
             return None
+        if batch:
+            outcomes = [o for o in outcomes if o != EMBEDDED]
+            try:
+                stored, duplicates = await self.libraries.store_batch(lib, [item for _, item in batch])
+            except ApiError as exc:
+                errors += [(entry.name, int(exc.err_no), exc.err_msg) for entry, _ in batch]
+                outcomes += ["failed"] * len(batch)
+            else:
+                outcomes += ["done"] * stored + ["duplicate"] * duplicates
         job.done += outcomes.count("done") + outcomes.count("done_near_duplicate")
         job.duplicates += outcomes.count("duplicate")
         job.near_duplicates += outcomes.count("near_duplicate") + outcomes.count("done_near_duplicate")
@@ -302,11 +320,17 @@ class ImportJobs:
         return errors
 
     async def _import_one(
-        self, job: JobRow, lib: Library, source: Source, entry: Entry
+        self,
+        job: JobRow,
+        lib: Library,
+        source: Source,
+        entry: Entry,
+        batch: list[tuple[Entry, NewItem]] | None = None,
     ) -> str | tuple[str, int, str]:
         """The outcome of one entry: ``"done"``, ``"duplicate"``, ``"near_duplicate"`` (refused by
         the policy), ``"done_near_duplicate"`` (stored with a warning), or the failure
-        ``(file, err_no, reason)``."""
+        ``(file, err_no, reason)``. With a ``batch``, the embedded item joins it instead of being
+        stored (outcome ``EMBEDDED``): the chunk stores the batch at once."""
         try:
             data = await run_detached(source.read, entry, timeout=READ_TIMEOUT_S)
         except EntryError as exc:
@@ -317,6 +341,9 @@ class ImportJobs:
         attempt = 0
         while True:
             try:
+                if batch is not None:
+                    batch.append((entry, await self.libraries.embed_item(lib, data, entry.brief, entry.tags)))
+                    return EMBEDDED
                 result = await self.libraries.add(lib, data, entry.brief, entry.tags, policy)
                 return "done_near_duplicate" if result.near_duplicates else "done"
             except DuplicateAdd:

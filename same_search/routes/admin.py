@@ -24,6 +24,7 @@ from same_search.imports.export import write_export
 from same_search.imports.export_read import check_export, export_batches
 from same_search.libraries import REPAIR_REPORT_MAX, Item, Library
 from same_search.near_duplicates import check_min_score, check_mode
+from same_search.rebuilds import COMPACT, MANUAL
 from same_search.reembed import describe as describe_reembed
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
@@ -194,13 +195,28 @@ async def save_index(request: web.Request) -> web.Response:
 
 
 async def rebuild_index(request: web.Request) -> web.Response:
-    """Rebuild from the database; this is also how deleted slots are compacted away."""
+    """Start a background rebuild from the database (also how deleted slots are compacted away)
+    and answer at once with its state; a rebuild already running is answered, not doubled.
+    ``?wait=1`` answers when it has ended instead (scripts, the CLI)."""
     services, lib = await _library(request)
-    seconds = await services.libraries.rebuild(lib)
+    wait = request.query.get("wait", "0")
+    if wait not in ("0", "1"):
+        raise bad_request("wait must be 0 or 1")
+    reason = COMPACT if request.path.endswith("/compact") else MANUAL
+    rebuild = services.libraries.rebuild(lib, reason)
+    if wait == "1":
+        await services.libraries.wait_rebuild(rebuild)
     return ok(
-        seconds=round(seconds, 3),
+        rebuild=rebuild.to_json(),
+        seconds=round(rebuild.seconds(), 3),
         library=await services.libraries.stats(await services.libraries.get(lib.row.appid)),
     )
+
+
+async def rebuild_status(request: web.Request) -> web.Response:
+    """The library's running rebuild, else its last one since the daemon started (null: none)."""
+    services, lib = await _library(request)
+    return ok(rebuild=services.libraries.rebuild_state(lib.row.appid))
 
 
 async def repair_library(request: web.Request) -> web.Response:
@@ -238,6 +254,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", wire.THUMBNAIL, thumbnail),
         ("POST", wire.SAVE, save_index),
         ("POST", wire.REBUILD, rebuild_index),
+        ("GET", wire.REBUILD, rebuild_status),
         ("POST", wire.COMPACT, rebuild_index),
         ("POST", wire.REPAIR, repair_library),
         ("POST", wire.LIBRARY_SEARCH, search_image),

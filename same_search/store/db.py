@@ -127,7 +127,8 @@ class NewLibrary:
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes."""
+    """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes
+    (and, from an import job's pictures, the thumbnail and local features)."""
 
     key: int
     brief: bytes
@@ -135,6 +136,8 @@ class NewItem:
     vector: bytes
     #: The picture's bytes to keep as its original (an export with originals/), or None.
     original: bytes | None = None
+    thumbnail: bytes | None = None
+    local_features: bytes | None = None
 
 
 @dataclass
@@ -604,6 +607,14 @@ class Store:
                 await conn.executemany(
                     "DELETE FROM removals WHERE lib_id=? AND key=?", [(row.id, item.key) for item in fresh]
                 )
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO thumbnails(lib_id, key, jpeg) VALUES (?,?,?)",
+                    [(row.id, item.key, item.thumbnail) for item in fresh if item.thumbnail],
+                )
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO local_features(lib_id, key, data) VALUES (?,?,?)",
+                    [(row.id, item.key, item.local_features) for item in fresh if item.local_features],
+                )
                 inserted += len(fresh)
         return BulkResult(row, inserted, duplicates)
 
@@ -710,19 +721,21 @@ class Store:
             return [int(row[0]) for row in await cur.fetchall()]
 
     async def vectors_since(
-        self, lib_id: int, seq: int, dim: int, chunk: int = 4096
+        self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
-        """(keys, vectors, max seq) chunks of items inserted after ``seq``, in seq order.
+        """(keys, vectors, max seq) chunks of items inserted after ``seq`` (and at or before
+        ``max_seq`` when given: a rebuild's starting point), in seq order.
 
         A vector that is not a blob of ``dim`` float32 raises :class:`BadRows` naming it, rather
         than a reshape or an index error that says nothing about which row is at fault.
         """
         last = seq
         width = 4 * dim
+        upto = (1 << 63) - 1 if max_seq is None else max_seq
         while True:
             async with self.reader.execute(
-                "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
-                (lib_id, last, chunk),
+                "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+                (lib_id, last, upto, chunk),
             ) as cur:
                 rows = await cur.fetchall()
             if not rows:
@@ -734,6 +747,46 @@ class Store:
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
             last = int(rows[-1][2])
             yield keys, vectors, last
+
+    async def tagged_vectors_since(
+        self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """Like :meth:`vectors_since`, with each row's tags: (keys, vectors, tags, max seq), tags
+        an (n, 2) uint32 array, 0 where a row has none (what an index keeping tags is given)."""
+        last = seq
+        width = 4 * dim
+        upto = (1 << 63) - 1 if max_seq is None else max_seq
+        while True:
+            async with self.reader.execute(
+                "SELECT key, vector, seq, tag1, tag2 FROM items "
+                "WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+                (lib_id, last, upto, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            bad = [(int(r[0]), _vector_shape_problem(r[1], dim)) for r in rows if not _is_vector(r[1], width)]
+            if bad:
+                raise BadRows(bad)
+            keys = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            tags = np.array([(r[3] or 0, r[4] or 0) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
+            last = int(rows[-1][2])
+            yield keys, vectors, tags, last
+
+    async def tagged_vectors_of(
+        self, lib_id: int, keys: Sequence[int], dim: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, vectors, tags) of the stored ones among ``keys`` (at most 500 at a time)."""
+        wanted = _placeholders(len(keys))
+        async with self.reader.execute(
+            f"SELECT key, vector, tag1, tag2 FROM items WHERE lib_id=? AND key IN ({wanted})", (lib_id, *keys)
+        ) as cur:
+            rows = [r for r in await cur.fetchall() if _is_vector(r[1], 4 * dim)]
+        found = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        tags = np.array([(r[2] or 0, r[3] or 0) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
+        return found, vectors, tags
 
     async def rows_with_bad_tags(self, lib_id: int, limit: int = 5) -> list[tuple[int, str]]:
         """(key, problem) of up to ``limit`` rows whose tags are not uint32 (negative, too large,

@@ -96,6 +96,43 @@ async function refreshJobs() {
   }));
 }
 
+function rebuildText(state) {
+  if (!state) return "No rebuild since the daemon started.";
+  if (state.state === "running") {
+    const share = state.total ? ` (${Math.floor((100 * state.done) / state.total)}%)` : "";
+    const eta = state.eta_s === null ? "" : `, about ${Math.round(state.eta_s)} s left`;
+    return `Rebuild (${state.reason}) ${state.phase}: ${state.done} of ${state.total} items${share}${eta}`;
+  }
+  const line = `Last rebuild (${state.reason}): ${state.state} after ${state.seconds.toFixed(1)} s`;
+  return state.error ? `${line}: ${state.error}` : line;
+}
+
+// The library page's rebuild line: refreshed every second while a rebuild runs.
+function setUpRebuild() {
+  const line = document.getElementById("rebuild");
+  const button = document.getElementById("rebuild-start");
+  if (!line || !button) return;
+  const path = `/api/libraries/${seg(document.body.dataset.appid)}/rebuild`;
+  let timer = null;
+  const show = (state) => {
+    line.textContent = rebuildText(state);
+    const running = Boolean(state && state.state === "running");
+    line.dataset.state = running ? "running" : (state ? state.state : "idle");
+    button.disabled = running;
+    if (running && timer === null) timer = setInterval(refresh, 1000);
+    if (!running && timer !== null) { clearInterval(timer); timer = null; }
+  };
+  async function refresh() {
+    const answer = await api("GET", path);
+    if (answer.err_no === 0) show(answer.rebuild);
+  }
+  button.addEventListener("click", async () => {
+    const answer = await api("POST", path);
+    if (answer.err_no === 0) show(answer.rebuild); else line.textContent = answer.err_msg;
+  });
+  if (line.dataset.state === "running") refresh();
+}
+
 function setUpForms() {
   const newLibrary = document.getElementById("new-library");
   if (newLibrary) {
@@ -146,3 +183,4 @@ function setUpLogin() {
 setUpLogin();
 setUpSearch();
 setUpForms();
+setUpRebuild();

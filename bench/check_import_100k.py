@@ -1,0 +1,277 @@
+"""Black-box check of issue 10: 100k descriptor-like vectors imported over HTTP into a real daemon.
+
+What it measures, the way the issue's own check does:
+
+1. builds an export ZIP (``meta.json``, ``items.jsonl``, ``vectors.npy``: same_search.imports.export)
+   of ``--items`` synthetic descriptors from ``bench/descriptor_model.py`` (fitted on the real photos
+   of ``../shared/data``, deterministic with ``--seed``), with tags: tag1 = 1 on 50% of the items,
+   tag2 = 2 on 1% of them;
+2. starts the real daemon (``python -m same_search``, tests/daemon.py) on a temporary data dir;
+3. uploads it with ``POST /api/libraries/{appid}/import`` and times upload-to-answer (the answer
+   comes once every row is stored and indexed), then confirms the count on ``GET /api/libraries``;
+4. the daemon's RSS growth per item over the empty daemon;
+5. recall@10 over HTTP (``/RTSAsService/search`` by contsign) against exact search over the same
+   vectors in numpy, unfiltered and with the 50% and 1% tag filters, with p50/p99 latency;
+6. with ``--during-rebuild``: adds (pictures) and searches over HTTP while a background rebuild of
+   the library runs, their p50/p99, and that every add is found afterwards.
+
+    .venv/bin/python bench/check_import_100k.py                 # 100k items, 300 queries per case
+    .venv/bin/python bench/check_import_100k.py --items 20000   # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import common  # noqa: F401  (puts the repository, tests/ and bench/ on sys.path first)
+import descriptor_model
+import numpy as np
+from common import percentile_ms, rss_mib
+from daemon import Daemon
+from descriptor_model import DescriptorModel, calibrate, embed_photos, log, photo_paths
+from numpy.lib import format as npy_format
+
+from same_search.contsign import ContSign
+
+APPID = "import100k"
+#: (name, tags sent with the search, tag_logic, mask over the items) per case.
+HALF_TAG, RARE_TAG = 1, 2
+
+
+def fitted(photos: Path, seed: int) -> DescriptorModel:
+    """descriptor_model's calibrated model, fitted on the photos under ``photos``."""
+    paths = photo_paths(photos)
+    if not paths:
+        raise SystemExit(f"no development photos under {photos} (give --photos)")
+    real, _ = embed_photos(paths)
+    order = np.random.default_rng(seed).permutation(len(real))
+    model = DescriptorModel.fit(real[order[: len(real) // 2]], seed=seed)
+    calibrate(model, real[order[len(real) // 2 :]], seed=seed + 1)
+    return model
+
+
+def keys_for(n: int, seed: int) -> np.ndarray:
+    """``n`` distinct signed 64-bit contsign keys, spread over the whole range."""
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(-(1 << 62), 1 << 62, size=n + n // 100 + 10, dtype=np.int64))
+    return rng.permutation(keys)[:n]
+
+
+def tags_for(n: int) -> np.ndarray:
+    """(n, 2) uint32: tag1 = 1 on every other item (50%), tag2 = 2 on every 100th (1%)."""
+    tags = np.zeros((n, 2), np.uint32)
+    tags[::2, 0] = HALF_TAG
+    tags[::100, 1] = RARE_TAG
+    return tags
+
+
+def write_export(path: Path, keys: np.ndarray, vectors: np.ndarray, tags: np.ndarray, model: dict) -> None:
+    """An export ZIP with vectors, streamed (the vectors are the bulk of it)."""
+    meta = {
+        "format": "same_search-export-1",
+        "appid": APPID,
+        "model_id": model["id"],
+        "dim": model["dim"],
+        "fingerprint": model["fingerprint"],
+        "count": len(keys),
+        "vectors": True,
+    }
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        archive.writestr("meta.json", json.dumps(meta))
+        with archive.open("items.jsonl", "w", force_zip64=True) as out:
+            for i, key in enumerate(keys):
+                tag = [int(tags[i, 0]), int(tags[i, 1])] if tags[i].any() else None
+                line = {
+                    "contsign": ContSign.from_key(int(key)).to_json(),
+                    "brief": base64.b64encode(f"item {i}".encode()).decode(),
+                    "tags": tag,
+                }
+                out.write((json.dumps(line) + "\n").encode())
+        with archive.open("vectors.npy", "w", force_zip64=True) as out:
+            header = {"descr": "<f4", "fortran_order": False, "shape": vectors.shape}
+            npy_format.write_array_header_1_0(out, header)
+            for start in range(0, len(vectors), 10_000):
+                out.write(np.ascontiguousarray(vectors[start : start + 10_000], dtype="<f4").tobytes())
+
+
+def upload(daemon: Daemon, path: Path) -> dict:
+    url = daemon.url("admin", f"/api/libraries/{APPID}/import")
+    with path.open("rb") as body:
+        request = urllib.request.Request(
+            url,
+            data=body,
+            headers={"Content-Type": "application/zip", "Content-Length": str(path.stat().st_size)},
+        )
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            return json.loads(response.read())
+
+
+def exact_top(vectors: np.ndarray, query: np.ndarray, allowed: np.ndarray | None, k: int) -> np.ndarray:
+    scores = vectors @ query
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    top = np.argpartition(-scores, k)[:k]
+    return top[np.argsort(-scores[top])]
+
+
+def search_case(
+    daemon: Daemon,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    features: list | None,
+    allowed: np.ndarray | None,
+    k: int = 10,
+) -> tuple[float, float, float]:
+    """(recall@k, p50 ms, p99 ms) over HTTP against exact search."""
+    recalls, latencies = [], []
+    for q in queries:
+        body: dict = {"appid": APPID, "contsign": ContSign.from_key(int(keys[q])).to_json(), "rn": k}
+        if features is not None:
+            body.update(features=features, tag_logic=1)
+        started = time.perf_counter()
+        answer = daemon.rts("search", **body)
+        latencies.append(time.perf_counter() - started)
+        assert answer["err_no"] == 0, answer
+        found = {ContSign.from_json(hit["contsign"]).key for hit in answer["data_items"]}
+        truth = {int(keys[i]) for i in exact_top(vectors, vectors[q], allowed, k)}
+        recalls.append(len(found & truth) / len(truth))
+    return float(np.mean(recalls)), percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.99)
+
+
+def tag_features(tag1: int, tag2: int) -> list[dict]:
+    packed = int(tag1).to_bytes(4, "little") + int(tag2).to_bytes(4, "little")
+    return [{"fea_id": 999, "fea_data": base64.b64encode(packed).decode()}]
+
+
+def during_rebuild(daemon: Daemon, keys: np.ndarray) -> None:
+    """Add pictures and search, one after the other, while a background rebuild runs."""
+    from images import jpeg
+
+    started = daemon.post("admin", f"/api/libraries/{APPID}/rebuild", {})["rebuild"]
+    assert started["state"] == "running", started
+    adds, searches, added = [], [], []
+    seed = 10_000
+    while True:
+        state = daemon.get("admin", f"/api/libraries/{APPID}/rebuild")["rebuild"]
+        if state["state"] != "running":
+            break
+        image = jpeg(seed)
+        seed += 1
+        began = time.perf_counter()
+        brief = [{"fea_id": 1000, "fea_data": base64.b64encode(f"added {seed}".encode()).decode()}]
+        answer = daemon.rts("add", appid=APPID, image=base64.b64encode(image).decode(), features=brief)
+        adds.append(time.perf_counter() - began)
+        assert answer["err_no"] == 0, answer
+        added.append(answer["contsign"])
+        query = ContSign.from_key(int(keys[seed % len(keys)])).to_json()
+        began = time.perf_counter()
+        found = daemon.rts("search", appid=APPID, contsign=query)
+        searches.append(time.perf_counter() - began)
+        assert found["err_no"] == 0, found
+    assert state["state"] == "done", state
+    missing = 0
+    for contsign in added:
+        hits = daemon.rts("search", appid=APPID, contsign=contsign, rn=1)["data_items"]
+        missing += not hits or hits[0]["contsign"] != contsign
+    print(
+        f"\nduring a {state['seconds']:.0f} s background rebuild: {len(adds)} adds p50 "
+        f"{percentile_ms(adds, 0.5):.0f} ms p99 {percentile_ms(adds, 0.99):.0f} ms; {len(searches)} "
+        f"searches p50 {percentile_ms(searches, 0.5):.0f} ms p99 {percentile_ms(searches, 0.99):.0f} ms; "
+        f"{len(added) - missing} of {len(added)} adds found afterwards"
+    )
+
+
+def machine() -> str:
+    """The CPU, its vector extensions (lscpu's flags that matter to hnswlib and torch), cores, load."""
+    name, flags = "unknown CPU", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+    shown_flags = " ".join(f for f in wanted if f in flags)
+    load = os.getloadavg()
+    return f"{name} ({shown_flags}), {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--photos", type=Path, default=descriptor_model.DATA, help="../shared/data")
+    parser.add_argument(
+        "--during-rebuild", action="store_true", help="then add and search while the library is rebuilt"
+    )
+    parser.add_argument("--workdir", type=Path, help="keep the data dir and ZIP here (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="check100k-") as temp:
+        work = args.workdir or Path(temp)
+        work.mkdir(parents=True, exist_ok=True)
+        log(f"machine: {machine()}")
+        model_fit = fitted(args.photos, args.seed)
+        vectors = model_fit.sample(args.items, args.seed + 100)
+        keys, tags = keys_for(args.items, args.seed), tags_for(args.items)
+        daemon = Daemon(work)
+        daemon.start()
+        try:
+            model = daemon.get("admin", "/healthz")["model"]
+            assert model["dim"] == vectors.shape[1], "the descriptor model and the daemon disagree on dim"
+            export = work / "export.zip"
+            started = time.perf_counter()
+            write_export(export, keys, vectors, tags, model)
+            log(
+                f"export ZIP of {args.items:,} items: {export.stat().st_size / 2**20:.0f} MiB in "
+                f"{time.perf_counter() - started:.1f}s"
+            )
+            assert daemon.proc is not None
+            empty_rss = rss_mib(daemon.proc.pid)
+            started = time.perf_counter()
+            answer = upload(daemon, export)
+            seconds = time.perf_counter() - started
+            assert answer["err_no"] == 0, answer
+            items = daemon.get("admin", f"/api/libraries/{APPID}")["library"]["items"]
+            assert items == args.items, f"{items} items indexed, {args.items} imported"
+            rss = rss_mib(daemon.proc.pid)
+            log(f"upload to fully indexed: {seconds:.1f}s ({args.items / seconds:.0f} items/s)")
+            log(
+                f"RSS: empty daemon {empty_rss:.0f} MiB, with the library {rss:.0f} MiB, "
+                f"{(rss - empty_rss) * 1024 / args.items:.2f} KiB per item"
+            )
+            queries = np.random.default_rng(args.seed + 7).choice(args.items, args.queries, replace=False)
+            half = tags[:, 0] == HALF_TAG
+            rare = tags[:, 1] == RARE_TAG
+            cases = [
+                ("unfiltered", None, None, queries),
+                ("tag filter, 50%", tag_features(HALF_TAG, 0), half, queries[half[queries]]),
+                ("tag filter, 1%", tag_features(0, RARE_TAG), rare, np.flatnonzero(rare)[: args.queries]),
+            ]
+            print("\n| case | queries | recall@10 | p50 ms | p99 ms |\n|---|---|---|---|---|")
+            for name, features, allowed, chosen in cases:
+                recall, p50, p99 = search_case(daemon, keys, vectors, chosen, features, allowed)
+                print(f"| {name} | {len(chosen)} | {recall:.4f} | {p50:.1f} | {p99:.1f} |")
+            if args.during_rebuild:
+                during_rebuild(daemon, keys)
+            print(
+                f"\nupload to fully indexed: {seconds:.1f} s; RSS growth "
+                f"{(rss - empty_rss) * 1024 / args.items:.2f} KiB/item; {machine()}"
+            )
+            daemon.terminate()
+        finally:
+            daemon.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
