@@ -47,6 +47,8 @@ class ReembedJobs:
         self._jobs: dict[int, ReembedJobRow] = {}
         self._cancelled: set[int] = set()
         self._switching: set[int] = set()
+        #: Library ids whose job is being started: a second start meanwhile is refused.
+        self._starting: set[int] = set()
 
     @property
     def _ledger(self) -> Any:
@@ -84,11 +86,24 @@ class ReembedJobs:
                 await task
 
     async def begin(self, lib: Library, model: Any) -> ReembedJobRow:
-        """Start moving ``lib`` to the model profile ``model``; err_no 1 when refused."""
-        embed = await self.libraries.reembed_target(lib, model)
+        """Start moving ``lib`` to the model profile ``model``; err_no 1 when refused.
+
+        The library is reserved before the first await: two starts at once would otherwise both
+        pass the check and run two jobs over one side table (possibly for two models).
+        """
         running = self._running_for(lib)
         if running is not None:
             raise bad_request(f"library {lib.row.appid!r} is being re-embedded already (job {running.id})")
+        if lib.row.id in self._starting:
+            raise bad_request(f"library {lib.row.appid!r} is being re-embedded already (a job is starting)")
+        self._starting.add(lib.row.id)
+        try:
+            return await self._begin(lib, model)
+        finally:
+            self._starting.discard(lib.row.id)
+
+    async def _begin(self, lib: Library, model: Any) -> ReembedJobRow:
+        embed = await self.libraries.reembed_target(lib, model)
         info = embed.info
         total = await self.libraries.count(lib)
         job_id = await self._ledger.create_reembed_job(

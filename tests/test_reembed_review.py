@@ -1,0 +1,202 @@
+"""Review of issue 16 (a model per library, kept originals, re-embedding): races and hostile input.
+
+Each test here failed before its fix: two re-embeds of one library started at once, an import that
+waited for a switch storing old-model vectors, an item added with a region re-embedded whole,
+hostile ``original`` fields in an import, hostile job ids and model names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import b64, brief
+from images import jpeg
+
+from same_search.config import Config, ModelConfig, StorageConfig
+from same_search.contsign import ContSign
+from same_search.services import SERVICES
+
+R = "/RTSAsService"
+GEM = ModelConfig(name="efficientnet_lite0", pooling="gem", precision="fp32")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """Originals kept; the default model is the session's Lite0, ``gem`` another profile."""
+    return Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "data"), keep_originals=True),
+        model=ModelConfig(name="efficientnet_lite0"),
+        models={"gem": GEM},
+    )
+
+
+async def add(api, appid: str, seed: int, **extra) -> dict:
+    answer = await api(f"{R}/add", appid=appid, image=b64(jpeg(seed)), features=[brief(f"img {seed}")], **extra)
+    assert answer["err_no"] == 0, answer
+    return answer
+
+
+async def post(client, path: str, **body) -> dict:
+    return await (await client.post(path, json=body)).json()
+
+
+async def wait_reembed(client, appid: str, job_id: int, timeout: float = 120) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        job = (await (await client.get(f"/api/libraries/{appid}/reembed/{job_id}")).json())["job"]
+        if job["status"] != "running":
+            return job
+        await asyncio.sleep(0.05)
+    raise TimeoutError(job)
+
+
+async def test_two_starts_at_once_make_one_job(client, api):
+    """Both requests passed the 'already running' check before either job existed: two jobs
+    wrote one library's side table (and the second dropped the first's vectors)."""
+    await api(f"{R}/signup", appid="lib")
+    for seed in range(4):
+        await add(api, "lib", seed)
+    answers = await asyncio.gather(*(post(client, "/api/libraries/lib/reembed", model="gem") for _ in range(3)))
+    started = [a for a in answers if a["err_no"] == 0]
+    refused = [a for a in answers if a["err_no"] != 0]
+    assert len(started) == 1, answers
+    assert all(a["err_no"] == 1 and "already" in a["err_msg"] for a in refused), answers
+    job = await wait_reembed(client, "lib", started[0]["job"]["id"])
+    assert job["status"] == "done", job
+    listed = await (await client.get("/api/libraries/lib/reembed")).json()
+    assert len(listed["jobs"]) == 1
+
+
+async def test_an_import_that_waited_for_the_switch_stores_no_old_vectors(client, api, config):
+    """An import into a library checked the export's fingerprint, then waited for the library's
+    write lock while a re-embed switched it: it stored old-model vectors into a new-model library."""
+    services = client.app[SERVICES]
+    backend = services.libraries.backend
+    gem = services.models.by_name("gem")
+    await api(f"{R}/signup", appid="src")
+    for seed in (50, 51):
+        await add(api, "src", seed)
+    export = await (await client.get("/api/libraries/src/export?vectors=1")).read()
+    await api(f"{R}/signup", appid="lib")
+    for seed in range(3):
+        await add(api, "lib", seed)
+    lib = await services.libraries.get("lib")
+    lock = backend.write_lock(lib)
+
+    await lock.acquire()
+    try:
+        started = await post(client, "/api/libraries/lib/reembed", model="gem")
+        assert started["err_no"] == 0, started
+        job_id = started["job"]["id"]
+        for _ in range(1200):  # the job has embedded everything and waits for the lock to switch
+            if job_id in services.reembeds._switching:
+                break
+            await asyncio.sleep(0.05)
+        assert job_id in services.reembeds._switching
+        importing = asyncio.ensure_future(client.post("/api/libraries/lib/import", data=export))
+        for _ in range(1200):  # the import passed its checks and waits for the lock too
+            if len(lock._waiters or ()) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(lock._waiters or ()) >= 2
+    finally:
+        lock.release()
+    answer = await (await importing).json()
+    job = await wait_reembed(client, "lib", job_id)
+    assert job["status"] == "done", job
+    assert lib.row.fingerprint == gem.info.fingerprint
+    for seed in (50, 51):
+        stored = await services.libraries.backend.get_items(lib, [ContSign.of_image(jpeg(seed)).key])
+        if answer["err_no"] == 0:  # stored: then only with the new model's vector
+            vector = await services.libraries.vector_of(lib, ContSign.of_image(jpeg(seed)))
+            assert np.allclose(vector, await gem.embed_image(jpeg(seed)), atol=1e-4)
+        else:
+            assert answer["err_no"] == 1 and "fingerprint" in answer["err_msg"], answer
+            assert stored == {}
+    assert await services.libraries.count(lib) in (3, 5)
+
+
+async def test_an_item_added_with_a_region_is_never_re_embedded_whole(client, api):
+    """The kept original is the whole upload; re-embedding it gave an item added with a region a
+    vector of the whole picture. Such an item keeps no original, so a re-embed says why it cannot."""
+    services = client.app[SERVICES]
+    await api(f"{R}/signup", appid="lib")
+    await add(api, "lib", 1)
+    region = {"x": 0, "y": 0, "w": 0.5, "h": 0.5, "unit": "fraction"}
+    await add(api, "lib", 2, region=region)
+    lib = await services.libraries.get("lib")
+    before = await services.libraries.vector_of(lib, ContSign.of_image(jpeg(2)))
+    refused = await post(client, "/api/libraries/lib/reembed", model="gem")
+    assert refused["err_no"] == 1 and "1 of 2 items" in refused["err_msg"], refused
+    assert "region" in refused["err_msg"]
+    assert lib.row.fingerprint == services.embed.info.fingerprint
+    assert np.array_equal(before, await services.libraries.vector_of(lib, ContSign.of_image(jpeg(2))))
+
+
+def _rewrite_export(export: bytes, line_change) -> bytes:
+    """The export with each items.jsonl line passed through ``line_change``."""
+    source = zipfile.ZipFile(io.BytesIO(export))
+    out_buf = io.BytesIO()
+    with zipfile.ZipFile(out_buf, "w") as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "items.jsonl":
+                lines = [json.loads(line) for line in data.decode().splitlines()]
+                data = "".join(json.dumps(line_change(line)) + "\n" for line in lines).encode()
+            out.writestr(info.filename, data)
+    return out_buf.getvalue()
+
+
+@pytest.mark.parametrize("original", [[], {"a": 1}, 3, True, "../../etc/passwd"])
+async def test_an_import_with_a_hostile_original_field_is_refused(client, api, original):
+    await api(f"{R}/signup", appid="src")
+    await add(api, "src", 1)
+    export = await (await client.get("/api/libraries/src/export?vectors=1&originals=0")).read()
+    hostile = _rewrite_export(export, lambda line: {**line, "original": original})
+    answer = await (await client.post("/api/libraries/dst/import", data=hostile)).json()
+    assert answer["err_no"] == 1 and "original" in answer["err_msg"], answer
+    assert (await api(f"{R}/search", appid="dst", image=b64(jpeg(1))))["err_no"] == 103
+
+
+@pytest.mark.parametrize("job_id", ["9" * 30, "9" * 5000, "-1", "1.5", "abc"])
+async def test_job_ids_that_are_not_job_numbers(client, api, job_id):
+    await api(f"{R}/signup", appid="lib")
+    for method, path in (("GET", f"/reembed/{job_id}"), ("POST", f"/reembed/{job_id}/cancel")):
+        response = await client.request(method, f"/api/libraries/lib{path}")
+        assert response.status == 200
+        answer = await response.json()
+        assert answer["err_no"] == 1 and "job" in answer["err_msg"], answer
+
+
+async def test_a_job_of_another_library_is_not_shown_or_cancelled(client, api):
+    await api(f"{R}/signup", appid="a")
+    await api(f"{R}/signup", appid="b")
+    for seed in range(3):
+        await add(api, "a", seed)
+    job = (await post(client, "/api/libraries/a/reembed", model="gem"))["job"]
+    for method, path in (("GET", f"/reembed/{job['id']}"), ("POST", f"/reembed/{job['id']}/cancel")):
+        answer = await (await client.request(method, f"/api/libraries/b{path}")).json()
+        assert answer["err_no"] == 1 and "belongs to" in answer["err_msg"], answer
+    assert (await wait_reembed(client, "a", job["id"]))["status"] == "done"
+
+
+@pytest.mark.parametrize("model", ["x" * 100_000, "模型", "", ["gem"], {"name": "gem"}])
+async def test_hostile_model_names(client, api, model):
+    """Refused with err_no 1; an unknown name is not echoed back whole."""
+    for answer in (
+        await api(f"{R}/signup", appid="lib", model=model),
+        await post(client, "/api/libraries", appid="lib2", model=model),
+    ):
+        assert answer["err_no"] == 1 and "model" in answer["err_msg"], answer
+        assert len(answer["err_msg"]) < 1000
+    await api(f"{R}/signup", appid="ok")
+    await add(api, "ok", 1)
+    answer = await post(client, "/api/libraries/ok/reembed", model=model)
+    assert answer["err_no"] == 1 and "model" in answer["err_msg"] and len(answer["err_msg"]) < 1000
