@@ -160,6 +160,26 @@ def _not_signed_up(appid: str) -> ApiError:
     return ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
 
 
+async def _while_on_model(
+    lib: Library, fingerprint: str, batches: AsyncIterator[Sequence[NewItem]]
+) -> AsyncIterator[Sequence[NewItem]]:
+    """``batches``, checked against the library's model as each one is stored.
+
+    The import's fingerprint is first checked before the library's write lock is taken; a
+    re-embed may switch the library while the import waits for that lock. Batches are pulled
+    under the lock, so this check refuses (rolls back) an import whose vectors the library no
+    longer holds: never old-model vectors in a library that moved to another model.
+    """
+    async for batch in batches:
+        if lib.row.fingerprint != fingerprint:
+            raise bad_request(
+                f"library {lib.row.appid!r} moved to fingerprint {lib.row.fingerprint} (a re-embed "
+                f"switched it) while this import waited; the export's are {fingerprint}: not "
+                "comparable, nothing was imported"
+            )
+        yield batch
+
+
 class LibraryService:
     """Every library of the daemon and the operations the API offers on them."""
 
@@ -787,6 +807,8 @@ class LibraryService:
                     self.libraries[appid] = lib
                 log.info("library %s created by an import of %d items", appid, imported)
             else:
+                if fingerprint is not None:
+                    batches = _while_on_model(target, fingerprint, batches)
                 lib, imported, duplicates = await self._call(
                     target, self.backend.import_items(target, batches, capacity)
                 )
