@@ -456,7 +456,9 @@ class LibraryService:
         local = await extraction
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
-        original = image if self.keeps_originals else None
+        # Only the whole upload is kept, and a re-embed embeds its original whole: an item added
+        # with a region keeps none (a re-embed names it) rather than get the whole picture's vector.
+        original = image if self.keeps_originals and region is None else None
         close = await asyncio.shield(
             self.store_vector(
                 lib,
@@ -861,7 +863,7 @@ class LibraryService:
             total = await self.count(lib)
             raise bad_request(
                 f"library {lib.row.appid!r} has {missing} of {total} items without a kept original (added "
-                "before keep_originals was on, or imported without originals): add those images again "
+                "before keep_originals was on, added with a region, or imported without originals): add those images again "
                 "(or remove them) before re-embedding"
             )
         return embed

@@ -37,7 +37,9 @@ def config(tmp_path: Path) -> Config:
 
 
 async def add(api, appid: str, seed: int, **extra) -> dict:
-    answer = await api(f"{R}/add", appid=appid, image=b64(jpeg(seed)), features=[brief(f"img {seed}")], **extra)
+    answer = await api(
+        f"{R}/add", appid=appid, image=b64(jpeg(seed)), features=[brief(f"img {seed}")], **extra
+    )
     assert answer["err_no"] == 0, answer
     return answer
 
@@ -63,7 +65,9 @@ async def test_two_starts_at_once_make_one_job(client, api):
     await api(f"{R}/signup", appid="lib")
     for seed in range(4):
         await add(api, "lib", seed)
-    answers = await asyncio.gather(*(post(client, "/api/libraries/lib/reembed", model="gem") for _ in range(3)))
+    answers = await asyncio.gather(
+        *(post(client, "/api/libraries/lib/reembed", model="gem") for _ in range(3))
+    )
     started = [a for a in answers if a["err_no"] == 0]
     refused = [a for a in answers if a["err_no"] != 0]
     assert len(started) == 1, answers
