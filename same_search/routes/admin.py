@@ -357,8 +357,10 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 def _job_id(request: web.Request) -> int:
     text = request.match_info["job_id"]
-    if not is_decimal(text):
-        raise bad_request("job id must be an integer")
+    # At most 18 digits: a longer one is no job of ours, and would overflow SQLite's integers
+    # (or Python's digit limit) instead of answering err_no 1.
+    if not is_decimal(text) or len(text) > 18:
+        raise bad_request(f"job id must be an integer of at most 18 digits, got {text[:40]!r}")
     return int(text)
 
 
