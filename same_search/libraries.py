@@ -264,7 +264,8 @@ class LibraryService:
                 ErrNo.BS_UNAVAILABLE, f"model {name!r} is not available: {self.models.failed[name]}"
             )
         known = ", ".join(self.models.profile_names())
-        raise bad_request(f"model {name!r} is not configured; configured models: {known}")
+        shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
+        raise bad_request(f"model {shown} is not configured; configured models: {known}")
 
     def models_in_use(self) -> list[dict]:
         """Every model profile and the libraries each one serves (/healthz, the console)."""
