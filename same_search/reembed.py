@@ -177,6 +177,9 @@ class ReembedJobs:
             self._switching.add(job.id)
 
             async def catch_up(locked: Library) -> None:
+                # Runs under the write lock, first thing: a delete that held the lock before the
+                # switch got it has happened; switching a deleted library would resurrect files.
+                self._check_served(locked)
                 while pending := await self.libraries.reembed_pending(locked, CHUNK):
                     await self.libraries.save_reembedded(locked, await self._embed(pending, embed))
 

@@ -204,3 +204,40 @@ async def test_hostile_model_names(client, api, model):
     await add(api, "ok", 1)
     answer = await post(client, "/api/libraries/ok/reembed", model=model)
     assert answer["err_no"] == 1 and "model" in answer["err_msg"] and len(answer["err_msg"]) < 1000
+
+
+async def _hold_until_switching(services, lock: asyncio.Lock, job_id: int, waiters: int) -> None:
+    """With ``lock`` held: wait until the job waits to switch and ``waiters`` tasks wait in all."""
+    for _ in range(1200):
+        if job_id in services.reembeds._switching and len(lock._waiters or ()) >= waiters:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the job did not reach its switch")
+
+
+async def test_a_library_deleted_while_its_job_waits_to_switch_stays_deleted(client, api, config):
+    """The switch ran on a library deleted meanwhile: the job said done and saved a graph of the
+    deleted library's id into the index folder."""
+    services = client.app[SERVICES]
+    backend = services.libraries.backend
+    await api(f"{R}/signup", appid="lib")
+    for seed in range(3):
+        await add(api, "lib", seed)
+    lib = await services.libraries.get("lib")
+    lock = backend.write_lock(lib)
+    await lock.acquire()
+    try:
+        job_id = (await post(client, "/api/libraries/lib/reembed", model="gem"))["job"]["id"]
+        deleting = asyncio.ensure_future(client.delete("/api/libraries/lib?confirm=lib"))
+        await _hold_until_switching(services, lock, job_id, 2)
+    finally:
+        lock.release()
+    assert (await (await deleting).json())["err_no"] == 0
+    for _ in range(200):
+        if services.reembeds._tasks[job_id].done():
+            break
+        await asyncio.sleep(0.05)
+    job = services.reembeds._jobs[job_id]
+    assert job.status == "failed" and "deleted" in job.message, job
+    assert not any(path.exists() for path in backend.index_dir.glob(f"{lib.row.id}.*"))
+    assert (await api(f"{R}/search", appid="lib", image=b64(jpeg(1))))["err_no"] == 103
