@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -247,6 +247,25 @@ class LibraryService:
         if embed is None:  # only after a profile vanished under a served library: never mix
             raise ApiError(ErrNo.BS_UNAVAILABLE, f"library {lib.row.appid!r}: {self._model_missing(lib.row)}")
         return embed
+
+    async def on_one_model(self, lib: Library, query: Callable[[], Awaitable[T]]) -> T:
+        """Run ``query`` (make a query vector, then search with it) again when a re-embed switched
+        the library while it ran: the vector and the searched index must come from one model.
+
+        A switch swaps the library's row and index together, so an unchanged fingerprint after
+        the search means both steps saw the same model. A failure of a query that straddled a
+        switch (another dimension) is retried the same way.
+        """
+        while True:
+            fingerprint = lib.row.fingerprint
+            try:
+                result = await query()
+            except Exception:
+                if lib.row.fingerprint == fingerprint:
+                    raise
+                continue
+            if lib.row.fingerprint == fingerprint:
+                return result
 
     async def embed_query(self, lib: Library, image: bytes, region: Region | None = None) -> np.ndarray:
         """A query picture's vector, made by the library's own model."""
@@ -863,9 +882,9 @@ class LibraryService:
         if missing:
             total = await self.count(lib)
             raise bad_request(
-                f"library {lib.row.appid!r} has {missing} of {total} items without a kept original (added "
-                "before keep_originals was on, added with a region, or imported without originals): add those images again "
-                "(or remove them) before re-embedding"
+                f"library {lib.row.appid!r} has {missing} of {total} items without a kept original "
+                "(added before keep_originals was on, added with a region, or imported without "
+                "originals): add those images again (or remove them) before re-embedding"
             )
         return embed
 

@@ -241,3 +241,29 @@ async def test_a_library_deleted_while_its_job_waits_to_switch_stays_deleted(cli
     assert job.status == "failed" and "deleted" in job.message, job
     assert not any(path.exists() for path in backend.index_dir.glob(f"{lib.row.id}.*"))
     assert (await api(f"{R}/search", appid="lib", image=b64(jpeg(1))))["err_no"] == 103
+
+
+async def test_a_search_embedded_across_the_switch_uses_the_new_model(client, api):
+    """A query embedded by the old model while the switch happened was searched against the new
+    vectors (wrong scores; with another dimension, an error)."""
+    services = client.app[SERVICES]
+    backend = services.libraries.backend
+    await api(f"{R}/signup", appid="lib")
+    for seed in range(3):
+        await add(api, "lib", seed)
+    lib = await services.libraries.get("lib")
+    lock = backend.write_lock(lib)
+    await lock.acquire()
+    try:
+        job_id = (await post(client, "/api/libraries/lib/reembed", model="gem"))["job"]["id"]
+        await _hold_until_switching(services, lock, job_id, 1)
+        searches = [
+            asyncio.ensure_future(api(f"{R}/search", appid="lib", image=b64(jpeg(1)))) for _ in range(4)
+        ]
+        await asyncio.sleep(0)
+    finally:
+        lock.release()
+    for answer in await asyncio.gather(*searches):
+        assert answer["err_no"] == 0, answer
+        assert answer["data_items"][0]["score"] > 0.999, answer["data_items"][0]
+    assert (await wait_reembed(client, "lib", job_id))["status"] == "done"
