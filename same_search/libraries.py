@@ -444,10 +444,11 @@ class LibraryService:
         """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        try:
-            return await self._add(lib, contsign, image, brief, tags, policy, region)
-        except ModelChanged:  # a re-embed switched the library while this image was embedded
-            return await self._add(lib, contsign, image, brief, tags, policy, region)
+        while True:
+            try:
+                return await self._add(lib, contsign, image, brief, tags, policy, region)
+            except ModelChanged:  # a re-embed switched the library while this image was embedded
+                continue
 
     async def _add(
         self,
@@ -542,6 +543,10 @@ class LibraryService:
             return []
         async with self._dup_locks.setdefault(lib.row.appid, asyncio.Lock()):
             close = await self._near_duplicates(lib, query or Query(vector), policy, local_features)
+            if fingerprint is not None and fingerprint != lib.row.fingerprint:
+                # A re-embed switched the library while this vector was compared with its index:
+                # the comparison meant nothing (and must not reject); the add embeds again.
+                raise ModelChanged(f"library {lib.row.appid!r} moved to model {lib.row.model_id}")
             if close and policy.rejects:
                 raise NearDuplicateAdd(close)
             await self._store_one(lib, contsign, stored)
