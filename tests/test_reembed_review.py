@@ -21,6 +21,8 @@ from images import jpeg
 from same_search.config import Config, ModelConfig, StorageConfig
 from same_search.contsign import ContSign
 from same_search.services import SERVICES
+from same_search.store.db import NewItem, StorageError, Store
+from same_search.store.originals import sha256_hex
 
 R = "/RTSAsService"
 GEM = ModelConfig(name="efficientnet_lite0", pooling="gem", precision="fp32")
@@ -267,3 +269,86 @@ async def test_a_search_embedded_across_the_switch_uses_the_new_model(client, ap
         assert answer["err_no"] == 0, answer
         assert answer["data_items"][0]["score"] > 0.999, answer["data_items"][0]
     assert (await wait_reembed(client, "lib", job_id))["status"] == "done"
+
+
+def _kept_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "originals").rglob("*") if p.is_file())
+
+
+async def _table_bytes(store: Store) -> int:
+    async with store.reader.execute("SELECT coalesce(sum(size), 0) FROM originals") as cur:
+        return int((await cur.fetchone())[0])
+
+
+async def test_originals_left_by_a_kill_are_counted_and_swept(tmp_path: Path):
+    """A kill -9 between an original's file and its row left a file the next add of those bytes
+    reused without counting it (the disk-full check then undercounted, down to negative); a kill
+    between a removal and the originals' rows left a row (and file) no item referenced, forever."""
+    vector = np.array([1, 0, 0, 0], dtype=np.float32)
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        row = await store.create_library("lib", "m", 4, "f")
+        # The file of an add killed before its commit, then the same bytes added again.
+        orphan = b"o" * 3_000
+        await asyncio.to_thread(store.originals.write, sha256_hex(orphan), orphan)
+        await store.add_item(row.id, 1, b"", None, vector, original=orphan)
+        assert store._originals_bytes == await _table_bytes(store) == 3_000
+        await store.remove_items(row.id, [1])
+        assert store._originals_bytes == await _table_bytes(store) == 0
+        assert _kept_files(tmp_path) == []
+        # The state a kill -9 left between a removal and the originals' rows (old code).
+        await store.add_item(row.id, 2, b"", None, vector, original=b"k" * 2_000)
+        await store.add_item(row.id, 3, b"", None, vector, original=b"g" * 1_000)
+        await store._write([("DELETE FROM items WHERE key=2", ())])
+    finally:
+        await store.close()
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        assert store._originals_bytes == await _table_bytes(store) == 1_000
+        assert [p.read_bytes() for p in _kept_files(tmp_path)] == [b"g" * 1_000]
+    finally:
+        await store.close()
+
+
+async def test_an_import_counts_its_originals_against_max_db_bytes(tmp_path: Path):
+    """Each original of an import was checked alone against max_db_bytes, so an import could
+    keep any number of them past the limit."""
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        row = await store.create_library("lib", "m", 4, "f")
+        store.max_bytes = store._database_bytes() + 25_000
+        vector = np.array([1, 0, 0, 0], dtype="<f4").tobytes()
+
+        async def batches():
+            yield [NewItem(k, b"", None, vector, original=bytes([k]) * 10_000) for k in range(1, 5)]
+
+        with pytest.raises(StorageError, match="max_db_bytes"):
+            await store.insert_items(row, batches())
+        assert _kept_files(tmp_path) == [] and await store.count(row.id) == 0
+        assert store._originals_bytes == 0
+    finally:
+        await store.close()
+
+
+async def test_an_item_removed_and_added_again_during_a_job_is_embedded_again(client, api):
+    """A new-model vector the job made for an item stayed in the side table after the item was
+    removed; the same picture added again (here with a region, so no original) took it at the
+    switch: a whole-picture vector for a region item, and a job that should have refused, done."""
+    services = client.app[SERVICES]
+    await api(f"{R}/signup", appid="lib")
+    for seed in range(70):
+        await add(api, "lib", seed)
+    job_id = (await post(client, "/api/libraries/lib/reembed", model="gem"))["job"]["id"]
+    for _ in range(2400):
+        if services.reembeds._jobs[job_id].done >= 1:
+            break
+        await asyncio.sleep(0.01)
+    assert (await api(f"{R}/remove", appid="lib", image=b64(jpeg(0))))["err_no"] == 0
+    await add(api, "lib", 0, region={"x": 0, "y": 0, "w": 0.5, "h": 0.5, "unit": "fraction"})
+    job = await wait_reembed(client, "lib", job_id)
+    assert job["status"] == "failed" and "no kept original" in job["message"], job
+    lib = await services.libraries.get("lib")
+    assert lib.row.fingerprint == services.embed.info.fingerprint
