@@ -352,3 +352,16 @@ async def test_an_item_removed_and_added_again_during_a_job_is_embedded_again(cl
     assert job["status"] == "failed" and "no kept original" in job["message"], job
     lib = await services.libraries.get("lib")
     assert lib.row.fingerprint == services.embed.info.fingerprint
+
+
+async def test_starting_a_re_embed_needs_a_json_body_type(client, api):
+    """The start route was missing from the management port's content-type rules: a JSON body
+    sent as application/octet-stream (what a no-cors page can send) started a job."""
+    await api(f"{R}/signup", appid="lib")
+    await add(api, "lib", 1)
+    for headers in ({"Content-Type": "application/octet-stream"}, {"Content-Type": "image/jpeg"}):
+        response = await client.post("/api/libraries/lib/reembed", data=b'{"model": "gem"}', headers=headers)
+        answer = await response.json()
+        assert answer["err_no"] == 1 and "Content-Type must be application/json" in answer["err_msg"], answer
+    listed = await (await client.get("/api/libraries/lib/reembed")).json()
+    assert listed["jobs"] == []
