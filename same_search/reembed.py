@@ -164,7 +164,7 @@ class ReembedJobs:
                 pending = await self.libraries.reembed_pending(lib, CHUNK)
                 if not pending:
                     break
-                await self.libraries.save_reembedded(lib, await self._embed(pending, embed))
+                await self.libraries.save_reembedded(lib, await self._embed(lib, pending, embed))
                 job.done = await self._ledger.reembed_done(lib.row.id)
                 job.total = max(await self.libraries.count(lib), job.done)
                 await self._ledger.save_reembed_job(job)
@@ -181,7 +181,7 @@ class ReembedJobs:
                 # switch got it has happened; switching a deleted library would resurrect files.
                 self._check_served(locked)
                 while pending := await self.libraries.reembed_pending(locked, CHUNK):
-                    await self.libraries.save_reembedded(locked, await self._embed(pending, embed))
+                    await self.libraries.save_reembedded(locked, await self._embed(locked, pending, embed))
 
             await self.libraries.switch_model(lib, job, catch_up)
             job.status, job.message = "done", ""
@@ -210,24 +210,36 @@ class ReembedJobs:
             await self._ledger.save_reembed_job(job)
 
     async def _embed(
-        self, pending: list[tuple[int, str | None]], embed: EmbedService
+        self, lib: Library, pending: list[tuple[int, str | None]], embed: EmbedService
     ) -> list[tuple[int, np.ndarray]]:
-        """New-model vectors of a chunk of items, from their kept originals."""
+        """New-model vectors of a chunk of items, from their kept originals. An item removed
+        since the chunk was listed (its file gone with it) is skipped, not a failed job."""
         without = [key for key, original in pending if original is None]
         if without:
             raise ReembedFailed(
                 f"{len(without)} items have no kept original (imported without originals while the job ran)"
             )
 
-        async def one(key: int, original: str) -> tuple[int, np.ndarray]:
-            data = await self.libraries.read_original(original)
+        async def one(key: int, original: str) -> tuple[int, np.ndarray] | None:
+            try:
+                data = await self.libraries.read_original(original)
+            except ApiError:
+                if await self._still_kept(lib, key, original):
+                    raise  # the file of a stored item is missing: the job cannot finish
+                return None
             while True:
                 try:
                     return key, await embed.embed_image(data)
                 except (EmbedderBusy, EmbedderTimeout):
                     await asyncio.sleep(RETRY_S)  # the embedder is busy with interactive work
 
-        return list(await asyncio.gather(*(one(key, original) for key, original in pending if original)))
+        made = await asyncio.gather(*(one(key, original) for key, original in pending if original))
+        return [vector for vector in made if vector is not None]
+
+    async def _still_kept(self, lib: Library, key: int, original: str) -> bool:
+        """Whether ``key`` is still stored with that kept original."""
+        rows = await self.libraries.backend.get_items(lib, [key])
+        return key in rows and rows[key].original == original
 
 
 def describe(job: ReembedJobRow) -> dict[str, Any]:

@@ -365,3 +365,17 @@ async def test_starting_a_re_embed_needs_a_json_body_type(client, api):
         assert answer["err_no"] == 1 and "Content-Type must be application/json" in answer["err_msg"], answer
     listed = await (await client.get("/api/libraries/lib/reembed")).json()
     assert listed["jobs"] == []
+
+
+async def test_an_item_removed_while_its_chunk_is_embedded_does_not_fail_the_job(client, api):
+    """The job lists a chunk, then reads each original: an item removed in between took its file
+    along, and the read failure failed the whole job (err_no 11 in its message)."""
+    services = client.app[SERVICES]
+    await api(f"{R}/signup", appid="lib")
+    for seed in (1, 2):
+        await add(api, "lib", seed)
+    lib = await services.libraries.get("lib")
+    pending = await services.libraries.reembed_pending(lib, 10)  # the chunk, as the job lists it
+    assert (await api(f"{R}/remove", appid="lib", image=b64(jpeg(1))))["err_no"] == 0
+    made = await services.reembeds._embed(lib, pending, services.models.by_name("gem"))
+    assert [key for key, _ in made] == [ContSign.of_image(jpeg(2)).key]
