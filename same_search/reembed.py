@@ -125,13 +125,13 @@ class ReembedJobs:
         self._tasks[job.id] = asyncio.create_task(self._run(job, lib, embed), name=f"reembed-{job.id}")
 
     async def get(self, job_id: int) -> ReembedJobRow:
-        """One job (live counters while it runs); err_no 1 when there is none."""
-        if job_id in self._jobs:
-            return self._jobs[job_id]
+        """One job (live counters while it runs); err_no 1 when there is none. The ledger is
+        asked first: a deleted library's jobs are gone with it, even if still held in memory."""
         found = await self._ledger.reembed_jobs(job_id)
         if not found:
             raise bad_request(f"no re-embed job {job_id}")
-        return found[0]
+        live = self._jobs.get(job_id)
+        return live if live is not None and live.lib_id == found[0].lib_id else found[0]
 
     async def of_library(self, lib: Library) -> list[ReembedJobRow]:
         """A library's jobs, newest first."""

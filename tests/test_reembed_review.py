@@ -379,3 +379,17 @@ async def test_an_item_removed_while_its_chunk_is_embedded_does_not_fail_the_job
     assert (await api(f"{R}/remove", appid="lib", image=b64(jpeg(1))))["err_no"] == 0
     made = await services.reembeds._embed(lib, pending, services.models.by_name("gem"))
     assert [key for key, _ in made] == [ContSign.of_image(jpeg(2)).key]
+
+
+async def test_a_deleted_library_s_job_is_not_shown_for_a_new_library_of_that_name(client, api):
+    """Jobs were looked up in memory first: after a delete and a signup of the same appid, the
+    old library's job (its row deleted with it) still answered as the new library's."""
+    await api(f"{R}/signup", appid="lib")
+    await add(api, "lib", 1)
+    job = (await post(client, "/api/libraries/lib/reembed", model="gem"))["job"]
+    assert (await wait_reembed(client, "lib", job["id"]))["status"] == "done"
+    assert (await (await client.delete("/api/libraries/lib?confirm=lib")).json())["err_no"] == 0
+    await api(f"{R}/signup", appid="lib")
+    answer = await (await client.get(f"/api/libraries/lib/reembed/{job['id']}")).json()
+    assert answer["err_no"] == 1 and f"no re-embed job {job['id']}" in answer["err_msg"], answer
+    assert (await (await client.get("/api/libraries/lib/reembed")).json())["jobs"] == []
