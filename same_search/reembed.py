@@ -55,10 +55,24 @@ class ReembedJobs:
         return self.libraries.reembed_ledger
 
     async def start(self) -> None:
-        """Resume the jobs a previous run left running (killed, or stopped mid-job)."""
+        """Resume the jobs a previous run left running (killed, or stopped mid-job).
+
+        At most one per library, the newest: older ones (two starts at once, before that was
+        refused) are failed first, and with them the side table they shared, which may hold
+        another model's vectors; the resumed job then embeds everything again with its own.
+        """
         if not self.libraries.backend.can_reembed:
             return
-        for job in reversed(await self._ledger.reembed_jobs(status="running")):
+        newest: dict[int, ReembedJobRow] = {}
+        for job in await self._ledger.reembed_jobs(status="running"):  # newest first
+            if job.lib_id in newest:  # never two jobs over one side table
+                job.status = "failed"
+                job.message = f"superseded by job {newest[job.lib_id].id} of the same library"
+                await self._ledger.save_reembed_job(job)
+                log.warning("re-embed job %d of %s: %s", job.id, job.appid, job.message)
+            else:
+                newest[job.lib_id] = job
+        for job in reversed(newest.values()):
             lib = self.libraries.libraries.get(job.appid)
             embed = self.libraries.models.for_fingerprint(job.fingerprint)
             if lib is None or lib.row.id != job.lib_id or embed is None:

@@ -393,3 +393,21 @@ async def test_a_deleted_library_s_job_is_not_shown_for_a_new_library_of_that_na
     answer = await (await client.get(f"/api/libraries/lib/reembed/{job['id']}")).json()
     assert answer["err_no"] == 1 and f"no re-embed job {job['id']}" in answer["err_msg"], answer
     assert (await (await client.get("/api/libraries/lib/reembed")).json())["jobs"] == []
+
+
+async def test_only_the_newest_running_job_of_a_library_resumes(client, api):
+    """A database with two running jobs for one library (what two starts at once left behind)
+    resumed both at the next start: two jobs over one side table again."""
+    services = client.app[SERVICES]
+    store = services.libraries.backend.store
+    gem = services.models.by_name("gem").info
+    await api(f"{R}/signup", appid="lib")
+    await add(api, "lib", 1)
+    lib = await services.libraries.get("lib")
+    old = await store.create_reembed_job(lib.row, "gem", gem.model_id, gem.dim, gem.fingerprint, 1)
+    new = await store.create_reembed_job(lib.row, "gem", gem.model_id, gem.dim, gem.fingerprint, 1)
+    await services.reembeds.start()  # what the next daemon start does
+    assert set(services.reembeds._tasks) == {new}
+    assert (await wait_reembed(client, "lib", new))["status"] == "done"
+    stale = (await store.reembed_jobs(old))[0]
+    assert stale.status == "failed" and f"job {new}" in stale.message, stale
