@@ -8,6 +8,7 @@ hostile ``original`` fields in an import, hostile job ids and model names.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import zipfile
@@ -18,7 +19,8 @@ import pytest
 from conftest import b64, brief
 from images import jpeg
 
-from same_search.config import Config, ModelConfig, StorageConfig
+from same_search.app import create_app
+from same_search.config import AuthConfig, Config, ModelConfig, StorageConfig
 from same_search.contsign import ContSign
 from same_search.services import SERVICES
 from same_search.store.db import NewItem, StorageError, Store
@@ -411,3 +413,32 @@ async def test_only_the_newest_running_job_of_a_library_resumes(client, api):
     assert (await wait_reembed(client, "lib", new))["status"] == "done"
     stale = (await store.reembed_jobs(old))[0]
     assert stale.status == "failed" and f"job {new}" in stale.message, stale
+
+
+async def test_a_tenant_token_reaches_no_re_embed_route(aiohttp_client, config, embedder):
+    """8103 is the operator's: a tenant's own token can neither start, see nor cancel a re-embed,
+    not even of its own library; the operator token can."""
+    config = dataclasses.replace(config, auth=AuthConfig(tokens={"shop": "t-shop", "*": "t-ops"}))
+    client = await aiohttp_client(create_app(config, embedder))
+    ops, shop = {"X-Same-Token": "t-ops"}, {"X-Same-Token": "t-shop"}
+    assert (await (await client.post("/api/libraries", json={"appid": "shop"}, headers=ops)).json())[
+        "err_no"
+    ] == 0
+    body = {"appid": "shop", "image": b64(jpeg(1)), "features": [brief("x")], "from": "pytest"}
+    assert (await (await client.post(f"{R}/add", json=body, headers=shop)).json())["err_no"] == 0
+    base = "/api/libraries/shop/reembed"
+    for headers in (shop, {}):
+        assert (await (await client.post(base, json={"model": "gem"}, headers=headers)).json())[
+            "err_no"
+        ] == 12
+        assert (await (await client.get(base, headers=headers)).json())["err_no"] == 12
+        assert (await (await client.get(f"{base}/1", headers=headers)).json())["err_no"] == 12
+        assert (await (await client.post(f"{base}/1/cancel", headers=headers)).json())["err_no"] == 12
+    started = await (await client.post(base, json={"model": "gem"}, headers=ops)).json()
+    assert started["err_no"] == 0, started
+    for _ in range(2400):
+        job = (await (await client.get(f"{base}/{started['job']['id']}", headers=ops)).json())["job"]
+        if job["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    assert job["status"] == "done"
