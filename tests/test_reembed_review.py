@@ -442,3 +442,33 @@ async def test_a_tenant_token_reaches_no_re_embed_route(aiohttp_client, config, 
             break
         await asyncio.sleep(0.05)
     assert job["status"] == "done"
+
+
+async def test_re_embed_routes_of_a_set_aside_library_answer_err_no_6(aiohttp_client, config, embedder):
+    """A library whose model profile left the configuration is set aside: its re-embed routes
+    answer err_no 6 naming why (nothing started, nothing changed), and it serves again, with its
+    items, once the profile is back."""
+    first = await aiohttp_client(create_app(config, embedder))
+    assert (await (await first.post("/api/libraries", json={"appid": "g", "model": "gem"})).json())[
+        "err_no"
+    ] == 0
+    body = {"appid": "g", "image": b64(jpeg(1)), "features": [brief("x")], "from": "pytest"}
+    assert (await (await first.post(f"{R}/add", json=body)).json())["err_no"] == 0
+    await first.close()
+
+    without = await aiohttp_client(create_app(dataclasses.replace(config, models={}), embedder))
+    for method, path, payload in (
+        ("POST", "/api/libraries/g/reembed", {"model": "default"}),
+        ("GET", "/api/libraries/g/reembed", None),
+        ("GET", "/api/libraries/g/reembed/1", None),
+        ("POST", "/api/libraries/g/reembed/1/cancel", None),
+    ):
+        answer = await (await without.request(method, path, json=payload)).json()
+        assert answer["err_no"] == 6 and "fingerprint" in answer["err_msg"], (path, answer)
+    health = await (await without.get("/healthz")).json()
+    assert "g" in json.dumps(health["unavailable"])
+    await without.close()
+
+    again = await aiohttp_client(create_app(config, embedder))
+    found = await (await again.post(f"{R}/search", json={**body, "features": None})).json()
+    assert found["err_no"] == 0 and found["data_items"][0]["score"] > 0.999, found
