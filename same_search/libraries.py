@@ -900,9 +900,11 @@ class LibraryService:
         except StorageError as exc:
             raise _storage_failed(exc) from exc
 
-    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
+    async def reembed_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
         """(key, original) of items that have no vector of the new model yet, oldest first."""
-        return await self._call(lib, self.backend.reembed_pending(lib, limit))
+        return await self._call(lib, self.backend.reembed_pending(lib, limit, after_seq))
 
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         """Keep new-model vectors until the switch (persisted: a restart resumes after them)."""

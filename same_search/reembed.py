@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Items embedded and committed together: the most a kill -9 can cost a resumed job.
 CHUNK = 32
+#: Chunks between exact counts of a job's progress (a count walks the whole side table).
+RECOUNT_CHUNKS = 64
 #: Seconds to wait before retrying an image the embedder refused for load (busy, timeout).
 RETRY_S = 0.5
 
@@ -172,14 +174,24 @@ class ReembedJobs:
 
     async def _run(self, job: ReembedJobRow, lib: Library, embed: EmbedService) -> None:
         background_priority()
+        # Items are listed in seq order from a cursor: seqs only grow, so an item added meanwhile
+        # comes after it, and a chunk never walks again over those done (see Store.reembed_pending).
+        cursor = 0
         try:
+            chunks = 0
             while job.id not in self._cancelled:
                 self._check_served(lib)
-                pending = await self.libraries.reembed_pending(lib, CHUNK)
+                pending = await self.libraries.reembed_pending(lib, CHUNK, cursor)
                 if not pending:
                     break
-                await self.libraries.save_reembedded(lib, await self._embed(lib, pending, embed))
-                job.done = await self._ledger.reembed_done(lib.row.id)
+                cursor = pending[-1][2]
+                made = await self._embed(lib, [(key, original) for key, original, _ in pending], embed)
+                await self.libraries.save_reembedded(lib, made)
+                chunks += 1
+                if chunks % RECOUNT_CHUNKS == 0:  # exact now and then (removals), counted between
+                    job.done = await self._ledger.reembed_done(lib.row.id)
+                else:
+                    job.done += len(made)
                 job.total = max(await self.libraries.count(lib), job.done)
                 await self._ledger.save_reembed_job(job)
             if job.id in self._cancelled:
@@ -194,8 +206,12 @@ class ReembedJobs:
                 # Runs under the write lock, first thing: a delete that held the lock before the
                 # switch got it has happened; switching a deleted library would resurrect files.
                 self._check_served(locked)
-                while pending := await self.libraries.reembed_pending(locked, CHUNK):
-                    await self.libraries.save_reembedded(locked, await self._embed(locked, pending, embed))
+                nonlocal cursor
+                while pending := await self.libraries.reembed_pending(locked, CHUNK, cursor):
+                    cursor = pending[-1][2]
+                    chunk = [(key, original) for key, original, _ in pending]
+                    await self.libraries.save_reembedded(locked, await self._embed(locked, chunk, embed))
+                cursor = 0  # called again only if the switch found an item without its vector: all
 
             await self.libraries.switch_model(lib, job, catch_up)
             job.status, job.message = "done", ""

@@ -377,7 +377,7 @@ async def test_an_item_removed_while_its_chunk_is_embedded_does_not_fail_the_job
     for seed in (1, 2):
         await add(api, "lib", seed)
     lib = await services.libraries.get("lib")
-    pending = await services.libraries.reembed_pending(lib, 10)  # the chunk, as the job lists it
+    pending = [(k, o) for k, o, _ in await services.libraries.reembed_pending(lib, 10)]  # as the job lists it
     assert (await api(f"{R}/remove", appid="lib", image=b64(jpeg(1))))["err_no"] == 0
     made = await services.reembeds._embed(lib, pending, services.models.by_name("gem"))
     assert [key for key, _ in made] == [ContSign.of_image(jpeg(2)).key]
@@ -472,3 +472,24 @@ async def test_re_embed_routes_of_a_set_aside_library_answer_err_no_6(aiohttp_cl
     again = await aiohttp_client(create_app(config, embedder))
     found = await (await again.post(f"{R}/search", json={**body, "features": None})).json()
     assert found["err_no"] == 0 and found["data_items"][0]["score"] > 0.999, found
+
+
+async def test_pending_items_are_listed_from_a_cursor(tmp_path: Path):
+    """Each chunk listed every item from the first on, skipping those done: quadratic in the
+    library's size (0.13 s a chunk at 100,000 items done, on the reader searches share). The job
+    now lists from the last seq it handled; an item added later has a higher seq."""
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        row = await store.create_library("lib", "m", 4, "f")
+        vector = np.array([1, 0, 0, 0], dtype=np.float32)
+        for key in (1, 2, 3):
+            await store.add_item(row.id, key, b"", None, vector)
+        first = await store.reembed_pending(row.id, 2)
+        assert [key for key, _, _ in first] == [1, 2]
+        rest = await store.reembed_pending(row.id, 2, first[-1][2])
+        assert [key for key, _, _ in rest] == [3]
+        await store.add_item(row.id, 4, b"", None, vector)
+        assert [key for key, _, _ in await store.reembed_pending(row.id, 10, rest[-1][2])] == [4]
+    finally:
+        await store.close()

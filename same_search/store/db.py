@@ -1019,15 +1019,19 @@ class Store:
         async with self._write_lock:
             await self._write(statements)
 
-    async def reembed_pending(self, lib_id: int, limit: int) -> list[tuple[int, str | None]]:
-        """(key, kept original) of items with no vector of the new model yet, oldest first."""
+    async def reembed_pending(
+        self, lib_id: int, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
+        """(key, kept original, seq) of items with no vector of the new model yet, oldest first,
+        from ``after_seq`` on: a job's cursor, so each chunk does not walk again over every item
+        done before it (quadratic in the library's size, and on the reader every search shares)."""
         async with self.reader.execute(
-            "SELECT i.key, i.original FROM items i WHERE i.lib_id=? AND NOT EXISTS "
+            "SELECT i.key, i.original, i.seq FROM items i WHERE i.lib_id=? AND i.seq>? AND NOT EXISTS "
             "(SELECT 1 FROM reembed_vectors r WHERE r.lib_id=i.lib_id AND r.key=i.key) "
             "ORDER BY i.seq LIMIT ?",
-            (lib_id, limit),
+            (lib_id, after_seq, limit),
         ) as cur:
-            return [(int(key), original) for key, original in await cur.fetchall()]
+            return [(int(key), original, int(seq)) for key, original, seq in await cur.fetchall()]
 
     async def reembed_done(self, lib_id: int) -> int:
         """Items of a library that have their new vector (stale rows of removed items excluded)."""
