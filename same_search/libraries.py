@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -179,6 +179,26 @@ def _not_signed_up(appid: str) -> ApiError:
     return ApiError(ErrNo.NOT_SIGNED_UP, f"appid {appid!r} has not signed up")
 
 
+async def _while_on_model(
+    lib: Library, fingerprint: str, batches: AsyncIterator[Sequence[NewItem]]
+) -> AsyncIterator[Sequence[NewItem]]:
+    """``batches``, checked against the library's model as each one is stored.
+
+    The import's fingerprint is first checked before the library's write lock is taken; a
+    re-embed may switch the library while the import waits for that lock. Batches are pulled
+    under the lock, so this check refuses (rolls back) an import whose vectors the library no
+    longer holds: never old-model vectors in a library that moved to another model.
+    """
+    async for batch in batches:
+        if lib.row.fingerprint != fingerprint:
+            raise bad_request(
+                f"library {lib.row.appid!r} moved to fingerprint {lib.row.fingerprint} (a re-embed "
+                f"switched it) while this import waited; the export's are {fingerprint}: not "
+                "comparable, nothing was imported"
+            )
+        yield batch
+
+
 class LibraryService:
     """Every library of the daemon and the operations the API offers on them."""
 
@@ -253,6 +273,25 @@ class LibraryService:
             raise ApiError(ErrNo.BS_UNAVAILABLE, f"library {lib.row.appid!r}: {self._model_missing(lib.row)}")
         return embed
 
+    async def on_one_model(self, lib: Library, query: Callable[[], Awaitable[T]]) -> T:
+        """Run ``query`` (make a query vector, then search with it) again when a re-embed switched
+        the library while it ran: the vector and the searched index must come from one model.
+
+        A switch swaps the library's row and index together, so an unchanged fingerprint after
+        the search means both steps saw the same model. A failure of a query that straddled a
+        switch (another dimension) is retried the same way.
+        """
+        while True:
+            fingerprint = lib.row.fingerprint
+            try:
+                result = await query()
+            except Exception:
+                if lib.row.fingerprint == fingerprint:
+                    raise
+                continue
+            if lib.row.fingerprint == fingerprint:
+                return result
+
     async def embed_query(self, lib: Library, image: bytes, region: Region | None = None) -> np.ndarray:
         """A query picture's vector, made by the library's own model."""
         return await self.embed_for(lib).embed_image(image, region)
@@ -269,7 +308,8 @@ class LibraryService:
                 ErrNo.BS_UNAVAILABLE, f"model {name!r} is not available: {self.models.failed[name]}"
             )
         known = ", ".join(self.models.profile_names())
-        raise bad_request(f"model {name!r} is not configured; configured models: {known}")
+        shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
+        raise bad_request(f"model {shown} is not configured; configured models: {known}")
 
     def models_in_use(self) -> list[dict]:
         """Every model profile and the libraries each one serves (/healthz, the console)."""
@@ -430,10 +470,11 @@ class LibraryService:
         """
         contsign = ContSign.of_image(image)
         await self._refuse_duplicate(lib, contsign)
-        try:
-            return await self._add(lib, contsign, image, brief, tags, policy, region)
-        except ModelChanged:  # a re-embed switched the library while this image was embedded
-            return await self._add(lib, contsign, image, brief, tags, policy, region)
+        while True:
+            try:
+                return await self._add(lib, contsign, image, brief, tags, policy, region)
+            except ModelChanged:  # a re-embed switched the library while this image was embedded
+                continue
 
     async def _add(
         self,
@@ -449,7 +490,9 @@ class LibraryService:
         vector, thumbnail, local = await self._embed_picture(embed, image, region)
         # Shielded: once the row is being committed, the index must follow even if the caller is
         # cancelled (client gone, shutdown), or index and database would disagree until a restart.
-        original = image if self.keeps_originals else None
+        # Only the whole upload is kept, and a re-embed embeds its original whole: an item added
+        # with a region keeps none (a re-embed names it) rather than get the whole picture's vector.
+        original = image if self.keeps_originals and region is None else None
         close = await asyncio.shield(
             self.store_vector(
                 lib,
@@ -535,6 +578,10 @@ class LibraryService:
             return []
         async with self._dup_locks.setdefault(lib.row.appid, asyncio.Lock()):
             close = await self._near_duplicates(lib, query or Query(vector), policy, local_features)
+            if fingerprint is not None and fingerprint != lib.row.fingerprint:
+                # A re-embed switched the library while this vector was compared with its index:
+                # the comparison meant nothing (and must not reject); the add embeds again.
+                raise ModelChanged(f"library {lib.row.appid!r} moved to model {lib.row.model_id}")
             if close and policy.rejects:
                 raise NearDuplicateAdd(close)
             await self._store_one(lib, contsign, stored)
@@ -970,6 +1017,8 @@ class LibraryService:
                     self.libraries[appid] = lib
                 log.info("library %s created by an import of %d items", appid, imported)
             else:
+                if fingerprint is not None:
+                    batches = _while_on_model(target, fingerprint, batches)
                 lib, imported, duplicates = await self._call(
                     target, self.backend.import_items(target, batches, capacity)
                 )
@@ -1028,9 +1077,9 @@ class LibraryService:
         if missing:
             total = await self.count(lib)
             raise bad_request(
-                f"library {lib.row.appid!r} has {missing} of {total} items without a kept original (added "
-                "before keep_originals was on, or imported without originals): add those images again "
-                "(or remove them) before re-embedding"
+                f"library {lib.row.appid!r} has {missing} of {total} items without a kept original "
+                "(added before keep_originals was on, added with a region, or imported without "
+                "originals): add those images again (or remove them) before re-embedding"
             )
         return embed
 
@@ -1041,9 +1090,11 @@ class LibraryService:
         except StorageError as exc:
             raise _storage_failed(exc) from exc
 
-    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
+    async def reembed_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
         """(key, original) of items that have no vector of the new model yet, oldest first."""
-        return await self._call(lib, self.backend.reembed_pending(lib, limit))
+        return await self._call(lib, self.backend.reembed_pending(lib, limit, after_seq))
 
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         """Keep new-model vectors until the switch (persisted: a restart resumes after them)."""

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Items embedded and committed together: the most a kill -9 can cost a resumed job.
 CHUNK = 32
+#: Chunks between exact counts of a job's progress (a count walks the whole side table).
+RECOUNT_CHUNKS = 64
 #: Seconds to wait before retrying an image the embedder refused for load (busy, timeout).
 RETRY_S = 0.5
 
@@ -47,16 +49,32 @@ class ReembedJobs:
         self._jobs: dict[int, ReembedJobRow] = {}
         self._cancelled: set[int] = set()
         self._switching: set[int] = set()
+        #: Library ids whose job is being started: a second start meanwhile is refused.
+        self._starting: set[int] = set()
 
     @property
     def _ledger(self) -> Any:
         return self.libraries.reembed_ledger
 
     async def start(self) -> None:
-        """Resume the jobs a previous run left running (killed, or stopped mid-job)."""
+        """Resume the jobs a previous run left running (killed, or stopped mid-job).
+
+        At most one per library, the newest: older ones (two starts at once, before that was
+        refused) are failed first, and with them the side table they shared, which may hold
+        another model's vectors; the resumed job then embeds everything again with its own.
+        """
         if not self.libraries.backend.can_reembed:
             return
-        for job in reversed(await self._ledger.reembed_jobs(status="running")):
+        newest: dict[int, ReembedJobRow] = {}
+        for job in await self._ledger.reembed_jobs(status="running"):  # newest first
+            if job.lib_id in newest:  # never two jobs over one side table
+                job.status = "failed"
+                job.message = f"superseded by job {newest[job.lib_id].id} of the same library"
+                await self._ledger.save_reembed_job(job)
+                log.warning("re-embed job %d of %s: %s", job.id, job.appid, job.message)
+            else:
+                newest[job.lib_id] = job
+        for job in reversed(newest.values()):
             lib = self.libraries.libraries.get(job.appid)
             embed = self.libraries.models.for_fingerprint(job.fingerprint)
             if lib is None or lib.row.id != job.lib_id or embed is None:
@@ -84,11 +102,24 @@ class ReembedJobs:
                 await task
 
     async def begin(self, lib: Library, model: Any) -> ReembedJobRow:
-        """Start moving ``lib`` to the model profile ``model``; err_no 1 when refused."""
-        embed = await self.libraries.reembed_target(lib, model)
+        """Start moving ``lib`` to the model profile ``model``; err_no 1 when refused.
+
+        The library is reserved before the first await: two starts at once would otherwise both
+        pass the check and run two jobs over one side table (possibly for two models).
+        """
         running = self._running_for(lib)
         if running is not None:
             raise bad_request(f"library {lib.row.appid!r} is being re-embedded already (job {running.id})")
+        if lib.row.id in self._starting:
+            raise bad_request(f"library {lib.row.appid!r} is being re-embedded already (a job is starting)")
+        self._starting.add(lib.row.id)
+        try:
+            return await self._begin(lib, model)
+        finally:
+            self._starting.discard(lib.row.id)
+
+    async def _begin(self, lib: Library, model: Any) -> ReembedJobRow:
+        embed = await self.libraries.reembed_target(lib, model)
         info = embed.info
         total = await self.libraries.count(lib)
         job_id = await self._ledger.create_reembed_job(
@@ -110,13 +141,13 @@ class ReembedJobs:
         self._tasks[job.id] = asyncio.create_task(self._run(job, lib, embed), name=f"reembed-{job.id}")
 
     async def get(self, job_id: int) -> ReembedJobRow:
-        """One job (live counters while it runs); err_no 1 when there is none."""
-        if job_id in self._jobs:
-            return self._jobs[job_id]
+        """One job (live counters while it runs); err_no 1 when there is none. The ledger is
+        asked first: a deleted library's jobs are gone with it, even if still held in memory."""
         found = await self._ledger.reembed_jobs(job_id)
         if not found:
             raise bad_request(f"no re-embed job {job_id}")
-        return found[0]
+        live = self._jobs.get(job_id)
+        return live if live is not None and live.lib_id == found[0].lib_id else found[0]
 
     async def of_library(self, lib: Library) -> list[ReembedJobRow]:
         """A library's jobs, newest first."""
@@ -143,14 +174,24 @@ class ReembedJobs:
 
     async def _run(self, job: ReembedJobRow, lib: Library, embed: EmbedService) -> None:
         background_priority()
+        # Items are listed in seq order from a cursor: seqs only grow, so an item added meanwhile
+        # comes after it, and a chunk never walks again over those done (see Store.reembed_pending).
+        cursor = 0
         try:
+            chunks = 0
             while job.id not in self._cancelled:
                 self._check_served(lib)
-                pending = await self.libraries.reembed_pending(lib, CHUNK)
+                pending = await self.libraries.reembed_pending(lib, CHUNK, cursor)
                 if not pending:
                     break
-                await self.libraries.save_reembedded(lib, await self._embed(pending, embed))
-                job.done = await self._ledger.reembed_done(lib.row.id)
+                cursor = pending[-1][2]
+                made = await self._embed(lib, [(key, original) for key, original, _ in pending], embed)
+                await self.libraries.save_reembedded(lib, made)
+                chunks += 1
+                if chunks % RECOUNT_CHUNKS == 0:  # exact now and then (removals), counted between
+                    job.done = await self._ledger.reembed_done(lib.row.id)
+                else:
+                    job.done += len(made)
                 job.total = max(await self.libraries.count(lib), job.done)
                 await self._ledger.save_reembed_job(job)
             if job.id in self._cancelled:
@@ -162,8 +203,15 @@ class ReembedJobs:
             self._switching.add(job.id)
 
             async def catch_up(locked: Library) -> None:
-                while pending := await self.libraries.reembed_pending(locked, CHUNK):
-                    await self.libraries.save_reembedded(locked, await self._embed(pending, embed))
+                # Runs under the write lock, first thing: a delete that held the lock before the
+                # switch got it has happened; switching a deleted library would resurrect files.
+                self._check_served(locked)
+                nonlocal cursor
+                while pending := await self.libraries.reembed_pending(locked, CHUNK, cursor):
+                    cursor = pending[-1][2]
+                    chunk = [(key, original) for key, original, _ in pending]
+                    await self.libraries.save_reembedded(locked, await self._embed(locked, chunk, embed))
+                cursor = 0  # called again only if the switch found an item without its vector: all
 
             await self.libraries.switch_model(lib, job, catch_up)
             job.status, job.message = "done", ""
@@ -192,24 +240,36 @@ class ReembedJobs:
             await self._ledger.save_reembed_job(job)
 
     async def _embed(
-        self, pending: list[tuple[int, str | None]], embed: EmbedService
+        self, lib: Library, pending: list[tuple[int, str | None]], embed: EmbedService
     ) -> list[tuple[int, np.ndarray]]:
-        """New-model vectors of a chunk of items, from their kept originals."""
+        """New-model vectors of a chunk of items, from their kept originals. An item removed
+        since the chunk was listed (its file gone with it) is skipped, not a failed job."""
         without = [key for key, original in pending if original is None]
         if without:
             raise ReembedFailed(
                 f"{len(without)} items have no kept original (imported without originals while the job ran)"
             )
 
-        async def one(key: int, original: str) -> tuple[int, np.ndarray]:
-            data = await self.libraries.read_original(original)
+        async def one(key: int, original: str) -> tuple[int, np.ndarray] | None:
+            try:
+                data = await self.libraries.read_original(original)
+            except ApiError:
+                if await self._still_kept(lib, key, original):
+                    raise  # the file of a stored item is missing: the job cannot finish
+                return None
             while True:
                 try:
                     return key, await embed.embed_image(data)
                 except (EmbedderBusy, EmbedderTimeout):
                     await asyncio.sleep(RETRY_S)  # the embedder is busy with interactive work
 
-        return list(await asyncio.gather(*(one(key, original) for key, original in pending if original)))
+        made = await asyncio.gather(*(one(key, original) for key, original in pending if original))
+        return [vector for vector in made if vector is not None]
+
+    async def _still_kept(self, lib: Library, key: int, original: str) -> bool:
+        """Whether ``key`` is still stored with that kept original."""
+        rows = await self.libraries.backend.get_items(lib, [key])
+        return key in rows and rows[key].original == original
 
 
 def describe(job: ReembedJobRow) -> dict[str, Any]:

@@ -384,8 +384,11 @@ class Backend(ABC):
         """Where re-embed jobs are recorded (:class:`same_search.store.db.Store`)."""
         raise NotImplementedError(f"the {self.name} backend cannot re-embed libraries")
 
-    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
-        """(key, original sha256) of items without a vector of the new model yet, oldest first."""
+    async def reembed_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
+        """(key, original sha256, seq) of items without a vector of the new model yet, oldest
+        first, from ``after_seq`` on."""
         raise NotImplementedError
 
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:

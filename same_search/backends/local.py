@@ -603,8 +603,10 @@ class LocalBackend(Backend):
     def reembed_ledger(self) -> Store:
         return self.store
 
-    async def reembed_pending(self, lib: Library, limit: int) -> list[tuple[int, str | None]]:
-        return await self.store.reembed_pending(lib.row.id, limit)
+    async def reembed_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
+        return await self.store.reembed_pending(lib.row.id, limit, after_seq)
 
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         await self.store.save_reembedded(lib.row.id, vectors)

@@ -329,6 +329,10 @@ def _parse_line(
     if problem is not None:
         raise _refuse(f"{where}: {problem}")
     original = line.get("original")
+    if original is not None and not is_sha256_hex(original):  # also keeps lists out of the set test
+        raise _refuse(
+            f"{where}: original must be the sha256 (64 lower-case hex digits) of a file in {ORIGINALS}"
+        )
     if original is not None and original not in export.originals:
         raise _refuse(f"{where}: original {str(original)[:80]!r} is not in the ZIP's {ORIGINALS} folder")
     item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector.tobytes())

@@ -22,7 +22,7 @@ from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.imports.export import write_export
 from same_search.imports.export_read import check_export, export_batches
-from same_search.libraries import REPAIR_REPORT_MAX, Item, Library
+from same_search.libraries import REPAIR_REPORT_MAX, Item, Library, SearchPage
 from same_search.near_duplicates import check_min_score, check_mode
 from same_search.rebuilds import COMPACT, MANUAL
 from same_search.reembed import describe as describe_reembed
@@ -316,13 +316,17 @@ async def search_image(request: web.Request) -> web.Response:
     """Search with the raw image as the body (what the console's drop zone sends)."""
     services, lib = await _library(request)
     rn = _query_int(request, "rn", 20, services.cfg.limits.max_rn)
-    if "contsign" in request.query:  # "find similar" on an item page: reuse the stored vector
-        vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
-    else:
-        vector = await services.libraries.embed_query(
-            lib, bytes(await read_body(request)), query_region(request)
-        )
-    page = await services.libraries.search(lib, vector, 0, rn, None)
+    image = None if "contsign" in request.query else bytes(await read_body(request))
+
+    async def once() -> SearchPage:
+        if image is None:  # "find similar" on an item page: reuse the stored vector
+            vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
+        else:
+            vector = await services.libraries.embed_query(lib, image, query_region(request))
+        return await services.libraries.search(lib, vector, 0, rn, None)
+
+    # Embedded and searched again if a re-embed switches the library in between.
+    page = await services.libraries.on_one_model(lib, once)
     results = []
     for hit in page.hits:
         found = await services.libraries.item(lib, hit.item.contsign)
@@ -374,8 +378,10 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 def _job_id(request: web.Request) -> int:
     text = request.match_info["job_id"]
-    if not is_decimal(text):
-        raise bad_request("job id must be an integer")
+    # At most 18 digits: a longer one is no job of ours, and would overflow SQLite's integers
+    # (or Python's digit limit) instead of answering err_no 1.
+    if not is_decimal(text) or len(text) > 18:
+        raise bad_request(f"job id must be an integer of at most 18 digits, got {text[:40]!r}")
     return int(text)
 
 

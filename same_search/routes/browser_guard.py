@@ -63,6 +63,7 @@ BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", wire.DUP_POLICY): JSON_TYPES,
     ("POST", wire.DUPLICATES): JSON_TYPES,
     ("POST", wire.DUPLICATES_REMOVE): JSON_TYPES,
+    ("POST", wire.REEMBED): JSON_TYPES,
 }
 #: JSON routes whose body is optional (no body: remove every extra); a body sent must be JSON.
 BODY_OPTIONAL = frozenset({("POST", wire.DUPLICATES_REMOVE)})

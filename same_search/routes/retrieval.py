@@ -13,7 +13,7 @@ from aiohttp import web
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
-from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, TagFilter
+from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, SearchPage, TagFilter
 from same_search.near_duplicates import DupPolicy, check_min_score, check_mode, resolve
 from same_search.query_expansion import check_expansion
 from same_search.routes.auth import check_token, presented_token
@@ -165,21 +165,18 @@ async def search(request: web.Request) -> web.Response:
     query = asyncio.ensure_future(
         services.libraries.query_features(lib, image, contsign) if same_picture or promote else _none()
     )
-    try:
+
+    async def once() -> SearchPage:
         if image is not None:
             vector = await services.libraries.embed_query(lib, image, region)
         else:
             assert contsign is not None
             vector = await services.libraries.vector_of(lib, contsign)
-    except BaseException:
-        query.cancel()
-        raise
-    if same_picture:
-        page = await services.libraries.search_same_picture(
-            lib, vector, await query, pn, rn, tag_filter, min_score
-        )
-    else:
-        page = await services.libraries.search(
+        if same_picture:
+            return await services.libraries.search_same_picture(
+                lib, vector, await query, pn, rn, tag_filter, min_score
+            )
+        return await services.libraries.search(
             lib,
             vector,
             pn,
@@ -190,6 +187,11 @@ async def search(request: web.Request) -> web.Response:
             promote=promote,
             query=await query,
         )
+
+    try:  # embedded and searched again if a re-embed switches the library in between
+        page = await services.libraries.on_one_model(lib, once)
+    finally:
+        query.cancel()  # a no-op once it was awaited
     return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
 
 

@@ -254,8 +254,24 @@ class Store:
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._seq = await self._max_seq()
+        await self._sweep_originals()
+        await self._count_originals()
+
+    async def _count_originals(self) -> None:
         async with self.reader.execute("SELECT coalesce(sum(size), 0) FROM originals") as cur:
             self._originals_bytes = int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def _sweep_originals(self) -> None:
+        """Drop kept originals no item references (left by a daemon killed mid-removal before
+        the removal and the originals' rows were one transaction), rows and files."""
+        async with self.reader.execute(
+            "SELECT sha256 FROM originals o WHERE NOT EXISTS (SELECT 1 FROM items WHERE original=o.sha256)"
+        ) as cur:
+            unused = [row[0] for row in await cur.fetchall()]
+        if unused:
+            await self._write([("DELETE FROM originals WHERE sha256=?", (sha,)) for sha in unused])
+            for sha in unused:
+                await asyncio.to_thread(self.originals.remove, sha)
 
     async def close(self) -> None:
         """Close both connections (the writer checkpoints the WAL on close)."""
@@ -399,10 +415,10 @@ class Store:
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
-            sha, kept = None, False
+            sha, kept, new_row = None, False, False
             if original is not None:
                 sha = sha256_hex(original)
-                kept = await self._keep_original(sha, original)
+                kept, new_row = await self._keep_original(sha, original)
             seq = self._next_seq()
             statements: list[tuple[str, Sequence]] = [
                 (
@@ -411,6 +427,9 @@ class Store:
                     (lib_id, key, brief, tag1, tag2, vector.astype("<f4").tobytes(), seq, now, now, sha),
                 ),
                 ("DELETE FROM removals WHERE lib_id=? AND key=?", (lib_id, key)),
+                # A new-model vector a running re-embed made for an earlier item of this key
+                # (removed since) is not this item's: it is embedded again.
+                ("DELETE FROM reembed_vectors WHERE lib_id=? AND key=?", (lib_id, key)),
             ]
             if thumbnail:
                 statements.append(
@@ -436,29 +455,32 @@ class Store:
                 if sha is not None and kept:
                     await asyncio.to_thread(self.originals.remove, sha)
                 raise
-            if kept and original is not None:
+            if new_row and original is not None:
                 self._originals_bytes += len(original)
         return seq
 
-    async def _keep_original(self, sha: str, data: bytes) -> bool:
-        """Write an original's file (caller holds ``_write_lock``); True when this call created it.
+    async def _keep_original(self, sha: str, data: bytes, pending: int = 0) -> tuple[bool, bool]:
+        """Write an original's file (caller holds ``_write_lock``); (whether this call created
+        the file, whether its ``originals`` row is new and so its size newly counted).
 
-        Counted against ``max_bytes`` with the database: past it, or on a full disk, nothing is
-        written and :class:`StorageError` says why (the add answers err_no 11).
+        Counted against ``max_bytes`` with the database (and ``pending`` bytes an uncommitted
+        import kept already): past it, or on a full disk, nothing is written and
+        :class:`StorageError` says why (the add answers err_no 11). A file left by a daemon
+        killed before its row committed is reused (same name, same size), and counted.
         """
         async with self.reader.execute("SELECT 1 FROM originals WHERE sha256=?", (sha,)) as cur:
             shared = await cur.fetchone() is not None
         if shared and await asyncio.to_thread(self.originals.path(sha).is_file):
-            return False  # kept already for another item: shared
+            return False, False  # kept already for another item: shared
         if self.max_bytes:
-            used = self._database_bytes() + self._originals_bytes
+            used = self._database_bytes() + self._originals_bytes + pending
             if used + len(data) > self.max_bytes:
                 raise StorageError(
                     "database and kept originals would exceed [storage] max_db_bytes "
                     f"({self.max_bytes} bytes)"
                 )
         try:
-            return await asyncio.to_thread(self.originals.write, sha, data)
+            return await asyncio.to_thread(self.originals.write, sha, data), not shared
         except OSError as exc:
             raise StorageError(f"could not keep the original: {exc}") from exc
 
@@ -469,25 +491,38 @@ class Store:
                 total += Path(f"{self.path}{suffix}").stat().st_size
         return total
 
-    async def _drop_unreferenced(self, shas: Iterable[str]) -> None:
-        """Delete the rows and files of originals no item references any more (caller holds
-        ``_write_lock``, so no add can take one of them meanwhile)."""
-        unused: list[tuple[str, int]] = []
-        for sha in set(shas):
-            async with self.reader.execute(
-                "SELECT size FROM originals WHERE sha256=? AND NOT EXISTS "
-                "(SELECT 1 FROM items WHERE original=?)",
+    @staticmethod
+    def _unreferenced_statements(shas: Iterable[str]) -> list[tuple[str, Sequence]]:
+        """Statements dropping the rows of those originals no item references any more: part of
+        the transaction that deletes the items, so a kill -9 cannot leave a row behind."""
+        return [
+            (
+                "DELETE FROM originals WHERE sha256=? AND NOT EXISTS (SELECT 1 FROM items WHERE original=?)",
                 (sha, sha),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                unused.append((sha, int(row[0])))
-        if not unused:
-            return
-        await self._write([("DELETE FROM originals WHERE sha256=?", (sha,)) for sha, _ in unused])
-        for sha, size in unused:
+            )
+            for sha in sorted(set(shas))
+        ]
+
+    async def _drop_unreferenced(self, sizes: dict[str, int]) -> None:
+        """After the commit: delete the files whose rows went (caller holds ``_write_lock``, so
+        no add can take one of them meanwhile). A kill -9 before this leaves a file without a
+        row, which the next add of those bytes reuses."""
+        for sha, size in sizes.items():
+            async with self.reader.execute("SELECT 1 FROM originals WHERE sha256=?", (sha,)) as cur:
+                if await cur.fetchone() is not None:
+                    continue  # still referenced
             await asyncio.to_thread(self.originals.remove, sha)
             self._originals_bytes -= size
+
+    async def _original_sizes(self, shas: Iterable[str]) -> dict[str, int]:
+        """Size of each kept original among ``shas``."""
+        sizes: dict[str, int] = {}
+        for sha in set(shas):
+            async with self.reader.execute("SELECT size FROM originals WHERE sha256=?", (sha,)) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                sizes[sha] = int(row[0])
+        return sizes
 
     async def _originals_of(self, lib_id: int, keys: Sequence[int] | None = None) -> list[str]:
         """The kept originals referenced by some (or all) items of a library."""
@@ -536,7 +571,7 @@ class Store:
                 for sha, _ in created:
                     await asyncio.to_thread(self.originals.remove, sha)
                 raise
-            self._originals_bytes += sum(size for _, size in created)
+            await self._count_originals()  # rows new to this import, files new or left by a kill
             return result
 
     async def _insert_items(
@@ -580,7 +615,9 @@ class Store:
                 for item in fresh:
                     if item.original is not None:
                         sha = shas[item.key] = sha256_hex(item.original)
-                        if await self._keep_original(sha, item.original):
+                        pending = sum(size for _, size in created)
+                        made, _ = await self._keep_original(sha, item.original, pending)
+                        if made:
                             created.append((sha, len(item.original)))
                         await conn.execute(
                             "INSERT OR IGNORE INTO originals(sha256, size) VALUES (?,?)",
@@ -648,22 +685,23 @@ class Store:
             present = await self._present(lib_id, keys)
             if not present:
                 return [], self._seq
-            kept = await self._originals_of(lib_id, present)
+            kept = await self._original_sizes(await self._originals_of(lib_id, present))
             seq = self._next_seq()
             statements: list[tuple[str, Sequence]] = []
             for start in range(0, len(present), 500):
                 chunk = present[start : start + 500]
-                statements.append(
-                    (
-                        f"DELETE FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
-                        (lib_id, *chunk),
+                for table in ("items", "reembed_vectors"):  # a re-embed's vector goes with its item
+                    statements.append(
+                        (
+                            f"DELETE FROM {table} WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                            (lib_id, *chunk),
+                        )
                     )
-                )
             statements += [
                 ("INSERT OR REPLACE INTO removals(lib_id, key, seq) VALUES (?,?,?)", (lib_id, key, seq))
                 for key in present
             ]
-            await self._write(statements)
+            await self._write(statements + self._unreferenced_statements(kept))
             await self._drop_unreferenced(kept)
         return present, seq
 
@@ -871,7 +909,7 @@ class Store:
     async def delete_library(self, lib_id: int) -> None:
         """Delete a library and everything in it (items, removals, thumbnails cascade)."""
         async with self._write_lock:
-            kept = await self._originals_of(lib_id)
+            kept = await self._original_sizes(await self._originals_of(lib_id))
             await self._write(
                 [
                     ("DELETE FROM reembed_vectors WHERE lib_id=?", (lib_id,)),
@@ -881,6 +919,7 @@ class Store:
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
+                    *self._unreferenced_statements(kept),
                 ]
             )
             await self._drop_unreferenced(kept)
@@ -1033,15 +1072,19 @@ class Store:
         async with self._write_lock:
             await self._write(statements)
 
-    async def reembed_pending(self, lib_id: int, limit: int) -> list[tuple[int, str | None]]:
-        """(key, kept original) of items with no vector of the new model yet, oldest first."""
+    async def reembed_pending(
+        self, lib_id: int, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
+        """(key, kept original, seq) of items with no vector of the new model yet, oldest first,
+        from ``after_seq`` on: a job's cursor, so each chunk does not walk again over every item
+        done before it (quadratic in the library's size, and on the reader every search shares)."""
         async with self.reader.execute(
-            "SELECT i.key, i.original FROM items i WHERE i.lib_id=? AND NOT EXISTS "
+            "SELECT i.key, i.original, i.seq FROM items i WHERE i.lib_id=? AND i.seq>? AND NOT EXISTS "
             "(SELECT 1 FROM reembed_vectors r WHERE r.lib_id=i.lib_id AND r.key=i.key) "
             "ORDER BY i.seq LIMIT ?",
-            (lib_id, limit),
+            (lib_id, after_seq, limit),
         ) as cur:
-            return [(int(key), original) for key, original in await cur.fetchall()]
+            return [(int(key), original, int(seq)) for key, original, seq in await cur.fetchall()]
 
     async def reembed_done(self, lib_id: int) -> int:
         """Items of a library that have their new vector (stale rows of removed items excluded)."""
