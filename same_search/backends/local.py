@@ -160,6 +160,10 @@ class LocalBackend(Backend):
             log.exception("library %s: indexing the imported rows failed", row.appid)
             raise IndexingFailed(row, exc) from exc
 
+    async def new_index(self, row: LibraryRow, count: int) -> LibraryIndex:
+        """An empty index of the right kind for ``row`` about to hold ``count`` items."""
+        return LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+
     async def update_library(self, lib: Library, row: LibraryRow) -> None:
         await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
 

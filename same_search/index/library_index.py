@@ -83,8 +83,10 @@ class LibraryIndex:
 
     # ---- writes (caller holds write_lock) ----------------------------------------------------
 
-    def add_now(self, keys: np.ndarray, vectors: np.ndarray, seq: int) -> None:
-        """Insert vectors synchronously (start-up replay, rebuilds)."""
+    def add_now(
+        self, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray | None = None
+    ) -> None:
+        """Insert native vectors synchronously (start-up replay, rebuilds); ``tags`` is (n, 2) uint32."""
         labels = np.array([key_to_label(int(k)) for k in keys], dtype=np.uint64)
         self.graph.add(labels, vectors)
         if self.exact is not None:
@@ -105,9 +107,13 @@ class LibraryIndex:
         """Insert one vector in the index thread."""
         await self.add_batch(np.array([key]), vector.reshape(1, -1), seq)
 
-    async def add_batch(self, keys: np.ndarray, vectors: np.ndarray, seq: int) -> None:
+    async def add_batch(
+        self, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray | None = None
+    ) -> None:
         """Insert many vectors in the index thread, as one graph insert (bulk imports)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.add_now, keys, vectors, seq)
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.add_now, keys, vectors, seq, tags
+        )
 
     async def delete(self, keys: list[int], seq: int) -> None:
         """Remove keys in the index thread."""
