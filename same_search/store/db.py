@@ -19,9 +19,11 @@ from pathlib import Path
 import aiosqlite
 import numpy as np
 
+from same_search.index.projection import Projection
+
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
 #: in one transaction each. Shipped files are never edited: a change is a new file.
-MIGRATIONS = (2, 3)
+MIGRATIONS = (2, 3, 4)
 SCHEMA_VERSION = MIGRATIONS[-1]
 
 _ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at"
@@ -569,6 +571,100 @@ class Store:
             last = int(rows[-1][2])
             yield keys, vectors, last
 
+    async def tagged_vectors_since(
+        self, lib_id: int, seq: int, dim: int, chunk: int = 4096
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """(keys, vectors, tags (n, 2) uint32, max seq) chunks of items inserted after ``seq``,
+        in seq order: what an index needs to answer tag filters from memory. Tags that are not
+        uint32 were refused at load (``rows_with_bad_tags``); NULL reads as 0 (no tag)."""
+        last = seq
+        width = 4 * dim
+        while True:
+            async with self.reader.execute(
+                "SELECT key, vector, seq, coalesce(tag1, 0), coalesce(tag2, 0) FROM items "
+                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            bad = [(int(r[0]), _vector_shape_problem(r[1], dim)) for r in rows if not _is_vector(r[1], width)]
+            if bad:
+                raise BadRows(bad)
+            keys = np.array([r[0] for r in rows], dtype=np.int64)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            tags = np.array([(r[3], r[4]) for r in rows], dtype=np.int64).astype(np.uint32)
+            last = int(rows[-1][2])
+            yield keys, vectors, tags, last
+
+    async def vectors_of(self, lib_id: int, keys: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        """Stored float32 vectors by key (missing keys absent)."""
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            async with self.reader.execute(
+                f"SELECT key, vector FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
+            ) as cur:
+                for key, raw in await cur.fetchall():
+                    if _is_vector(raw, 4 * dim):
+                        found[int(key)] = np.frombuffer(raw, "<f4").astype(np.float32)
+        return found
+
+    async def sample_vectors(self, lib_id: int, dim: int, limit: int) -> np.ndarray:
+        """Up to ``limit`` stored vectors spread evenly over the library's insertion order (every
+        n-th seq, read through the seq index), to learn a projection from."""
+        total = await self.count(lib_id)
+        step = max(1, total // max(limit, 1))
+        async with self.reader.execute(
+            "SELECT vector FROM items WHERE lib_id=? AND seq % ? = 0 LIMIT ?", (lib_id, step, limit)
+        ) as cur:
+            rows = [r[0] for r in await cur.fetchall() if _is_vector(r[0], 4 * dim)]
+        if len(rows) < min(limit, total) // 2:  # seqs shared with other libraries: take the first ones
+            async with self.reader.execute(
+                "SELECT vector FROM items WHERE lib_id=? LIMIT ?", (lib_id, limit)
+            ) as cur:
+                rows = [r[0] for r in await cur.fetchall() if _is_vector(r[0], 4 * dim)]
+        return np.frombuffer(b"".join(rows), "<f4").reshape(len(rows), dim).astype(np.float32)
+
+    async def save_projection(self, lib_id: int, projection: Projection, sample_size: int) -> None:
+        """Make ``projection`` the library's (replacing any earlier one), durably."""
+        mean, components = projection.to_blobs()
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "INSERT OR REPLACE INTO projections(lib_id, model_fingerprint, fingerprint, "
+                        "native_dim, dim, mean, components, sample_size, created_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            lib_id,
+                            projection.model_fingerprint,
+                            projection.fingerprint,
+                            projection.native_dim,
+                            projection.dim,
+                            mean,
+                            components,
+                            sample_size,
+                            time.time(),
+                        ),
+                    )
+                ]
+            )
+
+    async def projection(self, lib_id: int) -> Projection | None:
+        """The library's stored projection, or None; a damaged one raises ValueError."""
+        async with self.reader.execute(
+            "SELECT mean, components, native_dim, dim, model_fingerprint, fingerprint "
+            "FROM projections WHERE lib_id=?",
+            (lib_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        mean, components, native_dim, dim, model_fingerprint, fingerprint = row
+        return Projection.from_blobs(mean, components, native_dim, dim, model_fingerprint, fingerprint)
+
     async def rows_with_bad_tags(self, lib_id: int, limit: int = 5) -> list[tuple[int, str]]:
         """(key, problem) of up to ``limit`` rows whose tags are not uint32 (negative, too large,
         text or blob: SQLite orders text and blobs after every number). Index seeks only, so it is
@@ -657,6 +753,7 @@ class Store:
                     ("DELETE FROM thumbnails WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM local_features WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM projections WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
                 ]
