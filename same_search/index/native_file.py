@@ -53,7 +53,7 @@ class NativeFile:
         size = os.fstat(self._fd).st_size
         if rows is not None:
             if size < rows * self.row_bytes:
-                os.close(self._fd)
+                self.close()
                 raise ValueError(f"{path.name} holds {size // self.row_bytes} rows, the snapshot {rows}")
             os.ftruncate(self._fd, rows * self.row_bytes)
         else:
@@ -98,4 +98,5 @@ class NativeFile:
             self._fd = -1
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()

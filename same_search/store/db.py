@@ -597,6 +597,26 @@ class Store:
             last = int(rows[-1][2])
             yield keys, vectors, tags, last
 
+    async def item_tags(
+        self, lib_id: int, chunk: int = 50_000
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray]]:
+        """(keys, tags (n, 2) uint32) of every item, in chunks: an index loaded from a snapshot
+        learns the tags as they are now (a tag update does not move an item's seq)."""
+        last = -(1 << 63)
+        while True:
+            async with self.reader.execute(
+                "SELECT key, coalesce(tag1, 0), coalesce(tag2, 0), seq FROM items "
+                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            last = rows[-1][3]
+            keys = np.array([r[0] for r in rows], np.int64)
+            tags = np.array([(r[1], r[2]) for r in rows], np.int64).astype(np.uint32)
+            yield keys, tags
+
     async def vectors_of(self, lib_id: int, keys: Sequence[int], dim: int) -> dict[int, np.ndarray]:
         """Stored float32 vectors by key (missing keys absent)."""
         found: dict[int, np.ndarray] = {}
