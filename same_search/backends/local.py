@@ -341,7 +341,7 @@ class LocalBackend(Backend):
         on_disk = await asyncio.to_thread(index.native.read, picked)
         for i, key in enumerate(keys):
             expected = stored.get(key)
-            if expected is None or not np.allclose(on_disk[i], expected.astype(np.float16), atol=1e-3):
+            if expected is None or not np.array_equal(on_disk[i], expected):
                 raise graph_files.SnapshotInvalid(
                     f"native vector file disagrees with the database at key {key}"
                 )
@@ -405,9 +405,8 @@ class LocalBackend(Backend):
         return await self.store.get_items(lib.row.id, keys)
 
     async def vector(self, lib: Library, key: int) -> np.ndarray | None:
-        """The stored vector of a live item. A reduced index keeps only float16 copies on disk, so
-        its vector comes from SQLite (float32, as stored): a search by contsign then scores the
-        item itself 1.0, as on a small library."""
+        """The stored vector of a live item (a reduced index reads it from SQLite: its graph
+        holds reduced vectors, and one row is as cheap to read there as from the native file)."""
         index = _index(lib)
         if not index.contains(key):
             return None

@@ -1,9 +1,14 @@
-"""Native vectors on disk for re-ranking: one float16 file per reduced index, row i at i * dim * 2.
+"""Native vectors on disk for re-ranking: one float32 file per reduced index, row i at i * dim * 4.
 
 A reduced index searches its graph with short vectors and re-ranks a few hundred candidates with
 the native ones; keeping those in RAM would cost dim * 4 bytes per item (5 KB at 1280-d), more
 than the whole budget. Candidates are read with ``pread`` (not a memory map: mapped pages, once
 touched, count in the daemon's RSS), from the page cache in practice.
+
+float32, not float16: float16 halves the file but moves a score by up to ~5e-4 (an item scored
+against itself came out 1.00003), and a returned score must be the native cosine that
+``min_score`` and the near-duplicate thresholds are defined on. A re-rank reads C x dim x 4
+bytes (200 x 5 KB = 1 MB at 1280-d) from the page cache.
 
 The file is derived data, rebuilt from SQLite. It is appended as items are added and fsynced
 before a snapshot header that counts its rows is committed; at start it is cut back to those
@@ -19,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-SUFFIX = ".native.f16"
+SUFFIX = ".native.f32"
+DTYPE = "<f4"
 
 
 def new_path(directory: Path, lib_id: int) -> Path:
@@ -41,14 +47,14 @@ def files_of(directory: Path, lib_id: int) -> list[Path]:
 
 
 class NativeFile:
-    """Append and random-read float16 rows."""
+    """Write and random-read float32 rows."""
 
     def __init__(self, path: Path, dim: int, rows: int | None = None) -> None:
         """Open (creating) ``path``; ``rows``: the rows a snapshot vouches for (the rest is cut)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.dim = dim
-        self.row_bytes = 2 * dim
+        self.row_bytes = 4 * dim
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         size = os.fstat(self._fd).st_size
         if rows is not None:
@@ -62,7 +68,7 @@ class NativeFile:
     def write(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Store ``vectors`` (n x dim) at ``rows``; consecutive rows go in one write."""
         rows = np.asarray(rows, np.int64)
-        data = np.asarray(vectors, np.float32).astype("<f2")
+        data = np.asarray(vectors, np.float32).astype(DTYPE)
         if not len(rows):
             return
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
@@ -83,7 +89,7 @@ class NativeFile:
             raw = os.pread(self._fd, len(run) * self.row_bytes, int(run[0]) * self.row_bytes)
             if len(raw) != len(run) * self.row_bytes:
                 raise ValueError(f"{self.path.name}: rows {run[0]}..{run[-1]} past the end of the file")
-            out[order[start : start + len(run)]] = np.frombuffer(raw, "<f2").reshape(len(run), self.dim)
+            out[order[start : start + len(run)]] = np.frombuffer(raw, DTYPE).reshape(len(run), self.dim)
             start += len(run)
         return out
 

@@ -3,7 +3,7 @@
 The graph (hnswlib) holds each item's PCA-reduced vector under its *row* (rows.py), not its
 key: rows are dense, so "is this row allowed" is one byte of a mask and row -> key is one array
 read. A search takes ``C`` candidates from the graph (``C`` = max(rerank_candidates, 2 x page
-depth), ef widened to at least ``C``), reads their native vectors from the float16 file and
+depth), ef widened to at least ``C``), reads their native vectors from the float32 file and
 returns the best by native cosine: every score is the native one and the order within a page is
 exact. The reduction only has to keep the true neighbours among the candidates.
 
@@ -153,7 +153,7 @@ class ReducedIndex(LibraryIndex):
     # ---- reads -------------------------------------------------------------------------------------
 
     def vectors_now(self, keys: list[int]) -> np.ndarray:
-        """Native vectors (float16-rounded) of live keys; KeyError for one that is not live."""
+        """Native vectors of live keys; KeyError for one that is not live."""
         rows = self.rows.rows_of(keys)
         if (rows < 0).any():
             raise KeyError(int(np.asarray(keys)[rows < 0][0]))
