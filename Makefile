@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-precision eval eval-same-picture soak clean
+.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -58,6 +58,12 @@ eval-same-picture: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_same_picture.py
 
 # Speed and vector drift of fp32 / bf16 / int8 forward passes on this CPU (about 5 minutes).
+# The index engine at N items (default 1M; N=200000 to develop): the daemon's reduced index
+# (re-ranked) against bare hnswlib, recall@10, p50/p99, tag filters, memory, load time.
+N ?= 1000000
+bench-million: $(STAMP)
+	nice $(BIN)/python bench/bench_million.py --n $(N)
+
 bench-precision: $(STAMP)
 	$(BIN)/python bench/bench_precision.py
 
