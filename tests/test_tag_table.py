@@ -7,6 +7,7 @@ import pytest
 
 from same_search.index.rows import RowMap
 from same_search.index.tags import TagTable
+from same_search.store.db import NewItem, Store
 
 
 def reference(items: dict[int, tuple[int, int]], tags: tuple[int, int], match_all: bool) -> set[int]:
@@ -67,3 +68,40 @@ def test_row_map_is_compact():
     rows.add(np.arange(10, dtype=np.int64) * 3 + 1)
     arrays = rows.keys.nbytes + rows.live.nbytes + rows._sorted_keys.nbytes + rows._sorted_rows.nbytes
     assert arrays < 40e6 and len(rows._recent) < 200_000
+
+
+async def test_tag_table_fed_by_the_store_equals_the_sql_filter(tmp_path):
+    """The table as the daemon fills it (replayed rows, then updates and removals) selects the
+    very keys the SQL filter it replaced selects, at broad, medium and narrow selectivity."""
+    rng = np.random.default_rng(5)
+    store = Store(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        lib = await store.create_library("lib", "m", 4, "fp")
+        keys = rng.choice(1 << 40, 3000, replace=False).astype(np.int64) - (1 << 39)
+        tag1 = np.where(rng.random(3000) < 0.5, 1, rng.integers(10, 40, 3000))  # tag 1: ~50%
+        tag2 = np.where(rng.random(3000) < 0.02, 2, np.where(rng.random(3000) < 0.001, 3, 0))
+        vector = np.full(4, 0.5, "<f4").tobytes()
+
+        async def batches():
+            yield [
+                NewItem(int(k), b"", None if i % 50 == 0 else (int(a), int(b)), vector)
+                for i, (k, a, b) in enumerate(zip(keys, tag1, tag2, strict=True))
+            ]
+
+        await store.insert_items(lib, batches())
+        rows = RowMap()
+        table = TagTable(rows)
+        async for chunk_keys, _, tags, _ in store.tagged_vectors_since(lib.id, 0, 4, chunk=700):
+            table.set(rows.add(chunk_keys)[0], tags)
+        for key in keys[:40].tolist():  # updates, as LocalBackend.update_item applies them
+            await store.update_item(lib.id, key, None, (3, 1))
+            table.set(rows.rows_of([key]), np.array([[3, 1]], np.uint32))
+        removed, _ = await store.remove_items(lib.id, keys[40:90].tolist())
+        rows.remove(removed)
+        for query in ((1, 0), (2, 0), (3, 0), (1, 2), (2, 3), (0, 3), (17, 1)):
+            for match_all in (True, False):
+                sql = set(await store.keys_with_tags(lib.id, query, match_all))
+                assert set(table.select(query, match_all).tolist()) == sql, (query, match_all)
+    finally:
+        await store.close()
