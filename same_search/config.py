@@ -156,6 +156,12 @@ class IndexConfig:
     #: Graph candidates a reduced search re-ranks with the native vectors (at least twice the page).
     rerank_candidates: int = 200
 
+    def __post_init__(self) -> None:
+        """Refuse reduction settings that cannot work (a zero dimension, no candidates)."""
+        for key in ("reduce_min_items", "reduce_dim", "rerank_candidates"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[index] {key} must be at least 1, got {getattr(self, key)!r}")
+
 
 @dataclass(frozen=True)
 class LimitsConfig:
