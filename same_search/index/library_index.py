@@ -1,6 +1,13 @@
-"""One library's in-memory index: an HNSW graph, plus an exact matrix while the library is small.
+"""One library's index: what both kinds share, and the full-dimension kind for small libraries.
 
-Searches pick the strategy that cannot silently miss a match: the exact matrix for small
+Two kinds keep one contract (:class:`LibraryIndex`): :class:`FullIndex` here (an HNSW graph of
+the native vectors, plus an exact matrix while the library is small) and
+:class:`~same_search.index.reduced.ReducedIndex` for large libraries (a graph of PCA-reduced
+vectors re-ranked with the native ones from disk). Callers pass native vectors, storage keys and
+tags; each kind keeps what it needs. Both keep every item's tags in a :class:`TagTable` over a
+compact :class:`RowMap`, so a tag filter never reads the database.
+
+Searches of the full kind pick the strategy that cannot silently miss a match: the exact matrix for small
 libraries and for tag filters that leave few candidates, the graph (with ``ef`` widened to
 the page depth) otherwise, and an exact scan of the candidates when the graph comes back short.
 
