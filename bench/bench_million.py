@@ -23,6 +23,7 @@ reduced index is built; the time to load it back from its snapshot.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
 import tempfile
@@ -130,14 +131,27 @@ def main(argv: list[str] | None = None) -> int:
         allowed = matches(tags, wanted)
         filter_truth[name] = [t[allowed[t]] for t in exact_top(native, queries, K, allowed)]
     cfg = IndexConfig(ef_search=args.ef, rerank_candidates=args.rerank, reduce_dim=args.dim)
-    lines = [
-        f"n = {args.n:,}, dim {native.shape[1]} -> {args.dim}, ef {args.ef}, re-rank {args.rerank}, "
-        f"{len(queries)} queries, M {cfg.m}, ef_construction {cfg.ef_construction}, "
-        f"load average {os.getloadavg()[0]:.1f}",
-        "",
-        "| index | build s | recall@10 | p50 ms | p99 ms |",
-        "|---|---|---|---|---|",
-    ]
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        """Print a table line at once (a long run shows its figures as they come), and keep it."""
+        lines.append(line)
+        print(line, flush=True)
+
+    def emit_all(new: list[str]) -> None:
+        for line in new:
+            emit(line)
+
+    emit_all(
+        [
+            f"n = {args.n:,}, dim {native.shape[1]} -> {args.dim}, ef {args.ef}, re-rank {args.rerank}, "
+            f"{len(queries)} queries, M {cfg.m}, ef_construction {cfg.ef_construction}, "
+            f"load average {os.getloadavg()[0]:.1f}",
+            "",
+            "| index | build s | recall@10 | p50 ms | p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+    )
     with tempfile.TemporaryDirectory(prefix="bench-million-") as tmp, ThreadPoolExecutor(1) as pool:
         directory = Path(tmp)
         rss_before = rss_mib(os.getpid())
@@ -152,18 +166,20 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"reduced: {stop:,} / {args.n:,} ({time.perf_counter() - started:.0f}s)")
         build_s = time.perf_counter() - started
         growth = (rss_mib(os.getpid()) - rss_before) * 2**20 / args.n
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed build temporaries the allocator kept
+        trimmed = (rss_mib(os.getpid()) - rss_before) * 2**20 / args.n
 
         def to_rows(found: list[tuple[int, float]]) -> np.ndarray:
             return (np.array([k for k, _ in found], np.int64) - 13) // 7919
 
         found, took = timed(lambda q: to_rows(index._search(q, K, None)), queries)
-        lines.append(row("daemon ReducedIndex (re-ranked)", build_s, found, took, truth))
+        emit(row("daemon ReducedIndex (re-ranked)", build_s, found, took, truth))
         reduced_queries = projection.apply(queries)
         found, took = timed(
             lambda q: index.graph.knn_query(q.reshape(1, -1), k=K, num_threads=1)[0][0].astype(np.int64),
             reduced_queries,
         )
-        lines.append(row(f"bare hnswlib {args.dim}-d, no re-rank", "(same graph)", found, took, truth))
+        emit(row(f"bare hnswlib {args.dim}-d, no re-rank", "(same graph)", found, took, truth))
         if args.n <= args.full_max:
             started = time.perf_counter()
             full = hnswlib.Index(space="ip", dim=native.shape[1])
@@ -175,17 +191,17 @@ def main(argv: list[str] | None = None) -> int:
             found, took = timed(
                 lambda q: full.knn_query(q.reshape(1, -1), k=K, num_threads=1)[0][0].astype(np.int64), queries
             )
-            lines.append(row(f"bare hnswlib {native.shape[1]}-d", full_s, found, took, truth))
+            emit(row(f"bare hnswlib {native.shape[1]}-d", full_s, found, took, truth))
             del full
         else:
-            lines.append(f"| bare hnswlib {native.shape[1]}-d | skipped above --full-max | | | |")
+            emit(f"| bare hnswlib {native.shape[1]}-d | skipped above --full-max | | | |")
 
-        lines += ["", "| filter (share) | recall@10 | p50 ms | p99 ms |", "|---|---|---|---|"]
+        emit_all(["", "| filter (share) | recall@10 | p50 ms | p99 ms |", "|---|---|---|---|"])
         for name, wanted, _ in FILTERS:
             found, took = timed(lambda q, w=wanted: to_rows(index._search(q, K, None, w, False)), queries)
             r = recall(found, filter_truth[name])
             p50, p99 = percentile_ms(took, 0.5), percentile_ms(took, 0.99)
-            lines.append(f"| {name} | {r:.3f} | {p50:.2f} | {p99:.2f} |")
+            emit(f"| {name} | {r:.3f} | {p50:.2f} | {p99:.2f} |")
 
         started = time.perf_counter()
         index.save_now(directory, 1, "bench")
@@ -195,16 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         loaded = ReducedIndex.load(directory, 1, header, projection, cfg, pool)
         load_s = time.perf_counter() - started
         assert loaded.count() == args.n
-        lines += [
-            "",
-            f"RSS growth while building: {growth:,.0f} bytes/item "
-            f"(graph file {Path(directory / '1.hnsw').stat().st_size / args.n:,.0f} bytes/item); "
-            f"save {save_s:.1f}s, load from snapshot {load_s:.1f}s (checksums included); "
-            f"native file {header.native_rows * native.shape[1] * 4 / 2**30:.2f} GiB on disk",
-            "Near-duplicate needles: not measured here (bench/eval_quality.py embeds the edits; "
-            "not wired into this benchmark yet).",
-        ]
-    print("\n".join(lines))
+        emit_all(
+            [
+                "",
+                f"RSS growth while building: {growth:,.0f} bytes/item, {trimmed:,.0f} after malloc_trim "
+                f"(graph file {Path(directory / '1.hnsw').stat().st_size / args.n:,.0f} bytes/item); "
+                f"save {save_s:.1f}s, load from snapshot {load_s:.1f}s (checksums included); "
+                f"native file {header.native_rows * native.shape[1] * 4 / 2**30:.2f} GiB on disk",
+                "Near-duplicate needles: not measured here (bench/eval_quality.py embeds the edits; "
+                "not wired into this benchmark yet).",
+            ]
+        )
     return 0
 
 
