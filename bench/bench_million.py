@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         sample = native[np.linspace(0, args.n - 1, min(SAMPLE_MAX, args.n)).astype(np.int64)]
         projection = Projection.learn(sample, args.dim, "bench")
+        del sample  # the bench's copy, not the index's: it must not count as growth
         index = ReducedIndex.create(projection, native_file.new_path(directory, 1), cfg, pool, args.n)
         for start in range(0, args.n, CHUNK):
             stop = min(args.n, start + CHUNK)
