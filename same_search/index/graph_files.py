@@ -8,6 +8,12 @@ A snapshot is two files per library: the graph (``<id>.hnsw``) and a JSON header
 sequence the graph contains and the graph's SHA-256. Each is written to a temporary name,
 fsynced and renamed, header last; a crash between the two renames leaves a header whose checksum
 does not match, which reads as "no usable snapshot" and triggers a rebuild from SQLite.
+
+A reduced index (index/reduced.py) adds two files that the header vouches for: its row map
+(``<id>.rows.npz``: row -> key, live mask, sketches; its SHA-256 in the header, written before
+the graph) and its native vector file (``<id>.<generation>.native.f32``, fsynced before the
+header; the header records its name and the rows it holds, and anything after them is cut at
+load and replayed from SQLite). The header also names the projection the graph was built with.
 """
 
 from __future__ import annotations
