@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run without an installed package
     sys.path.insert(0, str(REPO))
 
-DATA = REPO.parent / "shared" / "data"
+#: The development photos: ../shared/data beside the checkout, or SAME_SEARCH_DEV_DATA (a git
+#: worktree lives one level deeper than the main checkout).
+DATA = Path(os.environ.get("SAME_SEARCH_DEV_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(__file__).resolve().parent / ".cache"
 HIST_EDGES = np.round(np.arange(0.30, 1.0001, 0.05), 2)
 

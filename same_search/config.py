@@ -158,6 +158,19 @@ class IndexConfig:
     initial_capacity: int = 1024
     #: Libraries with at most this many live items are searched exactly (brute force).
     exact_threshold: int = 5000
+    #: An index built for at least this many items is reduced: a graph of PCA-reduced vectors
+    #: (learned from the library) re-ranked with the native vectors kept on disk.
+    reduce_min_items: int = 20000
+    #: Dimension of the reduced vectors (docs/quality.md: 256 keeps quality at 1280-d).
+    reduce_dim: int = 256
+    #: Graph candidates a reduced search re-ranks with the native vectors (at least twice the page).
+    rerank_candidates: int = 200
+
+    def __post_init__(self) -> None:
+        """Refuse reduction settings that cannot work (a zero dimension, no candidates)."""
+        for key in ("reduce_min_items", "reduce_dim", "rerank_candidates"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"[index] {key} must be at least 1, got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)

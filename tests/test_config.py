@@ -27,6 +27,8 @@ def test_shipped_config_is_the_defaults_and_fully_commented():
         ({"server": {"prot": 1}}, "unknown key"),
         ({"server": {"feature_port": "8120"}}, "must be int"),
         ({"index": {"m": True}}, "must be int"),
+        ({"index": {"reduce_dim": 0}}, "reduce_dim must be at least 1"),
+        ({"index": {"rerank_candidates": -5}}, "rerank_candidates must be at least 1"),
         ({"server": 3}, "must be a table"),
         ({"storage": {"backend": "mongo"}}, 'backend must be "local" or "milvus"'),
         ({"storage": {"backend": "milvus"}}, "needs uri"),

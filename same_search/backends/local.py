@@ -10,8 +10,6 @@ between the two is repaired at start-up by replaying rows newer than the index s
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import os
 import time
@@ -44,9 +42,11 @@ from same_search.backends.base import (
     Unavailable,
 )
 from same_search.config import Config
-from same_search.index import graph_files
+from same_search.index import graph_files, native_file
 from same_search.index.hnsw import HnswIndex
-from same_search.index.library_index import LibraryIndex, key_to_label
+from same_search.index.library_index import FullIndex, LibraryIndex, key_to_label
+from same_search.index.projection import SAMPLE_MAX, Projection
+from same_search.index.reduced import ReducedIndex
 from same_search.index.vectors import row_problems
 from same_search.rows import load_failure_reason, raw_item_problems
 from same_search.store.db import Store
@@ -65,38 +65,6 @@ REBUILD_BATCH = 1024
 #: Test hook: seconds a rebuild sleeps after each build batch, so tests can race writes against
 #: it (and kill the daemon in the middle of one). Unset or 0 in production.
 REBUILD_PAUSE_ENV = "SAME_SEARCH_REBUILD_PAUSE_S"
-#: Default of ``[index] reduce_min_items`` until the index engine adds the key: a library this
-#: large adopts the reduced index.
-REDUCE_MIN_ITEMS = 20000
-
-
-def reduce_min_items(cfg: Config) -> int:
-    """Items from which a library should hold a reduced index (``[index] reduce_min_items``)."""
-    return int(getattr(cfg.index, "reduce_min_items", REDUCE_MIN_ITEMS))
-
-
-@functools.cache
-def _takes_tags(index_type: type) -> bool:
-    """Whether an index class keeps tags for filters (its ``add_now`` takes ``tags``)."""
-    return "tags" in inspect.signature(index_type.add_now).parameters
-
-
-def _add_now(index: LibraryIndex, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray) -> None:
-    """``index.add_now``, with the rows' tags when the index keeps them."""
-    if _takes_tags(type(index)):
-        index.add_now(keys, vectors, seq, tags=tags)  # type: ignore[call-arg]
-    else:
-        index.add_now(keys, vectors, seq)
-
-
-async def _add_batch(
-    index: LibraryIndex, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray
-) -> None:
-    """``index.add_batch`` (the index thread), with the rows' tags when the index keeps them."""
-    if _takes_tags(type(index)):
-        await index.add_batch(keys, vectors, seq, tags=tags)  # type: ignore[call-arg]
-    else:
-        await index.add_batch(keys, vectors, seq)
 
 
 def _rebuild_pause_s() -> float:
@@ -108,6 +76,12 @@ def _rebuild_pause_s() -> float:
 
 def _index(lib: Library) -> LibraryIndex:
     return lib.handle
+
+
+def _tag_pair(tags: Sequence[int | None] | None) -> np.ndarray:
+    """(1, 2) uint32 tags for the index (None, a missing tag, reads as 0: no tag)."""
+    pair = [int(t or 0) for t in (tags or (0, 0))][:2]
+    return np.array([pair + [0] * (2 - len(pair))], np.uint32)
 
 
 class LocalBackend(Backend):
@@ -178,7 +152,11 @@ class LocalBackend(Backend):
     async def delete_library(self, lib: Library | Unavailable) -> None:
         async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
             await self.store.delete_library(lib.row.id)
-            for path in graph_files.paths(self.index_dir, lib.row.id):
+            for path in (
+                *graph_files.paths(self.index_dir, lib.row.id),
+                graph_files.rows_path(self.index_dir, lib.row.id),
+                *native_file.files_of(self.index_dir, lib.row.id),
+            ):
                 path.unlink(missing_ok=True)
         self._locks.pop(lib.row.id, None)
 
@@ -219,9 +197,43 @@ class LocalBackend(Backend):
             raise IndexingFailed(row, exc) from exc
 
     async def new_index(self, row: LibraryRow, count: int) -> LibraryIndex:
-        """An empty index of the right kind for a library about to hold ``count`` items."""
-        # replaced by the index engine branch
-        return LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+        """An empty index of the right kind for ``row`` about to hold ``count`` items.
+
+        Below ``[index] reduce_min_items``: the full-dimension index (exact while small). From
+        there on: a reduced index, with the library's stored projection when it still fits (same
+        model, same dimension), else one learned now from a sample of the stored vectors and
+        committed to SQLite before the index exists, so a snapshot never names a projection that
+        is not stored.
+        """
+        cfg = self.cfg.index
+        if count < cfg.reduce_min_items or min(cfg.reduce_dim, row.dim) >= row.dim:
+            return LibraryIndex.empty(row.dim, cfg, self._index_pool, capacity=max(count, 16))
+        projection = await self._projection(row)
+        path = native_file.new_path(self.index_dir, row.id)
+        return ReducedIndex.create(projection, path, cfg, self._index_pool, max(count, 16))
+
+    async def _projection(self, row: LibraryRow) -> Projection:
+        """The library's projection: the stored one if it fits the model and config, else a new one."""
+        dim = min(self.cfg.index.reduce_dim, row.dim)
+        try:
+            stored = await self.store.projection(row.id)
+        except ValueError as exc:
+            log.warning("library %s: stored projection unusable (%s); learning it again", row.appid, exc)
+            stored = None
+        if stored is not None and stored.model_fingerprint == row.fingerprint and stored.dim == dim:
+            return stored
+        started = time.monotonic()
+        sample = await self.store.sample_vectors(row.id, row.dim, SAMPLE_MAX)
+        projection = await asyncio.to_thread(Projection.learn, sample, dim, row.fingerprint)
+        await self.store.save_projection(row.id, projection, len(sample))
+        log.info(
+            "library %s: learned a %d-d projection from %d vectors in %.1fs",
+            row.appid,
+            dim,
+            len(sample),
+            time.monotonic() - started,
+        )
+        return projection
 
     async def update_library(self, lib: Library, row: LibraryRow) -> None:
         await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
@@ -244,13 +256,21 @@ class LocalBackend(Backend):
             replayed = await self._replay(index, row)
             if index.count() != count:
                 raise graph_files.SnapshotInvalid(f"{index.count()} items after replay, database has {count}")
+            if isinstance(index, ReducedIndex):
+                await self._check_native(index, row)
+            async for keys, tags in self.store.item_tags(row.id):
+                index.set_tags(keys, tags)
+        except BadRows:
+            raise
         except Exception as exc:
             log.warning(
                 "library %s: index snapshot not usable (%s); rebuilding from the database", row.appid, exc
             )
-            index = LibraryIndex.empty(row.dim, self.cfg.index, self._index_pool, capacity=max(count, 16))
+            index = await self.new_index(row, count)
             await self._replay(index, row, count)
+            self._drop_stale_files(row, index)
             return index
+        self._drop_stale_files(row, index)
         if replayed or removed:
             log.info(
                 "library %s: replayed %d adds, %d removals after the snapshot",
@@ -274,15 +294,15 @@ class LocalBackend(Backend):
         replayed = 0
         started = last_log = time.monotonic()
         chunk = LIVE_BATCH if live else 4096
-        rows = self.store.tagged_vectors_since(row.id, index.seq, row.dim, chunk)
-        async for chunk_keys, vectors, tags, seq in rows:
+        since = self.store.tagged_vectors_since(row.id, index.seq, row.dim, chunk)
+        async for chunk_keys, vectors, tags, seq in since:
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(chunk_keys[i]), problem) for i, problem in bad])
             if live:
-                await _add_batch(index, chunk_keys, vectors, seq, tags)
+                await index.add_batch(chunk_keys, vectors, seq, tags)
             else:
-                await asyncio.to_thread(_add_now, index, chunk_keys, vectors, seq, tags)
+                await asyncio.to_thread(index.add_now, chunk_keys, vectors, seq, tags)
             replayed += len(chunk_keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -297,8 +317,28 @@ class LocalBackend(Backend):
         return replayed
 
     async def _open_snapshot(self, row: LibraryRow) -> tuple[LibraryIndex, list[int]]:
-        """The verified snapshot graph with later removals applied; (index, removed keys)."""
+        """The verified snapshot graph with later removals applied; (index, removed keys).
+
+        A reduced snapshot must name the library's stored projection (same model); otherwise,
+        as for any other mismatch, :class:`SnapshotInvalid` sends the caller to a rebuild.
+        """
         header = graph_files.read_header(self.index_dir, row.id, row.fingerprint, row.dim)
+        if header.projection:
+            projection = await self.store.projection(row.id)
+            if projection is None or projection.model_fingerprint != row.fingerprint:
+                raise graph_files.SnapshotInvalid("the snapshot's projection is not stored for this model")
+            reduced = await asyncio.to_thread(
+                ReducedIndex.load,
+                self.index_dir,
+                row.id,
+                header,
+                projection,
+                self.cfg.index,
+                self._index_pool,
+            )
+            removed = await self.store.removals_since(row.id, header.seq)
+            reduced.delete_now(removed, header.seq)
+            return reduced, removed
         in_graph = {key_to_label(k) for k in await self.store.keys(row.id, max_seq=header.seq)}
         graph_path, _ = graph_files.paths(self.index_dir, row.id)
         graph = await asyncio.to_thread(
@@ -306,9 +346,39 @@ class LocalBackend(Backend):
         )
         removed = await self.store.removals_since(row.id, header.seq)
         graph.forget(np.array([key_to_label(k) for k in removed], dtype=np.uint64))
-        index = LibraryIndex(graph, self.cfg.index, header.seq, self._index_pool)
+        index = FullIndex(graph, self.cfg.index, header.seq, self._index_pool)
         index.saved_seq, index.saved_at = header.seq, header.saved_at
         return index, removed
+
+    async def _check_native(self, index: ReducedIndex, row: LibraryRow, samples: int = 32) -> None:
+        """Spot-check the native file against SQLite (random live rows and the last ones): a file
+        that is not the snapshot's would give wrong scores, so it raises SnapshotInvalid."""
+        live = index.rows.live_rows()
+        if not len(live):
+            return
+        rng = np.random.default_rng()
+        picked = np.unique(
+            np.concatenate([rng.choice(live, min(samples, len(live)), replace=False), live[-8:]])
+        )
+        keys = index.rows.keys[picked].tolist()
+        stored = await self.store.vectors_of(row.id, keys, row.dim)
+        on_disk = await asyncio.to_thread(index.native.read, picked)
+        for i, key in enumerate(keys):
+            expected = stored.get(key)
+            if expected is None or not np.array_equal(on_disk[i], expected):
+                raise graph_files.SnapshotInvalid(
+                    f"native vector file disagrees with the database at key {key}"
+                )
+
+    def _drop_stale_files(self, row: LibraryRow, index: LibraryIndex) -> None:
+        """Native files (and a row map) that the loaded index does not use: left by a crash or by
+        a library that went back from reduced to full."""
+        mine = index.native.path if isinstance(index, ReducedIndex) else None
+        for path in native_file.files_of(self.index_dir, row.id):
+            if path != mine:
+                path.unlink(missing_ok=True)
+        if mine is None:
+            graph_files.rows_path(self.index_dir, row.id).unlink(missing_ok=True)
 
     # ---- items -----------------------------------------------------------------------------------
 
@@ -338,14 +408,20 @@ class LocalBackend(Backend):
                 except AlreadyExists:
                     stored.append(False)
                     continue
-                await index.add(item.key, item.vector, seq)
+                await index.add(item.key, item.vector, seq, _tag_pair(item.tags))
                 stored.append(True)
         return stored
 
     async def update_item(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
-        if tags is not None:
-            self._note_retagged(lib, key)  # before the commit: a rebuild's swap cannot slip between
-        return await self.store.update_item(lib.row.id, key, brief, tags)
+        """The row first, then the index's tag table (under the write lock, so a concurrent add
+        or removal of the same key cannot interleave)."""
+        async with self.write_lock(lib):
+            if tags is not None:
+                self._note_retagged(lib, key)  # before the commit: a running rebuild re-reads it
+            updated = await self.store.update_item(lib.row.id, key, brief, tags)
+            if updated and tags is not None:
+                _index(lib).set_tags([key], _tag_pair(tags))
+        return updated
 
     async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
         async with self.write_lock(lib):
@@ -358,23 +434,31 @@ class LocalBackend(Backend):
         return await self.store.get_items(lib.row.id, keys)
 
     async def vector(self, lib: Library, key: int) -> np.ndarray | None:
+        """The stored vector of a live item (a reduced index reads it from SQLite: its graph
+        holds reduced vectors, and one row is as cheap to read there as from the native file)."""
         index = _index(lib)
-        if index.graph.contains(key_to_label(key)):
-            try:
-                return (await index.vectors_of([key]))[0]
-            except (KeyError, RuntimeError):  # removed between the check and the read: not stored
-                pass
-        return None
+        if not index.contains(key):
+            return None
+        if isinstance(index, ReducedIndex):
+            return (await self.store.vectors_of(lib.row.id, [key], lib.row.dim)).get(key)
+        try:
+            return (await index.vectors_of([key]))[0]
+        except (KeyError, RuntimeError):  # removed between the check and the read: not stored
+            return None
 
     async def search(
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
     ) -> SearchResult:
-        candidates = None
+        """The index answers tag filters from its own tag table (no database read per search)."""
+        index = _index(lib)
+        k = min(k, index.count())
+        if k <= 0:
+            return SearchResult([])
         if tag_filter is not None and tag_filter.active:
-            candidates = await self.store.keys_with_tags(lib.row.id, tag_filter.tags, tag_filter.match_all)
-            k = min(k, len(candidates))
-        k = min(k, _index(lib).count())
-        return SearchResult(await _index(lib).search(vector, k, candidates) if k > 0 else [])
+            return SearchResult(
+                await index.search(vector, k, None, tuple(tag_filter.tags), tag_filter.match_all)
+            )
+        return SearchResult(await index.search(vector, k))
 
     async def page_items(self, lib: Library, offset: int, limit: int) -> list[ItemRow]:
         return await self.store.page_items(lib.row.id, offset, limit)
@@ -484,7 +568,7 @@ class LocalBackend(Backend):
         keeps tags only; the rows are read again and re-added with them)."""
         keys = sorted(self._retagged.get(row.id, ()))
         self._retagged[row.id] = set()
-        if not keys or not _takes_tags(type(fresh)):
+        if not keys:
             return
         loop = asyncio.get_running_loop()
         for start in range(0, len(keys), 500):
@@ -493,7 +577,7 @@ class LocalBackend(Backend):
             present = [int(k) for k in found if fresh.graph.contains(key_to_label(int(k)))]
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, fresh.seq)
-            await loop.run_in_executor(builder, _add_now, fresh, found, vectors, fresh.seq, tags)
+            await loop.run_in_executor(builder, fresh.add_now, found, vectors, fresh.seq, tags)
 
     async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:
         """Snapshot an index not serving yet: no lock needed, but the save thread, so it never
@@ -526,7 +610,7 @@ class LocalBackend(Backend):
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(keys[i]), problem) for i, problem in bad])
-            await loop.run_in_executor(builder, _add_now, fresh, keys, vectors, seq, tags)
+            await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq, tags)
             progress.done += len(keys)
             now = time.monotonic()
             if now - last_log >= REPLAY_LOG_S:
@@ -565,7 +649,7 @@ class LocalBackend(Backend):
             present = [int(k) for k in keys if fresh.graph.contains(key_to_label(int(k)))]
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, seq)
-            await loop.run_in_executor(builder, _add_now, fresh, keys, vectors, seq, tags)
+            await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq, tags)
             last = seq
         # Read after the rows: every removal of seq up to ``last`` committed before the row of
         # seq ``last`` did, so the index then holds exactly the writes up to ``last`` (a saved
@@ -576,15 +660,24 @@ class LocalBackend(Backend):
         return last
 
     def wants_reduction(self, lib: Library) -> bool:
-        index = _index(lib)
-        return not getattr(index, "reduced", False) and index.count() >= reduce_min_items(self.cfg)
+        """Whether the library is large enough for a reduced index and does not hold one (a
+        library whose vectors are no wider than ``reduce_dim`` never does)."""
+        index, cfg = _index(lib), self.cfg.index
+        return (
+            index.kind != "reduced" and cfg.reduce_dim < lib.row.dim and index.count() >= cfg.reduce_min_items
+        )
 
     def describe(self, lib: Library) -> dict[str, Any]:
         index = _index(lib)
         return {
             "last_index_save": index.saved_at,
             "index_slots": index.capacity(),
-            "search": "exact" if index.exact is not None else "hnsw",
+            "search": index.strategy,
+            **(
+                {"reduced_dim": index.projection.dim, "projection": index.projection.fingerprint}
+                if isinstance(index, ReducedIndex)
+                else {}
+            ),
         }
 
     def dirty(self, lib: Library) -> bool:

@@ -8,6 +8,12 @@ A snapshot is two files per library: the graph (``<id>.hnsw``) and a JSON header
 sequence the graph contains and the graph's SHA-256. Each is written to a temporary name,
 fsynced and renamed, header last; a crash between the two renames leaves a header whose checksum
 does not match, which reads as "no usable snapshot" and triggers a rebuild from SQLite.
+
+A reduced index (index/reduced.py) adds two files that the header vouches for: its row map
+(``<id>.rows.npz``: row -> key, live mask, sketches; its SHA-256 in the header, written before
+the graph) and its native vector file (``<id>.<generation>.native.f32``, fsynced before the
+header; the header records its name and the rows it holds, and anything after them is cut at
+load and replayed from SQLite). The header also names the projection the graph was built with.
 """
 
 from __future__ import annotations
@@ -33,6 +39,14 @@ class SnapshotHeader:
     seq: int
     sha256: str
     saved_at: float
+    #: A reduced index's projection fingerprint ("" for a full-dimension graph): a snapshot whose
+    #: projection is not the library's stored one is rebuilt, never served.
+    projection: str = ""
+    #: A reduced index's native vector file (a name in the same folder) and the rows it vouches for.
+    native_file: str = ""
+    native_rows: int = 0
+    #: SHA-256 of the row map file (``<id>.rows.npz``) of a reduced index.
+    rows_sha256: str = ""
 
 
 class SnapshotInvalid(Exception):
@@ -42,6 +56,18 @@ class SnapshotInvalid(Exception):
 def paths(directory: Path, lib_id: int) -> tuple[Path, Path]:
     """(graph file, header file) of one library."""
     return directory / f"{lib_id}.hnsw", directory / f"{lib_id}.meta.json"
+
+
+def rows_path(directory: Path, lib_id: int) -> Path:
+    """The row map of a library's reduced index (row -> key, live)."""
+    return directory / f"{lib_id}.rows.npz"
+
+
+def write_durably(tmp: Path, final: Path) -> None:
+    """fsync ``tmp`` and rename it to ``final`` (the directory is fsynced by ``commit_graph``)."""
+    with tmp.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
 
 
 def _fsync_dir(directory: Path) -> None:

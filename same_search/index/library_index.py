@@ -1,6 +1,13 @@
-"""One library's in-memory index: an HNSW graph, plus an exact matrix while the library is small.
+"""One library's index: what both kinds share, and the full-dimension kind for small libraries.
 
-Searches pick the strategy that cannot silently miss a match: the exact matrix for small
+Two kinds keep one contract (:class:`LibraryIndex`): :class:`FullIndex` here (an HNSW graph of
+the native vectors, plus an exact matrix while the library is small) and
+:class:`~same_search.index.reduced.ReducedIndex` for large libraries (a graph of PCA-reduced
+vectors re-ranked with the native ones from disk). Callers pass native vectors, storage keys and
+tags; each kind keeps what it needs. Both keep every item's tags in a :class:`TagTable` over a
+compact :class:`RowMap`, so a tag filter never reads the database.
+
+Searches of the full kind pick the strategy that cannot silently miss a match: the exact matrix for small
 libraries and for tag filters that leave few candidates, the graph (with ``ef`` widened to
 the page depth) otherwise, and an exact scan of the candidates when the graph comes back short.
 
@@ -22,6 +29,8 @@ from same_search.config import IndexConfig
 from same_search.index import graph_files
 from same_search.index.exact import ExactIndex, top_k
 from same_search.index.hnsw import HnswIndex
+from same_search.index.rows import RowMap
+from same_search.index.tags import TagTable
 
 _U64 = 1 << 64
 
@@ -37,39 +46,158 @@ def label_to_key(label: int) -> int:
 
 
 class LibraryIndex:
-    """The searchable vectors of one library."""
+    """The searchable vectors of one library: what both kinds (full, reduced) share.
 
-    def __init__(self, graph: HnswIndex, cfg: IndexConfig, seq: int, executor: Executor) -> None:
-        self.graph = graph
+    Callers hand it native vectors and storage keys; each kind keeps what it needs. The
+    synchronous methods (``add_now``, ``delete_now``, ``save_now``) run with the library's write
+    lock held; the async ones run them in the shared index thread.
+    """
+
+    kind = "full"
+
+    def __init__(self, cfg: IndexConfig, seq: int, executor: Executor) -> None:
         self.cfg = cfg
         self.seq = seq
         self.saved_seq = -1
         self.saved_at: float | None = None
         self.write_lock = asyncio.Lock()
         self._executor = executor
-        self.exact: ExactIndex | None = None
-        self._sync_exact()
+        self.rows = RowMap()
+        self.tags = TagTable(self.rows)
 
     @classmethod
-    def empty(
-        cls, dim: int, cfg: IndexConfig, executor: Executor, capacity: int | None = None
-    ) -> LibraryIndex:
-        """A new, empty index."""
+    def empty(cls, dim: int, cfg: IndexConfig, executor: Executor, capacity: int | None = None) -> FullIndex:
+        """A new, empty full-dimension index (small libraries)."""
         graph = HnswIndex(dim, cfg.m, cfg.ef_construction, cfg.ef_search, capacity or cfg.initial_capacity)
-        return cls(graph, cfg, 0, executor)
+        return FullIndex(graph, cfg, 0, executor)
 
     def count(self) -> int:
         """Live vectors."""
-        return self.graph.count()
+        return len(self.rows)
+
+    def capacity(self) -> int:
+        """Allocated graph slots."""
+        raise NotImplementedError
+
+    def contains(self, key: int) -> bool:
+        """Whether ``key`` is live."""
+        return bool(self.rows.rows_of([key])[0] >= 0)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether writes happened since the last save."""
+        return self.seq != self.saved_seq
+
+    @property
+    def strategy(self) -> str:
+        """How searches run now (shown on 8103): exact, hnsw or reduced."""
+        raise NotImplementedError
+
+    def set_tags(self, keys: np.ndarray | list[int], tags: np.ndarray) -> None:
+        """Replace the tags of live ``keys`` (an update); absent keys are ignored."""
+        rows = self.rows.rows_of(keys)
+        present = rows >= 0
+        self.tags.set(rows[present], np.asarray(tags, np.uint32).reshape(-1, 2)[present])
+
+    def add_now(
+        self, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray | None = None
+    ) -> None:
+        """Insert native vectors synchronously (start-up replay, rebuilds); ``tags`` is (n, 2) uint32."""
+        raise NotImplementedError
+
+    def delete_now(self, keys: list[int], seq: int) -> None:
+        """Remove keys synchronously."""
+        raise NotImplementedError
+
+    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
+        """Write a snapshot (caller holds write_lock so no writer moves the graph meanwhile)."""
+        raise NotImplementedError
+
+    def vectors_now(self, keys: list[int]) -> np.ndarray:
+        """Stored vectors of live keys."""
+        raise NotImplementedError
+
+    def _search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        candidates: list[int] | None,
+        tags: tuple[int, int] | None = None,
+        match_all: bool = False,
+    ) -> list[tuple[int, float]]:
+        raise NotImplementedError
+
+    def _filter_keys(
+        self, candidates: list[int] | None, tags: tuple[int, int] | None, match_all: bool
+    ) -> np.ndarray | None:
+        """Row mask of the items a search may return (None: all), from keys or a tag filter."""
+        if tags is not None and any(tags):
+            return self.tags.mask(tags, match_all)
+        if candidates is None:
+            return None
+        mask = np.zeros(self.rows.used, bool)
+        rows = self.rows.rows_of(candidates)
+        mask[rows[rows >= 0]] = True
+        return mask
+
+    # ---- the index thread ------------------------------------------------------------------------
+
+    async def add(self, key: int, vector: np.ndarray, seq: int, tags: np.ndarray | None = None) -> None:
+        """Insert one vector in the index thread."""
+        await self.add_batch(
+            np.array([key]), vector.reshape(1, -1), seq, None if tags is None else np.reshape(tags, (1, 2))
+        )
+
+    async def add_batch(
+        self, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray | None = None
+    ) -> None:
+        """Insert many vectors in the index thread, as one graph insert (bulk imports)."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.add_now, keys, vectors, seq, tags
+        )
+
+    async def delete(self, keys: list[int], seq: int) -> None:
+        """Remove keys in the index thread."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.delete_now, keys, seq)
+
+    async def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        candidates: list[int] | None = None,
+        tags: tuple[int, int] | None = None,
+        match_all: bool = False,
+    ) -> list[tuple[int, float]]:
+        """The ``k`` best (key, score), restricted to ``candidates`` keys or to the items whose
+        tags match (all of, or any of, the non-zero ``tags``) when given."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._search, vector, k, candidates, tags, match_all
+        )
+
+    async def vectors_of(self, keys: list[int]) -> np.ndarray:
+        """Stored vectors of live keys."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.vectors_now, keys)
+
+
+class FullIndex(LibraryIndex):
+    """A full-dimension HNSW graph, plus an exact matrix while the library is small."""
+
+    def __init__(self, graph: HnswIndex, cfg: IndexConfig, seq: int, executor: Executor) -> None:
+        super().__init__(cfg, seq, executor)
+        self.graph = graph
+        live = np.fromiter(graph.live_labels(), np.uint64, count=graph.count())
+        self.rows.add(live.astype(np.int64))  # uint64 label -> int64 key: same bits
+        self.exact: ExactIndex | None = None
+        self._sync_exact()
 
     def capacity(self) -> int:
         """Allocated graph slots."""
         return self.graph.capacity()
 
     @property
-    def dirty(self) -> bool:
-        """Whether writes happened since the last save."""
-        return self.seq != self.saved_seq
+    def strategy(self) -> str:
+        """exact (a matrix scan) or hnsw (the full-dimension graph)."""
+        return "exact" if self.exact is not None else "hnsw"
 
     def _sync_exact(self) -> None:
         """Keep the exact matrix while small; drop it above the threshold, rebuild well below it."""
@@ -83,48 +211,38 @@ class LibraryIndex:
 
     # ---- writes (caller holds write_lock) ----------------------------------------------------
 
-    def add_now(self, keys: np.ndarray, vectors: np.ndarray, seq: int) -> None:
-        """Insert vectors synchronously (start-up replay, rebuilds)."""
+    def add_now(
+        self, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray | None = None
+    ) -> None:
         labels = np.array([key_to_label(int(k)) for k in keys], dtype=np.uint64)
         self.graph.add(labels, vectors)
+        rows, _ = self.rows.add(np.asarray(keys, np.int64))
+        self.tags.set(rows, tags)
         if self.exact is not None:
             self.exact.add(labels, vectors)
         self.seq = max(self.seq, seq)
         self._sync_exact()
 
     def delete_now(self, keys: list[int], seq: int) -> None:
-        """Remove keys synchronously."""
         labels = np.array([key_to_label(k) for k in keys], dtype=np.uint64)
         self.graph.delete(labels)
+        self.rows.remove(np.asarray(keys, np.int64))
         if self.exact is not None:
             self.exact.delete(labels)
         self.seq = max(self.seq, seq)
         self._sync_exact()
 
-    async def add(self, key: int, vector: np.ndarray, seq: int) -> None:
-        """Insert one vector in the index thread."""
-        await self.add_batch(np.array([key]), vector.reshape(1, -1), seq)
-
-    async def add_batch(self, keys: np.ndarray, vectors: np.ndarray, seq: int) -> None:
-        """Insert many vectors in the index thread, as one graph insert (bulk imports)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.add_now, keys, vectors, seq)
-
-    async def delete(self, keys: list[int], seq: int) -> None:
-        """Remove keys in the index thread."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.delete_now, keys, seq)
-
-    # ---- reads -------------------------------------------------------------------------------
-
-    async def search(
-        self, vector: np.ndarray, k: int, candidates: list[int] | None = None
+    def _search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        candidates: list[int] | None,
+        tags: tuple[int, int] | None = None,
+        match_all: bool = False,
     ) -> list[tuple[int, float]]:
-        """The ``k`` best (key, score), restricted to ``candidates`` keys when given."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._search, vector, k, candidates
-        )
-
-    def _search(self, vector: np.ndarray, k: int, candidates: list[int] | None) -> list[tuple[int, float]]:
         vector = vector.astype(np.float32).ravel()
+        if tags is not None and any(tags):
+            candidates = self.tags.select(tags, match_all).tolist()
         if candidates is None:
             labels, scores = self._search_all(vector, k)
         else:
@@ -156,15 +274,12 @@ class LibraryIndex:
             return top_k(labels, self.graph.vectors(labels) @ vector, k)
         return found, scores
 
-    async def vectors_of(self, keys: list[int]) -> np.ndarray:
-        """Stored vectors of live keys."""
-        labels = np.array([key_to_label(k) for k in keys], dtype=np.uint64)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.graph.vectors, labels)
+    def vectors_now(self, keys: list[int]) -> np.ndarray:
+        return self.graph.vectors(np.array([key_to_label(k) for k in keys], dtype=np.uint64))
 
     # ---- persistence ---------------------------------------------------------------------------
 
     def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
-        """Write a snapshot (caller holds write_lock so no writer moves the graph meanwhile)."""
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{lib_id}.hnsw.tmp"
         header = graph_files.SnapshotHeader(

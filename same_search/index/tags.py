@@ -1,81 +1,60 @@
 """Every live item's two tags in memory, so a tag filter is a vector scan, not a database query.
 
 A filtered search used to read every matching key from SQLite on every query: with a tag that
-half of a 1M library carries, 500k rows per search. Two uint32 columns and a uint64 label column
-cost 16 bytes per item and answer a filter over a million items in a few milliseconds with numpy.
-
-Removed rows are only marked (their tags zeroed and the label dropped from the position map);
-the arrays are compacted when more than a quarter of them is dead, so removals stay O(1).
+half of a 1M library carries, 500k rows per search. Two uint32 columns at the item's row of the
+index's :class:`RowMap` cost 8 bytes per item and answer a filter over a million items in a few
+milliseconds with numpy. Dead rows keep their tags; the map's live mask hides them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_NO_LABEL = np.uint64(np.iinfo(np.uint64).max)
+from same_search.index.rows import RowMap
 
 
 class TagTable:
-    """label -> (tag1, tag2) for the live items of one library."""
+    """row -> (tag1, tag2), sharing the rows of an index's :class:`RowMap`."""
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self._labels = np.full(capacity, _NO_LABEL, np.uint64)
-        self._tags = np.zeros((capacity, 2), np.uint32)
-        self._row: dict[int, int] = {}
-        self._used = 0  # rows written so far, dead ones included
+    def __init__(self, rows: RowMap) -> None:
+        self.rows = rows
+        self._tags = np.zeros((rows.capacity, 2), np.uint32)
 
     def __len__(self) -> int:
-        return len(self._row)
+        return len(self.rows)
 
-    def set(self, labels: np.ndarray, tags: np.ndarray) -> None:
-        """Add or replace the tags of ``labels``; ``tags`` is (n, 2), zeros meaning none."""
-        tags = np.asarray(tags, np.uint32).reshape(-1, 2)
-        for label, pair in zip((int(x) for x in labels), tags, strict=True):
-            row = self._row.get(label)
-            if row is None:
-                row = self._append_row(label)
-            self._tags[row] = pair
+    def set(self, rows: np.ndarray, tags: np.ndarray | None) -> None:
+        """Tags of ``rows``; ``tags`` is (n, 2), zeros meaning none (None: none at all)."""
+        if len(self._tags) < self.rows.capacity:
+            grown = np.zeros((self.rows.capacity, 2), np.uint32)
+            grown[: len(self._tags)] = self._tags
+            self._tags = grown
+        rows = np.asarray(rows, np.int64)
+        if tags is None:
+            self._tags[rows] = 0
+        else:
+            self._tags[rows] = np.asarray(tags, np.uint32).reshape(-1, 2)
 
-    def remove(self, labels: np.ndarray) -> None:
-        """Forget ``labels`` (absent ones are ignored)."""
-        for label in (int(x) for x in labels):
-            row = self._row.pop(label, None)
-            if row is not None:
-                self._labels[row] = _NO_LABEL
-                self._tags[row] = 0
-        if self._used > 1024 and len(self._row) < 0.75 * self._used:
-            self._compact()
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        """(n, 2) tags of ``rows``."""
+        return self._tags[np.asarray(rows, np.int64)]
 
-    def select(self, tags: tuple[int, int], match_all: bool) -> np.ndarray:
-        """Labels of items carrying every (``match_all``) or any of the non-zero ``tags``.
+    def mask(self, tags: tuple[int, int], match_all: bool) -> np.ndarray:
+        """Live rows carrying every (``match_all``) or any of the non-zero ``tags``, as a bool
+        array over the rows handed out.
 
         The same rule as the database query it replaces: a wanted tag matches either column.
         """
+        used = self.rows.used
+        live = self.rows.live[:used]
         wanted = [t for t in tags if t != 0]
-        live = self._tags[: self._used]
         if not wanted:
-            mask = self._labels[: self._used] != _NO_LABEL
-        else:
-            hits = [(live[:, 0] == t) | (live[:, 1] == t) for t in wanted]
-            mask = np.logical_and.reduce(hits) if match_all else np.logical_or.reduce(hits)
-        return self._labels[: self._used][mask]
+            return live.copy()
+        table = self._tags[:used]
+        hits = [(table[:, 0] == t) | (table[:, 1] == t) for t in wanted]
+        found = np.logical_and.reduce(hits) if match_all else np.logical_or.reduce(hits)
+        return found & live
 
-    def _append_row(self, label: int) -> int:
-        if self._used == len(self._labels):
-            grow = max(1024, len(self._labels))
-            self._labels = np.concatenate([self._labels, np.full(grow, _NO_LABEL, np.uint64)])
-            self._tags = np.concatenate([self._tags, np.zeros((grow, 2), np.uint32)])
-        row = self._used
-        self._labels[row] = label
-        self._row[label] = row
-        self._used += 1
-        return row
-
-    def _compact(self) -> None:
-        keep = np.flatnonzero(self._labels[: self._used] != _NO_LABEL)
-        n = len(keep)
-        labels = np.full(max(n * 2, 1024), _NO_LABEL, np.uint64)
-        tags = np.zeros((len(labels), 2), np.uint32)
-        labels[:n], tags[:n] = self._labels[keep], self._tags[keep]
-        self._labels, self._tags, self._used = labels, tags, n
-        self._row = {int(label): row for row, label in enumerate(labels[:n])}
+    def select(self, tags: tuple[int, int], match_all: bool) -> np.ndarray:
+        """Keys of the live items matching the filter."""
+        return self.rows.keys[np.flatnonzero(self.mask(tags, match_all))]

@@ -20,12 +20,12 @@ from pathlib import Path
 import aiosqlite
 import numpy as np
 
+from same_search.index.projection import Projection
 from same_search.store.originals import Originals, sha256_hex
 
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
-#: in one transaction each. Shipped files are never edited: a change is a new file. A version
-#: missing from the tuple (4 belongs to another branch of work) is simply not applied here.
-MIGRATIONS = (2, 3, 5)
+#: in one transaction each. Shipped files are never edited: a change is a new file.
+MIGRATIONS = (2, 3, 4, 5)
 SCHEMA_VERSION = MIGRATIONS[-1]
 
 _ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at, original"
@@ -796,7 +796,7 @@ class Store:
         upto = (1 << 63) - 1 if max_seq is None else max_seq
         while True:
             async with self.reader.execute(
-                "SELECT key, vector, seq, tag1, tag2 FROM items "
+                "SELECT key, vector, seq, coalesce(tag1, 0), coalesce(tag2, 0) FROM items "
                 "WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
                 (lib_id, last, upto, chunk),
             ) as cur:
@@ -825,6 +825,94 @@ class Store:
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
         tags = np.array([(r[2] or 0, r[3] or 0) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
         return found, vectors, tags
+
+    async def item_tags(
+        self, lib_id: int, chunk: int = 50_000
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray]]:
+        """(keys, tags (n, 2) uint32) of every item, in chunks: an index loaded from a snapshot
+        learns the tags as they are now (a tag update does not move an item's seq)."""
+        last = -(1 << 63)
+        while True:
+            async with self.reader.execute(
+                "SELECT key, coalesce(tag1, 0), coalesce(tag2, 0), seq FROM items "
+                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
+                (lib_id, last, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            last = rows[-1][3]
+            keys = np.array([r[0] for r in rows], np.int64)
+            tags = np.array([(r[1], r[2]) for r in rows], np.int64).astype(np.uint32)
+            yield keys, tags
+
+    async def vectors_of(self, lib_id: int, keys: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        """Stored float32 vectors by key (missing keys absent)."""
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            async with self.reader.execute(
+                f"SELECT key, vector FROM items WHERE lib_id=? AND key IN ({_placeholders(len(chunk))})",
+                (lib_id, *chunk),
+            ) as cur:
+                for key, raw in await cur.fetchall():
+                    if _is_vector(raw, 4 * dim):
+                        found[int(key)] = np.frombuffer(raw, "<f4").astype(np.float32)
+        return found
+
+    async def sample_vectors(self, lib_id: int, dim: int, limit: int) -> np.ndarray:
+        """Up to ``limit`` stored vectors spread evenly over the library's insertion order (every
+        n-th seq, read through the seq index), to learn a projection from."""
+        total = await self.count(lib_id)
+        step = max(1, total // max(limit, 1))
+        async with self.reader.execute(
+            "SELECT vector FROM items WHERE lib_id=? AND seq % ? = 0 LIMIT ?", (lib_id, step, limit)
+        ) as cur:
+            rows = [r[0] for r in await cur.fetchall() if _is_vector(r[0], 4 * dim)]
+        if len(rows) < min(limit, total) // 2:  # seqs shared with other libraries: take the first ones
+            async with self.reader.execute(
+                "SELECT vector FROM items WHERE lib_id=? LIMIT ?", (lib_id, limit)
+            ) as cur:
+                rows = [r[0] for r in await cur.fetchall() if _is_vector(r[0], 4 * dim)]
+        return np.frombuffer(b"".join(rows), "<f4").reshape(len(rows), dim).astype(np.float32)
+
+    async def save_projection(self, lib_id: int, projection: Projection, sample_size: int) -> None:
+        """Make ``projection`` the library's (replacing any earlier one), durably."""
+        mean, components = projection.to_blobs()
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "INSERT OR REPLACE INTO projections(lib_id, model_fingerprint, fingerprint, "
+                        "native_dim, dim, mean, components, sample_size, created_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            lib_id,
+                            projection.model_fingerprint,
+                            projection.fingerprint,
+                            projection.native_dim,
+                            projection.dim,
+                            mean,
+                            components,
+                            sample_size,
+                            time.time(),
+                        ),
+                    )
+                ]
+            )
+
+    async def projection(self, lib_id: int) -> Projection | None:
+        """The library's stored projection, or None; a damaged one raises ValueError."""
+        async with self.reader.execute(
+            "SELECT mean, components, native_dim, dim, model_fingerprint, fingerprint "
+            "FROM projections WHERE lib_id=?",
+            (lib_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        mean, components, native_dim, dim, model_fingerprint, fingerprint = row
+        return Projection.from_blobs(mean, components, native_dim, dim, model_fingerprint, fingerprint)
 
     async def rows_with_bad_tags(self, lib_id: int, limit: int = 5) -> list[tuple[int, str]]:
         """(key, problem) of up to ``limit`` rows whose tags are not uint32 (negative, too large,
@@ -917,6 +1005,7 @@ class Store:
                     ("DELETE FROM thumbnails WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM local_features WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM projections WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
                     *self._unreferenced_statements(kept),

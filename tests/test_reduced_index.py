@@ -1,0 +1,214 @@
+"""The reduced index: projection, native vector file, re-ranked search, in-memory tag filters."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from same_search.config import IndexConfig
+from same_search.index import graph_files, native_file, reduced
+from same_search.index.native_file import NativeFile
+from same_search.index.projection import Projection
+from same_search.index.reduced import ReducedIndex
+
+NATIVE = 64
+REDUCED = 16
+#: Scores are float32 inner products of the same vectors, computed another way.
+TOL = 1e-5
+
+
+def descriptors(n: int, seed: int = 0, clusters: int = 40) -> np.ndarray:
+    """Clustered unit vectors with a decaying spectrum: PCA has something to keep."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.arange(1, NATIVE + 1) ** 0.7
+    centres = rng.standard_normal((clusters, NATIVE)) * scale
+    v = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, NATIVE)) * scale
+    v = v.astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def exact_page(vectors, keys, query, k, allowed=None):
+    scores = vectors @ query
+    if allowed is not None:
+        scores = np.where(allowed, scores, -np.inf)
+    order = np.argsort(-scores, kind="stable")[:k]
+    order = order[np.isfinite(scores[order])]
+    return keys[order], scores[order]
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(1) as executor:
+        yield executor
+
+
+def build(tmp_path: Path, pool, n: int = 3000, seed: int = 0, **cfg):
+    vectors = descriptors(n, seed)
+    keys = np.random.default_rng(seed).permutation(np.arange(-n, n))[:n].astype(np.int64) * 1_000_003
+    tags = np.stack(
+        [keys % 2 + 1, np.where(keys % 97 == 0, 7, np.where(keys % 11 == 0, 5, 0))], axis=1
+    ).astype(np.uint32)
+    projection = Projection.learn(vectors[:2000], REDUCED, "model-fp")
+    config = IndexConfig(**{"ef_search": 32, "rerank_candidates": 60, **cfg})
+    index = ReducedIndex.create(projection, native_file.new_path(tmp_path, 1), config, pool, 64)
+    for start in range(0, n, 700):  # several batches, and graph growth
+        index.add_now(
+            keys[start : start + 700],
+            vectors[start : start + 700],
+            seq=start + 1,
+            tags=tags[start : start + 700],
+        )
+    return index, vectors, keys, tags
+
+
+def test_projection_is_deterministic_normalised_and_round_trips():
+    sample = descriptors(2000, seed=1)
+    a = Projection.learn(sample, REDUCED, "fp")
+    b = Projection.learn(sample, REDUCED, "fp")
+    assert a.fingerprint == b.fingerprint and a.dim == REDUCED and a.native_dim == NATIVE
+    out = a.apply(sample[:10])
+    assert out.shape == (10, REDUCED) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    assert Projection.learn(sample, REDUCED, "other model").fingerprint != a.fingerprint
+    restored = Projection.from_blobs(*a.to_blobs(), NATIVE, REDUCED, "fp", a.fingerprint)
+    assert np.array_equal(restored.apply(sample[:5]), out[:5])
+    mean, components = a.to_blobs()
+    damaged = components[:-4] + b"\0\0\0\1"
+    with pytest.raises(ValueError, match="reads back"):
+        Projection.from_blobs(mean, damaged, NATIVE, REDUCED, "fp", a.fingerprint)
+    # most of the variance of clustered data survives 16 of 64 dimensions
+    centred = sample - a.mean
+    kept = np.linalg.norm(centred @ a.components) ** 2 / np.linalg.norm(centred) ** 2
+    assert kept > 0.6
+
+
+def test_native_file_round_trip_truncation_and_torn_tail(tmp_path: Path):
+    vectors = descriptors(100)
+    path = tmp_path / "1.5.native.f32"
+    native = NativeFile(path, NATIVE)
+    native.write(np.arange(100), vectors)
+    native.write(np.array([3, 7]), vectors[[50, 51]])  # overwrite, non-consecutive
+    got = native.read(np.array([99, 3, 0, 7]))
+    assert np.allclose(got, vectors[[99, 50, 0, 51]], atol=0)
+    native.sync()
+    native.close()
+    with path.open("ab") as fh:  # a torn row after the snapshot's 100 (kill -9 mid-write)
+        fh.write(b"\1" * 37)
+    reopened = NativeFile(path, NATIVE, rows=100)
+    assert path.stat().st_size == 100 * NATIVE * 4
+    assert np.allclose(reopened.read(np.array([99])), vectors[99], atol=0)
+    reopened.close()
+    with path.open("r+b") as fh:  # truncated below what the snapshot vouches for
+        fh.truncate(50 * NATIVE * 4)
+    with pytest.raises(ValueError, match="50 rows"):
+        NativeFile(path, NATIVE, rows=100)
+
+
+def test_reduced_search_scores_are_native_and_order_exact(tmp_path: Path, pool):
+    index, vectors, keys, _ = build(tmp_path, pool)
+    queries = descriptors(20, seed=9)
+    hits = 0
+    for query in queries:
+        found = index._search(query, 10, None)
+        got_keys = np.array([k for k, _ in found])
+        got_scores = np.array([s for _, s in found])
+        assert len(found) == 10
+        by_key = dict(zip(keys.tolist(), vectors, strict=True))
+        native = np.array([by_key[k] @ query for k in got_keys.tolist()])
+        assert np.allclose(got_scores, native, atol=TOL)  # every score is the native cosine
+        assert (np.diff(got_scores) <= 1e-7).all()  # best first
+        truth, _ = exact_page(vectors, keys, query, 10)
+        hits += len(set(truth.tolist()) & set(got_keys.tolist()))
+    assert hits / (10 * len(queries)) >= 0.95
+
+
+def test_deep_pages_are_full_and_consistent(tmp_path: Path, pool):
+    index, vectors, keys, _ = build(tmp_path, pool)
+    query = descriptors(1, seed=11)[0]
+    page = index._search(query, 1200, None)
+    assert len(page) == 1200 and len({k for k, _ in page}) == 1200
+    truth, scores = exact_page(vectors, keys, query, 1200)
+    got = np.array([s for _, s in page])
+    assert len(set(truth.tolist()) & {k for k, _ in page}) / 1200 >= 0.95
+    assert np.abs(got[:10] - scores[:10]).max() < 5e-3
+
+
+@pytest.mark.parametrize(
+    ("tags", "match_all", "share"),
+    [
+        ((1, 0), False, 0.5),  # broad: widened unfiltered search, then the filter
+        ((5, 0), False, 0.09),  # medium: hnswlib's filtered search (exact for the deep page)
+        ((2, 7), True, 0.005),  # narrow: every match re-ranked
+        ((7, 0), False, 0.01),
+        ((1, 2), False, 1.0),  # everything
+    ],
+)
+@pytest.mark.parametrize("scan_min", [reduced.SCAN_MIN, 0])
+def test_tag_filters_match_the_exact_filtered_search(
+    tmp_path: Path, pool, monkeypatch, tags, match_all, share, scan_min
+):
+    """Broad, medium and narrow filters: every result matches, pages are never short, and the
+    page is the exact filtered one (narrow filters are re-ranked in full: exact). With the default
+    SCAN_MIN every filter of this small library scans sketches; with 0, the share decides, so the
+    widened and the filtered graph searches run too."""
+    monkeypatch.setattr(reduced, "SCAN_MIN", scan_min)
+    index, vectors, keys, table = build(tmp_path, pool, n=4000)
+    wanted = [t for t in tags if t]
+    hit = [(table[:, 0] == t) | (table[:, 1] == t) for t in wanted]
+    allowed = np.logical_and.reduce(hit) if match_all else np.logical_or.reduce(hit)
+    assert abs(allowed.mean() - share) < max(0.5 * share, 0.01)
+    recalls = []
+    for query in descriptors(8, seed=21):
+        for k in (10, 300):
+            found = index._search(query, k, None, tags, match_all)
+            truth, truth_scores = exact_page(vectors, keys, query, k, allowed)
+            assert len(found) == min(k, int(allowed.sum()))  # never short
+            assert set(k_ for k_, _ in found) <= set(keys[allowed].tolist())
+            if allowed.sum() <= index.cfg.rerank_candidates:  # re-ranked in full: exact
+                assert np.allclose([s for _, s in found], truth_scores, atol=TOL)
+            recalls.append(len(set(truth.tolist()) & {k_ for k_, _ in found}) / len(truth))
+    assert np.mean(recalls) >= 0.95
+
+
+def test_removals_and_tag_updates_are_searched_right(tmp_path: Path, pool):
+    index, vectors, keys, _ = build(tmp_path, pool)
+    query = vectors[5]
+    assert index._search(query, 1, None)[0][0] == keys[5]
+    index.delete_now([int(keys[5])], seq=10_000)
+    assert int(keys[5]) not in {k for k, _ in index._search(query, 50, None)}
+    assert index.count() == len(keys) - 1 and not index.contains(int(keys[5]))
+    index.set_tags([int(keys[6])], np.array([[4242, 0]], np.uint32))
+    assert [k for k, _ in index._search(query, 10, None, (4242, 0), False)] == [int(keys[6])]
+    index.add_now(keys[5:6], vectors[5:6], seq=10_001, tags=np.array([[4242, 0]], np.uint32))  # re-add
+    assert {k for k, _ in index._search(query, 10, None, (4242, 0), False)} == {int(keys[5]), int(keys[6])}
+
+
+def test_snapshot_round_trip_and_mismatches(tmp_path: Path, pool):
+    index, vectors, keys, _ = build(tmp_path, pool)
+    index.delete_now([int(keys[0])], seq=9_999)
+    index.save_now(tmp_path, 1, "model-fp")
+    header = graph_files.read_header(tmp_path, 1, "model-fp", NATIVE)
+    assert header.projection == index.projection.fingerprint and header.count == len(keys) - 1
+    loaded = ReducedIndex.load(tmp_path, 1, header, index.projection, index.cfg, pool)
+    query = descriptors(1, seed=5)[0]
+    assert loaded._search(query, 20, None) == index._search(query, 20, None)
+    assert loaded.count() == index.count() and not loaded.dirty
+    other = Projection.learn(vectors[2000:], REDUCED, "model-fp")
+    with pytest.raises(graph_files.SnapshotInvalid, match="projection"):
+        ReducedIndex.load(tmp_path, 1, header, other, index.cfg, pool)
+    (tmp_path / header.native_file).write_bytes(b"")  # native vectors lost
+    with pytest.raises(graph_files.SnapshotInvalid, match="native"):
+        ReducedIndex.load(tmp_path, 1, header, index.projection, index.cfg, pool)
+
+
+def test_sketch_scan_keeps_the_reduced_neighbours(tmp_path: Path, pool):
+    """The int8 sketch scan (the filtered fallback) keeps the true reduced top 10 among its best 150."""
+    index, vectors, _, _ = build(tmp_path, pool)
+    found = []
+    for query in index.projection.apply(descriptors(10, seed=3)):
+        got = index._scan_rows(query, index.rows.live_rows(), 150)
+        truth = np.argsort(-(index.projection.apply(vectors) @ query))[:10]
+        found.append(len(set(got.tolist()) & set(truth.tolist())) / 10)
+    assert np.mean(found) >= 0.95
