@@ -180,7 +180,7 @@ class SearchConfig:
     #: Average query expansion: rank by the query averaged with its this many best hits
     #: (0 = off). Scores stay cosine similarity to the query as sent. A request's
     #: ``query_expansion`` field overrides it.
-    query_expansion: int = 2
+    query_expansion: int = 0
     #: Move the best candidates that the same-picture check confirms (edited copies of the
     #: query) to the top of every search's results; costs a local-feature extraction of the
     #: query and a check of 10 candidates per search. A request's ``promote_same_picture``

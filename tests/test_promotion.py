@@ -67,11 +67,19 @@ async def test_a_confirmed_copy_comes_first_with_its_score_unchanged(api):
 
 async def test_promotion_on_top_of_query_expansion_and_paging(api):
     original = await fill(api)
-    whole = await ranking(api, promote_same_picture=1)  # QE 2, the default
+    whole = await ranking(api, promote_same_picture=1, query_expansion=2)
     assert whole[0][0] == original
     pages = []
     for pn in range(0, 6, 2):
-        body = await api(f"{R}/search", appid="lib", image=b64(QUERY), pn=pn, rn=2, promote_same_picture=1)
+        body = await api(
+            f"{R}/search",
+            appid="lib",
+            image=b64(QUERY),
+            pn=pn,
+            rn=2,
+            promote_same_picture=1,
+            query_expansion=2,
+        )
         pages += [(key(hit["contsign"]), hit["score"]) for hit in body["data_items"]]
     assert [k for k, _ in pages] == [k for k, _ in whole]
 

@@ -3,6 +3,7 @@ cosine similarity to the query as sent, min_score, paging, tag filters, near-dup
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 
@@ -20,6 +21,12 @@ R = "/RTSAsService"
 #: Library pictures (seeds) and the query picture; QE changes the order for this query (checked).
 SEEDS = list(range(1, 15))
 QUERY_SEED = 101
+
+
+@pytest.fixture
+def config(config):
+    """Query expansion on (2) for this module: it is off by default (descending scores)."""
+    return dataclasses.replace(config, search=dataclasses.replace(config.search, query_expansion=2))
 
 
 def key(contsign: dict) -> str:
@@ -79,7 +86,7 @@ async def test_order_is_the_expanded_querys_and_scores_stay_cosine_to_the_query(
     image = jpeg(QUERY_SEED)
     query = await descriptor(client, image)
     plain = ranked(await search(api, image, query_expansion=0, rn=100))
-    expanded = ranked(await search(api, image, rn=100))  # the default: 2
+    expanded = ranked(await search(api, image, rn=100, query_expansion=2))
     want = expected_order(query, vectors, 2, DEFAULT_MIN_SCORE)
     assert [c for c, _ in expanded] == want
     assert [c for c, _ in plain] != want, "pick a query whose order QE changes"
@@ -204,7 +211,7 @@ async def test_bad_query_expansion_is_err_no_1(api, client, value):
 
 
 def test_config_section_and_its_bounds():
-    assert Config().search.query_expansion == 2
+    assert Config().search.query_expansion == 0  # off: pages in descending score, as the spec shows
     assert from_mapping({"search": {"query_expansion": 0}}).search.query_expansion == 0
     for bad in (-1, qe.MAX_EXPANSION + 1, True, "2"):
         with pytest.raises(ConfigError, match="query_expansion"):
