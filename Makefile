@@ -21,9 +21,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m same_search --config config.toml
 
-# The whole suite; exits non-zero if anything fails or no test ran.
+# The whole suite, one worker per core (at most 4); exits non-zero if anything fails or no test
+# ran. PYTEST_ARGS="-n 0" runs it in one process.
+PYTEST_ARGS ?= -n auto --maxprocesses 4
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check same_search tests bench

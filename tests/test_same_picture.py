@@ -168,7 +168,8 @@ async def test_a_database_without_local_features_is_upgraded_in_place(tmp_path):
     await store.close()
     with sqlite3.connect(path) as db:  # what a database written before version 3 looks like
         db.execute("DROP TABLE local_features")
-        for statement in (  # and without what version 5 added (kept originals, re-embed jobs)
+        for statement in (  # nor what versions 4 (projections) and 5 (originals, re-embeds) added
+            "DROP TABLE projections",
             "DROP INDEX items_by_original",
             "ALTER TABLE items DROP COLUMN original",
             "DROP TABLE originals",
