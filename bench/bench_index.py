@@ -48,7 +48,7 @@ from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import LibraryIndex
 
 BACKENDS = ("hnswlib", "wrapper")
-#: Chunk size of the daemon's start-up replay (Store.vectors_since).
+#: Chunk size of the daemon's start-up replay (Store.tagged_vectors_since).
 REPLAY_CHUNK = 4096
 BASIS_SEED = 7
 

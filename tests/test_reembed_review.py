@@ -16,28 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_models
 from conftest import b64, brief
 from images import jpeg
 
 from same_search.app import create_app
-from same_search.config import AuthConfig, Config, ModelConfig, StorageConfig
+from same_search.config import AuthConfig
 from same_search.contsign import ContSign
 from same_search.services import SERVICES
 from same_search.store.db import NewItem, StorageError, Store
 from same_search.store.originals import sha256_hex
 
 R = "/RTSAsService"
-GEM = ModelConfig(name="efficientnet_lite0", pooling="gem", precision="fp32")
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    """Originals kept; the default model is the session's Lite0, ``gem`` another profile."""
-    return Config(
-        storage=StorageConfig(data_dir=str(tmp_path / "data"), keep_originals=True),
-        model=ModelConfig(name="efficientnet_lite0"),
-        models={"gem": GEM},
-    )
+#: The fixture of the model tests: originals kept, the session's Lite0 and a "gem" profile.
+config = test_models.config
 
 
 async def add(api, appid: str, seed: int, **extra) -> dict:

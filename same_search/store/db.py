@@ -758,39 +758,16 @@ class Store:
         ) as cur:
             return [int(row[0]) for row in await cur.fetchall()]
 
-    async def vectors_since(
+    async def tagged_vectors_since(
         self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
-    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, int]]:
-        """(keys, vectors, max seq) chunks of items inserted after ``seq`` (and at or before
-        ``max_seq`` when given: a rebuild's starting point), in seq order.
+    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """(keys, vectors, tags, max seq) chunks of items inserted after ``seq`` (and at or before
+        ``max_seq`` when given: a rebuild's starting point), in seq order; tags an (n, 2) uint32
+        array, 0 where a row has none (what an index answering tag filters is given).
 
         A vector that is not a blob of ``dim`` float32 raises :class:`BadRows` naming it, rather
         than a reshape or an index error that says nothing about which row is at fault.
         """
-        last = seq
-        width = 4 * dim
-        upto = (1 << 63) - 1 if max_seq is None else max_seq
-        while True:
-            async with self.reader.execute(
-                "SELECT key, vector, seq FROM items WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
-                (lib_id, last, upto, chunk),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return
-            bad = [(int(r[0]), _vector_shape_problem(r[1], dim)) for r in rows if not _is_vector(r[1], width)]
-            if bad:
-                raise BadRows(bad)
-            keys = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-            last = int(rows[-1][2])
-            yield keys, vectors, last
-
-    async def tagged_vectors_since(
-        self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
-    ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-        """Like :meth:`vectors_since`, with each row's tags: (keys, vectors, tags, max seq), tags
-        an (n, 2) uint32 array, 0 where a row has none (what an index keeping tags is given)."""
         last = seq
         width = 4 * dim
         upto = (1 << 63) - 1 if max_seq is None else max_seq
