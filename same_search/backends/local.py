@@ -78,6 +78,13 @@ def _index(lib: Library) -> LibraryIndex:
     return lib.handle
 
 
+def _live_keys(index: LibraryIndex, keys: Sequence[int] | np.ndarray) -> list[int]:
+    """The ``keys`` live in ``index``, from its row map (both kinds keep one: a reduced index's
+    graph is labelled by row, not key, so asking the graph would be wrong for it)."""
+    keys = np.asarray(keys, np.int64).reshape(-1)
+    return keys[index.rows.rows_of(keys) >= 0].tolist()
+
+
 def _tag_pair(tags: Sequence[int | None] | None) -> np.ndarray:
     """(1, 2) uint32 tags for the index (None, a missing tag, reads as 0: no tag)."""
     pair = [int(t or 0) for t in (tags or (0, 0))][:2]
@@ -574,7 +581,7 @@ class LocalBackend(Backend):
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             found, vectors, tags = await self.store.tagged_vectors_of(row.id, chunk, row.dim)
-            present = [int(k) for k in found if fresh.graph.contains(key_to_label(int(k)))]
+            present = _live_keys(fresh, found)
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, fresh.seq)
             await loop.run_in_executor(builder, fresh.add_now, found, vectors, fresh.seq, tags)
@@ -646,7 +653,7 @@ class LocalBackend(Backend):
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(keys[i]), problem) for i, problem in bad])
-            present = [int(k) for k in keys if fresh.graph.contains(key_to_label(int(k)))]
+            present = _live_keys(fresh, keys)
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, seq)
             await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq, tags)

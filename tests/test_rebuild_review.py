@@ -1,0 +1,81 @@
+"""Review of the background rebuilds of reduced libraries (issue 10): writes racing a rebuild of a
+library that is already reduced (or becomes reduced), the files a rebuild leaves, and what a
+save of the serving index meanwhile does to the snapshot. Small ``reduce_min_items`` and
+``reduce_dim`` keep them fast (as tests/test_reduced_library.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+from test_rebuild import (
+    R,
+    contsign_json,
+    get,
+    import_vectors,
+    model_of,
+    nearest,
+    slow_rebuilds,
+    tagged,
+    wait_rebuild,
+)
+from test_reduced_library import descriptors
+
+from same_search.app import create_app
+from same_search.index import native_file
+
+N = 1000
+
+
+@pytest.fixture
+def config(config):
+    index = dataclasses.replace(
+        config.index, reduce_min_items=300, reduce_dim=32, rerank_candidates=60, exact_threshold=50
+    )
+    return dataclasses.replace(config, index=index)
+
+
+async def wait_running(client, appid: str) -> None:
+    for _ in range(200):
+        state = (await get(client, f"/api/libraries/{appid}/rebuild"))["rebuild"]
+        if state and state["state"] == "running" and state["done"] > 0:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("rebuild did not start building")
+
+
+@pytest.mark.local_only
+async def test_writes_racing_a_rebuild_of_a_reduced_library_are_kept(client, api, monkeypatch):
+    dim = (await model_of(client))["dim"]
+    keys = np.arange(1, N + 1, dtype=np.int64)
+    vectors = descriptors(N, dim, seed=1)
+    await import_vectors(client, "red", keys, vectors, [(1, 0)] * N)
+    assert (await get(client, "/api/libraries/red"))["library"]["search"] == "reduced"
+    slow_rebuilds(monkeypatch)
+    assert (await (await client.post("/api/libraries/red/rebuild")).json())["err_no"] == 0
+    await wait_running(client, "red")
+
+    added_keys = np.arange(5001, 5021, dtype=np.int64)
+    added = descriptors(20, dim, seed=2)
+    await import_vectors(client, "red", added_keys, added, [(3, 0)] * 20)
+    removed = await api(f"{R}/remove", appid="red", contsigns=[contsign_json(k) for k in keys[5:7]])
+    assert removed["err_no"] == 0
+    readded = descriptors(1, dim, seed=3)  # keys[5] removed, then added again with a new vector
+    await import_vectors(client, "red", [int(keys[5])], readded, [(4, 0)])
+    update = await api(f"{R}/update", appid="red", contsign=contsign_json(keys[7]), features=tagged(9))
+    assert update["err_no"] == 0
+    assert (await get(client, "/api/libraries/red/rebuild"))["rebuild"]["state"] == "running"
+
+    state = await wait_rebuild(client, "red")
+    assert state["state"] == "done", state
+    assert (await get(client, "/api/libraries/red"))["library"]["items"] == N + 20 - 1
+    assert all(k != keys[6] for k, _ in await nearest(client, "red", vectors[6], 10))
+    for key, vector in zip(added_keys[::5], added[::5], strict=True):
+        assert (await nearest(client, "red", vector, 1))[0][0] == key
+    best = await nearest(client, "red", readded[0], 1)
+    assert best[0][0] == keys[5] and best[0][1] > 0.999
+    assert [k for k, _ in await nearest(client, "red", vectors[7], 5, tags=(9,))] == [keys[7]]
+    assert [k for k, _ in await nearest(client, "red", readded[0], 5, tags=(4,))] == [keys[5]]
