@@ -26,6 +26,7 @@ from test_reduced_library import descriptors
 
 from same_search.app import create_app
 from same_search.index import native_file
+from same_search.services import SERVICES
 
 N = 1000
 
@@ -79,3 +80,46 @@ async def test_writes_racing_a_rebuild_of_a_reduced_library_are_kept(client, api
     assert best[0][0] == keys[5] and best[0][1] > 0.999
     assert [k for k, _ in await nearest(client, "red", vectors[7], 5, tags=(9,))] == [keys[7]]
     assert [k for k, _ in await nearest(client, "red", readded[0], 5, tags=(4,))] == [keys[5]]
+
+
+def backend_of(client):
+    return client.server.app[SERVICES].libraries.backend
+
+
+@pytest.mark.local_only
+async def test_a_rebuild_that_saved_but_never_swapped_leaves_the_serving_snapshot_loadable(
+    aiohttp_client, client, api, config, embedder, caplog
+):
+    """A rebuild saves its fresh index before the swap; if it then ends without swapping (a
+    shutdown in its last catch-up, a re-embed switch, a count mismatch), the serving reduced
+    index is saved again over it and must still load at the next start: the fresh index's save
+    deleted the serving index's native file (an "older generation"), so that save named a file
+    that was gone and the next start rebuilt the whole library from SQLite."""
+    dim = (await model_of(client))["dim"]
+    keys = np.arange(1, 501, dtype=np.int64)
+    vectors = descriptors(500, dim, seed=4)
+    await import_vectors(client, "gen", keys, vectors)
+    backend = backend_of(client)
+    lib = await client.server.app[SERVICES].libraries.get("gen")
+    fresh = await backend.new_index(lib.row, 500)
+    await backend._replay(fresh, lib.row, 500)
+    await backend._save_fresh(fresh, lib.row)  # what rebuild() does before its swap
+    fresh.native.close()  # the rebuild ended without swapping it in
+
+    extra = descriptors(1, dim, seed=5)
+    await import_vectors(client, "gen", [9001], extra)  # the serving index is dirty again
+    assert (await (await client.post("/api/libraries/gen/save")).json())["err_no"] == 0
+    files = native_file.files_of(backend.index_dir, lib.row.id)
+    assert files == [_index_of(lib).native.path]  # the unused fresh file is not leaked either
+    await client.close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        reopened = await aiohttp_client(create_app(config, embedder))
+    assert "rebuilding from the database" not in caplog.text
+    stats = (await get(reopened, "/api/libraries/gen"))["library"]
+    assert stats["items"] == 501 and stats["search"] == "reduced"
+    assert (await nearest(reopened, "gen", extra[0], 1))[0][0] == 9001
+
+
+def _index_of(lib):
+    return lib.handle

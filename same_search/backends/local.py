@@ -377,6 +377,20 @@ class LocalBackend(Backend):
                     f"native vector file disagrees with the database at key {key}"
                 )
 
+    def _drop_unused_natives(self, lib_id: int, saved: LibraryIndex) -> None:
+        """After ``saved`` (the serving index) was snapshotted: remove native files that neither
+        its snapshot names nor a running rebuild of the library writes (a newer generation).
+
+        An old index still answering a search in flight keeps reading its file through its open
+        descriptor, so an unlinked file is only gone for good once that index is dropped."""
+        mine = saved.native.path if isinstance(saved, ReducedIndex) else None
+        newest = native_file.generation(mine) if mine is not None else 0
+        rebuilding = lib_id in self._retagged
+        for path in native_file.files_of(self.index_dir, lib_id):
+            if path == mine or (rebuilding and native_file.generation(path) > newest):
+                continue
+            path.unlink(missing_ok=True)
+
     def _drop_stale_files(self, row: LibraryRow, index: LibraryIndex) -> None:
         """Native files (and a row map) that the loaded index does not use: left by a crash or by
         a library that went back from reduced to full."""
@@ -502,6 +516,7 @@ class LocalBackend(Backend):
                 finally:
                     if saving.done() and not saving.cancelled() and saving.exception() is None:
                         self._saves[lib.row.id] = self._saves.get(lib.row.id, 0) + 1
+                        self._drop_unused_natives(lib.row.id, index)
                         log.info(
                             "library %s: index saved (%d items, %.2fs)",
                             lib.row.appid,
@@ -559,6 +574,8 @@ class LocalBackend(Backend):
                 if self._saves.get(row.id, 0) != saves_before:
                     fresh.saved_seq = -1  # the old index was saved meanwhile, maybe over this one
                 lib.handle = fresh
+                if fresh.saved_seq != -1:  # the snapshot on disk is the fresh one's
+                    self._drop_unused_natives(row.id, fresh)
         finally:
             builder.shutdown(wait=False, cancel_futures=True)
             self._retagged.pop(row.id, None)

@@ -280,11 +280,8 @@ class ReducedIndex(LibraryIndex):
             raise
         self.saved_seq = self.seq
         self.saved_at = header.saved_at
-        mine = native_file.generation(self.native.path)
-        for other in native_file.files_of(directory, lib_id):
-            # Only earlier generations: a newer one belongs to a rebuild still in progress.
-            if native_file.generation(other) < mine:
-                other.unlink(missing_ok=True)
+        # Other native files are the backend's to remove: one may still serve (a rebuild saves
+        # its fresh index before the swap, and the serving index may be saved over it again).
 
 
 def _quantise(values: np.ndarray) -> np.ndarray:
