@@ -11,6 +11,8 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import b64, brief
+from images import jpeg
 from test_rebuild import (
     R,
     contsign_json,
@@ -25,7 +27,8 @@ from test_rebuild import (
 from test_reduced_library import descriptors
 
 from same_search.app import create_app
-from same_search.index import native_file
+from same_search.backends import local
+from same_search.index import graph_files, native_file
 from same_search.services import SERVICES
 
 N = 1000
@@ -123,3 +126,57 @@ async def test_a_rebuild_that_saved_but_never_swapped_leaves_the_serving_snapsho
 
 def _index_of(lib):
     return lib.handle
+
+
+@pytest.mark.local_only
+async def test_a_rebuild_overtaken_by_a_re_embed_switch_leaves_the_new_models_snapshot(
+    aiohttp_client, config, embedder, monkeypatch, caplog
+):
+    """A re-embed switched the library (and saved its new index) while a rebuild of the old
+    vectors ran: the guard refused the swap, but the rebuild had saved its old-model index over
+    the new snapshot first, so the next start found a snapshot of the wrong model and rebuilt
+    the whole library from SQLite. The rebuild stops before saving, and says why."""
+    from same_search.config import ModelConfig
+
+    gem = ModelConfig(name="efficientnet_lite0", pooling="gem", precision="fp32")
+    config = dataclasses.replace(
+        config,
+        storage=dataclasses.replace(config.storage, keep_originals=True),
+        models={"gem": gem},
+    )
+    client = await aiohttp_client(create_app(config, embedder))
+
+    async def rts(route: str, **body) -> dict:
+        return await (await client.post(f"{R}/{route}", json={"from": "pytest", **body})).json()
+
+    assert (await rts("signup", appid="mod"))["err_no"] == 0
+    for seed in range(8):
+        added = await rts("add", appid="mod", image=b64(jpeg(seed)), features=[brief(f"img {seed}")])
+        assert added["err_no"] == 0, added
+    monkeypatch.setattr(local, "REBUILD_BATCH", 1)
+    monkeypatch.setenv(local.REBUILD_PAUSE_ENV, "0.5")
+    assert (await (await client.post("/api/libraries/mod/rebuild")).json())["err_no"] == 0
+    await wait_running(client, "mod")
+    job = await (await client.post("/api/libraries/mod/reembed", json={"model": "gem"})).json()
+    assert job["err_no"] == 0, job
+    for _ in range(600):
+        shown = await get(client, f"/api/libraries/mod/reembed/{job['job']['id']}")
+        if shown["job"]["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    assert shown["job"]["status"] == "done", shown
+    assert (await get(client, "/api/libraries/mod/rebuild"))["rebuild"]["state"] == "running"
+
+    state = await wait_rebuild(client, "mod")
+    assert state["state"] == "failed" and "model" in state["error"], state
+    lib = await client.server.app[SERVICES].libraries.get("mod")
+    backend = backend_of(client)
+    header = graph_files.read_header(backend.index_dir, lib.row.id, lib.row.fingerprint, lib.row.dim)
+    assert header.count == 8
+    await client.close()
+    monkeypatch.delenv(local.REBUILD_PAUSE_ENV)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        reopened = await aiohttp_client(create_app(config, embedder))
+    assert "rebuilding from the database" not in caplog.text
+    assert (await get(reopened, "/api/libraries/mod"))["library"]["items"] == 8

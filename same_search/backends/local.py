@@ -85,6 +85,24 @@ def _live_keys(index: LibraryIndex, keys: Sequence[int] | np.ndarray) -> list[in
     return keys[index.rows.rows_of(keys) >= 0].tolist()
 
 
+class ModelSwitched(RuntimeError):
+    """A re-embed switched the library to another model while its rebuild ran."""
+
+
+def _switched_message(lib: Library, row: LibraryRow) -> str:
+    return (
+        f"library {row.appid!r} moved to model {lib.row.model_id} (fingerprint {lib.row.fingerprint}) "
+        "during the rebuild, which read the old model's vectors; the re-embed already built and "
+        "saved the new model's index, so this rebuild was dropped unsaved (start another to compact)"
+    )
+
+
+def _refuse_if_switched(lib: Library, row: LibraryRow) -> None:
+    """Raise :class:`ModelSwitched` when ``lib`` no longer serves the model of ``row``."""
+    if lib.row.fingerprint != row.fingerprint:
+        raise ModelSwitched(_switched_message(lib, row))
+
+
 def _tag_pair(tags: Sequence[int | None] | None) -> np.ndarray:
     """(1, 2) uint32 tags for the index (None, a missing tag, reads as 0: no tag)."""
     pair = [int(t or 0) for t in (tags or (0, 0))][:2]
@@ -553,6 +571,7 @@ class LocalBackend(Backend):
             await self._build(fresh, row, upto, progress, builder)
             progress.phase = "catching up"
             since = await self._catch_up(fresh, row, upto, upto, builder)
+            _refuse_if_switched(lib, row)  # never save old-model vectors over the new snapshot
             progress.phase = "saving"
             saves_before = self._saves.get(row.id, 0)
             await self._save_fresh(fresh, row)
@@ -560,11 +579,7 @@ class LocalBackend(Backend):
             since = await self._catch_up(fresh, row, upto, since, builder)
             await self._retag(fresh, row, builder)
             async with self.write_lock(lib):
-                if lib.row.fingerprint != row.fingerprint:  # a re-embed switched it meanwhile
-                    raise RuntimeError(
-                        f"library {row.appid!r} moved to model {lib.row.model_id} during the rebuild; "
-                        "its index was already rebuilt for the new vectors"
-                    )
+                _refuse_if_switched(lib, row)
                 await self._catch_up(fresh, row, upto, since, builder)
                 await self._retag(fresh, row, builder)
                 stored = await self.store.count(row.id)
@@ -576,6 +591,12 @@ class LocalBackend(Backend):
                 lib.handle = fresh
                 if fresh.saved_seq != -1:  # the snapshot on disk is the fresh one's
                     self._drop_unused_natives(row.id, fresh)
+        except Exception as exc:
+            # Rows of the new model read with the old one's dimension fail in odd ways (bad
+            # rows, shapes): the cause to report is the switch, not the rows.
+            if lib.row.fingerprint != row.fingerprint and not isinstance(exc, ModelSwitched):
+                raise ModelSwitched(_switched_message(lib, row)) from exc
+            raise
         finally:
             builder.shutdown(wait=False, cancel_futures=True)
             self._retagged.pop(row.id, None)

@@ -32,7 +32,7 @@ import numpy as np
 
 from same_search.config import IndexConfig
 from same_search.files import sha256_file
-from same_search.index import graph_files, native_file
+from same_search.index import graph_files
 from same_search.index.exact import top_k
 from same_search.index.library_index import LibraryIndex, label_to_key
 from same_search.index.native_file import NativeFile
