@@ -27,6 +27,7 @@ from test_rebuild import (
 from test_reduced_library import descriptors
 
 from same_search.app import create_app
+from same_search.contsign import ContSign
 from same_search.backends import local
 from same_search.index import graph_files, native_file
 from same_search.services import SERVICES
@@ -180,3 +181,47 @@ async def test_a_rebuild_overtaken_by_a_re_embed_switch_leaves_the_new_models_sn
         reopened = await aiohttp_client(create_app(config, embedder))
     assert "rebuilding from the database" not in caplog.text
     assert (await get(reopened, "/api/libraries/mod"))["library"]["items"] == 8
+
+
+@pytest.mark.local_only
+async def test_a_library_shrunk_below_reduce_min_items_answers_right_and_its_rebuild_drops_the_files(
+    client, api
+):
+    """Removals take a reduced library below ``reduce_min_items``: it keeps answering exactly
+    (tag filters, pages, has_more); a rebuild then makes it a full-dimension index, and the
+    reduced index's native vectors and row map (with sketches: ~76 B per item) leave the disk
+    at the swap, not at some later save or start."""
+    dim = (await model_of(client))["dim"]
+    keys = np.arange(1, 401, dtype=np.int64)
+    vectors = descriptors(400, dim, seed=12)
+    await import_vectors(client, "shrink", keys, vectors, [(1 + i % 2, 0) for i in range(400)])
+    assert (await get(client, "/api/libraries/shrink"))["library"]["search"] == "reduced"
+    gone = keys[:250]
+    for start in range(0, 250, 50):
+        chunk = [contsign_json(k) for k in gone[start : start + 50]]
+        assert (await api(f"{R}/remove", appid="shrink", contsigns=chunk))["err_no"] == 0
+    live = np.ones(400, bool)
+    live[:250] = False
+    tag2 = np.array([i % 2 == 1 for i in range(400)])
+    for query_row in (260, 399):
+        scores = np.where(live & tag2, vectors @ vectors[query_row], -np.inf)
+        expected = [int(keys[i]) for i in np.argsort(-scores, kind="stable")[:75]]
+        body = await api(
+            f"{R}/search",
+            appid="shrink",
+            contsign=contsign_json(keys[query_row]),
+            features=tagged(2),
+            rn=100,
+        )
+        found = [ContSign(**item["contsign"]).key for item in body["data_items"]]
+        assert found == expected and body["has_more"] in (0, False), body.get("has_more")
+
+    assert (await (await client.post("/api/libraries/shrink/rebuild")).json())["err_no"] == 0
+    assert (await wait_rebuild(client, "shrink"))["state"] == "done"
+    assert (await get(client, "/api/libraries/shrink"))["library"]["search"] != "reduced"
+    lib = await client.server.app[SERVICES].libraries.get("shrink")
+    backend = backend_of(client)
+    assert native_file.files_of(backend.index_dir, lib.row.id) == []
+    assert not graph_files.rows_path(backend.index_dir, lib.row.id).exists()
+    best = await nearest(client, "shrink", vectors[300], 1)
+    assert best[0][0] == keys[300] and best[0][1] > 0.999

@@ -395,19 +395,23 @@ class LocalBackend(Backend):
                     f"native vector file disagrees with the database at key {key}"
                 )
 
-    def _drop_unused_natives(self, lib_id: int, saved: LibraryIndex) -> None:
-        """After ``saved`` (the serving index) was snapshotted: remove native files that neither
-        its snapshot names nor a running rebuild of the library writes (a newer generation).
+    def _drop_unused_natives(self, lib_id: int, saved: LibraryIndex, swapped: bool = False) -> None:
+        """After ``saved`` (the serving index) was snapshotted: remove the reduced-index files
+        that its snapshot does not name: other native files, except a newer one that a running
+        rebuild of the library writes (``swapped``: that rebuild is the one just swapped in), and
+        the row map when ``saved`` is a full-dimension index and no rebuild may be saving one.
 
         An old index still answering a search in flight keeps reading its file through its open
         descriptor, so an unlinked file is only gone for good once that index is dropped."""
         mine = saved.native.path if isinstance(saved, ReducedIndex) else None
         newest = native_file.generation(mine) if mine is not None else 0
-        rebuilding = lib_id in self._retagged
+        rebuilding = lib_id in self._retagged and not swapped
         for path in native_file.files_of(self.index_dir, lib_id):
             if path == mine or (rebuilding and native_file.generation(path) > newest):
                 continue
             path.unlink(missing_ok=True)
+        if mine is None and not rebuilding:  # a running rebuild may be saving its own row map
+            graph_files.rows_path(self.index_dir, lib_id).unlink(missing_ok=True)
 
     def _drop_stale_files(self, row: LibraryRow, index: LibraryIndex) -> None:
         """Native files (and a row map) that the loaded index does not use: left by a crash or by
@@ -590,7 +594,7 @@ class LocalBackend(Backend):
                     fresh.saved_seq = -1  # the old index was saved meanwhile, maybe over this one
                 lib.handle = fresh
                 if fresh.saved_seq != -1:  # the snapshot on disk is the fresh one's
-                    self._drop_unused_natives(row.id, fresh)
+                    self._drop_unused_natives(row.id, fresh, swapped=True)
         except Exception as exc:
             # Rows of the new model read with the old one's dimension fail in odd ways (bad
             # rows, shapes): the cause to report is the switch, not the rows.
