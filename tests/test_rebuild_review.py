@@ -8,13 +8,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import signal
+import time
 
 import numpy as np
 import pytest
 from conftest import b64, brief
+from daemon import Daemon
+from exports import export_zip
 from images import jpeg
 from test_rebuild import (
     R,
+    _post_zip,
     contsign_json,
     get,
     import_vectors,
@@ -225,3 +230,84 @@ async def test_a_library_shrunk_below_reduce_min_items_answers_right_and_its_reb
     assert not graph_files.rows_path(backend.index_dir, lib.row.id).exists()
     best = await nearest(client, "shrink", vectors[300], 1)
     assert best[0][0] == keys[300] and best[0][1] > 0.999
+
+
+REDUCED_TOML = "[index]\nreduce_min_items = 300\nreduce_dim = 32\nrerank_candidates = 60\n"
+
+
+def _self_hit(daemon, appid: str, key: int) -> tuple[int, float]:
+    hits = daemon.rts("search", appid=appid, contsign=contsign_json(key), rn=1)["data_items"]
+    return ContSign(**hits[0]["contsign"]).key, hits[0]["score"]
+
+
+def test_kill_9_in_an_adoption_and_after_unsaved_writes_to_a_reduced_index(tmp_path):
+    """kill -9 while an adoption builds (its projection stored, its native file half written,
+    no snapshot of it yet), then again after writes the reduced snapshot does not hold (native
+    rows past the header, a removal, a re-add of a key with a new vector): every start serves
+    each acknowledged item with its native score, and leaves one native file."""
+    import os
+
+    daemon = Daemon(tmp_path, REDUCED_TOML)
+    daemon.start()
+    try:
+        model = daemon.get("admin", "/healthz")["model"]
+        vectors = descriptors(600, model["dim"], seed=20)
+        keys = np.arange(1, 601, dtype=np.int64) * 13
+        _post_zip(daemon, "adopt", export_zip(keys[:250], vectors[:250], model))
+        assert daemon.post("admin", "/api/libraries/adopt/save", {})["err_no"] == 0
+        daemon.terminate()
+        os.environ[local.REBUILD_PAUSE_ENV] = "30"  # the adoption stays in its first batch
+        try:
+            daemon.start()
+        finally:
+            del os.environ[local.REBUILD_PAUSE_ENV]
+        _post_zip(daemon, "adopt", export_zip(keys[250:400], vectors[250:400], model))
+        state = daemon.get("admin", "/api/libraries/adopt/rebuild")["rebuild"]
+        assert state["reason"] == "adoption" and state["state"] == "running", state
+        _post_zip(daemon, "adopt", export_zip(keys[400:450], vectors[400:450], model))
+        assert (
+            daemon.rts("remove", appid="adopt", contsigns=[contsign_json(k) for k in keys[:5]])["err_no"] == 0
+        )
+        daemon.kill()
+
+        daemon.start()
+        library = lambda: daemon.get("admin", "/api/libraries/adopt")["library"]  # noqa: E731
+        assert library()["items"] == 445
+        for key in (keys[5], keys[300], keys[449]):
+            found, score = _self_hit(daemon, "adopt", int(key))
+            assert found == key and score > 0.9999
+        for _ in range(600):  # the adoption is asked for again at start, and finishes
+            if (
+                library()["search"] == "reduced"
+                and daemon.get("admin", "/api/libraries/adopt/rebuild")["rebuild"]["state"] != "running"
+            ):
+                break
+            time.sleep(0.05)
+        assert library()["search"] == "reduced"
+        assert daemon.post("admin", "/api/libraries/adopt/save", {})["err_no"] == 0
+        indexes = daemon.data_dir / "indexes"
+        assert len(list(indexes.glob("*.native.f32"))) == 1
+
+        # Writes after the reduced snapshot, then kill -9.
+        _post_zip(daemon, "adopt", export_zip(keys[450:600], vectors[450:600], model))
+        assert daemon.rts("remove", appid="adopt", contsigns=[contsign_json(keys[6])])["err_no"] == 0
+        fresh = descriptors(1, model["dim"], seed=21)
+        _post_zip(daemon, "adopt", export_zip(keys[6:7], fresh, model))  # same key, new vector
+        daemon.kill()
+
+        daemon.start()
+        assert library()["items"] == 595 and library()["search"] == "reduced"
+        for key in (keys[7], keys[420], keys[599], keys[6]):
+            found, score = _self_hit(daemon, "adopt", int(key))
+            assert found == key and score > 0.9999
+        stored = {int(k): v for k, v in zip(keys[5:], vectors[5:], strict=True)}
+        stored[int(keys[6])] = fresh[0]
+        hits = daemon.rts("search", appid="adopt", contsign=contsign_json(keys[6]), rn=20)["data_items"]
+        assert len(hits) == 20
+        for hit in hits:  # every score is the native cosine of the stored (new) vectors
+            key = ContSign(**hit["contsign"]).key
+            assert abs(hit["score"] - float(stored[key] @ fresh[0])) < 1e-5, key
+        assert len(list(indexes.glob("*.native.f32"))) == 1
+        assert daemon.terminate(signal.SIGTERM) == 0
+    finally:
+        daemon.stop()
