@@ -334,3 +334,34 @@ def test_successive_deep_pages_of_a_reduced_index_neither_repeat_nor_skip(tmp_pa
             seen += [key for key, _ in index._search(query, pn + 51, None)[pn : pn + 50]]
         repeated += len(seen) - len(set(seen))
     assert repeated == 0
+
+
+@pytest.mark.local_only
+async def test_deleting_a_reduced_library_removes_every_file_of_it(
+    aiohttp_client, client, api, config, embedder
+):
+    """Its snapshot, row map and native files, and the temporary files a kill -9 in the middle
+    of a save leaves (a 1M-item graph's is hundreds of MB): nothing else ever removes those of
+    a deleted library, and SQLite hands its id to the next library created. A library that
+    stays has its leftovers swept when it loads."""
+    dim = (await model_of(client))["dim"]
+    await import_vectors(client, "doomed", np.arange(1, 401), descriptors(400, dim, seed=30))
+    await import_vectors(client, "kept", np.arange(1, 401), descriptors(400, dim, seed=31))
+    assert (await (await client.post("/api/libraries/doomed/save")).json())["err_no"] == 0
+    assert (await (await client.post("/api/libraries/kept/save")).json())["err_no"] == 0
+    libraries = client.server.app[SERVICES].libraries
+    doomed, kept = await libraries.get("doomed"), await libraries.get("kept")
+    indexes = backend_of(client).index_dir
+    for name in ("hnsw.tmp", "rows.tmp.npz", "meta.json.tmp"):  # what a kill -9 mid-save leaves
+        (indexes / f"{doomed.row.id}.{name}").write_bytes(b"partial")
+    theirs = sorted(p.name for p in indexes.iterdir() if p.name.startswith(f"{kept.row.id}."))
+    answer = await (await client.delete("/api/libraries/doomed?confirm=doomed")).json()
+    assert answer["err_no"] == 0, answer
+    assert [p.name for p in indexes.iterdir() if p.name.startswith(f"{doomed.row.id}.")] == []
+    assert sorted(p.name for p in indexes.iterdir() if p.name.startswith(f"{kept.row.id}.")) == theirs
+    for name in ("hnsw.tmp", "rows.tmp.npz", "meta.json.tmp"):
+        (indexes / f"{kept.row.id}.{name}").write_bytes(b"partial")
+    await client.close()
+    reopened = await aiohttp_client(create_app(config, embedder))
+    assert sorted(p.name for p in indexes.iterdir() if p.name.startswith(f"{kept.row.id}.")) == theirs
+    assert (await get(reopened, "/api/libraries/kept"))["library"]["items"] == 400

@@ -177,11 +177,7 @@ class LocalBackend(Backend):
     async def delete_library(self, lib: Library | Unavailable) -> None:
         async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
             await self.store.delete_library(lib.row.id)
-            for path in (
-                *graph_files.paths(self.index_dir, lib.row.id),
-                graph_files.rows_path(self.index_dir, lib.row.id),
-                *native_file.files_of(self.index_dir, lib.row.id),
-            ):
+            for path in graph_files.all_files(self.index_dir, lib.row.id):
                 path.unlink(missing_ok=True)
         self._locks.pop(lib.row.id, None)
 
@@ -415,10 +411,14 @@ class LocalBackend(Backend):
 
     def _drop_stale_files(self, row: LibraryRow, index: LibraryIndex) -> None:
         """Native files (and a row map) that the loaded index does not use: left by a crash or by
-        a library that went back from reduced to full."""
+        a library that went back from reduced to full; and the temporary files of a save that a
+        crash interrupted (no save runs while a library loads)."""
         mine = index.native.path if isinstance(index, ReducedIndex) else None
         for path in native_file.files_of(self.index_dir, row.id):
             if path != mine:
+                path.unlink(missing_ok=True)
+        for path in graph_files.all_files(self.index_dir, row.id):
+            if ".tmp" in path.suffixes:
                 path.unlink(missing_ok=True)
         if mine is None:
             graph_files.rows_path(self.index_dir, row.id).unlink(missing_ok=True)
