@@ -365,3 +365,27 @@ async def test_deleting_a_reduced_library_removes_every_file_of_it(
     reopened = await aiohttp_client(create_app(config, embedder))
     assert sorted(p.name for p in indexes.iterdir() if p.name.startswith(f"{kept.row.id}.")) == theirs
     assert (await get(reopened, "/api/libraries/kept"))["library"]["items"] == 400
+
+
+@pytest.mark.local_only
+async def test_a_library_that_shrank_back_to_full_size_is_reduced_again_when_it_grows(client, api):
+    """Adoption was once per library and process: a library reduced by an adoption, shrunk by
+    removals and compacted back to a full-dimension index, stayed unreduced however large it
+    grew again, until a restart."""
+    dim = (await model_of(client))["dim"]
+    vectors = descriptors(700, dim, seed=40)
+    keys = np.arange(1, 701, dtype=np.int64)
+    await import_vectors(client, "yoyo", keys[:250], vectors[:250])
+    await import_vectors(client, "yoyo", keys[250:350], vectors[250:350])  # crosses 300
+    assert (await wait_rebuild(client, "yoyo"))["reason"] == "adoption"
+    assert (await get(client, "/api/libraries/yoyo"))["library"]["search"] == "reduced"
+    gone = [contsign_json(k) for k in keys[:150]]
+    assert (await api(f"{R}/remove", appid="yoyo", contsigns=gone))["err_no"] == 0
+    assert (await (await client.post("/api/libraries/yoyo/rebuild")).json())["err_no"] == 0
+    assert (await wait_rebuild(client, "yoyo"))["state"] == "done"
+    assert (await get(client, "/api/libraries/yoyo"))["library"]["search"] != "reduced"
+
+    await import_vectors(client, "yoyo", keys[350:700], vectors[350:700])  # 550 items again
+    state = await wait_rebuild(client, "yoyo")
+    assert state["reason"] == "adoption" and state["state"] == "done", state
+    assert (await get(client, "/api/libraries/yoyo"))["library"]["search"] == "reduced"
