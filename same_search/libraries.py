@@ -58,7 +58,7 @@ from same_search.near_duplicates import (
     resolve,
     select,
 )
-from same_search.rebuilds import ADOPTION, Rebuild, Rebuilds
+from same_search.rebuilds import ADOPTION, DONE, Rebuild, Rebuilds
 from same_search.rows import bad_rows_text, load_failure_reason, tags_problem
 from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
@@ -855,8 +855,11 @@ class LibraryService:
         await self.rebuilds.wait(rebuild)
 
     def _adopt_reduction_if_due(self, lib: Library) -> None:
-        """Start the switch to a reduced index once the library is large enough (once per
-        library and process: an adoption that fails is tried again at the next start)."""
+        """Start the switch to a reduced index once the library is large enough.
+
+        An adoption that fails is not tried again by this process (the next start does), so a
+        broken library does not rebuild after every add; one that succeeds can be due again
+        later, after removals and a compaction took the library back to a full-size index."""
         appid = lib.row.appid
         if appid in self._adoptions or not self.backend.wants_reduction(lib):
             return
@@ -865,7 +868,11 @@ class LibraryService:
             return  # a rebuild under way builds the right kind already (new_index picks it)
         self._adoptions.add(appid)
         log.info("library %s: large enough for a reduced index; switching in the background", appid)
-        self.rebuilds.start(lib, ADOPTION)
+        self.rebuilds.start(lib, ADOPTION, on_end=self._adoption_ended)
+
+    def _adoption_ended(self, rebuild: Rebuild) -> None:
+        if rebuild.state == DONE:
+            self._adoptions.discard(rebuild.appid)
 
     async def repair(self, appid: str) -> RepairReport:
         """Drop every row of a library that cannot be loaded or served, and bring it back.

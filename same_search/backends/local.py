@@ -78,6 +78,31 @@ def _index(lib: Library) -> LibraryIndex:
     return lib.handle
 
 
+def _live_keys(index: LibraryIndex, keys: Sequence[int] | np.ndarray) -> list[int]:
+    """The ``keys`` live in ``index``, from its row map (both kinds keep one: a reduced index's
+    graph is labelled by row, not key, so asking the graph would be wrong for it)."""
+    keys = np.asarray(keys, np.int64).reshape(-1)
+    return keys[index.rows.rows_of(keys) >= 0].tolist()
+
+
+class ModelSwitched(RuntimeError):
+    """A re-embed switched the library to another model while its rebuild ran."""
+
+
+def _switched_message(lib: Library, row: LibraryRow) -> str:
+    return (
+        f"library {row.appid!r} moved to model {lib.row.model_id} (fingerprint {lib.row.fingerprint}) "
+        "during the rebuild, which read the old model's vectors; the re-embed already built and "
+        "saved the new model's index, so this rebuild was dropped unsaved (start another to compact)"
+    )
+
+
+def _refuse_if_switched(lib: Library, row: LibraryRow) -> None:
+    """Raise :class:`ModelSwitched` when ``lib`` no longer serves the model of ``row``."""
+    if lib.row.fingerprint != row.fingerprint:
+        raise ModelSwitched(_switched_message(lib, row))
+
+
 def _tag_pair(tags: Sequence[int | None] | None) -> np.ndarray:
     """(1, 2) uint32 tags for the index (None, a missing tag, reads as 0: no tag)."""
     pair = [int(t or 0) for t in (tags or (0, 0))][:2]
@@ -152,11 +177,7 @@ class LocalBackend(Backend):
     async def delete_library(self, lib: Library | Unavailable) -> None:
         async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
             await self.store.delete_library(lib.row.id)
-            for path in (
-                *graph_files.paths(self.index_dir, lib.row.id),
-                graph_files.rows_path(self.index_dir, lib.row.id),
-                *native_file.files_of(self.index_dir, lib.row.id),
-            ):
+            for path in graph_files.all_files(self.index_dir, lib.row.id):
                 path.unlink(missing_ok=True)
         self._locks.pop(lib.row.id, None)
 
@@ -370,12 +391,34 @@ class LocalBackend(Backend):
                     f"native vector file disagrees with the database at key {key}"
                 )
 
+    def _drop_unused_natives(self, lib_id: int, saved: LibraryIndex, swapped: bool = False) -> None:
+        """After ``saved`` (the serving index) was snapshotted: remove the reduced-index files
+        that its snapshot does not name: other native files, except a newer one that a running
+        rebuild of the library writes (``swapped``: that rebuild is the one just swapped in), and
+        the row map when ``saved`` is a full-dimension index and no rebuild may be saving one.
+
+        An old index still answering a search in flight keeps reading its file through its open
+        descriptor, so an unlinked file is only gone for good once that index is dropped."""
+        mine = saved.native.path if isinstance(saved, ReducedIndex) else None
+        newest = native_file.generation(mine) if mine is not None else 0
+        rebuilding = lib_id in self._retagged and not swapped
+        for path in native_file.files_of(self.index_dir, lib_id):
+            if path == mine or (rebuilding and native_file.generation(path) > newest):
+                continue
+            path.unlink(missing_ok=True)
+        if mine is None and not rebuilding:  # a running rebuild may be saving its own row map
+            graph_files.rows_path(self.index_dir, lib_id).unlink(missing_ok=True)
+
     def _drop_stale_files(self, row: LibraryRow, index: LibraryIndex) -> None:
         """Native files (and a row map) that the loaded index does not use: left by a crash or by
-        a library that went back from reduced to full."""
+        a library that went back from reduced to full; and the temporary files of a save that a
+        crash interrupted (no save runs while a library loads)."""
         mine = index.native.path if isinstance(index, ReducedIndex) else None
         for path in native_file.files_of(self.index_dir, row.id):
             if path != mine:
+                path.unlink(missing_ok=True)
+        for path in graph_files.all_files(self.index_dir, row.id):
+            if ".tmp" in path.suffixes:
                 path.unlink(missing_ok=True)
         if mine is None:
             graph_files.rows_path(self.index_dir, row.id).unlink(missing_ok=True)
@@ -495,6 +538,7 @@ class LocalBackend(Backend):
                 finally:
                     if saving.done() and not saving.cancelled() and saving.exception() is None:
                         self._saves[lib.row.id] = self._saves.get(lib.row.id, 0) + 1
+                        self._drop_unused_natives(lib.row.id, index)
                         log.info(
                             "library %s: index saved (%d items, %.2fs)",
                             lib.row.appid,
@@ -531,6 +575,7 @@ class LocalBackend(Backend):
             await self._build(fresh, row, upto, progress, builder)
             progress.phase = "catching up"
             since = await self._catch_up(fresh, row, upto, upto, builder)
+            _refuse_if_switched(lib, row)  # never save old-model vectors over the new snapshot
             progress.phase = "saving"
             saves_before = self._saves.get(row.id, 0)
             await self._save_fresh(fresh, row)
@@ -538,11 +583,7 @@ class LocalBackend(Backend):
             since = await self._catch_up(fresh, row, upto, since, builder)
             await self._retag(fresh, row, builder)
             async with self.write_lock(lib):
-                if lib.row.fingerprint != row.fingerprint:  # a re-embed switched it meanwhile
-                    raise RuntimeError(
-                        f"library {row.appid!r} moved to model {lib.row.model_id} during the rebuild; "
-                        "its index was already rebuilt for the new vectors"
-                    )
+                _refuse_if_switched(lib, row)
                 await self._catch_up(fresh, row, upto, since, builder)
                 await self._retag(fresh, row, builder)
                 stored = await self.store.count(row.id)
@@ -552,6 +593,14 @@ class LocalBackend(Backend):
                 if self._saves.get(row.id, 0) != saves_before:
                     fresh.saved_seq = -1  # the old index was saved meanwhile, maybe over this one
                 lib.handle = fresh
+                if fresh.saved_seq != -1:  # the snapshot on disk is the fresh one's
+                    self._drop_unused_natives(row.id, fresh, swapped=True)
+        except Exception as exc:
+            # Rows of the new model read with the old one's dimension fail in odd ways (bad
+            # rows, shapes): the cause to report is the switch, not the rows.
+            if lib.row.fingerprint != row.fingerprint and not isinstance(exc, ModelSwitched):
+                raise ModelSwitched(_switched_message(lib, row)) from exc
+            raise
         finally:
             builder.shutdown(wait=False, cancel_futures=True)
             self._retagged.pop(row.id, None)
@@ -574,7 +623,7 @@ class LocalBackend(Backend):
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             found, vectors, tags = await self.store.tagged_vectors_of(row.id, chunk, row.dim)
-            present = [int(k) for k in found if fresh.graph.contains(key_to_label(int(k)))]
+            present = _live_keys(fresh, found)
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, fresh.seq)
             await loop.run_in_executor(builder, fresh.add_now, found, vectors, fresh.seq, tags)
@@ -646,7 +695,7 @@ class LocalBackend(Backend):
             bad = row_problems(vectors, row.dim)
             if bad:
                 raise BadRows([(int(keys[i]), problem) for i, problem in bad])
-            present = [int(k) for k in keys if fresh.graph.contains(key_to_label(int(k)))]
+            present = _live_keys(fresh, keys)
             if present:
                 await loop.run_in_executor(builder, fresh.delete_now, present, seq)
             await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq, tags)

@@ -63,6 +63,12 @@ def rows_path(directory: Path, lib_id: int) -> Path:
     return directory / f"{lib_id}.rows.npz"
 
 
+def all_files(directory: Path, lib_id: int) -> list[Path]:
+    """Every file of one library's index, whatever its kind: snapshot, row map, native vectors
+    and the temporary files a save interrupted by a crash leaves (all are named ``<id>.*``)."""
+    return sorted(directory.glob(f"{lib_id}.*"))
+
+
 def write_durably(tmp: Path, final: Path) -> None:
     """fsync ``tmp`` and rename it to ``final`` (the directory is fsynced by ``commit_graph``)."""
     with tmp.open("rb+") as fh:

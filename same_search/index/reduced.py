@@ -32,7 +32,7 @@ import numpy as np
 
 from same_search.config import IndexConfig
 from same_search.files import sha256_file
-from same_search.index import graph_files, native_file
+from same_search.index import graph_files
 from same_search.index.exact import top_k
 from same_search.index.library_index import LibraryIndex, label_to_key
 from same_search.index.native_file import NativeFile
@@ -280,11 +280,8 @@ class ReducedIndex(LibraryIndex):
             raise
         self.saved_seq = self.seq
         self.saved_at = header.saved_at
-        mine = native_file.generation(self.native.path)
-        for other in native_file.files_of(directory, lib_id):
-            # Only earlier generations: a newer one belongs to a rebuild still in progress.
-            if native_file.generation(other) < mine:
-                other.unlink(missing_ok=True)
+        # Other native files are the backend's to remove: one may still serve (a rebuild saves
+        # its fresh index before the swap, and the serving index may be saved over it again).
 
 
 def _quantise(values: np.ndarray) -> np.ndarray:
