@@ -106,6 +106,30 @@ def test_native_file_round_trip_truncation_and_torn_tail(tmp_path: Path):
         NativeFile(path, NATIVE, rows=100)
 
 
+@pytest.mark.skipif(not hasattr(native_file.os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_native_read_asks_for_uncached_rows_at_once_and_returns_them_in_order(tmp_path: Path, monkeypatch):
+    """A re-rank's rows are requested from the disk together (one advice per run of consecutive
+    rows, before the first read), then read back in the order asked, repeats included."""
+    vectors = descriptors(64)
+    native = NativeFile(tmp_path / "1.5.native.f32", NATIVE)
+    native.write(np.arange(64), vectors)
+    native.sync()
+    os_module = native_file.os
+    os_module.posix_fadvise(native._fd, 0, 0, os_module.POSIX_FADV_DONTNEED)  # out of the page cache
+    advised: list[tuple[int, int]] = []
+    real_advise = os_module.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset // native.row_bytes, length // native.row_bytes))
+        real_advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os_module, "posix_fadvise", recording)
+    rows = np.array([40, 11, 3, 10, 40, 12, 63])
+    assert np.array_equal(native.read(rows), vectors[rows])
+    assert advised == [(3, 1), (10, 3), (40, 1), (63, 1)]  # (first row, rows) per run
+    native.close()
+
+
 def test_reduced_search_scores_are_native_and_order_exact(tmp_path: Path, pool):
     index, vectors, keys, _ = build(tmp_path, pool)
     queries = descriptors(20, seed=9)
