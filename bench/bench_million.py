@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="items (presets: 200000 to develop)")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef", type=int, default=IndexConfig.ef_search)
+    parser.add_argument(
+        "--ef", default=str(IndexConfig.ef_search), help="ef_search; a comma list measures each (unfiltered)"
+    )
     parser.add_argument("--dim", type=int, default=256, help="reduced dimension")
     parser.add_argument(
         "--rerank",
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     reranks = [int(r) for r in args.rerank.split(",")]
+    efs = [int(e) for e in args.ef.split(",")]
 
     model, held = fitted_model(args.seed)
     half = args.queries // 2
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = np.concatenate([held[:half], fresh]).astype(np.float32)
     keys = np.arange(args.n, dtype=np.int64) * 7919 + 13  # any keys: results are mapped back to rows
     tags = make_tags(args.n)
-    cfg = IndexConfig(ef_search=args.ef, rerank_candidates=reranks[0], reduce_dim=args.dim)
+    cfg = IndexConfig(ef_search=efs[0], rerank_candidates=reranks[0], reduce_dim=args.dim)
     lines: list[str] = []
 
     def emit(line: str) -> None:
@@ -237,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         def to_rows(found: list[tuple[int, float]]) -> np.ndarray:
             return (np.array([k for k, _ in found], np.int64) - 13) // 7919
 
-        for rerank in reranks:
-            index.cfg = dataclasses.replace(cfg, rerank_candidates=rerank)
-            found, took = timed(lambda q: to_rows(index._search(q, K, None)), queries)
-            emit(row(f"daemon ReducedIndex (re-ranked, {rerank} candidates)", build_s, found, took, truth))
+        for ef in efs:
+            for rerank in reranks:
+                index.cfg = dataclasses.replace(cfg, rerank_candidates=rerank, ef_search=ef)
+                found, took = timed(lambda q: to_rows(index._search(q, K, None)), queries)
+                name = f"daemon ReducedIndex (ef {ef}, {rerank} re-ranked)"
+                emit(row(name, build_s, found, took, truth))
         index.cfg = cfg
+        index.graph.set_ef(cfg.ef_search)
         reduced_queries = projection.apply(queries)
         found, took = timed(
             lambda q: index.graph.knn_query(q.reshape(1, -1), k=K, num_threads=1)[0][0].astype(np.int64),
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             for start, chunk in native.chunks(CHUNK):
                 full.add_items(chunk, np.arange(start, start + len(chunk)))
             full_s = time.perf_counter() - started
-            full.set_ef(args.ef)
+            full.set_ef(cfg.ef_search)
             found, took = timed(
                 lambda q: full.knn_query(q.reshape(1, -1), k=K, num_threads=1)[0][0].astype(np.int64), queries
             )
