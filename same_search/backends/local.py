@@ -62,6 +62,9 @@ LIVE_BATCH = 128
 #: Rows per graph insert while a rebuild builds its fresh index in its own thread. hnswlib adds a
 #: batch on every core; a cancelled rebuild (shutdown) waits for at most one such batch.
 REBUILD_BATCH = 1024
+#: How many reduced (256-d) graph inserts cost as much as one full-dimension (1280-d) insert:
+#: docs/benchmarks.md measures 2,548/s against 477/s at 100k (5.3x); 5 errs towards the live path.
+FULL_DIM_COST = 5
 #: Test hook: seconds a rebuild sleeps after each build batch, so tests can race writes against
 #: it (and kill the daemon in the middle of one). Unset or 0 in production.
 REBUILD_PAUSE_ENV = "SAME_SEARCH_REBUILD_PAUSE_S"
@@ -177,7 +180,12 @@ class LocalBackend(Backend):
     ) -> tuple[Library, int, int]:
         """One database transaction holds every row (and the library itself when the import
         creates it), so a failure or a crash leaves nothing behind; once committed, the rows
-        enter the index in batches of ``LIVE_BATCH``, one graph insert each."""
+        enter the index in batches of ``LIVE_BATCH``, one graph insert each.
+
+        An import that creates a library, or takes a serving one past ``reduce_min_items`` with
+        a large enough share of its rows (:meth:`_reduces_on_import`), builds the reduced index
+        directly from the stored rows: no full-dimension graph first, no background adoption
+        after. The serving index answers searches until the new one is swapped in."""
         if isinstance(target, NewLibrary):
             created = await self.store.insert_items(target, batches, capacity)
             # The final count is known: a large import builds the reduced kind at once.
@@ -186,8 +194,32 @@ class LocalBackend(Backend):
             return Library(created.library, index), created.inserted, created.duplicates
         async with self.write_lock(target):
             result = await self.store.insert_items(target.row, batches, capacity)
-            await self._index_committed(_index(target), target.row, live=True)
+            total = await self.store.count(target.row.id)
+            if self._reduces_on_import(target, result.inserted, total):
+                fresh = await self.new_index(target.row, total)
+                await self._index_committed(fresh, target.row, live=False)  # every stored row
+                target.handle = fresh
+                log.info("library %s: the import built its reduced index (%d items)", target.row.appid, total)
+            else:
+                await self._index_committed(_index(target), target.row, live=True)
         return target, result.inserted, result.duplicates
+
+    def _reduces_on_import(self, lib: Library, imported: int, total: int) -> bool:
+        """Whether an import of ``imported`` rows, leaving ``total``, should build the reduced
+        index from every stored row rather than add the rows to the full-dimension one.
+
+        Only when that is no more work under the write lock: a reduced insert costs about a
+        ``FULL_DIM_COST``-th of a full-dimension one, so rebuilding ``total`` rows reduced beats
+        adding ``imported`` at full dimension once ``imported * FULL_DIM_COST >= total``. A
+        smaller import takes the live path and the library adopts the reduction in the
+        background, as it would after adds."""
+        cfg = self.cfg.index
+        return (
+            _index(lib).kind != "reduced"
+            and cfg.reduce_dim < lib.row.dim
+            and total >= cfg.reduce_min_items
+            and imported * FULL_DIM_COST >= total
+        )
 
     async def _index_committed(self, index: LibraryIndex, row: LibraryRow, live: bool) -> None:
         try:
