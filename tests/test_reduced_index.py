@@ -175,8 +175,8 @@ def test_tag_filters_match_the_exact_filtered_search(
 ):
     """Broad, medium and narrow filters: every result matches, pages are never short, and the
     page is the exact filtered one (narrow filters are re-ranked in full: exact). With the default
-    SCAN_MIN every filter of this small library scans sketches; with 0, the share decides, so the
-    widened and the filtered graph searches run too."""
+    SCAN_MIN every filter of this small library but the broad ones scans sketches; with 0, the
+    share decides, so the filtered graph search runs too."""
     monkeypatch.setattr(reduced, "SCAN_MIN", scan_min)
     index, vectors, keys, table = build(tmp_path, pool, n=4000)
     wanted = [t for t in tags if t]
@@ -194,6 +194,17 @@ def test_tag_filters_match_the_exact_filtered_search(
                 assert np.allclose([s for _, s in found], truth_scores, atol=TOL)
             recalls.append(len(set(truth.tolist()) & {k_ for k_, _ in found}) / len(truth))
     assert np.mean(recalls) >= 0.95
+
+
+def test_broad_filters_search_the_graph_widened_even_in_a_library_small_enough_to_scan():
+    """Half of a 100k library (50,000 matches, within SCAN_MIN) is searched by the widened graph
+    search, not by scanning 50,000 sketches; narrow and middling filters keep their strategies."""
+    assert reduced.filter_strategy(50_000, 100_000) == "broad"
+    assert reduced.filter_strategy(500_000, 1_000_000) == "broad"
+    assert reduced.filter_strategy(1_000, 100_000) == "scan"  # 1%
+    assert reduced.filter_strategy(10_000, 1_000_000) == "scan"  # 1% of a million
+    assert reduced.filter_strategy(40_000, 400_000) == "scan"  # 10%, within SCAN_MIN
+    assert reduced.filter_strategy(100_000, 1_000_000) == "filtered"  # 10% of a million
 
 
 def test_removals_and_tag_updates_are_searched_right(tmp_path: Path, pool):
