@@ -43,6 +43,7 @@ from same_search.backends.base import (
 )
 from same_search.config import Config
 from same_search.index import graph_files, native_file
+from same_search.index.heap import release_free_heap
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import FullIndex, LibraryIndex, key_to_label
 from same_search.index.projection import SAMPLE_MAX, Projection
@@ -151,6 +152,7 @@ class LocalBackend(Backend):
                 libs.append(await self.load_library(row))
             except Exception as exc:  # one library's rows must never stop the others from serving
                 libs.append(Unavailable(row, load_failure_reason(exc)))
+        await asyncio.to_thread(release_free_heap)  # the replays' temporaries
         return libs
 
     async def load_library(self, row: LibraryRow) -> Library:
@@ -208,6 +210,7 @@ class LocalBackend(Backend):
             index = await self.new_index(created.library, created.inserted)
             await self._index_committed(index, created.library, live=False)
             _log_import(created.library, index, created.inserted, stored_s, time.monotonic() - started)
+            await asyncio.to_thread(release_free_heap)
             return Library(created.library, index), created.inserted, created.duplicates
         async with self.write_lock(target):
             result = await self.store.insert_items(target.row, batches, capacity)
@@ -220,6 +223,7 @@ class LocalBackend(Backend):
             else:
                 await self._index_committed(_index(target), target.row, live=True)
             _log_import(target.row, _index(target), result.inserted, stored_s, time.monotonic() - started)
+        await asyncio.to_thread(release_free_heap)
         return target, result.inserted, result.duplicates
 
     def _reduces_on_import(self, lib: Library, imported: int, total: int) -> bool:
@@ -606,6 +610,7 @@ class LocalBackend(Backend):
             builder.shutdown(wait=False, cancel_futures=True)
             self._retagged.pop(row.id, None)
         log.info("library %s: rebuilt index swapped in (%d items)", row.appid, fresh.count())
+        await asyncio.to_thread(release_free_heap)  # the build's temporaries and the old index
 
     def _note_retagged(self, lib: Library, key: int) -> None:
         """Remember a tag update for the library's running rebuild, if any."""
