@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="items (presets: 200000 to develop)")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument(
-        "--ef", default=str(IndexConfig.ef_search), help="ef_search; a comma list measures each (unfiltered)"
+        "--ef",
+        default=str(IndexConfig.reduced_ef_search),
+        help="reduced_ef_search; a comma list measures each (unfiltered)",
     )
     parser.add_argument("--dim", type=int, default=256, help="reduced dimension")
     parser.add_argument(
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     queries = np.concatenate([held[:half], fresh]).astype(np.float32)
     keys = np.arange(args.n, dtype=np.int64) * 7919 + 13  # any keys: results are mapped back to rows
     tags = make_tags(args.n)
-    cfg = IndexConfig(ef_search=efs[0], rerank_candidates=reranks[0], reduce_dim=args.dim)
+    cfg = IndexConfig(reduced_ef_search=efs[0], rerank_candidates=reranks[0], reduce_dim=args.dim)
     lines: list[str] = []
 
     def emit(line: str) -> None:
@@ -242,12 +244,12 @@ def main(argv: list[str] | None = None) -> int:
 
         for ef in efs:
             for rerank in reranks:
-                index.cfg = dataclasses.replace(cfg, rerank_candidates=rerank, ef_search=ef)
+                index.cfg = dataclasses.replace(cfg, rerank_candidates=rerank, reduced_ef_search=ef)
                 found, took = timed(lambda q: to_rows(index._search(q, K, None)), queries)
                 name = f"daemon ReducedIndex (ef {ef}, {rerank} re-ranked)"
                 emit(row(name, build_s, found, took, truth))
         index.cfg = cfg
-        index.graph.set_ef(cfg.ef_search)
+        index.graph.set_ef(cfg.reduced_ef_search)
         reduced_queries = projection.apply(queries)
         found, took = timed(
             lambda q: index.graph.knn_query(q.reshape(1, -1), k=K, num_threads=1)[0][0].astype(np.int64),
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             for start, chunk in native.chunks(CHUNK):
                 full.add_items(chunk, np.arange(start, start + len(chunk)))
             full_s = time.perf_counter() - started
-            full.set_ef(cfg.ef_search)
+            full.set_ef(cfg.reduced_ef_search)
             found, took = timed(
                 lambda q: full.knn_query(q.reshape(1, -1), k=K, num_threads=1)[0][0].astype(np.int64), queries
             )

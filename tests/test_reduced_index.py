@@ -207,6 +207,15 @@ def test_broad_filters_search_the_graph_widened_even_in_a_library_small_enough_t
     assert reduced.filter_strategy(100_000, 1_000_000) == "filtered"  # 10% of a million
 
 
+def test_the_reduced_graph_is_walked_at_its_own_ef_widened_to_the_candidates(tmp_path: Path, pool):
+    """reduced_ef_search, not ef_search (the full-dimension graphs'), raised to the candidates."""
+    index, vectors, _, _ = build(tmp_path, pool, ef_search=16, reduced_ef_search=100, rerank_candidates=60)
+    index._search(vectors[0], 10, None)
+    assert index.graph.ef == 100
+    index._search(vectors[0], 150, None)  # 2 x page depth = 300 candidates
+    assert index.graph.ef == 300
+
+
 def test_removals_and_tag_updates_are_searched_right(tmp_path: Path, pool):
     index, vectors, keys, _ = build(tmp_path, pool)
     query = vectors[5]

@@ -3,9 +3,9 @@
 The graph (hnswlib) holds each item's PCA-reduced vector under its *row* (rows.py), not its
 key: rows are dense, so "is this row allowed" is one byte of a mask and row -> key is one array
 read. A search takes ``C`` candidates from the graph (``C`` = max(rerank_candidates, 2 x page
-depth), ef widened to at least ``C``), reads their native vectors from the float32 file and
-returns the best by native cosine: every score is the native one and the order within a page is
-exact. The reduction only has to keep the true neighbours among the candidates.
+depth), ef ``reduced_ef_search`` widened to at least ``C``), reads their native vectors from the
+float32 file and returns the best by native cosine: every score is the native one and the order
+within a page is exact. The reduction only has to keep the true neighbours among the candidates.
 
 Tag filters pick a strategy by how many items match (``m`` of ``n``):
 - few (``m`` <= ``C``): every match is re-ranked natively, which is exact;
@@ -87,7 +87,7 @@ class ReducedIndex(LibraryIndex):
         """A new, empty reduced index writing its native vectors to ``native_path``."""
         graph = hnswlib.Index(space="ip", dim=projection.dim)
         graph.init_index(max_elements=max(capacity, 16), M=cfg.m, ef_construction=cfg.ef_construction)
-        graph.set_ef(cfg.ef_search)
+        graph.set_ef(cfg.reduced_ef_search)
         native = NativeFile(native_path, projection.native_dim)
         return cls(projection, native, RowMap(max(capacity, 16)), graph, cfg, 0, executor)
 
@@ -123,7 +123,7 @@ class ReducedIndex(LibraryIndex):
         graph = hnswlib.Index(space="ip", dim=projection.dim)
         graph_path, _ = graph_files.paths(directory, lib_id)
         graph.load_index(str(graph_path), max_elements=max(rows.capacity, 16))
-        graph.set_ef(cfg.ef_search)
+        graph.set_ef(cfg.reduced_ef_search)
         index = cls(projection, native, rows, graph, cfg, header.seq, executor)
         if sketch.shape != (rows.used, index.sketch.shape[1]):
             raise graph_files.SnapshotInvalid(f"sketches of shape {sketch.shape}, expected {rows.used} rows")
@@ -226,7 +226,7 @@ class ReducedIndex(LibraryIndex):
         depth = min(depth, len(self.rows))
         if depth <= 0:
             return np.empty(0, np.int64)
-        self.graph.set_ef(max(self.cfg.ef_search, depth))
+        self.graph.set_ef(max(self.cfg.reduced_ef_search, depth))
         try:
             labels, _ = self.graph.knn_query(reduced.reshape(1, -1), k=depth, filter=allowed, num_threads=1)
         except RuntimeError:  # fewer than depth reachable: the caller widens or scans
