@@ -28,6 +28,7 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +144,17 @@ class DescriptorModel:
 
     def sample(self, n: int, seed: int, chunk: int = 20_000) -> np.ndarray:
         """``n`` unit vectors, deterministic for a seed, generated ``chunk`` rows at a time."""
-        rng = np.random.default_rng(seed)
         out = np.empty((n, self.mean.shape[0]), np.float32)
+        start = 0
+        for rows in self.sample_chunks(n, seed, chunk):
+            out[start : start + len(rows)] = rows
+            start += len(rows)
+        return out
+
+    def sample_chunks(self, n: int, seed: int, chunk: int = 20_000) -> Iterator[np.ndarray]:
+        """The rows of :meth:`sample` (same seed, same chunk: the same vectors), ``chunk`` at a
+        time, so a million of them can go to a file without all being in memory at once."""
+        rng = np.random.default_rng(seed)
         for start in range(0, n, chunk):
             m = min(chunk, n - start)
             anchors = rng.integers(len(self.labels), size=m)  # cluster weights follow membership
@@ -157,8 +167,7 @@ class DescriptorModel:
             np.maximum(roots, 0.0, out=roots)
             rows = (roots * self.support[anchors]) ** 2
             rows /= np.linalg.norm(rows, axis=1, keepdims=True) + 1e-12
-            out[start : start + m] = rows
-        return out
+            yield rows.astype(np.float32)
 
 
 def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 25) -> np.ndarray:

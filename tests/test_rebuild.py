@@ -211,12 +211,13 @@ async def test_a_library_crossing_reduce_min_items_switches_once_in_the_backgrou
     _reduce_from(config, 500)
     dim = (await model_of(client))["dim"]
     assert (await api(f"{R}/signup", appid="grows"))["err_no"] == 0
-    await import_vectors(client, "grows", np.arange(1, 401), unit_vectors(400, dim, seed=6))
-    assert (await get(client, "/api/libraries/grows/rebuild"))["rebuild"] is None  # 400 < 500
-    await import_vectors(client, "grows", np.arange(401, 601), unit_vectors(200, dim, seed=7))
+    await import_vectors(client, "grows", np.arange(1, 481), unit_vectors(480, dim, seed=6))
+    assert (await get(client, "/api/libraries/grows/rebuild"))["rebuild"] is None  # 480 < 500
+    # 40 more: past 500, but too few to rebuild all 520 under the write lock at once.
+    await import_vectors(client, "grows", np.arange(481, 521), unit_vectors(40, dim, seed=7))
     state = await wait_rebuild(client, "grows")
     assert state["reason"] == "adoption" and state["state"] == "done"
-    await import_vectors(client, "grows", np.arange(601, 701), unit_vectors(100, dim, seed=8))
+    await import_vectors(client, "grows", np.arange(521, 621), unit_vectors(100, dim, seed=8))
     await asyncio.sleep(0.2)
     metrics = await (await client.get("/metrics")).text()
     assert 'same_search_rebuilds_finished_total{state="done"} 1.0' in metrics  # not on every add
@@ -228,8 +229,37 @@ async def test_a_library_crossing_reduce_min_items_switches_once_in_the_backgrou
     await client.close()
     reopened = await aiohttp_client(create_app(config, embedder))
     stats = (await get(reopened, "/api/libraries/grows"))["library"]
-    assert stats["items"] == 700 and stats["search"] == "reduced"
+    assert stats["items"] == 620 and stats["search"] == "reduced"
     assert stats["rebuild"] is None
+
+
+@pytest.mark.local_only
+async def test_an_import_taking_a_library_past_reduce_min_items_builds_the_reduced_index_itself(
+    aiohttp_client, client, api, config, embedder
+):
+    """A large enough import into a small serving library answers with the reduced index built:
+    no full-dimension graph of the import first, no background adoption after it."""
+    _reduce_from(config, 500)
+    dim = (await model_of(client))["dim"]
+    vectors = unit_vectors(600, dim, seed=9)
+    await import_vectors(client, "jumps", np.arange(1, 401), vectors[:400])
+    assert (await get(client, "/api/libraries/jumps"))["library"]["search"] != "reduced"
+    await import_vectors(client, "jumps", np.arange(401, 601), vectors[400:])  # 200 x 5 >= 600
+    stats = (await get(client, "/api/libraries/jumps"))["library"]
+    assert stats["items"] == 600 and stats["search"] == "reduced"
+    assert stats["rebuild"] is None  # built by the import itself, nothing left to adopt
+    await asyncio.sleep(0.2)
+    assert (await get(client, "/api/libraries/jumps/rebuild"))["rebuild"] is None
+    for row in (3, 450):  # an item of each import finds itself first, with its native score
+        hits = await nearest(client, "jumps", vectors[row], k=5)
+        assert hits[0][0] == row + 1 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        scores = vectors @ vectors[row]
+        assert [s for _, s in hits] == pytest.approx([scores[key - 1] for key, _ in hits], abs=1e-5)
+
+    await client.close()
+    reopened = await aiohttp_client(create_app(config, embedder))
+    stats = (await get(reopened, "/api/libraries/jumps"))["library"]
+    assert stats["items"] == 600 and stats["search"] == "reduced" and stats["rebuild"] is None
 
 
 @pytest.mark.local_only

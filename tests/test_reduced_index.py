@@ -106,6 +106,30 @@ def test_native_file_round_trip_truncation_and_torn_tail(tmp_path: Path):
         NativeFile(path, NATIVE, rows=100)
 
 
+@pytest.mark.skipif(not hasattr(native_file.os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_native_read_asks_for_uncached_rows_at_once_and_returns_them_in_order(tmp_path: Path, monkeypatch):
+    """A re-rank's rows are requested from the disk together (one advice per run of consecutive
+    rows, before the first read), then read back in the order asked, repeats included."""
+    vectors = descriptors(64)
+    native = NativeFile(tmp_path / "1.5.native.f32", NATIVE)
+    native.write(np.arange(64), vectors)
+    native.sync()
+    os_module = native_file.os
+    os_module.posix_fadvise(native._fd, 0, 0, os_module.POSIX_FADV_DONTNEED)  # out of the page cache
+    advised: list[tuple[int, int]] = []
+    real_advise = os_module.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset // native.row_bytes, length // native.row_bytes))
+        real_advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os_module, "posix_fadvise", recording)
+    rows = np.array([40, 11, 3, 10, 40, 12, 63])
+    assert np.array_equal(native.read(rows), vectors[rows])
+    assert advised == [(3, 1), (10, 3), (40, 1), (63, 1)]  # (first row, rows) per run
+    native.close()
+
+
 def test_reduced_search_scores_are_native_and_order_exact(tmp_path: Path, pool):
     index, vectors, keys, _ = build(tmp_path, pool)
     queries = descriptors(20, seed=9)
@@ -151,8 +175,8 @@ def test_tag_filters_match_the_exact_filtered_search(
 ):
     """Broad, medium and narrow filters: every result matches, pages are never short, and the
     page is the exact filtered one (narrow filters are re-ranked in full: exact). With the default
-    SCAN_MIN every filter of this small library scans sketches; with 0, the share decides, so the
-    widened and the filtered graph searches run too."""
+    SCAN_MIN every filter of this small library but the broad ones scans sketches; with 0, the
+    share decides, so the filtered graph search runs too."""
     monkeypatch.setattr(reduced, "SCAN_MIN", scan_min)
     index, vectors, keys, table = build(tmp_path, pool, n=4000)
     wanted = [t for t in tags if t]
@@ -170,6 +194,26 @@ def test_tag_filters_match_the_exact_filtered_search(
                 assert np.allclose([s for _, s in found], truth_scores, atol=TOL)
             recalls.append(len(set(truth.tolist()) & {k_ for k_, _ in found}) / len(truth))
     assert np.mean(recalls) >= 0.95
+
+
+def test_broad_filters_search_the_graph_widened_even_in_a_library_small_enough_to_scan():
+    """Half of a 100k library (50,000 matches, within SCAN_MIN) is searched by the widened graph
+    search, not by scanning 50,000 sketches; narrow and middling filters keep their strategies."""
+    assert reduced.filter_strategy(50_000, 100_000) == "broad"
+    assert reduced.filter_strategy(500_000, 1_000_000) == "broad"
+    assert reduced.filter_strategy(1_000, 100_000) == "scan"  # 1%
+    assert reduced.filter_strategy(10_000, 1_000_000) == "scan"  # 1% of a million
+    assert reduced.filter_strategy(40_000, 400_000) == "scan"  # 10%, within SCAN_MIN
+    assert reduced.filter_strategy(100_000, 1_000_000) == "filtered"  # 10% of a million
+
+
+def test_the_reduced_graph_is_walked_at_its_own_ef_widened_to_the_candidates(tmp_path: Path, pool):
+    """reduced_ef_search, not ef_search (the full-dimension graphs'), raised to the candidates."""
+    index, vectors, _, _ = build(tmp_path, pool, ef_search=16, reduced_ef_search=100, rerank_candidates=60)
+    index._search(vectors[0], 10, None)
+    assert index.graph.ef == 100
+    index._search(vectors[0], 150, None)  # 2 x page depth = 300 candidates
+    assert index.graph.ef == 300
 
 
 def test_removals_and_tag_updates_are_searched_right(tmp_path: Path, pool):

@@ -43,6 +43,7 @@ from same_search.backends.base import (
 )
 from same_search.config import Config
 from same_search.index import graph_files, native_file
+from same_search.index.heap import release_free_heap
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import FullIndex, LibraryIndex, key_to_label
 from same_search.index.projection import SAMPLE_MAX, Projection
@@ -62,6 +63,9 @@ LIVE_BATCH = 128
 #: Rows per graph insert while a rebuild builds its fresh index in its own thread. hnswlib adds a
 #: batch on every core; a cancelled rebuild (shutdown) waits for at most one such batch.
 REBUILD_BATCH = 1024
+#: How many reduced (256-d) graph inserts cost as much as one full-dimension (1280-d) insert:
+#: docs/benchmarks.md measures 2,548/s against 477/s at 100k (5.3x); 5 errs towards the live path.
+FULL_DIM_COST = 5
 #: Test hook: seconds a rebuild sleeps after each build batch, so tests can race writes against
 #: it (and kill the daemon in the middle of one). Unset or 0 in production.
 REBUILD_PAUSE_ENV = "SAME_SEARCH_REBUILD_PAUSE_S"
@@ -107,6 +111,20 @@ def _tag_pair(tags: Sequence[int | None] | None) -> np.ndarray:
     """(1, 2) uint32 tags for the index (None, a missing tag, reads as 0: no tag)."""
     pair = [int(t or 0) for t in (tags or (0, 0))][:2]
     return np.array([pair + [0] * (2 - len(pair))], np.uint32)
+
+
+def _log_import(row: LibraryRow, index: LibraryIndex, imported: int, stored_s: float, total_s: float) -> None:
+    """Where an import's time went: storing (upload parsed, rows checked, one transaction) and
+    indexing (a projection learned if needed, the graph built or grown)."""
+    log.info(
+        "library %s: import of %d items stored in %.1fs, indexed in %.1fs (%s index of %d items)",
+        row.appid,
+        imported,
+        stored_s,
+        total_s - stored_s,
+        index.kind,
+        index.count(),
+    )
 
 
 class LocalBackend(Backend):
@@ -159,6 +177,7 @@ class LocalBackend(Backend):
                 libs.append(await self.load_library(row))
             except Exception as exc:  # one library's rows must never stop the others from serving
                 libs.append(Unavailable(row, load_failure_reason(exc)))
+        await asyncio.to_thread(release_free_heap)  # the replays' temporaries
         return libs
 
     async def load_library(self, row: LibraryRow) -> Library:
@@ -198,17 +217,52 @@ class LocalBackend(Backend):
     ) -> tuple[Library, int, int]:
         """One database transaction holds every row (and the library itself when the import
         creates it), so a failure or a crash leaves nothing behind; once committed, the rows
-        enter the index in batches of ``LIVE_BATCH``, one graph insert each."""
+        enter the index in batches of ``LIVE_BATCH``, one graph insert each.
+
+        An import that creates a library, or takes a serving one past ``reduce_min_items`` with
+        a large enough share of its rows (:meth:`_reduces_on_import`), builds the reduced index
+        directly from the stored rows: no full-dimension graph first, no background adoption
+        after. The serving index answers searches until the new one is swapped in."""
+        started = time.monotonic()
         if isinstance(target, NewLibrary):
             created = await self.store.insert_items(target, batches, capacity)
+            stored_s = time.monotonic() - started
             # The final count is known: a large import builds the reduced kind at once.
             index = await self.new_index(created.library, created.inserted)
             await self._index_committed(index, created.library, live=False)
+            _log_import(created.library, index, created.inserted, stored_s, time.monotonic() - started)
+            await asyncio.to_thread(release_free_heap)
             return Library(created.library, index), created.inserted, created.duplicates
         async with self.write_lock(target):
             result = await self.store.insert_items(target.row, batches, capacity)
-            await self._index_committed(_index(target), target.row, live=True)
+            stored_s = time.monotonic() - started
+            total = await self.store.count(target.row.id)
+            if self._reduces_on_import(target, result.inserted, total):
+                fresh = await self.new_index(target.row, total)
+                await self._index_committed(fresh, target.row, live=False)  # every stored row
+                target.handle = fresh
+            else:
+                await self._index_committed(_index(target), target.row, live=True)
+            _log_import(target.row, _index(target), result.inserted, stored_s, time.monotonic() - started)
+        await asyncio.to_thread(release_free_heap)
         return target, result.inserted, result.duplicates
+
+    def _reduces_on_import(self, lib: Library, imported: int, total: int) -> bool:
+        """Whether an import of ``imported`` rows, leaving ``total``, should build the reduced
+        index from every stored row rather than add the rows to the full-dimension one.
+
+        Only when that is no more work under the write lock: a reduced insert costs about a
+        ``FULL_DIM_COST``-th of a full-dimension one, so rebuilding ``total`` rows reduced beats
+        adding ``imported`` at full dimension once ``imported * FULL_DIM_COST >= total``. A
+        smaller import takes the live path and the library adopts the reduction in the
+        background, as it would after adds."""
+        cfg = self.cfg.index
+        return (
+            _index(lib).kind != "reduced"
+            and cfg.reduce_dim < lib.row.dim
+            and total >= cfg.reduce_min_items
+            and imported * FULL_DIM_COST >= total
+        )
 
     async def _index_committed(self, index: LibraryIndex, row: LibraryRow, live: bool) -> None:
         try:
@@ -605,6 +659,7 @@ class LocalBackend(Backend):
             builder.shutdown(wait=False, cancel_futures=True)
             self._retagged.pop(row.id, None)
         log.info("library %s: rebuilt index swapped in (%d items)", row.appid, fresh.count())
+        await asyncio.to_thread(release_free_heap)  # the build's temporaries and the old index
 
     def _note_retagged(self, lib: Library, key: int) -> None:
         """Remember a tag update for the library's running rebuild, if any."""
