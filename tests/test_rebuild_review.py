@@ -253,7 +253,7 @@ def test_kill_9_in_an_adoption_and_after_unsaved_writes_to_a_reduced_index(tmp_p
         model = daemon.get("admin", "/healthz")["model"]
         vectors = descriptors(600, model["dim"], seed=20)
         keys = np.arange(1, 601, dtype=np.int64) * 13
-        _post_zip(daemon, "adopt", export_zip(keys[:250], vectors[:250], model))
+        _post_zip(daemon, "adopt", export_zip(keys[:290], vectors[:290], model))
         assert daemon.post("admin", "/api/libraries/adopt/save", {})["err_no"] == 0
         daemon.terminate()
         os.environ[local.REBUILD_PAUSE_ENV] = "30"  # the adoption stays in its first batch
@@ -261,10 +261,13 @@ def test_kill_9_in_an_adoption_and_after_unsaved_writes_to_a_reduced_index(tmp_p
             daemon.start()
         finally:
             del os.environ[local.REBUILD_PAUSE_ENV]
-        _post_zip(daemon, "adopt", export_zip(keys[250:400], vectors[250:400], model))
+        # A small import crosses reduce_min_items: the library adopts the reduction in the
+        # background (a large one would build the reduced index itself, under the write lock).
+        _post_zip(daemon, "adopt", export_zip(keys[290:320], vectors[290:320], model))
         state = daemon.get("admin", "/api/libraries/adopt/rebuild")["rebuild"]
         assert state["reason"] == "adoption" and state["state"] == "running", state
-        _post_zip(daemon, "adopt", export_zip(keys[400:450], vectors[400:450], model))
+        # A large one during the adoption takes the live path: the adoption catches up with it.
+        _post_zip(daemon, "adopt", export_zip(keys[320:450], vectors[320:450], model))
         assert (
             daemon.rts("remove", appid="adopt", contsigns=[contsign_json(k) for k in keys[:5]])["err_no"] == 0
         )
@@ -375,8 +378,8 @@ async def test_a_library_that_shrank_back_to_full_size_is_reduced_again_when_it_
     dim = (await model_of(client))["dim"]
     vectors = descriptors(700, dim, seed=40)
     keys = np.arange(1, 701, dtype=np.int64)
-    await import_vectors(client, "yoyo", keys[:250], vectors[:250])
-    await import_vectors(client, "yoyo", keys[250:350], vectors[250:350])  # crosses 300
+    await import_vectors(client, "yoyo", keys[:280], vectors[:280])
+    await import_vectors(client, "yoyo", keys[280:310], vectors[280:310])  # crosses 300, small
     assert (await wait_rebuild(client, "yoyo"))["reason"] == "adoption"
     assert (await get(client, "/api/libraries/yoyo"))["library"]["search"] == "reduced"
     gone = [contsign_json(k) for k in keys[:150]]
@@ -385,7 +388,8 @@ async def test_a_library_that_shrank_back_to_full_size_is_reduced_again_when_it_
     assert (await wait_rebuild(client, "yoyo"))["state"] == "done"
     assert (await get(client, "/api/libraries/yoyo"))["library"]["search"] != "reduced"
 
-    await import_vectors(client, "yoyo", keys[350:700], vectors[350:700])  # 550 items again
+    await import_vectors(client, "yoyo", keys[310:440], vectors[310:440])  # 290 items
+    await import_vectors(client, "yoyo", keys[440:470], vectors[440:470])  # 320: crosses again, small
     state = await wait_rebuild(client, "yoyo")
     assert state["reason"] == "adoption" and state["state"] == "done", state
     assert (await get(client, "/api/libraries/yoyo"))["library"]["search"] == "reduced"

@@ -255,10 +255,12 @@ class LocalBackend(Backend):
         ``FULL_DIM_COST``-th of a full-dimension one, so rebuilding ``total`` rows reduced beats
         adding ``imported`` at full dimension once ``imported * FULL_DIM_COST >= total``. A
         smaller import takes the live path and the library adopts the reduction in the
-        background, as it would after adds."""
+        background, as it would after adds, as it does while a rebuild of it runs (that rebuild
+        catches up with the import and swaps in the right kind itself)."""
         cfg = self.cfg.index
         return (
-            _index(lib).kind != "reduced"
+            lib.row.id not in self._retagged  # no rebuild of this library running
+            and _index(lib).kind != "reduced"
             and cfg.reduce_dim < lib.row.dim
             and total >= cfg.reduce_min_items
             and imported * FULL_DIM_COST >= total
