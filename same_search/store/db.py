@@ -758,6 +758,25 @@ class Store:
         ) as cur:
             return [int(row[0]) for row in await cur.fetchall()]
 
+    async def _rows_by_seq(
+        self, columns: str, lib_id: int, after: int, chunk: int, upto: int | None = None
+    ) -> AsyncIterator[list[tuple]]:
+        """Chunks of a library's rows (``columns`` then ``seq``, last) with ``after < seq <=
+        upto``, in seq order: every full pass over a library (replay, tags at load, repair,
+        export) pages this way, by seq rather than OFFSET, so a chunk costs the same however deep."""
+        last = after
+        top = (1 << 63) - 1 if upto is None else upto
+        while True:
+            async with self.reader.execute(
+                f"SELECT {columns}, seq FROM items WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
+                (lib_id, last, top, chunk),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            last = int(rows[-1][-1])
+            yield rows
+
     async def tagged_vectors_since(
         self, lib_id: int, seq: int, dim: int, chunk: int = 4096, max_seq: int | None = None
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
@@ -768,26 +787,16 @@ class Store:
         A vector that is not a blob of ``dim`` float32 raises :class:`BadRows` naming it, rather
         than a reshape or an index error that says nothing about which row is at fault.
         """
-        last = seq
         width = 4 * dim
-        upto = (1 << 63) - 1 if max_seq is None else max_seq
-        while True:
-            async with self.reader.execute(
-                "SELECT key, vector, seq, coalesce(tag1, 0), coalesce(tag2, 0) FROM items "
-                "WHERE lib_id=? AND seq>? AND seq<=? ORDER BY seq LIMIT ?",
-                (lib_id, last, upto, chunk),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return
+        columns = "key, vector, coalesce(tag1, 0), coalesce(tag2, 0)"
+        async for rows in self._rows_by_seq(columns, lib_id, seq, chunk, max_seq):
             bad = [(int(r[0]), _vector_shape_problem(r[1], dim)) for r in rows if not _is_vector(r[1], width)]
             if bad:
                 raise BadRows(bad)
             keys = np.array([r[0] for r in rows], dtype=np.int64)
             vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-            tags = np.array([(r[3] or 0, r[4] or 0) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
-            last = int(rows[-1][2])
-            yield keys, vectors, tags, last
+            tags = np.array([(r[2], r[3]) for r in rows], dtype=np.uint32).reshape(len(rows), 2)
+            yield keys, vectors, tags, int(rows[-1][-1])
 
     async def tagged_vectors_of(
         self, lib_id: int, keys: Sequence[int], dim: int
@@ -808,17 +817,9 @@ class Store:
     ) -> AsyncIterator[tuple[np.ndarray, np.ndarray]]:
         """(keys, tags (n, 2) uint32) of every item, in chunks: an index loaded from a snapshot
         learns the tags as they are now (a tag update does not move an item's seq)."""
-        last = -(1 << 63)
-        while True:
-            async with self.reader.execute(
-                "SELECT key, coalesce(tag1, 0), coalesce(tag2, 0), seq FROM items "
-                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
-                (lib_id, last, chunk),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return
-            last = rows[-1][3]
+        async for rows in self._rows_by_seq(
+            "key, coalesce(tag1, 0), coalesce(tag2, 0)", lib_id, -(1 << 63), chunk
+        ):
             keys = np.array([r[0] for r in rows], np.int64)
             tags = np.array([(r[1], r[2]) for r in rows], np.int64).astype(np.uint32)
             yield keys, tags
@@ -909,17 +910,7 @@ class Store:
 
     async def raw_items(self, lib_id: int, chunk: int = 1024) -> AsyncIterator[list[RawItem]]:
         """Every row of a library as stored, in seq order, in chunks (a repair's scan)."""
-        last = -(1 << 63)
-        while True:
-            async with self.reader.execute(
-                "SELECT key, brief, tag1, tag2, vector, seq FROM items "
-                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
-                (lib_id, last, chunk),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return
-            last = rows[-1][5]
+        async for rows in self._rows_by_seq("key, brief, tag1, tag2, vector", lib_id, -(1 << 63), chunk):
             yield [RawItem(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
     async def removals_since(self, lib_id: int, seq: int) -> list[int]:
@@ -1064,17 +1055,7 @@ class Store:
         self, lib_id: int, chunk: int = 2048
     ) -> AsyncIterator[list[tuple[ItemRow, bytes]]]:
         """Every item with its raw vector bytes, in insertion order, in chunks (export)."""
-        last = -1
-        while True:
-            async with self.reader.execute(
-                f"SELECT {_ITEM_COLUMNS}, vector, seq FROM items "
-                "WHERE lib_id=? AND seq>? ORDER BY seq LIMIT ?",
-                (lib_id, last, chunk),
-            ) as cur:
-                rows = await cur.fetchall()
-            if not rows:
-                return
-            last = int(rows[-1][-1])
+        async for rows in self._rows_by_seq(f"{_ITEM_COLUMNS}, vector", lib_id, -1, chunk):
             yield [(_item(row[:7]), bytes(row[7])) for row in rows]
 
     # ---- re-embedding (a library moved to another model) -------------------------------------
