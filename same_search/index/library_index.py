@@ -93,6 +93,20 @@ class LibraryIndex:
         """How searches run now (shown on 8103): exact, hnsw or reduced."""
         raise NotImplementedError
 
+    def _header(self, fingerprint: str, dim: int, **parts: object) -> graph_files.SnapshotHeader:
+        """The snapshot header of this index as it is now (both kinds; ``parts`` are a reduced
+        index's extra fields). The graph's sha256 is filled in when the file is committed."""
+        return graph_files.SnapshotHeader(
+            format_version=graph_files.FORMAT_VERSION,
+            fingerprint=fingerprint,
+            dim=dim,
+            count=self.count(),
+            seq=self.seq,
+            sha256="",
+            saved_at=time.time(),
+            **parts,
+        )
+
     def set_tags(self, keys: np.ndarray | list[int], tags: np.ndarray) -> None:
         """Replace the tags of live ``keys`` (an update); absent keys are ignored."""
         rows = self.rows.rows_of(keys)
@@ -282,15 +296,7 @@ class FullIndex(LibraryIndex):
     def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{lib_id}.hnsw.tmp"
-        header = graph_files.SnapshotHeader(
-            format_version=graph_files.FORMAT_VERSION,
-            fingerprint=fingerprint,
-            dim=self.graph.dim,
-            count=self.count(),
-            seq=self.seq,
-            sha256="",
-            saved_at=time.time(),
-        )
+        header = self._header(fingerprint, self.graph.dim)
         try:
             self.graph.save(tmp)
             graph_files.commit_graph(tmp, directory, lib_id, header)

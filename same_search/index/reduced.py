@@ -23,7 +23,6 @@ A page is never short while more matches exist.
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -263,14 +262,9 @@ class ReducedIndex(LibraryIndex):
             rows_sha = sha256_file(rows_tmp)
             graph_files.write_durably(rows_tmp, graph_files.rows_path(directory, lib_id))
             self.graph.save_index(str(graph_tmp))
-            header = graph_files.SnapshotHeader(
-                format_version=graph_files.FORMAT_VERSION,
-                fingerprint=fingerprint,
-                dim=self.projection.native_dim,
-                count=self.count(),
-                seq=self.seq,
-                sha256="",
-                saved_at=time.time(),
+            header = self._header(
+                fingerprint,
+                self.projection.native_dim,
                 projection=self.projection.fingerprint,
                 native_file=self.native.path.name,
                 native_rows=self.rows.used,
