@@ -71,11 +71,11 @@ def row(label: str, samples: dict[int, list[float]]) -> str:
     )
 
 
-def compare(daemon: Daemon, queries: list[dict], rn: int) -> dict[int, list[float]]:
+def compare(daemon: Daemon, queries: list[dict], rn: int, **fixed) -> dict[int, list[float]]:
     samples: dict[int, list[float]] = {0: [], 2: []}
     for query in queries:
         for n in (0, 2):
-            samples[n].append(timed(daemon, rn=rn, query_expansion=n, **query))
+            samples[n].append(timed(daemon, rn=rn, query_expansion=n, **fixed, **query))
     return samples
 
 
@@ -85,6 +85,16 @@ def compare_promotion(daemon: Daemon, queries: list[dict]) -> dict[int, list[flo
     for query in queries:
         for flag in (0, 1):
             samples[flag].append(timed(daemon, rn=10, promote_same_picture=flag, **query))
+    return samples
+
+
+def compare_defaults(daemon: Daemon, queries: list[dict]) -> dict[int, list[float]]:
+    """Searches by image as a spec client sends them (the configured re-ranking) against the
+    plain ranking (``query_expansion: 0, promote_same_picture: 0``), alternating."""
+    samples: dict[int, list[float]] = {0: [], 1: []}
+    for query in queries:
+        samples[0].append(timed(daemon, rn=10, query_expansion=0, promote_same_picture=0, **query))
+        samples[1].append(timed(daemon, rn=10, **query))
     return samples
 
 
@@ -113,9 +123,16 @@ def main() -> None:
             images = [
                 {"image": base64.b64encode(rng.choice(pictures)).decode()} for _ in range(args.image_searches)
             ]
-            print(row("by image, rn 10, exact", compare(daemon, images, 10)))
+            print(
+                row(
+                    "by image, rn 10, exact, no promotion",
+                    compare(daemon, images, 10, promote_same_picture=0),
+                )
+            )
             print("| search by image, rn 10 (median / p90 ms) | promote 0 | promote 1 | extra (median) |")
             print(row("QE 2, exact", compare_promotion(daemon, images)))
+            print("| search by image, rn 10 (median / p90 ms) | plain | defaults | extra (median) |")
+            print(row("QE 2 + promotion (defaults), exact", compare_defaults(daemon, images)))
         finally:
             daemon.stop()
         daemon.config.write_text(CONFIG.format(threshold=10))

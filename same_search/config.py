@@ -180,18 +180,34 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """How one search ranks by default (a request's own fields override each)."""
+
+    query_expansion: int
+    promote_same_picture: bool
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """How search ranks its results (docs/quality.md)."""
 
     #: Average query expansion: rank by the query averaged with its this many best hits
     #: (0 = off). Scores stay cosine similarity to the query as sent. A request's
     #: ``query_expansion`` field overrides it.
-    query_expansion: int = 0
+    query_expansion: int = 2
     #: Move the best candidates that the same-picture check confirms (edited copies of the
-    #: query) to the top of every search's results; costs a local-feature extraction of the
-    #: query and a check of 10 candidates per search. A request's ``promote_same_picture``
-    #: (0 or 1) overrides it.
-    promote_same_picture: bool = False
+    #: query) to the top of the results; costs a local-feature extraction of the query and a
+    #: check of 10 candidates per search. A request's ``promote_same_picture`` overrides it.
+    promote_same_picture: bool = True
+    #: Whether the two above also apply to searches by a stored item's contsign. Off: those
+    #: return the item's nearest neighbours by descending score unless the request asks.
+    rerank_contsign_searches: bool = False
+
+    def ranking_for(self, by_image: bool) -> Ranking:
+        """The default ranking of a search by image (or url), or by contsign."""
+        if by_image or self.rerank_contsign_searches:
+            return Ranking(self.query_expansion, self.promote_same_picture)
+        return Ranking(0, False)
 
     def __post_init__(self) -> None:
         try:

@@ -667,20 +667,21 @@ class LibraryService:
         rn: int,
         tag_filter: TagFilter | None,
         min_score: float | None = None,
-        query_expansion: int | None = None,
+        query_expansion: int = 0,
         promote: bool = False,
         query: QueryFeatures | None = None,
     ) -> SearchPage:
         """Results ``pn .. pn+rn`` (only those >= ``min_score``), scored by cosine similarity.
 
-        With query expansion (``query_expansion`` hits, else the configured default; 0 = off)
-        the order comes from the expanded query (:mod:`same_search.query_expansion`); without
-        it, by descending score. ``promote`` moves the best candidates that the same-picture
-        check confirms against ``query`` (its local features; None: it has none, and only the
-        strict score fallback confirms) to the top (:mod:`same_search.promotion`). One result
-        past the page is asked for: it tells whether more exist, on every backend.
+        With query expansion (``query_expansion`` hits; 0 = off; callers resolve the configured
+        default with ``SearchConfig.ranking_for``) the order comes from the expanded query
+        (:mod:`same_search.query_expansion`); without it, by descending score. ``promote`` moves
+        the best candidates that the same-picture check confirms against ``query`` (its local
+        features; None: it has none, and only the strict score fallback confirms) to the top
+        (:mod:`same_search.promotion`). One result past the page is asked for: it tells whether
+        more exist, on every backend.
         """
-        n = self.cfg.search.query_expansion if query_expansion is None else query_expansion
+        n = query_expansion
         promote = promote and pn < promotion.DEPTH  # positions past the depth never move
         # Promotion reorders the ranking's first DEPTH whatever the page, so every page sees them.
         depth = max(pn + rn + 1, promotion.DEPTH) if promote else pn + rn + 1

@@ -426,11 +426,13 @@ def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
     client = make_client(daemon, "order")
     client.signup()
     stored = [client.add(encode(scene(PALETTE, layout)), f"layout-{layout}") for layout in range(1, 7)]
-    plain = client.search(image=QUERY, query_expansion=0)
+    plain = client.search(image=QUERY, query_expansion=0, promote_same_picture=False)
     assert [hit.score for hit in plain] == sorted((hit.score for hit in plain), reverse=True)
     assert plain[0].contsign != stored[0]  # the descriptor ranks a look-alike first
     scores = {str(hit.contsign): hit.score for hit in plain}
-    for hits in (client.search(image=QUERY), client.search(image=QUERY, promote_same_picture=True)):
+    for hits in (client.search(image=QUERY), client.search(image=QUERY, promote_same_picture=False)):
         assert {str(hit.contsign): hit.score for hit in hits} == pytest.approx(scores, abs=1e-6)
+    # The daemon's defaults promote the confirmed copy of the query; asked explicitly too.
+    assert client.search(image=QUERY)[0].contsign == stored[0]
     promoted = client.search(image=QUERY, query_expansion=0, promote_same_picture=True)
     assert promoted[0].contsign == stored[0]

@@ -57,7 +57,7 @@ async def ranking(api, **extra) -> list[tuple[str, float]]:
 
 async def test_a_confirmed_copy_comes_first_with_its_score_unchanged(api):
     original = await fill(api)
-    plain = await ranking(api, query_expansion=0)
+    plain = await ranking(api, query_expansion=0, promote_same_picture=0)
     assert plain[0][0] != original, "the query must be one the descriptor gets wrong"
     promoted = await ranking(api, query_expansion=0, promote_same_picture=1)
     assert promoted[0][0] == original
@@ -94,8 +94,23 @@ async def test_look_alikes_are_never_promoted(api):
     assert promoted["data_items"] == plain["data_items"]
 
 
-async def test_config_turns_it_on_and_a_request_turns_it_off(aiohttp_client, config, embedder):
-    config = dataclasses.replace(config, search=SearchConfig(query_expansion=0, promote_same_picture=True))
+async def test_on_by_default_for_searches_by_image_and_a_request_turns_it_off(api):
+    original = await fill(api)
+    assert (await ranking(api))[0][0] == original
+    assert (await ranking(api, promote_same_picture=0))[0][0] != original
+    assert (await ranking(api, promote_same_picture=None))[0][0] == original  # null: the default
+
+
+async def test_searches_by_contsign_rank_by_score_unless_asked(api):
+    await fill(api)
+    lookalike = json.loads(next(iter(dict(await ranking(api, promote_same_picture=0)))))
+    body = await api(f"{R}/search", appid="lib", contsign=lookalike, rn=100)
+    scores = [hit["score"] for hit in body["data_items"]]
+    assert body["err_no"] == 0 and scores == sorted(scores, reverse=True)
+
+
+async def test_config_turns_it_off(aiohttp_client, config, embedder):
+    config = dataclasses.replace(config, search=SearchConfig(query_expansion=0, promote_same_picture=False))
     client = await aiohttp_client(create_app(config, embedder))
 
     async def api(route: str, **body):
@@ -103,8 +118,8 @@ async def test_config_turns_it_on_and_a_request_turns_it_off(aiohttp_client, con
         return await (await client.post(route, json=body)).json()
 
     original = await fill(api)
-    assert (await ranking(api))[0][0] == original
-    assert (await ranking(api, promote_same_picture=0))[0][0] != original
+    assert (await ranking(api))[0][0] != original
+    assert (await ranking(api, promote_same_picture=1))[0][0] == original
 
 
 @pytest.mark.parametrize("bad", [2, -1, "1", True])

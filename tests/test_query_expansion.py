@@ -14,7 +14,8 @@ from images import encode, jpeg, picture
 from test_feature_api import features_of, request_body
 
 from same_search import query_expansion as qe
-from same_search.config import Config, ConfigError, from_mapping
+from same_search.app import create_app
+from same_search.config import Config, ConfigError, Ranking, from_mapping
 from same_search.near_duplicates import DEFAULT_MIN_SCORE
 
 R = "/RTSAsService"
@@ -26,7 +27,8 @@ QUERY_SEED = 101
 @pytest.fixture
 def config(config):
     """Query expansion on (2) for this module: it is off by default (descending scores)."""
-    return dataclasses.replace(config, search=dataclasses.replace(config.search, query_expansion=2))
+    search = dataclasses.replace(config.search, query_expansion=2, promote_same_picture=False)
+    return dataclasses.replace(config, search=search)
 
 
 def key(contsign: dict) -> str:
@@ -178,14 +180,33 @@ async def test_tag_filter_holds_in_the_expanded_search(api, client):
     assert hits == expected_order(query, tagged, 2, DEFAULT_MIN_SCORE)
 
 
-async def test_search_by_contsign_expands_too(api, client):
+async def test_search_by_contsign_is_plain_unless_asked(api, client):
+    """A stored item's neighbours come by descending score (exact nearest neighbours) unless the
+    request asks for expansion; asked, they follow the expanded query like a search by image."""
     vectors = await fill(api, client)
     contsign = next(iter(vectors))
     body = await api(f"{R}/search", appid="lib", contsign=json.loads(contsign), rn=100)
     assert body["err_no"] == 0
-    hits = [c for c, _ in ranked(body)]
+    scores = [score for _, score in ranked(body)]
+    assert scores == sorted(scores, reverse=True) and len(scores) == len(vectors)
+    asked = await api(f"{R}/search", appid="lib", contsign=json.loads(contsign), rn=100, query_expansion=2)
+    hits = [c for c, _ in ranked(asked)]
     assert hits == expected_order(vectors[contsign], vectors, 2, DEFAULT_MIN_SCORE)
     assert hits[0] == contsign
+
+
+async def test_rerank_contsign_searches_applies_the_defaults_to_them(aiohttp_client, config, embedder):
+    """``[search] rerank_contsign_searches = true``: searches by contsign expand by default too."""
+    search_cfg = dataclasses.replace(config.search, rerank_contsign_searches=True)
+    client = await aiohttp_client(create_app(dataclasses.replace(config, search=search_cfg), embedder))
+
+    async def api(route: str, **body) -> dict:
+        return await (await client.post(route, json={"from": "pytest", **body})).json()
+
+    vectors = await fill(api, client)
+    contsign = next(iter(vectors))
+    body = await api(f"{R}/search", appid="lib", contsign=json.loads(contsign), rn=100)
+    assert [c for c, _ in ranked(body)] == expected_order(vectors[contsign], vectors, 2, DEFAULT_MIN_SCORE)
 
 
 async def test_same_picture_is_unaffected(api, client):
@@ -211,7 +232,13 @@ async def test_bad_query_expansion_is_err_no_1(api, client, value):
 
 
 def test_config_section_and_its_bounds():
-    assert Config().search.query_expansion == 0  # off: pages in descending score, as the spec shows
+    search = Config().search
+    # Searches by image re-rank by default (the measured best); by contsign they stay plain
+    # nearest neighbours by descending score unless configured or asked.
+    assert search.ranking_for(by_image=True) == Ranking(2, True)
+    assert search.ranking_for(by_image=False) == Ranking(0, False)
+    everywhere = from_mapping({"search": {"rerank_contsign_searches": True, "promote_same_picture": False}})
+    assert everywhere.search.ranking_for(by_image=False) == Ranking(2, False)
     assert from_mapping({"search": {"query_expansion": 0}}).search.query_expansion == 0
     for bad in (-1, qe.MAX_EXPANSION + 1, True, "2"):
         with pytest.raises(ConfigError, match="query_expansion"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 from aiohttp import web
 
 from same_search import wire
@@ -30,6 +31,7 @@ from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID, ok, read_body
 from same_search.routes.fields import check_library_name, encode_base64, is_decimal, parse_region
 from same_search.services import SERVICES, Services
+from same_search.verify.service import QueryFeatures
 
 API = wire.API
 MAX_PAGE = 1000
@@ -317,13 +319,27 @@ async def search_image(request: web.Request) -> web.Response:
     services, lib = await _library(request)
     rn = _query_int(request, "rn", 20, services.cfg.limits.max_rn)
     image = None if "contsign" in request.query else bytes(await read_body(request))
+    contsign = None if image is not None else _contsign(request, request.query["contsign"])
+    # The same default ranking as the retrieval port's search (config [search]).
+    ranking = services.cfg.search.ranking_for(by_image=image is not None)
+    region = query_region(request)
+
+    async def features() -> QueryFeatures | None:
+        if not ranking.promote_same_picture:
+            return None
+        return await services.libraries.query_features(lib, image, contsign)
+
+    async def vector_of() -> np.ndarray:
+        if contsign is not None:  # "find similar" on an item page: reuse the stored vector
+            return await services.libraries.vector_of(lib, contsign)
+        return await services.libraries.embed_query(lib, image, region)
 
     async def once() -> SearchPage:
-        if image is None:  # "find similar" on an item page: reuse the stored vector
-            vector = await services.libraries.vector_of(lib, _contsign(request, request.query["contsign"]))
-        else:
-            vector = await services.libraries.embed_query(lib, image, query_region(request))
-        return await services.libraries.search(lib, vector, 0, rn, None)
+        # The query's local features (for promotion) are extracted while its vector is computed.
+        vector, query = await asyncio.gather(vector_of(), features())
+        return await services.libraries.search(
+            lib, vector, 0, rn, None, None, ranking.query_expansion, ranking.promote_same_picture, query
+        )
 
     # Embedded and searched again if a re-embed switches the library in between.
     page = await services.libraries.on_one_model(lib, once)

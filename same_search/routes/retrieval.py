@@ -147,10 +147,14 @@ async def search(request: web.Request) -> web.Response:
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
     tag_filter = _tag_filter(fields)
     same_picture = _flag(fields, "same_picture")
-    promote = _flag(fields, "promote_same_picture", services.cfg.search.promote_same_picture)
+    promote = _optional_flag(fields, "promote_same_picture")
     min_score, expansion = _min_score(fields), _query_expansion(fields)
     region = fields.region()
     image = await _image_or_url(services, fields, required=False)
+    # The configured ranking: searches by image re-rank by default, searches by contsign need not.
+    ranking = services.cfg.search.ranking_for(by_image=image is not None)
+    promote = ranking.promote_same_picture if promote is None else promote
+    expansion = ranking.query_expansion if expansion is None else expansion
     contsign = None
     if image is None:
         if region is not None:
@@ -201,7 +205,15 @@ async def _none() -> None:
 
 def _flag(fields: Fields, name: str, default: bool = False) -> bool:
     """An optional 0/1 extension field (absent = ``default``)."""
-    value = fields.data.get(name, int(default))
+    value = _optional_flag(fields, name)
+    return default if value is None else value
+
+
+def _optional_flag(fields: Fields, name: str) -> bool | None:
+    """An optional 0/1 extension field; None when absent (the caller's default applies)."""
+    value = fields.data.get(name)
+    if value is None:
+        return None
     if isinstance(value, bool) or value not in (0, 1):
         raise bad_request(f"{name} must be 0 or 1")
     return value == 1
