@@ -682,18 +682,19 @@ class LibraryService:
         more exist, on every backend.
         """
         n = query_expansion
-        promote = promote and pn < promotion.DEPTH  # positions past the depth never move
-        # Promotion reorders the ranking's first DEPTH whatever the page, so every page sees them.
-        depth = max(pn + rn + 1, promotion.DEPTH) if promote else pn + rn + 1
+        # With promotion every page is cut from the promoted ranking (so pages never repeat or
+        # skip a hit); up to DEPTH hits move to the front, so DEPTH more are read.
+        depth = pn + rn + 1 + (promotion.DEPTH if promote else 0)
         if n > 0:
-            found, rows = await self._expanded_ranking(lib, vector, n, depth, tag_filter, min_score)
+            found, rows, plain = await self._expanded_ranking(lib, vector, n, depth, tag_filter, min_score)
         else:
             result = await self._call(lib, self.backend.search(lib, vector, depth, tag_filter))
             found, rows = result.found, result.rows
             if min_score is not None:
                 found = [(key, score) for key, score in found if score >= min_score]
+            plain = found
         if promote:
-            found = await self._promoted(lib, found, query)
+            found = await self._promoted(lib, plain[: promotion.DEPTH], found, query, min_score)
         window = found[pn : pn + rn]
         missing = [key for key, _ in window if key not in rows]
         if missing:
@@ -709,9 +710,9 @@ class LibraryService:
         want: int,
         tag_filter: TagFilter | None,
         min_score: float | None,
-    ) -> tuple[list[tuple[int, float]], dict[int, ItemRow]]:
+    ) -> tuple[list[tuple[int, float]], dict[int, ItemRow], list[tuple[int, float]]]:
         """At least ``want`` hits (when there are) in query-expansion order, scored against the
-        original query, and the rows the searches read on the way.
+        original query, the rows the searches read on the way, and the plain search's hits.
 
         Two searches: the plain one (its best ``n`` hits, copies of the query aside, expand the
         query; its near-duplicates lead; its scores are reused) and the expanded one. Hits the
@@ -726,7 +727,7 @@ class LibraryService:
             found = first.found
             if min_score is not None:
                 found = [(key, score) for key, score in found if score >= min_score]
-            return found, first.rows
+            return found, first.rows, first.found
         neighbours = await self._vectors(lib, qe.expanding_keys(first.found, n))
         expanded = qe.expanded_query(vector, list(neighbours.values()))
         query = np.asarray(vector, dtype=np.float32).ravel()
@@ -741,17 +742,24 @@ class LibraryService:
                 original[key] = float(np.dot(query, stored))
             found = qe.merged_ranking(leading, (key for key, _ in second.found), original, min_score)
             if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
-                return found, rows
+                return found, rows, first.found
             depth *= 2
 
     async def _promoted(
-        self, lib: Library, found: list[tuple[int, float]], query: QueryFeatures | None
+        self,
+        lib: Library,
+        head: list[tuple[int, float]],
+        found: list[tuple[int, float]],
+        query: QueryFeatures | None,
+        min_score: float | None,
     ) -> list[tuple[int, float]]:
-        """``found`` with the candidates among its first few that are the query's picture first."""
-        head = found[: promotion.DEPTH]
+        """``found`` with the candidates of ``head`` (the plain ranking's best) that are the
+        query's picture first (:mod:`same_search.promotion`)."""
+        if min_score is not None:
+            head = [(key, score) for key, score in head if score >= min_score]
         stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in head]))
         verdicts = await self.verifier.judge(query, head, stored)
-        return promotion.promoted(found, [v.key for v in verdicts if v.same])
+        return promotion.promoted(found, [(v.key, v.score) for v in verdicts if v.same])
 
     async def _vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by key, read concurrently (keys removed meanwhile are left out)."""

@@ -8,7 +8,7 @@ import json
 
 import pytest
 from conftest import b64, brief
-from images import encode
+from images import encode, jpeg
 from PIL import Image, ImageDraw
 from test_same_picture import scene
 
@@ -84,10 +84,32 @@ async def test_promotion_on_top_of_query_expansion_and_paging(api):
     assert [k for k, _ in pages] == [k for k, _ in whole]
 
 
+async def test_pages_past_the_checked_depth_concatenate_without_repeats_or_gaps(api):
+    """Every page, also those starting past the 10 checked candidates, is cut from one promoted
+    ranking: a confirmed copy shows up once, at the top, and nothing is skipped."""
+    original = await fill(api)
+    for seed in range(20):
+        body = await api(f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(f"other-{seed}")])
+        assert body["err_no"] == 0, body
+    for expansion in (0, 2):
+        whole = await ranking(api, query_expansion=expansion)
+        assert whole[0][0] == original and len(whole) == 26
+        pages = []
+        for pn in range(0, 27, 3):
+            body = await api(
+                f"{R}/search", appid="lib", image=b64(QUERY), pn=pn, rn=3, query_expansion=expansion
+            )
+            assert body["has_more"] == int(pn + 3 < len(whole))
+            pages += [(key(hit["contsign"]), hit["score"]) for hit in body["data_items"]]
+        assert [k for k, _ in pages] == [k for k, _ in whole]
+
+
 async def test_look_alikes_are_never_promoted(api):
     await fill(api)
     look_alike = encode(scene(PALETTE, 7))  # another layout: not in the library
-    plain = await api(f"{R}/search", appid="lib", image=b64(look_alike), rn=100, query_expansion=0)
+    plain = await api(
+        f"{R}/search", appid="lib", image=b64(look_alike), rn=100, query_expansion=0, promote_same_picture=0
+    )
     promoted = await api(
         f"{R}/search", appid="lib", image=b64(look_alike), rn=100, query_expansion=0, promote_same_picture=1
     )
@@ -129,8 +151,15 @@ async def test_bad_flag_is_err_no_1(api, bad):
     assert body["err_no"] == 1 and "promote_same_picture" in body["err_msg"]
 
 
-def test_promoted_moves_only_confirmed_hits_within_the_depth():
+def test_promoted_puts_confirmed_hits_first_and_keeps_the_rest_in_order():
     from same_search import promotion
 
     found = [(k, 1.0 - k / 100) for k in range(20)]
-    assert promotion.promoted(found, [3, 1, 15]) == [found[1], found[3], found[0], found[2], *found[4:]]
+    assert promotion.promoted(found, [found[3], found[1], found[15]]) == [
+        found[1],
+        found[3],
+        found[15],
+        *[hit for hit in found if hit[0] not in (1, 3, 15)],
+    ]
+    # A confirmed hit the page's ranking did not reach (query expansion moved it deeper) leads too.
+    assert promotion.promoted(found[:5], [(42, 0.7)]) == [(42, 0.7), *found[:5]]
