@@ -1,0 +1,237 @@
+"""The quality a client sees, measured from outside: the real daemon, over HTTP, on its defaults.
+
+The other evaluations score the daemon's code in-process (fast, cached); this one starts
+``python -m same_search`` with an empty config (every default) and asks it over HTTP, the way a
+client written from the spec would, so what it reports is what the defaults deliver end to end.
+
+- **Category** (``--category``): every ``caltech101-dev`` photo and the 1,000
+  ``imagenet-samples`` photos are added; each Caltech photo searches by image (``rn`` 101, the
+  photo's own stored copy dropped). P@10, mAP@100 and R@100 (relevant = same Caltech class) with
+  the defaults and with the plain ranking (``query_expansion: 0, promote_same_picture: 0``).
+- **Same picture** (``--same-picture``): the sets of ``bench/eval_same_picture.py`` (library with
+  look-alikes; strong edits as positives; look-alikes that are not stored as negatives, built or
+  read from its cache). Per query: a default search (recall@1 of the edited copy's original, per
+  edit) and a ``same_picture: 1`` search (precision and recall of the decision).
+
+Usage::
+
+    nice -n 10 .venv/bin/python bench/eval_daemon.py            # both parts, prints the tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import common  # noqa: F401  (puts the worktree's package first on sys.path)
+import eval_same_picture as same_picture
+import numpy as np
+from common import SHARED_DATA
+from daemon import Daemon
+
+APPID = "eval"
+PLAIN = {"query_expansion": 0, "promote_same_picture": 0}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def key(contsign: dict) -> tuple[int, int]:
+    return contsign["sign1"], contsign["sign2"]
+
+
+def add_all(daemon: Daemon, pictures: dict[str, bytes], clients: int) -> dict[tuple[int, int], str]:
+    """Add every picture (brief = its name); returns contsign -> name (duplicates share one)."""
+    assert daemon.rts("signup", appid=APPID)["err_no"] == 0
+
+    def add(item: tuple[str, bytes]) -> tuple[str, dict]:
+        name, data = item
+        brief = {"fea_id": 1000, "fea_data": b64(name.encode()[:200])}
+        return name, daemon.rts("add", appid=APPID, image=b64(data), features=[brief])
+
+    stored = {}
+    with ThreadPoolExecutor(clients) as pool:
+        for name, body in pool.map(add, pictures.items()):
+            if body["err_no"] == 0:
+                stored[key(body["contsign"])] = name
+            elif body["err_no"] == 101:  # the same bytes twice: the first name stands
+                continue
+            else:
+                print(f"  add {name}: {body}", file=sys.stderr)
+    return stored
+
+
+def search_all(
+    daemon: Daemon, queries: dict[str, bytes], clients: int, **fields
+) -> tuple[dict[str, list[tuple[tuple[int, int], float]]], list[float]]:
+    """Every query searched by image with ``fields``; hits (contsign, score) per query, and the
+    wall time of each request."""
+
+    def search(item: tuple[str, bytes]) -> tuple[str, list, float]:
+        name, data = item
+        began = time.perf_counter()
+        body = daemon.rts("search", appid=APPID, image=b64(data), **fields)
+        elapsed = time.perf_counter() - began
+        assert body["err_no"] == 0, (name, body)
+        return name, [(key(hit["contsign"]), hit["score"]) for hit in body.get("data_items", [])], elapsed
+
+    hits, times = {}, []
+    with ThreadPoolExecutor(clients) as pool:
+        for name, found, elapsed in pool.map(search, queries.items()):
+            hits[name] = found
+            times.append(elapsed)
+    return hits, times
+
+
+def category_metrics(ranked: list[list[str]], labels: list[str], n_relevant: list[int]) -> dict[str, float]:
+    """P@10, mAP@100 and recall@100 of ranked label lists."""
+    p10, ap, recall = [], [], []
+    for names, label, total in zip(ranked, labels, n_relevant, strict=True):
+        relevant = np.array([n == label for n in names[:100]], dtype=float)
+        precision_at = np.cumsum(relevant) / np.arange(1, len(relevant) + 1)
+        p10.append(relevant[:10].mean() if len(relevant) else 0.0)
+        ap.append(float((precision_at * relevant).sum()) / min(total, 100))
+        recall.append(relevant.sum() / total)
+    return {"P@10": float(np.mean(p10)), "mAP@100": float(np.mean(ap)), "R@100": float(np.mean(recall))}
+
+
+def category(daemon: Daemon, data: Path, clients: int) -> list[str]:
+    """The category protocol over HTTP, defaults against the plain ranking."""
+    caltech = sorted((data / "caltech101-dev").glob("*/*.jpg"))
+    imagenet = sorted((data / "imagenet-samples").glob("*.JPEG"))
+    pictures = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in caltech}
+    pictures.update({f"imagenet/{p.name}": p.read_bytes() for p in imagenet})
+    began = time.perf_counter()
+    stored = add_all(daemon, pictures, clients)
+    print(f"category: {len(stored)} added in {time.perf_counter() - began:.0f} s", flush=True)
+    queries = {name: pictures[name] for name in pictures if not name.startswith("imagenet/")}
+    label = {name: name.split("/")[0] for name in pictures}
+    per_class = defaultdict(int)
+    for name in stored.values():
+        per_class[label[name]] += 1
+    rows = []
+    for title, fields in (("defaults", {}), ("plain (query_expansion 0, promote_same_picture 0)", PLAIN)):
+        hits, times = search_all(daemon, queries, clients, rn=101, **fields)
+        ranked = [[label[stored[c]] for c, _ in hits[q] if stored.get(c) != q][:100] for q in queries]
+        labels = [label[q] for q in queries]
+        m = category_metrics(ranked, labels, [per_class[x] - 1 for x in labels])
+        rows.append(
+            f"| {title} | {m['P@10']:.3f} | {m['mAP@100']:.3f} | {m['R@100']:.3f} | "
+            f"{1000 * statistics.median(times):.0f} |"
+        )
+        print(rows[-1], flush=True)
+    return [
+        f"Category: {len(queries)} Caltech queries by image, library {len(stored)} "
+        f"({len(imagenet)} ImageNet distractors), rn 101, own copy dropped",
+        "",
+        "| ranking | P@10 | mAP@100 | R@100 | median ms per search |",
+        "|:---|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def load_sets(data: Path, cache_dir: Path) -> same_picture.Sets:
+    """eval_same_picture's sets, from its cache when it built them before."""
+    args = same_picture.parse_args(["--data-dir", str(data), "--cache-dir", str(cache_dir)])
+    hard = same_picture.hard_edits
+    settings = f"{args.sample:g}-{args.imagenet}-{args.products}-{args.originals}-{hard.VERSION}"
+    path = cache_dir / f"same_picture-sets-{settings}.pkl"
+    if path.exists():
+        sets = pickle.loads(path.read_bytes())
+        same_picture.assign_truth(sets)
+        return sets
+    return same_picture.build_sets(data, args)
+
+
+def same_picture_part(daemon: Daemon, data: Path, cache_dir: Path, clients: int) -> list[str]:
+    """Recall@1 per edit with the default ranking, and the same_picture decision, over HTTP."""
+    sets = load_sets(data, cache_dir)
+    began = time.perf_counter()
+    stored = add_all(daemon, sets.library, clients)
+    print(f"same picture: {len(stored)} added in {time.perf_counter() - began:.0f} s", flush=True)
+    positives, negatives = same_picture.main_sets(sets)
+    queries = {q: sets.queries[q] for q in positives + negatives}
+    found, times = search_all(daemon, queries, clients, rn=10)
+    plain, _ = search_all(daemon, {q: sets.queries[q] for q in positives}, clients, rn=10, **PLAIN)
+    judged, judged_times = search_all(daemon, queries, clients, rn=10, same_picture=1)
+
+    def first_is_original(hits: dict[str, list]) -> Callable[[str], bool]:
+        return lambda q: bool(hits[q]) and stored.get(hits[q][0][0]) in sets.truth[q]
+
+    default_hit, plain_hit = first_is_original(found), first_is_original(plain)
+    by_edit = defaultdict(list)
+    for q in positives:
+        by_edit[sets.kind[q]].append(q)
+    lines = [
+        f"Same picture: library {len(stored)}, {len(positives)} edited copies, {len(negatives)} look-alikes",
+        "",
+        "| edit | recall@1, plain | recall@1, defaults |",
+        "|:---|---:|---:|",
+    ]
+    for edit, names in sorted(by_edit.items()):
+        lines.append(
+            f"| {edit} | {np.mean([plain_hit(q) for q in names]):.3f} | "
+            f"{np.mean([default_hit(q) for q in names]):.3f} |"
+        )
+    lines.append(
+        f"| **all** | {np.mean([plain_hit(q) for q in positives]):.3f} | "
+        f"{np.mean([default_hit(q) for q in positives]):.3f} |"
+    )
+    said = {q: {stored.get(c) for c, _ in judged[q]} for q in queries}
+    true_pos = sum(1 for q in positives if said[q] and said[q] <= sets.truth[q])
+    false_pos = sum(1 for q in queries if said[q] and not said[q] <= sets.truth[q])
+    precision = true_pos / max(1, true_pos + false_pos)
+    lines += [
+        "",
+        f"`same_picture: 1`: precision {precision:.3f}, recall {true_pos / len(positives):.3f}, "
+        f"{false_pos} false positives; median ms per search: default {1000 * statistics.median(times):.0f}, "
+        f"same_picture {1000 * statistics.median(judged_times):.0f}",
+    ]
+    for edit, names in sorted(by_edit.items()):
+        recall = np.mean([bool(said[q]) and said[q] <= sets.truth[q] for q in names])
+        lines.append(f"- {edit}: same_picture recall {recall:.3f}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA)
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--category", action="store_true", help="only the category part")
+    parser.add_argument("--same-picture", action="store_true", help="only the same-picture part")
+    args = parser.parse_args(argv)
+    if not (args.data_dir / "caltech101-dev").is_dir():
+        print(f"skipping: reference data not found under {args.data_dir}")
+        return 0
+    both = not (args.category or args.same_picture)
+    out = [f"# The daemon on its defaults, over HTTP ({time.strftime('%Y-%m-%d %H:%M')})", ""]
+    for wanted, part in ((args.category, "category"), (args.same_picture, "same")):
+        if not (wanted or both):
+            continue
+        with tempfile.TemporaryDirectory(prefix="eval-daemon-") as tmp:
+            daemon = Daemon(Path(tmp))
+            daemon.start()
+            try:
+                if part == "category":
+                    out += [*category(daemon, args.data_dir, args.clients), ""]
+                else:
+                    out += [*same_picture_part(daemon, args.data_dir, args.cache_dir, args.clients), ""]
+            finally:
+                daemon.stop()
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
