@@ -150,6 +150,7 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
             key = f"imagenet/{path.name}"
             sets.queries[key] = path.read_bytes()
             negatives[key] = "neg: other ImageNet"
+    negatives.update(add_textures(sets, data_dir, args))
     for key, kind in negatives.items():
         sets.truth[key], sets.kind[key] = frozenset(), kind
     originals = (
@@ -168,6 +169,40 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
             sets.kind[query] = edit
     assign_truth(sets)
     return sets
+
+
+def add_textures(sets: Sets, data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
+    """Repetitive textures: one photo of each fabric (and one catalogue grid per Caltech class)
+    in the library, another photo of it (another grid, of another photo of the class) as a
+    negative. Uses pictures nothing else uses, and its own random numbers, so the rest of the
+    protocol is the same with or without them. Returns the negatives' kinds."""
+    negatives = {}
+    queries = round(args.textures * args.sample)
+    for kind in hard_edits.TEXTURES:
+        for number in range(args.textures):
+            sets.library[f"texture/{kind}/{number}/shot0"] = jpeg_bytes(
+                hard_edits.texture(kind, number, 0), 90
+            )
+            if number < queries:
+                key = f"texture/{kind}/{number}/shot1"
+                sets.queries[key] = jpeg_bytes(hard_edits.texture(kind, number, 1), 90)
+                negatives[key] = f"neg: {kind}, same fabric"
+    for number, class_dir in enumerate(
+        sorted(p for p in (data_dir / "caltech101-dev").iterdir() if p.is_dir())
+    ):
+        unused = sorted(class_dir.glob("*.jpg"))[2::3][2 * args.products :][:2]
+        if len(unused) < 2:
+            continue
+        grids = [
+            hard_edits.catalogue_grid(decode(p.read_bytes(), LIMITS, FULL_RES), seed)
+            for seed, p in enumerate(unused)
+        ]
+        sets.library[f"grid/{class_dir.name}/0"] = jpeg_bytes(grids[0], 90)
+        if random.Random(number).random() < args.sample:
+            key = f"grid/{class_dir.name}/1"
+            sets.queries[key] = jpeg_bytes(grids[1], 90)
+            negatives[key] = "neg: catalogue grid, same class"
+    return negatives
 
 
 def assign_truth(sets: Sets) -> None:
@@ -522,6 +557,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--products", type=int, default=4, help="product shots per class in the library")
     parser.add_argument("--originals", type=int, default=60, help="edited originals per source (x sample)")
+    parser.add_argument(
+        "--textures",
+        type=int,
+        default=40,
+        help="fabrics of each texture kind in the library (and as negatives)",
+    )
     parser.add_argument("--sample", type=float, default=1.0, help="fraction of queries to use")
     parser.add_argument("--depth", type=int, default=decision.DEPTH, help="candidates verified per query")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
@@ -542,7 +583,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     embedder = Embedder(ModelConfig(name="efficientnet_lite0"))
-    settings = f"{args.sample:g}-{args.imagenet}-{args.products}-{args.originals}-{hard_edits.VERSION}"
+    settings = "-".join(
+        map(
+            str,
+            (
+                f"{args.sample:g}",
+                args.imagenet,
+                args.products,
+                args.originals,
+                args.textures,
+                hard_edits.VERSION,
+            ),
+        )
+    )
     sets_path = args.cache_dir / f"same_picture-sets-{settings}.pkl" if args.cache_dir else None
     if sets_path and sets_path.exists():
         sets = pickle.loads(sets_path.read_bytes())
