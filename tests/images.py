@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
@@ -64,3 +65,40 @@ def near_duplicate(data: bytes) -> bytes:
     cropped = image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
     small = cropped.resize((int(cropped.width * 0.7), int(cropped.height * 0.7)), Image.Resampling.BILINEAR)
     return encode(small, quality=40)
+
+
+def photo_like(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A picture with detail at every scale, as photos have: large soft regions, mid-sized
+    objects, small marks and a grain, so local features find keypoints at coarse scales (which
+    survive blur and shrinking) as well as fine ones."""
+    rng = random.Random(seed)
+    width, height = size
+    image = picture(seed, size)
+    draw = ImageDraw.Draw(image)
+    for count, (low, high) in ((25, (20, 70)), (80, (5, 20))):
+        for _ in range(count):
+            x0, y0 = rng.randrange(width), rng.randrange(height)
+            side = rng.randrange(low, high)
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            if rng.random() < 0.5:
+                draw.ellipse([x0, y0, x0 + side, y0 + side * rng.uniform(0.5, 1.5)], fill=colour)
+            else:
+                draw.rectangle([x0, y0, x0 + side * rng.uniform(0.5, 1.5), y0 + side], fill=colour)
+    grain = Image.effect_noise(size, 24).convert("RGB")
+    return Image.blend(image, grain, 0.08).filter(ImageFilter.GaussianBlur(0.7))
+
+
+def stripes(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A striped picture (fabric, a deckchair): bands of a few colours at one period, slightly
+    wavy. Two seeds share the kind of picture, never the picture."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    period = rng.uniform(14, 30)
+    colours = rng.integers(0, 256, (3, 3))
+    edges = np.cumsum(rng.uniform(0.5, 2, 3))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    wave = rng.uniform(2, 8) * np.sin(yy / rng.uniform(150, 400) * 2 * np.pi + rng.uniform(0, 2 * np.pi))
+    band = np.searchsorted(edges / edges[-1], ((xx + wave) / period) % 1.0, side="right").clip(0, 2)
+    image = Image.fromarray(colours[band].astype(np.uint8))
+    grain = Image.effect_noise(size, 20).convert("RGB")
+    return Image.blend(image, grain, 0.06).filter(ImageFilter.GaussianBlur(0.6))

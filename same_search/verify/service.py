@@ -62,23 +62,32 @@ class SamePictureService:
         Never fails an add: a picture the embedder accepts but this cannot describe is stored
         without local features, and judged by the strict score fallback.
         """
-        query = await self.query(data)
-        return None if query is None else query.direct.to_bytes()
+        return await self._off_loop(self._stored, data)
 
     async def query(self, data: bytes) -> QueryFeatures | None:
-        """Decode ``data`` and extract its local features (None if it cannot be decoded)."""
+        """Decode ``data`` and extract its local features as a query (None if it cannot be
+        decoded): :func:`local_features.extract_query`, which admits fainter keypoints than the
+        stored form so that blurred and small copies still find their original's."""
+        return await self._off_loop(self._query, data)
+
+    async def _off_loop(self, extraction, data: bytes):
+        """Run ``extraction(data)`` in the pool; None when the picture cannot be described."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._query, data)
+            return await loop.run_in_executor(self._pool, extraction, data)
         except ImageRefused:  # undecodable or out of limits: the embedder reports it to the client
             return None
         except Exception:
             log.exception("local feature extraction failed")
             return None
 
+    def _stored(self, data: bytes) -> bytes:
+        picture = decode(data, self.limits, local_features.WORKING_SIDE)
+        return local_features.extract(picture).to_bytes()
+
     def _query(self, data: bytes) -> QueryFeatures:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
-        return QueryFeatures(local_features.extract(picture))
+        return QueryFeatures(local_features.extract_query(picture))
 
     @staticmethod
     def stored_query(data: bytes | None) -> QueryFeatures | None:
