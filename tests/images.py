@@ -84,21 +84,29 @@ def photo_like(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
                 draw.ellipse([x0, y0, x0 + side, y0 + side * rng.uniform(0.5, 1.5)], fill=colour)
             else:
                 draw.rectangle([x0, y0, x0 + side * rng.uniform(0.5, 1.5), y0 + side], fill=colour)
-    grain = Image.effect_noise(size, 24).convert("RGB")
-    return Image.blend(image, grain, 0.08).filter(ImageFilter.GaussianBlur(0.7))
+    return Image.blend(image, _grain(seed, size, 24), 0.08).filter(ImageFilter.GaussianBlur(0.7))
 
 
-def stripes(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
-    """A striped picture (fabric, a deckchair): bands of a few colours at one period, slightly
-    wavy. Two seeds share the kind of picture, never the picture."""
-    rng = np.random.default_rng(seed)
+def stripes(fabric: int, shot: int = 0, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """Photo ``shot`` of a striped fabric: bands of a few colours at one period (all set by
+    ``fabric``), with the shot's own waviness, framing and grain. Two shots of one fabric are
+    alike to any descriptor, and never the same picture."""
+    cloth, photo = np.random.default_rng(fabric), np.random.default_rng([fabric, shot, 1])
     width, height = size
-    period = rng.uniform(14, 30)
-    colours = rng.integers(0, 256, (3, 3))
-    edges = np.cumsum(rng.uniform(0.5, 2, 3))
+    period = cloth.uniform(14, 30)
+    colours = cloth.integers(0, 256, (3, 3))
+    edges = np.cumsum(cloth.uniform(0.5, 2, 3))
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    wave = rng.uniform(2, 8) * np.sin(yy / rng.uniform(150, 400) * 2 * np.pi + rng.uniform(0, 2 * np.pi))
-    band = np.searchsorted(edges / edges[-1], ((xx + wave) / period) % 1.0, side="right").clip(0, 2)
+    wave = photo.uniform(2, 8) * np.sin(
+        yy / photo.uniform(150, 400) * 2 * np.pi + photo.uniform(0, 2 * np.pi)
+    )
+    position = (xx + wave + photo.uniform(0, period)) / period
+    band = np.searchsorted(edges / edges[-1], position % 1.0, side="right").clip(0, 2)
     image = Image.fromarray(colours[band].astype(np.uint8))
-    grain = Image.effect_noise(size, 20).convert("RGB")
-    return Image.blend(image, grain, 0.06).filter(ImageFilter.GaussianBlur(0.6))
+    return Image.blend(image, _grain([fabric, shot], size, 20), 0.06).filter(ImageFilter.GaussianBlur(0.6))
+
+
+def _grain(seed, size: tuple[int, int], sigma: float) -> Image.Image:
+    """Grey sensor noise around mid-grey, the same for the same seed."""
+    noise = np.random.default_rng(seed).normal(128, sigma, (size[1], size[0]))
+    return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).convert("RGB")

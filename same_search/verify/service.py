@@ -112,7 +112,7 @@ def judge(
     query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
 ) -> list[Verdict]:
     """Verdicts for ``candidates``; the mirrored query is tried only for candidates the direct
-    one does not confirm."""
+    one does not confirm, and either way round confirms."""
     verdicts = []
     for key, score in candidates:
         candidate = _parse(stored.get(key), key)
@@ -122,7 +122,9 @@ def judge(
         evidence = matching.verify(query.direct, candidate)
         if not decision.is_same_picture(score, evidence):
             flipped = matching.verify(query.mirror(), candidate, mirrored=True)
-            if flipped.inliers > evidence.inliers:
+            # The mirror's evidence when it passes (fewer inliers may be a cleaner geometry), or
+            # when neither passes and it is the stronger (reported with the verdict).
+            if decision.is_same_picture(score, flipped) or flipped.inliers > evidence.inliers:
                 evidence = flipped
         verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
     return verdicts
