@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from same_search.embed.errors import ImageRefused
 from same_search.embed.images import ImageLimits, decode
@@ -19,6 +20,7 @@ from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,7 +72,7 @@ class SamePictureService:
         stored form so that blurred and small copies still find their original's."""
         return await self._off_loop(self._query, data)
 
-    async def _off_loop(self, extraction, data: bytes):
+    async def _off_loop(self, extraction: Callable[[bytes], T], data: bytes) -> T | None:
         """Run ``extraction(data)`` in the pool; None when the picture cannot be described."""
         loop = asyncio.get_running_loop()
         try:
