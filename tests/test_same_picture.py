@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 from same_search.contsign import ContSign
 from same_search.store.db import SCHEMA_VERSION, Store
 from same_search.verify import decision
-from same_search.verify.local_features import LocalFeatures, extract
+from same_search.verify.local_features import LocalFeatures, extract, extract_query
 from same_search.verify.matching import Evidence
 
 R = "/RTSAsService"
@@ -342,3 +342,15 @@ def test_unreadable_stored_features_as_a_query_fall_back_to_the_score():
 
     assert SamePictureService.stored_query(b"not local features") is None
     assert SamePictureService.stored_query(None) is None
+
+
+def test_queries_admit_fainter_keypoints_and_the_stored_form_is_unchanged():
+    """Only the query side looks harder: a picture with 300 strong keypoints is described alike
+    both ways, a blurred dim one gets many more keypoints as a query; stored bytes keep format 1."""
+    sharp = photo_like(1)
+    stored, query = extract(sharp), extract_query(sharp)
+    assert len(stored) == len(query) == 300
+    assert {tuple(p) for p in stored.points.round(1)} == {tuple(p) for p in query.points.round(1)}
+    blurred = dim_photo(3).filter(ImageFilter.GaussianBlur(4))
+    assert len(extract_query(blurred)) >= 3 * max(1, len(extract(blurred)))
+    assert stored.to_bytes()[0] == 1
