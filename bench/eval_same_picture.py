@@ -1,24 +1,32 @@
 """The same-picture decision on a hard development protocol, against a bare score threshold.
 
-"Is this query an edited copy of a stored picture, or merely a look-alike?" Library: half of
-each ``caltech101-dev`` class, ``--imagenet`` ImageNet photos and product shots on white made
-from Caltech photos (bench/hard_edits.py). Positives: strong edits of sampled library pictures
-(a 50% crop at half size and JPEG 30, blur 3, rotation 20, a photo of a screen, a 30% sticker, a
-mirrored crop, a logo, a screenshot). Negatives are look-alikes: the other photos of each
-Caltech class (same class, different photo), product shots made from those photos (same class on
-white), and further ImageNet photos; none of them is in the library.
+"Is this query an edited copy of a stored picture, or merely a look-alike?" Library: a third of
+each ``caltech101-dev`` class, ``--imagenet`` ImageNet photos, product shots on white made from
+Caltech photos and repetitive textures (striped and checked fabrics, catalogue grids;
+bench/hard_edits.py). Positives: strong edits of sampled library pictures (a 50% crop at half
+size and JPEG 30, blur 3, rotation 20, a photo of a screen, a 30% sticker, a mirrored crop, a
+logo, a screenshot; and the smallest and blurriest: a 70% crop at half size and JPEG 35, a 40%
+crop at a quarter, blur 2 and 4). Negatives are look-alikes: the other photos of each Caltech
+class (same class, different photo), product shots made from those photos (same class on
+white), further ImageNet photos, another photo of each fabric and a grid of another photo of
+each class; none of them is in the library.
 
 Each query runs the daemon's own pipeline: the default embedder's vector, exact cosine search,
-then :mod:`same_search.verify` on the top ``--depth`` candidates (the query's local features
-against each candidate's, mirrored query included). A query "says same picture" when at least
-one candidate is judged the same; it is right when the judged hits are exactly its original.
+then :mod:`same_search.verify` on the top ``--depth`` candidates (the query's local features,
+extracted as a search extracts them, against each candidate's stored ones, mirrored query
+included). A query "says same picture" when at least one candidate is judged the same; it is
+right when the judged hits are exactly its original. The previous query side (the stored form)
+is always measured beside it, ``--variants`` adds the other query sides tried, and the
+decision's inlier-ratio tier is refitted on half of the originals and reported on the other.
 
-Vectors and local features are cached on disk per image content, keyed by the model's
-fingerprint and the local-feature settings (``--cache-dir``), so a second run only re-scores.
+Vectors and local features (stored form, and each query side) are cached on disk per image
+content, keyed by the model's fingerprint and the local-feature settings (``--cache-dir``), so a
+second run only matches and scores again (a few minutes per query side).
 
 Usage::
 
     nice -n 10 .venv/bin/python bench/eval_same_picture.py             # writes same_picture_results.md
+    nice -n 10 .venv/bin/python bench/eval_same_picture.py --variants  # every query side tried
     .venv/bin/python bench/eval_same_picture.py --sample 0.2 --out ''  # quick run, no file
 """
 
