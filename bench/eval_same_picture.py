@@ -308,7 +308,10 @@ class QueryVariant:
 
     def settings(self) -> str:
         """Cache key of the variant's features."""
-        return "daemon" if self.daemon else f"c{self.contrast}-k{self.max_keypoints}-s{self.side}"
+        if self.daemon:  # keyed by what extract_query uses, so a changed setting is extracted anew
+            lf = local_features
+            return f"daemon-c{lf.QUERY_CONTRAST}-k{lf.MAX_KEYPOINTS}-s{lf.WORKING_SIDE}"
+        return f"c{self.contrast}-k{self.max_keypoints}-s{self.side}"
 
     def extract(self, data: bytes) -> local_features.LocalFeatures:
         """Decode (as the daemon does) and extract; positions in working-resolution units."""
@@ -367,8 +370,8 @@ class QueryCache:
         return [1000 * self.entries[hashlib.sha1(v).hexdigest()][1] for v in queries.values()]
 
     def save(self) -> None:
-        """Write the cache."""
-        if self.path:
+        """Write the cache (the stored form has none of its own)."""
+        if self.path and self.stored is None:
             self.path.with_suffix(".tmp").write_bytes(pickle.dumps(self.entries))
             self.path.with_suffix(".tmp").replace(self.path)
 
