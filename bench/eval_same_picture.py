@@ -1,24 +1,32 @@
 """The same-picture decision on a hard development protocol, against a bare score threshold.
 
-"Is this query an edited copy of a stored picture, or merely a look-alike?" Library: half of
-each ``caltech101-dev`` class, ``--imagenet`` ImageNet photos and product shots on white made
-from Caltech photos (bench/hard_edits.py). Positives: strong edits of sampled library pictures
-(a 50% crop at half size and JPEG 30, blur 3, rotation 20, a photo of a screen, a 30% sticker, a
-mirrored crop, a logo, a screenshot). Negatives are look-alikes: the other photos of each
-Caltech class (same class, different photo), product shots made from those photos (same class on
-white), and further ImageNet photos; none of them is in the library.
+"Is this query an edited copy of a stored picture, or merely a look-alike?" Library: a third of
+each ``caltech101-dev`` class, ``--imagenet`` ImageNet photos, product shots on white made from
+Caltech photos and repetitive textures (striped and checked fabrics, catalogue grids;
+bench/hard_edits.py). Positives: strong edits of sampled library pictures (a 50% crop at half
+size and JPEG 30, blur 3, rotation 20, a photo of a screen, a 30% sticker, a mirrored crop, a
+logo, a screenshot; and the smallest and blurriest: a 70% crop at half size and JPEG 35, a 40%
+crop at a quarter, blur 2 and 4). Negatives are look-alikes: the other photos of each Caltech
+class (same class, different photo), product shots made from those photos (same class on
+white), further ImageNet photos, another photo of each fabric and a grid of another photo of
+each class; none of them is in the library.
 
 Each query runs the daemon's own pipeline: the default embedder's vector, exact cosine search,
-then :mod:`same_search.verify` on the top ``--depth`` candidates (the query's local features
-against each candidate's, mirrored query included). A query "says same picture" when at least
-one candidate is judged the same; it is right when the judged hits are exactly its original.
+then :mod:`same_search.verify` on the top ``--depth`` candidates (the query's local features,
+extracted as a search extracts them, against each candidate's stored ones, mirrored query
+included). A query "says same picture" when at least one candidate is judged the same; it is
+right when the judged hits are exactly its original. The previous query side (the stored form)
+is always measured beside it, ``--variants`` adds the other query sides tried, and the
+decision's inlier-ratio tier is refitted on half of the originals and reported on the other.
 
-Vectors and local features are cached on disk per image content, keyed by the model's
-fingerprint and the local-feature settings (``--cache-dir``), so a second run only re-scores.
+Vectors and local features (stored form, and each query side) are cached on disk per image
+content, keyed by the model's fingerprint and the local-feature settings (``--cache-dir``), so a
+second run only matches and scores again (a few minutes per query side).
 
 Usage::
 
     nice -n 10 .venv/bin/python bench/eval_same_picture.py             # writes same_picture_results.md
+    nice -n 10 .venv/bin/python bench/eval_same_picture.py --variants  # every query side tried
     .venv/bin/python bench/eval_same_picture.py --sample 0.2 --out ''  # quick run, no file
 """
 
@@ -32,7 +40,8 @@ import pickle
 import random
 import sys
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,6 +159,7 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
             key = f"imagenet/{path.name}"
             sets.queries[key] = path.read_bytes()
             negatives[key] = "neg: other ImageNet"
+    negatives.update(add_textures(sets, data_dir, args))
     for key, kind in negatives.items():
         sets.truth[key], sets.kind[key] = frozenset(), kind
     originals = (
@@ -168,6 +178,40 @@ def build_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
             sets.kind[query] = edit
     assign_truth(sets)
     return sets
+
+
+def add_textures(sets: Sets, data_dir: Path, args: argparse.Namespace) -> dict[str, str]:
+    """Repetitive textures: one photo of each fabric (and one catalogue grid per Caltech class)
+    in the library, another photo of it (another grid, of another photo of the class) as a
+    negative. Uses pictures nothing else uses, and its own random numbers, so the rest of the
+    protocol is the same with or without them. Returns the negatives' kinds."""
+    negatives = {}
+    queries = round(args.textures * args.sample)
+    for kind in hard_edits.TEXTURES:
+        for number in range(args.textures):
+            sets.library[f"texture/{kind}/{number}/shot0"] = jpeg_bytes(
+                hard_edits.texture(kind, number, 0), 90
+            )
+            if number < queries:
+                key = f"texture/{kind}/{number}/shot1"
+                sets.queries[key] = jpeg_bytes(hard_edits.texture(kind, number, 1), 90)
+                negatives[key] = f"neg: {kind}, same fabric"
+    for number, class_dir in enumerate(
+        sorted(p for p in (data_dir / "caltech101-dev").iterdir() if p.is_dir())
+    ):
+        unused = sorted(class_dir.glob("*.jpg"))[2::3][2 * args.products :][:2]
+        if len(unused) < 2:
+            continue
+        grids = [
+            hard_edits.catalogue_grid(decode(p.read_bytes(), LIMITS, FULL_RES), seed)
+            for seed, p in enumerate(unused)
+        ]
+        sets.library[f"grid/{class_dir.name}/0"] = jpeg_bytes(grids[0], 90)
+        if random.Random(number).random() < args.sample:
+            key = f"grid/{class_dir.name}/1"
+            sets.queries[key] = jpeg_bytes(grids[1], 90)
+            negatives[key] = "neg: catalogue grid, same class"
+    return negatives
 
 
 def assign_truth(sets: Sets) -> None:
@@ -252,43 +296,144 @@ class FeatureCache:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class QueryVariant:
+    """How a query's local features are extracted (the stored side never changes)."""
+
+    name: str
+    contrast: float | None = None  # SIFT's contrast threshold; None: OpenCV's 0.04, as stored
+    max_keypoints: int = local_features.MAX_KEYPOINTS
+    side: int = local_features.WORKING_SIDE
+    daemon: bool = False  # exactly what the daemon does (local_features.extract_query)
+
+    def settings(self) -> str:
+        """Cache key of the variant's features."""
+        if self.daemon:  # keyed by what extract_query uses, so a changed setting is extracted anew
+            lf = local_features
+            return f"daemon-c{lf.QUERY_CONTRAST}-k{lf.MAX_KEYPOINTS}-s{lf.WORKING_SIDE}"
+        return f"c{self.contrast}-k{self.max_keypoints}-s{self.side}"
+
+    def extract(self, data: bytes) -> local_features.LocalFeatures:
+        """Decode (as the daemon does) and extract; positions in working-resolution units."""
+        picture = decode(data, LIMITS, max(self.side, local_features.WORKING_SIDE))
+        if self.daemon:
+            return local_features.extract_query(picture)
+        found = local_features.extract_pixels(
+            local_features.working_picture(picture, self.side), self.max_keypoints, self.contrast
+        )
+        unit = local_features.WORKING_SIDE / self.side
+        return local_features.LocalFeatures(
+            round(found.width * unit), round(found.height * unit), found.points * unit, found.descriptors
+        )
+
+
+#: The daemon's query side, and the variants measured against it (``--variants``).
+DAEMON_QUERY = QueryVariant(
+    f"contrast {local_features.QUERY_CONTRAST} (the daemon's query side)", daemon=True
+)
+STORED_FORM = QueryVariant("as stored: contrast 0.04 (the previous query side)")
+QUERY_VARIANTS = (
+    STORED_FORM,
+    DAEMON_QUERY,
+    QueryVariant("contrast 0.01", contrast=0.01),
+    QueryVariant("contrast 0.02, 500 keypoints", contrast=0.02, max_keypoints=500),
+    QueryVariant("contrast 0.02, longer side 400", contrast=0.02, max_keypoints=400, side=400),
+)
+
+
+class QueryCache:
+    """Query-side local features of one variant, on disk by content (CPU time per extraction)."""
+
+    def __init__(self, variant: QueryVariant, cache: FeatureCache, cache_dir: Path | None) -> None:
+        self.variant = variant
+        self.stored = cache if variant is STORED_FORM else None
+        fingerprint = cache.embedder.info.fingerprint
+        name = f"same_picture-query-{fingerprint}-lf{local_features.FORMAT_VERSION}-{variant.settings()}.pkl"
+        self.path = cache_dir / name if cache_dir else None
+        self.entries: dict[str, tuple[bytes, float]] = {}
+        if self.path and self.path.exists():
+            self.entries = pickle.loads(self.path.read_bytes())
+
+    def get(self, data: bytes) -> local_features.LocalFeatures:
+        """The query features of one picture, extracted on first use."""
+        if self.stored is not None:  # the stored form: already in the feature cache
+            return local_features.LocalFeatures.from_bytes(self.stored.stored(data))
+        digest = hashlib.sha1(data).hexdigest()
+        if digest not in self.entries:
+            began = time.thread_time()
+            features = self.variant.extract(data)
+            self.entries[digest] = (features.to_bytes(), time.thread_time() - began)
+        return local_features.LocalFeatures.from_bytes(self.entries[digest][0])
+
+    def extract_ms(self, queries: dict[str, bytes]) -> list[float]:
+        """CPU milliseconds of each query's extraction (decode included)."""
+        return [1000 * self.entries[hashlib.sha1(v).hexdigest()][1] for v in queries.values()]
+
+    def save(self) -> None:
+        """Write the cache (the stored form has none of its own)."""
+        if self.path and self.stored is None:
+            self.path.with_suffix(".tmp").write_bytes(pickle.dumps(self.entries))
+            self.path.with_suffix(".tmp").replace(self.path)
+
+
 @dataclass
 class Candidate:
-    """One of a query's top hits, with the verification's evidence."""
+    """One of a query's top hits, with the evidence of the direct and the mirrored query."""
 
     key: str
     score: float
-    evidence: matching.Evidence
+    direct: matching.Evidence
+    mirror: matching.Evidence
+
+    def same(self, rule=decision.is_same_picture) -> bool:
+        """Judged the same picture by ``rule``: either way round will do, as in service.judge."""
+        return rule(self.score, self.direct) or rule(self.score, self.mirror)
+
+    @property
+    def evidence(self) -> matching.Evidence:
+        """The evidence the daemon reports (service.judge's choice)."""
+        if decision.is_same_picture(self.score, self.direct):
+            return self.direct
+        if decision.is_same_picture(self.score, self.mirror) or self.mirror.inliers > self.direct.inliers:
+            return self.mirror
+        return self.direct
 
 
-def verify_queries(sets: Sets, cache: FeatureCache, depth: int) -> dict[str, list[Candidate]]:
-    """Top ``depth`` hits of every query by cosine, each with the better of the direct and the
-    mirrored query's evidence (the daemon skips the mirror when the direct check passes)."""
+def verify_queries(
+    sets: Sets, cache: FeatureCache, queries: QueryCache, depth: int
+) -> dict[str, list[Candidate]]:
+    """Top ``depth`` hits of every query by cosine, each with the direct and the mirrored query's
+    evidence (the daemon skips the mirror when the direct check passes)."""
     lib_keys = list(sets.library)
     lib_vectors = np.stack([cache.get(sets.library[k])[0] for k in lib_keys])
     lib_features = {k: cache.get(sets.library[k])[1] for k in lib_keys}
     results: dict[str, list[Candidate]] = {}
     for number, (key, data) in enumerate(sets.queries.items()):
-        vector, query = cache.get(data)
+        vector = cache.get(data)[0]
+        query = queries.get(data)
+        flipped = query.mirrored()
         scores = lib_vectors @ vector
-        results[key] = [
-            Candidate(lib_keys[i], float(scores[i]), matching.best_evidence(query, lib_features[lib_keys[i]]))
-            for i in np.argsort(-scores)[:depth]
-        ]
+        results[key] = []
+        for i in np.argsort(-scores)[:depth]:
+            stored = lib_features[lib_keys[i]]
+            direct = matching.verify(query, stored)
+            mirror = matching.verify(flipped, stored, mirrored=True)
+            results[key].append(Candidate(lib_keys[i], float(scores[i]), direct, mirror))
         if (number + 1) % 500 == 0:
-            log(f"  verified {number + 1}/{len(sets.queries)} queries")
+            log(f"  {queries.variant.name}: verified {number + 1}/{len(sets.queries)} queries")
+    queries.save()
     return results
 
 
 def judge_cost(
-    sets: Sets, cache: FeatureCache, results: dict[str, list[Candidate]], count: int
+    sets: Sets, cache: FeatureCache, queries: QueryCache, results: dict[str, list[Candidate]], count: int
 ) -> list[float]:
     """CPU seconds of the daemon's verification step (service.judge over the top candidates) for
     ``count`` queries, positives and negatives alike."""
     keys = random.Random(5).sample(list(results), min(count, len(results)))
     seconds = []
     for key in keys:
-        query = service.QueryFeatures(cache.get(sets.queries[key])[1])
+        query = service.QueryFeatures(queries.get(sets.queries[key]))
         candidates = [(c.key, c.score) for c in results[key]]
         stored = {c.key: cache.stored(sets.library[c.key]) for c in results[key]}
         began = time.thread_time()
@@ -345,15 +490,167 @@ def bare_score_rows(sets: Sets, results: dict[str, list[Candidate]]) -> list[lis
     return rows
 
 
-def extraction_ms(sets: Sets, count: int = 60) -> list[float]:
-    """CPU milliseconds to decode a library picture and extract its local features."""
-    keys = list(sets.library)[:: max(1, len(sets.library) // count)][:count]
-    out = []
+def extraction_ms(images: dict[str, bytes], extractions: dict[str, Callable], count: int = 100) -> dict:
+    """CPU milliseconds to decode a picture and extract its local features, for each way of
+    extracting, taken in turn on the same pictures (so that load hits them alike)."""
+    keys = random.Random(7).sample(sorted(images), min(count, len(images)))
+    out: dict[str, list[float]] = {name: [] for name in extractions}
     for key in keys:
-        began = time.thread_time()
-        local_features.extract(decode(sets.library[key], LIMITS, local_features.WORKING_SIDE))
-        out.append(1000 * (time.thread_time() - began))
+        for name, extract in extractions.items():
+            began = time.thread_time()
+            extract(decode(images[key], LIMITS, local_features.WORKING_SIDE))
+            out[name].append(1000 * (time.thread_time() - began))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Variants: query sides and rules, with the rule's fit on one half of the originals
+# --------------------------------------------------------------------------------------------
+
+
+def previous_rule(score: float, evidence: matching.Evidence) -> bool:
+    """The rule before the inlier-ratio tier (2026-11-26 morning)."""
+    if evidence.coverage < decision.MIN_COVERAGE:
+        return False
+    return evidence.inliers >= 15 or (evidence.inliers >= 8 and score >= 0.80)
+
+
+def tiered_rule(inliers: int, ratio: float, coverage: float):
+    """The daemon's rule with its inlier-ratio tier set to (inliers, ratio, coverage)."""
+
+    def rule(score: float, evidence: matching.Evidence) -> bool:
+        if evidence.coverage < decision.MIN_COVERAGE:
+            return False
+        if evidence.inliers >= decision.STRONG_INLIERS:
+            return True
+        if evidence.inliers >= decision.WEAK_INLIERS and score >= decision.WEAK_SCORE:
+            return True
+        clean = evidence.inliers >= ratio * evidence.matches and evidence.coverage >= coverage
+        return evidence.inliers >= inliers and clean
+
+    return rule
+
+
+RULES = {
+    "this rule (decision.py)": decision.is_same_picture,
+    "previous rule: >= 15 inliers, or >= 8 with score >= 0.80": previous_rule,
+    "inliers >= 12 alone": lambda _, e: e.coverage >= decision.MIN_COVERAGE and e.inliers >= 12,
+}
+#: The grid the inlier-ratio tier was chosen from: (inliers, ratio, coverage).
+TIER_GRID = [(n, r, c) for n in (5, 6, 7, 8, 10) for r in (0.5, 0.6, 0.7, 0.8) for c in (0.05, 0.1)]
+#: Recall on the fit half that the fitted tier may give up for a stricter setting.
+FIT_TOLERANCE = 0.005
+#: Edits reported by name in the variants table (the weakest before this rule).
+WEAK_EDITS = ("blur3", "blur4", "crop40-quarter-q50", "sticker30")
+
+
+def half(key: str) -> int:
+    """0 or 1: the half of the originals (for edited copies) or of the negatives a query is in."""
+    return zlib.crc32(key.split("#")[0].encode()) % 2
+
+
+def scored(sets: Sets, results: dict[str, list[Candidate]], rule, which: int | None = None) -> dict:
+    """Precision, recall, false positives and recall per edit of ``rule``, over one half or all."""
+    chosen = {k: v for k, v in results.items() if which is None or half(k) == which}
+    said = outcome(sets, chosen, lambda c: c.same(rule))
+    positives, negatives = main_sets(sets)
+    positives = [k for k in positives if k in chosen]
+    true_pos = sum(said[k][1] for k in positives)
+    false_pos = sum(
+        1 for k in positives + [k for k in negatives if k in chosen] if said[k][0] and not said[k][1]
+    )
+    per_edit = {
+        edit: float(np.mean([said[k][1] for k in positives if sets.kind[k] == edit]))
+        for edit in hard_edits.STRONG_EDITS
+        if any(sets.kind[k] == edit for k in positives)
+    }
+    return {
+        "precision": true_pos / max(1, true_pos + false_pos),
+        "recall": true_pos / max(1, len(positives)),
+        "fp": false_pos,
+        "edits": per_edit,
+    }
+
+
+def fit_tier(sets: Sets, results: dict[str, list[Candidate]]) -> list[list[str]]:
+    """The inlier-ratio tier fitted on half 0, then reported on half 1; the daemon's beside it.
+
+    Among the settings with no more false positives than the previous rule on half 0, the
+    strictest (most inliers, then the highest ratio, then the most coverage) whose recall there is
+    within :data:`FIT_TOLERANCE` of the best: a point of recall on the development photos is not
+    worth a looser rule on photos nobody tuned for.
+    """
+    allowed = scored(sets, results, previous_rule, 0)["fp"]
+    fits = {tier: scored(sets, results, tiered_rule(*tier), 0) for tier in TIER_GRID}
+    fits = {tier: fit for tier, fit in fits.items() if fit["fp"] <= allowed}
+    best = max(fit["recall"] for fit in fits.values())
+    close = sorted((t for t, fit in fits.items() if fit["recall"] >= best - FIT_TOLERANCE), reverse=True)
+    by_recall = sorted(fits, key=lambda t: -fits[t]["recall"])
+    chosen = (decision.WEAK_INLIERS, decision.MIN_INLIER_RATIO, decision.CLEAN_COVERAGE)
+    rows = []
+    shown = [("fitted (the strictest close to the best)", close[0]), ("the daemon's (decision.py)", chosen)]
+    shown += [("highest recall on the fit half", t) for t in by_recall[:3]]
+    for label, tier in shown:
+        fit, held = scored(sets, results, tiered_rule(*tier), 0), scored(sets, results, tiered_rule(*tier), 1)
+        rows.append(
+            [
+                label,
+                f"inliers >= {tier[0]}, ratio >= {tier[1]}, coverage >= {tier[2]}",
+                f"{fit['precision']:.3f} / {fit['recall']:.3f} / {fit['fp']}",
+                f"{held['precision']:.3f} / {held['recall']:.3f} / {held['fp']}",
+            ]
+        )
+    previous = [scored(sets, results, previous_rule, which) for which in (0, 1)]
+    rows.append(
+        ["previous rule", "-"] + [f"{p['precision']:.3f} / {p['recall']:.3f} / {p['fp']}" for p in previous]
+    )
+    return rows
+
+
+def variant_section(sets: Sets, variants: dict[QueryVariant, dict[str, list[Candidate]]], args) -> list[str]:
+    """Every query side measured, under each rule; then the rule's fit on half the originals."""
+    rows = []
+    for variant, results in variants.items():
+        for name, rule in RULES.items():
+            every = scored(sets, results, rule)
+            held = scored(sets, results, rule, 1)
+            worst = min(every["edits"], key=every["edits"].get)
+            rows.append(
+                [variant.name, name, f"{every['precision']:.3f}", f"{every['recall']:.3f}", str(every["fp"])]
+                + [f"{held['precision']:.3f} / {held['recall']:.3f}"]
+                + [f"{every['edits'].get(e, float('nan')):.3f}" for e in WEAK_EDITS]
+                + [f"{worst} {every['edits'][worst]:.3f}"]
+            )
+    header = [
+        "query side",
+        "rule",
+        "precision",
+        "recall",
+        "FP",
+        "held-out half P / R",
+        *WEAK_EDITS,
+        "worst edit",
+    ]
+    return [
+        "## Variants: the query's local features and the rule",
+        "",
+        "Every query side against the same stored features (extracted as always). Held-out half: the "
+        "queries whose original (or, for negatives, whose own name) hashes to half 1; the rule's "
+        "inlier-ratio tier was fitted on half 0 only (next table).",
+        "",
+        markdown_table(header, rows),
+        "",
+        "### The inlier-ratio tier, fitted on one half of the originals",
+        "",
+        f"Grid: {len(TIER_GRID)} settings of (inliers, ratio, coverage). Among those with no more false "
+        "positives than the previous rule on half 0, the strictest whose recall there is within "
+        f"{FIT_TOLERANCE} of the best. Precision / recall / false positives:",
+        "",
+        markdown_table(
+            ["tier", "setting", "fit half (0)", "held-out half (1)"], fit_tier(sets, variants[DAEMON_QUERY])
+        ),
+        "",
+    ]
 
 
 def rank_one(sets: Sets, results: dict[str, list[Candidate]], promote: bool) -> dict[str, bool]:
@@ -365,7 +662,7 @@ def rank_one(sets: Sets, results: dict[str, list[Candidate]], promote: bool) -> 
     for key in positives:
         candidates = results[key]
         if promote:
-            confirmed = [c for c in candidates if decision.is_same_picture(c.score, c.evidence)]
+            confirmed = [c for c in candidates if c.same()]
             candidates = confirmed + [c for c in candidates if c not in confirmed]
         top[key] = bool(candidates) and candidates[0].key in sets.truth[key]
     return top
@@ -401,7 +698,7 @@ def floor_rows(sets: Sets, results: dict[str, list[Candidate]]) -> list[list[str
     verified candidates; precision and recall as for same_picture."""
     rows = []
     for floor in FLOORS:
-        judge = lambda c, f=floor: c.score >= f and decision.is_same_picture(c.score, c.evidence)  # noqa: E731
+        judge = lambda c, f=floor: c.score >= f and c.same()  # noqa: E731
         precision, recall, false_pos = precision_recall(sets, outcome(sets, results, judge))
         bare = lambda c, f=floor: c.score >= f  # noqa: E731
         b_precision, b_recall, b_false = precision_recall(sets, outcome(sets, results, bare))
@@ -417,11 +714,18 @@ def floor_rows(sets: Sets, results: dict[str, list[Candidate]]) -> list[list[str
     return rows
 
 
-def report(sets: Sets, results: dict[str, list[Candidate]], cache: FeatureCache, args, elapsed: float) -> str:
+def report(
+    sets: Sets,
+    variants: dict[QueryVariant, dict[str, list[Candidate]]],
+    cache: FeatureCache,
+    queries: QueryCache,
+    args,
+    elapsed: float,
+) -> str:
     """The markdown report."""
+    results = variants[DAEMON_QUERY]
     positives, negatives = main_sets(sets)
-    judge = lambda c: decision.is_same_picture(c.score, c.evidence)  # noqa: E731
-    said = outcome(sets, results, judge)
+    said = outcome(sets, results, Candidate.same)
     precision, recall, false_pos = precision_recall(sets, said)
     lines = [
         "# Same picture: verification against a bare score threshold (harder protocol)",
@@ -430,7 +734,8 @@ def report(sets: Sets, results: dict[str, list[Candidate]], cache: FeatureCache,
         f"- library: {len(sets.library)} pictures; queries: {len(positives)} edited copies, "
         f"{len(negatives)} look-alike negatives (sample {args.sample:g}); {args.depth} candidates verified",
         f"- local features: RootSIFT, longer side {local_features.WORKING_SIDE} px, at most "
-        f"{local_features.MAX_KEYPOINTS} keypoints; run time {elapsed / 60:.1f} min",
+        f"{local_features.MAX_KEYPOINTS} keypoints (stored: SIFT contrast threshold 0.04; queries: "
+        f"{local_features.QUERY_CONTRAST}); run time {elapsed / 60:.1f} min",
         "",
         "## The decision at its operating point",
         "",
@@ -475,15 +780,23 @@ def report(sets: Sets, results: dict[str, list[Candidate]], cache: FeatureCache,
     lines += ["## Bare score of the best hit, for comparison", ""]
     header = ["min_score", "precision", "recall", "false positives"]
     lines += [markdown_table(header, bare_score_rows(sets, results)), ""]
-    extract = extraction_ms(sets)
-    judging = [1000 * t for t in judge_cost(sets, cache, results, 300)]
-    per_search = np.median(extract) + np.asarray(judging)
+    on_add = extraction_ms(sets.library, {"stored": local_features.extract})["stored"]
+    on_query = extraction_ms(
+        sets.queries, {"previous query": local_features.extract, "query": local_features.extract_query}
+    )
+    judging = [1000 * t for t in judge_cost(sets, cache, queries, results, 300)]
+    per_search = np.median(on_query["query"]) + np.asarray(judging)
     sizes = [len(cache.stored(v)) for v in sets.library.values()]
+    lines += variant_section(sets, variants, args)
     lines += [
         "## Cost (CPU time of one thread, so other load on the machine does not inflate it)",
         "",
-        f"- decode + local features of one picture (on add, and per same_picture query): median "
-        f"{np.median(extract):.1f} ms, p95 {np.percentile(extract, 95):.1f} ms",
+        f"- decode + local features of a picture on add (the stored form, unchanged): median "
+        f"{np.median(on_add):.1f} ms, p95 {np.percentile(on_add, 95):.1f} ms",
+        f"- decode + local features of a same_picture query: median {np.median(on_query['query']):.1f} ms, "
+        f"p95 {np.percentile(on_query['query'], 95):.1f} ms (the previous query side, the stored form, on "
+        f"the same pictures in turn: median {np.median(on_query['previous query']):.1f} ms, p95 "
+        f"{np.percentile(on_query['previous query'], 95):.1f} ms)",
         f"- verifying the {args.depth} candidates of one query (mirror tried where the direct check "
         f"fails): median {np.median(judging):.1f} ms, p95 {np.percentile(judging, 95):.1f} ms",
         f"- extra per same_picture search: median {np.median(per_search):.1f} ms, "
@@ -522,9 +835,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--products", type=int, default=4, help="product shots per class in the library")
     parser.add_argument("--originals", type=int, default=60, help="edited originals per source (x sample)")
+    parser.add_argument(
+        "--textures",
+        type=int,
+        default=40,
+        help="fabrics of each texture kind in the library (and as negatives)",
+    )
     parser.add_argument("--sample", type=float, default=1.0, help="fraction of queries to use")
     parser.add_argument("--depth", type=int, default=decision.DEPTH, help="candidates verified per query")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
+    parser.add_argument(
+        "--variants", action="store_true", help="also measure the query-side variants that were not chosen"
+    )
     parser.add_argument("--records", type=Path, default=None, help="pickle the per-candidate evidence here")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "same_picture_results.md"))
     return parser.parse_args(argv)
@@ -542,7 +864,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     embedder = Embedder(ModelConfig(name="efficientnet_lite0"))
-    settings = f"{args.sample:g}-{args.imagenet}-{args.products}-{args.originals}-{hard_edits.VERSION}"
+    settings = "-".join(
+        map(
+            str,
+            (
+                f"{args.sample:g}",
+                args.imagenet,
+                args.products,
+                args.originals,
+                args.textures,
+                hard_edits.VERSION,
+            ),
+        )
+    )
     sets_path = args.cache_dir / f"same_picture-sets-{settings}.pkl" if args.cache_dir else None
     if sets_path and sets_path.exists():
         sets = pickle.loads(sets_path.read_bytes())
@@ -556,10 +890,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = FeatureCache(embedder, args.cache_dir)
     cache.ensure(sets.library, "library")
     cache.ensure(sets.queries, "queries")
-    results = verify_queries(sets, cache, args.depth)
+    measured = QUERY_VARIANTS if args.variants else (STORED_FORM, DAEMON_QUERY)
+    variants, daemon_queries = {}, None
+    for variant in measured:
+        queries = QueryCache(variant, cache, args.cache_dir)
+        variants[variant] = verify_queries(sets, cache, queries, args.depth)
+        daemon_queries = queries if variant is DAEMON_QUERY else daemon_queries
     if args.records:
-        args.records.write_bytes(pickle.dumps((sets.truth, sets.kind, results)))
-    text = report(sets, results, cache, args, time.perf_counter() - started)
+        args.records.write_bytes(pickle.dumps((sets.truth, sets.kind, variants)))
+    text = report(sets, variants, cache, daemon_queries, args, time.perf_counter() - started)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 
@@ -64,3 +65,48 @@ def near_duplicate(data: bytes) -> bytes:
     cropped = image.crop((w // 10, h // 10, w - w // 10, h - h // 10))
     small = cropped.resize((int(cropped.width * 0.7), int(cropped.height * 0.7)), Image.Resampling.BILINEAR)
     return encode(small, quality=40)
+
+
+def photo_like(seed: int, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A picture with detail at every scale, as photos have: large soft regions, mid-sized
+    objects, small marks and a grain, so local features find keypoints at coarse scales (which
+    survive blur and shrinking) as well as fine ones."""
+    rng = random.Random(seed)
+    width, height = size
+    image = picture(seed, size)
+    draw = ImageDraw.Draw(image)
+    for count, (low, high) in ((25, (20, 70)), (80, (5, 20))):
+        for _ in range(count):
+            x0, y0 = rng.randrange(width), rng.randrange(height)
+            side = rng.randrange(low, high)
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            if rng.random() < 0.5:
+                draw.ellipse([x0, y0, x0 + side, y0 + side * rng.uniform(0.5, 1.5)], fill=colour)
+            else:
+                draw.rectangle([x0, y0, x0 + side * rng.uniform(0.5, 1.5), y0 + side], fill=colour)
+    return Image.blend(image, _grain(seed, size, 24), 0.08).filter(ImageFilter.GaussianBlur(0.7))
+
+
+def stripes(fabric: int, shot: int = 0, size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """Photo ``shot`` of a striped fabric: bands of a few colours at one period (all set by
+    ``fabric``), with the shot's own waviness, framing and grain. Two shots of one fabric are
+    alike to any descriptor, and never the same picture."""
+    cloth, photo = np.random.default_rng(fabric), np.random.default_rng([fabric, shot, 1])
+    width, height = size
+    period = cloth.uniform(14, 30)
+    colours = cloth.integers(0, 256, (3, 3))
+    edges = np.cumsum(cloth.uniform(0.5, 2, 3))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    wave = photo.uniform(2, 8) * np.sin(
+        yy / photo.uniform(150, 400) * 2 * np.pi + photo.uniform(0, 2 * np.pi)
+    )
+    position = (xx + wave + photo.uniform(0, period)) / period
+    band = np.searchsorted(edges / edges[-1], position % 1.0, side="right").clip(0, 2)
+    image = Image.fromarray(colours[band].astype(np.uint8))
+    return Image.blend(image, _grain([fabric, shot], size, 20), 0.06).filter(ImageFilter.GaussianBlur(0.6))
+
+
+def _grain(seed, size: tuple[int, int], sigma: float) -> Image.Image:
+    """Grey sensor noise around mid-grey, the same for the same seed."""
+    noise = np.random.default_rng(seed).normal(128, sigma, (size[1], size[0]))
+    return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).convert("RGB")

@@ -11,13 +11,14 @@ import sqlite3
 import numpy as np
 import pytest
 from conftest import b64, brief
-from images import encode, picture
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from images import encode, photo_like, picture, stripes
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from same_search.contsign import ContSign
 from same_search.store.db import SCHEMA_VERSION, Store
 from same_search.verify import decision
-from same_search.verify.local_features import LocalFeatures, extract
+from same_search.verify.local_features import LocalFeatures, extract, extract_query
+from same_search.verify.matching import Evidence
 
 R = "/RTSAsService"
 SIZE = (480, 360)
@@ -113,6 +114,66 @@ async def test_a_look_alike_is_not_the_same_picture(api, library):
     ranked = await search(api, query)
     assert ranked[0]["contsign"] == stored  # the descriptor finds it alike ...
     assert await search(api, query, same_picture=1) == []  # ... but it is another picture
+
+
+def dim_photo(seed: int) -> Image.Image:
+    """A dull, hazy photo: detail at every scale, at 40% of the contrast. Its blurred or shrunk
+    copies keep few keypoints above SIFT's usual contrast threshold."""
+    return ImageEnhance.Contrast(photo_like(seed)).enhance(0.4)
+
+
+def small_jpeg_crop(image: Image.Image, seed: int) -> Image.Image:
+    """A random 40% crop shrunk to a quarter of its side (its short side kept at 64 px), at JPEG 50."""
+    rng = random.Random(seed)
+    side = 0.4**0.5
+    width, height = round(image.width * side), round(image.height * side)
+    left, top = rng.randrange(image.width - width), rng.randrange(image.height - height)
+    crop = image.crop((left, top, left + width, top + height))
+    shrink = max(0.25, 64 / min(crop.size))
+    small = crop.resize((round(crop.width * shrink), round(crop.height * shrink)), Image.Resampling.BILINEAR)
+    return jpeg_q(small, 50)
+
+
+@pytest.mark.parametrize("seed", [3, 5, 8])
+async def test_a_blurred_copy_is_the_same_picture(api, library, seed):
+    """Blur radius 4 leaves a dim photo few strong keypoints: the query side admits fainter ones."""
+    photo = dim_photo(seed)
+    stored = await add(api, photo, "dim photo")
+    hits = await search(api, photo.filter(ImageFilter.GaussianBlur(4)), same_picture=1)
+    assert [hit["contsign"] for hit in hits] == [stored]
+
+
+@pytest.mark.parametrize("seed", [5, 6, 11])
+async def test_a_small_jpeg_crop_is_the_same_picture(api, library, seed):
+    photo = dim_photo(seed)
+    stored = await add(api, photo, "dim photo")
+    query = small_jpeg_crop(photo, seed)
+    assert min(query.size) == 64
+    hits = await search(api, query, same_picture=1)
+    assert [hit["contsign"] for hit in hits] == [stored]
+
+
+async def test_two_striped_pictures_are_not_the_same_picture(api, library):
+    """Two photos of one striped fabric: alike to the descriptor, stripes matching stripes
+    anywhere along them, yet another picture."""
+    stored = await add(api, stripes(7, shot=0), "stripes")
+    query = stripes(7, shot=1)
+    ranked = await search(api, query)
+    assert ranked[0]["contsign"] == stored
+    assert await search(api, query, same_picture=1) == []
+    other = await add(api, stripes(8, shot=0), "other stripes")
+    assert other != stored and await search(api, stripes(8, shot=1), same_picture=1) == []
+
+
+def test_few_matches_that_nearly_all_agree_are_the_same_picture():
+    """The inlier-ratio tier: 9 keypoints agreeing out of 10 matches is a clean geometry (a
+    blurred copy), 9 out of 30 is chance among many matches (a look-alike); neither needs the
+    descriptor score, and a cluster in one patch never suffices."""
+    assert decision.is_same_picture(0.5, Evidence(matches=10, inliers=9, coverage=0.2, scale=1.0))
+    assert not decision.is_same_picture(0.5, Evidence(matches=30, inliers=9, coverage=0.2, scale=1.0))
+    assert not decision.is_same_picture(0.5, Evidence(matches=10, inliers=9, coverage=0.03, scale=1.0))
+    assert not decision.is_same_picture(0.5, Evidence(matches=7, inliers=7, coverage=0.3, scale=1.0))
+    assert decision.is_same_picture(0.85, Evidence(matches=30, inliers=9, coverage=0.2, scale=1.0))
 
 
 async def test_same_picture_filters_hits_and_keeps_their_score(api, library):
@@ -281,3 +342,15 @@ def test_unreadable_stored_features_as_a_query_fall_back_to_the_score():
 
     assert SamePictureService.stored_query(b"not local features") is None
     assert SamePictureService.stored_query(None) is None
+
+
+def test_queries_admit_fainter_keypoints_and_the_stored_form_is_unchanged():
+    """Only the query side looks harder: a picture with 300 strong keypoints is described alike
+    both ways, a blurred dim one gets many more keypoints as a query; stored bytes keep format 1."""
+    sharp = photo_like(1)
+    stored, query = extract(sharp), extract_query(sharp)
+    assert len(stored) == len(query) == 300
+    assert {tuple(p) for p in stored.points.round(1)} == {tuple(p) for p in query.points.round(1)}
+    blurred = dim_photo(3).filter(ImageFilter.GaussianBlur(4))
+    assert len(extract_query(blurred)) >= 3 * max(1, len(extract(blurred)))
+    assert stored.to_bytes()[0] == 1

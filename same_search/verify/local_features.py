@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -27,6 +28,11 @@ from PIL import Image, ImageOps
 WORKING_SIDE = 320
 #: At most this many keypoints (the strongest) are kept per picture.
 MAX_KEYPOINTS = 300
+#: SIFT's contrast threshold for a query's keypoints (stored items keep OpenCV's 0.04). Only a
+#: picture with fewer than :data:`MAX_KEYPOINTS` keypoints above 0.04 changes - the strongest
+#: are kept either way - and those are the blurred and small copies, whose faint extrema are
+#: what still matches the stored original (docs/quality.md, "Same picture").
+QUERY_CONTRAST = 0.02
 #: RootSIFT components are at most 1 and mostly below 0.4; x512 keeps 2 bits more than x255.
 QUANT_SCALE = 512.0
 FORMAT_VERSION = 1
@@ -60,6 +66,11 @@ class LocalFeatures:
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @cached_property
+    def float_descriptors(self) -> np.ndarray:
+        """The descriptors as float32, converted once (a query is matched against many items)."""
+        return self.descriptors.astype(np.float32)
 
     def mirrored(self) -> LocalFeatures:
         """The features of the mirror image, without extracting again.
@@ -107,14 +118,15 @@ def working_picture(image: Image.Image, side: int = WORKING_SIDE) -> np.ndarray:
     return np.asarray(grey, dtype=np.uint8)
 
 
-_detectors: dict[int, cv2.SIFT] = {}
+_detectors: dict[tuple[int, float | None], cv2.SIFT] = {}
 
 
-def _sift(max_keypoints: int) -> cv2.SIFT:
-    # cv2.SIFT objects are reentrant for detectAndCompute; one per keypoint budget is enough.
-    if max_keypoints not in _detectors:
-        _detectors[max_keypoints] = cv2.SIFT_create(nfeatures=max_keypoints)
-    return _detectors[max_keypoints]
+def _sift(max_keypoints: int, contrast: float | None = None) -> cv2.SIFT:
+    # cv2.SIFT objects are reentrant for detectAndCompute; one per setting is enough.
+    if (max_keypoints, contrast) not in _detectors:
+        extra = {} if contrast is None else {"contrastThreshold": contrast}
+        _detectors[max_keypoints, contrast] = cv2.SIFT_create(nfeatures=max_keypoints, **extra)
+    return _detectors[max_keypoints, contrast]
 
 
 def extract(
@@ -126,9 +138,24 @@ def extract(
     return extract_pixels(working_picture(image, side), max_keypoints)
 
 
-def extract_pixels(pixels: np.ndarray, max_keypoints: int = MAX_KEYPOINTS) -> LocalFeatures:
-    """RootSIFT keypoints of a greyscale picture already at working resolution."""
-    keypoints, descriptors = _sift(max_keypoints).detectAndCompute(np.ascontiguousarray(pixels), None)
+def extract_query(image: Image.Image) -> LocalFeatures:
+    """A search image's keypoints: as :func:`extract` stores them, with fainter ones admitted.
+
+    The stored form and its extraction never change (stored libraries keep working); only the
+    query side looks harder. A blurred or small copy has few extrema above SIFT's usual contrast
+    threshold, and the faint ones it has sit where the sharp original's strong ones are.
+    """
+    return extract_pixels(working_picture(image), MAX_KEYPOINTS, QUERY_CONTRAST)
+
+
+def extract_pixels(
+    pixels: np.ndarray, max_keypoints: int = MAX_KEYPOINTS, contrast: float | None = None
+) -> LocalFeatures:
+    """RootSIFT keypoints of a greyscale picture already at working resolution (``contrast``:
+    SIFT's contrast threshold, None for OpenCV's default that stored features use)."""
+    keypoints, descriptors = _sift(max_keypoints, contrast).detectAndCompute(
+        np.ascontiguousarray(pixels), None
+    )
     height, width = pixels.shape
     if descriptors is None or not keypoints:
         return LocalFeatures(width, height, np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))

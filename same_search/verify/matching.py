@@ -49,14 +49,16 @@ def tentative_matches(query: LocalFeatures, stored: LocalFeatures, ratio: float 
     """(k, 2) index pairs (query, stored) passing the ratio test, at most one per stored keypoint."""
     if len(query) < 2 or len(stored) < 2:
         return np.zeros((0, 2), np.int64)
-    q = torch.from_numpy(query.descriptors.astype(np.float32))
-    s = torch.from_numpy(stored.descriptors.astype(np.float32))
+    q = torch.from_numpy(query.float_descriptors)
+    s = torch.from_numpy(stored.float_descriptors)
     # Squared distances by one matrix product (the descriptors' scale cancels in the ratio). It
     # runs in torch, which the embedder holds to its planned thread count: numpy's BLAS would
     # spread this small product over every core and take many times longer on a busy machine.
-    distances = (q * q).sum(dim=1)[:, None] - 2.0 * (q @ s.T) + (s * s).sum(dim=1)[None, :]
-    two, nearest_two = torch.topk(distances, 2, dim=1, largest=False)
-    first, second = two[:, 0].numpy(), two[:, 1].numpy()
+    # The query's own norm is the same along a row, so it is added to the two nearest only.
+    partial = torch.addmm((s * s).sum(dim=1)[None, :], q, s.T, alpha=-2.0)
+    two, nearest_two = torch.topk(partial, 2, dim=1, largest=False)
+    norms = (q * q).sum(dim=1)
+    first, second = (two[:, 0] + norms).numpy(), (two[:, 1] + norms).numpy()
     nearest = nearest_two[:, 0].numpy()
     passed = np.flatnonzero(first < ratio * ratio * np.maximum(second, 0.0))
     # One match per stored keypoint: the closest query keypoint claiming it.

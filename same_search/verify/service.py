@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from same_search.embed.errors import ImageRefused
 from same_search.embed.images import ImageLimits, decode
@@ -19,6 +20,7 @@ from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -62,23 +64,32 @@ class SamePictureService:
         Never fails an add: a picture the embedder accepts but this cannot describe is stored
         without local features, and judged by the strict score fallback.
         """
-        query = await self.query(data)
-        return None if query is None else query.direct.to_bytes()
+        return await self._off_loop(self._stored, data)
 
     async def query(self, data: bytes) -> QueryFeatures | None:
-        """Decode ``data`` and extract its local features (None if it cannot be decoded)."""
+        """Decode ``data`` and extract its local features as a query (None if it cannot be
+        decoded): :func:`local_features.extract_query`, which admits fainter keypoints than the
+        stored form so that blurred and small copies still find their original's."""
+        return await self._off_loop(self._query, data)
+
+    async def _off_loop(self, extraction: Callable[[bytes], T], data: bytes) -> T | None:
+        """Run ``extraction(data)`` in the pool; None when the picture cannot be described."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, self._query, data)
+            return await loop.run_in_executor(self._pool, extraction, data)
         except ImageRefused:  # undecodable or out of limits: the embedder reports it to the client
             return None
         except Exception:
             log.exception("local feature extraction failed")
             return None
 
+    def _stored(self, data: bytes) -> bytes:
+        picture = decode(data, self.limits, local_features.WORKING_SIDE)
+        return local_features.extract(picture).to_bytes()
+
     def _query(self, data: bytes) -> QueryFeatures:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
-        return QueryFeatures(local_features.extract(picture))
+        return QueryFeatures(local_features.extract_query(picture))
 
     @staticmethod
     def stored_query(data: bytes | None) -> QueryFeatures | None:
@@ -103,7 +114,7 @@ def judge(
     query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
 ) -> list[Verdict]:
     """Verdicts for ``candidates``; the mirrored query is tried only for candidates the direct
-    one does not confirm."""
+    one does not confirm, and either way round confirms."""
     verdicts = []
     for key, score in candidates:
         candidate = _parse(stored.get(key), key)
@@ -113,7 +124,9 @@ def judge(
         evidence = matching.verify(query.direct, candidate)
         if not decision.is_same_picture(score, evidence):
             flipped = matching.verify(query.mirror(), candidate, mirrored=True)
-            if flipped.inliers > evidence.inliers:
+            # The mirror's evidence when it passes (fewer inliers may be a cleaner geometry), or
+            # when neither passes and it is the stronger (reported with the verdict).
+            if decision.is_same_picture(score, flipped) or flipped.inliers > evidence.inliers:
                 evidence = flipped
         verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
     return verdicts
