@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture eval-reranking bench-query-expansion soak clean
+.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture eval-reranking eval-daemon bench-query-expansion soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -65,6 +65,12 @@ eval-same-picture: $(BENCH_STAMP)
 # (vectors cached under /tmp/same_search-eval-cache), under a minute after.
 eval-reranking: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_reranking.py
+
+# The quality a client sees: the real daemon on its defaults, asked over HTTP (category protocol
+# with distractors; the same-picture protocol's recall@1 per edit and same_picture's precision
+# and recall). About 20 minutes on 2 cores; reads eval-same-picture's cached sets when present.
+eval-daemon: $(BENCH_STAMP)
+	$(BIN)/python bench/eval_daemon.py
 
 # What query expansion costs per search on the real daemon (1,000 photos; about 5 minutes).
 bench-query-expansion: $(STAMP)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import pickle
 import statistics
 import sys
 import tempfile
@@ -140,22 +139,10 @@ def category(daemon: Daemon, data: Path, clients: int) -> list[str]:
     ]
 
 
-def load_sets(data: Path, cache_dir: Path) -> same_picture.Sets:
-    """eval_same_picture's sets, from its cache when it built them before."""
-    args = same_picture.parse_args(["--data-dir", str(data), "--cache-dir", str(cache_dir)])
-    hard = same_picture.hard_edits
-    settings = f"{args.sample:g}-{args.imagenet}-{args.products}-{args.originals}-{hard.VERSION}"
-    path = cache_dir / f"same_picture-sets-{settings}.pkl"
-    if path.exists():
-        sets = pickle.loads(path.read_bytes())
-        same_picture.assign_truth(sets)
-        return sets
-    return same_picture.build_sets(data, args)
-
-
 def same_picture_part(daemon: Daemon, data: Path, cache_dir: Path, clients: int) -> list[str]:
     """Recall@1 per edit with the default ranking, and the same_picture decision, over HTTP."""
-    sets = load_sets(data, cache_dir)
+    args = same_picture.parse_args(["--data-dir", str(data), "--cache-dir", str(cache_dir)])
+    sets = same_picture.cached_sets(data, args)
     began = time.perf_counter()
     stored = add_all(daemon, sets.library, clients)
     print(f"same picture: {len(stored)} added in {time.perf_counter() - began:.0f} s", flush=True)

@@ -852,6 +852,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class _SetsUnpickler(pickle.Unpickler):
+    """Reads a cached :class:`Sets` whichever script pickled it (run as ``__main__`` or imported)."""
+
+    def find_class(self, module: str, name: str) -> type:
+        return Sets if name == "Sets" else super().find_class(module, name)
+
+
+def cached_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
+    """The protocol's sets, from the cache when an earlier run built them with these settings."""
+    parts = (
+        f"{args.sample:g}",
+        args.imagenet,
+        args.products,
+        args.originals,
+        args.textures,
+        hard_edits.VERSION,
+    )
+    settings = "-".join(map(str, parts))
+    sets_path = args.cache_dir / f"same_picture-sets-{settings}.pkl" if args.cache_dir else None
+    if sets_path and sets_path.exists():
+        sets = _SetsUnpickler(io.BytesIO(sets_path.read_bytes())).load()
+        assign_truth(sets)
+        return sets
+    sets = build_sets(data_dir, args)
+    if sets_path:
+        sets_path.parent.mkdir(parents=True, exist_ok=True)
+        sets_path.write_bytes(pickle.dumps(sets))
+    return sets
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the sets, embed and extract (cached), verify, report."""
     args = parse_args(argv)
@@ -864,28 +894,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     embedder = Embedder(ModelConfig(name="efficientnet_lite0"))
-    settings = "-".join(
-        map(
-            str,
-            (
-                f"{args.sample:g}",
-                args.imagenet,
-                args.products,
-                args.originals,
-                args.textures,
-                hard_edits.VERSION,
-            ),
-        )
-    )
-    sets_path = args.cache_dir / f"same_picture-sets-{settings}.pkl" if args.cache_dir else None
-    if sets_path and sets_path.exists():
-        sets = pickle.loads(sets_path.read_bytes())
-        assign_truth(sets)
-    else:
-        sets = build_sets(data_dir, args)
-        if sets_path:
-            sets_path.parent.mkdir(parents=True, exist_ok=True)
-            sets_path.write_bytes(pickle.dumps(sets))
+    sets = cached_sets(data_dir, args)
     log(f"library {len(sets.library)}, queries {len(sets.queries)} ({time.perf_counter() - started:.0f}s)")
     cache = FeatureCache(embedder, args.cache_dir)
     cache.ensure(sets.library, "library")
