@@ -683,8 +683,9 @@ class LibraryService:
         """
         n = query_expansion
         # With promotion every page is cut from the promoted ranking (so pages never repeat or
-        # skip a hit); up to DEPTH hits move to the front, so DEPTH more are read.
-        depth = pn + rn + 1 + (promotion.DEPTH if promote else 0)
+        # skip a hit); hits from as deep as DEEP_DEPTH may move to the front, so that many more
+        # are read.
+        depth = pn + rn + 1 + (promotion.DEEP_DEPTH if promote else 0)
         if n > 0:
             found, rows, plain = await self._expanded_ranking(lib, vector, n, depth, tag_filter, min_score)
         else:
@@ -694,7 +695,7 @@ class LibraryService:
                 found = [(key, score) for key, score in found if score >= min_score]
             plain = found
         if promote:
-            found = await self._promoted(lib, plain[: promotion.DEPTH], found, query, min_score)
+            found = await self._promoted(lib, plain[: promotion.DEEP_DEPTH], found, query, min_score)
         window = found[pn : pn + rn]
         missing = [key for key, _ in window if key not in rows]
         if missing:
@@ -754,11 +755,16 @@ class LibraryService:
         min_score: float | None,
     ) -> list[tuple[int, float]]:
         """``found`` with the candidates of ``head`` (the plain ranking's best) that are the
-        query's picture first (:mod:`same_search.promotion`)."""
+        query's picture first (:mod:`same_search.promotion`): the first DEPTH checked, and the
+        rest of ``head`` screened under the stricter rule only when none of those is one."""
         if min_score is not None:
             head = [(key, score) for key, score in head if score >= min_score]
-        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in head]))
-        verdicts = await self.verifier.judge(query, head, stored)
+        first, deeper = head[: promotion.DEPTH], head[promotion.DEPTH :]
+        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in first]))
+        verdicts = await self.verifier.judge(query, first, stored)
+        if deeper and query is not None and not any(v.same for v in verdicts):
+            stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in deeper]))
+            verdicts = await self.verifier.judge_deep(query, deeper, stored)
         return promotion.promoted(found, [(v.key, v.score) for v in verdicts if v.same])
 
     async def _vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:

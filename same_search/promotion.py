@@ -7,6 +7,10 @@ others lifts near-duplicate recall@1 on the strong edits from 0.927 to 0.978 on 
 protocol (docs/quality.md), at the cost of a local-feature extraction of the query and the
 verification of :data:`DEPTH` candidates per search.
 
+When none of them is confirmed, the candidates down to :data:`DEEP_DEPTH` are screened
+cheaply and the survivors checked under a stricter rule (:func:`decision.is_same_picture_deep`):
+a 30% sticker or a photo of a screen can push the original below ten look-alikes.
+
 The candidates are the **plain** ranking's best (by descending score), whatever order the page
 is cut from: query expansion pulls the ranking towards the query's neighbourhood and can push a
 heavily edited copy out of its first few (measured: recall@1 0.978 -> 0.959 when the expanded
@@ -19,8 +23,10 @@ from collections.abc import Iterable, Sequence
 
 from same_search.verify import decision
 
-#: Ranking positions the check looks at (and the only ones promotion can reorder).
+#: Candidates (of the plain ranking) the check looks at first.
 DEPTH = decision.DEPTH
+#: How deep it looks when none of those is the query's picture (screened, strict rule).
+DEEP_DEPTH = decision.DEEP_DEPTH
 
 
 def promoted(

@@ -12,8 +12,10 @@ from images import encode, jpeg
 from PIL import Image, ImageDraw
 from test_same_picture import scene
 
+from same_search import promotion
 from same_search.app import create_app
 from same_search.config import SearchConfig
+from same_search.verify import service
 
 R = "/RTSAsService"
 #: Six photos of one kind of scene (one palette, six layouts): look-alikes of each other.
@@ -102,6 +104,29 @@ async def test_pages_past_the_checked_depth_concatenate_without_repeats_or_gaps(
             assert body["has_more"] == int(pn + 3 < len(whole))
             pages += [(key(hit["contsign"]), hit["score"]) for hit in body["data_items"]]
         assert [k for k, _ in pages] == [k for k, _ in whole]
+
+
+async def test_a_copy_ranked_below_ten_look_alikes_is_found_deeper(api):
+    """Among 40 look-alikes the sticker copy's original ranks past the first 10 checked; the
+    screened deeper check finds it and puts it first, score unchanged."""
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    keys = []
+    for layout in range(1, 41):
+        body = await api(
+            f"{R}/add", appid="lib", image=b64(encode(scene(PALETTE, layout))), features=[brief(str(layout))]
+        )
+        assert body["err_no"] == 0, body
+        keys.append(key(body["contsign"]))
+    plain = await ranking(api, query_expansion=0, promote_same_picture=0)
+    position = [k for k, _ in plain].index(keys[0])
+    assert promotion.DEPTH <= position < promotion.DEEP_DEPTH, "the original must rank past the first check"
+    for expansion in (0, 2):
+        promoted = await ranking(api, query_expansion=expansion)
+        assert promoted[0] == plain[position]
+    # Without local features on the query's side nothing deeper is ever confirmed.
+    assert service.judge_deep(None, plain[10:30], {}) == [
+        service.Verdict(k, score, False, None) for k, score in plain[10:30]
+    ]
 
 
 async def test_look_alikes_are_never_promoted(api):

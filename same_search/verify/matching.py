@@ -28,6 +28,10 @@ REPROJECTION_PX = 5.0
 MIN_MATCHES = 8
 #: A transform that scales by more than this (or less than its inverse) is not an edit we accept.
 MAX_SCALE = 8.0
+#: A screen matches this many of the query's keypoints (its first ones: a sample, not a choice)...
+SCREEN_KEYPOINTS = 64
+#: ... and passes a candidate to the full check when this many survive the ratio test.
+SCREEN_MATCHES = 5
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,20 @@ def _coverage(
     area = float(cv2.contourArea(hull))
     overlap = min(stored.width * stored.height, query.width * query.height * scale * scale)
     return min(1.0, area / max(overlap, 1.0))
+
+
+def screen(query: LocalFeatures, stored: LocalFeatures) -> bool:
+    """Whether ``stored`` is worth a full check: a sample of the query's keypoints finds at least
+    :data:`SCREEN_MATCHES` ratio-test matches in it.
+
+    About a fifth of a full check's arithmetic; a look-alike rarely passes, an edited copy nearly
+    always does. The mirror image is not screened (it would double the cost of every search with
+    no copy among its first candidates): a mirrored copy ranks near the top by score
+    (docs/quality.md), where the full check handles it.
+    """
+    n = SCREEN_KEYPOINTS
+    sample = LocalFeatures(query.width, query.height, query.points[:n], query.descriptors[:n])
+    return len(tentative_matches(sample, stored)) >= SCREEN_MATCHES
 
 
 def best_evidence(query: LocalFeatures, stored: LocalFeatures) -> Evidence:

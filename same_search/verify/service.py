@@ -109,6 +109,13 @@ class SamePictureService:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, judge, query, candidates, stored)
 
+    async def judge_deep(
+        self, query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
+    ) -> list[Verdict]:
+        """Judge candidates past the first :data:`decision.DEPTH` (:func:`judge_deep`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, judge_deep, query, candidates, stored)
+
 
 def judge(
     query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
@@ -129,6 +136,22 @@ def judge(
             if decision.is_same_picture(score, flipped) or flipped.inliers > evidence.inliers:
                 evidence = flipped
         verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
+    return verdicts
+
+
+def judge_deep(
+    query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
+) -> list[Verdict]:
+    """Verdicts for candidates deeper in the ranking: each screened first
+    (:func:`matching.screen`), the survivors checked both ways round and confirmed only by
+    :func:`decision.is_same_picture_deep`. No local features on either side: never the same."""
+    verdicts = []
+    for key, score in candidates:
+        candidate = _parse(stored.get(key), key)
+        evidence = None
+        if query is not None and candidate is not None and matching.screen(query.direct, candidate):
+            evidence = matching.best_evidence(query.direct, candidate)
+        verdicts.append(Verdict(key, score, decision.is_same_picture_deep(evidence), evidence))
     return verdicts
 
 
