@@ -695,12 +695,28 @@ class LibraryService:
             plain = found
         if promote:
             found = await self._promoted(lib, plain[: promotion.DEPTH], found, query, min_score)
-        window = found[pn : pn + rn]
-        missing = [key for key, _ in window if key not in rows]
-        if missing:
-            rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
-        hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
-        return SearchPage(hits, has_more=len(found) > pn + rn)
+        return await self._page(lib, found, rows, pn, rn)
+
+    async def _page(
+        self, lib: Library, found: list[tuple[int, float]], rows: dict[int, ItemRow], pn: int, rn: int
+    ) -> SearchPage:
+        """Hits ``pn .. pn+rn`` of ``found`` with their rows.
+
+        An item removed while the search ran (its row gone, e.g. a confirmed copy removed during
+        the same-picture check) is left out of the ranking and the page filled from the hits
+        after it, which the search read anyway: a page is never short while ``has_more`` says
+        more exist.
+        """
+        while True:
+            window = found[pn : pn + rn]
+            missing = [key for key, _ in window if key not in rows]
+            if missing:
+                rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
+            gone = {key for key in missing if key not in rows}
+            if not gone:
+                hits = [Hit(_item(rows[key]), score) for key, score in window]
+                return SearchPage(hits, has_more=len(found) > pn + rn)
+            found = [hit for hit in found if hit[0] not in gone]
 
     async def _expanded_ranking(
         self,

@@ -27,8 +27,9 @@ half at the same 4 false positives). ``docs/quality.md`` ("Same picture") has bo
 variant tried and the cost. Stricter rather than best: a point of recall on the development
 photos is not worth a looser rule on look-alikes they do not show.
 
-Items without local features (stored before they existed, imported as bare vectors) cannot be
-verified: for them only a descriptor score of :data:`FALLBACK_SCORE` says "same picture".
+Items without local features (stored before they existed, imported as bare vectors), and
+pictures with too few keypoints to pass the rule (:func:`verifiable`), cannot be verified: for
+them only a descriptor score of :data:`FALLBACK_SCORE` says "same picture".
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ RULE = (
     f"and (score >= {WEAK_SCORE} or (inliers >= {MIN_INLIER_RATIO} x matches and "
     f"coverage >= {CLEAN_COVERAGE}))))"
 )
+
+
+def verifiable(keypoints: int) -> bool:
+    """Whether a picture with this many keypoints can pass the rule at all.
+
+    One with fewer than :data:`WEAK_INLIERS` (a flat gradient, a plain logo, a tiny thumbnail)
+    can never collect enough inliers, even against its own exact copy: the check cannot look at
+    it, and it is judged like an item without local features, by the strict score fallback.
+    """
+    return keypoints >= WEAK_INLIERS
 
 
 def is_same_picture(score: float, evidence: Evidence | None) -> bool:

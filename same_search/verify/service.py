@@ -118,7 +118,13 @@ def judge(
     verdicts = []
     for key, score in candidates:
         candidate = _parse(stored.get(key), key)
-        if query is None or candidate is None:
+        # A side with too few keypoints to verify anything is judged like one without features.
+        if (
+            query is None
+            or candidate is None
+            or not decision.verifiable(len(query.direct))
+            or not decision.verifiable(len(candidate))
+        ):
             verdicts.append(Verdict(key, score, decision.is_same_picture(score, None), None))
             continue
         evidence = matching.verify(query.direct, candidate)

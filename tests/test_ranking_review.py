@@ -1,0 +1,100 @@
+"""Red-team review of the default re-ranking (issue 13): searches by image promote confirmed
+copies and expand the query by default; this holds them to the wire contract under paging,
+filters, limits, races and pictures the same-picture check cannot describe."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import b64, brief
+from images import encode, jpeg
+from PIL import Image
+from test_promotion import QUERY, fill, key
+
+from same_search.contsign import ContSign
+from same_search.services import SERVICES
+
+R = "/RTSAsService"
+
+
+def gradient(size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A smooth grey ramp: a picture without a single SIFT keypoint (a plain banner or logo)."""
+    return Image.linear_gradient("L").resize(size).convert("RGB")
+
+
+async def flat_library(api) -> bytes:
+    """A library holding the gradient and five ordinary pictures; returns the gradient's file."""
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    data = encode(gradient())
+    assert (await api(f"{R}/add", appid="lib", image=b64(data), features=[brief("flat")]))["err_no"] == 0
+    for seed in range(5):
+        body = await api(f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(str(seed))])
+        assert body["err_no"] == 0, body
+    return data
+
+
+async def test_a_picture_without_keypoints_is_the_same_picture_as_its_exact_copy(api):
+    """Failed before: the check compared zero keypoints with zero and said 'not the same', where
+    an item stored without local features gets the strict score fallback."""
+    data = await flat_library(api)
+    body = await api(f"{R}/search", appid="lib", image=b64(data), same_picture=1)
+    assert body["err_no"] == 0, body
+    assert [hit["features"][0]["fea_data"] for hit in body["data_items"]] == [b64(b"flat")]
+
+
+async def test_a_re_encoded_copy_of_a_picture_without_keypoints_is_rejected_as_a_near_duplicate(api):
+    """Failed before: under dup_policy reject, a re-encoded plain picture was stored again."""
+    await flat_library(api)
+    copy = encode(gradient(), quality=60)
+    body = await api(f"{R}/add", appid="lib", image=b64(copy), features=[brief("copy")], dup_policy="reject")
+    assert body["err_no"] == 101, body
+
+
+async def test_a_confirmed_copy_removed_during_the_search_leaves_no_hole_in_the_page(client, api):
+    """Failed before: the page came back one hit short while has_more said more exist."""
+    original = await fill(api)
+    services = client.server.app[SERVICES]
+    verifier = services.libraries.verifier
+    real = verifier.judge
+
+    async def judge_then_remove(query, candidates, stored):
+        verdicts = await real(query, candidates, stored)
+        lib = await services.libraries.get("lib")
+        await services.libraries.remove(lib, [ContSign.from_json(json.loads(original))])
+        return verdicts
+
+    verifier.judge = judge_then_remove
+    try:
+        body = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=3)
+    finally:
+        verifier.judge = real
+    assert body["err_no"] == 0, body
+    got = [key(hit["contsign"]) for hit in body["data_items"]]
+    assert original not in got and len(got) == 3 and body["has_more"] == 1
+    after = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100)
+    assert [key(hit["contsign"]) for hit in after["data_items"]][:3] == got
+
+
+async def test_huge_pages_are_empty_not_errors(api):
+    """pn has no maximum; with promotion DEPTH more hits are read past it."""
+    await fill(api)
+    for pn in (10**6, 2**63, 10**30):
+        body = await api(f"{R}/search", appid="lib", image=b64(QUERY), pn=pn, rn=1000)
+        assert body["err_no"] == 0 and body["data_items"] == [] and body["has_more"] == 0, (pn, body)
+
+
+async def test_a_confirmed_copy_below_min_score_stays_out(api):
+    original = await fill(api)
+    plain = await api(
+        f"{R}/search", appid="lib", image=b64(QUERY), rn=100, promote_same_picture=0, query_expansion=0
+    )
+    scores = {key(hit["contsign"]): hit["score"] for hit in plain["data_items"]}
+    above = min(score for k, score in scores.items() if score > scores[original])
+    floor = (scores[original] + above) / 2
+    for expansion in (0, 2):
+        body = await api(
+            f"{R}/search", appid="lib", image=b64(QUERY), rn=100, min_score=floor, query_expansion=expansion
+        )
+        assert body["err_no"] == 0, body
+        assert original not in [key(hit["contsign"]) for hit in body["data_items"]]
+        assert body["data_items"] and all(hit["score"] >= floor for hit in body["data_items"])
