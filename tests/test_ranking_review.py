@@ -9,12 +9,21 @@ import json
 from conftest import b64, brief
 from images import encode, jpeg
 from PIL import Image
-from test_promotion import QUERY, fill, key
+from test_promotion import PALETTE, QUERY, fill, key
+from test_retrieval_api import tags as tag_pair
+from test_same_picture import scene
 
 from same_search.contsign import ContSign
 from same_search.services import SERVICES
 
 R = "/RTSAsService"
+#: Every test runs on both backends: the new defaults apply to a Milvus library too.
+BACKENDS = ("local", "milvus")
+
+
+def tags(tag: int) -> dict:
+    """Feature 999 with one tag."""
+    return tag_pair(tag, 0)
 
 
 def gradient(size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -98,3 +107,44 @@ async def test_a_confirmed_copy_below_min_score_stays_out(api):
         assert body["err_no"] == 0, body
         assert original not in [key(hit["contsign"]) for hit in body["data_items"]]
         assert body["data_items"] and all(hit["score"] >= floor for hit in body["data_items"])
+
+
+async def tagged_library(api) -> str:
+    """The six look-alikes tagged 1, except the query's original (tagged 2), and twenty other
+    pictures tagged 1; returns the original's key."""
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    original = ""
+    for layout in range(1, 7):
+        tag = 2 if layout == 1 else 1
+        image = b64(encode(scene(PALETTE, layout)))
+        body = await api(f"{R}/add", appid="lib", image=image, features=[brief(str(layout)), tags(tag)])
+        assert body["err_no"] == 0, body
+        original = original or key(body["contsign"])
+    for seed in range(20):
+        body = await api(
+            f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(f"o{seed}"), tags(1)]
+        )
+        assert body["err_no"] == 0, body
+    return original
+
+
+async def test_default_ranking_pages_concatenate_with_a_tag_filter(api, backend):
+    """The defaults (expansion 2, promotion) on both backends: a tag filter keeps the confirmed
+    copy out when it lacks the tag, and pages of any size concatenate to the whole ranking."""
+    original = await tagged_library(api)
+    whole = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100)
+    assert whole["err_no"] == 0, whole
+    # Milvus keeps no local features: only the strict score fallback could confirm the copy there.
+    assert (key(whole["data_items"][0]["contsign"]) == original) == (backend == "local")
+    assert len(whole["data_items"]) == 26 and whole["has_more"] == 0
+    filtered = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100, features=[tags(1)])
+    everything = [key(hit["contsign"]) for hit in filtered["data_items"]]
+    assert original not in everything and len(everything) == 25 and filtered["has_more"] == 0
+    for rn in (1, 4, 7):
+        pages: list[str] = []
+        for pn in range(0, 26, rn):
+            body = await api(f"{R}/search", appid="lib", image=b64(QUERY), pn=pn, rn=rn, features=[tags(1)])
+            assert body["err_no"] == 0, body
+            assert body["has_more"] == int(pn + rn < 25), (pn, rn)
+            pages += [key(hit["contsign"]) for hit in body["data_items"]]
+        assert pages == everything, rn
