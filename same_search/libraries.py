@@ -822,11 +822,13 @@ class LibraryService:
         return await self._call(lib, self.backend.local_features(lib, keys))
 
     async def query_features(
-        self, lib: Library, image: bytes | None, contsign: ContSign | None
+        self, lib: Library, image: bytes | None, contsign: ContSign | None, region: Region | None = None
     ) -> QueryFeatures | None:
-        """A query's local features: from its image, else from the stored item it names."""
+        """A query's local features: from its image (only ``region`` of it, the part the search
+        looks for, so that promotion never confirms a copy of what lies outside the box), else
+        from the stored item it names."""
         if image is not None:
-            return await self.verifier.query(image)
+            return await self.verifier.query(image, region)
         if contsign is None:
             return None
         stored = await self._call(lib, self.backend.local_features(lib, [contsign.key]))

@@ -148,3 +148,57 @@ async def test_default_ranking_pages_concatenate_with_a_tag_filter(api, backend)
             assert body["has_more"] == int(pn + rn < 25), (pn, rn)
             pages += [key(hit["contsign"]) for hit in body["data_items"]]
         assert pages == everything, rn
+
+
+def side_by_side(left: Image.Image, right: Image.Image) -> Image.Image:
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)))
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width, 0))
+    return canvas
+
+
+RIGHT_HALF = {"x": 0.5, "y": 0, "w": 0.5, "h": 1, "unit": "fraction"}
+
+
+async def test_a_region_search_promotes_copies_of_the_region_not_of_the_rest_of_the_picture(client, api):
+    """Failed before: the whole picture's keypoints verified the candidates, so the picture on
+    the other half of the query (outside the box) was 'confirmed' and jumped to the top."""
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    outside = scene(PALETTE, 1)
+    body = await api(f"{R}/add", appid="lib", image=b64(encode(outside)), features=[brief("outside")])
+    assert body["err_no"] == 0, body
+    for layout in range(2, 7):  # look-alikes of what the box holds
+        body = await api(
+            f"{R}/add", appid="lib", image=b64(encode(scene(7, layout))), features=[brief("alike")]
+        )
+        assert body["err_no"] == 0, body
+    query = encode(side_by_side(outside, scene(7, 1)))
+    body = await api(f"{R}/search", appid="lib", image=b64(query), region=RIGHT_HALF, rn=100)
+    assert body["err_no"] == 0, body
+    found = [hit["features"][0]["fea_data"] for hit in body["data_items"]]
+    assert found[0] == b64(b"alike") and found[-1] == b64(b"outside"), found
+    answer = await (
+        await client.post("/api/libraries/lib/search?rn=100&region=0.5,0,0.5,1&unit=fraction", data=query)
+    ).json()
+    assert answer["err_no"] == 0 and answer["results"][0]["brief_text"] == "alike", answer
+
+
+async def test_same_picture_with_a_region_finds_a_copy_of_the_box_and_not_of_the_rest(api):
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    outside, inside = scene(PALETTE, 1), scene(7, 1)
+    for image, text in ((outside, "outside"), (inside, "inside")):
+        body = await api(f"{R}/add", appid="lib", image=b64(encode(image)), features=[brief(text)])
+        assert body["err_no"] == 0, body
+    query = b64(encode(side_by_side(outside, inside)))
+    body = await api(f"{R}/search", appid="lib", image=query, region=RIGHT_HALF, same_picture=1)
+    assert body["err_no"] == 0, body
+    assert [hit["features"][0]["fea_data"] for hit in body["data_items"]] == [b64(b"inside")]
+
+
+async def test_a_bad_region_is_still_err_1_with_promotion(api):
+    await fill(api)
+    outside = {"x": 0.8, "y": 0, "w": 0.5, "h": 1, "unit": "fraction"}
+    body = await api(f"{R}/search", appid="lib", image=b64(QUERY), region=outside, same_picture=1)
+    assert body["err_no"] == 1 and "region" in body["err_msg"], body
+    body = await api(f"{R}/search", appid="lib", image=b64(QUERY), region=outside)
+    assert body["err_no"] == 1 and "region" in body["err_msg"], body

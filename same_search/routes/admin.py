@@ -327,7 +327,7 @@ async def search_image(request: web.Request) -> web.Response:
     async def features() -> QueryFeatures | None:
         if not ranking.promote_same_picture:
             return None
-        return await services.libraries.query_features(lib, image, contsign)
+        return await services.libraries.query_features(lib, image, contsign, region)
 
     async def vector_of() -> np.ndarray:
         if contsign is not None:  # "find similar" on an item page: reuse the stored vector
