@@ -734,7 +734,8 @@ class LibraryService:
         query; its near-duplicates lead; its scores are reused) and the expanded one. Hits the
         plain search did not reach have their score computed from their stored vector. When
         ``min_score`` leaves too few, the expanded search is asked deeper (at most
-        ``MAX_DEEPENING`` times the page).
+        ``MAX_DEEPENING`` times the page); the plain search's hits at or above it that even the
+        deepest expanded search did not reach follow, by score.
         """
         first = await self._call(lib, self.backend.search(lib, vector, max(n + 1, want), tag_filter))
         floor = resolve(lib.row.dup_policy, lib.row.dup_min_score).min_score
@@ -757,8 +758,10 @@ class LibraryService:
             for key, stored in (await self._vectors(lib, unscored)).items():
                 original[key] = float(np.dot(query, stored))
             found = qe.merged_ranking(leading, (key for key, _ in second.found), original, min_score)
-            if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
+            if len(found) >= want or len(second.found) < depth:
                 return found, rows, first.found
+            if depth >= want * qe.MAX_DEEPENING:
+                return qe.with_unreached(found, first.found, min_score), rows, first.found
             depth *= 2
 
     async def _promoted(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from conftest import b64, brief
+from exports import export_zip
 from images import encode, jpeg
 from PIL import Image
 from test_promotion import PALETTE, QUERY, fill, key
@@ -202,3 +204,41 @@ async def test_a_bad_region_is_still_err_1_with_promotion(api):
     assert body["err_no"] == 1 and "region" in body["err_msg"], body
     body = await api(f"{R}/search", appid="lib", image=b64(QUERY), region=outside)
     assert body["err_no"] == 1 and "region" in body["err_msg"], body
+
+
+def geometry_vectors(dim: int, distractors: int) -> np.ndarray:
+    """Stored vectors built so that query expansion buries a hit above ``min_score`` 0.8.
+
+    Row 0 is the query; rows 1-2 its two best hits (0.9), which pull the expanded query towards
+    axis 1; row 3 the target (0.85 to the query, away from axis 1); the rest distractors that
+    score 0.7 to the query but lie closer to the expanded query than the target does.
+    """
+    vectors = np.zeros((4 + distractors, dim), np.float32)
+    vectors[0, 0] = 1.0
+    vectors[1, [0, 1, 3]] = (0.9, 0.43, 0.07)
+    vectors[2, [0, 1, 3]] = (0.9, 0.43, -0.07)
+    vectors[3, [0, 2]] = (0.85, 0.527)
+    for i in range(distractors):
+        vectors[4 + i, [0, 1, 4 + i]] = (0.7, 0.71, 0.05)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+async def test_query_expansion_with_min_score_never_drops_a_hit_above_it(client, api):
+    """Failed before: the expanded search stopped deepening before it reached the target, so a
+    hit scoring above ``min_score`` was missing from every page (a plain search returns it)."""
+    model = await (await client.get("/healthz")).json()
+    vectors = geometry_vectors(model["model"]["dim"], 150)
+    keys = list(range(1000, 1000 + len(vectors)))
+    assert (await api(f"{R}/signup", appid="geo"))["err_no"] == 0
+    archive = export_zip(keys, vectors, model["model"], appid="geo")
+    answer = await (await client.post("/api/libraries/geo/import", data=archive)).json()
+    assert answer["err_no"] == 0, answer
+    query = ContSign.from_key(keys[0]).to_json()
+    expected = {ContSign.from_key(k).to_json()["sign1"] for k in keys[:4]}
+    for expansion in (0, 2):
+        body = await api(
+            f"{R}/search", appid="geo", contsign=query, rn=10, min_score=0.8, query_expansion=expansion
+        )
+        assert body["err_no"] == 0, body
+        assert {hit["contsign"]["sign1"] for hit in body["data_items"]} == expected, expansion
+        assert body["has_more"] == 0
