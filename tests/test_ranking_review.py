@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import b64, brief
 from exports import export_zip
-from images import encode, jpeg
+from images import encode, jpeg, picture
 from PIL import Image
 from test_promotion import PALETTE, QUERY, fill, key
 from test_retrieval_api import tags as tag_pair
@@ -242,3 +243,52 @@ async def test_query_expansion_with_min_score_never_drops_a_hit_above_it(client,
         assert body["err_no"] == 0, body
         assert {hit["contsign"]["sign1"] for hit in body["data_items"]} == expected, expansion
         assert body["has_more"] == 0
+
+
+def logo_on_plain(extra: bool = False) -> Image.Image:
+    """A small logo in the corner of a plain ramp (its keypoints span under 1% of the picture);
+    with ``extra``, another small emblem elsewhere: a different picture sharing the logo."""
+    image = Image.linear_gradient("L").resize((640, 480)).convert("RGB")
+    image.paste(picture(3, (120, 120)).resize((60, 60)), (10, 10))
+    if extra:
+        image.paste(picture(5, (240, 120)).resize((180, 60)), (300, 300))
+    return image
+
+
+@pytest.mark.local_only  # Milvus keeps no local features: the score fallback judges
+async def test_an_exact_copy_of_a_small_logo_on_a_plain_background_is_the_same_picture(api):
+    """Failed before: all its keypoints sit in one corner, under the coverage floor, so even the
+    identical file was 'not the same picture' and a re-encoded copy passed dup_policy reject."""
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    logo = encode(logo_on_plain())
+    assert (await api(f"{R}/add", appid="lib", image=b64(logo), features=[brief("logo")]))["err_no"] == 0
+    for seed in range(4):
+        body = await api(f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(str(seed))])
+        assert body["err_no"] == 0, body
+    body = await api(f"{R}/search", appid="lib", image=b64(logo), same_picture=1)
+    assert [hit["features"][0]["fea_data"] for hit in body["data_items"]] == [b64(b"logo")], body
+    copy = encode(logo_on_plain(), quality=60)
+    body = await api(f"{R}/add", appid="lib", image=b64(copy), features=[brief("copy")], dup_policy="reject")
+    assert body["err_no"] == 101, body
+
+
+@pytest.mark.local_only  # Milvus keeps no local features: the score fallback judges
+async def test_another_picture_sharing_the_logo_is_not_the_same_picture(api):
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    body = await api(f"{R}/add", appid="lib", image=b64(encode(logo_on_plain())), features=[brief("logo")])
+    assert body["err_no"] == 0
+    body = await api(f"{R}/search", appid="lib", image=b64(encode(logo_on_plain(extra=True))), same_picture=1)
+    assert body["err_no"] == 0 and body["data_items"] == [], body
+
+
+async def test_the_console_refuses_a_region_on_a_search_by_contsign(client, api):
+    """Failed before: the box was silently ignored (the retrieval port's search says err_no 1)."""
+    await fill(api)
+    first = (await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=1))["data_items"][0]["contsign"]
+    sign = f"{first['sign1']},{first['sign2']}"
+    answer = await (
+        await client.post(f"/api/libraries/lib/search?contsign={sign}&region=0,0,0.5,0.5&unit=fraction")
+    ).json()
+    assert answer["err_no"] == 1 and "region" in answer["err_msg"], answer
+    answer = await (await client.post(f"/api/libraries/lib/search?contsign={sign}&rn=3")).json()
+    assert answer["err_no"] == 0 and len(answer["results"]) == 3, answer
