@@ -19,10 +19,11 @@ corner; without this its exact copy was "not the same picture". A different pict
 logo has keypoints elsewhere that do not agree.
 
 Why the clean-geometry tier: a blurred or small copy keeps few keypoints, so few matches, but
-nearly all of them agree (inlier ratio 0.7-1.0 on the development protocol); a different photo of a similar
-thing may collect as many inliers by chance, but only among many more matches that disagree
-(ratio mostly below 0.5), or packed into a corner. The inlier ratio is what tells the two apart
-where the count cannot; the descriptor score cannot (a blurred copy scores like a look-alike).
+nearly all of them agree (inlier ratio 0.7-1.0 on the development protocol); a different photo
+of a similar thing may collect as many inliers by chance, but only among many more matches that
+disagree (ratio mostly below 0.5), or packed into a corner. The inlier ratio is what tells the
+two apart where the count cannot; the descriptor score cannot (a blurred copy scores like a
+look-alike).
 
 The thresholds were fitted on the development protocol of ``bench/eval_same_picture.py`` with
 its originals split in two by a hash of their name: over a grid of 40 settings of that tier
