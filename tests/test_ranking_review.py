@@ -292,3 +292,16 @@ async def test_the_console_refuses_a_region_on_a_search_by_contsign(client, api)
     assert answer["err_no"] == 1 and "region" in answer["err_msg"], answer
     answer = await (await client.post(f"/api/libraries/lib/search?contsign={sign}&rn=3")).json()
     assert answer["err_no"] == 0 and len(answer["results"]) == 3, answer
+
+
+async def test_null_ranking_fields_mean_the_configured_defaults(api):
+    await fill(api)
+    default = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100)
+    nulls = await api(
+        f"{R}/search", appid="lib", image=b64(QUERY), rn=100, query_expansion=None, promote_same_picture=None
+    )
+    assert nulls["err_no"] == 0 and nulls["data_items"] == default["data_items"]
+    explicit = await api(
+        f"{R}/search", appid="lib", image=b64(QUERY), rn=100, query_expansion=2, promote_same_picture=1
+    )
+    assert explicit["data_items"] == default["data_items"]
