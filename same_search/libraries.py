@@ -696,12 +696,28 @@ class LibraryService:
             plain = found
         if promote:
             found = await self._promoted(lib, plain[: promotion.DEEP_DEPTH], found, query, min_score)
-        window = found[pn : pn + rn]
-        missing = [key for key, _ in window if key not in rows]
-        if missing:
-            rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
-        hits = [Hit(_item(rows[key]), score) for key, score in window if key in rows]
-        return SearchPage(hits, has_more=len(found) > pn + rn)
+        return await self._page(lib, found, rows, pn, rn)
+
+    async def _page(
+        self, lib: Library, found: list[tuple[int, float]], rows: dict[int, ItemRow], pn: int, rn: int
+    ) -> SearchPage:
+        """Hits ``pn .. pn+rn`` of ``found`` with their rows.
+
+        An item removed while the search ran (its row gone, e.g. a confirmed copy removed during
+        the same-picture check) is left out of the ranking and the page filled from the hits
+        after it, which the search read anyway: a page is never short while ``has_more`` says
+        more exist.
+        """
+        while True:
+            window = found[pn : pn + rn]
+            missing = [key for key, _ in window if key not in rows]
+            if missing:
+                rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
+            gone = {key for key in missing if key not in rows}
+            if not gone:
+                hits = [Hit(_item(rows[key]), score) for key, score in window]
+                return SearchPage(hits, has_more=len(found) > pn + rn)
+            found = [hit for hit in found if hit[0] not in gone]
 
     async def _expanded_ranking(
         self,
@@ -719,7 +735,8 @@ class LibraryService:
         query; its near-duplicates lead; its scores are reused) and the expanded one. Hits the
         plain search did not reach have their score computed from their stored vector. When
         ``min_score`` leaves too few, the expanded search is asked deeper (at most
-        ``MAX_DEEPENING`` times the page).
+        ``MAX_DEEPENING`` times the page); the plain search's hits at or above it that even the
+        deepest expanded search did not reach follow, by score.
         """
         first = await self._call(lib, self.backend.search(lib, vector, max(n + 1, want), tag_filter))
         floor = resolve(lib.row.dup_policy, lib.row.dup_min_score).min_score
@@ -742,8 +759,10 @@ class LibraryService:
             for key, stored in (await self._vectors(lib, unscored)).items():
                 original[key] = float(np.dot(query, stored))
             found = qe.merged_ranking(leading, (key for key, _ in second.found), original, min_score)
-            if len(found) >= want or len(second.found) < depth or depth >= want * qe.MAX_DEEPENING:
+            if len(found) >= want or len(second.found) < depth:
                 return found, rows, first.found
+            if depth >= want * qe.MAX_DEEPENING:
+                return qe.with_unreached(found, first.found, min_score), rows, first.found
             depth *= 2
 
     async def _promoted(
@@ -812,11 +831,13 @@ class LibraryService:
         return await self._call(lib, self.backend.local_features(lib, keys))
 
     async def query_features(
-        self, lib: Library, image: bytes | None, contsign: ContSign | None
+        self, lib: Library, image: bytes | None, contsign: ContSign | None, region: Region | None = None
     ) -> QueryFeatures | None:
-        """A query's local features: from its image, else from the stored item it names."""
+        """A query's local features: from its image (only ``region`` of it, the part the search
+        looks for, so that promotion never confirms a copy of what lies outside the box), else
+        from the stored item it names."""
         if image is not None:
-            return await self.verifier.query(image)
+            return await self.verifier.query(image, region)
         if contsign is None:
             return None
         stored = await self._call(lib, self.backend.local_features(lib, [contsign.key]))

@@ -75,6 +75,20 @@ def merged_ranking(
     return ranking
 
 
+def with_unreached(
+    ranking: list[tuple[int, float]], plain: Sequence[tuple[int, float]], min_score: float | None
+) -> list[tuple[int, float]]:
+    """``ranking`` followed by the plain search's hits (at or above ``min_score``) it lacks.
+
+    The expanded search pulls towards the expanding hits' side; a hit scoring above
+    ``min_score`` on the other side can lie deeper in it than the search may go, and would
+    otherwise be missing from every page although a plain search returns it.
+    """
+    seen = {key for key, _ in ranking}
+    rest = [hit for hit in plain if hit[0] not in seen and (min_score is None or hit[1] >= min_score)]
+    return ranking + rest
+
+
 def check_expansion(value: object, field: str = "query_expansion") -> int:
     """A valid expansion count (0 = off .. MAX_EXPANSION); ValueError naming the problem."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXPANSION:

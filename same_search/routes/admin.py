@@ -323,11 +323,13 @@ async def search_image(request: web.Request) -> web.Response:
     # The same default ranking as the retrieval port's search (config [search]).
     ranking = services.cfg.search.ranking_for(by_image=image is not None)
     region = query_region(request)
+    if contsign is not None and region is not None:  # as the retrieval port's search says
+        raise bad_request("region needs an image to cut it from; a stored item's vector has no region")
 
     async def features() -> QueryFeatures | None:
         if not ranking.promote_same_picture:
             return None
-        return await services.libraries.query_features(lib, image, contsign)
+        return await services.libraries.query_features(lib, image, contsign, region)
 
     async def vector_of() -> np.ndarray:
         if contsign is not None:  # "find similar" on an item page: reuse the stored vector

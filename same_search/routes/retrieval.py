@@ -164,10 +164,11 @@ async def search(request: web.Request) -> web.Response:
         contsign = fields.contsign()
         if contsign is None:
             raise bad_request("image or contsign is required")
-    # The query's local features (same_picture and promotion only) are extracted while the
-    # vector is computed.
+    # The query's local features (same_picture and promotion only; the region's, when one is
+    # sent) are extracted while the vector is computed.
+    checking = same_picture or promote
     query = asyncio.ensure_future(
-        services.libraries.query_features(lib, image, contsign) if same_picture or promote else _none()
+        services.libraries.query_features(lib, image, contsign, region) if checking else _none()
     )
 
     async def once() -> SearchPage:

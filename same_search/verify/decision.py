@@ -12,14 +12,21 @@ never suffices - and
   - a clean geometry: at least :data:`MIN_INLIER_RATIO` of the tentative matches (those passing
     the ratio test) are inliers, spread over at least :data:`CLEAN_COVERAGE` of the shared area.
 
-Why the last tier: a blurred or small copy keeps few keypoints, so few matches, but nearly all
-of them agree (inlier ratio 0.7-1.0 on the development protocol); a different photo of a similar
-thing may collect as many inliers by chance, but only among many more matches that disagree
-(ratio mostly below 0.5), or packed into a corner. The inlier ratio is what tells the two apart
-where the count cannot; the descriptor score cannot (a blurred copy scores like a look-alike).
+The one exception to the coverage floor: at least :data:`COMPLETE_SHARE` of every keypoint
+either picture has are inliers (at least :data:`WEAK_INLIERS`) and the score is at least
+:data:`WEAK_SCORE`. A small logo or product on a plain background keeps all its keypoints in one
+corner; without this its exact copy was "not the same picture". A different picture sharing that
+logo has keypoints elsewhere that do not agree.
+
+Why the clean-geometry tier: a blurred or small copy keeps few keypoints, so few matches, but
+nearly all of them agree (inlier ratio 0.7-1.0 on the development protocol); a different photo
+of a similar thing may collect as many inliers by chance, but only among many more matches that
+disagree (ratio mostly below 0.5), or packed into a corner. The inlier ratio is what tells the
+two apart where the count cannot; the descriptor score cannot (a blurred copy scores like a
+look-alike).
 
 The thresholds were fitted on the development protocol of ``bench/eval_same_picture.py`` with
-its originals split in two by a hash of their name: over a grid of 40 settings of the last tier
+its originals split in two by a hash of their name: over a grid of 40 settings of that tier
 (inliers 5-10, ratio 0.5-0.8, coverage 0.05 or 0.1), among those with no more false positives
 than the rule without it on one half, the strictest whose recall there is within half a point of
 the best; then reported on the other half (2026-11-26: recall 0.935 -> 0.968 on the held-out
@@ -27,8 +34,9 @@ half at the same 4 false positives). ``docs/quality.md`` ("Same picture") has bo
 variant tried and the cost. Stricter rather than best: a point of recall on the development
 photos is not worth a looser rule on look-alikes they do not show.
 
-Items without local features (stored before they existed, imported as bare vectors) cannot be
-verified: for them only a descriptor score of :data:`FALLBACK_SCORE` says "same picture".
+Items without local features (stored before they existed, imported as bare vectors), and
+pictures with too few keypoints to pass the rule (:func:`verifiable`), cannot be verified: for
+them only a descriptor score of :data:`FALLBACK_SCORE` says "same picture".
 """
 
 from __future__ import annotations
@@ -50,13 +58,28 @@ WEAK_SCORE = 0.80
 MIN_INLIER_RATIO = 0.6
 CLEAN_COVERAGE = 0.05
 MIN_COVERAGE = 0.02
+#: The coverage floor is waived when at least this share of every keypoint of both pictures
+#: agrees (and the score is close): a small logo on a plain background has all its keypoints in
+#: a corner, and its exact copy would otherwise never be the same picture.
+COMPLETE_SHARE = 0.75
 #: Without local features on either side, only a score this high says "same picture".
 FALLBACK_SCORE = 0.95
 RULE = (
-    f"coverage >= {MIN_COVERAGE} and (inliers >= {STRONG_INLIERS} or (inliers >= {WEAK_INLIERS} "
-    f"and (score >= {WEAK_SCORE} or (inliers >= {MIN_INLIER_RATIO} x matches and "
-    f"coverage >= {CLEAN_COVERAGE}))))"
+    f"(inliers >= {WEAK_INLIERS} and inliers >= {COMPLETE_SHARE} x keypoints and score >= "
+    f"{WEAK_SCORE}) or (coverage >= {MIN_COVERAGE} and (inliers >= {STRONG_INLIERS} or "
+    f"(inliers >= {WEAK_INLIERS} and (score >= {WEAK_SCORE} or (inliers >= {MIN_INLIER_RATIO} "
+    f"x matches and coverage >= {CLEAN_COVERAGE})))))"
 )
+
+
+def verifiable(keypoints: int) -> bool:
+    """Whether a picture with this many keypoints can pass the rule at all.
+
+    One with fewer than :data:`WEAK_INLIERS` (a flat gradient, a plain logo, a tiny thumbnail)
+    can never collect enough inliers, even against its own exact copy: the check cannot look at
+    it, and it is judged like an item without local features, by the strict score fallback.
+    """
+    return keypoints >= WEAK_INLIERS
 
 
 def is_same_picture(score: float, evidence: Evidence | None) -> bool:
@@ -66,6 +89,8 @@ def is_same_picture(score: float, evidence: Evidence | None) -> bool:
     """
     if evidence is None:
         return score >= FALLBACK_SCORE
+    if _complete(score, evidence):
+        return True
     if evidence.coverage < MIN_COVERAGE:
         return False
     if evidence.inliers >= STRONG_INLIERS:
@@ -73,6 +98,18 @@ def is_same_picture(score: float, evidence: Evidence | None) -> bool:
     if evidence.inliers < WEAK_INLIERS:
         return False
     return score >= WEAK_SCORE or _clean(evidence)
+
+
+def _complete(score: float, evidence: Evidence) -> bool:
+    """Nearly every keypoint either picture has agrees, backed by a close score: the same
+    picture however small the area its keypoints span (a different picture sharing the logo
+    has keypoints elsewhere that do not agree)."""
+    return (
+        evidence.inliers >= WEAK_INLIERS
+        and evidence.keypoints > 0
+        and evidence.inliers >= COMPLETE_SHARE * evidence.keypoints
+        and score >= WEAK_SCORE
+    )
 
 
 def _clean(evidence: Evidence) -> bool:

@@ -43,6 +43,7 @@ class Evidence:
     coverage: float  # area of the inliers' convex hull / area of the smaller picture's overlap
     scale: float  # query -> stored scale factor of the transform (0 when none)
     mirrored: bool = False
+    keypoints: int = 0  # the larger of the two pictures' keypoint counts (0: not recorded)
 
     @staticmethod
     def none(matches: int = 0) -> Evidence:
@@ -94,6 +95,7 @@ def verify(query: LocalFeatures, stored: LocalFeatures, mirrored: bool = False) 
         _coverage(src[inlier], dst[inlier], query, stored, scale),
         scale,
         mirrored,
+        max(len(query), len(stored)),
     )
 
 

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from same_search.embed.errors import ImageRefused
-from same_search.embed.images import ImageLimits, decode
+from same_search.embed.errors import ImageRefused, RegionRefused
+from same_search.embed.images import ImageLimits, Region, decode
 from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
 
@@ -66,18 +66,19 @@ class SamePictureService:
         """
         return await self._off_loop(self._stored, data)
 
-    async def query(self, data: bytes) -> QueryFeatures | None:
-        """Decode ``data`` and extract its local features as a query (None if it cannot be
-        decoded): :func:`local_features.extract_query`, which admits fainter keypoints than the
-        stored form so that blurred and small copies still find their original's."""
-        return await self._off_loop(self._query, data)
+    async def query(self, data: bytes, region: Region | None = None) -> QueryFeatures | None:
+        """Decode ``data`` (only ``region`` of it when given: what the search looks for) and
+        extract its local features as a query (None if it cannot be decoded):
+        :func:`local_features.extract_query`, which admits fainter keypoints than the stored form
+        so that blurred and small copies still find their original's."""
+        return await self._off_loop(lambda raw: self._query(raw, region), data)
 
     async def _off_loop(self, extraction: Callable[[bytes], T], data: bytes) -> T | None:
         """Run ``extraction(data)`` in the pool; None when the picture cannot be described."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, extraction, data)
-        except ImageRefused:  # undecodable or out of limits: the embedder reports it to the client
+        except (ImageRefused, RegionRefused):  # the embedder reports either to the client
             return None
         except Exception:
             log.exception("local feature extraction failed")
@@ -87,8 +88,8 @@ class SamePictureService:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
         return local_features.extract(picture).to_bytes()
 
-    def _query(self, data: bytes) -> QueryFeatures:
-        picture = decode(data, self.limits, local_features.WORKING_SIDE)
+    def _query(self, data: bytes, region: Region | None) -> QueryFeatures:
+        picture = decode(data, self.limits, local_features.WORKING_SIDE, region)
         return QueryFeatures(local_features.extract_query(picture))
 
     @staticmethod
@@ -125,7 +126,13 @@ def judge(
     verdicts = []
     for key, score in candidates:
         candidate = _parse(stored.get(key), key)
-        if query is None or candidate is None:
+        # A side with too few keypoints to verify anything is judged like one without features.
+        if (
+            query is None
+            or candidate is None
+            or not decision.verifiable(len(query.direct))
+            or not decision.verifiable(len(candidate))
+        ):
             verdicts.append(Verdict(key, score, decision.is_same_picture(score, None), None))
             continue
         evidence = matching.verify(query.direct, candidate)
