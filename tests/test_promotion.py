@@ -38,11 +38,11 @@ def key(contsign: dict) -> str:
     return json.dumps(contsign, sort_keys=True)
 
 
-async def fill(api) -> str:
-    """The six look-alikes; returns the key of the one the query is a copy of."""
+async def fill(api, layouts: int = 6) -> str:
+    """``layouts`` look-alikes; returns the key of the one the query is a copy of."""
     assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
     keys = []
-    for layout in range(1, 7):
+    for layout in range(1, layouts + 1):
         body = await api(
             f"{R}/add", appid="lib", image=b64(encode(scene(PALETTE, layout))), features=[brief(str(layout))]
         )
@@ -109,16 +109,9 @@ async def test_pages_past_the_checked_depth_concatenate_without_repeats_or_gaps(
 async def test_a_copy_ranked_below_ten_look_alikes_is_found_deeper(api):
     """Among 40 look-alikes the sticker copy's original ranks past the first 10 checked; the
     screened deeper check finds it and puts it first, score unchanged."""
-    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
-    keys = []
-    for layout in range(1, 41):
-        body = await api(
-            f"{R}/add", appid="lib", image=b64(encode(scene(PALETTE, layout))), features=[brief(str(layout))]
-        )
-        assert body["err_no"] == 0, body
-        keys.append(key(body["contsign"]))
+    original = await fill(api, layouts=40)
     plain = await ranking(api, query_expansion=0, promote_same_picture=0)
-    position = [k for k, _ in plain].index(keys[0])
+    position = [k for k, _ in plain].index(original)
     assert promotion.DEPTH <= position < promotion.DEEP_DEPTH, "the original must rank past the first check"
     for expansion in (0, 2):
         promoted = await ranking(api, query_expansion=expansion)
