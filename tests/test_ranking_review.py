@@ -34,15 +34,19 @@ def gradient(size: tuple[int, int] = (320, 240)) -> Image.Image:
     return Image.linear_gradient("L").resize(size).convert("RGB")
 
 
-async def flat_library(api) -> bytes:
-    """A library holding the gradient and five ordinary pictures; returns the gradient's file."""
+async def library_with(api, data: bytes, name: str, others: int) -> bytes:
+    """A library holding ``data`` and ``others`` ordinary pictures; returns ``data``."""
     assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
-    data = encode(gradient())
-    assert (await api(f"{R}/add", appid="lib", image=b64(data), features=[brief("flat")]))["err_no"] == 0
-    for seed in range(5):
+    assert (await api(f"{R}/add", appid="lib", image=b64(data), features=[brief(name)]))["err_no"] == 0
+    for seed in range(others):
         body = await api(f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(str(seed))])
         assert body["err_no"] == 0, body
     return data
+
+
+async def flat_library(api) -> bytes:
+    """A library holding the gradient and five ordinary pictures; returns the gradient's file."""
+    return await library_with(api, encode(gradient()), "flat", 5)
 
 
 async def test_a_picture_without_keypoints_is_the_same_picture_as_its_exact_copy(api):
@@ -259,12 +263,7 @@ def logo_on_plain(extra: bool = False) -> Image.Image:
 async def test_an_exact_copy_of_a_small_logo_on_a_plain_background_is_the_same_picture(api):
     """Failed before: all its keypoints sit in one corner, under the coverage floor, so even the
     identical file was 'not the same picture' and a re-encoded copy passed dup_policy reject."""
-    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
-    logo = encode(logo_on_plain())
-    assert (await api(f"{R}/add", appid="lib", image=b64(logo), features=[brief("logo")]))["err_no"] == 0
-    for seed in range(4):
-        body = await api(f"{R}/add", appid="lib", image=b64(jpeg(seed)), features=[brief(str(seed))])
-        assert body["err_no"] == 0, body
+    logo = await library_with(api, encode(logo_on_plain()), "logo", 4)
     body = await api(f"{R}/search", appid="lib", image=b64(logo), same_picture=1)
     assert [hit["features"][0]["fea_data"] for hit in body["data_items"]] == [b64(b"logo")], body
     copy = encode(logo_on_plain(), quality=60)
