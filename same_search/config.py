@@ -189,22 +189,27 @@ class Ranking:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """How search ranks its results (docs/quality.md)."""
+    """How search ranks its results (docs/quality.md).
 
-    #: Average query expansion: rank by the query averaged with its this many best hits
-    #: (0 = off). Scores stay cosine similarity to the query as sent. A request's
-    #: ``query_expansion`` field overrides it.
-    query_expansion: int = 2
-    #: Move the best candidates that the same-picture check confirms (edited copies of the
-    #: query) to the top of the results; costs a local-feature extraction of the query and a
-    #: check of 10 candidates per search. A request's ``promote_same_picture`` overrides it.
-    promote_same_picture: bool = True
-    #: Whether the two above also apply to searches by a stored item's contsign. Off: those
-    #: return the item's nearest neighbours by descending score unless the request asks.
+    Every library keeps its own ranking, chosen by the operator (``PUT
+    /api/libraries/{appid}/ranking``); the two keys below are what a new library gets. Shipped
+    as the spec's order: nearest neighbours by descending score.
+    """
+
+    #: Average query expansion for new libraries: rank a search by image by the query averaged
+    #: with its this many best hits (0 = off). Scores stay cosine similarity to the query as
+    #: sent, but the order no longer follows them. A request's ``query_expansion`` overrides it.
+    query_expansion: int = 0
+    #: New libraries move the best candidates that the same-picture check confirms (edited
+    #: copies of the query) to the top of a search by image. A request's
+    #: ``promote_same_picture`` overrides it.
+    promote_same_picture: bool = False
+    #: Whether a library's re-ranking also applies to searches by a stored item's contsign.
+    #: Off: those return the item's nearest neighbours by descending score unless the request asks.
     rerank_contsign_searches: bool = False
 
     def ranking_for(self, by_image: bool) -> Ranking:
-        """The default ranking of a search by image (or url), or by contsign."""
+        """Transitional: the configured ranking of a search (the search pipeline replaces it)."""
         if by_image or self.rerank_contsign_searches:
             return Ranking(self.query_expansion, self.promote_same_picture)
         return Ranking(0, False)

@@ -31,6 +31,7 @@ from same_search.backends.base import (
     LibraryFull,
     LibraryGone,
     LibraryRow,
+    LibrarySettings,
     ModelChanged,
     NewItem,
     NewLibrary,
@@ -43,6 +44,7 @@ from same_search.backends.base import (
 )
 from same_search.config import DEFAULT_MODEL, Config
 from same_search.contsign import ContSign
+from same_search.embed.embedder import ModelInfo
 from same_search.embed.images import Region
 from same_search.embed.registry import ModelRegistry
 from same_search.embed.service import EmbedService
@@ -421,7 +423,7 @@ class LibraryService:
             if taken or await self.backend.find_library(appid) is not None:
                 raise exists
             try:
-                lib = await self.backend.create_library(appid, info.model_id, info.dim, info.fingerprint)
+                lib = await self.backend.create_library(self._new_library(appid, info))
             except AlreadyExists as exc:
                 raise exists from exc
             except StorageError as exc:
@@ -429,6 +431,14 @@ class LibraryService:
             self.libraries[appid] = lib
             log.info("library %s signed up (model %s, dim %d)", appid, info.model_id, info.dim)
             return lib
+
+    def _new_library(self, appid: str, info: ModelInfo) -> NewLibrary:
+        """A library about to be created for model ``info``, with the configured default ranking."""
+        search = self.cfg.search
+        settings = LibrarySettings(
+            query_expansion=search.query_expansion, promote_same_picture=search.promote_same_picture
+        )
+        return NewLibrary(appid, info.model_id, info.dim, info.fingerprint, settings)
 
     async def _call(self, lib: Library, operation: Awaitable[T]) -> T:
         """Await a backend call on ``lib``: storage failures become err_no answers.
@@ -625,11 +635,11 @@ class LibraryService:
             rows = {**rows, **await self._call(lib, self.backend.get_items(lib, missing))}
         return [Hit(_item(rows[c.key]), c.score) for c in chosen if c.key in rows]
 
-    async def set_dup_policy(self, lib: Library, mode: str, min_score: float | None) -> None:
-        """Store a library's default near-duplicate policy (``min_score`` None: the built-in floor)."""
-        row = dataclasses.replace(lib.row, dup_policy=mode, dup_min_score=min_score)
-        await self._call(lib, self.backend.update_library(lib, row))
-        lib.row = row
+    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
+        """Store a library's operator settings: its near-duplicate policy (``dup_min_score``
+        None: the built-in floors) and its ranking."""
+        await self._call(lib, self.backend.save_settings(lib, settings))
+        lib.row = dataclasses.replace(lib.row, **dataclasses.asdict(settings))
 
     async def store_vectors(self, lib: Library, items: list[ItemToAdd]) -> list[bool]:
         """Store a batch of items with their vectors; False for each key already stored."""
@@ -1045,8 +1055,7 @@ class LibraryService:
                 raise bad_request(
                     f"no model served here makes vectors of fingerprint {fingerprint}"
                 ) from None
-            info = embed.info
-            target = NewLibrary(appid, info.model_id, info.dim, info.fingerprint)
+            target = self._new_library(appid, embed.info)
         held = target.fingerprint if isinstance(target, NewLibrary) else target.row.fingerprint
         if fingerprint is not None and held != fingerprint:
             raise bad_request(

@@ -31,6 +31,7 @@ from same_search.store.db import (
     ItemRow,
     JobRow,
     LibraryRow,
+    LibrarySettings,
     NewItem,
     NewLibrary,
     ReembedIncomplete,
@@ -53,6 +54,7 @@ __all__ = [
     "LibraryFull",
     "LibraryGone",
     "LibraryRow",
+    "LibrarySettings",
     "ModelChanged",
     "NewItem",
     "NewLibrary",
@@ -243,8 +245,8 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> Library:
-        """A new empty library; :class:`AlreadyExists` if the appid is taken."""
+    async def create_library(self, new: NewLibrary) -> Library:
+        """A new empty library with its settings; :class:`AlreadyExists` if the appid is taken."""
 
     @abstractmethod
     async def delete_library(self, lib: Library | Unavailable) -> None:
@@ -275,9 +277,8 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def update_library(self, lib: Library, row: LibraryRow) -> None:
-        """Persist a library's settings: every field of ``row`` but its identity (id, appid,
-        model, dimension, fingerprint, creation time), e.g. its near-duplicate policy."""
+    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
+        """Persist a library's operator settings (near-duplicate policy, ranking)."""
 
     # ---- items -----------------------------------------------------------------------------------
 

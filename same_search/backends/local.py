@@ -30,6 +30,7 @@ from same_search.backends.base import (
     Library,
     LibraryFull,
     LibraryRow,
+    LibrarySettings,
     ModelChanged,
     NewItem,
     NewLibrary,
@@ -189,9 +190,9 @@ class LocalBackend(Backend):
     async def find_library(self, appid: str) -> Library | None:
         return None  # only this daemon writes its data dir: every library is loaded at start
 
-    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> Library:
-        row = await self.store.create_library(appid, model_id, dim, fingerprint)
-        return Library(row, LibraryIndex.empty(dim, self.cfg.index, self._index_pool))
+    async def create_library(self, new: NewLibrary) -> Library:
+        row = await self.store.create_library(new)
+        return Library(row, LibraryIndex.empty(new.dim, self.cfg.index, self._index_pool))
 
     async def delete_library(self, lib: Library | Unavailable) -> None:
         async with self._locks.setdefault(lib.row.id, asyncio.Lock()):
@@ -312,8 +313,8 @@ class LocalBackend(Backend):
         )
         return projection
 
-    async def update_library(self, lib: Library, row: LibraryRow) -> None:
-        await self.store.set_dup_policy(row.id, row.dup_policy, row.dup_min_score)
+    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
+        await self.store.save_settings(lib.row.id, settings)
 
     async def _load_index(self, row: LibraryRow) -> LibraryIndex:
         """The saved graph brought up to date with the database, or else a rebuild from it.

@@ -38,7 +38,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -54,6 +54,7 @@ from same_search.backends.base import (
     LibraryFull,
     LibraryGone,
     LibraryRow,
+    LibrarySettings,
     NewItem,
     NewLibrary,
     RebuildProgress,
@@ -266,24 +267,32 @@ class MilvusBackend(Backend):
         await self._load(name)
         return lib
 
-    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> Library:
+    async def create_library(self, new: NewLibrary) -> Library:
         """Collection first, catalogue row last: a library is visible only once it is usable.
 
         Two daemons signing up the same appid at once may both succeed (Milvus has no
         conditional insert); they create the same collection name and the same catalogue key,
         so the outcome is one library either way.
         """
-        if await self.find_library(appid) is not None:
-            raise AlreadyExists(appid)
-        name = collection_name(appid)
+        if await self.find_library(new.appid) is not None:
+            raise AlreadyExists(new.appid)
+        name = collection_name(new.appid)
         if not await self._run(self.client.has_collection, name):
             try:
-                await self._run(self._create_items, name, dim)
+                await self._run(self._create_items, name, new.dim)
             except StorageError:
                 if not await self._run(self.client.has_collection, name):  # not a racing twin
                     raise
         await self._load(name)
-        row = LibraryRow(_row_id(name), appid, model_id, dim, fingerprint, time.time())
+        row = LibraryRow(
+            _row_id(name),
+            new.appid,
+            new.model_id,
+            new.dim,
+            new.fingerprint,
+            time.time(),
+            **asdict(new.settings),
+        )
         await self._write_catalogue(name, row)
         return Library(row, name)
 
@@ -296,10 +305,10 @@ class MilvusBackend(Backend):
             [{"name": name, "appid": row.appid, "row": json.dumps(record), "placeholder": [0.0, 0.0]}],
         )
 
-    async def update_library(self, lib: Library, row: LibraryRow) -> None:
+    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
         """Settings are fields of the catalogue record: rewritten whole (other daemons read them
         when they load the library; a daemon that has it loaded keeps its copy until restart)."""
-        await self._write_catalogue(_name(lib), row)
+        await self._write_catalogue(_name(lib), replace(lib.row, **asdict(settings)))
 
     def _create_items(self, name: str, dim: int) -> None:
         from pymilvus import DataType, MilvusClient
@@ -355,7 +364,7 @@ class MilvusBackend(Backend):
         so a failure part-way leaves the batches before it stored (importing the file again
         counts them as duplicates); the capacity is checked before each batch."""
         if isinstance(target, NewLibrary):
-            lib = await self.create_library(target.appid, target.model_id, target.dim, target.fingerprint)
+            lib = await self.create_library(target)
         else:
             lib = target
         inserted = duplicates = 0

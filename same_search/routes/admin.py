@@ -8,6 +8,7 @@ When ``[auth] tokens`` are set, ``/api`` needs the ``"*"`` token (the operator's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from pathlib import Path
@@ -529,7 +530,8 @@ async def set_dup_policy(request: web.Request) -> web.Response:
     floor = lib.row.dup_min_score
     if "dup_min_score" in body:
         floor = None if body["dup_min_score"] is None else check_min_score(body["dup_min_score"])
-    await services.libraries.set_dup_policy(lib, mode, floor)
+    settings = dataclasses.replace(lib.row.settings, dup_policy=mode, dup_min_score=floor)
+    await services.libraries.save_settings(lib, settings)
     return ok(library=await services.libraries.stats(lib))
 
 

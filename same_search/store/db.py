@@ -25,7 +25,7 @@ from same_search.store.originals import Originals, sha256_hex
 
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
 #: in one transaction each. Shipped files are never edited: a change is a new file.
-MIGRATIONS = (2, 3, 4, 5)
+MIGRATIONS = (2, 3, 4, 5, 6)
 SCHEMA_VERSION = MIGRATIONS[-1]
 
 _ITEM_COLUMNS = "key, brief, tag1, tag2, created_at, updated_at, original"
@@ -43,11 +43,40 @@ class LibraryRow:
     created_at: float
     #: The library's default near-duplicate policy on add: off | warn | reject.
     dup_policy: str = "off"
-    #: Its score floor; None means the built-in default (``near_duplicates.DEFAULT_MIN_SCORE``).
+    #: Its score floor; None means the built-in floors (``verify.decision``).
     dup_min_score: float | None = None
+    #: The library's ranking of searches by image: how many best hits expand the query (0: off)
+    #: and whether confirmed copies of the query move to the top. 0 / False: the spec's order.
+    query_expansion: int = 0
+    promote_same_picture: bool = False
+
+    @property
+    def settings(self) -> LibrarySettings:
+        """What the operator chose for this library."""
+        return LibrarySettings(
+            self.dup_policy, self.dup_min_score, self.query_expansion, self.promote_same_picture
+        )
 
 
-_LIBRARY_COLUMNS = "id, appid, model_id, dim, fingerprint, created_at, dup_policy, dup_min_score"
+@dataclass(frozen=True)
+class LibrarySettings:
+    """A library's operator settings: its near-duplicate policy on add and its ranking."""
+
+    dup_policy: str = "off"
+    dup_min_score: float | None = None
+    query_expansion: int = 0
+    promote_same_picture: bool = False
+
+
+_LIBRARY_COLUMNS = (
+    "id, appid, model_id, dim, fingerprint, created_at, dup_policy, dup_min_score, query_expansion, "
+    "promote_same_picture"
+)
+
+
+def _library(row: Sequence) -> LibraryRow:
+    *head, promote = row
+    return LibraryRow(*head, promote_same_picture=bool(promote))
 
 
 @dataclass(frozen=True)
@@ -123,6 +152,7 @@ class NewLibrary:
     model_id: str
     dim: int
     fingerprint: str
+    settings: LibrarySettings = LibrarySettings()
 
 
 @dataclass(frozen=True)
@@ -195,6 +225,35 @@ def _item(row: Sequence) -> ItemRow:
     key, brief, tag1, tag2, created, updated, original = row
     tags = None if tag1 is None else (int(tag1), int(tag2))
     return ItemRow(int(key), bytes(brief), tags, created, updated, original)
+
+
+_SAVE_SETTINGS = (
+    "UPDATE libraries SET dup_policy=?, dup_min_score=?, query_expansion=?, promote_same_picture=? WHERE id=?"
+)
+
+
+def _settings_values(settings: LibrarySettings) -> tuple:
+    return (
+        settings.dup_policy,
+        settings.dup_min_score,
+        settings.query_expansion,
+        int(settings.promote_same_picture),
+    )
+
+
+def _insert_library(new: NewLibrary, now: float) -> tuple[str, tuple]:
+    """The statement that creates ``new`` with its settings."""
+    return (
+        "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at, dup_policy, dup_min_score, "
+        "query_expansion, promote_same_picture) VALUES (?,?,?,?,?,?,?,?,?)",
+        (new.appid, new.model_id, new.dim, new.fingerprint, now, *_settings_values(new.settings)),
+    )
+
+
+def _new_row(lib_id: int, new: NewLibrary, now: float) -> LibraryRow:
+    return LibraryRow(
+        lib_id, new.appid, new.model_id, new.dim, new.fingerprint, now, **dataclasses.asdict(new.settings)
+    )
 
 
 def _statements(sql: str) -> list[str]:
@@ -364,37 +423,20 @@ class Store:
     async def libraries(self) -> list[LibraryRow]:
         """Every library, oldest first."""
         async with self.reader.execute(f"SELECT {_LIBRARY_COLUMNS} FROM libraries ORDER BY id") as cur:
-            return [LibraryRow(*row) for row in await cur.fetchall()]
+            return [_library(row) for row in await cur.fetchall()]
 
-    async def set_dup_policy(self, lib_id: int, policy: str, min_score: float | None) -> None:
-        """A library's default near-duplicate policy (``min_score`` None: the built-in floor)."""
+    async def save_settings(self, lib_id: int, settings: LibrarySettings) -> None:
+        """A library's operator settings (near-duplicate policy, ranking), all in one write."""
         async with self._write_lock:
-            await self._write(
-                [
-                    (
-                        "UPDATE libraries SET dup_policy=?, dup_min_score=? WHERE id=?",
-                        (policy, min_score, lib_id),
-                    )
-                ]
-            )
+            await self._write([(_SAVE_SETTINGS, (*_settings_values(settings), lib_id))])
 
-    async def create_library(self, appid: str, model_id: str, dim: int, fingerprint: str) -> LibraryRow:
-        """Insert a library; :class:`AlreadyExists` if the appid is taken."""
+    async def create_library(self, new: NewLibrary) -> LibraryRow:
+        """Insert a library with its settings; :class:`AlreadyExists` if the appid is taken."""
         now = time.time()
         async with self._write_lock:
-            await self._write(
-                [
-                    (
-                        "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) "
-                        "VALUES (?,?,?,?,?)",
-                        (appid, model_id, dim, fingerprint, now),
-                    )
-                ]
-            )
-        async with self.reader.execute("SELECT id FROM libraries WHERE appid=?", (appid,)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return LibraryRow(int(row[0]), appid, model_id, dim, fingerprint, now)
+            lib_id = await self._write([_insert_library(new, now)])
+        assert lib_id is not None
+        return _new_row(lib_id, new, now)
 
     # ---- items -----------------------------------------------------------------------------
 
@@ -587,14 +629,9 @@ class Store:
                 row = library
             else:
                 now = time.time()
-                cursor = await conn.execute(
-                    "INSERT INTO libraries(appid, model_id, dim, fingerprint, created_at) VALUES (?,?,?,?,?)",
-                    (library.appid, library.model_id, library.dim, library.fingerprint, now),
-                )
+                cursor = await conn.execute(*_insert_library(library, now))
                 assert cursor.lastrowid is not None
-                row = LibraryRow(
-                    cursor.lastrowid, library.appid, library.model_id, library.dim, library.fingerprint, now
-                )
+                row = _new_row(cursor.lastrowid, library, now)
             async with conn.execute("SELECT count(*) FROM items WHERE lib_id=?", (row.id,)) as cur:
                 stored = int((await cur.fetchone())[0])  # type: ignore[index]
             async for batch in batches:
