@@ -50,7 +50,7 @@ from same_search.embed.efficientnet_lite import LITE1_STAGES, LITE2_STAGES, Effi
 from same_search.embed.embedder import Embedder  # noqa: E402
 from same_search.embed.images import ImageLimits, decode  # noqa: E402
 from same_search.embed.models import TF_MEAN, TF_STD, LoadedModel, sha256_file  # noqa: E402
-from same_search.near_duplicates import DEFAULT_MIN_SCORE  # noqa: E402
+from same_search.verify.decision import DEFAULT_MIN_SCORE  # noqa: E402
 
 LIMITS = ImageLimits()
 #: The development photos beside the repository (a worktree one level deeper finds them too).

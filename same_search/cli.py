@@ -123,6 +123,31 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     search.add_argument("image", metavar="IMAGE", help="query image file")
     search.add_argument("--appid", required=True, help="library to search")
     search.add_argument("--rn", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--min-score", type=float, help="only hits scoring at least this (-1 to 1)")
+    search.add_argument(
+        "--order",
+        choices=("score", "reranked"),
+        help="override the library's ranking for this search: score (descending score, the spec's "
+        "order) or reranked (query expansion 2 and confirmed copies first)",
+    )
+
+    ranking = commands.add_parser(
+        "ranking",
+        parents=client,
+        help="show or choose how a library ranks searches by image",
+        description="A library answers searches by image in the spec's order (descending score) "
+        "unless its operator chooses re-ranking: query expansion and confirmed copies first, "
+        "better on the measured protocols (docs/quality.md) but not in score order. Without ORDER "
+        "or a flag, shows the library's ranking.",
+    )
+    ranking.add_argument("--appid", required=True, help="library")
+    ranking.add_argument("order", nargs="?", choices=("score", "reranked"), help="the ranking to choose")
+    ranking.add_argument("--query-expansion", type=int, metavar="N", help="hits that expand the query (0-10)")
+    ranking.add_argument(
+        "--promote",
+        action=argparse.BooleanOptionalAction,
+        help="move confirmed copies of the query to the top (--no-promote: do not)",
+    )
 
     commands.add_parser("libraries", parents=client, help="list the libraries")
 
@@ -141,7 +166,10 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     )
     dup.add_argument("--appid", required=True, help="library to scan")
     dup.add_argument(
-        "--min-score", type=float, help="score floor of a near-duplicate (default: the library's, 0.95)"
+        "--min-score",
+        type=float,
+        help="score floor of a near-duplicate, for every pair (default: the library's near-duplicate "
+        "floors: 0.6 for a pair the same-picture check confirms, 0.95 for one it cannot look at)",
     )
     dup.add_argument(
         "--remove-extras",
@@ -276,13 +304,44 @@ def _client(cfg: Config, token: str | None, appid: str | None = None) -> Client:
 def cmd_search(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     """Print the best matches of an image as a table."""
     image = Path(args.image).read_bytes()
-    hits = _client(cfg, token, args.appid).search(image=image, rn=args.rn)
+    override = {"score": (0, False), "reranked": (2, True)}.get(args.order or "", (None, None))
+    hits = _client(cfg, token, args.appid).search(
+        image=image,
+        rn=args.rn,
+        min_score=args.min_score,
+        query_expansion=override[0],
+        promote_same_picture=override[1],
+    )
+    if hits.ranking != "score":
+        print("re-ranked (query expansion, confirmed copies first): not in score order; * = same picture")
     print(f"{'rank':>4}  {'score':>6}  {'contsign':<21}  brief")
     for rank, hit in enumerate(hits, 1):
         brief = hit.brief_text.replace("\n", " ")
-        print(f"{rank:>4}  {hit.score:>6.4f}  {hit.contsign!s:<21}  {brief}")
+        mark = "*" if hit.same_picture else " "
+        print(f"{rank:>4}  {hit.score:>6.4f}{mark} {hit.contsign!s:<21}  {brief}")
     if hits.has_more:
         print(f"(more results beyond {len(hits)}: raise --rn)")
+    return 0
+
+
+def cmd_ranking(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
+    """Show, or choose, a library's ranking."""
+    client = _client(cfg, token)
+    if args.order is None and args.query_expansion is None and args.promote is None:
+        stats = client.library(args.appid)
+    else:
+        stats = client.set_ranking(
+            args.appid,
+            args.order,
+            query_expansion=args.query_expansion,
+            promote_same_picture=args.promote,
+        )
+    ranking = stats["ranking"]
+    what = {"score": "descending score (the spec's order)", "reranked": "re-ranked"}[ranking["order"]]
+    print(
+        f"{args.appid}: {what}; query_expansion {ranking['query_expansion']}, "
+        f"promote_same_picture {'on' if ranking['promote_same_picture'] else 'off'}"
+    )
     return 0
 
 
@@ -653,6 +712,7 @@ def _brief(card: dict) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config, str | None], int]] = {
     "import": cmd_import,
     "search": cmd_search,
+    "ranking": cmd_ranking,
     "libraries": cmd_libraries,
     "export": cmd_export,
     "snapshot": cmd_snapshot,

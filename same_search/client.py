@@ -378,16 +378,22 @@ class _Base:
         tags: Tags | None = None,
         tag_logic: int | str = 0,
         appid: str | None = None,
+        min_score: float | None = None,
+        region: dict[str, Any] | None = None,
         same_picture: bool = False,
         query_expansion: int | None = None,
         promote_same_picture: bool | None = None,
     ) -> _Call[SearchResult]:
-        """Items most similar to an image (or to a stored item's vector), best first.
+        """Items most similar to an image (or to a stored item's vector).
 
+        In the library's ranking: by descending score (the spec's order) unless the library
+        chose re-ranking (:meth:`set_ranking`); ``result.ranking`` says which answered.
         ``tags`` filters; ``tag_logic`` 0/"all" needs every non-zero tag, 1/"any" one of them.
-        ``same_picture`` keeps only the hits judged the same picture, possibly edited (extension,
-        docs/api.md). ``query_expansion`` (0 = off: descending score) and ``promote_same_picture``
-        override the daemon's defaults for the result order (extensions; None: the daemon's).
+        Extensions (docs/api.md): ``min_score`` keeps hits scoring at least that; ``region``
+        (``{"x", "y", "w", "h"}`` in pixels, or with ``"unit": "fraction"``) searches that box of
+        the image; ``same_picture`` keeps only the hits judged the same picture, possibly edited;
+        ``query_expansion`` (0 = off) and ``promote_same_picture`` override the library's
+        ranking for this search (None: the library's).
         """
         if (image is None) == (contsign is None):
             raise ValueError("search needs exactly one of image= or contsign=")
@@ -402,6 +408,8 @@ class _Base:
             **_naming(image, contsign),
             pn=pn,
             rn=rn,
+            min_score=min_score,
+            region=region,
             same_picture=1 if same_picture else None,
             query_expansion=query_expansion,
             promote_same_picture=None if promote_same_picture is None else int(promote_same_picture),
@@ -532,6 +540,31 @@ class _Base:
         path = wire.DUPLICATES_SCAN.format(appid=_quote(appid), scan_id=_quote(scan_id))
         query = {"offset": str(offset), "limit": str(limit)}
         return _Call("admin", path, "GET", query=query, parse=values.pick("scan", dict))
+
+    @_request
+    def set_ranking(
+        self,
+        appid: str,
+        order: Literal["score", "reranked"] | None = None,
+        *,
+        query_expansion: int | None = None,
+        promote_same_picture: bool | None = None,
+    ) -> _Call[dict[str, Any]]:
+        """Choose how a library ranks searches by image (an extension); returns its stats.
+
+        ``order="score"``: the spec's order, nearest neighbours by descending score (the
+        default); ``order="reranked"``: query expansion 2 and promotion of confirmed copies, not
+        in score order. Or set ``query_expansion`` (0-10) and/or ``promote_same_picture``.
+        """
+        body: dict[str, Any] = {}
+        if order is not None:
+            body["order"] = order
+        if query_expansion is not None:
+            body["query_expansion"] = query_expansion
+        if promote_same_picture is not None:
+            body["promote_same_picture"] = promote_same_picture
+        path = wire.RANKING.format(appid=_quote(appid))
+        return _Call("admin", path, "PUT", body=body, parse=values.pick("library", dict))
 
     @_request
     def create_library(self, appid: str, model: str | None = None) -> _Call[dict[str, Any]]:

@@ -185,14 +185,19 @@ class Hit(Item):
     """A search result: an item and its cosine similarity to the query."""
 
     score: float = 0.0
+    #: In a re-ranked answer: the same-picture check confirmed it (why a lower score may lead).
+    same_picture: bool = False
 
 
 class SearchResult(list[Hit]):
-    """One page of search hits, best first, plus whether more exist beyond it."""
+    """One page of search hits plus whether more exist beyond it, and the ranking that ordered
+    them: ``"score"`` (the spec's order, descending score) or ``"reranked"`` (the library's or
+    the request's choice; see docs/api.md)."""
 
-    def __init__(self, hits: Iterable[Hit] = (), has_more: bool = False) -> None:
+    def __init__(self, hits: Iterable[Hit] = (), has_more: bool = False, ranking: str = "score") -> None:
         super().__init__(hits)
         self.has_more = has_more
+        self.ranking = ranking
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,7 @@ def item_from_wire(value: Mapping[str, Any], score: float | None = None) -> Item
     brief = features.get(FEA_BRIEF, b"")
     if score is None:
         return Item(contsign, brief, tags)
-    return Hit(contsign, brief, tags, score=float(score))
+    return Hit(contsign, brief, tags, score=float(score), same_picture=bool(value.get("same_picture")))
 
 
 def item_from_admin(value: Mapping[str, Any]) -> Item:
@@ -248,7 +253,8 @@ def item_from_admin(value: Mapping[str, Any]) -> Item:
 
 def search_result(body: Mapping[str, Any]) -> SearchResult:
     hits = [item_from_wire(item, item.get("score", 0.0)) for item in body.get("data_items", [])]
-    return SearchResult(hits, bool(body.get("has_more")))  # type: ignore[arg-type]
+    ranking = body.get("ranking", "score")
+    return SearchResult(hits, bool(body.get("has_more")), ranking)  # type: ignore[arg-type]
 
 
 def item_page(body: Mapping[str, Any]) -> ItemPage:

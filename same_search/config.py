@@ -17,7 +17,7 @@ from typing import Any
 
 from yarl import URL
 
-from same_search.query_expansion import check_expansion
+from same_search.search.ranking import check_expansion
 from same_search.wire import ADMIN_PORT, FEATURE_PORT, SEARCH_PORT
 
 

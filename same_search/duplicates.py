@@ -3,13 +3,13 @@
 A scan reads every stored vector in insertion order and lists each item's near neighbours: exactly
 (all pairs, block by block) when the library is small enough to be searched exactly
 (``index.exact_threshold``), else through the library's index, ``NEIGHBOURS`` per item. Whether a
-neighbour is a near-duplicate is the same decision the add policy uses: the score floor
-(:func:`near_duplicates.is_near_duplicate`), then the same-picture check of
-:mod:`same_search.verify` on the pairs above it.
+neighbour is a near-duplicate is the same decision the add policy makes
+(:func:`same_search.verify.decision.is_same_picture`), under the same floors: the scan's
+``min_score`` for every pair when one is given, else the library's near-duplicate floors.
 
 Groups are formed greedily in insertion order: the oldest item not yet grouped keeps its
-near-duplicates that are not grouped yet. So every extra scores at least ``min_score`` against its
-group's kept item, and "remove the extras" keeps the first-stored copy of each picture.
+near-duplicates that are not grouped yet. So every extra is the same picture as its group's kept
+item, and "remove the extras" keeps the first-stored copy of each picture.
 
 Scans run in the background with progress and live in memory (a restart forgets them; scanning
 again is always possible); the last ``KEEP_SCANS`` are kept.
@@ -28,8 +28,9 @@ import numpy as np
 
 from same_search.contsign import ContSign
 from same_search.errors import bad_request
-from same_search.libraries import Item, Library, LibraryService
-from same_search.near_duplicates import Candidate, DupPolicy, Query, is_near_duplicate
+from same_search.libraries import Library, LibraryService
+from same_search.near_duplicates import floors_for
+from same_search.verify import decision
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class Scan:
 
     id: int
     appid: str
-    min_score: float
+    #: What the decision needs: the scan's own floor for every pair, or the library's floors.
+    floors: decision.Floors
     method: str  # exact | index
     total: int
     done: int = 0
@@ -63,6 +65,11 @@ class Scan:
     groups: list[Group] = field(default_factory=list)
     started: float = field(default_factory=time.time)
     finished: float | None = None
+
+    @property
+    def min_score(self) -> float:
+        """The lowest score at which a pair can be grouped."""
+        return self.floors.lowest
 
     @property
     def extras(self) -> list[int]:
@@ -78,11 +85,13 @@ class DuplicateScans:
         self._tasks: dict[int, asyncio.Task] = {}
         self._ids = itertools.count(1)
 
-    async def start(self, lib: Library, min_score: float) -> Scan:
-        """Begin a scan in the background; returns it at once (status ``running``)."""
+    async def start(self, lib: Library, min_score: float | None = None) -> Scan:
+        """Begin a scan in the background; returns it at once (status ``running``). ``min_score``
+        None: the library's near-duplicate floors."""
         total = await self.libraries.count(lib)
         exact = total <= self.libraries.cfg.index.exact_threshold
-        scan = Scan(next(self._ids), lib.row.appid, min_score, "exact" if exact else "index", total)
+        floors = floors_for(lib.row.dup_min_score if min_score is None else min_score)
+        scan = Scan(next(self._ids), lib.row.appid, floors, "exact" if exact else "index", total)
         self.scans[scan.id] = scan
         for old in sorted(self.scans)[:-KEEP_SCANS]:
             self.scans.pop(old, None)
@@ -123,15 +132,14 @@ class DuplicateScans:
                 await task
 
     async def _run(self, scan: Scan, lib: Library) -> None:
-        policy = DupPolicy("warn", scan.min_score)
         try:
             if scan.method == "exact":
                 keys, vectors = await self._vectors(lib)
                 scan.total = len(keys)
-                neighbours = await asyncio.to_thread(_exact_neighbours, keys, vectors, scan, policy)
+                neighbours = await asyncio.to_thread(_exact_neighbours, keys, vectors, scan)
             else:
-                keys, neighbours = await self._index_neighbours(lib, scan, policy)
-            neighbours = await self._verified(lib, neighbours)
+                keys, neighbours = await self._index_neighbours(lib, scan)
+            neighbours = await self._verified(lib, scan, neighbours)
             scan.groups = _groups(keys, neighbours)
             scan.status = "done"
         except asyncio.CancelledError:
@@ -158,55 +166,48 @@ class DuplicateScans:
         """Every stored key and vector, in insertion order (small libraries only: all in memory)."""
         keys: list[int] = []
         chunks = []
-        async for chunk in self.libraries.export_items(lib):
+        async for chunk in self.libraries.reads.export_items(lib):
             keys += [item.contsign.key for item, _ in chunk]
             chunks.append(np.stack([vector for _, vector in chunk]))
         vectors = np.concatenate(chunks) if chunks else np.empty((0, lib.row.dim), np.float32)
         return keys, vectors
 
-    async def _index_neighbours(
-        self, lib: Library, scan: Scan, policy: DupPolicy
-    ) -> tuple[list[int], Neighbours]:
-        """Keys in insertion order, and each item's near-duplicates among its ``NEIGHBOURS`` nearest
-        by the index. Vectors are streamed chunk by chunk, so a large library is never all in memory;
-        only the (few) pairs above the floor are kept."""
+    async def _index_neighbours(self, lib: Library, scan: Scan) -> tuple[list[int], Neighbours]:
+        """Keys in insertion order, and each item's neighbours above the floor among its
+        ``NEIGHBOURS`` nearest by the index. Vectors are streamed chunk by chunk, so a large
+        library is never all in memory; only the (few) pairs above the floor are kept."""
         keys: list[int] = []
         neighbours: Neighbours = {}
         k = NEIGHBOURS + 1
-        async for chunk in self.libraries.export_items(lib):
+        async for chunk in self.libraries.reads.export_items(lib):
             for item, vector in chunk:
                 key = item.contsign.key
                 keys.append(key)
-                found = await self.libraries.nearest(lib, vector, k)
-                query = Query(vector)
+                found = (await self.libraries.reads.nearest(lib, vector, k)).found
                 for other, score in found:
-                    if other != key and score >= scan.min_score and _decide(query, other, score, policy):
+                    if other != key and score >= scan.min_score:
                         _link(neighbours, key, other, score)
                 scan.done = len(keys)
         scan.total = len(keys)
         return keys, neighbours
 
-    async def _verified(self, lib: Library, neighbours: Neighbours) -> Neighbours:
-        """The pairs above the floor that the same-picture decision confirms.
-
-        The decision search's ``same_picture`` and the add policy use (:mod:`same_search.verify`):
-        a pair of look-alikes above the floor is not a near-duplicate. A pair where either item
-        has no local features keeps the floor alone.
-        """
+    async def _verified(self, lib: Library, scan: Scan, neighbours: Neighbours) -> Neighbours:
+        """The pairs above the floor that the same-picture decision confirms under the scan's
+        floors: a pair of look-alikes above a floor is not a near-duplicate; a pair where either
+        item has no local features is judged by its score alone, as on add."""
         pairs = {
             (min(a, b), max(a, b)): score for a, others in neighbours.items() for b, score in others.items()
         }
         if not pairs:
             return neighbours
-        stored = await self.libraries.local_features(lib, sorted({k for pair in pairs for k in pair}))
+        stored = await self.libraries.reads.local_features(lib, sorted({k for pair in pairs for k in pair}))
         verifier = self.libraries.verifier
         kept: Neighbours = {}
         for (a, b), score in pairs.items():
-            if a in stored and b in stored:
-                [verdict] = await verifier.judge(verifier.stored_query(stored[a]), [(b, score)], stored)
-                if not verdict.same:
-                    continue
-            _link(kept, a, b, score)
+            query = verifier.stored_query(stored.get(a))
+            [verdict] = await verifier.judge(query, [(b, score)], stored, scan.floors)
+            if verdict.same:
+                _link(kept, a, b, score)
         return kept
 
     async def remove_extras(self, lib: Library, scan: Scan, contsigns: list[ContSign] | None) -> int:
@@ -223,7 +224,7 @@ class DuplicateScans:
                 raise bad_request(
                     f"not extras of scan {scan.id} (kept items are never removed here): {stray[:5]}"
                 )
-        removed = await self.libraries.remove(lib, [ContSign.from_key(k) for k in chosen])
+        removed = await self.libraries.writes.remove(lib, [ContSign.from_key(k) for k in chosen])
         gone = set(chosen)
         scan.groups = [
             Group(g.keep, [(k, s) for k, s in g.extras if k not in gone])
@@ -232,17 +233,9 @@ class DuplicateScans:
         ]
         return removed
 
-    async def items(self, lib: Library, keys: list[int]) -> dict[int, Item]:
-        """The stored items of ``keys`` (removed ones are absent)."""
-        return await self.libraries.items(lib, keys)
-
 
 #: key -> {other key: score}, symmetric: a pair found from either side is known to both.
 Neighbours = dict[int, dict[int, float]]
-
-
-def _decide(query: Query, key: int, score: float, policy: DupPolicy) -> bool:
-    return is_near_duplicate(query, Candidate(key, score), policy)
 
 
 def _link(neighbours: Neighbours, a: int, b: int, score: float) -> None:
@@ -250,19 +243,17 @@ def _link(neighbours: Neighbours, a: int, b: int, score: float) -> None:
     neighbours.setdefault(b, {})[a] = score
 
 
-def _exact_neighbours(keys: list[int], vectors: np.ndarray, scan: Scan, policy: DupPolicy) -> Neighbours:
-    """Every pair at or above the floor (all pairs, block by block) that the decision accepts."""
+def _exact_neighbours(keys: list[int], vectors: np.ndarray, scan: Scan) -> Neighbours:
+    """Every pair at or above the floor (all pairs, block by block)."""
     n = len(vectors)
     neighbours: Neighbours = {}
     for start in range(0, n, BLOCK):
         scores = vectors[start : start + BLOCK] @ vectors.T
         for offset, row_scores in enumerate(scores):
             row = start + offset
-            query = Query(vectors[row])
             for other in np.flatnonzero(row_scores >= scan.min_score):
-                score = float(row_scores[other])
-                if other != row and _decide(query, keys[other], score, policy):
-                    _link(neighbours, keys[row], keys[int(other)], score)
+                if other != row:
+                    _link(neighbours, keys[row], keys[int(other)], float(row_scores[other]))
         scan.done = min(n, start + BLOCK)
     return neighbours
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from same_search.libraries import LibraryCensus
+    from same_search.libraries.records import LibraryCensus
     from same_search.services import Services
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -96,11 +96,21 @@ class _LiveCollector(Collector):
         yield capacity
         yield save_age
         yield from _rebuild_metrics(self.services)
+        promotions = CounterMetricFamily(
+            "same_search_promotions",
+            "Re-ranked searches by how promotion ended: exact_copy (the best hit is the query's exact "
+            "copy), out_of_reach (no candidate close enough to be a copy), checked (the query's local "
+            "features were extracted and candidates checked)",
+            labels=["outcome"],
+        )
+        for outcome, count in self.services.libraries.search.promotions.items():
+            promotions.add_metric([outcome], count)
+        yield promotions
 
 
 def _rebuild_metrics(services: Services) -> Iterator[Metric]:
     """Background index rebuilds: which run, how far they got, how many ended and how."""
-    rebuilds = services.libraries.rebuilds
+    rebuilds = services.libraries.maintenance.rebuilds
     running = GaugeMetricFamily(
         "same_search_rebuild_running", "1 while the library's index is being rebuilt", labels=["appid"]
     )

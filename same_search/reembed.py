@@ -54,7 +54,7 @@ class ReembedJobs:
 
     @property
     def _ledger(self) -> Any:
-        return self.libraries.reembed_ledger
+        return self.libraries.reembedding.ledger
 
     async def start(self) -> None:
         """Resume the jobs a previous run left running (killed, or stopped mid-job).
@@ -63,7 +63,7 @@ class ReembedJobs:
         refused) are failed first, and with them the side table they shared, which may hold
         another model's vectors; the resumed job then embeds everything again with its own.
         """
-        if not self.libraries.backend.can_reembed:
+        if not self.libraries.reembedding.available:
             return
         newest: dict[int, ReembedJobRow] = {}
         for job in await self._ledger.reembed_jobs(status="running"):  # newest first
@@ -119,7 +119,7 @@ class ReembedJobs:
             self._starting.discard(lib.row.id)
 
     async def _begin(self, lib: Library, model: Any) -> ReembedJobRow:
-        embed = await self.libraries.reembed_target(lib, model)
+        embed = await self.libraries.reembedding.target(lib, model)
         info = embed.info
         total = await self.libraries.count(lib)
         job_id = await self._ledger.create_reembed_job(
@@ -181,12 +181,12 @@ class ReembedJobs:
             chunks = 0
             while job.id not in self._cancelled:
                 self._check_served(lib)
-                pending = await self.libraries.reembed_pending(lib, CHUNK, cursor)
+                pending = await self.libraries.reembedding.pending(lib, CHUNK, cursor)
                 if not pending:
                     break
                 cursor = pending[-1][2]
                 made = await self._embed(lib, [(key, original) for key, original, _ in pending], embed)
-                await self.libraries.save_reembedded(lib, made)
+                await self.libraries.reembedding.save(lib, made)
                 chunks += 1
                 if chunks % RECOUNT_CHUNKS == 0:  # exact now and then (removals), counted between
                     job.done = await self._ledger.reembed_done(lib.row.id)
@@ -207,13 +207,13 @@ class ReembedJobs:
                 # switch got it has happened; switching a deleted library would resurrect files.
                 self._check_served(locked)
                 nonlocal cursor
-                while pending := await self.libraries.reembed_pending(locked, CHUNK, cursor):
+                while pending := await self.libraries.reembedding.pending(locked, CHUNK, cursor):
                     cursor = pending[-1][2]
                     chunk = [(key, original) for key, original, _ in pending]
-                    await self.libraries.save_reembedded(locked, await self._embed(locked, chunk, embed))
+                    await self.libraries.reembedding.save(locked, await self._embed(locked, chunk, embed))
                 cursor = 0  # called again only if the switch found an item without its vector: all
 
-            await self.libraries.switch_model(lib, job, catch_up)
+            await self.libraries.reembedding.switch(lib, job, catch_up)
             job.status, job.message = "done", ""
             job.done = job.total = await self.libraries.count(lib)
             log.info("re-embed job %d done: library %s serves model %s", job.id, job.appid, job.model_name)
@@ -252,7 +252,7 @@ class ReembedJobs:
 
         async def one(key: int, original: str) -> tuple[int, np.ndarray] | None:
             try:
-                data = await self.libraries.read_original(original)
+                data = await self.libraries.reads.read_original(original)
             except ApiError:
                 if await self._still_kept(lib, key, original):
                     raise  # the file of a stored item is missing: the job cannot finish
@@ -268,8 +268,7 @@ class ReembedJobs:
 
     async def _still_kept(self, lib: Library, key: int, original: str) -> bool:
         """Whether ``key`` is still stored with that kept original."""
-        rows = await self.libraries.backend.get_items(lib, [key])
-        return key in rows and rows[key].original == original
+        return await self.libraries.reembedding.original_of(lib, key) == original
 
 
 def describe(job: ReembedJobRow) -> dict[str, Any]:

@@ -72,8 +72,8 @@ class Services:
                 "device": info.device,
             },
             # Every model profile, and which libraries each one serves (an extension).
-            "models": self.libraries.models_in_use(),
-            "backend": self.libraries.backend_name,
+            "models": self.libraries.registry.models_in_use(),
+            "backend": self.libraries.backend.name,
             "libraries": len(self.libraries.libraries),
             # Libraries set aside at start because their rows could not be loaded (see repair).
             "unavailable": unavailable,
@@ -134,6 +134,6 @@ async def _save_periodically(libraries: LibraryService, interval: float) -> None
     while True:
         await asyncio.sleep(interval)
         try:
-            await libraries.save_indexes()
+            await libraries.maintenance.save_indexes()
         except Exception:
             log.exception("periodic index save failed; will retry in %.0fs", interval)

@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "local_only: runs on the local backend only, even in a contract module"
     )
+    config.addinivalue_line("markers", "reranked_default: new libraries are re-ranked ([search] config)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -432,7 +432,12 @@ def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
     scores = {str(hit.contsign): hit.score for hit in plain}
     for hits in (client.search(image=QUERY), client.search(image=QUERY, promote_same_picture=False)):
         assert {str(hit.contsign): hit.score for hit in hits} == pytest.approx(scores, abs=1e-6)
-    # The daemon's defaults promote the confirmed copy of the query; asked explicitly too.
-    assert client.search(image=QUERY)[0].contsign == stored[0]
+    # A library answers in descending score until its operator chooses re-ranking; a request
+    # can ask for promotion either way.
+    default = client.search(image=QUERY)
+    assert default.ranking == "score" and [h.contsign for h in default] == [h.contsign for h in plain]
+    assert client.set_ranking("order", "reranked")["ranking"]["order"] == "reranked"
+    reranked = client.search(image=QUERY)
+    assert reranked.ranking == "reranked" and reranked[0].contsign == stored[0] and reranked[0].same_picture
     promoted = client.search(image=QUERY, query_expansion=0, promote_same_picture=True)
     assert promoted[0].contsign == stored[0]

@@ -97,8 +97,8 @@ async def test_signup_names_a_model_and_each_library_embeds_with_its_own(client,
         await add(api, appid, 7)
     key = ContSign.of_image(jpeg(7))
     libs = services.libraries
-    stored_g = await libs.vector_of(await libs.get("g"), key)
-    stored_plain = await libs.vector_of(await libs.get("plain"), key)
+    stored_g = await libs.reads.vector_of(await libs.get("g"), key)
+    stored_plain = await libs.reads.vector_of(await libs.get("plain"), key)
     assert np.allclose(stored_g, await gem.embed_image(jpeg(7)), atol=1e-4)
     assert np.allclose(stored_plain, await services.embed.embed_image(jpeg(7)), atol=1e-4)
     assert not np.allclose(stored_g, stored_plain, atol=1e-2)
@@ -216,7 +216,7 @@ async def test_reembed_carries_writes_made_during_the_job_then_switches(client, 
     assert lib.row.fingerprint == gem.info.fingerprint
     assert await services.libraries.count(lib) == 59
     for seed in (0, 100):  # one from before the job, one added during it: both made by the new model
-        stored = await services.libraries.vector_of(lib, ContSign.of_image(jpeg(seed)))
+        stored = await services.libraries.reads.vector_of(lib, ContSign.of_image(jpeg(seed)))
         assert np.allclose(stored, await gem.embed_image(jpeg(seed)), atol=1e-4)
     for seed in (3, 59):  # removed during the job: they do not come back
         gone = await api(f"{R}/search", appid="lib", image=b64(jpeg(seed)), rn=50)
@@ -238,7 +238,7 @@ async def test_cancel_leaves_the_library_untouched(client, api, embedder):
     await api(f"{R}/signup", appid="lib")
     for seed in range(40):
         await add(api, "lib", seed)
-    before = await services.libraries.vector_of(
+    before = await services.libraries.reads.vector_of(
         await services.libraries.get("lib"), ContSign.of_image(jpeg(0))
     )
     job = (await (await client.post("/api/libraries/lib/reembed", json={"model": "gem"})).json())["job"]
@@ -247,7 +247,7 @@ async def test_cancel_leaves_the_library_untouched(client, api, embedder):
     assert cancelled["job"]["done"] < 40
     lib = await services.libraries.get("lib")
     assert lib.row.fingerprint == embedder.info.fingerprint
-    after = await services.libraries.vector_of(lib, ContSign.of_image(jpeg(0)))
+    after = await services.libraries.reads.vector_of(lib, ContSign.of_image(jpeg(0)))
     assert np.array_equal(before, after)
     with sqlite3.connect(Path(services.cfg.storage.data_dir) / "same_search.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM reembed_vectors").fetchone()[0] == 0

@@ -1,5 +1,8 @@
 """Search's ``promote_same_picture`` on the real app: an edited copy that the descriptor ranks
-below look-alikes comes first once the same-picture check confirms it; scores never change."""
+below look-alikes comes first once the same-picture check confirms it; scores never change.
+
+The libraries of this module are re-ranked (``[search]`` gives new libraries query expansion 2
+and promotion, as an operator who chose re-ranking has them)."""
 
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ from images import encode, jpeg
 from PIL import Image, ImageDraw
 from test_same_picture import scene
 
-from same_search import promotion
 from same_search.app import create_app
 from same_search.config import SearchConfig
-from same_search.verify import service
+from same_search.search import promotion
+from same_search.verify import decision, service
+from same_search.verify.service import Verdict
 
 R = "/RTSAsService"
 #: Six photos of one kind of scene (one palette, six layouts): look-alikes of each other.
@@ -28,6 +32,12 @@ def sticker(image: Image.Image) -> Image.Image:
     w, h = image.size
     ImageDraw.Draw(out).rectangle((w // 2, int(h * 0.4), w, h), fill=(0, 0, 0))
     return out
+
+
+@pytest.fixture
+def config(config):
+    """New libraries are re-ranked: what ``PUT .../ranking {"order": "reranked"}`` gives one."""
+    return dataclasses.replace(config, search=SearchConfig(query_expansion=2, promote_same_picture=True))
 
 
 #: The edited copy of layout 1 the descriptor ranks below some look-alikes.
@@ -112,12 +122,12 @@ async def test_a_copy_ranked_below_ten_look_alikes_is_found_deeper(api):
     original = await fill(api, layouts=40)
     plain = await ranking(api, query_expansion=0, promote_same_picture=0)
     position = [k for k, _ in plain].index(original)
-    assert promotion.DEPTH <= position < promotion.DEEP_DEPTH, "the original must rank past the first check"
+    assert decision.DEPTH <= position < decision.DEEP_DEPTH, "the original must rank past the first check"
     for expansion in (0, 2):
         promoted = await ranking(api, query_expansion=expansion)
         assert promoted[0] == plain[position]
     # Without local features on the query's side nothing deeper is ever confirmed.
-    assert service.judge_deep(None, plain[10:30], {}) == [
+    assert service.judge(None, plain[10:30], {}, decision.DEEP) == [
         service.Verdict(k, score, False, None) for k, score in plain[10:30]
     ]
 
@@ -149,7 +159,7 @@ async def test_searches_by_contsign_rank_by_score_unless_asked(api):
     assert body["err_no"] == 0 and scores == sorted(scores, reverse=True)
 
 
-async def test_config_turns_it_off(aiohttp_client, config, embedder):
+async def test_a_library_in_score_order_promotes_only_when_asked(aiohttp_client, config, embedder):
     config = dataclasses.replace(config, search=SearchConfig(query_expansion=0, promote_same_picture=False))
     client = await aiohttp_client(create_app(config, embedder))
 
@@ -169,15 +179,17 @@ async def test_bad_flag_is_err_no_1(api, bad):
     assert body["err_no"] == 1 and "promote_same_picture" in body["err_msg"]
 
 
-def test_promoted_puts_confirmed_hits_first_and_keeps_the_rest_in_order():
-    from same_search import promotion
+def confirmed(*hits: tuple[int, float]) -> list[Verdict]:
+    return [Verdict(key, score, True, None) for key, score in hits]
 
+
+def test_promoted_puts_confirmed_hits_first_and_keeps_the_rest_in_order():
     found = [(k, 1.0 - k / 100) for k in range(20)]
-    assert promotion.promoted(found, [found[3], found[1], found[15]]) == [
+    assert promotion.promoted(found, confirmed(found[3], found[1], found[15])) == [
         found[1],
         found[3],
         found[15],
         *[hit for hit in found if hit[0] not in (1, 3, 15)],
     ]
     # A confirmed hit the page's ranking did not reach (query expansion moved it deeper) leads too.
-    assert promotion.promoted(found[:5], [(42, 0.7)]) == [(42, 0.7), *found[:5]]
+    assert promotion.promoted(found[:5], confirmed((42, 0.7))) == [(42, 0.7), *found[:5]]

@@ -13,10 +13,16 @@ from conftest import b64, brief
 from images import encode, jpeg, picture
 from test_feature_api import features_of, request_body
 
-from same_search import query_expansion as qe
 from same_search.app import create_app
-from same_search.config import Config, ConfigError, Ranking, from_mapping
-from same_search.near_duplicates import DEFAULT_MIN_SCORE
+from same_search.config import Config, ConfigError, from_mapping
+from same_search.contsign import ContSign
+from same_search.search import expansion as qe
+from same_search.search.ranking import MAX_EXPANSION, Ranking
+from same_search.search.reads import at_least
+from same_search.search.request import SearchRequest
+from same_search.store.db import LibraryRow
+from same_search.verify import decision
+from same_search.verify.decision import DEFAULT_MIN_SCORE
 
 R = "/RTSAsService"
 #: Library pictures (seeds) and the query picture; QE changes the order for this query (checked).
@@ -26,7 +32,7 @@ QUERY_SEED = 101
 
 @pytest.fixture
 def config(config):
-    """Query expansion on (2) for this module: it is off by default (descending scores)."""
+    """New libraries expand by 2 in this module (an operator's choice; off by default)."""
     search = dataclasses.replace(config.search, query_expansion=2, promote_same_picture=False)
     return dataclasses.replace(config, search=search)
 
@@ -221,7 +227,7 @@ async def test_same_picture_is_unaffected(api, client):
     assert stored["contsign"] in [hit["contsign"] for hit in with_qe["data_items"]]
 
 
-@pytest.mark.parametrize("value", [-1, qe.MAX_EXPANSION + 1, "2", 1.5, True, None])
+@pytest.mark.parametrize("value", [-1, MAX_EXPANSION + 1, "2", 1.5, True, None])
 async def test_bad_query_expansion_is_err_no_1(api, client, value):
     await fill(api, client)
     body = await api(f"{R}/search", appid="lib", image=b64(jpeg(QUERY_SEED)), query_expansion=value)
@@ -233,14 +239,20 @@ async def test_bad_query_expansion_is_err_no_1(api, client, value):
 
 def test_config_section_and_its_bounds():
     search = Config().search
-    # Searches by image re-rank by default (the measured best); by contsign they stay plain
-    # nearest neighbours by descending score unless configured or asked.
-    assert search.ranking_for(by_image=True) == Ranking(2, True)
-    assert search.ranking_for(by_image=False) == Ranking(0, False)
-    everywhere = from_mapping({"search": {"rerank_contsign_searches": True, "promote_same_picture": False}})
-    assert everywhere.search.ranking_for(by_image=False) == Ranking(2, False)
-    assert from_mapping({"search": {"query_expansion": 0}}).search.query_expansion == 0
-    for bad in (-1, qe.MAX_EXPANSION + 1, True, "2"):
+    # New libraries answer in the spec's order (descending score) unless configured.
+    assert (search.query_expansion, search.promote_same_picture) == (0, False)
+    reranked = LibraryRow(1, "lib", "m", 4, "f", 0.0, query_expansion=2, promote_same_picture=True)
+    by_image, by_contsign = SearchRequest(image=b"x"), SearchRequest(contsign=ContSign(1, 2))
+    # A library's choice ranks its searches by image; by contsign they stay plain nearest
+    # neighbours by descending score unless configured or asked.
+    assert by_image.ranking(reranked, search) == Ranking(2, True)
+    assert by_contsign.ranking(reranked, search) == Ranking(0, False)
+    everywhere = from_mapping({"search": {"rerank_contsign_searches": True}}).search
+    assert by_contsign.ranking(reranked, everywhere) == Ranking(2, True)
+    asked = SearchRequest(image=b"x", query_expansion=0, promote_same_picture=False)
+    assert asked.ranking(reranked, search) == Ranking(0, False)
+    assert from_mapping({"search": {"query_expansion": 3}}).search.query_expansion == 3
+    for bad in (-1, MAX_EXPANSION + 1, True, "2"):
         with pytest.raises(ConfigError, match="query_expansion"):
             from_mapping({"search": {"query_expansion": bad}})
 
@@ -255,11 +267,11 @@ def test_merged_ranking_keeps_near_duplicates_first_and_filters_on_original_scor
         (3, 0.5),
         (5, 0.6),
     ]
-    assert qe.merged_ranking(leading, [4, 3, 5], original, min_score=0.55) == [
+    assert at_least(qe.merged_ranking(leading, [4, 3, 5], original), 0.55) == [
         (1, 0.99),
         (2, 0.96),
         (4, 0.7),
         (5, 0.6),
     ]
-    assert qe.near_duplicate_prefix([(1, 0.99), (2, 0.9), (3, 0.97)], 0.95) == [(1, 0.99)]
+    assert qe.same_picture_prefix([(1, 0.99), (2, 0.9), (3, 0.97)], decision.ADD) == [(1, 0.99)]
     assert qe.expanding_keys([(1, 1.0), (2, 0.99995), (3, 0.9), (4, 0.8), (5, 0.7)], 2) == [3, 4]

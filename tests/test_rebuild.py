@@ -79,8 +79,7 @@ async def nearest(client, appid: str, vector: np.ndarray, k: int = 10, tags=None
     libraries = client.server.app[SERVICES].libraries
     lib = await libraries.get(appid)
     tag_filter = TagFilter(tags, match_all=False) if tags is not None else None
-    page = await libraries.search(lib, vector, 0, k, tag_filter)
-    return [(hit.item.contsign.key, hit.score) for hit in page.hits]
+    return (await libraries.reads.nearest(lib, vector, k, tag_filter)).found
 
 
 @pytest.mark.local_only

@@ -115,7 +115,7 @@ async def test_an_import_that_waited_for_the_switch_stores_no_old_vectors(client
     for seed in (50, 51):
         stored = await services.libraries.backend.get_items(lib, [ContSign.of_image(jpeg(seed)).key])
         if answer["err_no"] == 0:  # stored: then only with the new model's vector
-            vector = await services.libraries.vector_of(lib, ContSign.of_image(jpeg(seed)))
+            vector = await services.libraries.reads.vector_of(lib, ContSign.of_image(jpeg(seed)))
             assert np.allclose(vector, await gem.embed_image(jpeg(seed)), atol=1e-4)
         else:
             assert answer["err_no"] == 1 and "fingerprint" in answer["err_msg"], answer
@@ -132,12 +132,12 @@ async def test_an_item_added_with_a_region_is_never_re_embedded_whole(client, ap
     region = {"x": 0, "y": 0, "w": 0.5, "h": 0.5, "unit": "fraction"}
     await add(api, "lib", 2, region=region)
     lib = await services.libraries.get("lib")
-    before = await services.libraries.vector_of(lib, ContSign.of_image(jpeg(2)))
+    before = await services.libraries.reads.vector_of(lib, ContSign.of_image(jpeg(2)))
     refused = await post(client, "/api/libraries/lib/reembed", model="gem")
     assert refused["err_no"] == 1 and "1 of 2 items" in refused["err_msg"], refused
     assert "region" in refused["err_msg"]
     assert lib.row.fingerprint == services.embed.info.fingerprint
-    assert np.array_equal(before, await services.libraries.vector_of(lib, ContSign.of_image(jpeg(2))))
+    assert np.array_equal(before, await services.libraries.reads.vector_of(lib, ContSign.of_image(jpeg(2))))
 
 
 def _rewrite_export(export: bytes, line_change) -> bytes:
@@ -369,7 +369,9 @@ async def test_an_item_removed_while_its_chunk_is_embedded_does_not_fail_the_job
     for seed in (1, 2):
         await add(api, "lib", seed)
     lib = await services.libraries.get("lib")
-    pending = [(k, o) for k, o, _ in await services.libraries.reembed_pending(lib, 10)]  # as the job lists it
+    pending = [
+        (k, o) for k, o, _ in await services.libraries.reembedding.pending(lib, 10)
+    ]  # as the job lists it
     assert (await api(f"{R}/remove", appid="lib", image=b64(jpeg(1))))["err_no"] == 0
     made = await services.reembeds._embed(lib, pending, services.models.by_name("gem"))
     assert [key for key, _ in made] == [ContSign.of_image(jpeg(2)).key]

@@ -191,7 +191,7 @@ class LocalBackend(Backend):
         return None  # only this daemon writes its data dir: every library is loaded at start
 
     async def create_library(self, new: NewLibrary) -> Library:
-        row = await self.store.create_library(new)
+        row = await self.store.create_library(new.appid, new.model_id, new.dim, new.fingerprint, new.settings)
         return Library(row, LibraryIndex.empty(new.dim, self.cfg.index, self._index_pool))
 
     async def delete_library(self, lib: Library | Unavailable) -> None:

@@ -102,7 +102,7 @@ async def overview(request: web.Request) -> web.Response:
         f"<tr><td>{_library_link(s['appid'])}</td><td>{s['items']}</td>"
         f"<td>{s['search']}{_rebuilding(s['rebuild'])}</td><td>{escape(s['model'])}</td>"
         f"<td>{_when(s['last_index_save'])}</td></tr>"
-        for s in [await libs.stats(lib) for lib in await libs.all()]
+        for s in [await libs.stats.of(lib) for lib in await libs.registry.all()]
     )
     rows += "".join(
         f'<tr class="unavailable"><td>{escape(appid)}</td><td colspan="4" class="error">unavailable: '
@@ -140,11 +140,11 @@ async def library(request: web.Request) -> web.Response:
     except ApiError as exc:
         return _error(services, exc)
     appid = lib.row.appid
-    stats = await services.libraries.stats(lib)
+    stats = await services.libraries.stats.of(lib)
     text = request.query.get("offset", "0")
     offset = min(int(text), MAX_OFFSET) if is_decimal(text) else 0
-    items = await services.libraries.items_page(lib, offset, PAGE_SIZE)
-    cards = "".join(_item_card(appid, item.contsign, item.brief) for item, _, _ in items)
+    items = await services.libraries.reads.items_page(lib, offset, PAGE_SIZE)
+    cards = "".join(_item_card(appid, item.contsign, item.brief) for item in items)
     nav = ""
     if offset > 0:
         nav += f'<a href="?offset={max(0, offset - PAGE_SIZE)}">&larr; previous</a> '
@@ -155,6 +155,7 @@ async def library(request: web.Request) -> web.Response:
 <p class="stats">{stats["items"]} items · {stats["dim"]}-d {escape(stats["model"])} · {stats["search"]} search
 · index saved {_when(stats["last_index_save"])}</p>
 {_rebuild_block(stats["rebuild"])}
+{_ranking_form(stats["ranking"])}
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
 <input type="file" id="file" accept="image/*"></label>, to search this library.</div>
 {_results_block("Results")}
@@ -164,6 +165,26 @@ async def library(request: web.Request) -> web.Response:
 <div class="grid">{cards}</div><p class="nav">{nav}</p>
 """
     return _page(services, appid, body, appid)
+
+
+RANKINGS = {
+    "score": "descending score (the spec's order)",
+    "reranked": "re-ranked: query expansion and confirmed copies first (not in score order)",
+}
+
+
+def _ranking_form(ranking: dict) -> str:
+    """How the library ranks searches by image, and the choice of the other ranking."""
+    chosen = ranking["order"]
+    options = "".join(
+        f'<option value="{name}"{" selected" if name == chosen else ""}>{escape(text)}</option>'
+        for name, text in RANKINGS.items()
+    )
+    return (
+        f'<form id="ranking-form" class="inline"><label>Ranking of searches by image '
+        f'<select name="order">{options}</select></label> <button>Save</button> '
+        f'<span id="ranking-status" data-order="{chosen}"></span></form>'
+    )
 
 
 def rebuild_text(state: dict | None) -> str:
@@ -217,14 +238,15 @@ async def item(request: web.Request) -> web.Response:
     try:
         services, lib = await _library(request)
         sign1, sign2 = (int(p) for p in request.match_info["contsign"].split(","))
-        found = await services.libraries.item(lib, ContSign.from_json({"sign1": sign1, "sign2": sign2}))
+        found = await services.libraries.reads.item(lib, ContSign.from_json({"sign1": sign1, "sign2": sign2}))
     except ValueError:
         return _error(services, ApiError(ErrNo.BAD_REQUEST, "contsign must be sign1,sign2"))
     except ApiError as exc:
         return _error(services, exc)
     if found is None:
         return _error(services, ApiError(ErrNo.UPDATE_MISSING, "no such item"))
-    entry, created, updated = found
+    entry = found
+    created, updated = entry.created_at, entry.updated_at
     key = f"{sign1},{sign2}"
     tags = ", ".join(map(str, entry.tags)) if entry.tags else "none"
     body = f"""
@@ -277,7 +299,7 @@ def _library_extensions(appid: str) -> str:
 def _models_table(services: Services) -> str:
     """Every model profile, its state and the libraries it serves (the overview page)."""
     rows = ""
-    for model in services.libraries.models_in_use():
+    for model in services.libraries.registry.models_in_use():
         names = ", ".join(model["names"])
         if model["status"] != "ok":
             rows += (
@@ -303,7 +325,7 @@ def _reembed_panel(services: Services, stats: dict) -> str:
     options = "".join(f"<option>{escape(name)}</option>" for name in others)
     originals = (
         ""
-        if services.libraries.keeps_originals
+        if services.libraries.writes.keeps_originals
         else ' <span class="error">[storage] keep_originals is off: re-embedding needs kept originals.</span>'
     )
     form = (
@@ -328,7 +350,7 @@ async def duplicates_page(request: web.Request) -> web.Response:
     except ApiError as exc:
         return _error(services, exc)
     appid = lib.row.appid
-    floor = (await services.libraries.stats(lib))["dup_min_score"]
+    floor = (await services.libraries.stats.of(lib))["dup_min_score"]
     body = f"""{_EXTENSION_STYLE}
 <p><a href="{library_href(appid)}">&larr; {escape(appid)}</a></p>
 <h1>Near-duplicates in {escape(appid)}</h1>

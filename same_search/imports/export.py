@@ -45,7 +45,7 @@ async def write_export(
     originals: dict[str, None] = {}  # in first-seen order: the ZIP lists each file once
     try:
         with items_tmp.open("wb") as items_out, vectors_tmp.open("wb") as vectors_out:
-            async for chunk in libraries.export_items(lib):
+            async for chunk in libraries.reads.export_items(lib):
                 lines = "".join(
                     _export_line(
                         item.contsign.key, item.brief, item.tags, item.original if with_originals else None
@@ -94,7 +94,7 @@ async def _append_originals(libraries: LibraryService, path: Path, shas: list[st
     """Add ``originals/<sha256>`` entries, one file at a time (stored: JPEGs do not deflate)."""
     archive = await asyncio.to_thread(zipfile.ZipFile, path, "a")
     try:
-        async for sha, data in libraries.read_originals(shas):
+        async for sha, data in libraries.reads.read_originals(shas):
             info = zipfile.ZipInfo(f"{ORIGINALS}{sha}", date_time=time.localtime()[:6])
             info.compress_type = zipfile.ZIP_STORED
             await asyncio.to_thread(archive.writestr, info, data)

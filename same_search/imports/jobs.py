@@ -307,7 +307,9 @@ class ImportJobs:
         if batch:
             outcomes = [o for o in outcomes if o != EMBEDDED]
             try:
-                stored, duplicates = await self.libraries.store_batch(lib, [item for _, item in batch])
+                stored, duplicates = await self.libraries.imports.store_batch(
+                    lib, [item for _, item in batch]
+                )
             except ApiError as exc:
                 errors += [(entry.name, int(exc.err_no), exc.err_msg) for entry, _ in batch]
                 outcomes += ["failed"] * len(batch)
@@ -342,9 +344,11 @@ class ImportJobs:
         while True:
             try:
                 if batch is not None:
-                    batch.append((entry, await self.libraries.embed_item(lib, data, entry.brief, entry.tags)))
+                    batch.append(
+                        (entry, await self.libraries.imports.embed_item(lib, data, entry.brief, entry.tags))
+                    )
                     return EMBEDDED
-                result = await self.libraries.add(lib, data, entry.brief, entry.tags, policy)
+                result = await self.libraries.writes.add(lib, data, entry.brief, entry.tags, policy)
                 return "done_near_duplicate" if result.near_duplicates else "done"
             except DuplicateAdd:
                 return "duplicate"

@@ -61,6 +61,8 @@ BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", wire.IMPORT): ZIP_TYPES,
     ("PUT", wire.DUP_POLICY): JSON_TYPES,
     ("POST", wire.DUP_POLICY): JSON_TYPES,
+    ("PUT", wire.RANKING): JSON_TYPES,
+    ("POST", wire.RANKING): JSON_TYPES,
     ("POST", wire.DUPLICATES): JSON_TYPES,
     ("POST", wire.DUPLICATES_REMOVE): JSON_TYPES,
     ("POST", wire.REEMBED): JSON_TYPES,

@@ -6,7 +6,6 @@ is stored lives there.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,6 @@ from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.libraries import DuplicateAdd, Item, Library, NearDuplicateAdd, SearchPage, TagFilter
 from same_search.near_duplicates import DupPolicy, check_min_score, check_mode, resolve
-from same_search.query_expansion import check_expansion
 from same_search.routes.auth import check_token, presented_token
 from same_search.routes.envelope import APPID, LOGID, ok, read_body
 from same_search.routes.fields import (
@@ -26,6 +24,8 @@ from same_search.routes.fields import (
     parse_json_object,
     tags_of,
 )
+from same_search.search.ranking import check_expansion
+from same_search.search.request import SearchRequest
 from same_search.services import SERVICES, Services
 from same_search.wire import FEA_BRIEF, FEA_TAGS
 from same_search.wire import RTS_PREFIX as PREFIX
@@ -68,7 +68,7 @@ async def signup(request: web.Request) -> web.Response:
     model = fields.data.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request("model must be the name of a model profile (a string)")
-    await services.libraries.signup(name, model)
+    await services.libraries.registry.signup(name, model)
     return ok()
 
 
@@ -82,7 +82,7 @@ async def add(request: web.Request) -> web.Response:
     image = await _image_or_url(services, fields, required=True)  # last: a URL costs a fetch
     assert image is not None and brief is not None
     try:
-        result = await services.libraries.add(lib, image, brief, tags, policy, region)
+        result = await services.libraries.writes.add(lib, image, brief, tags, policy, region)
     except DuplicateAdd as exc:
         raise ApiError(ErrNo.DUPLICATED_ADD, exc.err_msg, data_items=[item_json(exc.item)]) from None
     except NearDuplicateAdd as exc:
@@ -125,7 +125,7 @@ async def update(request: web.Request) -> web.Response:
         raise bad_request(
             f"features must contain the brief (fea_id {FEA_BRIEF}) and/or tags (fea_id {FEA_TAGS})"
         )
-    await services.libraries.update(lib, contsign, brief, tags)
+    await services.libraries.writes.update(lib, contsign, brief, tags)
     return ok(contsign=contsign.to_json())
 
 
@@ -142,6 +142,30 @@ def _target(fields: Fields, missing: str = "image or contsign is required") -> C
 
 async def search(request: web.Request) -> web.Response:
     services, fields, lib = await _library(request)
+    page = await services.libraries.search.run(lib, await search_request(services, fields))
+    return ok(**page_json(page))
+
+
+def page_json(page: SearchPage) -> dict[str, Any]:
+    """A page as the spec answers it: ``data_items`` by the ranking, ``has_more``. A re-ranked
+    answer (a library's or a request's choice) also says so (``ranking``) and marks each hit the
+    same-picture decision confirmed (``same_picture: 1``): why a lower score may lead."""
+    body: dict[str, Any] = {}
+    items = []
+    for hit in page.hits:
+        shown = item_json(hit.item, hit.score)
+        if page.ranking.reranked and hit.confirmed:
+            shown["same_picture"] = 1
+        items.append(shown)
+    body["data_items"] = items
+    body["has_more"] = int(page.has_more)
+    if page.ranking.reranked:
+        body["ranking"] = page.ranking.name
+    return body
+
+
+async def search_request(services: Services, fields: Fields) -> SearchRequest:
+    """The retrieval port's search fields as a :class:`SearchRequest` (err_no 1 naming a bad one)."""
     limits = services.cfg.limits
     pn = fields.uint("pn", 0)
     rn = fields.uint("rn", limits.default_rn, maximum=limits.max_rn)
@@ -150,11 +174,7 @@ async def search(request: web.Request) -> web.Response:
     promote = _optional_flag(fields, "promote_same_picture")
     min_score, expansion = _min_score(fields), _query_expansion(fields)
     region = fields.region()
-    image = await _image_or_url(services, fields, required=False)
-    # The configured ranking: searches by image re-rank by default, searches by contsign need not.
-    ranking = services.cfg.search.ranking_for(by_image=image is not None)
-    promote = ranking.promote_same_picture if promote is None else promote
-    expansion = ranking.query_expansion if expansion is None else expansion
+    image = await _image_or_url(services, fields, required=False)  # last: a URL costs a fetch
     contsign = None
     if image is None:
         if region is not None:
@@ -164,44 +184,9 @@ async def search(request: web.Request) -> web.Response:
         contsign = fields.contsign()
         if contsign is None:
             raise bad_request("image or contsign is required")
-    # The query's local features (same_picture and promotion only; the region's, when one is
-    # sent) are extracted while the vector is computed.
-    checking = same_picture or promote
-    query = asyncio.ensure_future(
-        services.libraries.query_features(lib, image, contsign, region) if checking else _none()
+    return SearchRequest(
+        image, contsign, region, pn, rn, tag_filter, min_score, same_picture, expansion, promote
     )
-
-    async def once() -> SearchPage:
-        if image is not None:
-            vector = await services.libraries.embed_query(lib, image, region)
-        else:
-            assert contsign is not None
-            vector = await services.libraries.vector_of(lib, contsign)
-        if same_picture:
-            return await services.libraries.search_same_picture(
-                lib, vector, await query, pn, rn, tag_filter, min_score
-            )
-        return await services.libraries.search(
-            lib,
-            vector,
-            pn,
-            rn,
-            tag_filter,
-            min_score,
-            expansion,
-            promote=promote,
-            query=await query,
-        )
-
-    try:  # embedded and searched again if a re-embed switches the library in between
-        page = await services.libraries.on_one_model(lib, once)
-    finally:
-        query.cancel()  # a no-op once it was awaited
-    return ok(data_items=[item_json(hit.item, hit.score) for hit in page.hits], has_more=int(page.has_more))
-
-
-async def _none() -> None:
-    return None
 
 
 def _flag(fields: Fields, name: str, default: bool = False) -> bool:
@@ -256,13 +241,13 @@ async def remove(request: web.Request) -> web.Response:
     targets = fields.contsigns()
     if not targets:
         targets = [_target(fields, "contsigns, contsign or image is required")]
-    removed = await services.libraries.remove(lib, targets)
+    removed = await services.libraries.writes.remove(lib, targets)
     return ok(removed=removed)
 
 
 async def snapshot(request: web.Request) -> web.Response:
     services, _, lib = await _library(request)
-    return ok(snapshot=await services.libraries.snapshot(lib))
+    return ok(snapshot=await services.libraries.stats.snapshot(lib))
 
 
 def add_routes(app: web.Application) -> None:

@@ -430,8 +430,16 @@ class Store:
         async with self._write_lock:
             await self._write([(_SAVE_SETTINGS, (*_settings_values(settings), lib_id))])
 
-    async def create_library(self, new: NewLibrary) -> LibraryRow:
+    async def create_library(
+        self,
+        appid: str,
+        model_id: str,
+        dim: int,
+        fingerprint: str,
+        settings: LibrarySettings = LibrarySettings(),
+    ) -> LibraryRow:
         """Insert a library with its settings; :class:`AlreadyExists` if the appid is taken."""
+        new = NewLibrary(appid, model_id, dim, fingerprint, settings)
         now = time.time()
         async with self._write_lock:
             lib_id = await self._write([_insert_library(new, now)])

@@ -1,9 +1,14 @@
-"""The same-picture decision: one small rule over the geometric evidence and the descriptor score.
+"""The same-picture decision: is a stored item the query's picture, possibly edited, or merely alike?
 
-A hit is the same picture as the query (possibly edited) when the agreeing keypoints (inliers of
-one similarity transform: rotation, scale, shift, mirror) span at least :data:`MIN_COVERAGE` of
-the area the two pictures share - so that a cluster in one small patch (a repeated texture)
-never suffices - and
+This module is the only place that answers that question. Search's ``same_picture``, promotion of
+confirmed copies, the near-duplicate policy on add, the duplicates scan and query expansion's
+leading near-duplicates all call :func:`is_same_picture` with the :class:`Floors` of their use;
+nothing else compares a score or a geometry with a threshold of its own.
+
+The geometric rule. A pair is the same picture when the agreeing keypoints (inliers of one
+similarity transform: rotation, scale, shift, mirror) span at least :data:`MIN_COVERAGE` of the
+area the two pictures share - so that a cluster in one small patch (a repeated texture) never
+suffices - and
 
 - at least :data:`STRONG_INLIERS` keypoints agree: strong geometric evidence, whatever else; or
 - at least :data:`WEAK_INLIERS` agree, backed by one of two things:
@@ -18,28 +23,40 @@ either picture has are inliers (at least :data:`WEAK_INLIERS`) and the score is 
 corner; without this its exact copy was "not the same picture". A different picture sharing that
 logo has keypoints elsewhere that do not agree.
 
-Why the clean-geometry tier: a blurred or small copy keeps few keypoints, so few matches, but
-nearly all of them agree (inlier ratio 0.7-1.0 on the development protocol); a different photo
-of a similar thing may collect as many inliers by chance, but only among many more matches that
-disagree (ratio mostly below 0.5), or packed into a corner. The inlier ratio is what tells the
-two apart where the count cannot; the descriptor score cannot (a blurred copy scores like a
-look-alike).
+The floors (one table, :data:`SEARCH`, :data:`DEEP`, :data:`ADD`, :func:`operator_floors`):
 
-The thresholds were fitted on the development protocol of ``bench/eval_same_picture.py`` with
-its originals split in two by a hash of their name: over a grid of 40 settings of that tier
-(inliers 5-10, ratio 0.5-0.8, coverage 0.05 or 0.1), among those with no more false positives
-than the rule without it on one half, the strictest whose recall there is within half a point of
-the best; then reported on the other half (2026-11-26: recall 0.935 -> 0.968 on the held-out
-half at the same 4 false positives). ``docs/quality.md`` ("Same picture") has both halves, every
-variant tried and the cost. Stricter rather than best: a point of recall on the development
-photos is not worth a looser rule on look-alikes they do not show.
+============================  =====================  ====================  ====================
+use                           a pair the check       a pair the check      candidates asked
+                              looks at needs         cannot look at*
+============================  =====================  ====================  ====================
+search (``same_picture``,     the rule, any score    score >= 0.95         the 10 best by score
+promotion)                    from REACH (0.20) up
+promotion past rank 10        >= 15 inliers and      never                 ranks 11-30, screened
+                              coverage only
+add policy, duplicates scan   the rule, score        score >= 0.95         32 nearest (add),
+(built-in floors)             >= 0.60                                      16 nearest or all
+add policy, duplicates scan   the rule, score >= f   score >= f            pairs (scan)
+(the operator's floor f)
+query expansion's leading     -                      score >= the          the plain ranking's
+near-duplicates                                      library's unchecked   head
+                                                     floor
+============================  =====================  ====================  ====================
 
-Items without local features (stored before they existed, imported as bare vectors), and
-pictures with too few keypoints to pass the rule (:func:`verifiable`), cannot be verified: for
-them only a descriptor score of :data:`FALLBACK_SCORE` says "same picture".
+(*) no local features on one side (stored before they existed, imported as bare vectors, a
+backend that keeps none) or fewer than :data:`WEAK_INLIERS` keypoints (a flat gradient, a plain
+logo, a tiny thumbnail: not even its exact copy could pass the rule). There the descriptor score
+alone decides, so its floor is set for precision.
+
+The thresholds of the rule were fitted on the development protocol of
+``bench/eval_same_picture.py`` with its originals split in two by a hash of their name, the new
+tier's settings chosen on one half and reported on the other (docs/quality.md, "Same picture",
+has both halves, every variant tried and the cost). Stricter rather than best: a point of recall
+on the development photos is not worth a looser rule on look-alikes they do not show.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from same_search.verify.matching import Evidence
 
@@ -48,9 +65,8 @@ DEPTH = 10
 #: The most candidates one search verifies (a page reaching further is cut there).
 MAX_DEPTH = 50
 #: When none of the first DEPTH is the query's picture, promotion looks this deep for it
-#: (a screen first, :func:`same_search.verify.matching.screen`), and there only
-#: :func:`is_same_picture_deep`'s stricter rule confirms: a copy that far down scores like a
-#: look-alike, so only strong geometry may say otherwise.
+#: (a screen first, :func:`same_search.verify.matching.screen`), under the :data:`DEEP` floors:
+#: a copy that far down scores like a look-alike, so only strong geometry may say otherwise.
 DEEP_DEPTH = 30
 STRONG_INLIERS = 15
 WEAK_INLIERS = 8
@@ -62,8 +78,19 @@ MIN_COVERAGE = 0.02
 #: agrees (and the score is close): a small logo on a plain background has all its keypoints in
 #: a corner, and its exact copy would otherwise never be the same picture.
 COMPLETE_SHARE = 0.75
-#: Without local features on either side, only a score this high says "same picture".
+#: A pair the check cannot look at is the same picture by its score alone only from here.
 FALLBACK_SCORE = 0.95
+#: The built-in floor of the add policy and the duplicates scan for a pair the check looks at:
+#: with the check behind it, 0.6 kept precision at 0.996 and caught 83% of strong edits, where
+#: 0.95 caught 1% (docs/quality.md, "Near-duplicate floor on add").
+VERIFIED_MIN_SCORE = 0.60
+#: Search looks at candidates from this score up: no edited copy of the development protocol
+#: scored below it against its original (docs/quality.md), and a search whose best candidates
+#: all score lower needs no local features at all (the query's are then never extracted).
+REACH = 0.20
+#: The near-duplicate floor of add policies and scans, shown when the built-in floors apply.
+DEFAULT_MIN_SCORE = FALLBACK_SCORE
+#: The geometric rule in one line (reports, logs).
 RULE = (
     f"(inliers >= {WEAK_INLIERS} and inliers >= {COMPLETE_SHARE} x keypoints and score >= "
     f"{WEAK_SCORE}) or (coverage >= {MIN_COVERAGE} and (inliers >= {STRONG_INLIERS} or "
@@ -72,23 +99,56 @@ RULE = (
 )
 
 
-def verifiable(keypoints: int) -> bool:
-    """Whether a picture with this many keypoints can pass the rule at all.
+@dataclass(frozen=True)
+class Floors:
+    """The scores a pair needs besides its geometry: one row of the table in the module doc."""
 
-    One with fewer than :data:`WEAK_INLIERS` (a flat gradient, a plain logo, a tiny thumbnail)
-    can never collect enough inliers, even against its own exact copy: the check cannot look at
-    it, and it is judged like an item without local features, by the strict score fallback.
-    """
+    #: A pair the check looks at is judged only from this score up (below it: not the same).
+    checked: float
+    #: A pair the check cannot look at is the same picture when its score reaches this
+    #: (None: never).
+    unchecked: float | None
+    #: Only strong geometry confirms (no score-backed tier, no exception): candidates deep in a
+    #: ranking, where a copy scores like a look-alike.
+    strong_only: bool = False
+
+    @property
+    def lowest(self) -> float:
+        """The lowest score at which any pair can be the same picture under these floors."""
+        return self.checked if self.unchecked is None else min(self.checked, self.unchecked)
+
+
+#: Search's ``same_picture`` and promotion's first :data:`DEPTH` candidates.
+SEARCH = Floors(checked=REACH, unchecked=FALLBACK_SCORE)
+#: Promotion's candidates past :data:`DEPTH` (screened first).
+DEEP = Floors(checked=REACH, unchecked=None, strong_only=True)
+#: The add policy and the duplicates scan when neither the library nor the request sets a floor.
+ADD = Floors(checked=VERIFIED_MIN_SCORE, unchecked=FALLBACK_SCORE)
+
+
+def operator_floors(floor: float) -> Floors:
+    """The floors when an operator or a request sets one (``dup_min_score``, a scan's
+    ``min_score``): it applies to every pair, checked or not."""
+    return Floors(checked=floor, unchecked=floor)
+
+
+def verifiable(keypoints: int) -> bool:
+    """Whether a picture with this many keypoints can pass the rule at all (see the table's *)."""
     return keypoints >= WEAK_INLIERS
 
 
-def is_same_picture(score: float, evidence: Evidence | None) -> bool:
-    """Whether a hit scoring ``score`` with this geometric ``evidence`` is the query's picture.
+def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SEARCH) -> bool:
+    """Whether a pair scoring ``score`` with this geometric ``evidence`` is the same picture.
 
-    ``evidence`` None means no local features on one side: the strict score fallback decides.
+    ``evidence`` None means the check could not look at the pair (the table's *): its score
+    alone decides, against ``floors.unchecked``.
     """
     if evidence is None:
-        return score >= FALLBACK_SCORE
+        return floors.unchecked is not None and score >= floors.unchecked
+    if score < floors.checked:
+        return False
+    if floors.strong_only:
+        return evidence.coverage >= MIN_COVERAGE and evidence.inliers >= STRONG_INLIERS
     if _complete(score, evidence):
         return True
     if evidence.coverage < MIN_COVERAGE:
@@ -115,10 +175,3 @@ def _complete(score: float, evidence: Evidence) -> bool:
 def _clean(evidence: Evidence) -> bool:
     """Nearly all tentative matches agree, over a fair part of the shared area."""
     return evidence.inliers >= MIN_INLIER_RATIO * evidence.matches and evidence.coverage >= CLEAN_COVERAGE
-
-
-def is_same_picture_deep(evidence: Evidence | None) -> bool:
-    """The rule for candidates past :data:`DEPTH`: strong geometry alone (no score tier, no
-    fallback). Checked on the development protocol: 30% stickers found 0.880 -> 0.937, photos
-    of a screen 0.977 -> 1.000, no look-alike more confirmed (docs/quality.md)."""
-    return evidence is not None and evidence.coverage >= MIN_COVERAGE and evidence.inliers >= STRONG_INLIERS

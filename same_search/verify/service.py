@@ -104,62 +104,67 @@ class SamePictureService:
             return None
 
     async def judge(
-        self, query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
+        self,
+        query: QueryFeatures | None,
+        candidates: Sequence[tuple[int, float]],
+        stored: dict[int, bytes],
+        floors: decision.Floors = decision.SEARCH,
     ) -> list[Verdict]:
-        """Judge ``(key, score)`` candidates against their stored features, in order."""
+        """Judge ``(key, score)`` candidates against their stored features, in order
+        (:func:`judge`), in the pool."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, judge, query, candidates, stored)
-
-    async def judge_deep(
-        self, query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
-    ) -> list[Verdict]:
-        """Judge candidates past the first :data:`decision.DEPTH` (:func:`judge_deep`)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, judge_deep, query, candidates, stored)
+        return await loop.run_in_executor(self._pool, judge, query, candidates, stored, floors)
 
 
 def judge(
-    query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
+    query: QueryFeatures | None,
+    candidates: Sequence[tuple[int, float]],
+    stored: dict[int, bytes],
+    floors: decision.Floors = decision.SEARCH,
 ) -> list[Verdict]:
-    """Verdicts for ``candidates``; the mirrored query is tried only for candidates the direct
-    one does not confirm, and either way round confirms."""
+    """Verdicts of :func:`decision.is_same_picture` for ``candidates`` under ``floors``.
+
+    A pair with too few keypoints on a side, or without local features, is judged without
+    evidence. Under floors that only strong geometry passes (candidates deep in a ranking), each
+    candidate is screened first (:func:`matching.screen`), and both ways round are checked;
+    otherwise the mirrored query is tried only when the direct one does not confirm.
+    """
     verdicts = []
     for key, score in candidates:
         candidate = _parse(stored.get(key), key)
-        # A side with too few keypoints to verify anything is judged like one without features.
+        if score < floors.checked and floors.unchecked is not None and score < floors.unchecked:
+            verdicts.append(Verdict(key, score, False, None))  # no floor in reach: nothing to look at
+            continue
         if (
             query is None
             or candidate is None
             or not decision.verifiable(len(query.direct))
             or not decision.verifiable(len(candidate))
         ):
-            verdicts.append(Verdict(key, score, decision.is_same_picture(score, None), None))
+            verdicts.append(Verdict(key, score, decision.is_same_picture(score, None, floors), None))
             continue
-        evidence = matching.verify(query.direct, candidate)
-        if not decision.is_same_picture(score, evidence):
-            flipped = matching.verify(query.mirror(), candidate, mirrored=True)
-            # The mirror's evidence when it passes (fewer inliers may be a cleaner geometry), or
-            # when neither passes and it is the stronger (reported with the verdict).
-            if decision.is_same_picture(score, flipped) or flipped.inliers > evidence.inliers:
-                evidence = flipped
-        verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence), evidence))
+        if floors.strong_only:
+            evidence = None
+            if matching.screen(query.direct, candidate):
+                evidence = matching.best_evidence(query.direct, candidate)
+        else:
+            evidence = _evidence(query, candidate, score, floors)
+        verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence, floors), evidence))
     return verdicts
 
 
-def judge_deep(
-    query: QueryFeatures | None, candidates: Sequence[tuple[int, float]], stored: dict[int, bytes]
-) -> list[Verdict]:
-    """Verdicts for candidates deeper in the ranking: each screened first
-    (:func:`matching.screen`), the survivors checked both ways round and confirmed only by
-    :func:`decision.is_same_picture_deep`. No local features on either side: never the same."""
-    verdicts = []
-    for key, score in candidates:
-        candidate = _parse(stored.get(key), key)
-        evidence = None
-        if query is not None and candidate is not None and matching.screen(query.direct, candidate):
-            evidence = matching.best_evidence(query.direct, candidate)
-        verdicts.append(Verdict(key, score, decision.is_same_picture_deep(evidence), evidence))
-    return verdicts
+def _evidence(
+    query: QueryFeatures, candidate: LocalFeatures, score: float, floors: decision.Floors
+) -> matching.Evidence:
+    """The direct query's evidence, or the mirrored query's when that passes (fewer inliers may
+    be a cleaner geometry) or when neither passes and it is the stronger (reported with the
+    verdict)."""
+    evidence = matching.verify(query.direct, candidate)
+    if not decision.is_same_picture(score, evidence, floors):
+        flipped = matching.verify(query.mirror(), candidate, mirrored=True)
+        if decision.is_same_picture(score, flipped, floors) or flipped.inliers > evidence.inliers:
+            evidence = flipped
+    return evidence
 
 
 def _parse(data: bytes | None, key: int) -> LocalFeatures | None:

@@ -34,13 +34,34 @@ function showResults(appid, answer) {
   grid.replaceChildren();
   if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; status.className = "error"; return; }
   status.className = "";
-  status.textContent = answer.results.length ? "" : "No results: the library is empty.";
+  const reranked = answer.ranking && answer.ranking.order === "reranked";
+  const order = reranked ? "Re-ranked (query expansion, confirmed copies first; ★ = same picture)"
+    : "By descending score";
+  status.textContent = answer.results.length ? order : "No results: the library is empty.";
+  status.dataset.order = answer.ranking ? answer.ranking.order : "score";
   for (const hit of answer.results) {
+    const score = hit.score.toFixed(4) + (reranked && hit.same_picture ? " ★" : "");
     grid.append(el("a", { class: "card", href: `/libraries/${seg(appid)}/items/${seg(hit.key)}` },
       el("img", { src: hit.thumbnail, alt: "" }),
-      el("span", { class: "score" }, hit.score.toFixed(4)),
+      el("span", { class: "score" }, score),
       el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text)));
   }
+}
+
+function setUpRanking() {
+  const form = document.getElementById("ranking-form");
+  if (!form) return;
+  const appid = document.body.dataset.appid;
+  const status = document.getElementById("ranking-status");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const order = new FormData(form).get("order");
+    const answer = await api("PUT", `/api/libraries/${seg(appid)}/ranking`, JSON.stringify({ order }),
+      "application/json");
+    if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; return; }
+    status.dataset.order = answer.library.ranking.order;
+    status.textContent = "Saved.";
+  });
 }
 
 async function searchFile(appid, file) {
@@ -182,5 +203,6 @@ function setUpLogin() {
 
 setUpLogin();
 setUpSearch();
+setUpRanking();
 setUpForms();
 setUpRebuild();

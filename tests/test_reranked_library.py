@@ -1,9 +1,10 @@
-"""Red-team review of the default re-ranking (issue 13): searches by image promote confirmed
-copies and expand the query by default; this holds them to the wire contract under paging,
-filters, limits, races and pictures the same-picture check cannot describe."""
+"""A library that chose re-ranking (promotion of confirmed copies, query expansion) holds to the
+wire contract under paging, filters, limits, races and pictures the same-picture check cannot
+describe."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,12 +17,19 @@ from test_promotion import PALETTE, QUERY, fill, key
 from test_retrieval_api import tags as tag_pair
 from test_same_picture import scene
 
+from same_search.config import SearchConfig
 from same_search.contsign import ContSign
 from same_search.services import SERVICES
 
 R = "/RTSAsService"
-#: Every test runs on both backends: the new defaults apply to a Milvus library too.
+#: Every test runs on both backends: a Milvus library can be re-ranked too.
 BACKENDS = ("local", "milvus")
+
+
+@pytest.fixture
+def config(config):
+    """New libraries are re-ranked: what ``PUT .../ranking {"order": "reranked"}`` gives one."""
+    return dataclasses.replace(config, search=SearchConfig(query_expansion=2, promote_same_picture=True))
 
 
 def tags(tag: int) -> dict:
@@ -73,10 +81,10 @@ async def test_a_confirmed_copy_removed_during_the_search_leaves_no_hole_in_the_
     verifier = services.libraries.verifier
     real = verifier.judge
 
-    async def judge_then_remove(query, candidates, stored):
-        verdicts = await real(query, candidates, stored)
+    async def judge_then_remove(query, candidates, stored, floors):
+        verdicts = await real(query, candidates, stored, floors)
         lib = await services.libraries.get("lib")
-        await services.libraries.remove(lib, [ContSign.from_json(json.loads(original))])
+        await services.libraries.writes.remove(lib, [ContSign.from_json(json.loads(original))])
         return verdicts
 
     verifier.judge = judge_then_remove
@@ -135,7 +143,7 @@ async def tagged_library(api) -> str:
     return original
 
 
-async def test_default_ranking_pages_concatenate_with_a_tag_filter(api, backend):
+async def test_reranked_pages_concatenate_with_a_tag_filter(api, backend):
     """The defaults (expansion 2, promotion) on both backends: a tag filter keeps the confirmed
     copy out when it lacks the tag, and pages of any size concatenate to the whole ranking."""
     original = await tagged_library(api)
@@ -293,7 +301,7 @@ async def test_the_console_refuses_a_region_on_a_search_by_contsign(client, api)
     assert answer["err_no"] == 0 and len(answer["results"]) == 3, answer
 
 
-async def test_null_ranking_fields_mean_the_configured_defaults(api):
+async def test_null_ranking_fields_mean_the_librarys_ranking(api):
     await fill(api)
     default = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100)
     nulls = await api(

@@ -1,0 +1,99 @@
+"""Items on the management port: browse, read, delete, thumbnails, and search by picture
+(what the console's drop zone and "find similar" send)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from same_search.embed.images import Region
+from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.routes.admin.common import MAX_PAGE, contsign_in, item_card, library, query_int
+from same_search.routes.envelope import ok, read_body
+from same_search.routes.fields import parse_region
+from same_search.search.request import SearchRequest
+
+
+async def list_items(request: web.Request) -> web.Response:
+    services, lib = await library(request)
+    offset = query_int(request, "offset", 0, 1 << 62)
+    limit = query_int(request, "limit", 50, MAX_PAGE)
+    items = await services.libraries.reads.items_page(lib, offset, limit)
+    total = await services.libraries.count(lib)
+    return ok(
+        total=total,
+        offset=offset,
+        items=[item_card(lib.row.appid, item) for item in items],
+        has_more=int(offset + len(items) < total),
+    )
+
+
+async def get_item(request: web.Request) -> web.Response:
+    services, lib = await library(request)
+    found = await services.libraries.reads.item(lib, contsign_in(request))
+    if found is None:
+        raise ApiError(ErrNo.UPDATE_MISSING, f"no item {request.match_info['contsign']} in {lib.row.appid!r}")
+    return ok(item=item_card(lib.row.appid, found))
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    services, lib = await library(request)
+    return ok(removed=await services.libraries.writes.remove(lib, [contsign_in(request)]))
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+    services, lib = await library(request)
+    contsign = contsign_in(request)
+    jpeg = await services.libraries.reads.thumbnail(lib, contsign)
+    if jpeg is None:
+        raise ApiError(
+            ErrNo.UPDATE_MISSING,
+            f"no thumbnail for item {contsign.sign1},{contsign.sign2} in library {lib.row.appid!r}: "
+            "no such item, or it was added with [storage] thumbnail_side = 0",
+        )
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+
+async def search_image(request: web.Request) -> web.Response:
+    """Search with the raw image as the body, or ``?contsign=`` for a stored item's neighbours;
+    ``?pn=&rn=`` page, ``?min_score=`` filters, ``?region=`` boxes. Ranked as the library
+    chose (the same pipeline as the retrieval port); the answer says which ranking answered."""
+    services, lib = await library(request)
+    rn = query_int(request, "rn", 20, services.cfg.limits.max_rn)
+    pn = query_int(request, "pn", 0, 1 << 30)
+    contsign = contsign_in(request, request.query["contsign"]) if "contsign" in request.query else None
+    region = query_region(request)
+    if contsign is not None and region is not None:  # as the retrieval port's search says
+        raise bad_request("region needs an image to cut it from; a stored item's vector has no region")
+    image = None if contsign is not None else bytes(await read_body(request))
+    search = SearchRequest(image, contsign, region, pn, rn, min_score=_min_score(request))
+    page = await services.libraries.search.run(lib, search)
+    results = [
+        {**item_card(lib.row.appid, hit.item), "score": hit.score, "same_picture": hit.confirmed}
+        for hit in page.hits
+    ]
+    return ok(results=results, has_more=int(page.has_more), ranking=page.ranking.to_json())
+
+
+def _min_score(request: web.Request) -> float | None:
+    text = request.query.get("min_score")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -1.0 <= value <= 1.0:
+        raise bad_request("min_score must be a number from -1 to 1")
+    return value
+
+
+def query_region(request: web.Request) -> Region | None:
+    """``?region=x,y,w,h`` (pixels, or fractions with ``&unit=fraction``): the console's box."""
+    text = request.query.get("region")
+    if not text:
+        return None
+    try:
+        x, y, w, h = (float(part) for part in text.split(","))
+    except ValueError:
+        raise bad_request(f"region {text[:80]!r} must be x,y,w,h") from None
+    return parse_region({"x": x, "y": y, "w": w, "h": h, "unit": request.query.get("unit", "px")})
