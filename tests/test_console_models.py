@@ -1,4 +1,4 @@
-"""The console's model views in a real headless Chromium against the real daemon (issue 16): the
+"""The console's model views in a real headless Chromium against the real daemon: the
 overview lists each model profile with its libraries; the library page re-embeds with a button
 and shows the progress until the switch."""
 

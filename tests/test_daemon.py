@@ -114,7 +114,7 @@ def test_corrupted_snapshot_is_rebuilt_from_the_database(daemon):
 
 
 def test_library_of_a_model_not_served_is_set_aside_not_mixed(daemon):
-    """Never served with another model's vectors, and never a failed start (issue 16): the
+    """Never served with another model's vectors, and never a failed start: the
     library is set aside (err_no 6, named in /healthz) while the others serve."""
     daemon.start()
     daemon.rts("signup", appid="lib")

@@ -1,4 +1,4 @@
-"""A model per library (issue 16): model profiles, kept originals, re-embedding in place.
+"""A model per library: model profiles, kept originals, re-embedding in place.
 
 Two real models: the session's Lite0 with average pooling (the default here) and Lite0 with GeM
 pooling (profile ``gem``), which makes other vectors and so has another fingerprint.

@@ -1,4 +1,4 @@
-"""A model per library with the real daemon (issue 16): a library outlives a change of the
+"""A model per library with the real daemon: a library outlives a change of the
 default model, and a re-embed survives kill -9 and resumes where it was."""
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ async def static(request: web.Request) -> web.Response:
     return web.Response(text=STATIC.joinpath(name).read_text(), content_type=kind)
 
 
-# ---- extensions of issue 12: region search on the library page, the duplicates view ---------------
+# ---- region search on the library page, the duplicates view (extensions) -----------------------------
 
 #: Scripts of the extensions, served from ``static/`` under their own path.
 EXTENSION_SCRIPTS = ("region.js", "duplicates.js", "reembed.js")
@@ -293,7 +293,7 @@ def _library_extensions(appid: str) -> str:
 <script src="/static/ext/region.js" defer></script>"""
 
 
-# ---- extension of issue 16: a model per library, re-embedding ------------------------------------------
+# ---- a model per library, re-embedding (extension) ------------------------------------------------------
 
 
 def _models_table(services: Services) -> str:

@@ -1,4 +1,4 @@
--- Version 5: a model per library, kept originals, re-embedding in place (issue 16).
+-- Version 5: a model per library, kept originals, re-embedding in place.
 -- (Version 4 belongs to the index engine; the runner applies whichever files exist, in order.)
 -- An item's kept original: the sha256 (hex) of the uploaded bytes, a file under
 -- <data_dir>/originals/ab/cdef... ([storage] keep_originals); NULL when none was kept.

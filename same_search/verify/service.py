@@ -122,48 +122,68 @@ def judge(
     stored: dict[int, bytes],
     floors: decision.Floors = decision.SEARCH,
 ) -> list[Verdict]:
-    """Verdicts of :func:`decision.is_same_picture` for ``candidates`` under ``floors``.
+    """Verdicts of :func:`decision.is_same_picture` for ``candidates`` under ``floors``, in order.
 
-    A pair with too few keypoints on a side, or without local features, is judged without
-    evidence. Under floors that only strong geometry passes (candidates deep in a ranking), each
-    candidate is screened first (:func:`matching.screen`), and both ways round are checked;
-    otherwise the mirrored query is tried only when the direct one does not confirm.
+    A pair below every floor is not looked at; a pair with too few keypoints on a side, or
+    without local features, is judged without evidence. The others are matched in one product
+    per side (:func:`matching.verify_many`): the direct query first, its mirror image only for
+    the candidates the direct one does not confirm. Under floors that only strong geometry
+    passes (candidates deep in a ranking) each candidate is screened first
+    (:func:`matching.screen_many`) and the survivors are checked both ways round.
     """
-    verdicts = []
-    for key, score in candidates:
+    verdicts: dict[int, Verdict] = {}
+    checked: list[tuple[int, float, LocalFeatures]] = []
+    for position, (key, score) in enumerate(candidates):
         candidate = _parse(stored.get(key), key)
-        if score < floors.checked and floors.unchecked is not None and score < floors.unchecked:
-            verdicts.append(Verdict(key, score, False, None))  # no floor in reach: nothing to look at
-            continue
-        if (
+        if score < floors.lowest:
+            verdicts[position] = Verdict(key, score, False, None)  # no floor in reach: nothing to look at
+        elif (
             query is None
             or candidate is None
             or not decision.verifiable(len(query.direct))
             or not decision.verifiable(len(candidate))
         ):
-            verdicts.append(Verdict(key, score, decision.is_same_picture(score, None, floors), None))
-            continue
-        if floors.strong_only:
-            evidence = None
-            if matching.screen(query.direct, candidate):
-                evidence = matching.best_evidence(query.direct, candidate)
+            verdicts[position] = Verdict(key, score, decision.is_same_picture(score, None, floors), None)
         else:
-            evidence = _evidence(query, candidate, score, floors)
-        verdicts.append(Verdict(key, score, decision.is_same_picture(score, evidence, floors), evidence))
-    return verdicts
+            checked.append((position, score, candidate))
+    if checked:
+        assert query is not None
+        for (position, score, _), evidence in zip(checked, _evidence(query, checked, floors), strict=True):
+            key = candidates[position][0]
+            same = evidence is not None and decision.is_same_picture(score, evidence, floors)
+            verdicts[position] = Verdict(key, score, same, evidence)
+    return [verdicts[position] for position in range(len(candidates))]
 
 
 def _evidence(
-    query: QueryFeatures, candidate: LocalFeatures, score: float, floors: decision.Floors
-) -> matching.Evidence:
-    """The direct query's evidence, or the mirrored query's when that passes (fewer inliers may
-    be a cleaner geometry) or when neither passes and it is the stronger (reported with the
-    verdict)."""
-    evidence = matching.verify(query.direct, candidate)
-    if not decision.is_same_picture(score, evidence, floors):
-        flipped = matching.verify(query.mirror(), candidate, mirrored=True)
-        if decision.is_same_picture(score, flipped, floors) or flipped.inliers > evidence.inliers:
-            evidence = flipped
+    query: QueryFeatures, checked: list[tuple[int, float, LocalFeatures]], floors: decision.Floors
+) -> list[matching.Evidence | None]:
+    """The evidence reported for each checked candidate (None: screened out)."""
+    pictures = [candidate for _, _, candidate in checked]
+    if floors.strong_only:
+        passed = [i for i, ok in enumerate(matching.screen_many(query.direct, pictures)) if ok]
+        found: list[matching.Evidence | None] = [None] * len(pictures)
+        if passed:
+            direct = matching.verify_many(query.direct, [pictures[i] for i in passed])
+            mirror = matching.verify_many(query.mirror(), [pictures[i] for i in passed], mirrored=True)
+            for i, d, m in zip(passed, direct, mirror, strict=True):
+                found[i] = m if m.inliers > d.inliers else d
+        return found
+    evidence: list[matching.Evidence | None] = list(matching.verify_many(query.direct, pictures))
+    retry = [
+        i
+        for i, (_, score, _) in enumerate(checked)
+        if not decision.is_same_picture(score, evidence[i], floors)
+    ]
+    if retry:
+        flipped = matching.verify_many(query.mirror(), [pictures[i] for i in retry], mirrored=True)
+        for i, mirror in zip(retry, flipped, strict=True):
+            direct = evidence[i]
+            assert direct is not None
+            # The mirror's evidence when it passes (fewer inliers may be a cleaner geometry), or
+            # when neither passes and it is the stronger (reported with the verdict).
+            if decision.is_same_picture(checked[i][1], mirror, floors) or mirror.inliers > direct.inliers:
+                evidence[i] = mirror
     return evidence
 
 

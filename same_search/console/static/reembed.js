@@ -1,4 +1,4 @@
-// same_search console, re-embedding (extension, issue 16): move a library to another model profile
+// same_search console, re-embedding (extension): move a library to another model profile
 // from its kept originals, with progress and cancel. Uses api() and el() of console.js.
 "use strict";
 

@@ -45,14 +45,14 @@ async def set_ranking(request: web.Request) -> web.Response:
     services, lib = await library(request)
     body = await json_body(request)
     known = {"order", "query_expansion", "promote_same_picture"}
-    if not known & body.keys() or body.keys() - known:
+    if not known & body.keys():
         raise bad_request(
             'give {"order": "score" | "reranked"} or query_expansion (0-10) and/or promote_same_picture '
             "(true/false)"
         )
     expansion, promote = lib.row.query_expansion, lib.row.promote_same_picture
     if "order" in body:
-        if body["order"] not in PRESETS or len(body) > 1:
+        if body["order"] not in PRESETS or len(known & body.keys()) > 1:
             raise bad_request('order must be "score" or "reranked", alone (or give the two fields instead)')
         expansion, promote = PRESETS[body["order"]]
     if "query_expansion" in body:
