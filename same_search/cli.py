@@ -33,6 +33,7 @@ from same_search.client import (
 )
 from same_search.config import Config, ConfigError, load, override
 from same_search.contsign import ContSign
+from same_search.files import write_atomically
 from same_search.imports.finder import EntryError, SourceError, find_images, read_regular_file
 from same_search.imports.retry import CLI_ATTEMPTS, backoff_s, retryable
 
@@ -311,9 +312,7 @@ def cmd_export(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
         args.appid, vectors=args.vectors, originals=not getattr(args, "no_originals", False)
     )
     out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(out)
+    write_atomically(out, data)
     print(f"wrote {out} ({len(data)} bytes)")
     return 0
 

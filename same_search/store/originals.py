@@ -10,9 +10,9 @@ decides when a file goes.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 from pathlib import Path
+
+from same_search.files import write_atomically
 
 
 def sha256_hex(data: bytes) -> str:
@@ -41,17 +41,7 @@ class Originals:
         if target.is_file() and target.stat().st_size == len(data):
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+        write_atomically(target, data)
         return True
 
     def read(self, sha256: str) -> bytes:
@@ -61,12 +51,3 @@ class Originals:
     def remove(self, sha256: str) -> None:
         """Delete a file no item references any more."""
         self.path(sha256).unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (the directory entry, not only the file)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
