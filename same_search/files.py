@@ -1,4 +1,5 @@
-"""Small file helpers: checksums, and the one way this daemon replaces a file durably.
+"""Small file helpers: checksums and content names, and the one way this daemon replaces a file
+durably.
 
 A durable replacement writes a temporary file beside the target, fsyncs it, renames it over the
 target (atomic: a reader sees the old file or the new one, never half of one) and fsyncs the
@@ -21,6 +22,16 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
         for chunk in iter(lambda: fh.read(block), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of some bytes: the name a kept original is stored under."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_sha256_hex(text: object) -> bool:
+    """Whether ``text`` is a lower-case hex sha256 (a name :func:`sha256_hex` could have made)."""
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def temporary_beside(target: Path) -> Path:

@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-# The row types live with the SQLite store, where they were born; every backend speaks them.
+# The records every backend speaks, from the neutral module the store speaks too.
 # NewItem / NewLibrary are what a checked export import streams (vectors as float32 bytes).
-from same_search.store.db import (
+from same_search.records import (
     AlreadyExists,
     BadRows,
     ItemRow,
@@ -173,7 +173,7 @@ class JobLedger(Protocol):
 
     Jobs are daemon state, not library state: a job reads a folder, manifest or uploaded ZIP on
     the daemon's own disk, so only that daemon can run it. Every backend therefore keeps them in
-    a SQLite file in the data directory (:class:`same_search.store.db.Store` implements this).
+    a SQLite file in the data directory (``same_search.store.jobs.JobStore``).
     """
 
     async def create_job(
@@ -382,7 +382,7 @@ class Backend(ABC):
 
     @property
     def reembed_ledger(self) -> Any:
-        """Where re-embed jobs are recorded (:class:`same_search.store.db.Store`)."""
+        """Where re-embed jobs are recorded (``same_search.store.reembeds.ReembedStore``)."""
         raise NotImplementedError(f"the {self.name} backend cannot re-embed libraries")
 
     async def reembed_pending(

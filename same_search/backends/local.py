@@ -569,9 +569,8 @@ class LocalBackend(Backend):
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
         return await self.store.local_features(lib.row.id, keys)
 
-    async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
-        async for chunk in self.store.items_with_vectors(lib.row.id):
-            yield [(row, np.frombuffer(raw, dtype="<f4")) for row, raw in chunk]
+    def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
+        return self.store.items_with_vectors(lib.row.id)
 
     # ---- maintenance -----------------------------------------------------------------------------
 

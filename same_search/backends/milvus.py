@@ -66,7 +66,7 @@ from same_search.backends.base import (
     Unavailable,
 )
 from same_search.config import Config
-from same_search.store.db import Store
+from same_search.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 #: Tries to reach Milvus at start (0.5 s, then 1 s, between them).
@@ -130,7 +130,7 @@ class MilvusBackend(Backend):
         self.cfg = cfg
         self.client: Any = None
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="milvus")
-        self._jobs = Store(cfg.data_path / "jobs.sqlite3", cfg.storage.max_db_bytes)
+        self._jobs = JobStore(cfg.data_path / "jobs.sqlite3", cfg.storage.max_db_bytes)
         self._flushed_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._warned_thumbnail = False
