@@ -25,7 +25,6 @@ from same_search.backends.base import (
     Backend,
     IndexingFailed,
     ItemRow,
-    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
@@ -580,9 +579,7 @@ class LibraryService:
             raise bad_request(problem)
         if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
             raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
-        stored = ItemToAdd(
-            contsign.key, brief, tags, vector, thumbnail, local_features, original, fingerprint
-        )
+        stored = NewItem(contsign.key, brief, tags, vector, thumbnail, local_features, original, fingerprint)
         if not policy.active:
             await self._store_one(lib, contsign, stored)
             return []
@@ -597,7 +594,7 @@ class LibraryService:
             await self._store_one(lib, contsign, stored)
         return close
 
-    async def _store_one(self, lib: Library, contsign: ContSign, item: ItemToAdd) -> None:
+    async def _store_one(self, lib: Library, contsign: ContSign, item: NewItem) -> None:
         stored = await self.store_vectors(lib, [item])
         self._adopt_reduction_if_due(lib)
         if not stored[0]:
@@ -641,7 +638,7 @@ class LibraryService:
         await self._call(lib, self.backend.save_settings(lib, settings))
         lib.row = dataclasses.replace(lib.row, **dataclasses.asdict(settings))
 
-    async def store_vectors(self, lib: Library, items: list[ItemToAdd]) -> list[bool]:
+    async def store_vectors(self, lib: Library, items: list[NewItem]) -> list[bool]:
         """Store a batch of items with their vectors; False for each key already stored."""
         capacity = self.cfg.limits.library_capacity
         return await self._call(lib, self.backend.add_items(lib, items, capacity))
@@ -1004,12 +1001,11 @@ class LibraryService:
         problem = vector_problem(np.asarray(vector), lib.row.dim)
         if problem is not None:
             raise ApiError(ErrNo.INTERNAL, f"refusing to store contsign {contsign}: {problem}")
-        vector_bytes = np.asarray(vector, dtype="<f4").tobytes()
         return NewItem(
             contsign.key,
             brief,
             tags,
-            vector_bytes,
+            vector,
             original=image if self.keeps_originals else None,
             thumbnail=thumbnail,
             local_features=local,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 #: An item's two tags (0 is "no tag" in the wire format).
 Tags = tuple[int, int]
 
@@ -84,17 +86,22 @@ class ItemRow:
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item to insert in bulk: key, brief, tags and the vector's little-endian float32 bytes
-    (and, from an import job's pictures, the thumbnail and local features)."""
+    """An item about to be stored, with its computed (or imported) vector: one add, one row of
+    an import job's batch, one line of an export being imported."""
 
     key: int
     brief: bytes
     tags: Tags | None
-    vector: bytes
-    #: The picture's bytes to keep as its original (an export with originals/), or None.
-    original: bytes | None = None
+    #: The float32 vector, of the library's dimension.
+    vector: np.ndarray
     thumbnail: bytes | None = None
+    #: Stored form of the picture's local features (same_search/verify), when the backend keeps them.
     local_features: bytes | None = None
+    #: The picture's bytes, kept as the item's original (``[storage] keep_originals``), or None.
+    original: bytes | None = None
+    #: Fingerprint of the model that made ``vector``: an add is refused (``ModelChanged``) when the
+    #: library moved to another model meanwhile (a re-embed switched while this add embedded).
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

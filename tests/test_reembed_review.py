@@ -315,7 +315,7 @@ async def test_an_import_counts_its_originals_against_max_db_bytes(tmp_path: Pat
     try:
         row = await store.create_library(NewLibrary("lib", "m", 4, "f"))
         store.max_bytes = store._database_bytes() + 25_000
-        vector = np.array([1, 0, 0, 0], dtype="<f4").tobytes()
+        vector = np.array([1, 0, 0, 0], dtype="<f4")
 
         async def batches():
             yield [NewItem(k, b"", None, vector, original=bytes([k]) * 10_000) for k in range(1, 5)]

@@ -91,7 +91,7 @@ async def test_tag_table_fed_by_the_store_equals_the_sql_filter(tmp_path):
         keys = rng.choice(1 << 40, 3000, replace=False).astype(np.int64) - (1 << 39)
         tag1 = np.where(rng.random(3000) < 0.5, 1, rng.integers(10, 40, 3000))  # tag 1: ~50%
         tag2 = np.where(rng.random(3000) < 0.02, 2, np.where(rng.random(3000) < 0.001, 3, 0))
-        vector = np.full(4, 0.5, "<f4").tobytes()
+        vector = np.full(4, 0.5, "<f4")
 
         async def batches():
             yield [

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 import numpy as np
 
 # The records every backend speaks, from the neutral module the store speaks too.
-# NewItem / NewLibrary are what a checked export import streams (vectors as float32 bytes).
 from same_search.records import (
     AlreadyExists,
     BadRows,
@@ -47,7 +46,6 @@ __all__ = [
     "BadRows",
     "IndexingFailed",
     "ItemRow",
-    "ItemToAdd",
     "JobLedger",
     "JobRow",
     "Library",
@@ -93,24 +91,6 @@ class SearchResult:
 
     found: list[tuple[int, float]]
     rows: dict[int, ItemRow] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ItemToAdd:
-    """An item about to be stored, with its already computed vector."""
-
-    key: int
-    brief: bytes
-    tags: Tags | None
-    vector: np.ndarray
-    thumbnail: bytes | None = None
-    #: Stored form of the picture's local features (same_search/verify), when the backend keeps them.
-    local_features: bytes | None = None
-    #: The uploaded bytes, kept as the item's original (``[storage] keep_originals``), or None.
-    original: bytes | None = None
-    #: Fingerprint of the model that made ``vector``: refused (:class:`ModelChanged`) when the
-    #: library moved to another model meanwhile (a re-embed switched while this add embedded).
-    fingerprint: str | None = None
 
 
 @dataclass
@@ -287,7 +267,7 @@ class Backend(ABC):
         """Stored items."""
 
     @abstractmethod
-    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         """Store items (durably, then searchable at once); one flag per item: False = key was stored.
 
         Args:

@@ -25,7 +25,6 @@ from same_search.backends.base import (
     BadRows,
     IndexingFailed,
     ItemRow,
-    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
@@ -485,7 +484,7 @@ class LocalBackend(Backend):
     async def count(self, lib: Library) -> int:
         return _index(lib).count()
 
-    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         stored = []
         async with self.write_lock(lib):
             index = _index(lib)

@@ -48,7 +48,6 @@ from same_search.backends.base import (
     Backend,
     BackendUnavailable,
     ItemRow,
-    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
@@ -371,18 +370,7 @@ class MilvusBackend(Backend):
         async for batch in batches:
             if capacity and await self.count(lib) + len(batch) > capacity:
                 raise TooManyItems(f"library {lib.row.appid!r} would hold more than {capacity} items")
-            items = [
-                ItemToAdd(
-                    item.key,
-                    item.brief,
-                    item.tags,
-                    np.frombuffer(item.vector, dtype="<f4"),
-                    item.thumbnail,
-                    item.local_features,
-                )
-                for item in batch
-            ]
-            stored = await self.add_items(lib, items)
+            stored = await self.add_items(lib, batch)
             inserted += sum(stored)
             duplicates += len(stored) - sum(stored)
         return lib, inserted, duplicates
@@ -402,7 +390,7 @@ class MilvusBackend(Backend):
             found.update({int(e["key"]): e[field] for e in entities})
         return found
 
-    def _entity(self, item: ItemToAdd, now: float, seq: int, writer: int) -> dict[str, Any]:
+    def _entity(self, item: NewItem, now: float, seq: int, writer: int) -> dict[str, Any]:
         thumbnail = base64.b64encode(item.thumbnail or b"").decode()
         if len(thumbnail) > MAX_VARCHAR:
             if not self._warned_thumbnail:
@@ -423,7 +411,7 @@ class MilvusBackend(Backend):
             "vector": np.asarray(item.vector, dtype=np.float32).ravel().tolist(),
         }
 
-    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         """Upsert the new items, then read back whose write each key holds.
 
         Milvus has no conditional insert, so "stored by this call" is decided in three steps:

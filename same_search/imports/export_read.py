@@ -335,7 +335,7 @@ def _parse_line(
         )
     if original is not None and original not in export.originals:
         raise _refuse(f"{where}: original {str(original)[:80]!r} is not in the ZIP's {ORIGINALS} folder")
-    item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector.tobytes())
+    item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector)
     return item, original
 
 

@@ -254,7 +254,7 @@ class ItemStore(OriginalStore):
                             item.key,
                             item.brief,
                             *(item.tags or (None, None)),
-                            item.vector,
+                            vector_blob(item.vector),
                             self._next_seq(),
                             now,
                             now,
