@@ -170,6 +170,11 @@ class AlreadyExists(Exception):
     """The row being created is already there (an appid taken, a key stored)."""
 
 
+class LibraryGone(Exception):
+    """The library was deleted while in use: by another request of this daemon (an add that
+    raced the deletion), or by another daemon sharing the backend."""
+
+
 class StorageError(Exception):
     """The storage refused a write (disk full, read-only file system, I/O error, server error)."""
 

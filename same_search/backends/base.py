@@ -29,6 +29,7 @@ from same_search.records import (
     BadRows,
     ItemRow,
     JobRow,
+    LibraryGone,
     LibraryRow,
     LibrarySettings,
     NewItem,
@@ -144,10 +145,6 @@ class ModelChanged(Exception):
     """The library's model changed between embedding an item and storing it: embed it again."""
 
 
-class LibraryGone(Exception):
-    """The library was deleted (by another daemon, with a shared backend) while in use."""
-
-
 class JobLedger(Protocol):
     """Where import jobs and their per-item errors are recorded.
 
@@ -253,7 +250,8 @@ class Backend(ABC):
         ``target`` is a served library, or a :class:`NewLibrary` the import creates. Keys already
         stored count as duplicates and are left as they were. Raises :class:`TooManyItems` past
         ``capacity`` (nothing stored), :class:`AlreadyExists` if a created library's appid is
-        taken, :class:`IndexingFailed` if the rows were stored but could not be indexed.
+        taken, :class:`LibraryGone` if a served one was deleted meanwhile,
+        :class:`IndexingFailed` if the rows were stored but could not be indexed.
         """
 
     @abstractmethod
@@ -276,6 +274,9 @@ class Backend(ABC):
         Returns:
             True for each item stored by this call, False for each whose key was already stored
             (that item is left as it was).
+        Raises:
+            :class:`LibraryGone` if the library was deleted meanwhile; :class:`ModelChanged` if
+            an item's fingerprint is no longer the library's.
         """
 
     @abstractmethod

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import aiosqlite
 
-from same_search.records import AlreadyExists, StorageError
+from same_search.records import AlreadyExists, LibraryGone, StorageError
 
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
 #: in one transaction each. Shipped files are never edited: a change is a new file.
@@ -54,6 +54,18 @@ def _statements(sql: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return statements
+
+
+def _refused(exc: sqlite3.IntegrityError) -> Exception:
+    """What a constraint failure means. A foreign key whose parent is gone is a library deleted
+    meanwhile: items, removals and projections reference their library, thumbnails and local
+    features an item of the same transaction. A unique key already there is a row that exists."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+        return LibraryGone(f"the library was deleted meanwhile ({exc})")
+    if code in (sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY):
+        return AlreadyExists(str(exc))
+    return StorageError(str(exc))
 
 
 class Database:
@@ -131,8 +143,8 @@ class Database:
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One transaction on the writer (caller holds ``_write_lock``): committed when the block
-        ends, rolled back when it raises; a constraint failure becomes :class:`AlreadyExists`,
-        a disk error :class:`StorageError`."""
+        ends, rolled back when it raises. A constraint failure becomes :class:`AlreadyExists`
+        or :class:`LibraryGone` (see :func:`_refused`), a disk error :class:`StorageError`."""
         assert self._writer is not None, "store is not open"
         try:
             await self._writer.execute("BEGIN IMMEDIATE")
@@ -143,7 +155,7 @@ class Database:
                 await self._writer.execute("ROLLBACK")
                 raise
         except sqlite3.IntegrityError as exc:
-            raise AlreadyExists(str(exc)) from exc
+            raise _refused(exc) from exc
         except (sqlite3.DatabaseError, OSError) as exc:  # full, read-only, I/O error, ...
             raise StorageError(str(exc)) from exc
 

@@ -148,8 +148,9 @@ class ItemStore(OriginalStore):
         original: bytes | None = None,
     ) -> int:
         """Insert one item (its thumbnail, its local features, its kept original) and return its
-        seq; :class:`AlreadyExists` if stored. The original's file is durable before the row
-        commits; a file this call created is removed again if the row is not stored."""
+        seq; :class:`AlreadyExists` if stored, :class:`LibraryGone` if the library was deleted.
+        The original's file is durable before the row commits; a file this call created is
+        removed again if the row is not stored."""
         now = time.time()
         tag1, tag2 = tags if tags is not None else (None, None)
         async with self._write_lock:
@@ -193,7 +194,8 @@ class ItemStore(OriginalStore):
         transaction (so a failed import leaves no empty library behind).
         Each batch is one ``executemany``; keys already stored are skipped and counted as
         duplicates. Past ``capacity`` items (0 = unbounded) :class:`TooManyItems` rolls it all
-        back. Other writers wait for the commit; readers go on (WAL).
+        back; :class:`LibraryGone` if an existing library was deleted meanwhile. Other writers
+        wait for the commit; readers go on (WAL).
         """
         created: list[tuple[str, int]] = []  # originals this import wrote: removed again on failure
         async with self._write_lock:
