@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,15 +26,21 @@ from same_search.backends.base import (
     IndexingFailed,
     ItemRow,
     JobLedger,
+    KeptOriginals,
     Library,
     LibraryFull,
     LibraryGone,
     LibraryRow,
     LibrarySettings,
+    LocalFeatures,
     ModelChanged,
     NewItem,
     NewLibrary,
+    ReducedIndexes,
+    Reembedding,
     ReembedJobRow,
+    ReembedLedger,
+    SharedLibraries,
     StorageError,
     TagFilter,
     Tags,
@@ -364,7 +370,7 @@ class LibraryService:
         if lib is None:
             if appid in self.unavailable:
                 raise self._unavailable_error(appid)
-            lib = await self.backend.find_library(appid)
+            lib = await self._find_elsewhere(appid)
             if lib is None:
                 raise _not_signed_up(appid)
             missing = self._model_missing(lib.row)
@@ -372,6 +378,12 @@ class LibraryService:
                 raise ApiError(ErrNo.BS_UNAVAILABLE, f"library {appid!r} is unavailable here: {missing}")
             lib = self.libraries.setdefault(appid, lib)
         return lib
+
+    async def _find_elsewhere(self, appid: str) -> Library | None:
+        """A library another daemon created on a shared backend, or None."""
+        if isinstance(self.backend, SharedLibraries):
+            return await self.backend.find_library(appid)
+        return None
 
     def _unavailable_error(self, appid: str) -> ApiError:
         return ApiError(
@@ -398,7 +410,7 @@ class LibraryService:
 
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
-        if self.backend.shared:
+        if isinstance(self.backend, SharedLibraries):
             loaded = await self.backend.load_libraries()
             current = {
                 lib.row.appid: lib
@@ -419,7 +431,7 @@ class LibraryService:
         async with self._signup_lock:
             exists = ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
             taken = appid in self.libraries or appid in self.unavailable
-            if taken or await self.backend.find_library(appid) is not None:
+            if taken or await self._find_elsewhere(appid) is not None:
                 raise exists
             try:
                 lib = await self.backend.create_library(self._new_library(appid, info))
@@ -544,7 +556,7 @@ class LibraryService:
     @property
     def keeps_originals(self) -> bool:
         """Whether adds keep the uploaded bytes (configured on, and the backend can)."""
-        return self.cfg.storage.keep_originals and self.backend.can_reembed
+        return self.cfg.storage.keep_originals and isinstance(self.backend, KeptOriginals)
 
     async def store_vector(
         self,
@@ -622,7 +634,7 @@ class LibraryService:
             # With the built-in floors, candidates the check confirms may score as low as
             # policy.verified_min_score; unverifiable ones still need policy.min_score.
             close = [(key, score) for key, score in result.found if score >= policy.candidate_floor]
-            stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in close]))
+            stored = await self.local_features(lib, [key for key, _ in close])
             verdicts = await self.verifier.judge(features, close, stored)
             kept = [v for v in verdicts if _near_duplicate_verdict(v, policy)]
             chosen = [Candidate(v.key, v.score) for v in kept[:MAX_REPORTED]]
@@ -786,10 +798,10 @@ class LibraryService:
         if min_score is not None:
             head = [(key, score) for key, score in head if score >= min_score]
         first, deeper = head[: promotion.DEPTH], head[promotion.DEPTH :]
-        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in first]))
+        stored = await self.local_features(lib, [key for key, _ in first])
         verdicts = await self.verifier.judge(query, first, stored)
         if deeper and query is not None and not any(v.same for v in verdicts):
-            stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in deeper]))
+            stored = await self.local_features(lib, [key for key, _ in deeper])
             verdicts = await self.verifier.judge_deep(query, deeper, stored)
         return promotion.promoted(found, [(v.key, v.score) for v in verdicts if v.same])
 
@@ -820,7 +832,7 @@ class LibraryService:
         found = result.found
         if min_score is not None:
             found = [(key, score) for key, score in found if score >= min_score]
-        stored = await self._call(lib, self.backend.local_features(lib, [key for key, _ in found]))
+        stored = await self.local_features(lib, [key for key, _ in found])
         verdicts = [v for v in await self.verifier.judge(query, found, stored) if v.same]
         rows = result.rows
         missing = [v.key for v in verdicts if v.key not in rows]
@@ -831,10 +843,13 @@ class LibraryService:
     @property
     def _keeps_local_features(self) -> bool:
         """Whether adds extract local features: configured on, and the backend stores them."""
-        return self.cfg.storage.local_features and self.backend.keeps_local_features
+        return self.cfg.storage.local_features and isinstance(self.backend, LocalFeatures)
 
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
-        """Stored local features by key (items without any are left out)."""
+        """Stored local features by key (items without any are left out; all of them on a
+        backend that keeps none)."""
+        if not isinstance(self.backend, LocalFeatures):
+            return {}
         return await self._call(lib, self.backend.local_features(lib, keys))
 
     async def query_features(
@@ -847,7 +862,7 @@ class LibraryService:
             return await self.verifier.query(image, region)
         if contsign is None:
             return None
-        stored = await self._call(lib, self.backend.local_features(lib, [contsign.key]))
+        stored = await self.local_features(lib, [contsign.key])
         return self.verifier.stored_query(stored.get(contsign.key))
 
     async def search_same_picture(
@@ -904,7 +919,9 @@ class LibraryService:
         broken library does not rebuild after every add; one that succeeds can be due again
         later, after removals and a compaction took the library back to a full-size index."""
         appid = lib.row.appid
-        if appid in self._adoptions or not self.backend.wants_reduction(lib):
+        if appid in self._adoptions or not (
+            isinstance(self.backend, ReducedIndexes) and self.backend.wants_reduction(lib)
+        ):
             return
         running = self.rebuilds.current(appid)
         if running is not None and running.running:
@@ -1097,17 +1114,20 @@ class LibraryService:
     # ---- re-embedding (an extension: a library moved to another model from its kept originals) ---
 
     @property
-    def reembed_ledger(self) -> Any:
+    def reembed_ledger(self) -> ReembedLedger:
         """Where re-embed jobs are recorded; err_no 1 on a backend that cannot re-embed."""
-        if not self.backend.can_reembed:
+        return self._reembedding().reembed_ledger
+
+    def _reembedding(self) -> Reembedding:
+        """The backend, as one that re-embeds; err_no 1 on a backend that cannot."""
+        if not isinstance(self.backend, Reembedding):
             raise bad_request(f"re-embedding needs the local backend; this daemon uses {self.backend.name}")
-        return self.backend.reembed_ledger
+        return self.backend
 
     async def reembed_target(self, lib: Library, model: str | None) -> EmbedService:
         """The model a re-embed of ``lib`` would move it to, after every refusal (err_no 1): no
         model named, the one it already has, originals not kept, items without an original."""
-        if not self.backend.can_reembed:
-            raise bad_request(f"re-embedding needs the local backend; this daemon uses {self.backend.name}")
+        backend = self._reembedding()
         if not isinstance(model, str) or not model:
             known = ", ".join(self.models.profile_names())
             raise bad_request(f"model is required: the name of a model profile ({known})")
@@ -1121,7 +1141,7 @@ class LibraryService:
                 "re-embedding rebuilds a library from its kept originals: set [storage] keep_originals "
                 "= true (items added before that have none)"
             )
-        missing = await self._call(lib, self.backend.items_without_original(lib))
+        missing = await self._call(lib, backend.items_without_original(lib))
         if missing:
             total = await self.count(lib)
             raise bad_request(
@@ -1134,6 +1154,8 @@ class LibraryService:
     async def read_original(self, sha256: str) -> bytes:
         """A kept original's bytes (err_no 11 when its file cannot be read)."""
         try:
+            if not isinstance(self.backend, KeptOriginals):
+                raise StorageError(f"the {self.backend.name} backend keeps no originals")
             return await self.backend.read_original(sha256)
         except StorageError as exc:
             raise _storage_failed(exc) from exc
@@ -1142,15 +1164,17 @@ class LibraryService:
         self, lib: Library, limit: int, after_seq: int = 0
     ) -> list[tuple[int, str | None, int]]:
         """(key, original) of items that have no vector of the new model yet, oldest first."""
-        return await self._call(lib, self.backend.reembed_pending(lib, limit, after_seq))
+        return await self._call(lib, self._reembedding().reembed_pending(lib, limit, after_seq))
 
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         """Keep new-model vectors until the switch (persisted: a restart resumes after them)."""
-        await self._call(lib, self.backend.save_reembedded(lib, vectors))
+        await self._call(lib, self._reembedding().save_reembedded(lib, vectors))
 
-    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
+    async def switch_model(
+        self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]
+    ) -> None:
         """Move ``lib`` to the job's model in one transaction, then serve the new index."""
-        await self._call(lib, self.backend.switch_model(lib, job, catch_up))
+        await self._call(lib, self._reembedding().switch_model(lib, job, catch_up))
         log.info(
             "library %s now serves model %s (fingerprint %s)",
             lib.row.appid,

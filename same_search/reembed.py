@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from same_search.backends.base import Library, ReembedJobRow
+from same_search.backends.base import Library, Reembedding, ReembedJobRow, ReembedLedger
 from same_search.embed.errors import EmbedderBusy, EmbedderTimeout, EmbedError
 from same_search.embed.service import EmbedService, background_priority
 from same_search.error_mapping import api_error
@@ -53,7 +53,7 @@ class ReembedJobs:
         self._starting: set[int] = set()
 
     @property
-    def _ledger(self) -> Any:
+    def _ledger(self) -> ReembedLedger:
         return self.libraries.reembed_ledger
 
     async def start(self) -> None:
@@ -63,7 +63,7 @@ class ReembedJobs:
         refused) are failed first, and with them the side table they shared, which may hold
         another model's vectors; the resumed job then embeds everything again with its own.
         """
-        if not self.libraries.backend.can_reembed:
+        if not isinstance(self.libraries.backend, Reembedding):
             return
         newest: dict[int, ReembedJobRow] = {}
         for job in await self._ledger.reembed_jobs(status="running"):  # newest first

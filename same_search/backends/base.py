@@ -8,22 +8,27 @@ The library service (``same_search.libraries``) is the only caller. It owns the 
 - ``milvus``: every library in a Milvus collection; no library state on the daemon's disk, so
   several daemons can serve the same libraries.
 
+:class:`Backend` is what every backend does. What only some can do is a small interface of its
+own, which such a backend also derives from and the service asks for with ``isinstance``:
+:class:`SharedLibraries`, :class:`LocalFeatures`, :class:`KeptOriginals`, :class:`Reembedding`,
+:class:`ReducedIndexes`.
+
 Keys are ContSigns as signed 64-bit integers (:attr:`ContSign.key`), which is also what Milvus
 stores as its INT64 primary key. Vectors are L2-normalised float32 rows; scores are inner
 products (cosine similarity). A backend's methods may be called concurrently from the event
-loop; each keeps its own writes ordered.
+loop; each keeps its own writes ordered. The records and failures named here come from
+:mod:`same_search.records` (re-exported for the service's convenience).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-# The records every backend speaks, from the neutral module the store speaks too.
 from same_search.records import (
     AlreadyExists,
     BadRows,
@@ -37,6 +42,7 @@ from same_search.records import (
     ReembedIncomplete,
     ReembedJobRow,
     StorageError,
+    Tags,
     TooManyItems,
 )
 
@@ -45,28 +51,38 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "BadRows",
+    "Figures",
     "IndexingFailed",
     "ItemRow",
     "JobLedger",
     "JobRow",
+    "KeptOriginals",
     "Library",
     "LibraryFull",
     "LibraryGone",
     "LibraryRow",
     "LibrarySettings",
+    "LocalFeatures",
     "ModelChanged",
     "NewItem",
     "NewLibrary",
+    "RebuildProgress",
+    "ReducedIndexes",
     "ReembedIncomplete",
     "ReembedJobRow",
+    "ReembedLedger",
+    "Reembedding",
     "SearchResult",
+    "SharedLibraries",
     "StorageError",
     "TagFilter",
+    "Tags",
     "TooManyItems",
     "Unavailable",
 ]
 
-Tags = tuple[int, int]
+#: Backend-specific figures for library stats (``search``, ``index_slots``, ``last_index_save``...).
+Figures = dict[str, str | int | float | None]
 
 
 @dataclass(frozen=True)
@@ -96,10 +112,11 @@ class SearchResult:
 
 @dataclass
 class Library:
-    """A signed-up library: its row and whatever the backend keeps per library (``handle``)."""
+    """A signed-up library: its row and what the backend keeps for it (``handle``: the local
+    backend's index, the Milvus collection's name); only the backend that made it reads it."""
 
     row: LibraryRow
-    handle: Any = field(default=None, repr=False)
+    handle: object = field(default=None, repr=False)
 
 
 @dataclass
@@ -115,10 +132,6 @@ class RebuildProgress:
     total: int = 0
 
 
-class LibraryFull(Exception):
-    """The library already holds the configured ``library_capacity`` items."""
-
-
 @dataclass(frozen=True)
 class Unavailable:
     """A library whose rows could not be loaded (at start, or after an import that could not be
@@ -126,6 +139,10 @@ class Unavailable:
 
     row: LibraryRow
     reason: str
+
+
+class LibraryFull(Exception):
+    """The library already holds the configured ``library_capacity`` items."""
 
 
 class IndexingFailed(Exception):
@@ -179,13 +196,6 @@ class Backend(ABC):
 
     #: "local" or "milvus"; shown by /healthz and in library stats.
     name: str
-    #: Whether other daemons may create and delete libraries in this backend (the service then
-    #: refreshes its list from the backend instead of trusting what it loaded at start).
-    shared: bool = False
-    #: Whether items keep local features (same-picture checks); if not, adds skip extracting them.
-    keeps_local_features: bool = False
-    #: Whether the backend can keep originals and re-embed a library from them (local only).
-    can_reembed: bool = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -215,13 +225,6 @@ class Backend(ABC):
         """Load one library again (after a repair); raises when its rows still cannot be loaded."""
 
     @abstractmethod
-    async def find_library(self, appid: str) -> Library | None:
-        """A library this daemon has not loaded yet (created by another daemon), or None.
-
-        Backends whose libraries only this daemon can create (local) return None.
-        """
-
-    @abstractmethod
     async def create_library(self, new: NewLibrary) -> Library:
         """A new empty library with its settings; :class:`AlreadyExists` if the appid is taken."""
 
@@ -230,16 +233,8 @@ class Backend(ABC):
         """Drop a library (served or set aside) and everything it holds."""
 
     @abstractmethod
-    async def stored_count(self, row: LibraryRow) -> int:
-        """Items stored for a library, also one set aside (no index needed)."""
-
-    @abstractmethod
-    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
-        """(key, problem) of every stored row that cannot be loaded or served (a repair's scan)."""
-
-    @abstractmethod
-    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
-        """Delete rows of a library that is set aside (no index to keep in step)."""
+    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
+        """Persist a library's operator settings (near-duplicate policy, ranking)."""
 
     @abstractmethod
     async def import_items(
@@ -254,9 +249,19 @@ class Backend(ABC):
         :class:`IndexingFailed` if the rows were stored but could not be indexed.
         """
 
+    # ---- repairs (also of a library set aside: no index needed) ---------------------------------
+
     @abstractmethod
-    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
-        """Persist a library's operator settings (near-duplicate policy, ranking)."""
+    async def stored_count(self, row: LibraryRow) -> int:
+        """Items stored for a library."""
+
+    @abstractmethod
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        """(key, problem) of every stored row that cannot be loaded or served (a repair's scan)."""
+
+    @abstractmethod
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        """Delete rows of a library that is set aside (no index to keep in step)."""
 
     # ---- items -----------------------------------------------------------------------------------
 
@@ -314,15 +319,6 @@ class Backend(ABC):
     async def thumbnail(self, lib: Library, key: int) -> bytes | None:
         """The stored thumbnail JPEG of an item, if any."""
 
-    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
-        """Stored local features by key (same-picture checks); items without any are left out.
-
-        A backend that does not keep them returns nothing: its items are then judged by the
-        strict score fallback of :func:`same_search.verify.decision.is_same_picture`.
-        """
-        del lib, keys
-        return {}
-
     @abstractmethod
     def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         """Every item with its vector, in insertion order, in chunks."""
@@ -341,44 +337,94 @@ class Backend(ABC):
         work goes on. Cancelling it leaves the current structure serving, unchanged.
         """
 
-    def wants_reduction(self, lib: Library) -> bool:
-        """Whether the library has grown enough to adopt a reduced index it does not have yet
-        (a rebuild switches it); backends without one never do."""
-        del lib
-        return False
-
     @abstractmethod
-    def describe(self, lib: Library) -> dict[str, Any]:
+    def describe(self, lib: Library) -> Figures:
         """Backend-specific figures for library stats: ``search``, ``index_slots``, ``last_index_save``."""
 
-    # ---- kept originals and re-embedding (backends with ``can_reembed``) --------------------------
 
+# ---- capabilities: a backend that has one also derives from its interface -------------------------
+
+
+class SharedLibraries(ABC):
+    """Libraries that other daemons create and delete too (Milvus). The service then looks up
+    an appid it does not know before answering 103, and refreshes its list when asked for all."""
+
+    @abstractmethod
+    async def find_library(self, appid: str) -> Library | None:
+        """A library this daemon has not loaded yet (created by another daemon), or None."""
+
+
+class LocalFeatures(ABC):
+    """Items keep the local features of their picture (same-picture checks). The service extracts
+    them on add only for such a backend; items of any other are judged by the strict score
+    fallback of :func:`same_search.verify.decision.is_same_picture`."""
+
+    @abstractmethod
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key; items without any are left out."""
+
+
+class KeptOriginals(ABC):
+    """Items keep the bytes they were added with (``[storage] keep_originals``), by sha256."""
+
+    @abstractmethod
     async def items_without_original(self, lib: Library) -> int:
         """Items with no kept original (they cannot be re-embedded)."""
-        raise NotImplementedError(f"the {self.name} backend keeps no originals")
 
+    @abstractmethod
     async def read_original(self, sha256: str) -> bytes:
-        """A kept original's bytes."""
-        raise NotImplementedError(f"the {self.name} backend keeps no originals")
+        """A kept original's bytes; :class:`StorageError` when its file cannot be read."""
+
+
+class ReembedLedger(Protocol):
+    """Where re-embed jobs are recorded (``same_search.store.reembeds.ReembedStore``)."""
+
+    async def create_reembed_job(
+        self, row: LibraryRow, model_name: str, model_id: str, dim: int, fingerprint: str, total: int
+    ) -> int:
+        """A running job for ``row``; returns its id."""
+
+    async def reembed_jobs(self, job_id: int | None = None, status: str | None = None) -> list[ReembedJobRow]:
+        """Re-embed jobs, newest first (one by id, or those with a status)."""
+
+    async def save_reembed_job(self, job: ReembedJobRow) -> None:
+        """Persist a job's status, counters and message."""
+
+    async def reembed_done(self, lib_id: int) -> int:
+        """Items of a library that have their new vector."""
+
+
+class Reembedding(KeptOriginals):
+    """A library can move to another model in place, embedded again from its kept originals."""
 
     @property
-    def reembed_ledger(self) -> Any:
-        """Where re-embed jobs are recorded (``same_search.store.reembeds.ReembedStore``)."""
-        raise NotImplementedError(f"the {self.name} backend cannot re-embed libraries")
+    @abstractmethod
+    def reembed_ledger(self) -> ReembedLedger:
+        """Where re-embed jobs are recorded."""
 
+    @abstractmethod
     async def reembed_pending(
         self, lib: Library, limit: int, after_seq: int = 0
     ) -> list[tuple[int, str | None, int]]:
         """(key, original sha256, seq) of items without a vector of the new model yet, oldest
         first, from ``after_seq`` on."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         """Keep new-model vectors beside the serving ones until the switch."""
-        raise NotImplementedError
 
-    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
+    @abstractmethod
+    async def switch_model(
+        self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]
+    ) -> None:
         """Move ``lib`` to the job's model at once: writes wait while ``catch_up(lib)`` embeds the
         items added since the last pass, the stored vectors and model switch in one transaction,
         and the search structure is built for the new vectors before the library serves them."""
-        raise NotImplementedError
+
+
+class ReducedIndexes(ABC):
+    """Large libraries move to a reduced index (``same_search.index.reduced``) by a rebuild."""
+
+    @abstractmethod
+    def wants_reduction(self, lib: Library) -> bool:
+        """Whether the library has grown enough to adopt a reduced index it does not have yet."""

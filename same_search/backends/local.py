@@ -13,9 +13,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
@@ -23,6 +22,7 @@ from same_search.backends.base import (
     AlreadyExists,
     Backend,
     BadRows,
+    Figures,
     IndexingFailed,
     ItemRow,
     JobLedger,
@@ -30,12 +30,16 @@ from same_search.backends.base import (
     LibraryFull,
     LibraryRow,
     LibrarySettings,
+    LocalFeatures,
     ModelChanged,
     NewItem,
     NewLibrary,
     RebuildProgress,
+    ReducedIndexes,
+    Reembedding,
     ReembedIncomplete,
     ReembedJobRow,
+    ReembedLedger,
     SearchResult,
     TagFilter,
     Tags,
@@ -79,7 +83,9 @@ def _rebuild_pause_s() -> float:
 
 
 def _index(lib: Library) -> LibraryIndex:
-    return lib.handle
+    index = lib.handle
+    assert isinstance(index, LibraryIndex), f"library {lib.row.appid!r} is not the local backend's"
+    return index
 
 
 def _live_keys(index: LibraryIndex, keys: Sequence[int] | np.ndarray) -> list[int]:
@@ -127,12 +133,10 @@ def _log_import(row: LibraryRow, index: LibraryIndex, imported: int, stored_s: f
     )
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend, LocalFeatures, Reembedding, ReducedIndexes):
     """Libraries in ``<data_dir>/same_search.sqlite3``, graphs snapshotted to ``<data_dir>/indexes``."""
 
     name = "local"
-    keeps_local_features = True
-    can_reembed = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -185,9 +189,6 @@ class LocalBackend(Backend):
         index = await self._load_index(row)
         log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
         return Library(row, index)
-
-    async def find_library(self, appid: str) -> Library | None:
-        return None  # only this daemon writes its data dir: every library is loaded at start
 
     async def create_library(self, new: NewLibrary) -> Library:
         row = await self.store.create_library(new)
@@ -772,7 +773,7 @@ class LocalBackend(Backend):
             index.kind != "reduced" and cfg.reduce_dim < lib.row.dim and index.count() >= cfg.reduce_min_items
         )
 
-    def describe(self, lib: Library) -> dict[str, Any]:
+    def describe(self, lib: Library) -> Figures:
         index = _index(lib)
         return {
             "last_index_save": index.saved_at,
@@ -798,7 +799,7 @@ class LocalBackend(Backend):
         return await self.store.read_original(sha256)
 
     @property
-    def reembed_ledger(self) -> Store:
+    def reembed_ledger(self) -> ReembedLedger:
         return self.store
 
     async def reembed_pending(
@@ -809,7 +810,9 @@ class LocalBackend(Backend):
     async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         await self.store.save_reembedded(lib.row.id, vectors)
 
-    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
+    async def switch_model(
+        self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]
+    ) -> None:
         """Under the write lock: last items embedded, one transaction, then a fresh index.
 
         Searches go on meanwhile with the old row and index (consistent with each other); the

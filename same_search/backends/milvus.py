@@ -47,6 +47,7 @@ from same_search.backends.base import (
     AlreadyExists,
     Backend,
     BackendUnavailable,
+    Figures,
     ItemRow,
     JobLedger,
     Library,
@@ -58,6 +59,7 @@ from same_search.backends.base import (
     NewLibrary,
     RebuildProgress,
     SearchResult,
+    SharedLibraries,
     StorageError,
     TagFilter,
     Tags,
@@ -98,7 +100,7 @@ def _row_id(name: str) -> int:
 
 
 def _name(lib: Library) -> str:
-    return lib.handle
+    return str(lib.handle)
 
 
 def _item(entity: dict[str, Any]) -> ItemRow:
@@ -119,11 +121,10 @@ def tag_expression(tag_filter: TagFilter) -> str:
     return (" and " if tag_filter.match_all else " or ").join(clauses)
 
 
-class MilvusBackend(Backend):
+class MilvusBackend(Backend, SharedLibraries):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
     name = "milvus"
-    shared = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -550,7 +551,7 @@ class MilvusBackend(Backend):
             progress.phase = "compacting"
         await self._run(self.client.compact, _name(lib))
 
-    def describe(self, lib: Library) -> dict[str, Any]:
+    def describe(self, lib: Library) -> Figures:
         return {
             "last_index_save": self._flushed_at.get(_name(lib)),
             "index_slots": None,
