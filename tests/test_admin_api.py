@@ -160,7 +160,7 @@ async def test_a_rebuild_logs_its_progress(
     import logging
     import shutil
 
-    from same_search.backends import local
+    from same_search.backends.local import feed as local
 
     await fill(api)
     await client.close()
