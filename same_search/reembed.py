@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from same_search.backends.base import Library, Reembedding, ReembedJobRow, ReembedLedger
+from same_search.backends.base import Library, ReembedJobRow
+from same_search.backends.capabilities import Reembedding, ReembedLedger
 from same_search.embed.errors import EmbedderBusy, EmbedderTimeout, EmbedError
 from same_search.embed.service import EmbedService, background_priority
 from same_search.error_mapping import api_error

@@ -9,9 +9,8 @@ The library service (``same_search.libraries``) is the only caller. It owns the 
   several daemons can serve the same libraries.
 
 :class:`Backend` is what every backend does. What only some can do is a small interface of its
-own, which such a backend also derives from and the service asks for with ``isinstance``:
-:class:`SharedLibraries`, :class:`LocalFeatures`, :class:`KeptOriginals`, :class:`Reembedding`,
-:class:`ReducedIndexes`.
+own (``same_search.backends.capabilities``), which such a backend also derives from and the
+service asks for with ``isinstance``.
 
 Keys are ContSigns as signed 64-bit integers (:attr:`ContSign.key`), which is also what Milvus
 stores as its INT64 primary key. Vectors are L2-normalised float32 rows; scores are inner
@@ -23,7 +22,7 @@ loop; each keeps its own writes ordered. The records and failures named here com
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,24 +55,18 @@ __all__ = [
     "ItemRow",
     "JobLedger",
     "JobRow",
-    "KeptOriginals",
     "Library",
     "LibraryFull",
     "LibraryGone",
     "LibraryRow",
     "LibrarySettings",
-    "LocalFeatures",
     "ModelChanged",
     "NewItem",
     "NewLibrary",
     "RebuildProgress",
-    "ReducedIndexes",
     "ReembedIncomplete",
     "ReembedJobRow",
-    "ReembedLedger",
-    "Reembedding",
     "SearchResult",
-    "SharedLibraries",
     "StorageError",
     "TagFilter",
     "Tags",
@@ -340,91 +333,3 @@ class Backend(ABC):
     @abstractmethod
     def describe(self, lib: Library) -> Figures:
         """Backend-specific figures for library stats: ``search``, ``index_slots``, ``last_index_save``."""
-
-
-# ---- capabilities: a backend that has one also derives from its interface -------------------------
-
-
-class SharedLibraries(ABC):
-    """Libraries that other daemons create and delete too (Milvus). The service then looks up
-    an appid it does not know before answering 103, and refreshes its list when asked for all."""
-
-    @abstractmethod
-    async def find_library(self, appid: str) -> Library | None:
-        """A library this daemon has not loaded yet (created by another daemon), or None."""
-
-
-class LocalFeatures(ABC):
-    """Items keep the local features of their picture (same-picture checks). The service extracts
-    them on add only for such a backend; items of any other are judged by the strict score
-    fallback of :func:`same_search.verify.decision.is_same_picture`."""
-
-    @abstractmethod
-    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
-        """Stored local features by key; items without any are left out."""
-
-
-class KeptOriginals(ABC):
-    """Items keep the bytes they were added with (``[storage] keep_originals``), by sha256."""
-
-    @abstractmethod
-    async def items_without_original(self, lib: Library) -> int:
-        """Items with no kept original (they cannot be re-embedded)."""
-
-    @abstractmethod
-    async def read_original(self, sha256: str) -> bytes:
-        """A kept original's bytes; :class:`StorageError` when its file cannot be read."""
-
-
-class ReembedLedger(Protocol):
-    """Where re-embed jobs are recorded (``same_search.store.reembeds.ReembedStore``)."""
-
-    async def create_reembed_job(
-        self, row: LibraryRow, model_name: str, model_id: str, dim: int, fingerprint: str, total: int
-    ) -> int:
-        """A running job for ``row``; returns its id."""
-
-    async def reembed_jobs(self, job_id: int | None = None, status: str | None = None) -> list[ReembedJobRow]:
-        """Re-embed jobs, newest first (one by id, or those with a status)."""
-
-    async def save_reembed_job(self, job: ReembedJobRow) -> None:
-        """Persist a job's status, counters and message."""
-
-    async def reembed_done(self, lib_id: int) -> int:
-        """Items of a library that have their new vector."""
-
-
-class Reembedding(KeptOriginals):
-    """A library can move to another model in place, embedded again from its kept originals."""
-
-    @property
-    @abstractmethod
-    def reembed_ledger(self) -> ReembedLedger:
-        """Where re-embed jobs are recorded."""
-
-    @abstractmethod
-    async def reembed_pending(
-        self, lib: Library, limit: int, after_seq: int = 0
-    ) -> list[tuple[int, str | None, int]]:
-        """(key, original sha256, seq) of items without a vector of the new model yet, oldest
-        first, from ``after_seq`` on."""
-
-    @abstractmethod
-    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
-        """Keep new-model vectors beside the serving ones until the switch."""
-
-    @abstractmethod
-    async def switch_model(
-        self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]
-    ) -> None:
-        """Move ``lib`` to the job's model at once: writes wait while ``catch_up(lib)`` embeds the
-        items added since the last pass, the stored vectors and model switch in one transaction,
-        and the search structure is built for the new vectors before the library serves them."""
-
-
-class ReducedIndexes(ABC):
-    """Large libraries move to a reduced index (``same_search.index.reduced``) by a rebuild."""
-
-    @abstractmethod
-    def wants_reduction(self, lib: Library) -> bool:
-        """Whether the library has grown enough to adopt a reduced index it does not have yet."""

@@ -59,13 +59,13 @@ from same_search.backends.base import (
     NewLibrary,
     RebuildProgress,
     SearchResult,
-    SharedLibraries,
     StorageError,
     TagFilter,
     Tags,
     TooManyItems,
     Unavailable,
 )
+from same_search.backends.capabilities import SharedLibraries
 from same_search.config import Config
 from same_search.store.jobs import JobStore
 

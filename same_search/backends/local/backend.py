@@ -17,14 +17,11 @@ from same_search.backends.base import (
     JobLedger,
     Library,
     LibraryRow,
-    LocalFeatures,
-    ReducedIndexes,
-    Reembedding,
-    ReembedLedger,
     SearchResult,
     TagFilter,
     Unavailable,
 )
+from same_search.backends.capabilities import LocalFeatures, ReducedIndexes, Reembedding, ReembedLedger
 from same_search.backends.local.state import index_of
 from same_search.backends.local.writes import LocalWrites
 from same_search.index.heap import release_free_heap
