@@ -96,7 +96,9 @@ def main() -> int:
     print("|:---|---:|---:|---:|---:|")
     for edit, values in sorted(copy_scores.items()):
         v = np.array(values)
-        print(f"| {edit} | {len(v)} | {v.min():.3f} | {np.percentile(v, 1):.3f} | {np.percentile(v, 5):.3f} |")
+        print(
+            f"| {edit} | {len(v)} | {v.min():.3f} | {np.percentile(v, 1):.3f} | {np.percentile(v, 5):.3f} |"
+        )
 
     imagenet = [k for k in keys if k.startswith("imagenet/")][:20]
     small = np.stack([matrix[index[k]] for k in imagenet])
@@ -107,12 +109,14 @@ def main() -> int:
         f"\nEdited copies confirmed among their 10 best candidates: {len(confirmed)}; their lowest scores: "
         + ", ".join(f"{v:.3f}" for v in np.sort(confirmed)[:5])
     )
-    print("\n| floor | confirmed copies below it (lost) | ImageNet mix: searches skipped | look-alikes: skipped |")
+    print("\n| floor | confirmed copies below it (lost) | ImageNet mix: skipped | look-alikes: skipped |")
     print("|---:|---:|---:|---:|")
     for floor in FLOORS:
         print(
-            f"| {floor:.2f}{' (REACH)' if floor == decision.REACH else ''} | {int((confirmed < floor).sum())} | "
-            f"{np.mean(np.array(unrelated) < floor):.0%} | {np.mean(np.array(negatives_best) < floor):.0%} |"
+            f"| {floor:.2f}{' (REACH)' if floor == decision.REACH else ''} | "
+            f"{int((confirmed < floor).sum())} | "
+            f"{np.mean(np.array(unrelated) < floor):.0%} | "
+            f"{np.mean(np.array(negatives_best) < floor):.0%} |"
         )
     return 0
 

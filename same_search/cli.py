@@ -33,6 +33,7 @@ from same_search.client import (
 )
 from same_search.config import Config, ConfigError, load, override
 from same_search.contsign import ContSign
+from same_search.files import write_atomically
 from same_search.imports.finder import EntryError, SourceError, find_images, read_regular_file
 from same_search.imports.retry import CLI_ATTEMPTS, backoff_s, retryable
 
@@ -233,10 +234,10 @@ def build_config(args: argparse.Namespace) -> Config:
 def run_daemon(cfg: Config) -> int:
     """Run the daemon until it is told to stop; the exit code says why it could not start."""
     # Imported here: they pull in torch, which client commands do not need.
-    from same_search.backends.base import BackendUnavailable
     from same_search.datadir import DataDirInUse
     from same_search.embed.models import ModelUnavailable
     from same_search.logs import configure as configure_logging
+    from same_search.records import BackendUnavailable
     from same_search.server import ListenError, serve
 
     configure_logging(cfg.server.log_level, cfg.server.log_format)
@@ -370,9 +371,7 @@ def cmd_export(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
         args.appid, vectors=args.vectors, originals=not getattr(args, "no_originals", False)
     )
     out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(out)
+    write_atomically(out, data)
     print(f"wrote {out} ({len(data)} bytes)")
     return 0
 

@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from same_search.backends.base import Library, ReembedJobRow
 from same_search.embed.errors import EmbedderBusy, EmbedderTimeout, EmbedError
 from same_search.embed.service import EmbedService, background_priority
 from same_search.error_mapping import api_error
 from same_search.errors import ApiError, bad_request
 from same_search.libraries import LibraryService
+from same_search.libraries.reembedding import ReembedLedger
+from same_search.records import Library, ReembedJobRow
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ReembedJobs:
         self._starting: set[int] = set()
 
     @property
-    def _ledger(self) -> Any:
+    def _ledger(self) -> ReembedLedger:
         return self.libraries.reembedding.ledger
 
     async def start(self) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from same_search.contsign import ContSign
 from same_search.index.vectors import row_problems
-from same_search.store.db import BadRows, RawItem
+from same_search.records import BadRows, RawItem
 
 UINT32 = 1 << 32
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from same_search import __version__
-from same_search.backends import create_backend
 from same_search.config import Config
 from same_search.datadir import DataDirLock
 from same_search.duplicates import DuplicateScans
@@ -99,7 +98,7 @@ async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterato
     metrics = Metrics()
     models = await open_registry(cfg.model_profiles(), cfg.limits, embedder, metrics.observe_batch)
     embed = models.default
-    libraries = LibraryService(cfg, create_backend(cfg), models)
+    libraries = LibraryService(cfg, models)
     try:
         await libraries.open()
         saver = asyncio.create_task(_save_periodically(libraries, cfg.storage.snapshot_interval_s))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 
@@ -13,6 +14,7 @@ from PIL import Image
 from same_search.app import create_app
 from same_search.config import AuthConfig
 from same_search.contsign import ContSign
+from same_search.services import SERVICES
 
 R = "/RTSAsService"
 #: The management API holds on every backend (see conftest.pytest_generate_tests).
@@ -76,6 +78,32 @@ async def test_libraries_create_list_stats_delete(client, api, backend):
     assert (await api(f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == 0
 
 
+async def test_an_add_racing_the_deletion_of_its_library_is_103(client, api, monkeypatch):
+    """An add whose library is deleted while its image is embedded finds the library gone when it
+    stores: err_no 103 (not signed up), never 101 (duplicated add) for an image stored nowhere."""
+    await api(f"{R}/signup", appid="lib")
+    embed = client.app[SERVICES].libraries.embed  # the default model's queue: the library's
+    embedded, resume = asyncio.Event(), asyncio.Event()
+    real = embed.embed_with_thumbnail
+
+    async def held(*args, **kwargs):
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            embedded.set()
+            await resume.wait()
+
+    monkeypatch.setattr(embed, "embed_with_thumbnail", held)
+    add = asyncio.ensure_future(api(f"{R}/add", appid="lib", image=b64(jpeg(1)), features=[brief("x")]))
+    await embedded.wait()
+    deleted = await (await client.delete("/api/libraries/lib?confirm=lib")).json()
+    assert deleted["err_no"] == 0
+    resume.set()
+    answer = await add
+    assert answer["err_no"] == 103, answer
+    assert (await api(f"{R}/snapshot", appid="lib"))["err_no"] == 103
+
+
 async def test_items_paging_fetch_thumbnail_delete(client, api):
     await fill(api, seeds=range(5))
     page = await get(client, "/api/libraries/lib/items?offset=1&limit=2")
@@ -132,7 +160,7 @@ async def test_a_rebuild_logs_its_progress(
     import logging
     import shutil
 
-    from same_search.backends import local
+    from same_search.backends.local import feed as local
 
     await fill(api)
     await client.close()

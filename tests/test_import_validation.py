@@ -16,7 +16,7 @@ from conftest import b64, brief
 from daemon import Daemon
 from images import jpeg
 
-from same_search.backends.base import ItemToAdd
+from same_search.backends.base import NewItem
 from same_search.contsign import ContSign
 from same_search.errors import ApiError
 from same_search.services import SERVICES
@@ -229,10 +229,10 @@ async def test_store_layer_refuses_rows_that_could_not_be_loaded(client, api):
     good = np.ones(lib.row.dim, np.float32) / np.sqrt(lib.row.dim)
     for vector in (good[:-1], good * np.nan, good * 2):
         with pytest.raises(ApiError) as refused:
-            await services.libraries.writes.store(lib, ItemToAdd(ContSign(1, 2).key, b"", None, vector))
+            await services.libraries.writes.store(lib, NewItem(ContSign(1, 2).key, b"", None, vector))
         assert refused.value.err_no == 11
     with pytest.raises(ApiError, match="tags must be two integers"):
-        await services.libraries.writes.store(lib, ItemToAdd(ContSign(1, 2).key, b"", (1, 2**32), good))
+        await services.libraries.writes.store(lib, NewItem(ContSign(1, 2).key, b"", (1, 2**32), good))
     assert (await api(f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == 0
 
 

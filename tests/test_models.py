@@ -22,8 +22,9 @@ from images import jpeg
 from same_search.config import Config, ConfigError, ModelConfig, StorageConfig, from_mapping
 from same_search.contsign import ContSign
 from same_search.embed.embedder import model_fingerprint
+from same_search.records import NewLibrary, StorageError
 from same_search.services import SERVICES
-from same_search.store.db import StorageError, Store
+from same_search.store.db import Store
 
 R = "/RTSAsService"
 GEM = ModelConfig(name="efficientnet_lite0", pooling="gem", precision="fp32")
@@ -288,7 +289,7 @@ async def test_kept_originals_count_against_max_db_bytes(tmp_path: Path):
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        row = await store.create_library("lib", "m", 4, "f")
+        row = await store.create_library(NewLibrary("lib", "m", 4, "f"))
         vector = np.array([1, 0, 0, 0], dtype=np.float32)
         await store.add_item(row.id, 1, b"", None, vector, original=b"a" * 10_000)
         assert len(originals(tmp_path)) == 1

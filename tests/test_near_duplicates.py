@@ -19,7 +19,8 @@ from test_import_export import wait_job
 
 from same_search.app import create_app
 from same_search.contsign import ContSign
-from same_search.store.db import SCHEMA_VERSION, Store
+from same_search.store.database import SCHEMA_VERSION
+from same_search.store.db import Store
 
 R = "/RTSAsService"
 

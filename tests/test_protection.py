@@ -133,12 +133,15 @@ async def test_vectors_take_little_more_disk_than_their_bytes(tmp_path):
 
     import numpy as np
 
+    from same_search.records import NewLibrary
     from same_search.store.db import Store
 
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        library = await store.create_library("lib", "efficientnet_lite0", 1280, "0123456789abcdef")
+        library = await store.create_library(
+            NewLibrary("lib", "efficientnet_lite0", 1280, "0123456789abcdef")
+        )
         vector = np.ones(1280, dtype=np.float32)
         for key in range(300):
             await store.add_item(library.id, key - 150, f"item {key}".encode(), None, vector)
@@ -157,7 +160,8 @@ async def test_a_database_with_the_first_items_layout_still_works(tmp_path):
 
     import numpy as np
 
-    from same_search.store.db import AlreadyExists, Store
+    from same_search.records import AlreadyExists, NewLibrary
+    from same_search.store.db import Store
 
     with sqlite3.connect(tmp_path / "db.sqlite3") as db:
         db.execute(
@@ -168,14 +172,14 @@ async def test_a_database_with_the_first_items_layout_still_works(tmp_path):
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        library = await store.create_library("lib", "efficientnet_lite0", 4, "0123456789abcdef")
+        library = await store.create_library(NewLibrary("lib", "efficientnet_lite0", 4, "0123456789abcdef"))
         vector = np.ones(4, dtype=np.float32)
         await store.add_item(library.id, 7, b"seven", (1, 2), vector)
         with pytest.raises(AlreadyExists):
             await store.add_item(library.id, 7, b"again", None, vector)
-        assert (await store.get_item(library.id, 7)).brief == b"seven"
+        assert (await store.get_items(library.id, [7]))[7].brief == b"seven"
         assert await store.update_item(library.id, 7, b"changed", None)
-        assert (await store.get_item(library.id, 7)).brief == b"changed"
+        assert (await store.get_items(library.id, [7]))[7].brief == b"changed"
         assert (await store.remove_items(library.id, [7]))[0] == [7]
         assert await store.count(library.id) == 0
     finally:

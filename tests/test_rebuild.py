@@ -20,8 +20,8 @@ from exports import export_zip, unit_vectors
 from images import jpeg
 
 from same_search.app import create_app
-from same_search.backends import local
 from same_search.backends.base import TagFilter
+from same_search.backends.local import rebuilds as local
 from same_search.contsign import ContSign
 from same_search.services import SERVICES
 

@@ -32,7 +32,7 @@ from test_rebuild import (
 from test_reduced_library import descriptors
 
 from same_search.app import create_app
-from same_search.backends import local
+from same_search.backends.local import rebuilds as local
 from same_search.contsign import ContSign
 from same_search.index import graph_files, native_file
 from same_search.services import SERVICES

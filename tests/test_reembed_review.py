@@ -23,9 +23,10 @@ from images import jpeg
 from same_search.app import create_app
 from same_search.config import AuthConfig
 from same_search.contsign import ContSign
+from same_search.files import sha256_hex
+from same_search.records import NewItem, NewLibrary, StorageError
 from same_search.services import SERVICES
-from same_search.store.db import NewItem, StorageError, Store
-from same_search.store.originals import sha256_hex
+from same_search.store.db import Store
 
 R = "/RTSAsService"
 #: The fixture of the model tests: originals kept, the session's Lite0 and a "gem" profile.
@@ -282,7 +283,7 @@ async def test_originals_left_by_a_kill_are_counted_and_swept(tmp_path: Path):
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        row = await store.create_library("lib", "m", 4, "f")
+        row = await store.create_library(NewLibrary("lib", "m", 4, "f"))
         # The file of an add killed before its commit, then the same bytes added again.
         orphan = b"o" * 3_000
         await asyncio.to_thread(store.originals.write, sha256_hex(orphan), orphan)
@@ -312,9 +313,9 @@ async def test_an_import_counts_its_originals_against_max_db_bytes(tmp_path: Pat
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        row = await store.create_library("lib", "m", 4, "f")
+        row = await store.create_library(NewLibrary("lib", "m", 4, "f"))
         store.max_bytes = store._database_bytes() + 25_000
-        vector = np.array([1, 0, 0, 0], dtype="<f4").tobytes()
+        vector = np.array([1, 0, 0, 0], dtype="<f4")
 
         async def batches():
             yield [NewItem(k, b"", None, vector, original=bytes([k]) * 10_000) for k in range(1, 5)]
@@ -475,7 +476,7 @@ async def test_pending_items_are_listed_from_a_cursor(tmp_path: Path):
     store = Store(tmp_path / "db.sqlite3")
     await store.open()
     try:
-        row = await store.create_library("lib", "m", 4, "f")
+        row = await store.create_library(NewLibrary("lib", "m", 4, "f"))
         vector = np.array([1, 0, 0, 0], dtype=np.float32)
         for key in (1, 2, 3):
             await store.add_item(row.id, key, b"", None, vector)

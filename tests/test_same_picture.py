@@ -15,7 +15,8 @@ from images import encode, photo_like, picture, stripes
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from same_search.contsign import ContSign
-from same_search.store.db import SCHEMA_VERSION, Store
+from same_search.store.database import SCHEMA_VERSION
+from same_search.store.db import Store
 from same_search.verify import decision
 from same_search.verify.local_features import LocalFeatures, extract, extract_query
 from same_search.verify.matching import Evidence
@@ -229,14 +230,13 @@ async def test_a_database_without_local_features_is_upgraded_in_place(tmp_path):
     await store.close()
     with sqlite3.connect(path) as db:  # what a database written before version 3 looks like
         db.execute("DROP TABLE local_features")
-        for statement in (  # nor what versions 4 (projections), 5 (originals, re-embeds) and 6 added
+        for statement in (  # nor what versions 4 (projections), 5 (originals, re-embeds), 6 added
             "DROP TABLE projections",
             "DROP INDEX items_by_original",
             "ALTER TABLE items DROP COLUMN original",
             "DROP TABLE originals",
             "DROP TABLE reembed_jobs",
             "DROP TABLE reembed_vectors",
-            # nor what version 6 (a library's ranking) added
             "ALTER TABLE libraries DROP COLUMN query_expansion",
             "ALTER TABLE libraries DROP COLUMN promote_same_picture",
         ):

@@ -1,7 +1,8 @@
-"""Where libraries live: one interface (``base.Backend``), one module per backend.
+"""Where libraries live: one interface (``base.Backend``, with the optional ``capabilities``), and
+a module or package per backend.
 
-``local``: SQLite + hnswlib on this box (``local.py``, built from ``same_search.store`` and
-``same_search.index``). ``milvus``: a Milvus server or cluster, shared by any number of daemons
+``local``: SQLite + hnswlib on this box (the ``local`` package, built from ``same_search.store``
+and ``same_search.index``). ``milvus``: a Milvus server or cluster, shared by any number of daemons
 (``milvus.py``; needs ``pymilvus``). ``[storage] backend`` in config.toml picks one.
 """
 

@@ -8,36 +8,46 @@ The library service (``same_search.libraries``) is the only caller. It owns the 
 - ``milvus``: every library in a Milvus collection; no library state on the daemon's disk, so
   several daemons can serve the same libraries.
 
+:class:`Backend` is what every backend does. What only some can do is a small interface of its
+own (``same_search.backends.capabilities``), which such a backend also derives from and the
+service asks for with ``isinstance``.
+
 Keys are ContSigns as signed 64-bit integers (:attr:`ContSign.key`), which is also what Milvus
 stores as its INT64 primary key. Vectors are L2-normalised float32 rows; scores are inner
 products (cosine similarity). A backend's methods may be called concurrently from the event
-loop; each keeps its own writes ordered.
+loop; each keeps its own writes ordered. The records and failures named here come from
+:mod:`same_search.records` (re-exported for the service's convenience).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-# The row types live with the SQLite store, where they were born; every backend speaks them.
-# NewItem / NewLibrary are what a checked export import streams (vectors as float32 bytes).
-from same_search.store.db import (
+from same_search.records import (
     AlreadyExists,
+    BackendUnavailable,
     BadRows,
     ItemRow,
     JobRow,
+    Library,
+    LibraryGone,
     LibraryRow,
     LibrarySettings,
     NewItem,
     NewLibrary,
     ReembedIncomplete,
     ReembedJobRow,
+    SearchResult,
     StorageError,
+    TagFilter,
+    Tags,
     TooManyItems,
+    Unavailable,
 )
 
 __all__ = [
@@ -45,9 +55,9 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "BadRows",
+    "Figures",
     "IndexingFailed",
     "ItemRow",
-    "ItemToAdd",
     "JobLedger",
     "JobRow",
     "Library",
@@ -58,67 +68,19 @@ __all__ = [
     "ModelChanged",
     "NewItem",
     "NewLibrary",
+    "RebuildProgress",
     "ReembedIncomplete",
     "ReembedJobRow",
     "SearchResult",
     "StorageError",
     "TagFilter",
+    "Tags",
     "TooManyItems",
     "Unavailable",
 ]
 
-Tags = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class TagFilter:
-    """Search only items carrying all (``match_all``) or any of the non-zero ``tags``."""
-
-    tags: Tags
-    match_all: bool
-
-    @property
-    def active(self) -> bool:
-        return any(self.tags)
-
-    @property
-    def wanted(self) -> list[int]:
-        """The non-zero tags (zero means "no tag" in the wire format)."""
-        return [t for t in self.tags if t != 0]
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What a backend search found: (key, score) best first, and any rows it read on the way."""
-
-    found: list[tuple[int, float]]
-    rows: dict[int, ItemRow] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ItemToAdd:
-    """An item about to be stored, with its already computed vector."""
-
-    key: int
-    brief: bytes
-    tags: Tags | None
-    vector: np.ndarray
-    thumbnail: bytes | None = None
-    #: Stored form of the picture's local features (same_search/verify), when the backend keeps them.
-    local_features: bytes | None = None
-    #: The uploaded bytes, kept as the item's original (``[storage] keep_originals``), or None.
-    original: bytes | None = None
-    #: Fingerprint of the model that made ``vector``: refused (:class:`ModelChanged`) when the
-    #: library moved to another model meanwhile (a re-embed switched while this add embedded).
-    fingerprint: str | None = None
-
-
-@dataclass
-class Library:
-    """A signed-up library: its row and whatever the backend keeps per library (``handle``)."""
-
-    row: LibraryRow
-    handle: Any = field(default=None, repr=False)
+#: Backend-specific figures for library stats (``search``, ``index_slots``, ``last_index_save``...).
+Figures = dict[str, str | int | float | None]
 
 
 @dataclass
@@ -138,15 +100,6 @@ class LibraryFull(Exception):
     """The library already holds the configured ``library_capacity`` items."""
 
 
-@dataclass(frozen=True)
-class Unavailable:
-    """A library whose rows could not be loaded (at start, or after an import that could not be
-    indexed): set aside, named, not served, until repaired or deleted."""
-
-    row: LibraryRow
-    reason: str
-
-
 class IndexingFailed(Exception):
     """Rows were committed but could not be indexed: the library no longer matches its rows."""
 
@@ -156,16 +109,8 @@ class IndexingFailed(Exception):
         self.cause = cause
 
 
-class BackendUnavailable(RuntimeError):
-    """The backend cannot be reached at start (Milvus down, wrong uri or token)."""
-
-
 class ModelChanged(Exception):
     """The library's model changed between embedding an item and storing it: embed it again."""
-
-
-class LibraryGone(Exception):
-    """The library was deleted (by another daemon, with a shared backend) while in use."""
 
 
 class JobLedger(Protocol):
@@ -173,7 +118,7 @@ class JobLedger(Protocol):
 
     Jobs are daemon state, not library state: a job reads a folder, manifest or uploaded ZIP on
     the daemon's own disk, so only that daemon can run it. Every backend therefore keeps them in
-    a SQLite file in the data directory (:class:`same_search.store.db.Store` implements this).
+    a SQLite file in the data directory (``same_search.store.jobs.JobStore``).
     """
 
     async def create_job(
@@ -202,13 +147,6 @@ class Backend(ABC):
 
     #: "local" or "milvus"; shown by /healthz and in library stats.
     name: str
-    #: Whether other daemons may create and delete libraries in this backend (the service then
-    #: refreshes its list from the backend instead of trusting what it loaded at start).
-    shared: bool = False
-    #: Whether items keep local features (same-picture checks); if not, adds skip extracting them.
-    keeps_local_features: bool = False
-    #: Whether the backend can keep originals and re-embed a library from them (local only).
-    can_reembed: bool = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -238,13 +176,6 @@ class Backend(ABC):
         """Load one library again (after a repair); raises when its rows still cannot be loaded."""
 
     @abstractmethod
-    async def find_library(self, appid: str) -> Library | None:
-        """A library this daemon has not loaded yet (created by another daemon), or None.
-
-        Backends whose libraries only this daemon can create (local) return None.
-        """
-
-    @abstractmethod
     async def create_library(self, new: NewLibrary) -> Library:
         """A new empty library with its settings; :class:`AlreadyExists` if the appid is taken."""
 
@@ -253,16 +184,8 @@ class Backend(ABC):
         """Drop a library (served or set aside) and everything it holds."""
 
     @abstractmethod
-    async def stored_count(self, row: LibraryRow) -> int:
-        """Items stored for a library, also one set aside (no index needed)."""
-
-    @abstractmethod
-    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
-        """(key, problem) of every stored row that cannot be loaded or served (a repair's scan)."""
-
-    @abstractmethod
-    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
-        """Delete rows of a library that is set aside (no index to keep in step)."""
+    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
+        """Persist a library's operator settings (near-duplicate policy, ranking)."""
 
     @abstractmethod
     async def import_items(
@@ -273,12 +196,23 @@ class Backend(ABC):
         ``target`` is a served library, or a :class:`NewLibrary` the import creates. Keys already
         stored count as duplicates and are left as they were. Raises :class:`TooManyItems` past
         ``capacity`` (nothing stored), :class:`AlreadyExists` if a created library's appid is
-        taken, :class:`IndexingFailed` if the rows were stored but could not be indexed.
+        taken, :class:`LibraryGone` if a served one was deleted meanwhile,
+        :class:`IndexingFailed` if the rows were stored but could not be indexed.
         """
 
+    # ---- repairs (also of a library set aside: no index needed) ---------------------------------
+
     @abstractmethod
-    async def save_settings(self, lib: Library, settings: LibrarySettings) -> None:
-        """Persist a library's operator settings (near-duplicate policy, ranking)."""
+    async def stored_count(self, row: LibraryRow) -> int:
+        """Items stored for a library."""
+
+    @abstractmethod
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        """(key, problem) of every stored row that cannot be loaded or served (a repair's scan)."""
+
+    @abstractmethod
+    async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
+        """Delete rows of a library that is set aside (no index to keep in step)."""
 
     # ---- items -----------------------------------------------------------------------------------
 
@@ -287,7 +221,7 @@ class Backend(ABC):
         """Stored items."""
 
     @abstractmethod
-    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         """Store items (durably, then searchable at once); one flag per item: False = key was stored.
 
         Args:
@@ -296,6 +230,9 @@ class Backend(ABC):
         Returns:
             True for each item stored by this call, False for each whose key was already stored
             (that item is left as it was).
+        Raises:
+            :class:`LibraryGone` if the library was deleted meanwhile; :class:`ModelChanged` if
+            an item's fingerprint is no longer the library's.
         """
 
     @abstractmethod
@@ -333,15 +270,6 @@ class Backend(ABC):
     async def thumbnail(self, lib: Library, key: int) -> bytes | None:
         """The stored thumbnail JPEG of an item, if any."""
 
-    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
-        """Stored local features by key (same-picture checks); items without any are left out.
-
-        A backend that does not keep them returns nothing: its items are then judged by the
-        strict score fallback of :func:`same_search.verify.decision.is_same_picture`.
-        """
-        del lib, keys
-        return {}
-
     @abstractmethod
     def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         """Every item with its vector, in insertion order, in chunks."""
@@ -360,44 +288,6 @@ class Backend(ABC):
         work goes on. Cancelling it leaves the current structure serving, unchanged.
         """
 
-    def wants_reduction(self, lib: Library) -> bool:
-        """Whether the library has grown enough to adopt a reduced index it does not have yet
-        (a rebuild switches it); backends without one never do."""
-        del lib
-        return False
-
     @abstractmethod
-    def describe(self, lib: Library) -> dict[str, Any]:
+    def describe(self, lib: Library) -> Figures:
         """Backend-specific figures for library stats: ``search``, ``index_slots``, ``last_index_save``."""
-
-    # ---- kept originals and re-embedding (backends with ``can_reembed``) --------------------------
-
-    async def items_without_original(self, lib: Library) -> int:
-        """Items with no kept original (they cannot be re-embedded)."""
-        raise NotImplementedError(f"the {self.name} backend keeps no originals")
-
-    async def read_original(self, sha256: str) -> bytes:
-        """A kept original's bytes."""
-        raise NotImplementedError(f"the {self.name} backend keeps no originals")
-
-    @property
-    def reembed_ledger(self) -> Any:
-        """Where re-embed jobs are recorded (:class:`same_search.store.db.Store`)."""
-        raise NotImplementedError(f"the {self.name} backend cannot re-embed libraries")
-
-    async def reembed_pending(
-        self, lib: Library, limit: int, after_seq: int = 0
-    ) -> list[tuple[int, str | None, int]]:
-        """(key, original sha256, seq) of items without a vector of the new model yet, oldest
-        first, from ``after_seq`` on."""
-        raise NotImplementedError
-
-    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
-        """Keep new-model vectors beside the serving ones until the switch."""
-        raise NotImplementedError
-
-    async def switch_model(self, lib: Library, job: ReembedJobRow, catch_up: Any) -> None:
-        """Move ``lib`` to the job's model at once: writes wait while ``catch_up(lib)`` embeds the
-        items added since the last pass, the stored vectors and model switch in one transaction,
-        and the search structure is built for the new vectors before the library serves them."""
-        raise NotImplementedError

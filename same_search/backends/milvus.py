@@ -47,8 +47,8 @@ from same_search.backends.base import (
     AlreadyExists,
     Backend,
     BackendUnavailable,
+    Figures,
     ItemRow,
-    ItemToAdd,
     JobLedger,
     Library,
     LibraryFull,
@@ -65,8 +65,9 @@ from same_search.backends.base import (
     TooManyItems,
     Unavailable,
 )
+from same_search.backends.capabilities import SharedLibraries
 from same_search.config import Config
-from same_search.store.db import Store
+from same_search.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 #: Tries to reach Milvus at start (0.5 s, then 1 s, between them).
@@ -99,7 +100,7 @@ def _row_id(name: str) -> int:
 
 
 def _name(lib: Library) -> str:
-    return lib.handle
+    return str(lib.handle)
 
 
 def _item(entity: dict[str, Any]) -> ItemRow:
@@ -120,17 +121,16 @@ def tag_expression(tag_filter: TagFilter) -> str:
     return (" and " if tag_filter.match_all else " or ").join(clauses)
 
 
-class MilvusBackend(Backend):
+class MilvusBackend(Backend, SharedLibraries):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
     name = "milvus"
-    shared = True
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.client: Any = None
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="milvus")
-        self._jobs = Store(cfg.data_path / "jobs.sqlite3", cfg.storage.max_db_bytes)
+        self._jobs = JobStore(cfg.data_path / "jobs.sqlite3", cfg.storage.max_db_bytes)
         self._flushed_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._warned_thumbnail = False
@@ -371,18 +371,7 @@ class MilvusBackend(Backend):
         async for batch in batches:
             if capacity and await self.count(lib) + len(batch) > capacity:
                 raise TooManyItems(f"library {lib.row.appid!r} would hold more than {capacity} items")
-            items = [
-                ItemToAdd(
-                    item.key,
-                    item.brief,
-                    item.tags,
-                    np.frombuffer(item.vector, dtype="<f4"),
-                    item.thumbnail,
-                    item.local_features,
-                )
-                for item in batch
-            ]
-            stored = await self.add_items(lib, items)
+            stored = await self.add_items(lib, batch)
             inserted += sum(stored)
             duplicates += len(stored) - sum(stored)
         return lib, inserted, duplicates
@@ -402,7 +391,7 @@ class MilvusBackend(Backend):
             found.update({int(e["key"]): e[field] for e in entities})
         return found
 
-    def _entity(self, item: ItemToAdd, now: float, seq: int, writer: int) -> dict[str, Any]:
+    def _entity(self, item: NewItem, now: float, seq: int, writer: int) -> dict[str, Any]:
         thumbnail = base64.b64encode(item.thumbnail or b"").decode()
         if len(thumbnail) > MAX_VARCHAR:
             if not self._warned_thumbnail:
@@ -423,7 +412,7 @@ class MilvusBackend(Backend):
             "vector": np.asarray(item.vector, dtype=np.float32).ravel().tolist(),
         }
 
-    async def add_items(self, lib: Library, items: Sequence[ItemToAdd], capacity: int = 0) -> list[bool]:
+    async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         """Upsert the new items, then read back whose write each key holds.
 
         Milvus has no conditional insert, so "stored by this call" is decided in three steps:
@@ -562,7 +551,7 @@ class MilvusBackend(Backend):
             progress.phase = "compacting"
         await self._run(self.client.compact, _name(lib))
 
-    def describe(self, lib: Library) -> dict[str, Any]:
+    def describe(self, lib: Library) -> Figures:
         return {
             "last_index_save": self._flushed_at.get(_name(lib)),
             "index_slots": None,

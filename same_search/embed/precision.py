@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from same_search.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -272,9 +273,7 @@ class PrecisionCache:
         data[key] = choice.to_json()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-            os.replace(fh.name, self.path)
+            write_atomically(self.path, json.dumps(data, indent=1, sort_keys=True))
         except OSError as exc:
             log.warning("cannot cache the precision choice in %s: %s", self.path, exc)
 

@@ -27,11 +27,11 @@ from numpy.lib import format as npy_format
 
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, bad_request
+from same_search.files import is_sha256_hex
 from same_search.imports.export import FORMAT, ORIGINALS
 from same_search.index.vectors import row_problems
+from same_search.records import NewItem
 from same_search.rows import tags_problem
-from same_search.store.db import NewItem
-from same_search.store.originals import is_sha256_hex
 
 #: Largest meta.json: a few hundred bytes in practice.
 META_MAX_BYTES = 64 * 1024
@@ -335,7 +335,7 @@ def _parse_line(
         )
     if original is not None and original not in export.originals:
         raise _refuse(f"{where}: original {str(original)[:80]!r} is not in the ZIP's {ORIGINALS} folder")
-    item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector.tobytes())
+    item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector)
     return item, original
 
 

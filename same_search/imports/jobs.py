@@ -23,7 +23,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from same_search.backends.base import JobRow, NewItem
 from same_search.embed.errors import EmbedError
 from same_search.embed.service import background_priority
 from same_search.error_mapping import api_error
@@ -33,6 +32,7 @@ from same_search.imports.retry import backoff_s, retryable
 from same_search.imports.sources import Entry, EntryError, Source, SourceError, open_source
 from same_search.libraries import DuplicateAdd, Library, LibraryService, NearDuplicateAdd
 from same_search.near_duplicates import DupPolicy, resolve
+from same_search.records import JobRow, NewItem
 
 log = logging.getLogger(__name__)
 

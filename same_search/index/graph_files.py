@@ -19,11 +19,10 @@ load and replayed from SQLite). The header also names the projection the graph w
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from same_search.files import sha256_file
+from same_search.files import replace_durably, sha256_file, write_atomically
 
 FORMAT_VERSION = 1
 
@@ -69,35 +68,12 @@ def all_files(directory: Path, lib_id: int) -> list[Path]:
     return sorted(directory.glob(f"{lib_id}.*"))
 
 
-def write_durably(tmp: Path, final: Path) -> None:
-    """fsync ``tmp`` and rename it to ``final`` (the directory is fsynced by ``commit_graph``)."""
-    with tmp.open("rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit_graph(tmp_graph: Path, directory: Path, lib_id: int, header: SnapshotHeader) -> None:
     """Make a freshly written ``tmp_graph`` the library's snapshot, durably and atomically."""
     graph, meta = paths(directory, lib_id)
-    with tmp_graph.open("rb+") as fh:
-        os.fsync(fh.fileno())
     header = SnapshotHeader(**{**asdict(header), "sha256": sha256_file(tmp_graph)})
-    os.replace(tmp_graph, graph)
-    tmp_meta = meta.with_suffix(".json.tmp")
-    with tmp_meta.open("w") as fh:
-        json.dump(asdict(header), fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp_meta, meta)
-    _fsync_dir(directory)
+    replace_durably(tmp_graph, graph)
+    write_atomically(meta, json.dumps(asdict(header)))
 
 
 def read_header(directory: Path, lib_id: int, fingerprint: str, dim: int) -> SnapshotHeader:

@@ -60,7 +60,6 @@ class LibraryIndex:
         self.seq = seq
         self.saved_seq = -1
         self.saved_at: float | None = None
-        self.write_lock = asyncio.Lock()
         self._executor = executor
         self.rows = RowMap()
         self.tags = TagTable(self.rows)
@@ -124,7 +123,8 @@ class LibraryIndex:
         raise NotImplementedError
 
     def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
-        """Write a snapshot (caller holds write_lock so no writer moves the graph meanwhile)."""
+        """Write a snapshot (the caller keeps writers out meanwhile: the backend's write lock, or an
+        index nobody else holds yet)."""
         raise NotImplementedError
 
     def vectors_now(self, keys: list[int]) -> np.ndarray:
@@ -223,7 +223,7 @@ class FullIndex(LibraryIndex):
             self.exact = ExactIndex(self.graph.dim, max(n, 64))
             self.exact.add(labels, self.graph.vectors(labels))
 
-    # ---- writes (caller holds write_lock) ----------------------------------------------------
+    # ---- writes (caller holds the library's write lock) --------------------------------------
 
     def add_now(
         self, keys: np.ndarray, vectors: np.ndarray, seq: int, tags: np.ndarray | None = None

@@ -30,7 +30,7 @@ import hnswlib
 import numpy as np
 
 from same_search.config import IndexConfig
-from same_search.files import sha256_file
+from same_search.files import replace_durably, sha256_file
 from same_search.index import graph_files
 from same_search.index.exact import top_k
 from same_search.index.library_index import LibraryIndex, label_to_key
@@ -260,7 +260,7 @@ class ReducedIndex(LibraryIndex):
         try:
             np.savez(rows_tmp, keys=keys, live=live, sketch=self.sketch[: self.rows.used])
             rows_sha = sha256_file(rows_tmp)
-            graph_files.write_durably(rows_tmp, graph_files.rows_path(directory, lib_id))
+            replace_durably(rows_tmp, graph_files.rows_path(directory, lib_id))
             self.graph.save_index(str(graph_tmp))
             header = self._header(
                 fingerprint,

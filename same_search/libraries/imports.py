@@ -12,8 +12,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import numpy as np
-
 from same_search.backends.base import (
     AlreadyExists,
     IndexingFailed,
@@ -97,7 +95,7 @@ class LibraryImports:
             contsign.key,
             brief,
             tags,
-            np.asarray(vector, dtype="<f4").tobytes(),
+            vector,
             original=image if self.writes.keeps_originals else None,
             thumbnail=thumbnail,
             local_features=local,

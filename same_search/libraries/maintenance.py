@@ -7,12 +7,13 @@ import asyncio
 import logging
 
 from same_search.backends.base import Library, StorageError, Unavailable
+from same_search.backends.capabilities import ReducedIndexes
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo
+from same_search.libraries.rebuilds import ADOPTION, DONE, Rebuild, Rebuilds
 from same_search.libraries.records import RepairReport
 from same_search.libraries.registry import LibraryRegistry, storage_failed
 from same_search.libraries.writes import LibraryWrites
-from same_search.rebuilds import ADOPTION, DONE, Rebuild, Rebuilds
 from same_search.rows import bad_rows_text, load_failure_reason
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ class LibraryMaintenance:
         broken library does not rebuild after every add; one that succeeds can be due again
         later, after removals and a compaction took the library back to a full-size index."""
         appid = lib.row.appid
-        if appid in self._adoptions or not self.backend.wants_reduction(lib):
+        backend = self.backend
+        due = isinstance(backend, ReducedIndexes) and backend.wants_reduction(lib)
+        if appid in self._adoptions or not due:
             return
         running = self.rebuilds.current(appid)
         if running is not None and running.running:

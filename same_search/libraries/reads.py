@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from same_search.backends.base import ItemRow, Library, SearchResult, StorageError, TagFilter
+from same_search.backends.capabilities import KeptOriginals, LocalFeatures
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo
@@ -70,7 +71,10 @@ class LibraryReads:
         return await self.registry.call(lib, self.backend.thumbnail(lib, contsign.key))
 
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
-        """Stored local features by key (items without any are left out)."""
+        """Stored local features by key (items without any are left out; all of them on a
+        backend that keeps none)."""
+        if not isinstance(self.backend, LocalFeatures):
+            return {}
         return await self.registry.call(lib, self.backend.local_features(lib, keys))
 
     async def query_features(
@@ -94,6 +98,8 @@ class LibraryReads:
     async def read_original(self, sha256: str) -> bytes:
         """A kept original's bytes (err_no 11 when its file cannot be read)."""
         try:
+            if not isinstance(self.backend, KeptOriginals):
+                raise StorageError(f"the {self.backend.name} backend keeps no originals")
             return await self.backend.read_original(sha256)
         except StorageError as exc:
             raise storage_failed(exc) from exc

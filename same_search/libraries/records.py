@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from same_search.backends.base import ItemRow, Tags
 from same_search.contsign import ContSign
+from same_search.records import ItemRow, Tags
 from same_search.search.ranking import SPEC_ORDER, Ranking
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import numpy as np
 
 from same_search.backends.base import Library, ReembedJobRow
+from same_search.backends.capabilities import Reembedding, ReembedLedger
 from same_search.embed.service import EmbedService
 from same_search.errors import bad_request
 from same_search.libraries.registry import LibraryRegistry
 from same_search.libraries.writes import LibraryWrites
 
 log = logging.getLogger(__name__)
+
+__all__ = ["LibraryReembedding", "ReembedLedger"]
 
 
 class LibraryReembedding:
@@ -33,22 +35,23 @@ class LibraryReembedding:
     @property
     def available(self) -> bool:
         """Whether this daemon's backend can re-embed libraries."""
-        return self.backend.can_reembed
+        return isinstance(self.backend, Reembedding)
 
     @property
-    def ledger(self) -> Any:
+    def ledger(self) -> ReembedLedger:
         """Where re-embed jobs are recorded; err_no 1 on a backend that cannot re-embed."""
-        self._refuse_unless_available()
-        return self.backend.reembed_ledger
+        return self._backend().reembed_ledger
 
-    def _refuse_unless_available(self) -> None:
-        if not self.available:
+    def _backend(self) -> Reembedding:
+        """The backend, as one that re-embeds; err_no 1 on a backend that cannot."""
+        if not isinstance(self.backend, Reembedding):
             raise bad_request(f"re-embedding needs the local backend; this daemon uses {self.backend.name}")
+        return self.backend
 
     async def target(self, lib: Library, model: str | None) -> EmbedService:
         """The model a re-embed of ``lib`` would move it to, after every refusal (err_no 1): no
         model named, the one it already has, originals not kept, items without an original."""
-        self._refuse_unless_available()
+        backend = self._backend()
         if not isinstance(model, str) or not model:
             known = ", ".join(self.registry.models.profile_names())
             raise bad_request(f"model is required: the name of a model profile ({known})")
@@ -62,7 +65,7 @@ class LibraryReembedding:
                 "re-embedding rebuilds a library from its kept originals: set [storage] keep_originals "
                 "= true (items added before that have none)"
             )
-        missing = await self.registry.call(lib, self.backend.items_without_original(lib))
+        missing = await self.registry.call(lib, backend.items_without_original(lib))
         if missing:
             total = await self.registry.count(lib)
             raise bad_request(
@@ -76,11 +79,11 @@ class LibraryReembedding:
         self, lib: Library, limit: int, after_seq: int = 0
     ) -> list[tuple[int, str | None, int]]:
         """(key, original, seq) of items that have no vector of the new model yet, oldest first."""
-        return await self.registry.call(lib, self.backend.reembed_pending(lib, limit, after_seq))
+        return await self.registry.call(lib, self._backend().reembed_pending(lib, limit, after_seq))
 
     async def save(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
         """Keep new-model vectors until the switch (persisted: a restart resumes after them)."""
-        await self.registry.call(lib, self.backend.save_reembedded(lib, vectors))
+        await self.registry.call(lib, self._backend().save_reembedded(lib, vectors))
 
     async def original_of(self, lib: Library, key: int) -> str | None:
         """The sha256 of the original kept for ``key``, None when the item is gone or has none."""
@@ -91,7 +94,7 @@ class LibraryReembedding:
         self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]
     ) -> None:
         """Move ``lib`` to the job's model in one transaction, then serve the new index."""
-        await self.registry.call(lib, self.backend.switch_model(lib, job, catch_up))
+        await self.registry.call(lib, self._backend().switch_model(lib, job, catch_up))
         log.info(
             "library %s now serves model %s (fingerprint %s)",
             lib.row.appid,

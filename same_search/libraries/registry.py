@@ -29,6 +29,7 @@ from same_search.backends.base import (
     StorageError,
     Unavailable,
 )
+from same_search.backends.capabilities import SharedLibraries
 from same_search.config import DEFAULT_MODEL, Config
 from same_search.embed.embedder import ModelInfo
 from same_search.embed.images import Region
@@ -173,7 +174,7 @@ class LibraryRegistry:
         if lib is None:
             if appid in self.unavailable:
                 raise self.unavailable_error(appid)
-            lib = await self.backend.find_library(appid)
+            lib = await self._find_elsewhere(appid)
             if lib is None:
                 raise not_signed_up(appid)
             missing = self.model_missing(lib.row)
@@ -181,6 +182,12 @@ class LibraryRegistry:
                 raise ApiError(ErrNo.BS_UNAVAILABLE, f"library {appid!r} is unavailable here: {missing}")
             lib = self.libraries.setdefault(appid, lib)
         return lib
+
+    async def _find_elsewhere(self, appid: str) -> Library | None:
+        """A library another daemon created on a shared backend, or None."""
+        if isinstance(self.backend, SharedLibraries):
+            return await self.backend.find_library(appid)
+        return None
 
     def unavailable_error(self, appid: str) -> ApiError:
         return ApiError(
@@ -196,7 +203,7 @@ class LibraryRegistry:
 
     async def all(self) -> list[Library]:
         """Every library, including those other daemons created on a shared backend."""
-        if self.backend.shared:
+        if isinstance(self.backend, SharedLibraries):
             loaded = await self.backend.load_libraries()
             current = {
                 lib.row.appid: lib
@@ -217,7 +224,7 @@ class LibraryRegistry:
         async with self._signup_lock:
             exists = ApiError(ErrNo.ALREADY_SIGNED_UP, f"appid {appid!r} already signed up")
             taken = appid in self.libraries or appid in self.unavailable
-            if taken or await self.backend.find_library(appid) is not None:
+            if taken or await self._find_elsewhere(appid) is not None:
                 raise exists
             try:
                 lib = await self.backend.create_library(self.new_library(appid, info))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from same_search.backends import create_backend
 from same_search.backends.base import Backend, JobLedger, Library, Unavailable
 from same_search.config import Config
 from same_search.embed.registry import ModelRegistry
@@ -28,18 +29,19 @@ log = logging.getLogger(__name__)
 class LibraryService:
     """Every library of the daemon and the operations the API offers on them."""
 
-    def __init__(self, cfg: Config, backend: Backend, models: ModelRegistry) -> None:
+    def __init__(self, cfg: Config, models: ModelRegistry, backend: Backend | None = None) -> None:
         self.cfg = cfg
-        self.backend = backend
+        #: Where the libraries live: ``[storage] backend`` picks it (``backends.create_backend``).
+        self.backend = create_backend(cfg) if backend is None else backend
         self.models = models
         #: The default model's queue (new libraries, the feature service).
         self.embed = models.default
         self.verifier = SamePictureService(models.default.limits)
-        self.registry = LibraryRegistry(cfg, backend, models)
+        self.registry = LibraryRegistry(cfg, self.backend, models)
         self.maintenance = LibraryMaintenance(self.registry)
         on_stored = self.maintenance.adopt_reduction_if_due
         self.reads = LibraryReads(self.registry, self.verifier)
-        self.writes = LibraryWrites(self.registry, self.verifier, on_stored)
+        self.writes = LibraryWrites(self.registry, self.reads, self.verifier, on_stored)
         self.imports = LibraryImports(self.registry, self.writes, on_stored)
         self.stats = LibraryStats(self.registry, self.maintenance)
         self.reembedding = LibraryReembedding(self.registry, self.writes)

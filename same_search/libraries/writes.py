@@ -13,13 +13,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from same_search.backends.base import ItemToAdd, Library, ModelChanged, Tags
+from same_search.backends.base import Library, ModelChanged, NewItem, Tags
+from same_search.backends.capabilities import KeptOriginals, LocalFeatures
 from same_search.config import Config
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.embed.service import EmbedService
 from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.index.vectors import vector_problem
+from same_search.libraries.reads import LibraryReads
 from same_search.libraries.records import AddResult, Hit, Item, item_of
 from same_search.libraries.registry import LibraryRegistry
 from same_search.near_duplicates import MAX_REPORTED, OFF, DupPolicy
@@ -66,10 +68,12 @@ class LibraryWrites:
     def __init__(
         self,
         registry: LibraryRegistry,
+        reads: LibraryReads,
         verifier: SamePictureService,
         on_stored: Callable[[Library], None],
     ) -> None:
         self.registry = registry
+        self.reads = reads
         self.backend = registry.backend
         self.cfg: Config = registry.cfg
         self.verifier = verifier
@@ -81,12 +85,12 @@ class LibraryWrites:
     @property
     def keeps_originals(self) -> bool:
         """Whether adds keep the uploaded bytes (configured on, and the backend can)."""
-        return self.cfg.storage.keep_originals and self.backend.can_reembed
+        return self.cfg.storage.keep_originals and isinstance(self.backend, KeptOriginals)
 
     @property
     def keeps_local_features(self) -> bool:
         """Whether adds extract local features: configured on, and the backend stores them."""
-        return self.cfg.storage.local_features and self.backend.keeps_local_features
+        return self.cfg.storage.local_features and isinstance(self.backend, LocalFeatures)
 
     async def add(
         self,
@@ -129,9 +133,7 @@ class LibraryWrites:
         # Only the whole upload is kept, and a re-embed embeds its original whole: an item added
         # with a region keeps none (a re-embed names it) rather than get the whole picture's vector.
         original = image if self.keeps_originals and region is None else None
-        item = ItemToAdd(
-            contsign.key, brief, tags, vector, thumbnail, local, original, embed.info.fingerprint
-        )
+        item = NewItem(contsign.key, brief, tags, vector, thumbnail, local, original, embed.info.fingerprint)
         close = await asyncio.shield(self.store(lib, item, policy))
         return AddResult(contsign, close)
 
@@ -157,7 +159,7 @@ class LibraryWrites:
             raise
         return vector, thumbnail, await extraction
 
-    def check(self, lib: Library, item: ItemToAdd) -> None:
+    def check(self, lib: Library, item: NewItem) -> None:
         """The last check before storage (module doc)."""
         self.check_fields(item.brief, item.tags)
         check_vector(lib, item.key, item.vector)
@@ -170,7 +172,7 @@ class LibraryWrites:
         if not isinstance(brief, bytes) or len(brief) > self.cfg.limits.brief_max_bytes:
             raise bad_request(f"brief must be at most {self.cfg.limits.brief_max_bytes} bytes")
 
-    async def store(self, lib: Library, item: ItemToAdd, policy: DupPolicy = OFF) -> list[Hit]:
+    async def store(self, lib: Library, item: NewItem, policy: DupPolicy = OFF) -> list[Hit]:
         """Store an item with an already computed vector (adds and imports); 101 if stored.
 
         Under an active ``policy`` the near-duplicate check and the store run under the library's
@@ -193,42 +195,40 @@ class LibraryWrites:
             await self._store_one(lib, item)
         return close
 
-    async def _store_one(self, lib: Library, item: ItemToAdd) -> None:
+    async def _store_one(self, lib: Library, item: NewItem) -> None:
         stored = await self.store_many(lib, [item])
         if not stored[0]:
             contsign = ContSign.from_key(item.key)
             await self.refuse_duplicate(lib, contsign)
             raise ApiError(ErrNo.DUPLICATED_ADD, "duplicated add")  # removed again meanwhile
 
-    async def store_many(self, lib: Library, items: list[ItemToAdd]) -> list[bool]:
+    async def store_many(self, lib: Library, items: list[NewItem]) -> list[bool]:
         """Store a batch of checked items with their vectors; False for each key already stored."""
         capacity = self.cfg.limits.library_capacity
         stored = await self.registry.call(lib, self.backend.add_items(lib, items, capacity))
         self._on_stored(lib)
         return stored
 
-    async def _near_duplicates(self, lib: Library, item: ItemToAdd, policy: DupPolicy) -> list[Hit]:
+    async def _near_duplicates(self, lib: Library, item: NewItem, policy: DupPolicy) -> list[Hit]:
         """Stored items that are the same picture as ``item`` under the policy's floors, best
         first (:func:`same_search.verify.decision.is_same_picture`): a look-alike above a floor
         is not a near-duplicate."""
         floors = policy.floors
-        result = await self.registry.call(
-            lib, self.backend.search(lib, item.vector, NEAR_DUPLICATE_CANDIDATES, None)
-        )
+        result = await self.reads.nearest(lib, item.vector, NEAR_DUPLICATE_CANDIDATES)
         close = [(key, score) for key, score in result.found if score >= floors.lowest]
-        stored = await self.registry.call(lib, self.backend.local_features(lib, [key for key, _ in close]))
+        stored = await self.reads.local_features(lib, [key for key, _ in close])
         query = self.verifier.stored_query(item.local_features)
         verdicts = await self.verifier.judge(query, close, stored, floors)
         chosen = [v for v in verdicts if v.same][:MAX_REPORTED]
         rows = result.rows
         missing = [v.key for v in chosen if v.key not in rows]
         if missing:
-            rows = {**rows, **await self.registry.call(lib, self.backend.get_items(lib, missing))}
+            rows = {**rows, **await self.reads.rows(lib, missing)}
         return [Hit(item_of(rows[v.key]), v.score, confirmed=True) for v in chosen if v.key in rows]
 
     async def refuse_duplicate(self, lib: Library, contsign: ContSign) -> None:
         """err_no 101 (with the stored item) when ``contsign`` is stored already."""
-        rows = await self.registry.call(lib, self.backend.get_items(lib, [contsign.key]))
+        rows = await self.reads.rows(lib, [contsign.key])
         if contsign.key in rows:
             raise DuplicateAdd(item_of(rows[contsign.key]))
 

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from same_search.backends.base import Library, TagFilter
+from same_search.records import ItemRow, Library, TagFilter
 from same_search.search.reads import LibraryReads, Ranked, at_least
-from same_search.store.db import ItemRow
 from same_search.verify import decision
 
 #: The expanded search is asked this many times deeper at most when ``min_score`` drops hits.

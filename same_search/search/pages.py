@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from same_search.backends.base import Library
+from same_search.records import ItemRow, Library
 from same_search.search.reads import LibraryReads, Ranked
-from same_search.store.db import ItemRow
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ from typing import Protocol
 
 import numpy as np
 
-from same_search.backends.base import Library
 from same_search.config import SearchConfig
 from same_search.embed.images import Region
 from same_search.libraries.records import Hit, SearchPage, item_of
 from same_search.near_duplicates import floors_for
+from same_search.records import Library
 from same_search.search import expansion, pages, promotion
 from same_search.search.ranking import SPEC_ORDER, Ranking
 from same_search.search.reads import LibraryReads, Ranked, at_least

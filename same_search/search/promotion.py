@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from same_search.backends.base import Library
+from same_search.records import Library
 from same_search.search.expansion import IDENTICAL
 from same_search.search.reads import LibraryReads, Ranked
 from same_search.verify import decision

@@ -11,9 +11,9 @@ from typing import Protocol
 
 import numpy as np
 
-from same_search.backends.base import ItemRow, Library, SearchResult, TagFilter
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
+from same_search.records import ItemRow, Library, SearchResult, TagFilter
 from same_search.verify.service import QueryFeatures
 
 #: (key, score) pairs, best first unless a re-ranking says otherwise.

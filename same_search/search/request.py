@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from same_search.backends.base import TagFilter
 from same_search.config import SearchConfig
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
+from same_search.records import LibraryRow, TagFilter
 from same_search.search.ranking import SPEC_ORDER, Ranking
-from same_search.store.db import LibraryRow
 
 
 @dataclass(frozen=True)

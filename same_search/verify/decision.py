@@ -30,7 +30,7 @@ use                           a pair the check       a pair the check      candi
                               looks at needs         cannot look at*
 ============================  =====================  ====================  ====================
 search (``same_picture``,     the rule, any score    score >= 0.95         the 10 best by score
-promotion)                    from REACH (0.20) up
+promotion)                    from REACH (0.27) up
 promotion past rank 10        >= 15 inliers and      never                 ranks 11-30, screened
                               coverage only
 add policy, duplicates scan   the rule, score        score >= 0.95         32 nearest (add),
@@ -84,10 +84,11 @@ FALLBACK_SCORE = 0.95
 #: with the check behind it, 0.6 kept precision at 0.996 and caught 83% of strong edits, where
 #: 0.95 caught 1% (docs/quality.md, "Near-duplicate floor on add").
 VERIFIED_MIN_SCORE = 0.60
-#: Search looks at candidates from this score up: no edited copy of the development protocol
-#: scored below it against its original (docs/quality.md), and a search whose best candidates
-#: all score lower needs no local features at all (the query's are then never extracted).
-REACH = 0.20
+#: Search looks at candidates from this score up: the lowest-scoring edited copy the decision
+#: confirmed on the development protocol scored 0.291 against its original, and searches in a
+#: library of unrelated photos best-score below 0.27 about four times in ten
+#: (``bench/eval_reach.py``); such a search needs no local features at all.
+REACH = 0.27
 #: The near-duplicate floor of add policies and scans, shown when the built-in floors apply.
 DEFAULT_MIN_SCORE = FALLBACK_SCORE
 #: The geometric rule in one line (reports, logs).

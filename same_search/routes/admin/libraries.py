@@ -7,7 +7,7 @@ from aiohttp import web
 
 from same_search.errors import bad_request
 from same_search.libraries.maintenance import REPAIR_REPORT_MAX
-from same_search.rebuilds import COMPACT, MANUAL
+from same_search.libraries.rebuilds import COMPACT, MANUAL
 from same_search.routes.admin.common import library, operator
 from same_search.routes.envelope import APPID, ok
 from same_search.routes.fields import check_library_name

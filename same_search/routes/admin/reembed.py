@@ -6,12 +6,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from same_search.errors import bad_request
+from same_search.records import ReembedJobRow
 from same_search.reembed import describe
 from same_search.routes.admin.common import json_body, library
 from same_search.routes.admin.jobs import job_id
 from same_search.routes.envelope import ok
 from same_search.services import Services
-from same_search.store.db import ReembedJobRow
 
 
 async def start_reembed(request: web.Request) -> web.Response:

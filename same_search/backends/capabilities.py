@@ -1,0 +1,116 @@
+"""What only some backends can do: one small interface each, beside the contract (``base``).
+
+A backend that can do one of these also derives from its interface; the library service asks
+with ``isinstance`` before it calls, and does without otherwise:
+
+- :class:`SharedLibraries`: other daemons create and delete libraries too (Milvus);
+- :class:`LocalFeatures`: items keep their pictures' local features (same-picture checks);
+- :class:`KeptOriginals`: items keep the bytes they were added with;
+- :class:`Reembedding`: a library moves to another model in place (needs kept originals);
+- :class:`ReducedIndexes`: large libraries move to a reduced index by a rebuild.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from same_search.backends.base import Library
+from same_search.records import LibraryRow, ReembedJobRow
+
+__all__ = [
+    "KeptOriginals",
+    "LocalFeatures",
+    "ReducedIndexes",
+    "ReembedLedger",
+    "Reembedding",
+    "SharedLibraries",
+]
+
+
+class SharedLibraries(ABC):
+    """Libraries that other daemons create and delete too (Milvus). The service then looks up
+    an appid it does not know before answering 103, and refreshes its list when asked for all."""
+
+    @abstractmethod
+    async def find_library(self, appid: str) -> Library | None:
+        """A library this daemon has not loaded yet (created by another daemon), or None."""
+
+
+class LocalFeatures(ABC):
+    """Items keep the local features of their picture (same-picture checks). The service extracts
+    them on add only for such a backend; items of any other are judged by the strict score
+    fallback of :func:`same_search.verify.decision.is_same_picture`."""
+
+    @abstractmethod
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        """Stored local features by key; items without any are left out."""
+
+
+class KeptOriginals(ABC):
+    """Items keep the bytes they were added with (``[storage] keep_originals``), by sha256."""
+
+    @abstractmethod
+    async def items_without_original(self, lib: Library) -> int:
+        """Items with no kept original (they cannot be re-embedded)."""
+
+    @abstractmethod
+    async def read_original(self, sha256: str) -> bytes:
+        """A kept original's bytes; :class:`StorageError` when its file cannot be read."""
+
+
+class ReembedLedger(Protocol):
+    """Where re-embed jobs are recorded (``same_search.store.reembeds.ReembedStore``)."""
+
+    async def create_reembed_job(
+        self, row: LibraryRow, model_name: str, model_id: str, dim: int, fingerprint: str, total: int
+    ) -> int:
+        """A running job for ``row``; returns its id."""
+
+    async def reembed_jobs(self, job_id: int | None = None, status: str | None = None) -> list[ReembedJobRow]:
+        """Re-embed jobs, newest first (one by id, or those with a status)."""
+
+    async def save_reembed_job(self, job: ReembedJobRow) -> None:
+        """Persist a job's status, counters and message."""
+
+    async def reembed_done(self, lib_id: int) -> int:
+        """Items of a library that have their new vector."""
+
+
+class Reembedding(KeptOriginals):
+    """A library can move to another model in place, embedded again from its kept originals."""
+
+    @property
+    @abstractmethod
+    def reembed_ledger(self) -> ReembedLedger:
+        """Where re-embed jobs are recorded."""
+
+    @abstractmethod
+    async def reembed_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
+        """(key, original sha256, seq) of items without a vector of the new model yet, oldest
+        first, from ``after_seq`` on."""
+
+    @abstractmethod
+    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+        """Keep new-model vectors beside the serving ones until the switch."""
+
+    @abstractmethod
+    async def switch_model(
+        self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]
+    ) -> None:
+        """Move ``lib`` to the job's model at once: writes wait while ``catch_up(lib)`` embeds the
+        items added since the last pass, the stored vectors and model switch in one transaction,
+        and the search structure is built for the new vectors before the library serves them."""
+
+
+class ReducedIndexes(ABC):
+    """Large libraries move to a reduced index (``same_search.index.reduced``) by a rebuild."""
+
+    @abstractmethod
+    def wants_reduction(self, lib: Library) -> bool:
+        """Whether the library has grown enough to adopt a reduced index it does not have yet."""

@@ -1,0 +1,159 @@
+"""The local backend, whole: the contract's reads and lifecycle here, its writes, index loading
+and rebuilds in the modules it derives from (``writes``, ``rebuilds``, ``indexes``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+
+from same_search.backends.base import (
+    Backend,
+    Figures,
+    ItemRow,
+    JobLedger,
+    Library,
+    LibraryRow,
+    SearchResult,
+    TagFilter,
+    Unavailable,
+)
+from same_search.backends.capabilities import LocalFeatures, ReducedIndexes, Reembedding, ReembedLedger
+from same_search.backends.local.state import index_of
+from same_search.backends.local.writes import LocalWrites
+from same_search.index.heap import release_free_heap
+from same_search.index.reduced import ReducedIndex
+from same_search.rows import load_failure_reason, raw_item_problems
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend(LocalWrites, Backend, LocalFeatures, Reembedding, ReducedIndexes):
+    """Libraries in ``<data_dir>/same_search.sqlite3``, indexes snapshotted to ``<data_dir>/indexes``."""
+
+    name = "local"
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def close(self) -> None:
+        """Stop the index threads and close the database (the service saves indexes first)."""
+        self._index_pool.shutdown(wait=True)
+        self._save_pool.shutdown(wait=True)
+        await self.store.close()
+
+    @property
+    def jobs(self) -> JobLedger:
+        return self.store
+
+    # ---- libraries -------------------------------------------------------------------------------
+
+    async def load_libraries(self) -> list[Library | Unavailable]:
+        libs: list[Library | Unavailable] = []
+        for row in await self.store.libraries():
+            try:
+                libs.append(await self.load_library(row))
+            except Exception as exc:  # one library's rows must never stop the others from serving
+                libs.append(Unavailable(row, load_failure_reason(exc)))
+        await asyncio.to_thread(release_free_heap)  # the replays' temporaries
+        return libs
+
+    async def load_library(self, row: LibraryRow) -> Library:
+        started = time.monotonic()
+        index = await self._load_index(row)
+        log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
+        return Library(row, index)
+
+    async def stored_count(self, row: LibraryRow) -> int:
+        return await self.store.count(row.id)
+
+    async def bad_rows(self, row: LibraryRow) -> list[tuple[int, str]]:
+        bad: list[tuple[int, str]] = []
+        async for chunk in self.store.raw_items(row.id):
+            bad += raw_item_problems(chunk, row.dim)
+        return bad
+
+    # ---- items -----------------------------------------------------------------------------------
+
+    async def count(self, lib: Library) -> int:
+        return index_of(lib).count()
+
+    async def get_items(self, lib: Library, keys: Sequence[int]) -> dict[int, ItemRow]:
+        return await self.store.get_items(lib.row.id, keys)
+
+    async def vector(self, lib: Library, key: int) -> np.ndarray | None:
+        """The stored vector of a live item (a reduced index reads it from SQLite: its graph
+        holds reduced vectors, and one row is as cheap to read there as from the native file)."""
+        index = index_of(lib)
+        if not index.contains(key):
+            return None
+        if isinstance(index, ReducedIndex):
+            return (await self.store.vectors_of(lib.row.id, [key], lib.row.dim)).get(key)
+        try:
+            return (await index.vectors_of([key]))[0]
+        except (KeyError, RuntimeError):  # removed between the check and the read: not stored
+            return None
+
+    async def search(
+        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
+    ) -> SearchResult:
+        """The index answers tag filters from its own tag table (no database read per search)."""
+        index = index_of(lib)
+        k = min(k, index.count())
+        if k <= 0:
+            return SearchResult([])
+        if tag_filter is not None and tag_filter.active:
+            return SearchResult(
+                await index.search(vector, k, None, tuple(tag_filter.tags), tag_filter.match_all)
+            )
+        return SearchResult(await index.search(vector, k))
+
+    async def page_items(self, lib: Library, offset: int, limit: int) -> list[ItemRow]:
+        return await self.store.page_items(lib.row.id, offset, limit)
+
+    async def thumbnail(self, lib: Library, key: int) -> bytes | None:
+        return await self.store.thumbnail(lib.row.id, key)
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        return await self.store.local_features(lib.row.id, keys)
+
+    def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
+        return self.store.items_with_vectors(lib.row.id)
+
+    def describe(self, lib: Library) -> Figures:
+        index = index_of(lib)
+        return {
+            "last_index_save": index.saved_at,
+            "index_slots": index.capacity(),
+            "search": index.strategy,
+            **(
+                {"reduced_dim": index.projection.dim, "projection": index.projection.fingerprint}
+                if isinstance(index, ReducedIndex)
+                else {}
+            ),
+        }
+
+    # ---- kept originals and re-embedding ---------------------------------------------------------
+
+    async def items_without_original(self, lib: Library) -> int:
+        return await self.store.items_without_original(lib.row.id)
+
+    async def read_original(self, sha256: str) -> bytes:
+        return await self.store.read_original(sha256)
+
+    @property
+    def reembed_ledger(self) -> ReembedLedger:
+        return self.store
+
+    async def reembed_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str | None, int]]:
+        return await self.store.reembed_pending(lib.row.id, limit, after_seq)
+
+    async def save_reembedded(self, lib: Library, vectors: Sequence[tuple[int, np.ndarray]]) -> None:
+        await self.store.save_reembedded(lib.row.id, vectors)
