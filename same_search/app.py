@@ -15,7 +15,7 @@ from aiohttp import web
 from same_search.config import Config
 from same_search.console import login, pages
 from same_search.embed.embedder import Embedder
-from same_search.errors import bad_request
+from same_search.errors import bad_request, shown
 from same_search.routes import admin, browser_guard, feature, retrieval
 from same_search.routes.auth import SESSIONS, ConsoleSessions
 from same_search.routes.envelope import BODY_TIMEOUT, ERRNO, MAX_BODY, Handler, envelope_middleware
@@ -66,7 +66,7 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
         sockname = request.transport.get_extra_info("sockname")
         served = ports.get(sockname[1]) if sockname else None
         if served is not None and served != service_of(request.path):
-            raise bad_request(f"{request.path} is not served on port {sockname[1]} (the {served} port)")
+            raise bad_request(f"{shown(request.path)} is not served on port {sockname[1]} (the {served} port)")
     return await handler(request)
 
 

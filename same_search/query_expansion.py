@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from same_search.errors import shown
+
 #: The most hits one query may be averaged with (config and per-request override alike).
 MAX_EXPANSION = 10
 #: The expanded search is asked this many times deeper at most when ``min_score`` drops hits.
@@ -92,5 +94,5 @@ def with_unreached(
 def check_expansion(value: object, field: str = "query_expansion") -> int:
     """A valid expansion count (0 = off .. MAX_EXPANSION); ValueError naming the problem."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXPANSION:
-        raise ValueError(f"{field} must be an integer from 0 (off) to {MAX_EXPANSION}, got {value!r}")
+        raise ValueError(f"{field} must be an integer from 0 (off) to {MAX_EXPANSION}, got {shown(value)}")
     return value

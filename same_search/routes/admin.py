@@ -20,7 +20,7 @@ from aiohttp import web
 from same_search import wire
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
-from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.errors import ApiError, ErrNo, bad_request, shown
 from same_search.imports.export import write_export
 from same_search.imports.export_read import check_export, export_batches
 from same_search.libraries import REPAIR_REPORT_MAX, Item, Library, SearchPage
@@ -71,7 +71,8 @@ async def _library(request: web.Request) -> tuple[Services, Library]:
     services = _operator(request)
     appid = request.match_info["appid"]
     request[APPID] = appid
-    return services, await services.libraries.get(appid)
+    # No library can have a name the naming rule refuses; the refusal does not quote it back.
+    return services, await services.libraries.get(check_library_name(appid))
 
 
 def _contsign(request: web.Request, text: str | None = None) -> ContSign:
@@ -80,7 +81,7 @@ def _contsign(request: web.Request, text: str | None = None) -> ContSign:
     try:
         sign1, sign2 = (int(part) for part in text.split(","))
     except ValueError:
-        raise bad_request(f"contsign {text!r} must be 'sign1,sign2'") from None
+        raise bad_request(f"contsign {shown(text)} must be 'sign1,sign2'") from None
     return ContSign.from_json({"sign1": sign1, "sign2": sign2})
 
 
@@ -141,7 +142,7 @@ async def delete_library(request: web.Request) -> web.Response:
     """Deleting needs ``?confirm=<appid>``: a typo must not wipe a library (served or set aside)."""
     services = _operator(request)
     request[APPID] = request.match_info["appid"]
-    lib = await services.libraries.get_any(request.match_info["appid"])
+    lib = await services.libraries.get_any(check_library_name(request.match_info["appid"]))
     items = await services.libraries.stored_count(lib)
     if request.query.get("confirm") != lib.row.appid:
         what = "its items" if items is None else f"its {items} items"
@@ -226,7 +227,7 @@ async def repair_library(request: web.Request) -> web.Response:
     services = _operator(request)
     appid = request.match_info["appid"]
     request[APPID] = appid
-    report = await services.libraries.repair(appid)
+    report = await services.libraries.repair(check_library_name(appid))
     library = services.libraries.libraries[appid]
     return ok(
         dropped=len(report.dropped),
@@ -487,7 +488,7 @@ def query_region(request: web.Request) -> Region | None:
     try:
         x, y, w, h = (float(part) for part in text.split(","))
     except ValueError:
-        raise bad_request(f"region {text!r} must be x,y,w,h") from None
+        raise bad_request(f"region {shown(text)} must be x,y,w,h") from None
     return parse_region({"x": x, "y": y, "w": w, "h": h, "unit": request.query.get("unit", "px")})
 
 

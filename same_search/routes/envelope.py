@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from same_search.embed.errors import EmbedError
 from same_search.error_mapping import api_error
-from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.errors import ApiError, ErrNo, bad_request, shown
 from same_search.logs import clip
 
 log = logging.getLogger("same_search.access")
@@ -52,9 +52,9 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return bad_request(f"request body exceeds the limit of {request.app[MAX_BODY]} bytes")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return bad_request(f"{request.method} is not allowed on {request.path}; use POST")
+        return bad_request(f"{shown(request.method)} is not allowed on {shown(request.path)}; use POST")
     if isinstance(exc, web.HTTPNotFound):
-        return bad_request(f"no such route {request.path} on this port")
+        return bad_request(f"no such route {shown(request.path)} on this port")
     return bad_request(f"HTTP error {exc.status}: {exc.reason}")
 
 
