@@ -66,7 +66,8 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
         sockname = request.transport.get_extra_info("sockname")
         served = ports.get(sockname[1]) if sockname else None
         if served is not None and served != service_of(request.path):
-            raise bad_request(f"{shown(request.path)} is not served on port {sockname[1]} (the {served} port)")
+            where = f"port {sockname[1]} (the {served} port)"
+            raise bad_request(f"{shown(request.path)} is not served on {where}")
     return await handler(request)
 
 

@@ -150,7 +150,8 @@ class BrowserGuard:
             if admin
             else "add it to [security] allowed_origins"
         )
-        raise ApiError(ErrNo.AUTH_FAILED, f"cross-origin request from Origin {shown(origin)} refused: {where}")
+        message = f"cross-origin request from Origin {shown(origin)} refused: {where}"
+        raise ApiError(ErrNo.AUTH_FAILED, message)
 
     @staticmethod
     def check_content_type(request: web.Request) -> None:
@@ -185,8 +186,9 @@ class BrowserGuard:
         """Apply the rules; answer CORS preflights of allowed origins; resolve the console session."""
         admin = self.is_admin(request)
         if admin and not self.accepted_host(request, admin):
+            host = shown(request.headers.get(hdrs.HOST))
             message = (
-                f"Host {shown(request.headers.get(hdrs.HOST))} is not a name of this daemon's management port; "
+                f"Host {host} is not a name of this daemon's management port; "
                 "add it to [security] allowed_hosts if it is"
             )
             if request.path in PROBES:
