@@ -7,6 +7,7 @@ Behind a single test server (no port map) every route is reachable, which keeps 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -17,9 +18,11 @@ from same_search.console import login, pages
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request, shown
 from same_search.routes import admin, browser_guard, feature, retrieval
-from same_search.routes.auth import SESSIONS, ConsoleSessions
+from same_search.routes.auth import SESSIONS, ConsoleSessions, short_tokens
 from same_search.routes.envelope import BODY_TIMEOUT, ERRNO, MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
+
+log = logging.getLogger(__name__)
 
 FEATURE, SEARCH, ADMIN = "feature", "search", "admin"
 #: Local port -> which service it serves; filled in by the server once its sites are bound.
@@ -73,6 +76,8 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application:
     """Build the application; services open when a runner starts it and close on cleanup."""
+    for warning in short_tokens(cfg.auth):
+        log.warning(warning)
     guard = browser_guard.BrowserGuard(cfg, is_admin=lambda request: arrival_service(request) == ADMIN)
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,

@@ -188,7 +188,10 @@ async def thumbnail(request: web.Request) -> web.Response:
             f"no thumbnail for item {contsign.sign1},{contsign.sign2} in library {lib.row.appid!r}: "
             "no such item, or it was added with [storage] thumbnail_side = 0",
         )
-    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+    # Never in a shared cache; with tokens not even in the browser's, so no picture of a library
+    # outlives the session that was allowed to see it (logout also clears the cache).
+    cache = "private, no-store" if services.cfg.auth.enabled else "private, max-age=86400"
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": cache})
 
 
 async def save_index(request: web.Request) -> web.Response:
