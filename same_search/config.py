@@ -240,6 +240,9 @@ class AuthConfig:
 
     #: appid -> token; the key "*" gives a token accepted for every appid.
     tokens: dict[str, str] = field(default_factory=dict)
+    #: With tokens: whether /healthz and /metrics name each library (and its size) to anyone who
+    #: reaches the port. false: only to requests carrying the operator token; others get counts.
+    probes_name_libraries: bool = False
 
     @property
     def enabled(self) -> bool:
