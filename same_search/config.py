@@ -73,9 +73,18 @@ class StorageConfig:
     milvus_shards: int = 1
     #: Milvus only: in-memory replicas each library is loaded with (<= the number of query nodes).
     milvus_replicas: int = 1
+    #: Milvus file mode (``uri`` a ``.db`` path) serves every library on a loopback port without
+    #: authentication; with ``[auth] tokens`` set the daemon refuses it unless this is true.
+    accept_open_milvus_lite: bool = False
     #: Keep every added image's bytes under ``<data_dir>/originals`` (content-addressed), so a
     #: library can be re-embedded with another model later (local backend only).
     keep_originals: bool = False
+
+    @property
+    def milvus_file_mode(self) -> bool:
+        """Milvus through milvus-lite inside the daemon: pymilvus's rule, a ``uri`` ending in ``.db``
+        is a local path that it serves with milvus-lite on a loopback port."""
+        return self.backend == "milvus" and self.uri.endswith(".db")
 
     def __post_init__(self) -> None:
         """Refuse a backend we do not have, Milvus without an address, or kept originals on Milvus."""
@@ -357,7 +366,16 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def __post_init__(self) -> None:
-        """Refuse profile names a request could not name, and the reserved default name."""
+        """Refuse profile names a request could not name, and the reserved default name; refuse
+        tokens that milvus-lite's open port would bypass, unless the operator accepts that."""
+        if self.storage.milvus_file_mode and self.auth.enabled and not self.storage.accept_open_milvus_lite:
+            raise ConfigError(
+                f"[storage] uri = {self.storage.uri!r} runs milvus-lite inside the daemon, which serves "
+                "every library on a loopback port without authentication: any local user could read "
+                "and change them, whatever [auth] tokens say. Use a Milvus server (uri = "
+                '"http://host:19530"), or set [storage] accept_open_milvus_lite = true to accept that '
+                "(trials on a machine of your own)"
+            )
         for name in self.models:
             if name == DEFAULT_MODEL or not _PROFILE_NAME.match(name):
                 raise ConfigError(
