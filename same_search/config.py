@@ -241,6 +241,28 @@ class LimitsConfig:
     max_rn: int = 1000
     #: 0 = unbounded; otherwise the largest number of items one library may hold.
     library_capacity: int = 0
+    #: A picture whose decode produces more megapixels than this (read from its header: JPEGs are
+    #: decoded at a reduced scale, PNG/WebP/GIF/TIFF in full) is a heavy decode: it runs in its own
+    #: threads, never ahead of the light ones, and counts against ``decode_budget_mpx``.
+    heavy_decode_mpx: float = 4.0
+    #: Megapixels of heavy decodes admitted at once (waiting or decoding), all requests together;
+    #: a heavy picture that would go past it gets err_no 99 at once.
+    decode_budget_mpx: float = 100.0
+    #: Threads that decode heavy pictures: at most this many are in memory at once (about 4 bytes
+    #: per pixel at the peak: 270 MB for an 8192 x 8192 picture).
+    heavy_decode_threads: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse admission settings that would admit nothing or everything."""
+        for key in ("heavy_decode_mpx", "decode_budget_mpx"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(
+                    f"[limits] {key} must be a positive number of megapixels, got {getattr(self, key)!r}"
+                )
+        if self.heavy_decode_threads < 1:
+            raise ConfigError(
+                f"[limits] heavy_decode_threads must be at least 1, got {self.heavy_decode_threads!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ class LibraryService:
         self._signup_lock = asyncio.Lock()
         #: Per library: held while a near-duplicate check and the store that follows it run.
         self._dup_locks: dict[str, asyncio.Lock] = {}
-        self.verifier = SamePictureService(embed.limits)
+        self.verifier = SamePictureService(embed.limits, admission=embed.admission)
         #: Libraries whose rows could not be loaded at start, by appid: named, not served.
         self.unavailable: dict[str, Unavailable] = {}
         self._repair_lock = asyncio.Lock()

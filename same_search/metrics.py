@@ -82,6 +82,18 @@ class _LiveCollector(Collector):
         )
         queue.add_metric([], self.services.models.queue_size)
         yield queue
+        admission = self.services.embed.admission
+        decoding = GaugeMetricFamily(
+            "same_search_decode_megapixels_in_flight",
+            "Megapixels of large pictures admitted for decoding (waiting or decoding)",
+        )
+        decoding.add_metric([], admission.in_flight)
+        shed = CounterMetricFamily(
+            "same_search_decodes_shed", "Decodes of large pictures refused (err_no 99) past the decode budget"
+        )
+        shed.add_metric([], admission.shed)
+        yield decoding
+        yield shed
         census = self.services.metrics.census
         libraries = GaugeMetricFamily("same_search_libraries", "Libraries served")
         libraries.add_metric([], len(census))
