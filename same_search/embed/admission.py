@@ -15,9 +15,12 @@ So every decode is costed first (:func:`same_search.embed.images.decode_cost`, t
   Linux those threads run at a lower CPU priority (nice +10, theirs alone): they get the CPU that
   light requests leave, so a small search is barely slower while large pictures are decoded;
 - heavy decodes admitted (waiting or decoding) may add up to ``decode_budget_mpx`` megapixels;
-  a picture that would go past it is refused at once with err_no 99 ("busy, retry later"), before
-  it costs anything, instead of making everyone wait. A picture larger than the whole budget is
-  admitted when no other heavy decode is in flight.
+  a picture that would go past it is refused with err_no 99 ("busy, retry later") before it costs
+  anything, instead of making everyone wait. The refusal is answered after
+  :data:`REFUSAL_PAUSE_S` (an ``asyncio.sleep``, free): reading and parsing a large request costs
+  the event loop about 3 ms, and twenty clients retrying the moment they are refused would
+  otherwise spend that many times a second. A picture larger than the whole budget is admitted
+  when no other heavy decode is in flight.
 
 A request decodes its picture twice (vector and local features, in parallel); both decodes of the
 same bytes are one admission: the second joins the first (it is never refused once the first was
@@ -26,12 +29,13 @@ admitted), so a request is admitted or refused whole.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: How much nicer than the rest of the daemon the heavy decode threads are (Linux).
 HEAVY_NICENESS = 10
+#: Seconds a refused heavy picture waits before its err_no 99 is answered (module docstring).
+REFUSAL_PAUSE_S = 0.5
 
 
 class _HeavyPool(ThreadPoolExecutor):
@@ -99,12 +105,12 @@ class DecodeAdmission:
     def from_limits(cls, limits: LimitsConfig) -> DecodeAdmission:
         return cls(limits.decode_budget_mpx, limits.heavy_decode_mpx, limits.heavy_decode_threads)
 
-    @contextlib.contextmanager
-    def admit(self, data: bytes, megapixels: float) -> Iterator[ThreadPoolExecutor | None]:
+    @contextlib.asynccontextmanager
+    async def admit(self, data: bytes, megapixels: float) -> AsyncIterator[ThreadPoolExecutor | None]:
         """Admit one decode of ``data`` costing ``megapixels``; yields the pool a heavy decode must
         run in, or None for a light one (run it where you would). Raises :class:`EmbedderBusy`
-        (err_no 99) for a heavy picture past the budget. Call it on the event loop, right before
-        submitting the decode, and keep it open until the decode ends."""
+        (err_no 99, after :data:`REFUSAL_PAUSE_S`) for a heavy picture past the budget. Enter it
+        right before submitting the decode, and keep it open until the decode ends."""
         if megapixels <= self.heavy_mpx:
             yield None
             return
@@ -112,8 +118,10 @@ class DecodeAdmission:
         if admitted is None:  # a picture of its own: the budget decides
             if self.in_flight > 0 and self.in_flight + megapixels > self.budget_mpx:
                 self.shed += 1
+                in_flight = self.in_flight
+                await asyncio.sleep(REFUSAL_PAUSE_S)
                 raise EmbedderBusy(
-                    f"large pictures are being decoded ({self.in_flight:.0f} of {self.budget_mpx:g} "
+                    f"large pictures are being decoded ({in_flight:.0f} of {self.budget_mpx:g} "
                     f"megapixels admitted); this one needs {megapixels:.0f}: retry later"
                 )
             admitted = self._pictures[id(data)] = _Admitted(data)

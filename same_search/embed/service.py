@@ -168,16 +168,15 @@ class EmbedService:
         priority = _priority.get()
         cost = decode_cost(data, self.limits, self.cfg.image_size, region)  # the header: refusals here
         if priority == INTERACTIVE:
-            with self.admission.admit(data, cost) as heavy:
+            async with self.admission.admit(data, cost) as heavy:
                 decoded, thumbnail = await loop.run_in_executor(
                     heavy or self._decode_pool, self._decode, data, thumbnail_side, region
                 )
         else:  # at most one background decode per thread: none waits in the pool's queue
-            async with self._background_decodes:
-                with self.admission.admit(data, cost) as heavy:
-                    decoded, thumbnail = await loop.run_in_executor(
-                        heavy or self._decode_pool, self._decode, data, thumbnail_side, region
-                    )
+            async with self._background_decodes, self.admission.admit(data, cost) as heavy:
+                decoded, thumbnail = await loop.run_in_executor(
+                    heavy or self._decode_pool, self._decode, data, thumbnail_side, region
+                )
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting += 1
         self._queue.put_nowait((priority, next(self._arrivals), _Job(decoded, future)))

@@ -90,7 +90,7 @@ class SamePictureService:
             if self.admission is None:
                 return await loop.run_in_executor(self._pool, extraction, data)
             cost = decode_cost(data, self.limits, local_features.WORKING_SIDE, region)
-            with self.admission.admit(data, cost) as heavy:
+            async with self.admission.admit(data, cost) as heavy:
                 return await loop.run_in_executor(heavy or self._pool, extraction, data)
         except (ImageRefused, RegionRefused):  # the embedder reports either to the client
             return None
