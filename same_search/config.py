@@ -246,7 +246,7 @@ class LimitsConfig:
     #: threads, never ahead of the light ones, and counts against ``decode_budget_mpx``.
     heavy_decode_mpx: float = 4.0
     #: Megapixels of heavy decodes admitted at once (waiting or decoding), all requests together;
-    #: a heavy picture that would go past it gets err_no 99 at once.
+    #: a heavy picture that would go past it gets err_no 99 (after a short pause), before decoding.
     decode_budget_mpx: float = 100.0
     #: Threads that decode heavy pictures: at most this many are in memory at once (about 4 bytes
     #: per pixel at the peak: 270 MB for an 8192 x 8192 picture).
