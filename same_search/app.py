@@ -15,6 +15,7 @@ from aiohttp import web
 
 from same_search.config import Config
 from same_search.console import login, pages
+from same_search.console.throttle import LoginThrottle
 from same_search.embed.embedder import Embedder
 from same_search.errors import bad_request, shown
 from same_search.routes import admin, browser_guard, feature, retrieval
@@ -88,6 +89,7 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
     app[BODY_TIMEOUT] = cfg.server.body_timeout_s
     app[PORT_SERVICES] = {}
     app[SESSIONS] = ConsoleSessions()
+    app[login.LOGIN_THROTTLE] = LoginThrottle()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_services(cfg, embedder) as services:

@@ -129,7 +129,6 @@ FRAME_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-an
 
 def add_routes(app: web.Application) -> None:
     """Register the login form, login and logout."""
-    app[LOGIN_THROTTLE] = LoginThrottle()
     app.router.add_get(LOGIN, login_page)
     app.router.add_post(LOGIN, login)
     app.router.add_post(LOGOUT, logout)
