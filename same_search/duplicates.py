@@ -335,8 +335,14 @@ def _chunks(neighbours: Neighbours, keys: int) -> list[Neighbours]:
     pieces: list[Neighbours] = []
     piece: Neighbours = {}
     named: set[int] = set()
+    seen: set[tuple[int, int]] = set()  # a pair may be on one side only (an item's cap kept it out)
     for a, others in neighbours.items():
-        mine = {b: score for b, score in others.items() if a < b}
+        mine = {}
+        for b, score in others.items():
+            pair = (min(a, b), max(a, b))
+            if pair not in seen:
+                seen.add(pair)
+                mine[b] = score
         if not mine:
             continue
         if piece and len(named) + 1 + len(mine) > keys:
@@ -355,7 +361,7 @@ def _exact_neighbours(keys: list[int], vectors: np.ndarray, scan: Scan, policy: 
     depth = min(NEIGHBOURS + 1, n)  # + 1: the item itself is among its best
     for start in range(0, n, BLOCK):
         scores = vectors[start : start + BLOCK] @ vectors.T
-        best = np.argpartition(-scores, depth - 1, axis=1)[:, :depth] if depth else scores[:, :0]
+        best = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
         for offset, row_scores in enumerate(scores):
             row = start + offset
             query = Query(vectors[row])
