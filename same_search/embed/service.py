@@ -15,7 +15,7 @@ on the card (:mod:`same_search.embed.gpu_decode`); other formats are decoded her
 
 Before a decode is submitted its cost is read from the header (:mod:`same_search.embed.admission`):
 a heavy picture (a large PNG, say) decodes in the admission's own threads within a megapixel
-budget, or is refused with err_no 99 at once, so it never delays the light ones.
+budget, or is refused with err_no 99 before it costs anything, so it never delays the light ones.
 """
 
 from __future__ import annotations
