@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture eval-reranking eval-daemon bench-query-expansion soak clean
+.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture eval-reranking eval-daemon bench-query-expansion bench-admission soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -75,6 +75,13 @@ eval-daemon: $(BENCH_STAMP)
 # What query expansion costs per search on the real daemon (1,000 photos; about 5 minutes).
 bench-query-expansion: $(STAMP)
 	$(BIN)/python bench/bench_query_expansion.py
+
+# A small search's p50/p99 idle and while 20 clients send 8192 x 8192 single-colour PNGs (admission
+# by decode cost, err_no 99 past the budget), with the shed count and the daemon's memory; about
+# 3 minutes. CODE=DIR runs another checkout's daemon (before/after), RETRY_S=0.05 clients that
+# retry a 99 every 50 ms instead of backing off as same_search's own clients do.
+bench-admission: $(STAMP)
+	$(BIN)/python bench/bench_admission.py $(if $(CODE),--code $(CODE)) $(if $(RETRY_S),--retry-s $(RETRY_S))
 
 # The index engine at N items (default 1M; N=200000 to develop): the daemon's reduced index
 # (re-ranked) against bare hnswlib, recall@10, p50/p99, tag filters, memory, load time.

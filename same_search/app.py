@@ -7,6 +7,7 @@ Behind a single test server (no port map) every route is reachable, which keeps 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -14,12 +15,15 @@ from aiohttp import web
 
 from same_search.config import Config
 from same_search.console import login, pages
+from same_search.console.throttle import LoginThrottle
 from same_search.embed.embedder import Embedder
-from same_search.errors import bad_request
+from same_search.errors import bad_request, shown
 from same_search.routes import admin, browser_guard, feature, retrieval
-from same_search.routes.auth import SESSIONS, ConsoleSessions
+from same_search.routes.auth import SESSIONS, ConsoleSessions, short_tokens
 from same_search.routes.envelope import BODY_TIMEOUT, ERRNO, MAX_BODY, Handler, envelope_middleware
 from same_search.services import SERVICES, open_services
+
+log = logging.getLogger(__name__)
 
 FEATURE, SEARCH, ADMIN = "feature", "search", "admin"
 #: Local port -> which service it serves; filled in by the server once its sites are bound.
@@ -66,12 +70,15 @@ async def port_guard(request: web.Request, handler: Handler) -> web.StreamRespon
         sockname = request.transport.get_extra_info("sockname")
         served = ports.get(sockname[1]) if sockname else None
         if served is not None and served != service_of(request.path):
-            raise bad_request(f"{request.path} is not served on port {sockname[1]} (the {served} port)")
+            where = f"port {sockname[1]} (the {served} port)"
+            raise bad_request(f"{shown(request.path)} is not served on {where}")
     return await handler(request)
 
 
 def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application:
     """Build the application; services open when a runner starts it and close on cleanup."""
+    for warning in short_tokens(cfg.auth):
+        log.warning(warning)
     guard = browser_guard.BrowserGuard(cfg, is_admin=lambda request: arrival_service(request) == ADMIN)
     app = web.Application(
         client_max_size=cfg.server.max_body_bytes,
@@ -82,6 +89,7 @@ def create_app(cfg: Config, embedder: Embedder | None = None) -> web.Application
     app[BODY_TIMEOUT] = cfg.server.body_timeout_s
     app[PORT_SERVICES] = {}
     app[SESSIONS] = ConsoleSessions()
+    app[login.LOGIN_THROTTLE] = LoginThrottle()
 
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_services(cfg, embedder) as services:

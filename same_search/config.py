@@ -73,9 +73,18 @@ class StorageConfig:
     milvus_shards: int = 1
     #: Milvus only: in-memory replicas each library is loaded with (<= the number of query nodes).
     milvus_replicas: int = 1
+    #: Milvus file mode (``uri`` a ``.db`` path) serves every library on a loopback port without
+    #: authentication; with ``[auth] tokens`` set the daemon refuses it unless this is true.
+    accept_open_milvus_lite: bool = False
     #: Keep every added image's bytes under ``<data_dir>/originals`` (content-addressed), so a
     #: library can be re-embedded with another model later (local backend only).
     keep_originals: bool = False
+
+    @property
+    def milvus_file_mode(self) -> bool:
+        """Milvus through milvus-lite inside the daemon: pymilvus's rule, a ``uri`` ending in ``.db``
+        is a local path that it serves with milvus-lite on a loopback port."""
+        return self.backend == "milvus" and self.uri.endswith(".db")
 
     def __post_init__(self) -> None:
         """Refuse a backend we do not have, Milvus without an address, or kept originals on Milvus."""
@@ -237,6 +246,28 @@ class LimitsConfig:
     max_rn: int = 1000
     #: 0 = unbounded; otherwise the largest number of items one library may hold.
     library_capacity: int = 0
+    #: A picture whose decode produces more megapixels than this (read from its header: JPEGs are
+    #: decoded at a reduced scale, PNG/WebP/GIF/TIFF in full) is a heavy decode: it runs in its own
+    #: threads, never ahead of the light ones, and counts against ``decode_budget_mpx``.
+    heavy_decode_mpx: float = 4.0
+    #: Megapixels of heavy decodes admitted at once (waiting or decoding), all requests together;
+    #: a heavy picture that would go past it gets err_no 99 (after a short pause), before decoding.
+    decode_budget_mpx: float = 100.0
+    #: Threads that decode heavy pictures: at most this many are in memory at once (about 4 bytes
+    #: per pixel at the peak: 270 MB for an 8192 x 8192 picture).
+    heavy_decode_threads: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse admission settings that would admit nothing or everything."""
+        for key in ("heavy_decode_mpx", "decode_budget_mpx"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(
+                    f"[limits] {key} must be a positive number of megapixels, got {getattr(self, key)!r}"
+                )
+        if self.heavy_decode_threads < 1:
+            raise ConfigError(
+                f"[limits] heavy_decode_threads must be at least 1, got {self.heavy_decode_threads!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -245,6 +276,9 @@ class AuthConfig:
 
     #: appid -> token; the key "*" gives a token accepted for every appid.
     tokens: dict[str, str] = field(default_factory=dict)
+    #: With tokens: whether /healthz and /metrics name each library (and its size) to anyone who
+    #: reaches the port. false: only to requests carrying the operator token; others get counts.
+    probes_name_libraries: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -359,7 +393,16 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
 
     def __post_init__(self) -> None:
-        """Refuse profile names a request could not name, and the reserved default name."""
+        """Refuse profile names a request could not name, and the reserved default name; refuse
+        tokens that milvus-lite's open port would bypass, unless the operator accepts that."""
+        if self.storage.milvus_file_mode and self.auth.enabled and not self.storage.accept_open_milvus_lite:
+            raise ConfigError(
+                f"[storage] uri = {self.storage.uri!r} runs milvus-lite inside the daemon, which serves "
+                "every library on a loopback port without authentication: any local user could read "
+                "and change them, whatever [auth] tokens say. Use a Milvus server (uri = "
+                '"http://host:19530"), or set [storage] accept_open_milvus_lite = true to accept that '
+                "(trials on a machine of your own)"
+            )
         for name in self.models:
             if name == DEFAULT_MODEL or not _PROFILE_NAME.match(name):
                 raise ConfigError(

@@ -7,6 +7,7 @@ sample clients treat any other status as a transport failure.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 # The numbers themselves are wire vocabulary, shared with the client; imported from here as before.
@@ -49,6 +50,23 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         """The JSON envelope for this error."""
         return {"err_no": int(self.err_no), "err_msg": self.err_msg, **self.extra}
+
+
+#: Longest quote of a client's value in an err_msg: enough to recognise it, never a flood.
+ECHO_MAX = 60
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel, _ECHO.maxlist, _ECHO.maxdict = 2, 4, 4
+_ECHO.maxstring = _ECHO.maxlong = _ECHO.maxother = ECHO_MAX
+
+
+def shown(value: object) -> str:
+    """A value a client sent, as an error message quotes it: its repr cut short, with the full
+    length said when it was cut, so a 100,000-character string or a number of 4,000 digits
+    (JSON allows 4,300) never comes back whole in the answer, or in a log line that quotes it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * ECHO_MAX:
+        return f"an integer of about {round(value.bit_length() * 0.30103)} digits"
+    text = _ECHO.repr(value)[: 2 * ECHO_MAX]
+    return f"{text} ({len(value)} characters)" if isinstance(value, str) and len(value) > ECHO_MAX else text
 
 
 def bad_request(message: str) -> ApiError:

@@ -19,6 +19,22 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+#: Longest value of one client-chosen field in a log line (logid, appid, route): a 2 MB logid must
+#: not become a 2 MB line that floods the log and the shipper behind it.
+FIELD_MAX = 200
+
+
+def clip(value: object, limit: int = FIELD_MAX) -> object:
+    """``value`` as logged: short values unchanged (a numeric logid stays a number), longer ones
+    cut to ``limit`` characters with their full length said."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 3 * limit:
+        return f"<an integer of {value.bit_length()} bits>"  # never written out in full
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return value
+    return f"{text[:limit]}...({len(text)} characters)"
+
+
 def escape_controls(text: str) -> str:
     """``text`` with line breaks and other control characters written as escapes (``\\n``)."""
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

@@ -48,6 +48,8 @@ class Metrics:
         )
         self.embedded = Counter("same_search_embedded_images", "Images embedded", registry=self.registry)
         self.census: list[LibraryCensus] = []
+        #: Whether this scrape may carry per-library series (labelled with the appid).
+        self.named = True
 
     def observe_request(self, service: str, route: str, err_no: int, seconds: float) -> None:
         """Count one answered request."""
@@ -63,9 +65,10 @@ class Metrics:
         """Report the live state of ``services`` at every scrape."""
         self.registry.register(_LiveCollector(services))
 
-    def exposition(self, census: list[LibraryCensus]) -> bytes:
-        """The text format Prometheus scrapes, with ``census`` as the per-library figures."""
-        self.census = census
+    def exposition(self, census: list[LibraryCensus], named: bool = True) -> bytes:
+        """The text format Prometheus scrapes, with ``census`` as the per-library figures; without
+        ``named`` only their totals (no series names a library)."""
+        self.census, self.named = census, named
         return generate_latest(self.registry)
 
 
@@ -79,6 +82,28 @@ class _LiveCollector(Collector):
         )
         queue.add_metric([], self.services.models.queue_size)
         yield queue
+        admission = self.services.embed.admission
+        decoding = GaugeMetricFamily(
+            "same_search_decode_megapixels_in_flight",
+            "Megapixels of large pictures admitted for decoding (waiting or decoding)",
+        )
+        decoding.add_metric([], admission.in_flight)
+        shed = CounterMetricFamily(
+            "same_search_decodes_shed", "Decodes of large pictures refused (err_no 99) past the decode budget"
+        )
+        shed.add_metric([], admission.shed)
+        yield decoding
+        yield shed
+        census = self.services.metrics.census
+        libraries = GaugeMetricFamily("same_search_libraries", "Libraries served")
+        libraries.add_metric([], len(census))
+        total = GaugeMetricFamily("same_search_items", "Live items in every library together")
+        total.add_metric([], sum(lib.items for lib in census))
+        yield libraries
+        yield total
+        if not self.services.metrics.named:
+            yield from _rebuild_metrics(self.services, named=False)
+            return
         items = GaugeMetricFamily("same_search_library_items", "Live items per library", labels=["appid"])
         capacity = GaugeMetricFamily(
             "same_search_library_capacity", "Configured capacity (0 = unbounded)", labels=["appid"]
@@ -87,7 +112,7 @@ class _LiveCollector(Collector):
             "same_search_index_save_age_seconds", "Seconds since the index was last saved", labels=["appid"]
         )
         now = time.time()
-        for lib in self.services.metrics.census:
+        for lib in census:
             items.add_metric([lib.appid], lib.items)
             capacity.add_metric([lib.appid], self.services.cfg.limits.library_capacity)
             if lib.last_index_save is not None:
@@ -108,8 +133,9 @@ class _LiveCollector(Collector):
         yield promotions
 
 
-def _rebuild_metrics(services: Services) -> Iterator[Metric]:
-    """Background index rebuilds: which run, how far they got, how many ended and how."""
+def _rebuild_metrics(services: Services, named: bool = True) -> Iterator[Metric]:
+    """Background index rebuilds: which run, how far they got (per library, when ``named``), how
+    many ended and how."""
     rebuilds = services.libraries.maintenance.rebuilds
     running = GaugeMetricFamily(
         "same_search_rebuild_running", "1 while the library's index is being rebuilt", labels=["appid"]
@@ -129,6 +155,7 @@ def _rebuild_metrics(services: Services) -> Iterator[Metric]:
     )
     for state, count in rebuilds.finished.items():
         finished.add_metric([state], count)
-    yield running
-    yield progress
+    if named:
+        yield running
+        yield progress
     yield finished

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from same_search.errors import bad_request
+from same_search.errors import bad_request, shown
 from same_search.verify import decision
 
 POLICIES = ("off", "warn", "reject")
@@ -50,14 +50,14 @@ def floors_for(min_score: float | None) -> decision.Floors:
 def check_mode(value: object, field: str = "dup_policy") -> str:
     """``off``, ``warn`` or ``reject``; anything else is err_no 1 naming ``field``."""
     if value not in POLICIES:
-        raise bad_request(f"{field} must be one of {', '.join(POLICIES)}, got {value!r}")
+        raise bad_request(f"{field} must be one of {', '.join(POLICIES)}, got {shown(value)}")
     return str(value)
 
 
 def check_min_score(value: object, field: str = "dup_min_score") -> float:
     """A score floor from 0 to 1; anything else is err_no 1 naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise bad_request(f"{field} must be a number from 0 to 1, got {value!r}")
+        raise bad_request(f"{field} must be a number from 0 to 1, got {shown(value)}")
     return float(value)
 
 

@@ -55,12 +55,17 @@ class Services:
     #: False once shutdown begins, so /readyz tells load balancers to stop sending.
     ready: bool = True
 
-    def health(self) -> dict:
-        """What /healthz reports."""
+    def health(self, names: bool = True) -> dict:
+        """What /healthz reports; without ``names``, no library is named (counts only)."""
         info = self.embed.info
-        unavailable = [
+        unavailable: list[dict] | int = [
             {"appid": appid, "reason": aside.reason} for appid, aside in self.libraries.unavailable.items()
         ]
+        models = self.libraries.registry.models_in_use()
+        if not names:
+            unavailable = len(unavailable)
+            for model in models:
+                model["libraries"] = len(model.get("libraries", ()))
         return {
             "status": "degraded" if unavailable else "ok",
             "version": __version__,
@@ -71,7 +76,7 @@ class Services:
                 "device": info.device,
             },
             # Every model profile, and which libraries each one serves (an extension).
-            "models": self.libraries.registry.models_in_use(),
+            "models": models,
             "backend": self.libraries.backend.name,
             "libraries": len(self.libraries.libraries),
             # Libraries set aside at start because their rows could not be loaded (see repair).

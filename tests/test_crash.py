@@ -69,40 +69,59 @@ def stored_items(api: Client) -> dict[int, bytes]:
     return {hit.contsign.key: hit.brief for hit in hits}
 
 
+def kill_cycles(
+    daemon: Daemon,
+    images: list[list[bytes]],
+    cycles: int,
+    seed: int,
+    pause_s: tuple[float, float] = (1.0, 3.0),
+    start_timeout_s: float = 120.0,
+) -> int:
+    """``cycles`` times: one :class:`Writer` per group of ``images``, a SIGKILL after a random
+    pause, a restart; then every item must be as last acknowledged (or as the request in flight
+    at the kill would have left it) and searchable by its own vector. Returns the writes
+    acknowledged. The daemon must be started, with the library ``lib`` signed up."""
+    state: dict[int, bytes | None] = {ContSign.of_image(img).key: Absent for group in images for img in group}
+    rng = random.Random(seed)
+    api = daemon.client("lib")
+    total_acked = 0
+    for cycle in range(cycles):
+        clients = [Writer(daemon, group, state, seed=seed + cycle * 10 + c) for c, group in enumerate(images)]
+        for client in clients:
+            client.start()
+        time.sleep(rng.uniform(*pause_s))
+        daemon.kill()
+        for client in clients:
+            client.stop.set()
+            client.join(60)
+        total_acked += sum(c.acked for c in clients)
+        daemon.start(timeout=start_timeout_s)
+        actual = stored_items(api)
+        in_flight = {c.in_flight[0]: c.in_flight[1] for c in clients if c.in_flight is not None}
+        lost = []
+        for key, acknowledged in state.items():
+            found = actual.get(key, Absent)
+            allowed = {acknowledged} | ({in_flight[key]} if key in in_flight else set())
+            if found not in allowed:
+                lost.append((key, found, allowed))
+            state[key] = found  # the next cycle starts from what is really there
+        assert not lost, (cycle, f"{len(lost)} of {len(state)} items not as acknowledged", lost[:3])
+        snapshot = api.snapshot()
+        assert snapshot["index_size"] == len(actual)
+        for key in actual:  # every stored item is searchable by its own vector
+            hit = api.search(contsign=ContSign.from_key(key), rn=1)
+            assert hit[0].contsign.key == key
+    return total_acked
+
+
 def test_random_sigkill_cycles_lose_nothing_acknowledged(tmp_path):
     daemon = Daemon(tmp_path, "[storage]\nsnapshot_interval_s = 0.3\n[model]\nmax_wait_ms = 5.0\n")
     images = [[jpeg(1000 + c * 100 + i, (64, 48)) for i in range(IMAGES_PER_CLIENT)] for c in range(CLIENTS)]
-    state: dict[int, bytes | None] = {ContSign.of_image(img).key: Absent for group in images for img in group}
-    rng = random.Random(7)
     daemon.start()
-    api = daemon.client("lib")
-    api.signup()
+    daemon.client("lib").signup()
     try:
-        total_acked = 0
-        for cycle in range(CYCLES):
-            clients = [Writer(daemon, images[c], state, seed=cycle * 10 + c) for c in range(CLIENTS)]
-            for client in clients:
-                client.start()
-            time.sleep(rng.uniform(1.0, 3.0))
-            daemon.kill()
-            for client in clients:
-                client.stop.set()
-                client.join(60)
-            total_acked += sum(c.acked for c in clients)
-            daemon.start()
-            actual = stored_items(api)
-            in_flight = {c.in_flight[0]: c.in_flight[1] for c in clients if c.in_flight is not None}
-            for key, acknowledged in state.items():
-                found = actual.get(key, Absent)
-                allowed = {acknowledged} | ({in_flight[key]} if key in in_flight else set())
-                assert found in allowed, (cycle, key, found, allowed)
-                state[key] = found  # the next cycle starts from what is really there
-            snapshot = api.snapshot()
-            assert snapshot["index_size"] == len(actual)
-            for key in actual:  # every stored item is searchable by its own vector
-                hit = api.search(contsign=ContSign.from_key(key), rn=1)
-                assert hit[0].contsign.key == key
-        assert total_acked >= 20, "the clients barely ran; the test proved little"
+        acked = kill_cycles(daemon, images, CYCLES, seed=7)
+        assert acked >= 20, "the clients barely ran; the test proved little"
         log = daemon.log.read_text()
         assert log.count("same_search ready") == CYCLES + 1
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 
 from conftest import b64, brief
 from images import encode, jpeg, picture
@@ -11,6 +13,7 @@ from images import encode, jpeg, picture
 from same_search.app import create_app
 from same_search.config import Config, IndexConfig, ModelConfig, StorageConfig
 from same_search.contsign import ContSign
+from same_search.duplicates import NEIGHBOURS
 from same_search.services import SERVICES
 
 R = "/RTSAsService"
@@ -62,6 +65,19 @@ def shape(scan: dict) -> list[tuple[str, list[str]]]:
 
 
 EXPECTED = [("p1", ["p1 copy", "p1 smaller"]), ("p2", ["p2 copy"])]
+
+
+@contextlib.asynccontextmanager
+async def index_thread_held(client) -> AsyncIterator[None]:
+    """Hold the library's index thread (local backend) so a scan cannot finish meanwhile."""
+    lib = await client.app[SERVICES].libraries.get("lib")
+    gate = threading.Event()
+    blocked = asyncio.get_running_loop().run_in_executor(lib.handle._executor, gate.wait)
+    try:
+        yield
+    finally:
+        gate.set()
+        await blocked
 
 
 async def test_small_library_is_scanned_exactly_in_one_answer(client, api):
@@ -142,17 +158,10 @@ async def test_a_running_scan_can_be_cancelled(aiohttp_client, embedder, tmp_pat
         return await (await client.post(route, json={"from": "t", **body})).json()
 
     await fill(call)
-    # Hold the library's index thread so the scan cannot finish before it is cancelled.
-    lib = await client.app[SERVICES].libraries.get("lib")
-    gate = threading.Event()
-    blocked = asyncio.get_running_loop().run_in_executor(lib.handle._executor, gate.wait)  # local backend
-    try:
+    async with index_thread_held(client):  # so the scan cannot finish before it is cancelled
         started = (await (await client.post("/api/libraries/lib/duplicates", json={})).json())["scan"]
         assert started["status"] == "running"
         answer = await (await client.post(f"/api/libraries/lib/duplicates/{started['id']}/cancel")).json()
-    finally:
-        gate.set()
-        await blocked
     assert answer["err_no"] == 0 and answer["scan"]["status"] == "cancelled"
     assert answer["scan"]["groups"] == []
     removal = await (await client.post(f"/api/libraries/lib/duplicates/{started['id']}/remove")).json()
@@ -181,3 +190,94 @@ async def test_scans_end_cleanly_at_shutdown(aiohttp_client, embedder, tmp_path)
     await fill(call)
     await client.post("/api/libraries/lib/duplicates", json={})
     await client.close()
+
+
+# ---- a stale scan never removes the last copy of a picture ---------------------------------------------
+
+
+async def test_remove_extras_refuses_a_scan_whose_kept_item_was_removed_since(client, api):
+    await fill(api)
+    scan = await scan_to_end(client)
+    kept = ContSign.of_image(PICTURES["p1"]).to_json()
+    assert (await api(f"{R}/remove", appid="lib", contsigns=[kept]))["removed"] == 1
+    path = f"/api/libraries/lib/duplicates/{scan['id']}/remove"
+    for body in (None, {"contsigns": [ContSign.of_image(PICTURES["p1 copy"]).to_json()]}):
+        answer = await (await client.post(path, json=body)).json()
+        assert answer["err_no"] == 1, answer
+        assert "changed since the scan" in answer["err_msg"] and "scan again" in answer["err_msg"]
+    # p1's copies are still there: the picture keeps a copy.
+    assert (await api(f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == len(PICTURES) - 1
+    again = await scan_to_end(client)
+    answer = await (await client.post(f"/api/libraries/lib/duplicates/{again['id']}/remove")).json()
+    assert answer["err_no"] == 0 and answer["removed"] == 2  # one of p1's copies, p2's copy
+    found = await api(f"{R}/search", appid="lib", image=b64(PICTURES["p1"]), rn=1)
+    assert found["data_items"][0]["score"] > 0.95  # a copy of p1 is left
+
+
+async def test_remove_extras_refuses_a_scan_whose_kept_item_was_stored_again_since(client, api):
+    await fill(api)
+    scan = await scan_to_end(client)
+    kept = ContSign.of_image(PICTURES["p2"]).to_json()
+    assert (await api(f"{R}/remove", appid="lib", contsigns=[kept]))["removed"] == 1
+    added = await api(f"{R}/add", appid="lib", image=b64(PICTURES["p2"]), features=[brief("p2 again")])
+    assert added["err_no"] == 0
+    one = ContSign.of_image(PICTURES["p2 copy"]).to_json()
+    path = f"/api/libraries/lib/duplicates/{scan['id']}/remove"
+    answer = await (await client.post(path, json={"contsigns": [one]})).json()
+    assert answer["err_no"] == 1 and "changed since the scan" in answer["err_msg"], answer
+
+
+# ---- a scan's budget -------------------------------------------------------------------------------------
+
+
+def no_features_config(tmp_path, **index) -> Config:
+    return Config(
+        storage=StorageConfig(data_dir=str(tmp_path / "d"), local_features=False),
+        model=ModelConfig(name="efficientnet_lite0"),
+        index=IndexConfig(**index),
+    )
+
+
+async def test_min_score_zero_keeps_a_bounded_number_of_pairs_per_item(aiohttp_client, embedder, tmp_path):
+    """Without local features every pair scores its way in at min_score 0: all n^2/2 pairs were
+    kept (3.4 GB for two scans of 3,000 items); now each item keeps its best few."""
+    client = await aiohttp_client(create_app(no_features_config(tmp_path), embedder))
+
+    async def call(route, **body):
+        return await (await client.post(route, json={"from": "t", **body})).json()
+
+    assert (await call(f"{R}/signup", appid="lib"))["err_no"] == 0
+    items = 40
+    for seed in range(items):
+        answer = await call(
+            f"{R}/add", appid="lib", image=b64(jpeg(100 + seed)), features=[brief(f"i{seed}")]
+        )
+        assert answer["err_no"] == 0
+    scan = await scan_to_end(client, {"min_score": 0})
+    assert scan["status"] == "done" and scan["method"] == "exact"
+    assert all(len(group["extras"]) <= NEIGHBOURS for group in scan["groups"]), shape(scan)
+    assert scan["pairs_per_item"] == NEIGHBOURS
+    assert scan["extras_total"] < items
+
+
+async def test_one_running_scan_per_library(aiohttp_client, embedder, tmp_path):
+    client = await aiohttp_client(create_app(no_features_config(tmp_path, exact_threshold=3), embedder))
+
+    async def call(route, **body):
+        return await (await client.post(route, json={"from": "t", **body})).json()
+
+    await fill(call)
+    async with index_thread_held(client):
+        first = (await (await client.post("/api/libraries/lib/duplicates", json={})).json())["scan"]
+        second = await (await client.post("/api/libraries/lib/duplicates", json={"min_score": 0.5})).json()
+    assert first["status"] == "running"
+    assert second["err_no"] == 0 and second["scan"]["id"] == first["id"]  # the running one answers
+    assert second["scan"]["min_score"] == first["min_score"]
+    for _ in range(300):  # once the first has ended, a start begins a new scan
+        if (await (await client.get(f"/api/libraries/lib/duplicates/{first['id']}")).json())["scan"][
+            "status"
+        ] != "running":
+            break
+        await asyncio.sleep(0.1)
+    done = await scan_to_end(client)
+    assert done["id"] != first["id"]

@@ -159,3 +159,62 @@ async def test_console_search_takes_a_region_in_the_query(client, api):
     assert answer["results"][0]["brief_text"] == "p1"
     bad = await (await client.post("/api/libraries/lib/search?region=1,2,3", data=panels)).json()
     assert bad["err_no"] == 1 and "region" in bad["err_msg"]
+
+
+INFINITE_OR_HUGE = [
+    ({"x": float("inf"), "y": 0, "w": 100, "h": 100}, "region.x"),
+    ({"x": 0, "y": float("-inf"), "w": 100, "h": 100}, "region.y"),
+    ({"x": 0, "y": 0, "w": 1e308, "h": 100}, "region.w"),
+    ({"x": 1e308, "y": 0, "w": 1e308, "h": 100}, "region.x"),
+    ({"x": 0, "y": 0, "w": 10**400, "h": 100}, "region.w"),
+    ({"x": 0, "y": 0, "w": 1e300, "h": 1, "unit": "fraction"}, "region.w"),
+]
+
+
+@pytest.mark.parametrize(("region", "field"), INFINITE_OR_HUGE)
+async def test_infinite_or_overflowing_boxes_are_1_naming_the_field(api, region, field):
+    await library(api)
+    panels = b64(encode(two_panels()))
+    for route, extra in (("search", {}), ("add", {"features": [brief("x")]})):
+        answer = await api(f"{R}/{route}", appid="lib", image=panels, region=region, **extra)
+        assert answer["err_no"] == 1 and field in answer["err_msg"], answer
+        assert len(answer["err_msg"]) < 200, answer["err_msg"]
+    assert (await api(f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == 6
+
+
+@pytest.mark.parametrize("text", ["inf,0,100,100", "0,0,1e308,100", "1e999,0,1,1", "nan,0,1,1", "9" * 5000])
+async def test_console_region_refuses_infinite_or_huge_numbers_without_echoing_them(client, api, text):
+    await library(api)
+    panels = encode(two_panels())
+    answer = await (await client.post(f"/api/libraries/lib/search?rn=1&region={text}", data=panels)).json()
+    assert answer["err_no"] == 1 and "region" in answer["err_msg"], answer
+    assert len(answer["err_msg"]) < 200, answer["err_msg"][:300]
+
+
+async def test_client_values_are_never_echoed_at_length(client, api):
+    """Every err_msg that quotes what a client sent quotes at most a few dozen characters of it."""
+    await library(api)
+    huge = 10**4000
+    long_text = "x" * 100_000
+    answers = [
+        await api(f"{R}/add", appid="lib", image=b64(jpeg(9)), features=[brief("x")], dup_policy=long_text),
+        await api(f"{R}/add", appid="lib", image=b64(jpeg(9)), features=[brief("x")], dup_min_score=huge),
+        await api(f"{R}/search", appid="lib", image=b64(jpeg(9)), query_expansion=huge),
+        await api(
+            f"{R}/search",
+            appid="lib",
+            image=b64(jpeg(9)),
+            region={"x": 0, "y": 0, "w": 1, "h": 1, "unit": long_text},
+        ),
+        await (await client.get(f"/api/libraries/lib/items/{'1' * 5000},2")).json(),
+        await (await client.post("/api/libraries/lib/duplicates", json={"min_score": huge})).json(),
+    ]
+    for answer in answers:
+        assert answer["err_no"] == 1, answer["err_msg"][:200]
+        assert len(answer["err_msg"]) < 300, answer["err_msg"][:300]
+
+
+async def test_a_number_of_thousands_of_digits_is_1_not_an_internal_error(client):
+    body = '{"from": "t", "appid": "lib", "logid": ' + "7" * 5000 + "}"
+    answer = await (await client.post(f"{R}/snapshot", data=body)).json()
+    assert answer["err_no"] == 1 and "digits" in answer["err_msg"] and len(answer["err_msg"]) < 200, answer

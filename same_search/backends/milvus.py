@@ -24,6 +24,17 @@ under write load (a read may wait for the next time tick, up to ``common.timeTic
 200 ms by default), not throughput.
 
 pymilvus is synchronous; its calls run in a small thread pool so the event loop never blocks.
+
+**milvus-lite** (``uri`` a local ``.db`` path, which runs it inside the daemon, or a server that
+reports itself as ``milvus_lite``) is a single-writer engine: "concurrent writes against the same
+Collection are not" safe (milvus_lite/adapter/grpc/server.py). Two upserts at once interleave their
+Arrow IPC batches in the collection's write-ahead log, and after a crash its recovery stops at the
+first torn batch ("Invalid IPC message: negative metadata length"), dropping every acknowledged
+write after it: 191 of 352 adds in one kill -9 test. Against milvus-lite every write of this daemon
+therefore goes through one thread (:meth:`MilvusBackend._write`); reads stay concurrent. Each
+write reaches the OS before it is acknowledged (milvus-lite flushes its log on every write), so a
+``kill -9`` loses nothing acknowledged (tests/test_milvus_file_mode.py). Several daemons writing
+to one milvus-lite server are not serialised with each other: that is for tests only.
 """
 
 from __future__ import annotations
@@ -85,6 +96,8 @@ MAX_VARCHAR = 65535
 CHUNK = 512
 #: pymilvus error code of "collection not found".
 COLLECTION_NOT_FOUND = 100
+#: How milvus-lite names itself in ``get_server_version``.
+LITE_VERSION_PREFIX = "milvus_lite"
 
 _ITEM_FIELDS = ["key", "brief", "tag1", "tag2", "created_at", "updated_at"]
 
@@ -121,6 +134,14 @@ def tag_expression(tag_filter: TagFilter) -> str:
     return (" and " if tag_filter.match_all else " or ").join(clauses)
 
 
+def _is_lite(client: Any) -> bool:
+    """Whether the server ``client`` reached is milvus-lite (a server started on its own)."""
+    try:
+        return str(client.get_server_version()).startswith(LITE_VERSION_PREFIX)
+    except Exception:  # an old server without the call is not milvus-lite 3
+        return False
+
+
 class MilvusBackend(Backend, SharedLibraries):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
@@ -130,21 +151,35 @@ class MilvusBackend(Backend, SharedLibraries):
         self.cfg = cfg
         self.client: Any = None
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="milvus")
+        #: Every write against milvus-lite, one at a time (module docstring).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="milvus-write")
+        #: Whether the server is milvus-lite (file mode, or a server saying so): writes serialised.
+        self.lite = cfg.storage.milvus_file_mode
         self._jobs = JobStore(cfg.data_path / "jobs.sqlite3", cfg.storage.max_db_bytes)
         self._flushed_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._warned_thumbnail = False
+        self._server_address: str | None = None
 
     # ---- plumbing --------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a pymilvus call in the pool; a missing collection is :class:`LibraryGone`,
+        """Run a pymilvus read in the pool (:meth:`_call`)."""
+        return await self._call(self._pool, fn, *args, **kwargs)
+
+    async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a pymilvus call that changes anything: against milvus-lite in the one writer
+        thread, so no two writes reach its engine at once (module docstring)."""
+        return await self._call(self._writer if self.lite else self._pool, fn, *args, **kwargs)
+
+    async def _call(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a pymilvus call in ``pool``; a missing collection is :class:`LibraryGone`,
         any other Milvus failure :class:`StorageError` (the API answers it, nothing half-done)."""
         from pymilvus.exceptions import MilvusException
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            return await loop.run_in_executor(pool, lambda: fn(*args, **kwargs))
         except MilvusException as exc:
             if exc.code == COLLECTION_NOT_FOUND or "not exist" in str(exc.message):
                 raise LibraryGone(str(exc.message)) from exc
@@ -164,12 +199,27 @@ class MilvusBackend(Backend, SharedLibraries):
             ) from exc
         if not await self._run(self.client.has_collection, CATALOGUE):
             try:
-                await self._run(self._create_catalogue)
+                await self._write(self._create_catalogue)
             except StorageError:
                 if not await self._run(self.client.has_collection, CATALOGUE):  # not a daemon beside us
                     raise
-        await self._run(self.client.load_collection, CATALOGUE)
+        await self._write(self.client.load_collection, CATALOGUE)
         log.info("milvus backend: %s, database %r", storage.uri, storage.db_name or "default")
+        if self._server_address is not None:
+            log.warning(
+                "milvus-lite runs inside this daemon (file mode, %s): for trials, not production. It "
+                "serves every library on %s without authentication: any local user can read and "
+                "change them, whatever [auth] tokens say. Writes go through one thread "
+                '(docs/scale-out.md, "milvus-lite")',
+                storage.uri,
+                self._server_address,
+            )
+        elif self.lite:
+            log.warning(
+                "the Milvus at %s is milvus-lite: for tests, not production. This daemon's writes go "
+                "through one thread; writes of other daemons to it are not serialised with them",
+                storage.uri,
+            )
 
     async def _connect_with_retries(self, storage: Any, attempts: int = CONNECT_ATTEMPTS) -> None:
         """Connect, retrying a few times: a Milvus that is restarting, or a gRPC channel the server
@@ -187,7 +237,14 @@ class MilvusBackend(Backend, SharedLibraries):
     def _connect(self, storage: Any) -> None:
         from pymilvus import MilvusClient
 
-        client = MilvusClient(uri=storage.uri, token=storage.token)
+        uri = storage.uri
+        if storage.milvus_file_mode:  # started here (pymilvus would do the same), to name its port
+            from milvus_lite import server_manager_instance
+
+            uri = server_manager_instance.start_and_get_uri(storage.uri) or storage.uri
+            self._server_address = uri
+        client = MilvusClient(uri=uri, token=storage.token)
+        self.lite = self.lite or _is_lite(client)
         if storage.db_name:
             if storage.db_name not in client.list_databases():
                 try:
@@ -216,6 +273,7 @@ class MilvusBackend(Backend, SharedLibraries):
         if self.client is not None:
             await self._run(self.client.close)
         self._pool.shutdown(wait=True)
+        self._writer.shutdown(wait=True)
         await self._jobs.close()
 
     @property
@@ -254,9 +312,9 @@ class MilvusBackend(Backend, SharedLibraries):
         """Load a library's collection into the query nodes (needed again after a restart)."""
         replicas = self.cfg.storage.milvus_replicas
         if replicas > 1:
-            await self._run(self.client.load_collection, name, replica_number=replicas)
+            await self._write(self.client.load_collection, name, replica_number=replicas)
         else:
-            await self._run(self.client.load_collection, name)
+            await self._write(self.client.load_collection, name)
 
     async def find_library(self, appid: str) -> Library | None:
         name = collection_name(appid)
@@ -279,7 +337,7 @@ class MilvusBackend(Backend, SharedLibraries):
         name = collection_name(new.appid)
         if not await self._run(self.client.has_collection, name):
             try:
-                await self._run(self._create_items, name, new.dim)
+                await self._write(self._create_items, name, new.dim)
             except StorageError:
                 if not await self._run(self.client.has_collection, name):  # not a racing twin
                     raise
@@ -299,7 +357,7 @@ class MilvusBackend(Backend, SharedLibraries):
     async def _write_catalogue(self, name: str, row: LibraryRow) -> None:
         """The library's catalogue record: every LibraryRow field (settings included) but the id."""
         record = {k: v for k, v in asdict(row).items() if k != "id"}
-        await self._run(
+        await self._write(
             self.client.upsert,
             CATALOGUE,
             [{"name": name, "appid": row.appid, "row": json.dumps(record), "placeholder": [0.0, 0.0]}],
@@ -343,9 +401,9 @@ class MilvusBackend(Backend, SharedLibraries):
     async def delete_library(self, lib: Library | Unavailable) -> None:
         """Catalogue row first (the library disappears for every daemon), then the collection."""
         name = collection_name(lib.row.appid)
-        await self._run(self.client.delete, CATALOGUE, ids=[name])
+        await self._write(self.client.delete, CATALOGUE, ids=[name])
         with contextlib.suppress(LibraryGone):  # dropped by another daemon at the same time
-            await self._run(self.client.drop_collection, name)
+            await self._write(self.client.drop_collection, name)
 
     async def stored_count(self, row: LibraryRow) -> int:
         return await self.count(Library(row, collection_name(row.appid)))
@@ -355,7 +413,7 @@ class MilvusBackend(Backend, SharedLibraries):
         return []
 
     async def drop_rows(self, row: LibraryRow, keys: Sequence[int]) -> None:
-        await self._run(self.client.delete, collection_name(row.appid), ids=list(keys))
+        await self._write(self.client.delete, collection_name(row.appid), ids=list(keys))
 
     async def import_items(
         self, target: Library | NewLibrary, batches: AsyncIterator[Sequence[NewItem]], capacity: int = 0
@@ -431,7 +489,7 @@ class MilvusBackend(Backend, SharedLibraries):
             now, seq = time.time(), time.time_ns()
             entities = [self._entity(item, now, seq + i, writer) for i, item in enumerate(fresh)]
             for start in range(0, len(entities), CHUNK):
-                await self._run(self.client.upsert, _name(lib), entities[start : start + CHUNK])
+                await self._write(self.client.upsert, _name(lib), entities[start : start + CHUNK])
             self._dirty.add(_name(lib))
             writers = await self._present(lib, [item.key for item in fresh], "writer")
             won = {key for key, nonce in writers.items() if int(nonce) == writer}
@@ -448,14 +506,14 @@ class MilvusBackend(Backend, SharedLibraries):
             entity["brief"] = base64.b64encode(brief).decode()
         if tags is not None:
             entity["tag1"], entity["tag2"] = tags
-        await self._run(self.client.upsert, _name(lib), [entity], partial_update=True)
+        await self._write(self.client.upsert, _name(lib), [entity], partial_update=True)
         self._dirty.add(_name(lib))
         return True
 
     async def remove_items(self, lib: Library, keys: Sequence[int]) -> list[int]:
         present = list(await self._present(lib, list(dict.fromkeys(keys))))
         for start in range(0, len(present), CHUNK):
-            await self._run(self.client.delete, _name(lib), ids=present[start : start + CHUNK])
+            await self._write(self.client.delete, _name(lib), ids=present[start : start + CHUNK])
         if present:
             self._dirty.add(_name(lib))
         return present
@@ -540,7 +598,7 @@ class MilvusBackend(Backend, SharedLibraries):
             if only_dirty and name not in self._dirty:
                 continue
             self._dirty.discard(name)
-            await self._run(self.client.flush, name)
+            await self._write(self.client.flush, name)
             self._flushed_at[name] = time.time()
             saved += 1
         return saved
@@ -549,7 +607,7 @@ class MilvusBackend(Backend, SharedLibraries):
         """Milvus compaction: rewrites segments without deleted rows and rebuilds their index."""
         if progress is not None:
             progress.phase = "compacting"
-        await self._run(self.client.compact, _name(lib))
+        await self._write(self.client.compact, _name(lib))
 
     def describe(self, lib: Library) -> Figures:
         return {

@@ -9,19 +9,27 @@ tokens the console needs no login and these routes only point back to it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import urllib.parse
 from html import escape
 
 from aiohttp import web
 
-from same_search.errors import ApiError, bad_request
+from same_search.console.throttle import FAILURE_DELAY_S, LoginThrottle
+from same_search.errors import ApiError, ErrNo, bad_request
 from same_search.routes.auth import SESSION_COOKIE, SESSIONS, WILDCARD, check_token, presented_token
 from same_search.routes.envelope import Handler, ok, read_body
 from same_search.routes.fields import parse_json_object
 from same_search.services import SERVICES
 
+log = logging.getLogger(__name__)
+
 LOGIN = "/login"
 LOGOUT = "/logout"
+#: Failed logins per client address (:mod:`same_search.console.throttle`).
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 
 def is_operator(request: web.Request) -> bool:
@@ -72,7 +80,10 @@ in the daemon's config.toml.</p>
 
 
 async def login(request: web.Request) -> web.Response:
-    """``{"token"}``: check it is the operator token, then open a session and set its cookie."""
+    """``{"token"}``: check it is the operator token, then open a session and set its cookie.
+
+    Failures are slowed down, logged and, past a few, refused outright per client address
+    (:mod:`same_search.console.throttle`); the token itself is never logged."""
     auth = request.app[SERVICES].cfg.auth
     body = parse_json_object(await read_body(request))
     token = body.get("token")
@@ -80,7 +91,22 @@ async def login(request: web.Request) -> web.Response:
         raise bad_request("no [auth] tokens are configured: the console needs no login")
     if not isinstance(token, str) or not token:
         raise bad_request("token is required: the operator token (the '*' entry of [auth] tokens)")
-    check_token(auth, WILDCARD, token)
+    throttle, client = request.app[LOGIN_THROTTLE], request.remote or "unknown"
+    wait = throttle.locked_for(client)
+    if wait > 0:
+        raise ApiError(
+            ErrNo.AUTH_FAILED,
+            f"too many failed logins from {client}: try again in {math.ceil(wait)} s",
+        )
+    try:
+        check_token(auth, WILDCARD, token)
+    except ApiError:
+        failures, lock = throttle.failed(client)
+        locked = f"; locked out for {lock:g} s" if lock else ""
+        log.warning("console login failed from %s (%d failures in a row%s)", client, failures, locked)
+        await asyncio.sleep(FAILURE_DELAY_S)  # this answer only: the loop serves everyone else meanwhile
+        raise
+    throttle.succeeded(client)
     response = ok()
     session = request.app[SESSIONS].open(token)
     response.set_cookie(SESSION_COOKIE, session, path="/", httponly=True, samesite="Strict")
@@ -90,7 +116,9 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     """End the session on the daemon (its cookie stops working everywhere) and drop the cookie."""
     request.app[SESSIONS].close(request.cookies.get(SESSION_COOKIE))
+    # The browser drops what it cached during the session (thumbnails of the libraries).
     response = ok()
+    response.headers["Clear-Site-Data"] = '"cache"'
     response.del_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
     return response
 

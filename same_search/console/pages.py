@@ -20,7 +20,7 @@ from same_search.console.login import FRAME_HEADERS, LOGOUT, operator_only
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo
 from same_search.libraries import Library
-from same_search.routes.fields import is_decimal
+from same_search.routes.fields import check_library_name, is_decimal
 from same_search.services import SERVICES, Services
 
 STATIC = resources.files("same_search.console").joinpath("static")
@@ -130,7 +130,7 @@ async def overview(request: web.Request) -> web.Response:
 
 async def _library(request: web.Request) -> tuple[Services, Library]:
     services = request.app[SERVICES]
-    return services, await services.libraries.get(request.match_info["appid"])
+    return services, await services.libraries.get(check_library_name(request.match_info["appid"]))
 
 
 async def library(request: web.Request) -> web.Response:

@@ -3,6 +3,8 @@
 Runs in worker threads (never on the event loop). The spec's err_no 100 sub-codes come from
 here: 216200 empty, 216201 undecodable or unsupported, 216202 size out of range. Size is
 checked from the header *before* pixels are decoded, so a decompression bomb costs nothing.
+:func:`decode_cost` reads only the header too (cheap enough for the event loop): the megapixels
+:func:`decode` would produce, which admission weighs before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -95,29 +97,64 @@ def decode(data: bytes, limits: ImageLimits, target_side: int, region: Region | 
     image = open_checked(data, limits)
     oriented = _oriented_size(image)
     box = None if region is None else region.box(oriented, limits.min_side)
-    shorter = min(image.size) if box is None else min(box[2] - box[0], box[3] - box[1])
-    if image.format == "JPEG" and shorter > 2 * target_side:
-        wanted = math.ceil(target_side * min(image.size) / shorter)
-        image.draft("RGB", _draft_size(image.size, wanted))
+    reduced = _reduced_size(image, box, target_side)
+    if reduced is not None:
+        image.draft("RGB", reduced)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
-            image = ImageOps.exif_transpose(image) or image
+            if _orientation(image) != 1:  # exif_transpose copies even an upright picture
+                image = ImageOps.exif_transpose(image) or image
             image = _to_rgb(image)
     except Exception as exc:  # truncated data, bad Huffman tables, ... all look the same to clients
         raise ImageRefused(ImageProblem.UNDECODABLE, f"image cannot be decoded: {exc}") from exc
     return image if box is None else image.crop(_scaled(box, oriented, image.size))
 
 
+def decode_cost(data: bytes, limits: ImageLimits, target_side: int, region: Region | None = None) -> float:
+    """Megapixels :func:`decode` will produce for ``data``, from the header alone.
+
+    A large JPEG decodes at a reduced scale (``Image.draft``: 1/2, 1/4 or 1/8), so an 8192 x 8192
+    JPEG costs about one megapixel; every other format (PNG, WebP, GIF, TIFF, ...) has no reduced
+    decode and costs all its pixels: an 8192 x 8192 PNG of 215 KB is 67 megapixels (200 MB of
+    RGB, about 1 CPU-second). Refuses what :func:`decode` would refuse, for the same reasons.
+    """
+    image = open_checked(data, limits)
+    box = None if region is None else region.box(_oriented_size(image), limits.min_side)
+    width, height = image.size
+    reduced = _reduced_size(image, box, target_side)
+    if reduced is not None:
+        # Pillow's JPEG draft: the largest of 8, 4, 2 that still gives at least the size asked.
+        scale = next(s for s in (8, 4, 2, 1) if min(width // reduced[0], height // reduced[1]) >= s)
+        width, height = -(-width // scale), -(-height // scale)
+    return width * height / 1e6
+
+
+def _reduced_size(
+    image: Image.Image, box: tuple[int, int, int, int] | None, target_side: int
+) -> tuple[int, int] | None:
+    """The size to ask a JPEG's reduced decode for (so the picture, or ``box`` of it, keeps at
+    least ``target_side`` on its shorter side); None when the picture decodes at full size."""
+    shorter = min(image.size) if box is None else min(box[2] - box[0], box[3] - box[1])
+    if image.format != "JPEG" or shorter <= 2 * target_side:
+        return None
+    wanted = math.ceil(target_side * min(image.size) / shorter)
+    return _draft_size(image.size, wanted)
+
+
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
     """The picture's size as a viewer shows it: EXIF quarter turns swap width and height."""
     width, height = image.size
+    return (height, width) if _orientation(image) in _QUARTER_TURNS else (width, height)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1: upright, as stored)."""
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # a broken EXIF block: exif_transpose will ignore it too
-        orientation = 1
-    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+        return 1
 
 
 def _scaled(
@@ -185,6 +222,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale: scale to 8 bits instead of clipping everything to white.
         image = image.point(lambda v: v / 256).convert("L")
+    if image.mode == "RGB":  # convert() would copy it: twice the memory of a large picture
+        return image
     return image.convert("RGB")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from same_search.config import DEFAULT_MODEL, ConfigError, LimitsConfig, ModelConfig
+from same_search.embed.admission import DecodeAdmission
 from same_search.embed.embedder import Embedder, ModelInfo, model_fingerprint
 from same_search.embed.models import ModelUnavailable, load_model
 from same_search.embed.service import EmbedService
@@ -100,9 +101,10 @@ class ModelRegistry:
         return shown
 
     async def close(self) -> None:
-        """Stop every queue (queued requests get err_no 5)."""
+        """Stop every queue (queued requests get err_no 5), then the shared decode budget's threads."""
         for served in self.served.values():
             await served.embed.close()
+        self.default.admission.close()
 
 
 async def open_registry(
@@ -115,7 +117,12 @@ async def open_registry(
     default_cfg = profiles[DEFAULT_MODEL]
     if default_embedder is None:
         default_embedder = await asyncio.to_thread(Embedder, default_cfg)
-    default = await _start(EmbedService(default_embedder, default_cfg, limits, on_batch=on_batch))
+    # One decode budget for every model's queue (and the local features): a large picture costs
+    # the machine the same whichever model embeds it.
+    admission = DecodeAdmission.from_limits(limits)
+    default = await _start(
+        EmbedService(default_embedder, default_cfg, limits, on_batch=on_batch, admission=admission)
+    )
     registry = ModelRegistry(default)
     registry._serve(DEFAULT_MODEL, default)
     try:
@@ -145,7 +152,8 @@ async def _load_profile(
             )
             return
         embedder = await asyncio.to_thread(Embedder, cfg, loaded)
-        embed = await _start(EmbedService(embedder, cfg, limits, on_batch=on_batch))
+        admission = registry.default.admission
+        embed = await _start(EmbedService(embedder, cfg, limits, on_batch=on_batch, admission=admission))
     except (ModelUnavailable, ConfigError, OSError, RuntimeError) as exc:
         registry.failed[name] = str(exc)
         log.error(

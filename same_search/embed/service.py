@@ -12,6 +12,10 @@ itself as background with :func:`background_priority`.
 
 With a CUDA device the decode threads only check each JPEG's header and the batch is decoded
 on the card (:mod:`same_search.embed.gpu_decode`); other formats are decoded here as before.
+
+Before a decode is submitted its cost is read from the header (:mod:`same_search.embed.admission`):
+a heavy picture (a large PNG, say) decodes in the admission's own threads within a megapixel
+budget, or is refused with err_no 99 before it costs anything, so it never delays the light ones.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from same_search.config import LimitsConfig, ModelConfig
+from same_search.embed.admission import DecodeAdmission
 from same_search.embed.embedder import Embedder, ModelInfo
 from same_search.embed.errors import EmbedderBusy, EmbedderStopping, EmbedderTimeout, EmbedFailed
 from same_search.embed.gpu_decode import Decoded, JpegBatchDecoder, gather_batch, gpu_eligible, jpeg_thumbnail
-from same_search.embed.images import ImageLimits, Region, decode, make_thumbnail, open_checked
+from same_search.embed.images import ImageLimits, Region, decode, decode_cost, make_thumbnail, open_checked
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +67,17 @@ class EmbedService:
         decode_threads: int | None = None,
         on_batch: Callable[[int], None] | None = None,
         gpu_decoder: JpegBatchDecoder | None = None,
+        admission: DecodeAdmission | None = None,
     ) -> None:
         """``gpu_decoder`` decodes JPEGs in the batch; by default nvJPEG when the embedder runs
-        on CUDA and ``[model] gpu_decode`` is on (tests inject a stand-in on the CPU)."""
+        on CUDA and ``[model] gpu_decode`` is on (tests inject a stand-in on the CPU).
+        ``admission`` is the decode budget, shared by every model and the local features (the
+        registry's); by default one of its own."""
         self.embedder = embedder
         self.cfg = cfg
         self.limits = ImageLimits(limits.min_side, limits.max_side, limits.max_pixels)
+        self._owns_admission = admission is None
+        self.admission = admission or DecodeAdmission.from_limits(limits)
         threads = decode_threads or embedder.plan.decode_threads
         self._decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self.workers = embedder.plan.workers
@@ -122,6 +132,8 @@ class EmbedService:
                 job.future.set_exception(EmbedderStopping("embedder is shutting down"))
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=True)
+        if self._owns_admission:
+            self.admission.close()
 
     async def embed_image(self, data: bytes, region: Region | None = None) -> np.ndarray:
         """Decode and embed one image (only ``region`` of it when given); err_no 100 for bad
@@ -154,14 +166,16 @@ class EmbedService:
     ) -> tuple[np.ndarray, bytes | None]:
         loop = asyncio.get_running_loop()
         priority = _priority.get()
+        cost = decode_cost(data, self.limits, self.cfg.image_size, region)  # the header: refusals here
         if priority == INTERACTIVE:
-            decoded, thumbnail = await loop.run_in_executor(
-                self._decode_pool, self._decode, data, thumbnail_side, region
-            )
-        else:  # at most one background decode per thread: none waits in the pool's queue
-            async with self._background_decodes:
+            async with self.admission.admit(data, cost) as heavy:
                 decoded, thumbnail = await loop.run_in_executor(
-                    self._decode_pool, self._decode, data, thumbnail_side, region
+                    heavy or self._decode_pool, self._decode, data, thumbnail_side, region
+                )
+        else:  # at most one background decode per thread: none waits in the pool's queue
+            async with self._background_decodes, self.admission.admit(data, cost) as heavy:
+                decoded, thumbnail = await loop.run_in_executor(
+                    heavy or self._decode_pool, self._decode, data, thumbnail_side, region
                 )
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._waiting += 1

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from same_search.contsign import ContSign
-from same_search.errors import ApiError, bad_request
+from same_search.errors import ApiError, bad_request, shown
 from same_search.files import is_sha256_hex
 from same_search.imports.export import FORMAT, ORIGINALS
 from same_search.index.vectors import row_problems
@@ -202,7 +202,7 @@ def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo, models: dict[str
     if not isinstance(meta, dict):
         raise _refuse("meta.json must be a JSON object")
     if meta.get("format") != FORMAT:
-        raise bad_request(f"unknown export format {meta.get('format')!r}")
+        raise bad_request(f"unknown export format {shown(meta.get('format'))}")
     if meta.get("fingerprint") not in models:
         raise bad_request(
             f"export made with model {meta.get('model_id')} (fingerprint {meta.get('fingerprint')}); the "

@@ -36,7 +36,7 @@ class LibraryService:
         self.models = models
         #: The default model's queue (new libraries, the feature service).
         self.embed = models.default
-        self.verifier = SamePictureService(models.default.limits)
+        self.verifier = SamePictureService(models.default.limits, admission=models.default.admission)
         self.registry = LibraryRegistry(cfg, self.backend, models)
         self.maintenance = LibraryMaintenance(self.registry)
         on_stored = self.maintenance.adopt_reduction_if_due

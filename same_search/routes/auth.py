@@ -22,6 +22,9 @@ from same_search.errors import ApiError, ErrNo
 from same_search.wire import TOKEN_HEADER as HEADER
 
 WILDCARD = "*"
+#: Tokens shorter than this are warned about at start (docs/operations.md: use 32 or more random
+#: characters, e.g. ``secrets.token_urlsafe(32)``).
+MIN_TOKEN_LENGTH = 20
 #: The console's session cookie: a random id; the token it stands for stays in the daemon's memory.
 SESSION_COOKIE = "same_search_session"
 #: The operator token a valid session cookie stands for, set by the browser guard.
@@ -59,6 +62,17 @@ class ConsoleSessions:
 
 
 SESSIONS = web.AppKey("console_sessions", ConsoleSessions)
+
+
+def short_tokens(cfg: AuthConfig) -> list[str]:
+    """A warning per configured token shorter than :data:`MIN_TOKEN_LENGTH` (never the token)."""
+    return [
+        f"[auth] tokens: the token of {appid!r} has {len(token)} characters; a guesser needs few tries "
+        f"for a short one: use at least {MIN_TOKEN_LENGTH} random characters, 32 or more is better "
+        '(python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        for appid, token in cfg.tokens.items()
+        if len(token) < MIN_TOKEN_LENGTH
+    ]
 
 
 def presented_token(request: web.Request, body: dict) -> str | None:

@@ -31,7 +31,7 @@ from aiohttp import hdrs, web
 
 from same_search import wire
 from same_search.config import Config, host_key, normalise_host, origin_key
-from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.errors import ApiError, ErrNo, bad_request, shown
 from same_search.routes.auth import SESSION_COOKIE, SESSION_TOKEN, SESSIONS
 from same_search.routes.envelope import ERRNO, Handler
 
@@ -152,7 +152,8 @@ class BrowserGuard:
             if admin
             else "add it to [security] allowed_origins"
         )
-        raise ApiError(ErrNo.AUTH_FAILED, f"cross-origin request from Origin {origin!r} refused: {where}")
+        message = f"cross-origin request from Origin {shown(origin)} refused: {where}"
+        raise ApiError(ErrNo.AUTH_FAILED, message)
 
     @staticmethod
     def check_content_type(request: web.Request) -> None:
@@ -187,8 +188,9 @@ class BrowserGuard:
         """Apply the rules; answer CORS preflights of allowed origins; resolve the console session."""
         admin = self.is_admin(request)
         if admin and not self.accepted_host(request, admin):
+            host = shown(request.headers.get(hdrs.HOST))
             message = (
-                f"Host {request.headers.get(hdrs.HOST)!r} is not a name of this daemon's management port; "
+                f"Host {host} is not a name of this daemon's management port; "
                 "add it to [security] allowed_hosts if it is"
             )
             if request.path in PROBES:

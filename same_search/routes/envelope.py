@@ -19,7 +19,8 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from same_search.embed.errors import EmbedError
 from same_search.error_mapping import api_error
-from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.errors import ApiError, ErrNo, bad_request, shown
+from same_search.logs import clip
 
 log = logging.getLogger("same_search.access")
 
@@ -51,9 +52,9 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return bad_request(f"request body exceeds the limit of {request.app[MAX_BODY]} bytes")
     if isinstance(exc, web.HTTPMethodNotAllowed):
-        return bad_request(f"{request.method} is not allowed on {request.path}; use POST")
+        return bad_request(f"{shown(request.method)} is not allowed on {shown(request.path)}; use POST")
     if isinstance(exc, web.HTTPNotFound):
-        return bad_request(f"no such route {request.path} on this port")
+        return bad_request(f"no such route {shown(request.path)} on this port")
     return bad_request(f"HTTP error {exc.status}: {exc.reason}")
 
 
@@ -71,7 +72,7 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
             raise
         error = _http_error(request, exc)
     except Exception:
-        log.exception("unhandled error on %s", request.path)
+        log.exception("unhandled error on %s", clip(request.path))
         error = ApiError(ErrNo.INTERNAL, "internal error; see the daemon log")
     if error is not None:
         response = envelope_response(error.body())
@@ -83,10 +84,11 @@ async def envelope_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 def _log_request(request: web.Request, started: float) -> None:
+    """One line per request; the fields a client chooses are clipped (:func:`logs.clip`)."""
     fields = {
-        "route": request.path,
-        "logid": request.get(LOGID, "-"),
-        "appid": request.get(APPID, "-"),
+        "route": clip(request.path),
+        "logid": clip(request.get(LOGID, "-")),
+        "appid": clip(request.get(APPID, "-")),
         "err_no": request.get(ERRNO, "-"),
         "latency_ms": round((time.monotonic() - started) * 1000.0, 1),
     }

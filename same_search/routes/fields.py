@@ -15,7 +15,7 @@ from typing import Any
 
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
-from same_search.errors import bad_request
+from same_search.errors import bad_request, shown
 from same_search.wire import FEA_BRIEF, FEA_TAGS
 
 MAX_APPID_LEN = 128
@@ -28,6 +28,8 @@ def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}") from exc
+    except ValueError:  # Python refuses integers of more than 4,300 digits (and says so at length)
+        raise bad_request("request body holds a number of more than 4300 digits") from None
     if not isinstance(data, dict):
         raise bad_request("request body must be a JSON object")
     return data
@@ -215,6 +217,9 @@ class Fields:
 
 
 REGION_UNITS = ("px", "fraction")
+#: Largest size of a region coordinate: far past any picture's side, far below where float
+#: arithmetic on the box overflows (1e308 + 1e308 is infinite, and ``round`` of it raises).
+REGION_MAX = 1e9
 
 
 def parse_region(value: Any, field: str = "region") -> Region:
@@ -226,12 +231,14 @@ def parse_region(value: Any, field: str = "region") -> Region:
         raise bad_request(f"{field} has unknown keys {sorted(unknown)}; known: x, y, w, h, unit")
     unit = value.get("unit", "px")
     if unit not in REGION_UNITS:
-        raise bad_request(f'{field}.unit must be "px" (the default) or "fraction", got {unit!r}')
+        raise bad_request(f'{field}.unit must be "px" (the default) or "fraction", got {shown(unit)}')
     numbers = []
     for key in ("x", "y", "w", "h"):
         number = value.get(key)
         if isinstance(number, bool) or not isinstance(number, int | float) or number != number:
             raise bad_request(f"{field}.{key} is required and must be a number")
+        if not abs(number) <= REGION_MAX:  # infinity too; an int of 400 digits is not even a float
+            raise bad_request(f"{field}.{key} must be a finite number of at most {REGION_MAX:g} in size")
         numbers.append(float(number))
     return Region(*numbers, fraction=unit == "fraction")
 

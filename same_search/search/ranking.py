@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from same_search.errors import shown
+
 #: The most hits one query may be averaged with (library setting and request field alike).
 MAX_EXPANSION = 10
 
@@ -49,6 +51,5 @@ SPEC_ORDER = Ranking()
 def check_expansion(value: object, field: str = "query_expansion") -> int:
     """A valid expansion count (0 = off .. MAX_EXPANSION); ValueError naming the problem."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXPANSION:
-        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
-        raise ValueError(f"{field} must be an integer from 0 (off) to {MAX_EXPANSION}, got {shown}")
+        raise ValueError(f"{field} must be an integer from 0 (off) to {MAX_EXPANSION}, got {shown(value)}")
     return value

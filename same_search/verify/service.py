@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from same_search.embed.errors import ImageRefused, RegionRefused
-from same_search.embed.images import ImageLimits, Region, decode
+from same_search.embed.admission import DecodeAdmission
+from same_search.embed.errors import EmbedderBusy, ImageRefused, RegionRefused
+from same_search.embed.images import ImageLimits, Region, decode, decode_cost
 from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
 
@@ -50,9 +51,14 @@ class Verdict:
 class SamePictureService:
     """Extraction and verification in their own small thread pool."""
 
-    def __init__(self, limits: ImageLimits, threads: int = 2) -> None:
+    def __init__(
+        self, limits: ImageLimits, threads: int = 2, admission: DecodeAdmission | None = None
+    ) -> None:
+        """``admission``: the embedders' decode budget (their decode and this one of a picture are
+        one admission), or none (every decode here runs in this pool)."""
         self.limits = limits
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
+        self.admission = admission
 
     def close(self) -> None:
         """Stop the threads (pending work finishes first)."""
@@ -61,8 +67,9 @@ class SamePictureService:
     async def extract(self, data: bytes) -> bytes | None:
         """The stored form of an image's local features; None when they cannot be had.
 
-        Never fails an add: a picture the embedder accepts but this cannot describe is stored
-        without local features, and judged by the strict score fallback.
+        Never fails an add for the picture's sake: a picture the embedder accepts but this cannot
+        describe is stored without local features, and judged by the strict score fallback. A
+        large picture past the decode budget is err_no 99 for the whole add, like the embedder's.
         """
         return await self._off_loop(self._stored, data)
 
@@ -71,15 +78,24 @@ class SamePictureService:
         extract its local features as a query (None if it cannot be decoded):
         :func:`local_features.extract_query`, which admits fainter keypoints than the stored form
         so that blurred and small copies still find their original's."""
-        return await self._off_loop(lambda raw: self._query(raw, region), data)
+        return await self._off_loop(lambda raw: self._query(raw, region), data, region)
 
-    async def _off_loop(self, extraction: Callable[[bytes], T], data: bytes) -> T | None:
-        """Run ``extraction(data)`` in the pool; None when the picture cannot be described."""
+    async def _off_loop(
+        self, extraction: Callable[[bytes], T], data: bytes, region: Region | None = None
+    ) -> T | None:
+        """Run ``extraction(data)`` in the pool (a heavy picture in the admission's, within its
+        budget: :class:`EmbedderBusy` past it); None when the picture cannot be described."""
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, extraction, data)
+            if self.admission is None:
+                return await loop.run_in_executor(self._pool, extraction, data)
+            cost = decode_cost(data, self.limits, local_features.WORKING_SIDE, region)
+            async with self.admission.admit(data, cost) as heavy:
+                return await loop.run_in_executor(heavy or self._pool, extraction, data)
         except (ImageRefused, RegionRefused):  # the embedder reports either to the client
             return None
+        except EmbedderBusy:
+            raise
         except Exception:
             log.exception("local feature extraction failed")
             return None

@@ -10,11 +10,11 @@ from aiohttp import web
 
 from same_search import wire
 from same_search.contsign import ContSign
-from same_search.errors import bad_request
+from same_search.errors import bad_request, shown
 from same_search.libraries import Item, Library
 from same_search.routes.auth import WILDCARD, check_token, presented_token
 from same_search.routes.envelope import APPID
-from same_search.routes.fields import encode_base64, is_decimal
+from same_search.routes.fields import check_library_name, encode_base64, is_decimal
 from same_search.services import SERVICES, Services
 
 #: The longest page of items, groups or results one request may ask for.
@@ -33,7 +33,8 @@ async def library(request: web.Request) -> tuple[Services, Library]:
     services = operator(request)
     appid = request.match_info["appid"]
     request[APPID] = appid
-    return services, await services.libraries.get(appid)
+    # No library can have a name the naming rule refuses; the refusal does not quote it back.
+    return services, await services.libraries.get(check_library_name(appid))
 
 
 def contsign_in(request: web.Request, text: str | None = None) -> ContSign:
@@ -42,7 +43,7 @@ def contsign_in(request: web.Request, text: str | None = None) -> ContSign:
     try:
         sign1, sign2 = (int(part) for part in text.split(","))
     except ValueError:
-        raise bad_request(f"contsign {text[:60]!r} must be 'sign1,sign2'") from None
+        raise bad_request(f"contsign {shown(text)} must be 'sign1,sign2'") from None
     return ContSign.from_json({"sign1": sign1, "sign2": sign2})
 
 

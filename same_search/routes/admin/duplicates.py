@@ -97,6 +97,7 @@ async def _scan_json(request: web.Request, services: Services, lib: Library, sca
         "message": scan.message,
         "method": scan.method,
         "min_score": scan.min_score,
+        "pairs_per_item": scan.pairs_per_item,
         "total": scan.total,
         "done": scan.done,
         "progress": round(scan.done / scan.total, 4) if scan.total else 1.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from same_search.embed.images import Region
-from same_search.errors import ApiError, ErrNo, bad_request
+from same_search.errors import ApiError, ErrNo, bad_request, shown
 from same_search.routes.admin.common import MAX_PAGE, contsign_in, item_card, library, query_int
 from same_search.routes.envelope import ok, read_body
 from same_search.routes.fields import parse_region
@@ -50,7 +50,10 @@ async def thumbnail(request: web.Request) -> web.Response:
             f"no thumbnail for item {contsign.sign1},{contsign.sign2} in library {lib.row.appid!r}: "
             "no such item, or it was added with [storage] thumbnail_side = 0",
         )
-    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+    # Never in a shared cache; with tokens not even in the browser's, so no picture of a library
+    # outlives the session that was allowed to see it (logout also clears the cache).
+    cache = "private, no-store" if services.cfg.auth.enabled else "private, max-age=86400"
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": cache})
 
 
 async def search_image(request: web.Request) -> web.Response:
@@ -95,5 +98,5 @@ def query_region(request: web.Request) -> Region | None:
     try:
         x, y, w, h = (float(part) for part in text.split(","))
     except ValueError:
-        raise bad_request(f"region {text[:80]!r} must be x,y,w,h") from None
+        raise bad_request(f"region {shown(text)} must be x,y,w,h") from None
     return parse_region({"x": x, "y": y, "w": w, "h": h, "unit": request.query.get("unit", "px")})

@@ -43,7 +43,7 @@ async def delete_library(request: web.Request) -> web.Response:
     services = operator(request)
     request[APPID] = request.match_info["appid"]
     registry = services.libraries.registry
-    lib = await registry.get_any(request.match_info["appid"])
+    lib = await registry.get_any(check_library_name(request.match_info["appid"]))
     items = await registry.stored_count(lib)
     if request.query.get("confirm") != lib.row.appid:
         what = "its items" if items is None else f"its {items} items"
@@ -89,7 +89,7 @@ async def repair_library(request: web.Request) -> web.Response:
     services = operator(request)
     appid = request.match_info["appid"]
     request[APPID] = appid
-    report = await services.libraries.maintenance.repair(appid, services.libraries.writes)
+    report = await services.libraries.maintenance.repair(check_library_name(appid), services.libraries.writes)
     lib = services.libraries.libraries[appid]
     return ok(
         dropped=len(report.dropped),
