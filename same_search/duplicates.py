@@ -116,9 +116,10 @@ class DuplicateScans:
 
     async def close(self) -> None:
         """Cancel scans still running (shutdown)."""
-        for task in self._tasks.values():
+        running = list(self._tasks.values())  # each task removes itself from _tasks as it ends
+        for task in running:
             task.cancel()
-        for task in self._tasks.values():
+        for task in running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
