@@ -50,11 +50,6 @@ def raw_post(daemon: Daemon, service: str, path: str, body: bytes) -> tuple[int,
         conn.close()
 
 
-def kept(daemon: Daemon) -> list:
-    body = daemon.rts("search", appid="keep", image=b64(jpeg(0)))
-    return [(i["contsign"], i["features"]) for i in body["data_items"]]
-
-
 def png_bomb() -> bytes:
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return (
