@@ -892,6 +892,9 @@ def report(
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {common.machine()} (at the end of the run)",
         f"- command: `{' '.join(['.venv/bin/python', 'bench/eval_same_picture.py', *sys.argv[1:]])}`",
+        f"- model: efficientnet_lite0 ({cache.embedder.info.fingerprint}), forward passes in "
+        f'{cache.embedder.plan.precision} (`precision = "auto"` on this machine; another choice '
+        "moves the vectors slightly, and the figures with them)",
         f"- library: {len(sets.library)} pictures; queries: {len(positives)} edited copies, "
         f"{len(negatives)} look-alike negatives (sample {args.sample:g}); {args.depth} candidates verified",
         f"- local features: RootSIFT, longer side {local_features.WORKING_SIDE} px, at most "
