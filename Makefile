@@ -39,7 +39,8 @@ proto:
 
 # Daemon vs bare model (HTTP add/search, an import job, the daemon's own plan run bare), our index
 # vs bare hnswlib; names the CPU's arithmetic flags and the precision auto picked; prints one table
-# and appends it to docs/benchmarks.md (about 10 minutes on 2 cores; --preset large adds 1M vectors).
+# and appends it to docs/benchmarks-history.md (about 10 minutes on 2 cores; --preset large adds 1M
+# vectors); docs/benchmarks.md keeps today's figures, copied there by hand.
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
@@ -72,7 +73,8 @@ eval-reranking: $(BENCH_STAMP)
 eval-daemon: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_daemon.py
 
-# What query expansion costs per search on the real daemon (1,000 photos; about 5 minutes).
+# What query expansion and promotion cost per search on the real daemon (1,000 photos; every row
+# repeated 5 times, reported as the median and range of the repeats; about 10 minutes).
 bench-query-expansion: $(STAMP)
 	$(BIN)/python bench/bench_query_expansion.py
 

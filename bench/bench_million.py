@@ -1,7 +1,7 @@
 """The index engine at a million items: the daemon's reduced index against bare hnswlib.
 
-Issue 10's engine benchmark, in one process, on descriptor-like data (bench/descriptor_model.py,
-deterministic seed) of the serving dimension:
+The benchmark of the index engine for millions of items per library, in one process, on
+descriptor-like data (bench/descriptor_model.py, deterministic seed) of the serving dimension:
 
 - **reduced**: the daemon's own :class:`ReducedIndex` (PCA learned on 50k of the items, a graph
   of the reduced vectors, every search re-ranked with the native vectors read from the on-disk

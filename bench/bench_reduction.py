@@ -1,8 +1,9 @@
 """Reduced graph + exact re-ranking: recall@10 and latency against exact native search.
 
-The design question of issue 10: search a graph of PCA-reduced vectors, then re-rank the best
-``depth`` candidates with the native (1280-d, here float16 on disk) vectors. This measures, on
-descriptor-like synthetic data (bench/descriptor_model.py) and with real photos as queries:
+The design question of the millions-per-library work: search a graph of PCA-reduced vectors,
+then re-rank the best ``depth`` candidates with the native (1280-d, here float16 on disk)
+vectors. This measures, on descriptor-like synthetic data (bench/descriptor_model.py) and with
+real photos as queries:
 
 - recall@10 against exact search over the native vectors, per (dimension, ef, depth);
 - single-query latency p50/p99 (graph search + re-rank, one thread), build time, bytes per item.

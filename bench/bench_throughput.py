@@ -12,7 +12,7 @@ Measured on the same machine, with the same model, ``max_batch`` and torch threa
   (and making the thumbnail an ``add`` stores), ``workers`` threads running forward passes of up
   to ``max_batch`` decoded images: everything the daemon does per image except HTTP, JSON,
   base64, SQLite and the index. The daemon's add/search rows at concurrency >= 8 and the import
-  job row are judged against it (targets 0.85 and 0.95, issue 14);
+  job row are judged against it (targets 0.85 and 0.95, set when every core was put to work);
 - **(b1)** one image at a time: decode + preprocess + a batch-1 forward pass (the latency floor
   of a single request);
 - **(c)** the real daemon (``python -m same_search`` as a subprocess, tests/daemon.py) answering

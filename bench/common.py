@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-#: The reference photos next to the repository (absent on most machines: scripts fall back).
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: The reference photos next to the repository, or next to the folder of worktrees it is one of
+#: (absent on most machines: scripts fall back).
+_SHARED = (REPO.parent / "shared" / "data", REPO.parents[1] / "shared" / "data")
+SHARED_DATA = next((d for d in _SHARED if d.is_dir()), _SHARED[0])
 PHOTOS = SHARED_DATA / "imagenet-samples"
 
 for _path in (REPO / "bench", REPO / "tests", REPO):
@@ -56,3 +59,52 @@ def shown(path: Path) -> str:
     if not resolved.is_relative_to(REPO.parent):
         return str(path)
     return os.path.relpath(resolved, REPO)
+
+
+def cpu_model() -> str:
+    """The ``model name`` line of /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+#: The CPU flags that decide which arithmetic is fast (bf16, int8) and how wide the vectors are.
+ARITHMETIC_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_flags() -> set[str]:
+    """The ``flags`` of the first CPU in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def machine() -> str:
+    """The machine a figure was measured on, as the docs record it: the CPU's model name (lscpu's
+    "Model name"), which of :data:`ARITHMETIC_FLAGS` it has, the cores this process may use and
+    the load average (1, 5 minutes)."""
+    present = " ".join(f for f in ARITHMETIC_FLAGS if f in cpu_flags()) or "none of " + " ".join(
+        ARITHMETIC_FLAGS
+    )
+    load = os.getloadavg()
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu_model()} ({present}), {cores} cores, load average {load[0]:.2f} / {load[1]:.2f}"

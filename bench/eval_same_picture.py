@@ -52,8 +52,10 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import common  # noqa: E402
 import hard_edits  # noqa: E402
 
+from same_search import promotion  # noqa: E402
 from same_search.config import ModelConfig  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
 from same_search.embed.images import ImageLimits, decode  # noqa: E402
@@ -425,21 +427,178 @@ def verify_queries(
     return results
 
 
-def judge_cost(
-    sets: Sets, cache: FeatureCache, queries: QueryCache, results: dict[str, list[Candidate]], count: int
-) -> list[float]:
-    """CPU seconds of the daemon's verification step (service.judge over the top candidates) for
-    ``count`` queries, positives and negatives alike."""
-    keys = random.Random(5).sample(list(results), min(count, len(results)))
-    seconds = []
+def plain_rankings(sets: Sets, cache: FeatureCache, depth: int) -> dict[str, list[tuple[str, float]]]:
+    """Every query's best ``depth`` library pictures by cosine: (key, score), best first."""
+    lib_keys = list(sets.library)
+    lib_vectors = np.stack([cache.get(sets.library[k])[0] for k in lib_keys])
+    rankings = {}
+    for key, data in sets.queries.items():
+        scores = lib_vectors @ cache.get(data)[0]
+        rankings[key] = [(lib_keys[i], float(scores[i])) for i in np.argsort(-scores)[:depth]]
+    return rankings
+
+
+@dataclass
+class QueryCost:
+    """CPU milliseconds of one query's same-picture work, every part timed on that same query."""
+
+    extract: float  # decode + local features of the query (the daemon's query side)
+    check: float  # service.judge over the first decision.DEPTH candidates
+    deep: float | None  # service.judge_deep over the candidates down to DEEP_DEPTH (None: not run)
+
+    @property
+    def same_picture(self) -> float:
+        """What a ``same_picture`` search adds: the extraction and the check of its candidates."""
+        return self.extract + self.check
+
+    @property
+    def promoted(self) -> float:
+        """What promotion adds to a search: the same, plus the deeper screen when it runs."""
+        return self.same_picture + (self.deep or 0.0)
+
+
+def search_costs(
+    sets: Sets, cache: FeatureCache, rankings: dict[str, list[tuple[str, float]]], count: int
+) -> list[QueryCost]:
+    """Per query, the CPU time of each part of the daemon's same-picture work, all on the same
+    query, for ``count`` queries (positives and negatives alike): its extraction, done afresh
+    exactly as search does it (decode, :func:`local_features.extract_query`), then
+    :func:`service.judge` over its first candidates with those very features and, when none is
+    confirmed, :func:`service.judge_deep` over the rest down to ``DEEP_DEPTH`` (promotion).
+    Percentiles are taken of the per-query sums, never summed from the parts' percentiles."""
+    keys = random.Random(5).sample(sorted(sets.queries), min(count, len(sets.queries)))
+    costs = []
     for key in keys:
-        query = service.QueryFeatures(queries.get(sets.queries[key]))
-        candidates = [(c.key, c.score) for c in results[key]]
-        stored = {c.key: cache.stored(sets.library[c.key]) for c in results[key]}
         began = time.thread_time()
-        service.judge(query, candidates, stored)
-        seconds.append(time.thread_time() - began)
-    return seconds
+        picture = decode(sets.queries[key], LIMITS, local_features.WORKING_SIDE)
+        query = service.QueryFeatures(local_features.extract_query(picture))
+        extracted = time.thread_time()
+        first = rankings[key][: decision.DEPTH]
+        verdicts = service.judge(query, first, {k: cache.stored(sets.library[k]) for k, _ in first})
+        checked = time.thread_time()
+        deep = None
+        deeper = rankings[key][decision.DEPTH : decision.DEEP_DEPTH]
+        if deeper and not any(v.same for v in verdicts):
+            stored = {k: cache.stored(sets.library[k]) for k, _ in deeper}
+            began_deep = time.thread_time()
+            service.judge_deep(query, deeper, stored)
+            deep = 1000 * (time.thread_time() - began_deep)
+        costs.append(QueryCost(1000 * (extracted - began), 1000 * (checked - extracted), deep))
+    return costs
+
+
+@dataclass
+class Promotion:
+    """One query searched with promotion as the daemon runs it (libraries._promoted)."""
+
+    top_first: str | None  # first hit when only the first DEPTH candidates are checked
+    top_deep: str | None  # first hit with the deeper screen (the default)
+    confirmed_first: bool  # a candidate among the first DEPTH was confirmed
+    confirmed_deep: bool  # ... or, with the deeper screen, one down to DEEP_DEPTH
+    deep_ran: bool  # the deeper screen ran (none of the first DEPTH confirmed)
+    deep_ms: float | None  # its CPU time
+    by_score: bool  # a confirmed candidate was judged by the score fallback (too few keypoints)
+
+
+def promote_queries(
+    sets: Sets, cache: FeatureCache, queries: QueryCache, rankings: dict[str, list[tuple[str, float]]]
+) -> dict[str, Promotion]:
+    """Every query through the daemon's promotion code: :func:`service.judge` over the plain
+    ranking's first ``DEPTH`` candidates, and :func:`service.judge_deep` over the rest down to
+    ``DEEP_DEPTH`` when none of those is confirmed; the confirmed ones moved to the top by
+    :func:`same_search.promotion.promoted`. The query's features are the daemon's query side."""
+    out = {}
+    for number, (key, data) in enumerate(sets.queries.items()):
+        query = service.QueryFeatures(queries.get(data))
+        ranking = rankings[key]
+        first, deeper = ranking[: decision.DEPTH], ranking[decision.DEPTH : decision.DEEP_DEPTH]
+        stored = {k: cache.stored(sets.library[k]) for k, _ in ranking}
+        verdicts = [v for v in service.judge(query, first, stored) if v.same]
+        confirmed = [(v.key, v.score) for v in verdicts]
+        by_score = any(v.evidence is None for v in verdicts)
+        top_first = promotion.promoted(ranking, confirmed)[0][0] if ranking else None
+        deep_ms, deep_confirmed = None, confirmed
+        if deeper and not confirmed:
+            began = time.thread_time()
+            verdicts = service.judge_deep(query, deeper, stored)
+            deep_ms = 1000 * (time.thread_time() - began)
+            deep_confirmed = [(v.key, v.score) for v in verdicts if v.same]
+        top_deep = promotion.promoted(ranking, deep_confirmed)[0][0] if ranking else None
+        out[key] = Promotion(
+            top_first, top_deep, bool(confirmed), bool(deep_confirmed), deep_ms is not None, deep_ms, by_score
+        )
+        if (number + 1) % 500 == 0:
+            log(f"  promotion: {number + 1}/{len(sets.queries)} queries")
+    return out
+
+
+def promotion_section(sets: Sets, promoted: dict[str, Promotion], rankings, args) -> list[str]:
+    """Recall@1 of the edited copies with promotion, first DEPTH only against screened to
+    DEEP_DEPTH (the default), per edit; the look-alikes promoted; the deeper screen's cost."""
+    positives, negatives = main_sets(sets)
+    rows = []
+    for edit in [*hard_edits.STRONG_EDITS, None]:
+        members = [k for k in positives if edit is None or sets.kind[k] == edit]
+        ceiling = np.mean([any(c in sets.truth[k] for c, _ in rankings[k]) for k in members])
+        rows.append(
+            [
+                edit or "**all strong edits**",
+                str(len(members)),
+                f"{np.mean([rankings[k][0][0] in sets.truth[k] for k in members]):.3f}",
+                f"{np.mean([promoted[k].top_first in sets.truth[k] for k in members]):.3f}",
+                f"{np.mean([promoted[k].top_deep in sets.truth[k] for k in members]):.3f}",
+                f"{ceiling:.3f}",
+            ]
+        )
+    lookalikes_first = sum(promoted[k].confirmed_first for k in negatives)
+    lookalikes_deep = sum(promoted[k].confirmed_deep for k in negatives)
+    rows.append(
+        [
+            f"look-alike negatives with a hit promoted (of {len(negatives)})",
+            str(len(negatives)),
+            "-",
+            f"{lookalikes_first} ({lookalikes_first / max(1, len(negatives)):.1%})",
+            f"{lookalikes_deep} ({lookalikes_deep / max(1, len(negatives)):.1%})",
+            "-",
+        ]
+    )
+    measured = positives + negatives
+    ran = [promoted[k].deep_ms for k in measured if promoted[k].deep_ran]
+    fallback = [k for k in negatives if promoted[k].by_score]
+    cost = (
+        f"median {np.median(ran):.1f} ms, p95 {np.percentile(ran, 95):.1f} ms of CPU (one thread)"
+        if ran
+        else "never ran"
+    )
+    return [
+        f"## Promotion as the daemon runs it: the first {decision.DEPTH} checked, then screened to "
+        f"{decision.DEEP_DEPTH}",
+        "",
+        f"Every query through the daemon's code (`service.judge` over the plain ranking's first "
+        f"{decision.DEPTH}, then `service.judge_deep` over candidates {decision.DEPTH + 1} to "
+        f"{decision.DEEP_DEPTH} when none of those is confirmed; `promotion.promoted` orders the "
+        "page), query side as the daemon extracts it. Recall@1 of the edited copy's original; the "
+        f"last column is the ceiling: the original among the {decision.DEEP_DEPTH} best by score.",
+        "",
+        markdown_table(
+            [
+                "edit",
+                "queries",
+                "R@1 by score",
+                f"promoted, first {decision.DEPTH} only",
+                f"promoted, screened to {decision.DEEP_DEPTH} (the default)",
+                f"original in top {decision.DEEP_DEPTH}",
+            ],
+            rows,
+        ),
+        "",
+        f"- the deeper screen ran for {len(ran)} of {len(measured)} queries (those whose first "
+        f"{decision.DEPTH} hold no confirmed copy): {cost}",
+        f"- look-alikes promoted by the score fallback (a side with fewer than {decision.WEAK_INLIERS} "
+        f"keypoints is judged by score >= {decision.FALLBACK_SCORE}, as the daemon does): {len(fallback)}"
+        + (f" ({', '.join(sorted(fallback))})" if fallback else ""),
+        "",
+    ]
 
 
 def outcome(sets: Sets, results: dict[str, list[Candidate]], judge) -> dict[str, tuple[bool, bool]]:
@@ -720,7 +879,7 @@ def report(
     cache: FeatureCache,
     queries: QueryCache,
     args,
-    elapsed: float,
+    started: float,
 ) -> str:
     """The markdown report."""
     results = variants[DAEMON_QUERY]
@@ -731,11 +890,16 @@ def report(
         "# Same picture: verification against a bare score threshold (harder protocol)",
         "",
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- machine: {common.machine()} (at the end of the run)",
+        f"- command: `{' '.join(['.venv/bin/python', 'bench/eval_same_picture.py', *sys.argv[1:]])}`",
+        f"- model: efficientnet_lite0 ({cache.embedder.info.fingerprint}), forward passes in "
+        f'{cache.embedder.plan.precision} (`precision = "auto"` on this machine; another choice '
+        "moves the vectors slightly, and the figures with them)",
         f"- library: {len(sets.library)} pictures; queries: {len(positives)} edited copies, "
         f"{len(negatives)} look-alike negatives (sample {args.sample:g}); {args.depth} candidates verified",
         f"- local features: RootSIFT, longer side {local_features.WORKING_SIDE} px, at most "
         f"{local_features.MAX_KEYPOINTS} keypoints (stored: SIFT contrast threshold 0.04; queries: "
-        f"{local_features.QUERY_CONTRAST}); run time {elapsed / 60:.1f} min",
+        f"{local_features.QUERY_CONTRAST}); run time RUN_TIME",
         "",
         "## The decision at its operating point",
         "",
@@ -784,23 +948,55 @@ def report(
     on_query = extraction_ms(
         sets.queries, {"previous query": local_features.extract, "query": local_features.extract_query}
     )
-    judging = [1000 * t for t in judge_cost(sets, cache, queries, results, 300)]
-    per_search = np.median(on_query["query"]) + np.asarray(judging)
+    rankings = plain_rankings(sets, cache, decision.DEEP_DEPTH)
+    costs = search_costs(sets, cache, rankings, args.cost_queries)
     sizes = [len(cache.stored(v)) for v in sets.library.values()]
     lines += variant_section(sets, variants, args)
+    lines += promotion_section(sets, promote_queries(sets, cache, queries, rankings), rankings, args)
+
+    def spread(values: Sequence[float]) -> list[str]:
+        return [f"{np.median(values):.1f}", f"{np.percentile(values, 95):.1f}", f"{max(values):.1f}"]
+
+    deep = [c.deep for c in costs if c.deep is not None]
+    rows = [
+        [
+            "decode + local features of the query (the daemon's query side)",
+            *spread([c.extract for c in costs]),
+        ],
+        [
+            f"check of the first {decision.DEPTH} candidates (`service.judge`, mirror where needed)",
+            *spread([c.check for c in costs]),
+        ],
+        [
+            "**extra per `same_picture` search: extraction + check, summed per query**",
+            *spread([c.same_picture for c in costs]),
+        ],
+        [
+            f"screen of candidates {decision.DEPTH + 1}-{decision.DEEP_DEPTH} (`service.judge_deep`), "
+            f"where it ran ({len(deep)} of {len(costs)} queries)",
+            *(spread(deep) if deep else ["-", "-", "-"]),
+        ],
+        [
+            "**extra per promoted search: extraction + check + screen where it ran, summed per query**",
+            *spread([c.promoted for c in costs]),
+        ],
+    ]
     lines += [
-        "## Cost (CPU time of one thread, so other load on the machine does not inflate it)",
+        "## Cost (CPU time of one thread)",
+        "",
+        f"{len(costs)} queries (edited copies and look-alikes alike), each part timed on the same query "
+        "in turn, so every percentile of a sum is a percentile of the per-query sums. CPU time of the "
+        "thread, not wall time: other load on the machine inflates it less, though not to nothing "
+        "(the machine line above gives the load).",
+        "",
+        markdown_table(["ms of CPU per query", "median", "p95", "max"], rows),
         "",
         f"- decode + local features of a picture on add (the stored form, unchanged): median "
         f"{np.median(on_add):.1f} ms, p95 {np.percentile(on_add, 95):.1f} ms",
-        f"- decode + local features of a same_picture query: median {np.median(on_query['query']):.1f} ms, "
-        f"p95 {np.percentile(on_query['query'], 95):.1f} ms (the previous query side, the stored form, on "
-        f"the same pictures in turn: median {np.median(on_query['previous query']):.1f} ms, p95 "
-        f"{np.percentile(on_query['previous query'], 95):.1f} ms)",
-        f"- verifying the {args.depth} candidates of one query (mirror tried where the direct check "
-        f"fails): median {np.median(judging):.1f} ms, p95 {np.percentile(judging, 95):.1f} ms",
-        f"- extra per same_picture search: median {np.median(per_search):.1f} ms, "
-        f"p95 {np.percentile(per_search, 95):.1f} ms",
+        f"- the query side against the previous one (the stored form), taken in turn on the same "
+        f"{len(on_query['query'])} pictures: median {np.median(on_query['query']):.1f} against "
+        f"{np.median(on_query['previous query']):.1f} ms, p95 {np.percentile(on_query['query'], 95):.1f} "
+        f"against {np.percentile(on_query['previous query'], 95):.1f} ms",
         f"- stored per item: mean {np.mean(sizes) / 1024:.1f} KiB, max {max(sizes) / 1024:.1f} KiB",
         "",
         "## Highest-scoring negatives (check the ground truth before counting them)",
@@ -818,7 +1014,7 @@ def report(
         for k in worst
     ]
     lines += [markdown_table(["negative", "best hit", "score", "inliers", "said same"], rows), ""]
-    return "\n".join(lines)
+    return "\n".join(lines).replace("RUN_TIME", f"{(time.perf_counter() - started) / 60:.1f} min", 1)
 
 
 def log(message: str) -> None:
@@ -846,6 +1042,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
     parser.add_argument(
         "--variants", action="store_true", help="also measure the query-side variants that were not chosen"
+    )
+    parser.add_argument(
+        "--cost-queries", type=int, default=300, help="queries whose same-picture work is timed part by part"
     )
     parser.add_argument("--records", type=Path, default=None, help="pickle the per-candidate evidence here")
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "same_picture_results.md"))
@@ -907,7 +1106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon_queries = queries if variant is DAEMON_QUERY else daemon_queries
     if args.records:
         args.records.write_bytes(pickle.dumps((sets.truth, sets.kind, variants)))
-    text = report(sets, variants, cache, daemon_queries, args, time.perf_counter() - started)
+    text = report(sets, variants, cache, daemon_queries, args, started)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -2,10 +2,10 @@
 
 Used by eval_same_picture.py. Everything is deterministic (a generator seeded per picture).
 
-- **Strong edits** (issue 13): a 50% crop shrunk to half its side (a quarter of its area) at
-  JPEG 30; Gaussian blur radius 3; rotation by 20 degrees; a simulated phone photo of a screen
+- **Strong edits** (the same-picture protocol): a 50% crop shrunk to half its side (a quarter of
+  its area) at JPEG 30; Gaussian blur radius 3; rotation by 20 degrees; a simulated phone photo of a screen
   (perspective, bezel, moire, noise); an opaque sticker over 30% of the picture; a mirrored 70%
-  crop; plus the earlier protocol's logo and screenshot edits. Issue 13's unseen photos showed
+  crop; plus the earlier protocol's logo and screenshot edits. The unseen photos of that work showed
   the plain check missing "the smallest and blurriest edits", so the protocol also holds a 70%
   crop at half size and JPEG 35, a small copy (a 40% crop at a quarter of its side, never below
   64 px) and blur radius 2 and 4 besides 3.

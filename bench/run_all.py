@@ -1,9 +1,11 @@
-"""Run the throughput and index benchmarks, print one combined table, append it to docs/benchmarks.md.
+"""Run the throughput and index benchmarks, print one combined table, append it to the benchmark history.
 
 The combined table puts each of our layers next to the bare thing it wraps: the daemon next to
 the bare model (bench_throughput.py), our index wrapper next to hnswlib alone (bench_index.py).
-The detailed tables of both follow. The entry in docs/benchmarks.md starts with the machine:
-CPUs, CPU model, GPU, model id, date, load average (other processes skew every number).
+The detailed tables of both follow. The entry, appended to docs/benchmarks-history.md, starts
+with the machine: CPUs, CPU model, GPU, model id, date, load average (other processes skew every
+number). docs/benchmarks.md keeps today's figures: a run that replaces one is copied there by hand,
+with its machine, date and command.
 
     nice -n 10 .venv/bin/python bench/run_all.py                    # both at their defaults
     nice -n 10 .venv/bin/python bench/run_all.py --preset large     # 1000 images; 10k, 100k, 1M vectors
@@ -28,19 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common  # first: puts the repository and bench/ on sys.path
-from common import Summary
+from common import ARITHMETIC_FLAGS, Summary, cpu_flags, cpu_model
 
 REPO = common.REPO
-DOC = REPO / "docs" / "benchmarks.md"
-DOC_INTRO = """# Benchmarks
+DOC = REPO / "docs" / "benchmarks-history.md"
+DOC_INTRO = """# Benchmark history
 
-Appended by `bench/run_all.py` (one section per run; `--no-append` to only print). Each section
-names the machine it ran on. Ratios compare each layer of same_search with the bare thing it
-wraps, measured in the same run: the daemon over HTTP against the bare model in one process
-(`bench/bench_throughput.py`), our index wrapper against hnswlib alone (`bench/bench_index.py`).
-"ours / bare" above 1 is better for rates and recall, below 1 is better for latency, memory and
-load time. Numbers from a machine with other work running (see its load average) are not
-comparable with numbers from an idle one.
+Appended by `bench/run_all.py` (one section per run; `--no-append` to only print). Today's figures
+are in [benchmarks.md](benchmarks.md).
 """
 
 #: (bench_throughput flags, bench_index flags) of each preset; explicit flags come after them.
@@ -62,43 +59,6 @@ class Section:
     markdown: str
     summary: list[Summary]
     seconds: float
-
-
-def cpu_model() -> str:
-    """The ``model name`` line of /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-#: The CPU flags that decide which arithmetic is fast (bf16, int8) and how wide the vectors are.
-ARITHMETIC_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_bf16",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
-
-
-def cpu_flags() -> set[str]:
-    """The ``flags`` of the first CPU in /proc/cpuinfo (empty elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_description() -> str:
@@ -207,7 +167,7 @@ def document(title: str, header: list[str], command: str, sections: list[Section
 
 
 def append(text: str, path: Path = DOC) -> None:
-    """Append a run to the benchmarks page, creating it with its introduction if missing."""
+    """Append a run to the benchmark history, creating it with its introduction if missing."""
     if not path.exists():
         path.write_text(DOC_INTRO)
     existing = path.read_text()

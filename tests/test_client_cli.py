@@ -161,7 +161,17 @@ def test_management(daemon: Daemon) -> None:
         client.item("mgmt", signs[0])
     assert client.save("mgmt")["library"]["last_index_save"] is not None
     assert client.rebuild("mgmt")["library"]["items"] == 2
-    assert client.compact("mgmt")["seconds"] >= 0
+    compacted = client.compact("mgmt")
+    rebuild = compacted["rebuild"]
+    assert (rebuild["state"], rebuild["reason"], rebuild["done"], rebuild["total"]) == (
+        "done",
+        "compact",
+        2,
+        2,
+    )
+    assert compacted["library"]["items"] == 2 and compacted["library"]["rebuild"]["reason"] == "compact"
+    took = rebuild["finished_at"] - rebuild["started_at"]  # the seconds reported are the rebuild's
+    assert compacted["seconds"] == rebuild["seconds"] and abs(compacted["seconds"] - took) < 0.05
     assert 'same_search_library_items{appid="mgmt"} 2.0' in client.metrics()
     with pytest.raises(BadRequest, match="confirm"):
         client.delete_library("mgmt", confirm=False)

@@ -76,12 +76,24 @@ def test_signal_saves_and_restart_loads_without_replay(daemon, sig):
     assert "rebuilding" not in second_start and "replayed" not in second_start
 
 
+def wait_for(condition, what: str, timeout: float = 30.0, every: float = 0.05):
+    """Poll ``condition()`` until it returns something true (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout:g}s: {what}")
+
+
 def test_kill_9_loses_nothing_acknowledged(daemon):
     daemon.start()
     daemon.rts("signup", appid="lib")
     for seed in range(3):
         add(daemon, seed)
-    time.sleep(1.5)  # a periodic snapshot now holds seeds 0-2
+    # The premise: a periodic snapshot holds seeds 0-2 before the later writes (its log line).
+    wait_for(lambda: "library lib: index saved (3 items" in daemon.log.read_text(), "a snapshot of 3 items")
     for seed in range(3, 6):
         add(daemon, seed)
     daemon.rts("remove", appid="lib", image=b64(jpeg(0)))
@@ -91,6 +103,8 @@ def test_kill_9_loses_nothing_acknowledged(daemon):
     assert contents(daemon) == expected
     assert sign(0) not in expected and len(expected) == 5
     assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 5
+    restart = daemon.log.read_text().split("same_search ready")[-2]  # the second start's lines
+    assert "rebuilding" not in restart  # the snapshot was loaded, the rest replayed from SQLite
 
 
 def test_corrupted_snapshot_is_rebuilt_from_the_database(daemon):
@@ -141,27 +155,86 @@ def test_no_real_weights_refuses_to_start(tmp_path):
     assert "no weights for resnet50" in d.log.read_text()
 
 
-def test_sigterm_lets_in_flight_requests_finish(daemon):
+class HeldPictures:
+    """A picture server on 127.0.0.2 that answers each request only when released: a daemon adding
+    by ``url`` from it keeps those requests in flight for as long as the test wants."""
+
+    HOST = "127.0.0.2"
+
+    def __init__(self, pictures: dict[str, bytes]) -> None:
+        import http.server
+        import threading
+
+        self.arrived = threading.Semaphore(0)
+        self.release = threading.Event()
+        held = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                picture = pictures[self.path.strip("/").removesuffix(".jpg")]
+                held.arrived.release()
+                held.release.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(picture)))
+                self.end_headers()
+                self.wfile.write(picture)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((self.HOST, 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://{self.HOST}:{self.server.server_address[1]}/{name}.jpg"
+
+    def wait_arrived(self, count: int, timeout: float = 60.0) -> None:
+        for _ in range(count):
+            assert self.arrived.acquire(timeout=timeout), "the daemon did not fetch the picture"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path):
+    """Two adds are in flight for certain when SIGTERM arrives (each waits for its picture from a
+    server the test holds), and both finish and are stored after it."""
     import threading
 
-    daemon.start()
-    daemon.rts("signup", appid="lib")
-    answers: list[dict] = []
-    big = jpeg(42, (2000, 1500))
+    daemon = Daemon(tmp_path, f'[fetch]\nenabled = true\nallow = ["{HeldPictures.HOST}/32"]\n')
+    pictures = HeldPictures({"first": jpeg(42, (2000, 1500)), "second": jpeg(43, (1800, 1400))})
+    try:
+        daemon.start()
+        daemon.rts("signup", appid="lib")
+        answers: list[tuple[float, dict]] = []
 
-    def slow_add(seed_image: bytes) -> None:
-        answers.append(daemon.rts("add", appid="lib", image=b64(seed_image), features=[brief("in-flight")]))
+        def add_by_url(name: str) -> None:
+            answer = daemon.rts("add", appid="lib", url=pictures.url(name), features=[brief(name)])
+            answers.append((time.monotonic(), answer))
 
-    threads = [threading.Thread(target=slow_add, args=(img,)) for img in (big, jpeg(43, (1800, 1400)))]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.15)
-    assert daemon.terminate() == 0
-    for thread in threads:
-        thread.join(30)
-    assert [a["err_no"] for a in answers] == [0, 0]
-    daemon.start()
-    assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 2
+        threads = [threading.Thread(target=add_by_url, args=(name,)) for name in ("first", "second")]
+        for thread in threads:
+            thread.start()
+        pictures.wait_arrived(2)  # both requests are inside the daemon, waiting for their picture
+        signalled = time.monotonic()
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "shutting down: finishing in-flight requests" in daemon.log.read_text(), "shutdown")
+        pictures.release.set()
+        for thread in threads:
+            thread.join(60)
+        assert daemon.proc.wait(60) == 0
+        assert [a["err_no"] for _, a in answers] == [0, 0]
+        assert all(at > signalled for at, _ in answers)  # answered after the signal: in flight
+        daemon.start()
+        assert daemon.rts("snapshot", appid="lib")["snapshot"]["index_size"] == 2
+    finally:
+        pictures.close()
+        daemon.stop()
 
 
 def test_public_address_without_tokens_is_warned_about(tmp_path):
@@ -182,12 +255,20 @@ def test_json_logs_carry_request_fields(tmp_path):
     d.start()
     try:
         d.post("search", "/RTSAsService/snapshot", {"appid": "nobody", "logid": 4242})
+        d.rts("signup", appid="lib")
+        began = time.monotonic()
+        d.rts("search", appid="lib", image=b64(jpeg(3)), logid=4343)  # a forward pass: milliseconds
+        client_ms = (time.monotonic() - began) * 1000
     finally:
         d.terminate()
     lines = [json.loads(line) for line in d.log.read_text().splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("logid") == 4242]
     assert access and access[0]["appid"] == "nobody" and access[0]["err_no"] == 103
-    assert access[0]["route"] == "/RTSAsService/snapshot" and access[0]["latency_ms"] >= 0
+    assert access[0]["route"] == "/RTSAsService/snapshot"
+    [search] = [line for line in lines if line.get("logid") == 4343]
+    assert search["route"] == "/RTSAsService/search" and search["err_no"] == 0
+    # The request's own time in the daemon: some milliseconds, and no more than the client waited.
+    assert 1.0 <= search["latency_ms"] <= client_ms
 
 
 def test_fp16_on_a_cpu_refuses_to_start_with_a_config_error(tmp_path):

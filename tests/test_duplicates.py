@@ -179,8 +179,13 @@ async def test_errors(client, api):
 
 
 async def test_scans_end_cleanly_at_shutdown(aiohttp_client, embedder, tmp_path):
+    """A scan still running when the app shuts down is cancelled, says why, and keeps no groups;
+    the shutdown completes. The scan is held at the library's index thread, so it is certainly
+    running when the shutdown starts."""
     cfg = Config(
-        storage=StorageConfig(data_dir=str(tmp_path / "d")), model=ModelConfig(name="efficientnet_lite0")
+        storage=StorageConfig(data_dir=str(tmp_path / "d")),
+        model=ModelConfig(name="efficientnet_lite0"),
+        index=IndexConfig(exact_threshold=3),  # through the index, whose thread the test holds
     )
     client = await aiohttp_client(create_app(cfg, embedder))
 
@@ -188,8 +193,28 @@ async def test_scans_end_cleanly_at_shutdown(aiohttp_client, embedder, tmp_path)
         return await (await client.post(route, json={"from": "t", **body})).json()
 
     await fill(call)
-    await client.post("/api/libraries/lib/duplicates", json={})
-    await client.close()
+    services = client.app[SERVICES]
+    lib = await services.libraries.get("lib")
+    gate = threading.Event()
+    blocked = asyncio.get_running_loop().run_in_executor(lib.handle._executor, gate.wait)  # local backend
+    closing = None
+    try:
+        started = (await (await client.post("/api/libraries/lib/duplicates", json={})).json())["scan"]
+        assert started["status"] == "running"
+        scan = services.duplicates.scans[started["id"]]
+        closing = asyncio.ensure_future(client.close())
+        deadline = asyncio.get_running_loop().time() + 30
+        while scan.status == "running":  # the shutdown reaches the scan while it still runs
+            assert asyncio.get_running_loop().time() < deadline, "the shutdown did not end the scan"
+            await asyncio.sleep(0.01)
+    finally:
+        gate.set()
+        await blocked
+        if closing is not None:
+            await closing
+    assert scan.status == "cancelled" and scan.message == "the daemon is shutting down"
+    assert scan.groups == [] and scan.finished is not None
+    assert services.duplicates._tasks == {}  # nothing left running
 
 
 # ---- a stale scan never removes the last copy of a picture ---------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,24 @@ def test_padding_to_a_bucket_does_not_change_vectors(embedder: Embedder):
     padded = embedder._pad_to_bucket(torch.from_numpy(batch))
     assert padded.shape[0] == 4 and not padded[3].any()
     assert np.allclose(embedder.embed(padded.numpy())[:3], embedder.embed(batch), atol=1e-4)
-    assert embedder.warm_up() >= 0
+
+
+def test_warm_up_runs_every_batch_shape_once(embedder: Embedder, monkeypatch):
+    """On a CPU one forward pass of one picture; on a GPU one per bucket (every padded size)."""
+    shapes = []
+    real_embed = embedder.embed
+
+    def recording(batch):
+        shapes.append(batch.shape)
+        return real_embed(batch)
+
+    monkeypatch.setattr(embedder, "embed", recording)
+    began = time.perf_counter()
+    seconds = embedder.warm_up()
+    side = embedder.cfg.image_size
+    sizes = embedder._buckets if embedder.device.type == "cuda" else [1]
+    assert shapes == [(size, 3, side, side) for size in sizes]
+    assert 0 < seconds <= time.perf_counter() - began  # what it reports is the time it took
 
 
 def test_auto_plan_counts_the_cores_this_process_may_run_on():

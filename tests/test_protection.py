@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 
 import pytest
 from conftest import b64, brief
@@ -12,6 +13,8 @@ from images import jpeg
 
 from same_search.app import create_app
 from same_search.config import AuthConfig, Config
+from same_search.contsign import ContSign
+from same_search.services import SERVICES
 
 R = "/RTSAsService"
 
@@ -101,8 +104,31 @@ async def test_embedder_timeout_answers_2_and_stores_nothing(make_client, config
     await post(client, f"{R}/signup", appid="lib")
     body = await post(client, f"{R}/add", appid="lib", image=b64(jpeg(1)), features=[brief("x")])
     assert body["err_no"] == 2
-    await asyncio.sleep(0.5)  # the forward pass that was abandoned must not store anything
-    assert (await post(client, f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == 0
+    # Whatever the abandoned add left running (its decode, its local features) must store
+    # nothing. Wait for that work itself: every thread of the embedder's and the verifier's pools
+    # has finished what it was given before (a barrier only all of them at once can pass).
+    services = client.app[SERVICES]
+    embed = services.models.default
+    for pool in (embed._decode_pool, embed._infer_pool, services.libraries.verifier._pool):
+        await drained(pool)
+    assert embed.queue_size == 0
+    # And the pipeline has since carried a later add all the way into the library: with a
+    # timeout it can meet, the same route stores the next picture, and only that one.
+    embed.cfg = dataclasses.replace(embed.cfg, timeout_s=60.0)
+    later = await post(client, f"{R}/add", appid="lib", image=b64(jpeg(2)), features=[brief("y")])
+    assert later["err_no"] == 0
+    assert (await post(client, f"{R}/snapshot", appid="lib"))["snapshot"]["index_size"] == 1
+    refused = await post(client, f"{R}/search", appid="lib", contsign=ContSign.of_image(jpeg(1)).to_json())
+    assert refused["err_no"] == 1 and "not in library" in refused["err_msg"]
+
+
+async def drained(pool, timeout: float = 30.0) -> None:
+    """Until every thread of ``pool`` has finished the work submitted to it before this call:
+    one task per thread, all meeting at a barrier, can only all run once no thread is busy."""
+    threads = pool._max_workers
+    barrier = threading.Barrier(threads)
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(pool, barrier.wait, timeout) for _ in range(threads)))
 
 
 async def test_full_database_refuses_writes_and_keeps_serving_reads(make_client, config):

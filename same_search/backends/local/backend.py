@@ -42,9 +42,12 @@ class LocalBackend(LocalWrites, Backend, LocalFeatures, Reembedding, ReducedInde
         await self.store.open()
 
     async def close(self) -> None:
-        """Stop the index threads and close the database (the service saves indexes first)."""
-        self._index_pool.shutdown(wait=True)
-        self._save_pool.shutdown(wait=True)
+        """Stop the index threads and close the database (the service saves indexes first).
+
+        The threads are joined off the event loop: work still running on them (a long insert)
+        finishes while the loop keeps answering whatever else is shutting down."""
+        for pool in (self._index_pool, self._save_pool):
+            await asyncio.to_thread(pool.shutdown, wait=True)
         await self.store.close()
 
     @property
