@@ -55,10 +55,10 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
 import common  # noqa: E402
 import hard_edits  # noqa: E402
 
-from same_search import promotion  # noqa: E402
 from same_search.config import ModelConfig  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
 from same_search.embed.images import ImageLimits, decode  # noqa: E402
+from same_search.search import promotion  # noqa: E402
 from same_search.verify import decision, local_features, matching, service  # noqa: E402
 
 LIMITS = ImageLimits()
@@ -444,7 +444,7 @@ class QueryCost:
 
     extract: float  # decode + local features of the query (the daemon's query side)
     check: float  # service.judge over the first decision.DEPTH candidates
-    deep: float | None  # service.judge_deep over the candidates down to DEEP_DEPTH (None: not run)
+    deep: float | None  # service.judge under the deep floors, candidates down to DEEP_DEPTH (None: not run)
 
     @property
     def same_picture(self) -> float:
@@ -464,7 +464,7 @@ def search_costs(
     query, for ``count`` queries (positives and negatives alike): its extraction, done afresh
     exactly as search does it (decode, :func:`local_features.extract_query`), then
     :func:`service.judge` over its first candidates with those very features and, when none is
-    confirmed, :func:`service.judge_deep` over the rest down to ``DEEP_DEPTH`` (promotion).
+    confirmed, over the rest down to ``DEEP_DEPTH`` under the deep floors (promotion).
     Percentiles are taken of the per-query sums, never summed from the parts' percentiles."""
     keys = random.Random(5).sample(sorted(sets.queries), min(count, len(sets.queries)))
     costs = []
@@ -481,7 +481,7 @@ def search_costs(
         if deeper and not any(v.same for v in verdicts):
             stored = {k: cache.stored(sets.library[k]) for k, _ in deeper}
             began_deep = time.thread_time()
-            service.judge_deep(query, deeper, stored)
+            service.judge(query, deeper, stored, decision.DEEP)
             deep = 1000 * (time.thread_time() - began_deep)
         costs.append(QueryCost(1000 * (extracted - began), 1000 * (checked - extracted), deep))
     return costs
@@ -489,7 +489,7 @@ def search_costs(
 
 @dataclass
 class Promotion:
-    """One query searched with promotion as the daemon runs it (libraries._promoted)."""
+    """One query searched with promotion as the daemon runs it (search/promotion.py)."""
 
     top_first: str | None  # first hit when only the first DEPTH candidates are checked
     top_deep: str | None  # first hit with the deeper screen (the default)
@@ -504,25 +504,25 @@ def promote_queries(
     sets: Sets, cache: FeatureCache, queries: QueryCache, rankings: dict[str, list[tuple[str, float]]]
 ) -> dict[str, Promotion]:
     """Every query through the daemon's promotion code: :func:`service.judge` over the plain
-    ranking's first ``DEPTH`` candidates, and :func:`service.judge_deep` over the rest down to
-    ``DEEP_DEPTH`` when none of those is confirmed; the confirmed ones moved to the top by
-    :func:`same_search.promotion.promoted`. The query's features are the daemon's query side."""
+    ranking's first ``DEPTH`` candidates, and over the rest down to ``DEEP_DEPTH`` under the deep
+    floors (:data:`decision.DEEP`) when none of those is confirmed; the confirmed ones moved to
+    the top by :func:`same_search.search.promotion.promoted`. The query's features are the
+    daemon's query side."""
     out = {}
     for number, (key, data) in enumerate(sets.queries.items()):
         query = service.QueryFeatures(queries.get(data))
         ranking = rankings[key]
         first, deeper = ranking[: decision.DEPTH], ranking[decision.DEPTH : decision.DEEP_DEPTH]
         stored = {k: cache.stored(sets.library[k]) for k, _ in ranking}
-        verdicts = [v for v in service.judge(query, first, stored) if v.same]
-        confirmed = [(v.key, v.score) for v in verdicts]
-        by_score = any(v.evidence is None for v in verdicts)
+        confirmed = [v for v in service.judge(query, first, stored) if v.same]
+        by_score = any(v.evidence is None for v in confirmed)
         top_first = promotion.promoted(ranking, confirmed)[0][0] if ranking else None
         deep_ms, deep_confirmed = None, confirmed
         if deeper and not confirmed:
             began = time.thread_time()
-            verdicts = service.judge_deep(query, deeper, stored)
+            verdicts = service.judge(query, deeper, stored, decision.DEEP)
             deep_ms = 1000 * (time.thread_time() - began)
-            deep_confirmed = [(v.key, v.score) for v in verdicts if v.same]
+            deep_confirmed = [v for v in verdicts if v.same]
         top_deep = promotion.promoted(ranking, deep_confirmed)[0][0] if ranking else None
         out[key] = Promotion(
             top_first, top_deep, bool(confirmed), bool(deep_confirmed), deep_ms is not None, deep_ms, by_score
@@ -575,7 +575,8 @@ def promotion_section(sets: Sets, promoted: dict[str, Promotion], rankings, args
         f"{decision.DEEP_DEPTH}",
         "",
         f"Every query through the daemon's code (`service.judge` over the plain ranking's first "
-        f"{decision.DEPTH}, then `service.judge_deep` over candidates {decision.DEPTH + 1} to "
+        f"{decision.DEPTH}, then `service.judge` under the deep floors over candidates "
+        f"{decision.DEPTH + 1} to "
         f"{decision.DEEP_DEPTH} when none of those is confirmed; `promotion.promoted` orders the "
         "page), query side as the daemon extracts it. Recall@1 of the edited copy's original; the "
         f"last column is the ceiling: the original among the {decision.DEEP_DEPTH} best by score.",
@@ -972,7 +973,8 @@ def report(
             *spread([c.same_picture for c in costs]),
         ],
         [
-            f"screen of candidates {decision.DEPTH + 1}-{decision.DEEP_DEPTH} (`service.judge_deep`), "
+            f"screen of candidates {decision.DEPTH + 1}-{decision.DEEP_DEPTH} "
+            "(`service.judge` under the deep floors), "
             f"where it ran ({len(deep)} of {len(costs)} queries)",
             *(spread(deep) if deep else ["-", "-", "-"]),
         ],

@@ -94,7 +94,7 @@ async def test_default_search_descends_and_pages_concatenate(client, api, backen
     keys = await fill(client, api, "lib", kind)
     n = len(keys)
     # A reduced index ranks one fixed candidate set while a page ends within half of
-    # rerank_candidates (60: depth 29); its deeper pages are pinned by tests/test_rebuild_review.py.
+    # rerank_candidates (60: depth 29); its deeper pages are pinned by tests/test_reduced_rebuilds.py.
     depth, sizes = (28, (7, 14)) if kind == "reduced" else (n, (7, 25))
     for name, query in QUERIES.items():
         for filtered, tag_filter in FILTERS.items():

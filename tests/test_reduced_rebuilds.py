@@ -1,4 +1,4 @@
-"""Review of the background rebuilds of reduced libraries (issue 10): writes racing a rebuild of a
+"""Background rebuilds of reduced libraries: writes racing a rebuild of a
 library that is already reduced (or becomes reduced), the files a rebuild leaves, and what a
 save of the serving index meanwhile does to the snapshot. Small ``reduce_min_items`` and
 ``reduce_dim`` keep them fast (as tests/test_reduced_library.py)."""

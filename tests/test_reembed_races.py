@@ -1,4 +1,4 @@
-"""Review of issue 16 (a model per library, kept originals, re-embedding): races and hostile input.
+"""Re-embedding a library (a model per library, kept originals): races and hostile input.
 
 Each test here failed before its fix: two re-embeds of one library started at once, an import that
 waited for a switch storing old-model vectors, an item added with a region re-embedded whole,

@@ -1,5 +1,5 @@
-"""Findings of the red-team pass (issue 9, point 6): malformed input is err_no 1, never 11; log
-lines cannot be forged; slow clients cannot hold connections; flags are honoured.
+"""Malformed and hostile requests: malformed input is err_no 1, never 11; log lines cannot be
+forged; slow clients cannot hold connections; flags are honoured.
 
 Each test failed before its fix. The in-process tests use the real app with its real SQLite
 file; the connection and log tests use the real daemon process.
