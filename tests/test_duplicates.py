@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from conftest import b64, brief
 from images import encode, jpeg, picture
+from test_reranked_library import gradient
 
 from same_search.app import create_app
 from same_search.config import Config, IndexConfig, ModelConfig, StorageConfig
@@ -306,3 +307,30 @@ async def test_one_running_scan_per_library(aiohttp_client, embedder, tmp_path):
         await asyncio.sleep(0.1)
     done = await scan_to_end(client)
     assert done["id"] != first["id"]
+
+
+# ---- one decision for the scan and the add policy ------------------------------------------------------
+
+
+async def test_the_scan_and_the_add_policy_agree_on_pairs_the_check_cannot_look_at(client, api):
+    """A picture with too few keypoints (a smooth ramp) and its re-encoded copy: the check cannot
+    look at the pair, so the score alone decides, against the same floor on add and in a scan
+    (the scan used to want 0.95 where the add accepted the library's own floor)."""
+    ramp, copy = encode(gradient()), encode(gradient(), quality=60)
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    assert (await api(f"{R}/add", appid="lib", image=b64(ramp), features=[brief("ramp")]))["err_no"] == 0
+    probe = await api(f"{R}/search", appid="lib", image=b64(copy), rn=1)
+    score = probe["data_items"][0]["score"]
+    floor = round(score - 0.005, 3)  # the library's floor, just under the pair's score
+    answer = await client.put("/api/libraries/lib/dup_policy", json={"dup_min_score": floor})
+    assert (await answer.json())["err_no"] == 0
+    refused = await api(
+        f"{R}/add", appid="lib", image=b64(copy), features=[brief("copy")], dup_policy="reject"
+    )
+    assert refused["err_no"] == 101, refused
+    stored = await api(f"{R}/add", appid="lib", image=b64(copy), features=[brief("copy")], dup_policy="warn")
+    assert stored["err_no"] == 0 and len(stored["data_items"]) == 1
+    scan = await scan_to_end(client)  # the library's floors, as the add used
+    assert shape(scan) == [("ramp", ["copy"])]
+    above = await scan_to_end(client, {"min_score": round(score + 0.005, 3)})  # a floor above the pair
+    assert shape(above) == []
