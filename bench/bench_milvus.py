@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from same_search.backends.milvus import _ITEM_FIELDS, collection_name  # noqa: E402
+from same_search.backends.milvus import ITEM_FIELDS, collection_name  # noqa: E402
 from same_search.contsign import ContSign  # noqa: E402
 
 LITE = [sys.executable, "-m", "milvus_lite", "server"]
@@ -177,7 +177,7 @@ def main() -> None:
                 collection,
                 data=[vector],
                 limit=args.rn + 1,
-                output_fields=_ITEM_FIELDS,
+                output_fields=ITEM_FIELDS,
                 search_params={"metric_type": "IP", "params": {"ef": 512}},
             )[0]
             return [int(hit["key"]) for hit in hits[: args.rn]]

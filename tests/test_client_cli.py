@@ -409,7 +409,7 @@ def test_cli_import_and_a_folder_job_take_the_same_files(
 
 
 def test_one_retry_rule_for_the_cli_and_jobs() -> None:
-    from same_search import cli
+    from same_search.cli import folder_import as cli
     from same_search.imports import jobs
     from same_search.imports.retry import RETRYABLE
 

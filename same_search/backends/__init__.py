@@ -3,7 +3,7 @@ a module or package per backend.
 
 ``local``: SQLite + hnswlib on this box (the ``local`` package, built from ``same_search.store``
 and ``same_search.index``). ``milvus``: a Milvus server or cluster, shared by any number of daemons
-(``milvus.py``; needs ``pymilvus``). ``[storage] backend`` in config.toml picks one.
+(``milvus/``; needs ``pymilvus``). ``[storage] backend`` in config.toml picks one.
 """
 
 from __future__ import annotations

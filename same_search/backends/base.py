@@ -24,10 +24,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
+from same_search.backends.ledger import JobLedger
 from same_search.records import (
     AlreadyExists,
     BackendUnavailable,
@@ -111,35 +111,6 @@ class IndexingFailed(Exception):
 
 class ModelChanged(Exception):
     """The library's model changed between embedding an item and storing it: embed it again."""
-
-
-class JobLedger(Protocol):
-    """Where import jobs and their per-item errors are recorded.
-
-    Jobs are daemon state, not library state: a job reads a folder, manifest or uploaded ZIP on
-    the daemon's own disk, so only that daemon can run it. Every backend therefore keeps them in
-    a SQLite file in the data directory (``same_search.store.jobs.JobStore``).
-    """
-
-    async def create_job(
-        self,
-        appid: str,
-        kind: str,
-        source: str,
-        total: int,
-        dup_policy: str | None = None,
-        dup_min_score: float | None = None,
-    ) -> int:
-        """A queued job (with its own near-duplicate policy, if any); returns its id."""
-
-    async def save_job_progress(self, job: JobRow, errors: Sequence[tuple[str, int, str]] = ()) -> None:
-        """Persist a job's counters, position and status, and append its new per-item errors."""
-
-    async def jobs(self, job_id: int | None = None) -> list[JobRow]:
-        """All jobs, newest first (or just one)."""
-
-    async def job_errors(self, job_id: int, limit: int = 1000) -> list[tuple[str, int, str]]:
-        """The first ``limit`` per-item failures of a job."""
 
 
 class Backend(ABC):

@@ -1,0 +1,174 @@
+"""The command line's flags and subcommands: one parser for the daemon and the client commands.
+
+The shared flags are declared once and copied into every subcommand, so a flag works before or
+after the command name.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from same_search import __version__
+
+EPILOG = """\
+Without a COMMAND the daemon runs (as with 'serve'). 'same_search COMMAND --help' tells more.
+Client commands find the daemon through the same config file and flags as the daemon itself.
+Their exit codes: 0 success, 1 the daemon refused or some files failed, 2 usage or configuration,
+3 the daemon could not be reached.
+"""
+
+
+def _common_flags(suppress: bool) -> argparse.ArgumentParser:
+    """Where the daemon is: shared by the daemon and every client command."""
+    default = argparse.SUPPRESS if suppress else None
+    parser = argparse.ArgumentParser(add_help=False, argument_default=default)
+    parser.add_argument(
+        "--config", help="config file (default: ./config.toml when present, else built-in defaults)"
+    )
+    parser.add_argument("--host", help="address of the feature and retrieval services (default 127.0.0.1)")
+    parser.add_argument("--feature-port", type=int, help="feature service port (default 8120)")
+    parser.add_argument("--search-port", type=int, help="retrieval service port (default 8025)")
+    parser.add_argument("--admin-port", type=int, help="management port (default 8103)")
+    parser.add_argument(
+        "--admin-host",
+        help="address of the management port: where the daemon binds it and where client commands "
+        "find it (default: [server] admin_host)",
+    )
+    return parser
+
+
+def _daemon_flags(suppress: bool) -> argparse.ArgumentParser:
+    default = argparse.SUPPRESS if suppress else None
+    parser = argparse.ArgumentParser(add_help=False, argument_default=default)
+    parser.add_argument("--data-dir", help="where libraries and indexes are stored (default ./data)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def _client_flags(suppress: bool) -> argparse.ArgumentParser:
+    default = argparse.SUPPRESS if suppress else None
+    parser = argparse.ArgumentParser(add_help=False, argument_default=default)
+    parser.add_argument(
+        "--token", help="token sent as X-Same-Token (default: $SAME_SEARCH_TOKEN, else [auth] tokens '*')"
+    )
+    return parser
+
+
+def _add_commands(parser: argparse.ArgumentParser) -> None:
+    """The subcommands; their copies of the shared flags default to SUPPRESS so that a flag given
+    before the command is not reset by the subparser."""
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    client = [_common_flags(True), _client_flags(True)]
+    commands.add_parser("serve", parents=[_common_flags(True), _daemon_flags(True)], help="run the daemon")
+
+    imp = commands.add_parser(
+        "import", parents=client, help="add every image under a directory, or load an export ZIP"
+    )
+    imp.add_argument(
+        "directory",
+        metavar="DIR|EXPORT.zip",
+        help="directory searched recursively for images, or a ZIP written by 'export --vectors' "
+        "(stored as it is, without embedding again: how a library moves between daemons or backends)",
+    )
+    imp.add_argument("--appid", required=True, help="library to add to")
+    imp.add_argument("--signup", action="store_true", help="create the library when it does not exist")
+    imp.add_argument("-j", "--concurrency", type=int, default=8, help="adds in flight (default 8)")
+    imp.add_argument(
+        "--dup-policy",
+        choices=("off", "warn", "reject"),
+        help="near-duplicate policy for these adds (default: the library's): warn stores and counts "
+        "them, reject does not store them",
+    )
+    imp.add_argument(
+        "--dup-min-score", type=float, help="score floor of a near-duplicate (default: the library's)"
+    )
+
+    search = commands.add_parser("search", parents=client, help="find images similar to one")
+    search.add_argument("image", metavar="IMAGE", help="query image file")
+    search.add_argument("--appid", required=True, help="library to search")
+    search.add_argument("--rn", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--min-score", type=float, help="only hits scoring at least this (-1 to 1)")
+    search.add_argument(
+        "--order",
+        choices=("score", "reranked"),
+        help="override the library's ranking for this search: score (descending score, the spec's "
+        "order) or reranked (query expansion 2 and confirmed copies first)",
+    )
+
+    ranking = commands.add_parser(
+        "ranking",
+        parents=client,
+        help="show or choose how a library ranks searches by image",
+        description="A library answers searches by image in the spec's order (descending score) "
+        "unless its operator chooses re-ranking: query expansion and confirmed copies first, "
+        "better on the measured protocols (docs/quality.md) but not in score order. Without ORDER "
+        "or a flag, shows the library's ranking.",
+    )
+    ranking.add_argument("--appid", required=True, help="library")
+    ranking.add_argument("order", nargs="?", choices=("score", "reranked"), help="the ranking to choose")
+    ranking.add_argument("--query-expansion", type=int, metavar="N", help="hits that expand the query (0-10)")
+    ranking.add_argument(
+        "--promote",
+        action=argparse.BooleanOptionalAction,
+        help="move confirmed copies of the query to the top (--no-promote: do not)",
+    )
+
+    commands.add_parser("libraries", parents=client, help="list the libraries")
+
+    export = commands.add_parser("export", parents=client, help="write a library to a ZIP file")
+    export.add_argument("--appid", required=True, help="library to export")
+    export.add_argument("--out", required=True, help="ZIP file to write")
+    export.add_argument("--vectors", action="store_true", help="include the stored vectors")
+    export.add_argument(
+        "--no-originals",
+        action="store_true",
+        help="leave the kept originals out (smaller, cannot be re-embedded)",
+    )
+
+    dup = commands.add_parser(
+        "duplicates", parents=client, help="list the groups of near-duplicates in a library"
+    )
+    dup.add_argument("--appid", required=True, help="library to scan")
+    dup.add_argument(
+        "--min-score",
+        type=float,
+        help="score floor of a near-duplicate, for every pair (default: the library's near-duplicate "
+        "floors: 0.6 for a pair the same-picture check confirms, 0.95 for one it cannot look at)",
+    )
+    dup.add_argument(
+        "--remove-extras",
+        action="store_true",
+        help="then remove every extra, keeping the oldest copy of each picture",
+    )
+
+    snap = commands.add_parser("snapshot", parents=client, help="show a library's snapshot block")
+    snap.add_argument("--appid", required=True, help="library")
+
+    reembed = commands.add_parser(
+        "reembed",
+        parents=client,
+        help="move a library to another model profile, rebuilt from its kept originals",
+        description="Re-embed a library with another model profile from its kept originals "
+        "([storage] keep_originals): it keeps serving and taking writes with its old model until "
+        "the switch. Waits and shows progress; Ctrl-C stops watching, not the job.",
+    )
+    reembed.add_argument("--appid", required=True, help="library")
+    what = reembed.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help='model profile to move to ("default" or a [models.<name>] name)')
+    what.add_argument("--status", type=int, metavar="JOB", help="watch a job already started")
+    what.add_argument("--cancel", type=int, metavar="JOB", help="cancel a job; the library keeps its model")
+    reembed.add_argument("--no-wait", action="store_true", help="start (or show) the job and return")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags and, when given, the command (``args.command`` is ``None`` for the daemon)."""
+    parser = argparse.ArgumentParser(
+        prog="same_search",
+        description="Similar-image search daemon, and client commands for a running one.",
+        parents=[_common_flags(False), _daemon_flags(False), _client_flags(False)],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"same_search {__version__}")
+    _add_commands(parser)
+    return parser.parse_args(argv)
