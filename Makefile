@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture eval-reranking eval-daemon bench-query-expansion bench-admission soak clean
+.PHONY: run test install lint proto bench bench-million bench-precision eval eval-same-picture eval-reranking eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -77,6 +77,20 @@ eval-daemon: $(BENCH_STAMP)
 # repeated 5 times, reported as the median and range of the repeats; about 10 minutes).
 bench-query-expansion: $(STAMP)
 	$(BIN)/python bench/bench_query_expansion.py
+
+# What a library that chose re-ranking costs: throughput over HTTP of searches by image in a
+# re-ranked library against one in the spec's order, same daemon, same photos, 8 clients,
+# alternating runs (RUNS=5); with the promotion outcomes (where the check was paid). About 3
+# minutes on 2 cores.
+RUNS ?= 5
+bench-ranking: $(STAMP)
+	$(BIN)/python bench/bench_ranking_cost.py --runs $(RUNS)
+
+# Where the same-picture check is worth its cost: the lowest score of a confirmed copy on the
+# same-picture protocol, and how many searches a floor (REACH) lets skip the check. Reads
+# eval-same-picture's cache (run that first).
+eval-reach: $(BENCH_STAMP)
+	$(BIN)/python bench/eval_reach.py
 
 # A small search's p50/p99 idle and while 20 clients send 8192 x 8192 single-colour PNGs (admission
 # by decode cost, err_no 99 past the budget), with the shed count and the daemon's memory; about
