@@ -43,6 +43,7 @@ from same_search.backends.milvus.schema import (
     CHUNK,
     ITEM_FIELDS,
     MAX_TOPK,
+    MAX_VARCHAR,
     collection_name,
     create_catalogue,
     create_items,
@@ -299,7 +300,16 @@ class MilvusBackend(Backend, SharedLibraries):
             won = set()
         return [item.key in won for item in items]
 
-    async def updateitem_row(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
+    def _warn_thumbnails(self, items: Sequence[NewItem], entities: list[dict[str, Any]]) -> None:
+        """Say once that thumbnails too long for Milvus are not stored."""
+        if self._warned_thumbnail:
+            return
+        pairs = zip(items, entities, strict=True)
+        if any(item.thumbnail and not entity["thumbnail"] for item, entity in pairs):
+            log.warning("thumbnails over %d bytes of base64 are not stored in Milvus", MAX_VARCHAR)
+            self._warned_thumbnail = True
+
+    async def update_item(self, lib: Library, key: int, brief: bytes | None, tags: Tags | None) -> bool:
         """A partial upsert of the changed fields (Milvus 2.6+), only if the item is stored."""
         if not await self._present(lib, [key]):
             return False
