@@ -71,7 +71,12 @@ async def search_image(request: web.Request) -> web.Response:
     search = SearchRequest(image, contsign, region, pn, rn, min_score=_min_score(request))
     page = await services.libraries.search.run(lib, search)
     results = [
-        {**item_card(lib.row.appid, hit.item), "score": hit.score, "same_picture": hit.confirmed}
+        {
+            **item_card(lib.row.appid, hit.item),
+            "score": hit.score,
+            "same_picture": hit.confirmed,
+            "region": None if hit.region is None else hit.region.to_json(),
+        }
         for hit in page.hits
     ]
     return ok(results=results, has_more=int(page.has_more), ranking=page.ranking.to_json())
