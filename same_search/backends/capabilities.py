@@ -49,6 +49,10 @@ class LocalFeatures(ABC):
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
         """Stored local features by key; items without any are left out."""
 
+    @abstractmethod
+    async def items_without_local_features(self, lib: Library) -> int:
+        """Items stored without local features (judged by the score fallback)."""
+
 
 class KeptOriginals(ABC):
     """Items keep the bytes they were added with (``[storage] keep_originals``), by sha256."""

@@ -363,3 +363,12 @@ class ItemStore(OriginalStore):
             "SELECT key, data FROM local_features WHERE lib_id=? AND key IN ({keys})", lib_id, keys
         )
         return {int(key): bytes(data) for key, data in rows}
+
+    async def items_without_local_features(self, lib_id: int) -> int:
+        """Items of a library stored without local features."""
+        async with self.reader.execute(
+            "SELECT count(*) FROM items i WHERE i.lib_id=? AND NOT EXISTS "
+            "(SELECT 1 FROM local_features f WHERE f.lib_id=i.lib_id AND f.key=i.key)",
+            (lib_id,),
+        ) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]

@@ -48,6 +48,8 @@ FORMAT_VERSION = 1
 SIZED_FORMAT_VERSION = 2
 _HEADER = struct.Struct("<BHHH")
 _ORIGINAL = struct.Struct("<II")
+#: The largest stored form (:data:`MAX_KEYPOINTS` keypoints, with the original's size): 39,615 bytes.
+MAX_STORED_BYTES = _HEADER.size + _ORIGINAL.size + MAX_KEYPOINTS * (4 + 128)
 
 
 def _mirror_permutation() -> np.ndarray:

@@ -125,6 +125,9 @@ class LocalBackend(LocalWrites, Backend, LocalFeatures, Reembedding, ReducedInde
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
         return await self.store.local_features(lib.row.id, keys)
 
+    async def items_without_local_features(self, lib: Library) -> int:
+        return await self.store.items_without_local_features(lib.row.id)
+
     def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         return self.store.items_with_vectors(lib.row.id)
 

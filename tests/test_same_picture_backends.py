@@ -1,0 +1,71 @@
+"""The same same-picture decision on every backend: local features live wherever the library
+lives (SQLite beside the local index, a field of the Milvus collection), travel with an export,
+and a library's stats say how many of its items lack them."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import b64
+from exports import export_zip, unit_vectors
+from images import encode, picture
+from test_same_picture import EDITS, add, scene, search
+
+from same_search.verify import decision
+
+R = "/RTSAsService"
+BACKENDS = ("local", "milvus")
+SIZE = (480, 360)
+
+
+@pytest.fixture
+async def library(api) -> dict[int, str]:
+    assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
+    return {seed: await add(api, picture(seed, SIZE), f"item-{seed}") for seed in range(1, 4)}
+
+
+async def stats(client, appid: str) -> dict:
+    body = await (await client.get(f"/api/libraries/{appid}")).json()
+    assert body["err_no"] == 0, body
+    return body["library"]
+
+
+@pytest.mark.parametrize("edit", ["crop", "overlay", "rotation"])
+async def test_an_edited_copy_is_confirmed_by_its_geometry_on_every_backend(api, library, edit):
+    """Not by the score fallback: the copy scores below it, and the answer says where it is."""
+    query = EDITS[edit](picture(2, SIZE))
+    plain = await search(api, query)
+    assert plain[0]["contsign"] == library[2] and plain[0]["score"] < decision.FALLBACK_SCORE
+    [hit] = await search(api, query, same_picture=1)
+    assert hit["contsign"] == library[2] and "region" in hit
+
+
+async def test_a_look_alike_is_not_the_same_picture_on_every_backend(api, library):
+    stored = await add(api, scene(50, 1), "scene")
+    query = scene(50, 2)
+    assert (await search(api, query))[0]["contsign"] == stored
+    assert await search(api, query, same_picture=1) == []
+
+
+async def test_stats_count_the_items_without_local_features(client, api, library):
+    assert (await stats(client, "lib"))["items_without_local_features"] == 0
+    healthz = await (await client.get("/healthz")).json()
+    bare = export_zip(range(1, 6), unit_vectors(5, healthz["model"]["dim"], 3), healthz["model"])
+    answer = await (await client.post("/api/libraries/lib/import", data=bare)).json()
+    assert answer["err_no"] == 0 and answer["imported"] == 5, answer
+    lib = await stats(client, "lib")
+    assert (lib["items"], lib["items_without_local_features"]) == (8, 5)
+
+
+async def test_an_export_carries_local_features_and_the_import_answers_alike(client, api, library):
+    export = await (await client.get("/api/libraries/lib/export?vectors=1")).read()
+    answer = await (await client.post("/api/libraries/copy/import", data=export)).json()
+    assert answer["err_no"] == 0 and answer["imported"] == 3, answer
+    assert (await stats(client, "copy"))["items_without_local_features"] == 0
+    for query in [
+        EDITS[edit](picture(seed, SIZE)) for edit in ("crop", "jpeg30", "mirror") for seed in (1, 3)
+    ]:
+        data = b64(encode(query))
+        first = await api(f"{R}/search", appid="lib", image=data, same_picture=1)
+        second = await api(f"{R}/search", appid="copy", image=data, same_picture=1)
+        assert first["data_items"], first
+        assert second["data_items"] == first["data_items"]
