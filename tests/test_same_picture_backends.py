@@ -4,12 +4,15 @@ and a library's stats say how many of its items lack them."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
-from conftest import b64
+from conftest import b64, brief
 from exports import export_zip, unit_vectors
 from images import encode, picture
 from test_same_picture import EDITS, add, scene, search
 
+from same_search.app import create_app
 from same_search.verify import decision
 
 R = "/RTSAsService"
@@ -69,3 +72,51 @@ async def test_an_export_carries_local_features_and_the_import_answers_alike(cli
         second = await api(f"{R}/search", appid="copy", image=data, same_picture=1)
         assert first["data_items"], first
         assert second["data_items"] == first["data_items"]
+
+
+async def test_a_milvus_collection_made_before_the_field_keeps_working_without_it(
+    aiohttp_client, config, embedder, backend
+):
+    """milvus-lite cannot add a field to a collection: one created with the old layout serves as
+    before, its items judged by the score fallback and counted in the stats."""
+    if backend != "milvus":
+        pytest.skip("a Milvus collection's layout")
+    from pymilvus import MilvusClient
+    from pymilvus.orm.schema import CollectionSchema
+
+    from same_search.backends.milvus.schema import FEATURES, collection_name, create_items
+
+    first = await aiohttp_client(create_app(config, embedder))
+    body = await (await first.post(f"{R}/signup", json={"appid": "lib", "from": "pytest"})).json()
+    assert body["err_no"] == 0, body
+    dim = (await (await first.get("/api/libraries/lib")).json())["library"]["dim"]
+    await first.close()
+    milvus = MilvusClient(uri=config.storage.uri)
+    milvus.use_database(config.storage.db_name)
+    milvus.drop_collection(collection_name("lib"))
+    add_field = CollectionSchema.add_field
+
+    def without_features(schema, name, *args, **kwargs):
+        return schema if name == FEATURES else add_field(schema, name, *args, **kwargs)
+
+    with mock.patch.object(CollectionSchema, "add_field", without_features):
+        create_items(milvus, config, collection_name("lib"), dim)
+    milvus.close()
+
+    client = await aiohttp_client(create_app(config, embedder))
+
+    async def call(route: str, **fields) -> dict:
+        return await (await client.post(route, json={"from": "pytest", **fields})).json()
+
+    for seed in (1, 2):
+        added = await call(
+            f"{R}/add", appid="lib", image=b64(encode(picture(seed, SIZE))), features=[brief("x")]
+        )
+        assert added["err_no"] == 0, added
+    crop = b64(encode(EDITS["crop"](picture(2, SIZE))))
+    plain = (await call(f"{R}/search", appid="lib", image=crop))["data_items"]
+    assert plain[0]["score"] < decision.FALLBACK_SCORE
+    assert (await call(f"{R}/search", appid="lib", image=crop, same_picture=1))["data_items"] == []
+    exact = await call(f"{R}/search", appid="lib", image=b64(encode(picture(2, SIZE))), same_picture=1)
+    assert len(exact["data_items"]) == 1 and "region" not in exact["data_items"][0]
+    assert (await stats(client, "lib"))["items_without_local_features"] == 2

@@ -172,6 +172,9 @@ class MilvusBackend(Backend, SharedLibraries, LocalFeatures):
         judged by the score fallback, and the library's stats say how many."""
         if FEATURES in await self._field_names(name):
             return True
+        if self.milvus.lite:  # has no call to add a field
+            log.info("collection %s keeps no local features (milvus-lite cannot add the field)", name)
+            return False
         try:
             await self.milvus.write(add_features_field, self.milvus.client, name)
         except Exception as exc:  # milvus-lite, or a server before 2.6: the collection stays as it is
