@@ -4,6 +4,8 @@ field, docs/api.md)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from conftest import b64
 from images import encode, picture
@@ -109,6 +111,7 @@ async def test_a_client_that_ignores_unknown_fields_reads_the_same_hits(client, 
     assert hit.contsign.to_json() == library[2] and hit.brief == b"item-2"
     [shown] = body["data_items"]
     assert set(shown) == {"contsign", "features", "score", "region"}
+    assert shown["region"]["stored_size"] == list(SIZE) and shown["region"]["query_size"] == [480, 420]
 
 
 def test_features_keep_the_originals_size_and_old_rows_still_parse():
@@ -119,3 +122,19 @@ def test_features_keep_the_originals_size_and_old_rows_still_parse():
     old = LocalFeatures.from_bytes(features.to_bytes())  # version 1, as rows stored before
     assert old.original is None and len(old) == len(features)
     assert len(sized.to_bytes()) == len(features.to_bytes()) + 8
+
+
+async def test_the_duplicates_view_boxes_each_extra_in_its_kept_item(client, api, library):
+    await add(api, original(2).crop(CROP), "crop-of-2")
+    started = await (await client.post("/api/libraries/lib/duplicates", json={"min_score": 0})).json()
+    scan = started["scan"]
+    while scan["status"] == "running":
+        await asyncio.sleep(0.1)
+        scan = (await (await client.get(f"/api/libraries/lib/duplicates/{scan['id']}")).json())["scan"]
+    [group] = scan["groups"]
+    [extra] = group["extras"]
+    assert (group["keep"]["brief_text"], extra["brief_text"]) == ("item-2", "crop-of-2")
+    width, height = CROP[2] - CROP[0], CROP[3] - CROP[1]
+    assert near(extra["region"]["kept"], CROP)
+    assert near(extra["region"]["extra"], (0, 0, width, height), slack=6)
+    assert "region" not in group["keep"]

@@ -21,12 +21,16 @@ item stored before the size was recorded gets no region.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from same_search.verify.local_features import LocalFeatures
 from same_search.verify.matching import Evidence
+
+if TYPE_CHECKING:  # the service builds regions from its query's features
+    from same_search.verify.service import QueryFeatures
 
 #: (left, top, right, bottom) in pixels.
 Box = tuple[int, int, int, int]
@@ -38,23 +42,33 @@ class MatchedRegion:
 
     stored: Box  # in the stored item's original
     query: Box  # in the query as sent (its region's offset included)
+    #: (width, height) of the two originals: what the boxes are in (a console draws them on
+    #: thumbnails as fractions of these).
+    stored_size: tuple[int, int]
+    query_size: tuple[int, int]
 
     def to_json(self) -> dict[str, list[int]]:
         """The answers' ``region`` extension field (docs/api.md)."""
-        return {"stored": list(self.stored), "query": list(self.query)}
+        return {
+            "stored": list(self.stored),
+            "query": list(self.query),
+            "stored_size": list(self.stored_size),
+            "query_size": list(self.query_size),
+        }
 
     def swapped(self) -> MatchedRegion:
         """The same match seen from the other side (the stored item as the query)."""
-        return MatchedRegion(self.query, self.stored)
+        return MatchedRegion(self.query, self.stored, self.query_size, self.stored_size)
 
 
 def matched_region(
-    query: LocalFeatures, frame: Box | None, stored: LocalFeatures, evidence: Evidence
+    features: QueryFeatures, stored: LocalFeatures, evidence: Evidence
 ) -> MatchedRegion | None:
-    """Where ``query`` (extracted from ``frame`` of its original) and ``stored`` match under
-    ``evidence``'s transform; None when the transform or either original's size is unknown, or
-    the pictures do not overlap."""
-    if evidence.transform is None or frame is None or stored.original is None:
+    """Where the query (extracted from ``features.frame`` of its original) and ``stored`` match
+    under ``evidence``'s transform; None when the transform or either original's size is
+    unknown, or the pictures do not overlap."""
+    query, frame, size = features.direct, features.frame, features.size
+    if evidence.transform is None or frame is None or size is None or stored.original is None:
         return None
     forward = np.array(evidence.transform, np.float64).reshape(2, 3)
     backward = cv2.invertAffineTransform(forward)
@@ -67,7 +81,10 @@ def matched_region(
     if stored_box is None or query_box is None:
         return None
     return MatchedRegion(
-        _scaled(stored_box, stored, (0, 0, *stored.original)), _scaled(query_box, query, frame)
+        _scaled(stored_box, stored, (0, 0, *stored.original)),
+        _scaled(query_box, query, frame),
+        stored.original,
+        size,
     )
 
 

@@ -35,6 +35,8 @@ class QueryFeatures:
     #: whole picture, or the search's region); None when unknown (a stored item's features kept
     #: without their original's size). Where a confirmed copy lies is told in these pixels.
     frame: Box | None = None
+    #: The query's whole original (width, height), of which ``frame`` is a part.
+    size: tuple[int, int] | None = None
     _mirror: LocalFeatures | None = field(default=None, repr=False)
 
     def mirror(self) -> LocalFeatures:
@@ -111,12 +113,13 @@ class SamePictureService:
 
     def _stored(self, data: bytes) -> bytes:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
-        _, _, width, height = frame(data, self.limits)
-        return dataclasses.replace(local_features.extract(picture), original=(width, height)).to_bytes()
+        size, _ = frame(data, self.limits)
+        return dataclasses.replace(local_features.extract(picture), original=size).to_bytes()
 
     def _query(self, data: bytes, region: Region | None) -> QueryFeatures:
         picture = decode(data, self.limits, local_features.WORKING_SIDE, region)
-        return QueryFeatures(local_features.extract_query(picture), frame(data, self.limits, region))
+        size, box = frame(data, self.limits, region)
+        return QueryFeatures(local_features.extract_query(picture), box, size)
 
     @staticmethod
     def stored_query(data: bytes | None) -> QueryFeatures | None:
@@ -128,7 +131,9 @@ class SamePictureService:
         except ValueError as exc:  # unreadable: judged like an item without features
             log.warning("stored local features unreadable (%s); falling back to the score", exc)
             return None
-        return QueryFeatures(features, None if features.original is None else (0, 0, *features.original))
+        if features.original is None:
+            return QueryFeatures(features)
+        return QueryFeatures(features, (0, 0, *features.original), features.original)
 
     async def judge(
         self,
@@ -182,7 +187,7 @@ def judge(
             same = evidence is not None and decision.is_same_picture(score, evidence, floors)
             region = None
             if same and evidence is not None:
-                region = matched_region(query.direct, query.frame, candidate, evidence)
+                region = matched_region(query, candidate, evidence)
             verdicts[position] = Verdict(key, score, same, evidence, region)
     return [verdicts[position] for position in range(len(candidates))]
 
