@@ -4,6 +4,8 @@ and a library's stats say how many of its items lack them."""
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 from unittest import mock
 
 import pytest
@@ -120,3 +122,47 @@ async def test_a_milvus_collection_made_before_the_field_keeps_working_without_i
     exact = await call(f"{R}/search", appid="lib", image=b64(encode(picture(2, SIZE))), same_picture=1)
     assert len(exact["data_items"]) == 1 and "region" not in exact["data_items"][0]
     assert (await stats(client, "lib"))["items_without_local_features"] == 2
+    refused = await (await client.post("/api/libraries/lib/local_features")).json()
+    assert refused["err_no"] == 1 and "originals" in refused["err_msg"]
+
+
+@pytest.mark.local_only
+async def test_a_refill_gives_items_their_local_features_back_from_kept_originals(
+    aiohttp_client, config, embedder
+):
+    """Items that lost their features (stored before they existed) get them back from their kept
+    originals; items with no original (imported as bare vectors) stay without, and are counted."""
+    keeping = dataclasses.replace(config, storage=dataclasses.replace(config.storage, keep_originals=True))
+    client = await aiohttp_client(create_app(keeping, embedder))
+
+    async def call(route: str, **fields) -> dict:
+        return await (await client.post(route, json={"from": "pytest", **fields})).json()
+
+    assert (await call(f"{R}/signup", appid="lib"))["err_no"] == 0
+    for seed in (1, 2, 3):
+        added = await call(
+            f"{R}/add", appid="lib", image=b64(encode(picture(seed, SIZE))), features=[brief("x")]
+        )
+        assert added["err_no"] == 0, added
+    model = (await (await client.get("/healthz")).json())["model"]
+    bare = export_zip(range(1, 3), unit_vectors(2, model["dim"], 4), model)
+    assert (await (await client.post("/api/libraries/lib/import", data=bare)).json())["err_no"] == 0
+    with sqlite3.connect(config.data_path / "same_search.sqlite3") as db:
+        db.execute("DELETE FROM local_features")
+    crop = b64(encode(EDITS["crop"](picture(2, SIZE))))
+    assert (await call(f"{R}/search", appid="lib", image=crop, same_picture=1))["data_items"] == []
+    status = await (await client.get("/api/libraries/lib/local_features")).json()
+    assert (status["refill"], status["items_without_local_features"]) == (None, 5)
+
+    answer = await (await client.post("/api/libraries/lib/local_features?wait=1")).json()
+    assert answer["err_no"] == 0, answer
+    assert (answer["refill"]["status"], answer["refill"]["done"], answer["refill"]["failed"]) == (
+        "done",
+        3,
+        0,
+    )
+    assert answer["library"]["items_without_local_features"] == 2
+    [hit] = (await call(f"{R}/search", appid="lib", image=crop, same_picture=1))["data_items"]
+    assert "region" in hit
+    status = await (await client.get("/api/libraries/lib/local_features")).json()
+    assert status["refill"]["status"] == "done" and status["items_without_local_features"] == 2
