@@ -135,7 +135,7 @@ class Searcher:
             self.promotions[promoted.outcome] += 1
             copies = promoted.copies
             found = promotion.promoted(found, copies)
-        return _Ranked(found, rows, _regions(copies))
+        return _Ranked(found, _before_the_check(rows, copies), _regions(copies))
 
     async def _same_pictures(
         self, lib: Library, vector: np.ndarray, request: SearchRequest, features: _Once
@@ -153,7 +153,15 @@ class Searcher:
         stored = await self.reads.local_features(lib, [key for key, _ in found])
         verdicts = await self.verifier.judge(await features(), found, stored, decision.SEARCH)
         same = [v for v in verdicts if v.same]
-        return _Ranked([(v.key, v.score) for v in same], dict(result.rows), _regions(same))
+        return _Ranked([(v.key, v.score) for v in same], _before_the_check(result.rows, same), _regions(same))
+
+
+def _before_the_check(rows: dict, confirmed: list[Verdict]) -> dict:
+    """The rows the candidates came with, less the confirmed copies': theirs are read again
+    after the check (:func:`pages.cut`), so a copy removed while it ran is left out, on a backend
+    whose search hands rows along (Milvus) as on one that reads them for the page."""
+    again = {v.key for v in confirmed}
+    return {key: row for key, row in rows.items() if key not in again}
 
 
 def _regions(confirmed: list[Verdict]) -> dict[int, MatchedRegion | None]:
