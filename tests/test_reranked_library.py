@@ -267,7 +267,6 @@ def logo_on_plain(extra: bool = False) -> Image.Image:
     return image
 
 
-@pytest.mark.local_only  # Milvus keeps no local features: the score fallback judges
 async def test_an_exact_copy_of_a_small_logo_on_a_plain_background_is_the_same_picture(api):
     """Failed before: all its keypoints sit in one corner, under the coverage floor, so even the
     identical file was 'not the same picture' and a re-encoded copy passed dup_policy reject."""
@@ -279,7 +278,6 @@ async def test_an_exact_copy_of_a_small_logo_on_a_plain_background_is_the_same_p
     assert body["err_no"] == 101, body
 
 
-@pytest.mark.local_only  # Milvus keeps no local features: the score fallback judges
 async def test_another_picture_sharing_the_logo_is_not_the_same_picture(api):
     assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
     body = await api(f"{R}/add", appid="lib", image=b64(encode(logo_on_plain())), features=[brief("logo")])
