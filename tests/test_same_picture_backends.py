@@ -76,6 +76,13 @@ async def test_an_export_carries_local_features_and_the_import_answers_alike(cli
         assert second["data_items"] == first["data_items"]
 
 
+async def test_an_export_can_leave_local_features_out_for_an_older_daemon(client, api, library):
+    export = await (await client.get("/api/libraries/lib/export?vectors=1&local_features=0")).read()
+    answer = await (await client.post("/api/libraries/copy/import", data=export)).json()
+    assert answer["err_no"] == 0 and answer["imported"] == 3, answer
+    assert (await stats(client, "copy"))["items_without_local_features"] == 3
+
+
 async def test_a_milvus_collection_made_before_the_field_keeps_working_without_it(
     aiohttp_client, config, embedder, backend
 ):

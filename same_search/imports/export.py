@@ -34,7 +34,12 @@ ORIGINALS = "originals/"
 
 
 async def write_export(
-    libraries: LibraryService, lib: Library, path: Path, with_vectors: bool, with_originals: bool = True
+    libraries: LibraryService,
+    lib: Library,
+    path: Path,
+    with_vectors: bool,
+    with_originals: bool = True,
+    with_features: bool = True,
 ) -> int:
     """Write ``lib`` to a ZIP at ``path``; returns the item count.
 
@@ -43,13 +48,14 @@ async def write_export(
     meta.json and the vectors.npy header carry it), then into the ZIP.
     """
     items_tmp, vectors_tmp = path.with_name(path.name + ".items"), path.with_name(path.name + ".vectors")
-    count = with_features = 0
+    count = features_count = 0
     originals: dict[str, None] = {}  # in first-seen order: the ZIP lists each file once
     try:
         with items_tmp.open("wb") as items_out, vectors_tmp.open("wb") as vectors_out:
             async for chunk in libraries.reads.export_items(lib):
-                features = await libraries.reads.local_features(lib, [item.contsign.key for item, _ in chunk])
-                with_features += len(features)
+                keys = [item.contsign.key for item, _ in chunk]
+                features = await libraries.reads.local_features(lib, keys) if with_features else {}
+                features_count += len(features)
                 lines = "".join(
                     _export_line(
                         item.contsign.key,
@@ -76,7 +82,7 @@ async def write_export(
             "count": count,
             "vectors": with_vectors,
             "originals": len(originals),
-            "local_features": with_features,
+            "local_features": features_count,
             "exported_at": time.time(),
         }
         await asyncio.to_thread(_write_zip, path, meta, items_tmp, vectors_tmp if with_vectors else None)
