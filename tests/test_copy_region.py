@@ -109,6 +109,7 @@ async def test_a_client_that_ignores_unknown_fields_reads_the_same_hits(client, 
     body = await api(f"{R}/search", appid="lib", image=b64(encode(original(2).crop(CROP))), same_picture=1)
     [hit] = search_result(body)
     assert hit.contsign.to_json() == library[2] and hit.brief == b"item-2"
+    assert hit.region is not None and near(list(hit.region.stored), CROP)  # the project's client reads it
     [shown] = body["data_items"]
     assert set(shown) == {"contsign", "features", "score", "region"}
     assert shown["region"]["stored_size"] == list(SIZE) and shown["region"]["query_size"] == [480, 420]
