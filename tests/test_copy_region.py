@@ -5,6 +5,7 @@ field, docs/api.md)."""
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 from conftest import b64
@@ -139,3 +140,18 @@ async def test_the_duplicates_view_boxes_each_extra_in_its_kept_item(client, api
     assert near(extra["region"]["kept"], CROP)
     assert near(extra["region"]["extra"], (0, 0, width, height), slack=6)
     assert "region" not in group["keep"]
+
+
+async def test_boxes_are_in_the_pixels_a_viewer_sees_after_exif_rotation(api, library):
+    """A phone photo stores its pixels sideways with an EXIF orientation: the boxes are in the
+    picture as shown (the daemon turns it upright, as viewers do), not in the stored pixels."""
+    upright = original(2).crop(CROP)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=90, exif=exif)
+    body = await api(f"{R}/search", appid="lib", image=b64(buffer.getvalue()), same_picture=1)
+    [hit] = body["data_items"]
+    assert hit["region"]["query_size"] == list(upright.size)
+    assert near(hit["region"]["stored"], CROP)
+    assert near(hit["region"]["query"], (0, 0, *upright.size), slack=6)
