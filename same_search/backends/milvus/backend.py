@@ -36,14 +36,16 @@ from same_search.backends.base import (
     TooManyItems,
     Unavailable,
 )
-from same_search.backends.capabilities import SharedLibraries
+from same_search.backends.capabilities import LocalFeatures, SharedLibraries
 from same_search.backends.milvus.connection import Connection
 from same_search.backends.milvus.schema import (
     CATALOGUE,
     CHUNK,
+    FEATURES,
     ITEM_FIELDS,
     MAX_TOPK,
     MAX_VARCHAR,
+    add_features_field,
     collection_name,
     create_catalogue,
     create_items,
@@ -62,7 +64,7 @@ def _name(lib: Library) -> str:
     return str(lib.handle)
 
 
-class MilvusBackend(Backend, SharedLibraries):
+class MilvusBackend(Backend, SharedLibraries, LocalFeatures):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
     name = "milvus"
@@ -74,6 +76,8 @@ class MilvusBackend(Backend, SharedLibraries):
         self._flushed_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._warned_thumbnail = False
+        #: Collections that have the local-features field (found when each is loaded).
+        self._features: dict[str, bool] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -160,6 +164,26 @@ class MilvusBackend(Backend, SharedLibraries):
             await self.milvus.write(self.milvus.client.load_collection, name, replica_number=replicas)
         else:
             await self.milvus.write(self.milvus.client.load_collection, name)
+        self._features[name] = await self._has_features_field(name)
+
+    async def _has_features_field(self, name: str) -> bool:
+        """Whether the collection keeps local features: those created before the field existed
+        get it added in place where the server can (Milvus 2.6); elsewhere their items go without,
+        judged by the score fallback, and the library's stats say how many."""
+        if FEATURES in await self._field_names(name):
+            return True
+        if self.milvus.lite:  # has no call to add a field
+            log.info("collection %s keeps no local features (milvus-lite cannot add the field)", name)
+            return False
+        try:
+            await self.milvus.write(add_features_field, self.milvus.client, name)
+        except Exception as exc:  # milvus-lite, or a server before 2.6: the collection stays as it is
+            log.info("collection %s keeps no local features (the field cannot be added: %s)", name, exc)
+        return FEATURES in await self._field_names(name)  # added here, or by a daemon beside us
+
+    async def _field_names(self, name: str) -> set[str]:
+        described = await self.milvus.read(self.milvus.client.describe_collection, name)
+        return {field["name"] for field in described["fields"]}
 
     async def find_library(self, appid: str) -> Library | None:
         name = collection_name(appid)
@@ -287,7 +311,8 @@ class MilvusBackend(Backend, SharedLibraries):
         if fresh:
             writer = secrets.randbits(63)
             now, seq = time.time(), time.time_ns()
-            entities = [item_entity(item, now, seq + i, writer) for i, item in enumerate(fresh)]
+            features = self._features.get(_name(lib), False)
+            entities = [item_entity(item, now, seq + i, writer, features) for i, item in enumerate(fresh)]
             self._warn_thumbnails(fresh, entities)
             for start in range(0, len(entities), CHUNK):
                 await self.milvus.write(
@@ -339,6 +364,20 @@ class MilvusBackend(Backend, SharedLibraries):
             )
             found.update({int(e["key"]): item_row(e) for e in entities})
         return found
+
+    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
+        if not self._features.get(_name(lib)):
+            return {}
+        found = await self._present(lib, list(keys), FEATURES)
+        return {key: base64.b64decode(text) for key, text in found.items() if text}
+
+    async def items_without_local_features(self, lib: Library) -> int:
+        if not self._features.get(_name(lib)):
+            return await self.count(lib)
+        found = await self.milvus.read(
+            self.milvus.client.query, _name(lib), filter=f"{FEATURES} is null", output_fields=["count(*)"]
+        )
+        return int(found[0]["count(*)"])
 
     async def vector(self, lib: Library, key: int) -> np.ndarray | None:
         found = await self._present(lib, [key], "vector")
