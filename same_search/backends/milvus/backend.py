@@ -36,8 +36,9 @@ from same_search.backends.base import (
     TooManyItems,
     Unavailable,
 )
-from same_search.backends.capabilities import LocalFeatures, SharedLibraries
+from same_search.backends.capabilities import SharedLibraries
 from same_search.backends.milvus.connection import Connection
+from same_search.backends.milvus.reads import KeyedReads, _name
 from same_search.backends.milvus.schema import (
     CATALOGUE,
     CHUNK,
@@ -60,11 +61,7 @@ from same_search.store.jobs import JobStore
 log = logging.getLogger(__name__)
 
 
-def _name(lib: Library) -> str:
-    return str(lib.handle)
-
-
-class MilvusBackend(Backend, SharedLibraries, LocalFeatures):
+class MilvusBackend(KeyedReads, Backend, SharedLibraries):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
     name = "milvus"
@@ -277,23 +274,6 @@ class MilvusBackend(Backend, SharedLibraries, LocalFeatures):
 
     # ---- items -----------------------------------------------------------------------------------
 
-    async def count(self, lib: Library) -> int:
-        found = await self.milvus.read(
-            self.milvus.client.query, _name(lib), filter="", output_fields=["count(*)"]
-        )
-        return int(found[0]["count(*)"])
-
-    async def _present(self, lib: Library, keys: Sequence[int], field: str = "key") -> dict[int, Any]:
-        """key -> ``field`` of the stored ones among ``keys``."""
-        found: dict[int, Any] = {}
-        for start in range(0, len(keys), CHUNK):
-            chunk = list(keys[start : start + CHUNK])
-            entities = await self.milvus.read(
-                self.milvus.client.query, _name(lib), ids=chunk, output_fields=["key", field]
-            )
-            found.update({int(e["key"]): e[field] for e in entities})
-        return found
-
     async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         """Upsert the new items, then read back whose write each key holds.
 
@@ -365,24 +345,6 @@ class MilvusBackend(Backend, SharedLibraries, LocalFeatures):
             found.update({int(e["key"]): item_row(e) for e in entities})
         return found
 
-    async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
-        if not self._features.get(_name(lib)):
-            return {}
-        found = await self._present(lib, list(keys), FEATURES)
-        return {key: base64.b64decode(text) for key, text in found.items() if text}
-
-    async def items_without_local_features(self, lib: Library) -> int:
-        if not self._features.get(_name(lib)):
-            return await self.count(lib)
-        found = await self.milvus.read(
-            self.milvus.client.query, _name(lib), filter=f"{FEATURES} is null", output_fields=["count(*)"]
-        )
-        return int(found[0]["count(*)"])
-
-    async def vector(self, lib: Library, key: int) -> np.ndarray | None:
-        found = await self._present(lib, [key], "vector")
-        return np.asarray(found[key], dtype=np.float32) if key in found else None
-
     async def search(
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
     ) -> SearchResult:
@@ -426,10 +388,6 @@ class MilvusBackend(Backend, SharedLibraries, LocalFeatures):
         keys = (await self._keys_in_order(lib))[offset : offset + limit]
         rows = await self.get_items(lib, keys)
         return [rows[key] for key in keys if key in rows]
-
-    async def thumbnail(self, lib: Library, key: int) -> bytes | None:
-        found = await self._present(lib, [key], "thumbnail")
-        return base64.b64decode(found[key]) if found.get(key) else None
 
     async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         keys = await self._keys_in_order(lib)
