@@ -181,12 +181,25 @@ class Item:
 
 
 @dataclass(frozen=True)
+class CopyRegion:
+    """Where a confirmed copy lies (a hit's ``region``, docs/api.md): ``[left, top, right,
+    bottom]`` boxes in pixels of the stored picture and of the query, and their sizes."""
+
+    stored: tuple[int, int, int, int]
+    query: tuple[int, int, int, int]
+    stored_size: tuple[int, int]
+    query_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Hit(Item):
     """A search result: an item and its cosine similarity to the query."""
 
     score: float = 0.0
     #: In a re-ranked answer: the same-picture check confirmed it (why a lower score may lead).
     same_picture: bool = False
+    #: Where the copy lies, for a hit the check's geometry confirmed (None otherwise).
+    region: CopyRegion | None = None
 
 
 class SearchResult(list[Hit]):
@@ -236,7 +249,24 @@ def item_from_wire(value: Mapping[str, Any], score: float | None = None) -> Item
     brief = features.get(FEA_BRIEF, b"")
     if score is None:
         return Item(contsign, brief, tags)
-    return Hit(contsign, brief, tags, score=float(score), same_picture=bool(value.get("same_picture")))
+    region = value.get("region")
+    return Hit(
+        contsign,
+        brief,
+        tags,
+        score=float(score),
+        same_picture=bool(value.get("same_picture")),
+        region=None if not isinstance(region, dict) else _copy_region(region),
+    )
+
+
+def _copy_region(value: Mapping[str, Any]) -> CopyRegion:
+    return CopyRegion(
+        tuple(value["stored"]),  # type: ignore[arg-type]
+        tuple(value["query"]),  # type: ignore[arg-type]
+        tuple(value["stored_size"]),  # type: ignore[arg-type]
+        tuple(value["query_size"]),  # type: ignore[arg-type]
+    )
 
 
 def item_from_admin(value: Mapping[str, Any]) -> Item:

@@ -42,6 +42,7 @@ from same_search.index.heap import release_free_heap
 from same_search.libraries import Library, LibraryService
 from same_search.near_duplicates import floors_for
 from same_search.verify import decision
+from same_search.verify.regions import MatchedRegion
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class Group:
 
     keep: int
     extras: list[tuple[int, float]]
+    #: Where each extra (by key) matched the kept item, when the check's geometry confirmed it:
+    #: ``stored`` is the box in the kept item, ``query`` the box in the extra.
+    regions: dict[int, MatchedRegion] = field(default_factory=dict)
 
 
 @dataclass
@@ -209,11 +213,12 @@ class DuplicateScans:
         else:
             keys, neighbours = await self._index_neighbours(lib, scan)
         verified: Neighbours = {}
+        regions: Regions = {}
         for chunk in _chunks(neighbours, VERIFY_KEYS):
-            for a, others in (await self._verified(lib, scan, chunk)).items():
+            for a, others in (await self._verified(lib, scan, chunk, regions)).items():
                 for b, score in others.items():
                     _link(verified, a, b, score)
-        return _groups(keys, verified)
+        return _groups(keys, verified, regions)
 
     async def _vectors(self, lib: Library) -> tuple[list[int], np.ndarray]:
         """Every stored key and vector, in insertion order (small libraries only: all in memory)."""
@@ -244,10 +249,13 @@ class DuplicateScans:
         scan.total = len(keys)
         return keys, neighbours
 
-    async def _verified(self, lib: Library, scan: Scan, neighbours: Neighbours) -> Neighbours:
+    async def _verified(
+        self, lib: Library, scan: Scan, neighbours: Neighbours, regions: Regions
+    ) -> Neighbours:
         """The pairs above the floor that the same-picture decision confirms under the scan's
         floors: a pair of look-alikes above a floor is not a near-duplicate; a pair where either
-        item has no local features is judged by its score alone, as on add."""
+        item has no local features is judged by its score alone, as on add. Where each pair
+        confirmed by its geometry matched goes to ``regions``."""
         pairs = {
             (min(a, b), max(a, b)): score for a, others in neighbours.items() for b, score in others.items()
         }
@@ -263,6 +271,8 @@ class DuplicateScans:
             )
             if verdict.same:
                 _link(kept, a, b, score)
+                if verdict.region is not None:
+                    regions[a, b] = verdict.region
         return kept
 
     async def remove_extras(self, lib: Library, scan: Scan, contsigns: list[ContSign] | None) -> int:
@@ -283,7 +293,7 @@ class DuplicateScans:
         removed = await self.libraries.writes.remove(lib, [ContSign.from_key(k) for k in chosen])
         gone = set(chosen)
         scan.groups = [
-            Group(g.keep, [(k, s) for k, s in g.extras if k not in gone])
+            Group(g.keep, [(k, s) for k, s in g.extras if k not in gone], g.regions)
             for g in scan.groups
             if any(k not in gone for k, _ in g.extras)
         ]
@@ -310,6 +320,8 @@ class DuplicateScans:
 
 #: key -> {other key: score}, symmetric: a pair found from either side is known to both.
 Neighbours = dict[int, dict[int, float]]
+#: (a, b) with a < b -> where they matched: ``query`` the box in a, ``stored`` the box in b.
+Regions = dict[tuple[int, int], MatchedRegion]
 
 
 def _link(neighbours: Neighbours, a: int, b: int, score: float) -> None:
@@ -367,8 +379,10 @@ def _exact_neighbours(keys: list[int], vectors: np.ndarray, scan: Scan) -> Neigh
     return neighbours
 
 
-def _groups(keys: list[int], neighbours: Neighbours) -> list[Group]:
-    """Greedy groups in insertion order (module doc); extras best first."""
+def _groups(keys: list[int], neighbours: Neighbours, regions: Regions | None = None) -> list[Group]:
+    """Greedy groups in insertion order (module doc); extras best first, with where each matched
+    its kept item (from ``regions``)."""
+    regions = regions or {}
     grouped: set[int] = set()
     groups = []
     for key in keys:
@@ -381,5 +395,15 @@ def _groups(keys: list[int], neighbours: Neighbours) -> list[Group]:
         if extras:
             grouped.add(key)
             grouped.update(other for other, _ in extras)
-            groups.append(Group(key, extras))
+            groups.append(Group(key, extras, _kept_regions(key, extras, regions)))
     return groups
+
+
+def _kept_regions(keep: int, extras: list[tuple[int, float]], regions: Regions) -> dict[int, MatchedRegion]:
+    """Each extra's region seen from the kept item (``stored`` in the kept, ``query`` in the extra)."""
+    found = {}
+    for extra, _ in extras:
+        region = regions.get((min(keep, extra), max(keep, extra)))
+        if region is not None:
+            found[extra] = region.swapped() if keep < extra else region
+    return found

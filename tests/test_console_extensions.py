@@ -89,6 +89,34 @@ def test_drag_a_box_on_the_query_picture(daemon, page, tmp_path: Path):
     page.screenshot(path=str(tmp_path / "console-region.png"))
 
 
+def test_a_confirmed_copy_is_boxed_on_both_pictures_side_by_side(daemon, page, tmp_path: Path):
+    """ "Only the same picture": the crop's hit shows the stored thumbnail with the crop's box on
+    it, and the query with the box of what it shares (all of it)."""
+    query = tmp_path / "crop.jpg"
+    query.write_bytes(encode(picture(3).crop((80, 60, 300, 220))))
+    page.goto(daemon.url("admin", "/libraries/shop"))
+    page.check("#same-picture")
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#results .card .match", timeout=30_000)
+    card = page.locator("#results .card").first
+    assert card.locator(".brief").inner_text() == "p3"
+    sides = card.locator(".match-side")
+    assert sides.count() == 2
+    page.wait_for_function("[...document.querySelectorAll('.match img')].every((i) => i.naturalWidth > 0)")
+    share = []
+    for i in range(2):
+        box, image = (
+            sides.nth(i).locator(".match-box").bounding_box(),
+            sides.nth(i).locator("img").bounding_box(),
+        )
+        assert box is not None and image is not None
+        share.append((box["width"] / image["width"], box["height"] / image["height"]))
+    (stored_w, stored_h), (query_w, query_h) = share
+    assert 0.6 < stored_w < 0.78 and 0.55 < stored_h < 0.8  # 220 x 160 of 320 x 240
+    assert query_w > 0.9 and query_h > 0.9
+    page.screenshot(path=str(tmp_path / "console-same-picture.png"))
+
+
 def test_duplicates_view_shows_groups_and_removes_extras(daemon, page, tmp_path: Path):
     page.goto(daemon.url("admin", "/libraries/shop"))
     page.click("#duplicates-link")
@@ -103,6 +131,7 @@ def test_duplicates_view_shows_groups_and_removes_extras(daemon, page, tmp_path:
         score = groups.nth(i).locator(".card:not(.kept) .score").first.inner_text()
         assert float(score) >= 0.95
     page.wait_for_function("document.querySelector('.dup-group img')?.naturalWidth > 0")
+    assert page.locator(".dup-group .card:not(.kept) .match .match-box").count() >= 1  # boxed copies
     page.screenshot(path=str(tmp_path / "console-duplicates.png"))
     page.click("#dup-remove")
     page.wait_for_selector("#dup-message:has-text('Removed 2 extras')", timeout=30_000)

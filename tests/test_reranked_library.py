@@ -143,14 +143,14 @@ async def tagged_library(api) -> str:
     return original
 
 
-async def test_reranked_pages_concatenate_with_a_tag_filter(api, backend):
+async def test_reranked_pages_concatenate_with_a_tag_filter(api):
     """The defaults (expansion 2, promotion) on both backends: a tag filter keeps the confirmed
     copy out when it lacks the tag, and pages of any size concatenate to the whole ranking."""
     original = await tagged_library(api)
     whole = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100)
     assert whole["err_no"] == 0, whole
-    # Milvus keeps no local features: only the strict score fallback could confirm the copy there.
-    assert (key(whole["data_items"][0]["contsign"]) == original) == (backend == "local")
+    # Local features live on either backend: the copy is confirmed and leads on both.
+    assert key(whole["data_items"][0]["contsign"]) == original
     assert len(whole["data_items"]) == 26 and whole["has_more"] == 0
     filtered = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=100, features=[tags(1)])
     everything = [key(hit["contsign"]) for hit in filtered["data_items"]]
@@ -267,7 +267,6 @@ def logo_on_plain(extra: bool = False) -> Image.Image:
     return image
 
 
-@pytest.mark.local_only  # Milvus keeps no local features: the score fallback judges
 async def test_an_exact_copy_of_a_small_logo_on_a_plain_background_is_the_same_picture(api):
     """Failed before: all its keypoints sit in one corner, under the coverage floor, so even the
     identical file was 'not the same picture' and a re-encoded copy passed dup_policy reject."""
@@ -279,7 +278,6 @@ async def test_an_exact_copy_of_a_small_logo_on_a_plain_background_is_the_same_p
     assert body["err_no"] == 101, body
 
 
-@pytest.mark.local_only  # Milvus keeps no local features: the score fallback judges
 async def test_another_picture_sharing_the_logo_is_not_the_same_picture(api):
     assert (await api(f"{R}/signup", appid="lib"))["err_no"] == 0
     body = await api(f"{R}/add", appid="lib", image=b64(encode(logo_on_plain())), features=[brief("logo")])

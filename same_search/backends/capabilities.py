@@ -5,6 +5,7 @@ with ``isinstance`` before it calls, and does without otherwise:
 
 - :class:`SharedLibraries`: other daemons create and delete libraries too (Milvus);
 - :class:`LocalFeatures`: items keep their pictures' local features (same-picture checks);
+- :class:`RefilledFeatures`: items without them get them back from kept originals;
 - :class:`KeptOriginals`: items keep the bytes they were added with;
 - :class:`Reembedding`: a library moves to another model in place (needs kept originals);
 - :class:`ReducedIndexes`: large libraries move to a reduced index by a rebuild.
@@ -27,6 +28,7 @@ __all__ = [
     "ReducedIndexes",
     "ReembedLedger",
     "Reembedding",
+    "RefilledFeatures",
     "SharedLibraries",
 ]
 
@@ -49,6 +51,10 @@ class LocalFeatures(ABC):
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
         """Stored local features by key; items without any are left out."""
 
+    @abstractmethod
+    async def items_without_local_features(self, lib: Library) -> int:
+        """Items stored without local features (judged by the score fallback)."""
+
 
 class KeptOriginals(ABC):
     """Items keep the bytes they were added with (``[storage] keep_originals``), by sha256."""
@@ -60,6 +66,21 @@ class KeptOriginals(ABC):
     @abstractmethod
     async def read_original(self, sha256: str) -> bytes:
         """A kept original's bytes; :class:`StorageError` when its file cannot be read."""
+
+
+class RefilledFeatures(LocalFeatures, KeptOriginals):
+    """Items without local features get them back from their kept originals (a refill)."""
+
+    @abstractmethod
+    async def features_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str, int]]:
+        """(key, kept original sha256, seq) of items without local features whose original is
+        kept, oldest first from ``after_seq`` on: what a refill can give features back to."""
+
+    @abstractmethod
+    async def save_local_features(self, lib: Library, features: Sequence[tuple[int, bytes]]) -> None:
+        """Store the local features of stored items (an item removed meanwhile is skipped)."""
 
 
 class ReembedLedger(Protocol):

@@ -157,7 +157,9 @@ async def library(request: web.Request) -> web.Response:
 {_rebuild_block(stats["rebuild"])}
 {_ranking_form(stats["ranking"])}
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
-<input type="file" id="file" accept="image/*"></label>, to search this library.</div>
+<input type="file" id="file" accept="image/*"></label>, to search this library.
+<label class="option"><input type="checkbox" id="same-picture"> only the same picture (possibly
+edited), boxed where the copy is</label></div>
 {_results_block("Results")}
 {_library_extensions(appid)}
 {_reembed_panel(services, stats)}

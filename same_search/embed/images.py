@@ -112,6 +112,17 @@ def decode(data: bytes, limits: ImageLimits, target_side: int, region: Region | 
     return image if box is None else image.crop(_scaled(box, oriented, image.size))
 
 
+def frame(
+    data: bytes, limits: ImageLimits, region: Region | None = None
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """The picture's size as a viewer sees it (after EXIF rotation), and (left, top, right,
+    bottom) of what :func:`decode` returns in its pixels: the whole picture, or ``region`` of
+    it. From the header alone: a reduced decode does not change either."""
+    image = open_checked(data, limits)
+    size = _oriented_size(image)
+    return size, (0, 0, *size) if region is None else region.box(size, limits.min_side)
+
+
 def decode_cost(data: bytes, limits: ImageLimits, target_side: int, region: Region | None = None) -> float:
     """Megapixels :func:`decode` will produce for ``data``, from the header alone.
 

@@ -2,7 +2,9 @@
 
 The ZIP holds ``meta.json`` (appid, model, dimension, fingerprint, count), ``items.jsonl`` (one
 ``{"contsign", "brief", "tags"}`` per line, brief in base64, plus ``"original": sha256`` for an
-item with a kept original), when asked for ``vectors.npy`` (float32, one row per line of
+item with a kept original, and ``"local_features"``: base64 of their stored form
+(same_search/verify/local_features.py) for an item that has them, so the same-picture check
+answers alike where the library is imported), when asked for ``vectors.npy`` (float32, one row per line of
 items.jsonl), and the kept originals as ``originals/<sha256>`` (unless left out with
 ``originals=False``), so the library can be re-embedded where it is imported. Vectors only mean
 something to the same model, so an import requires a served model's fingerprint.
@@ -32,7 +34,12 @@ ORIGINALS = "originals/"
 
 
 async def write_export(
-    libraries: LibraryService, lib: Library, path: Path, with_vectors: bool, with_originals: bool = True
+    libraries: LibraryService,
+    lib: Library,
+    path: Path,
+    with_vectors: bool,
+    with_originals: bool = True,
+    with_features: bool = True,
 ) -> int:
     """Write ``lib`` to a ZIP at ``path``; returns the item count.
 
@@ -41,14 +48,21 @@ async def write_export(
     meta.json and the vectors.npy header carry it), then into the ZIP.
     """
     items_tmp, vectors_tmp = path.with_name(path.name + ".items"), path.with_name(path.name + ".vectors")
-    count = 0
+    count = features_count = 0
     originals: dict[str, None] = {}  # in first-seen order: the ZIP lists each file once
     try:
         with items_tmp.open("wb") as items_out, vectors_tmp.open("wb") as vectors_out:
             async for chunk in libraries.reads.export_items(lib):
+                keys = [item.contsign.key for item, _ in chunk]
+                features = await libraries.reads.local_features(lib, keys) if with_features else {}
+                features_count += len(features)
                 lines = "".join(
                     _export_line(
-                        item.contsign.key, item.brief, item.tags, item.original if with_originals else None
+                        item.contsign.key,
+                        item.brief,
+                        item.tags,
+                        item.original if with_originals else None,
+                        features.get(item.contsign.key),
                     )
                     for item, _ in chunk
                 )
@@ -68,6 +82,7 @@ async def write_export(
             "count": count,
             "vectors": with_vectors,
             "originals": len(originals),
+            "local_features": features_count,
             "exported_at": time.time(),
         }
         await asyncio.to_thread(_write_zip, path, meta, items_tmp, vectors_tmp if with_vectors else None)
@@ -79,7 +94,9 @@ async def write_export(
     return count
 
 
-def _export_line(key: int, brief: bytes, tags: tuple[int, int] | None, original: str | None) -> str:
+def _export_line(
+    key: int, brief: bytes, tags: tuple[int, int] | None, original: str | None, features: bytes | None
+) -> str:
     line: dict = {
         "contsign": ContSign.from_key(key).to_json(),
         "brief": base64.b64encode(brief).decode(),
@@ -87,6 +104,8 @@ def _export_line(key: int, brief: bytes, tags: tuple[int, int] | None, original:
     }
     if original:
         line["original"] = original
+    if features:
+        line["local_features"] = base64.b64encode(features).decode()
     return json.dumps(line) + "\n"
 
 

@@ -32,6 +32,7 @@ from same_search.imports.export import FORMAT, ORIGINALS
 from same_search.index.vectors import row_problems
 from same_search.records import NewItem
 from same_search.rows import tags_problem
+from same_search.verify.local_features import MAX_STORED_BYTES, LocalFeatures
 
 #: Largest meta.json: a few hundred bytes in practice.
 META_MAX_BYTES = 64 * 1024
@@ -220,8 +221,9 @@ def _read_meta(archive: zipfile.ZipFile, info: zipfile.ZipInfo, models: dict[str
 
 
 def _max_line(brief_max_bytes: int) -> int:
-    """Longest items.jsonl line that can hold a valid item: base64 of the largest brief + the rest."""
-    return 4 * -(-brief_max_bytes // 3) + LINE_OVERHEAD
+    """Longest items.jsonl line that can hold a valid item: base64 of the largest brief and of the
+    largest local features + the rest."""
+    return 4 * -(-brief_max_bytes // 3) + 4 * -(-MAX_STORED_BYTES // 3) + LINE_OVERHEAD
 
 
 def _check_sizes(entries: dict[str, zipfile.ZipInfo], export: CheckedExport) -> None:
@@ -306,7 +308,7 @@ def _parse_line(
         raise _refuse(f"{where} is not valid JSON: {exc}") from exc
     if not isinstance(line, dict):
         raise _refuse(f"{where} must be a JSON object {{contsign, brief, tags}}")
-    unknown = set(line) - {"contsign", "brief", "tags", "original"}
+    unknown = set(line) - {"contsign", "brief", "tags", "original", "local_features"}
     if unknown:
         raise _refuse(f"{where} has unknown fields {sorted(unknown)}")
     try:
@@ -335,8 +337,29 @@ def _parse_line(
         )
     if original is not None and original not in export.originals:
         raise _refuse(f"{where}: original {str(original)[:80]!r} is not in the ZIP's {ORIGINALS} folder")
-    item = NewItem(contsign.key, brief, None if tags is None else (tags[0], tags[1]), vector)
+    item = NewItem(
+        contsign.key,
+        brief,
+        None if tags is None else (tags[0], tags[1]),
+        vector,
+        local_features=_local_features(line.get("local_features"), where),
+    )
     return item, original
+
+
+def _local_features(text: object, where: str) -> bytes | None:
+    """An item's local features from its line (None when it has none: an older export, an
+    item stored without them); checked as the same-picture check would read them."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise _refuse(f"{where}: local_features must be a base64 string")
+    try:
+        data = base64.b64decode(text, validate=True)
+        LocalFeatures.from_bytes(data)
+    except (binascii.Error, ValueError) as exc:
+        raise _refuse(f"{where}: local_features are not readable: {exc}") from exc
+    return data
 
 
 def _refuse_duplicates(keys: array) -> None:

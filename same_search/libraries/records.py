@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from same_search.contsign import ContSign
 from same_search.records import ItemRow, Tags
 from same_search.search.ranking import SPEC_ORDER, Ranking
+from same_search.verify.regions import MatchedRegion
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class Hit:
     #: The same-picture decision confirmed it (``same_picture`` searches, promotion): in a
     #: re-ranked answer, why a lower score may lead.
     confirmed: bool = False
+    #: Where the copy lies in the stored picture and in the query, for a hit its geometry
+    #: confirmed (None otherwise, and for an item stored without its original's size).
+    region: MatchedRegion | None = None
 
 
 @dataclass(frozen=True)

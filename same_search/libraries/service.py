@@ -17,6 +17,7 @@ from same_search.libraries.imports import LibraryImports
 from same_search.libraries.maintenance import LibraryMaintenance
 from same_search.libraries.reads import LibraryReads
 from same_search.libraries.reembedding import LibraryReembedding
+from same_search.libraries.refills import FeatureRefills
 from same_search.libraries.registry import LibraryRegistry
 from same_search.libraries.stats import LibraryStats
 from same_search.libraries.writes import LibraryWrites
@@ -45,6 +46,8 @@ class LibraryService:
         self.imports = LibraryImports(self.registry, self.writes, on_stored)
         self.stats = LibraryStats(self.registry, self.maintenance)
         self.reembedding = LibraryReembedding(self.registry, self.writes)
+        #: Local features given back from kept originals, in the background.
+        self.refills = FeatureRefills(self.registry, self.verifier)
         self.search = Searcher(self.reads, self.registry, self.verifier, cfg.search)
 
     async def open(self) -> None:
@@ -56,6 +59,7 @@ class LibraryService:
     async def close(self) -> None:
         """Stop rebuilds, save changed indexes, then close the backend."""
         try:
+            await self.refills.close()
             await self.maintenance.close()
         finally:
             await self.backend.close()

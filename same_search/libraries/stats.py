@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from same_search.backends.base import Library, Unavailable
+from same_search.backends.capabilities import LocalFeatures
 from same_search.errors import ApiError
 from same_search.libraries.maintenance import LibraryMaintenance
 from same_search.libraries.records import LibraryCensus
@@ -45,10 +46,14 @@ class LibraryStats:
         """What the management API reports about one library."""
         row = lib.row
         floors = floors_for(row.dup_min_score)
+        items = await self.registry.count(lib)
         return {
             "appid": row.appid,
             "status": "ok",
-            "items": await self.registry.count(lib),
+            "items": items,
+            # Items the same-picture check cannot look at (no local features): judged by the
+            # strict score fallback (docs/api.md, "same_picture").
+            "items_without_local_features": await self._without_local_features(lib, items),
             "capacity": self.registry.cfg.limits.library_capacity,
             "model": row.model_id,
             # The model profile serving it (an extension; None when none does).
@@ -67,6 +72,11 @@ class LibraryStats:
             "ranking": Ranking(row.query_expansion, row.promote_same_picture).to_json(),
             "rebuild": self.maintenance.rebuild_state(row.appid),
         }
+
+    async def _without_local_features(self, lib: Library, items: int) -> int:
+        if not isinstance(self.backend, LocalFeatures):
+            return items
+        return await self.registry.call(lib, self.backend.items_without_local_features(lib))
 
     async def snapshot(self, lib: Library) -> dict[str, int]:
         """The spec's snapshot block for one library."""

@@ -149,13 +149,17 @@ async def search(request: web.Request) -> web.Response:
 def page_json(page: SearchPage) -> dict[str, Any]:
     """A page as the spec answers it: ``data_items`` by the ranking, ``has_more``. A re-ranked
     answer (a library's or a request's choice) also says so (``ranking``) and marks each hit the
-    same-picture decision confirmed (``same_picture: 1``): why a lower score may lead."""
+    same-picture decision confirmed (``same_picture: 1``): why a lower score may lead. A hit its
+    geometry confirmed (``same_picture`` searches, promotion) carries ``region``: where the copy
+    lies in the stored picture and in the query."""
     body: dict[str, Any] = {}
     items = []
     for hit in page.hits:
         shown = item_json(hit.item, hit.score)
         if page.ranking.reranked and hit.confirmed:
             shown["same_picture"] = 1
+        if hit.region is not None:  # extension: where a confirmed copy lies (docs/api.md)
+            shown["region"] = hit.region.to_json()
         items.append(shown)
     body["data_items"] = items
     body["has_more"] = int(page.has_more)

@@ -36,6 +36,7 @@ from same_search.search.ranking import SPEC_ORDER, Ranking
 from same_search.search.reads import LibraryReads, Ranked, at_least
 from same_search.search.request import SearchRequest
 from same_search.verify import decision
+from same_search.verify.regions import MatchedRegion
 from same_search.verify.service import QueryFeatures, SamePictureService, Verdict
 
 
@@ -55,7 +56,8 @@ class _Ranked:
 
     found: Ranked
     rows: dict
-    confirmed: set[int]
+    #: The hits the decision confirmed, with where the copy lies (None: unknown).
+    confirmed: dict[int, MatchedRegion | None]
 
 
 class Searcher:
@@ -86,7 +88,7 @@ class Searcher:
                 ranked = await self._ranked(lib, vector, request, ranking, features)
             page = await pages.cut(self.reads, lib, ranked.found, ranked.rows, request.pn, request.rn)
             hits = [
-                Hit(item_of(page.rows[key]), score, confirmed=key in ranked.confirmed)
+                Hit(item_of(page.rows[key]), score, key in ranked.confirmed, ranked.confirmed.get(key))
                 for key, score in page.hits
             ]
             return SearchPage(hits, page.has_more, SPEC_ORDER if request.same_picture else ranking)
@@ -133,7 +135,7 @@ class Searcher:
             self.promotions[promoted.outcome] += 1
             copies = promoted.copies
             found = promotion.promoted(found, copies)
-        return _Ranked(found, rows, {v.key for v in copies})
+        return _Ranked(found, _before_the_check(rows, copies), _regions(copies))
 
     async def _same_pictures(
         self, lib: Library, vector: np.ndarray, request: SearchRequest, features: _Once
@@ -147,11 +149,24 @@ class Searcher:
         result = await self.reads.nearest(lib, vector, depth, request.tag_filter)
         found = at_least(result.found, request.min_score)
         if not promotion.in_reach(found):
-            return _Ranked([], {}, set())
+            return _Ranked([], {}, {})
         stored = await self.reads.local_features(lib, [key for key, _ in found])
         verdicts = await self.verifier.judge(await features(), found, stored, decision.SEARCH)
-        same = [(v.key, v.score) for v in verdicts if v.same]
-        return _Ranked(same, dict(result.rows), {key for key, _ in same})
+        same = [v for v in verdicts if v.same]
+        return _Ranked([(v.key, v.score) for v in same], _before_the_check(result.rows, same), _regions(same))
+
+
+def _before_the_check(rows: dict, confirmed: list[Verdict]) -> dict:
+    """The rows the candidates came with, less the confirmed copies': theirs are read again
+    after the check (:func:`pages.cut`), so a copy removed while it ran is left out, on a backend
+    whose search hands rows along (Milvus) as on one that reads them for the page."""
+    again = {v.key for v in confirmed}
+    return {key: row for key, row in rows.items() if key not in again}
+
+
+def _regions(confirmed: list[Verdict]) -> dict[int, MatchedRegion | None]:
+    """The confirmed hits by key, with where each copy lies."""
+    return {v.key: v.region for v in confirmed}
 
 
 def _library_floors(lib: Library) -> decision.Floors:

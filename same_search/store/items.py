@@ -363,3 +363,38 @@ class ItemStore(OriginalStore):
             "SELECT key, data FROM local_features WHERE lib_id=? AND key IN ({keys})", lib_id, keys
         )
         return {int(key): bytes(data) for key, data in rows}
+
+    async def features_pending(
+        self, lib_id: int, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str, int]]:
+        """(key, kept original, seq) of items without local features that keep their original,
+        oldest first from ``after_seq`` on (a refill's cursor)."""
+        async with self.reader.execute(
+            "SELECT i.key, i.original, i.seq FROM items i WHERE i.lib_id=? AND i.seq>? "
+            "AND i.original IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM local_features f WHERE f.lib_id=i.lib_id AND f.key=i.key) "
+            "ORDER BY i.seq LIMIT ?",
+            (lib_id, after_seq, limit),
+        ) as cur:
+            return [(int(key), str(original), int(seq)) for key, original, seq in await cur.fetchall()]
+
+    async def save_local_features(self, lib_id: int, features: Sequence[tuple[int, bytes]]) -> None:
+        """Store local features of items, one transaction; an item removed meanwhile is skipped."""
+        async with self._write_lock:
+            await self._write(
+                (
+                    "INSERT OR REPLACE INTO local_features(lib_id, key, data) SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM items WHERE lib_id=? AND key=?)",
+                    (lib_id, key, data, lib_id, key),
+                )
+                for key, data in features
+            )
+
+    async def items_without_local_features(self, lib_id: int) -> int:
+        """Items of a library stored without local features."""
+        async with self.reader.execute(
+            "SELECT count(*) FROM items i WHERE i.lib_id=? AND NOT EXISTS "
+            "(SELECT 1 FROM local_features f WHERE f.lib_id=i.lib_id AND f.key=i.key)",
+            (lib_id,),
+        ) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]

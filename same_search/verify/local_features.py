@@ -9,6 +9,12 @@ Bytes layout (little-endian), version 1::
 
     u8 version | u16 width | u16 height | u16 count | count x (f16 x, f16 y) | count x 128 u8
 
+and version 2, the same with the size of the picture the working one was scaled from (its
+original, as a viewer sees it) after the count, so that a match can be shown in the original's
+pixels (:mod:`same_search.verify.regions`); rows stored as version 1 keep parsing, without it::
+
+    u8 version | u16 width | u16 height | u16 count | u32 original width | u32 original height | ...
+
 x, y are keypoint positions in working-resolution pixels; the descriptors are RootSIFT (the
 square root of the L1-normalised SIFT vector, so their Euclidean distance is Hellinger's) scaled
 by :data:`QUANT_SCALE` and clipped to a byte.
@@ -35,8 +41,15 @@ MAX_KEYPOINTS = 300
 QUERY_CONTRAST = 0.02
 #: RootSIFT components are at most 1 and mostly below 0.4; x512 keeps 2 bits more than x255.
 QUANT_SCALE = 512.0
+#: The stored form without the original's size (what :meth:`LocalFeatures.to_bytes` writes when
+#: it is unknown, and what every row stored before version 2 holds).
 FORMAT_VERSION = 1
+#: The stored form with the original's size.
+SIZED_FORMAT_VERSION = 2
 _HEADER = struct.Struct("<BHHH")
+_ORIGINAL = struct.Struct("<II")
+#: The largest stored form (:data:`MAX_KEYPOINTS` keypoints, with the original's size): 39,615 bytes.
+MAX_STORED_BYTES = _HEADER.size + _ORIGINAL.size + MAX_KEYPOINTS * (4 + 128)
 
 
 def _mirror_permutation() -> np.ndarray:
@@ -63,6 +76,9 @@ class LocalFeatures:
     height: int
     points: np.ndarray  # (n, 2) float32 x, y
     descriptors: np.ndarray  # (n, 128) uint8 quantised RootSIFT
+    #: (width, height) of the picture the working one was scaled from, in its own pixels (None:
+    #: not recorded, a row stored before version 2).
+    original: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -84,11 +100,16 @@ class LocalFeatures:
         """
         points = self.points.copy()
         points[:, 0] = self.width - 0.5 - points[:, 0]
-        return LocalFeatures(self.width, self.height, points, self.descriptors[:, _MIRROR])
+        return LocalFeatures(self.width, self.height, points, self.descriptors[:, _MIRROR], self.original)
 
     def to_bytes(self) -> bytes:
-        """The compact stored form (see the module docstring)."""
-        header = _HEADER.pack(FORMAT_VERSION, self.width, self.height, len(self))
+        """The compact stored form (see the module docstring): version 2 when the original's size
+        is known, else version 1."""
+        if self.original is None:
+            header = _HEADER.pack(FORMAT_VERSION, self.width, self.height, len(self))
+        else:
+            header = _HEADER.pack(SIZED_FORMAT_VERSION, self.width, self.height, len(self))
+            header += _ORIGINAL.pack(*self.original)
         points = self.points.astype("<f2").tobytes()
         return header + points + np.ascontiguousarray(self.descriptors, dtype=np.uint8).tobytes()
 
@@ -98,14 +119,19 @@ class LocalFeatures:
         if len(data) < _HEADER.size:
             raise ValueError("local features: truncated header")
         version, width, height, count = _HEADER.unpack_from(data)
-        if version != FORMAT_VERSION:
+        if version not in (FORMAT_VERSION, SIZED_FORMAT_VERSION):
             raise ValueError(f"local features: unknown format version {version}")
-        if len(data) != _HEADER.size + count * (4 + 128):
+        start, original = _HEADER.size, None
+        if version == SIZED_FORMAT_VERSION:
+            if len(data) < start + _ORIGINAL.size:
+                raise ValueError("local features: truncated header")
+            original = _ORIGINAL.unpack_from(data, start)
+            start += _ORIGINAL.size
+        if len(data) != start + count * (4 + 128):
             raise ValueError("local features: length does not match the keypoint count")
-        start = _HEADER.size
         points = np.frombuffer(data, "<f2", count * 2, start).reshape(count, 2).astype(np.float32)
         descriptors = np.frombuffer(data, np.uint8, count * 128, start + count * 4).reshape(count, 128)
-        return cls(width, height, points, descriptors)
+        return cls(width, height, points, descriptors, original)
 
 
 def working_picture(image: Image.Image, side: int = WORKING_SIDE) -> np.ndarray:

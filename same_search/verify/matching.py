@@ -45,6 +45,10 @@ class Evidence:
     scale: float  # query -> stored scale factor of the transform (0 when none)
     mirrored: bool = False
     keypoints: int = 0  # the larger of the two pictures' keypoint counts (0: not recorded)
+    #: The transform itself, query -> stored working pixels, as the 2 x 3 matrix's rows (a
+    #: mirrored query's: of its mirror image's points); None when none was estimated. Where the
+    #: copy lies in either picture follows from it (:mod:`same_search.verify.regions`).
+    transform: tuple[float, ...] | None = None
 
     @staticmethod
     def none(matches: int = 0) -> Evidence:
@@ -136,6 +140,7 @@ def geometry(
         scale,
         mirrored,
         max(len(query), len(stored)),
+        tuple(float(v) for v in transform.ravel()),
     )
 
 

@@ -8,6 +8,7 @@ candidates. It knows nothing of libraries or storage; callers hand it the stored
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,10 @@ from typing import TypeVar
 
 from same_search.embed.admission import DecodeAdmission
 from same_search.embed.errors import EmbedderBusy, ImageRefused, RegionRefused
-from same_search.embed.images import ImageLimits, Region, decode, decode_cost
+from same_search.embed.images import ImageLimits, Region, decode, decode_cost, frame
 from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
+from same_search.verify.regions import Box, MatchedRegion, matched_region
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,6 +31,12 @@ class QueryFeatures:
     """A query's local features, and their mirror image's once needed."""
 
     direct: LocalFeatures
+    #: The part of the query's original the features were extracted from, in its pixels (the
+    #: whole picture, or the search's region); None when unknown (a stored item's features kept
+    #: without their original's size). Where a confirmed copy lies is told in these pixels.
+    frame: Box | None = None
+    #: The query's whole original (width, height), of which ``frame`` is a part.
+    size: tuple[int, int] | None = None
     _mirror: LocalFeatures | None = field(default=None, repr=False)
 
     def mirror(self) -> LocalFeatures:
@@ -46,6 +54,9 @@ class Verdict:
     score: float
     same: bool
     evidence: matching.Evidence | None
+    #: Where the copy lies in either picture, for a pair confirmed by its geometry (None: judged
+    #: without evidence, not the same, or an original's size unknown).
+    region: MatchedRegion | None = None
 
 
 class SamePictureService:
@@ -102,11 +113,13 @@ class SamePictureService:
 
     def _stored(self, data: bytes) -> bytes:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
-        return local_features.extract(picture).to_bytes()
+        size, _ = frame(data, self.limits)
+        return dataclasses.replace(local_features.extract(picture), original=size).to_bytes()
 
     def _query(self, data: bytes, region: Region | None) -> QueryFeatures:
         picture = decode(data, self.limits, local_features.WORKING_SIDE, region)
-        return QueryFeatures(local_features.extract_query(picture))
+        size, box = frame(data, self.limits, region)
+        return QueryFeatures(local_features.extract_query(picture), box, size)
 
     @staticmethod
     def stored_query(data: bytes | None) -> QueryFeatures | None:
@@ -114,10 +127,13 @@ class SamePictureService:
         if data is None:
             return None
         try:
-            return QueryFeatures(LocalFeatures.from_bytes(data))
+            features = LocalFeatures.from_bytes(data)
         except ValueError as exc:  # unreadable: judged like an item without features
             log.warning("stored local features unreadable (%s); falling back to the score", exc)
             return None
+        if features.original is None:
+            return QueryFeatures(features)
+        return QueryFeatures(features, (0, 0, *features.original), features.original)
 
     async def judge(
         self,
@@ -164,10 +180,15 @@ def judge(
             checked.append((position, score, candidate))
     if checked:
         assert query is not None
-        for (position, score, _), evidence in zip(checked, _evidence(query, checked, floors), strict=True):
+        for (position, score, candidate), evidence in zip(
+            checked, _evidence(query, checked, floors), strict=True
+        ):
             key = candidates[position][0]
             same = evidence is not None and decision.is_same_picture(score, evidence, floors)
-            verdicts[position] = Verdict(key, score, same, evidence)
+            region = None
+            if same and evidence is not None:
+                region = matched_region(query, candidate, evidence)
+            verdicts[position] = Verdict(key, score, same, evidence, region)
     return [verdicts[position] for position in range(len(candidates))]
 
 

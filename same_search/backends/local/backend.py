@@ -21,7 +21,7 @@ from same_search.backends.base import (
     TagFilter,
     Unavailable,
 )
-from same_search.backends.capabilities import LocalFeatures, ReducedIndexes, Reembedding, ReembedLedger
+from same_search.backends.capabilities import ReducedIndexes, Reembedding, ReembedLedger, RefilledFeatures
 from same_search.backends.local.state import index_of
 from same_search.backends.local.writes import LocalWrites
 from same_search.index.heap import release_free_heap
@@ -31,7 +31,7 @@ from same_search.rows import load_failure_reason, raw_item_problems
 log = logging.getLogger(__name__)
 
 
-class LocalBackend(LocalWrites, Backend, LocalFeatures, Reembedding, ReducedIndexes):
+class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedIndexes):
     """Libraries in ``<data_dir>/same_search.sqlite3``, indexes snapshotted to ``<data_dir>/indexes``."""
 
     name = "local"
@@ -124,6 +124,17 @@ class LocalBackend(LocalWrites, Backend, LocalFeatures, Reembedding, ReducedInde
 
     async def local_features(self, lib: Library, keys: Sequence[int]) -> dict[int, bytes]:
         return await self.store.local_features(lib.row.id, keys)
+
+    async def items_without_local_features(self, lib: Library) -> int:
+        return await self.store.items_without_local_features(lib.row.id)
+
+    async def features_pending(
+        self, lib: Library, limit: int, after_seq: int = 0
+    ) -> list[tuple[int, str, int]]:
+        return await self.store.features_pending(lib.row.id, limit, after_seq)
+
+    async def save_local_features(self, lib: Library, features: Sequence[tuple[int, bytes]]) -> None:
+        await self.store.save_local_features(lib.row.id, features)
 
     def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         return self.store.items_with_vectors(lib.row.id)

@@ -38,12 +38,15 @@ from same_search.backends.base import (
 )
 from same_search.backends.capabilities import SharedLibraries
 from same_search.backends.milvus.connection import Connection
+from same_search.backends.milvus.reads import KeyedReads, _name
 from same_search.backends.milvus.schema import (
     CATALOGUE,
     CHUNK,
+    FEATURES,
     ITEM_FIELDS,
     MAX_TOPK,
     MAX_VARCHAR,
+    add_features_field,
     collection_name,
     create_catalogue,
     create_items,
@@ -58,11 +61,7 @@ from same_search.store.jobs import JobStore
 log = logging.getLogger(__name__)
 
 
-def _name(lib: Library) -> str:
-    return str(lib.handle)
-
-
-class MilvusBackend(Backend, SharedLibraries):
+class MilvusBackend(KeyedReads, Backend, SharedLibraries):
     """Libraries as Milvus collections; the daemon itself keeps only its import-job ledger."""
 
     name = "milvus"
@@ -74,6 +73,8 @@ class MilvusBackend(Backend, SharedLibraries):
         self._flushed_at: dict[str, float] = {}
         self._dirty: set[str] = set()
         self._warned_thumbnail = False
+        #: Collections that have the local-features field (found when each is loaded).
+        self._features: dict[str, bool] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -160,6 +161,26 @@ class MilvusBackend(Backend, SharedLibraries):
             await self.milvus.write(self.milvus.client.load_collection, name, replica_number=replicas)
         else:
             await self.milvus.write(self.milvus.client.load_collection, name)
+        self._features[name] = await self._has_features_field(name)
+
+    async def _has_features_field(self, name: str) -> bool:
+        """Whether the collection keeps local features: those created before the field existed
+        get it added in place where the server can (Milvus 2.6); elsewhere their items go without,
+        judged by the score fallback, and the library's stats say how many."""
+        if FEATURES in await self._field_names(name):
+            return True
+        if self.milvus.lite:  # has no call to add a field
+            log.info("collection %s keeps no local features (milvus-lite cannot add the field)", name)
+            return False
+        try:
+            await self.milvus.write(add_features_field, self.milvus.client, name)
+        except Exception as exc:  # milvus-lite, or a server before 2.6: the collection stays as it is
+            log.info("collection %s keeps no local features (the field cannot be added: %s)", name, exc)
+        return FEATURES in await self._field_names(name)  # added here, or by a daemon beside us
+
+    async def _field_names(self, name: str) -> set[str]:
+        described = await self.milvus.read(self.milvus.client.describe_collection, name)
+        return {field["name"] for field in described["fields"]}
 
     async def find_library(self, appid: str) -> Library | None:
         name = collection_name(appid)
@@ -253,23 +274,6 @@ class MilvusBackend(Backend, SharedLibraries):
 
     # ---- items -----------------------------------------------------------------------------------
 
-    async def count(self, lib: Library) -> int:
-        found = await self.milvus.read(
-            self.milvus.client.query, _name(lib), filter="", output_fields=["count(*)"]
-        )
-        return int(found[0]["count(*)"])
-
-    async def _present(self, lib: Library, keys: Sequence[int], field: str = "key") -> dict[int, Any]:
-        """key -> ``field`` of the stored ones among ``keys``."""
-        found: dict[int, Any] = {}
-        for start in range(0, len(keys), CHUNK):
-            chunk = list(keys[start : start + CHUNK])
-            entities = await self.milvus.read(
-                self.milvus.client.query, _name(lib), ids=chunk, output_fields=["key", field]
-            )
-            found.update({int(e["key"]): e[field] for e in entities})
-        return found
-
     async def add_items(self, lib: Library, items: Sequence[NewItem], capacity: int = 0) -> list[bool]:
         """Upsert the new items, then read back whose write each key holds.
 
@@ -287,7 +291,8 @@ class MilvusBackend(Backend, SharedLibraries):
         if fresh:
             writer = secrets.randbits(63)
             now, seq = time.time(), time.time_ns()
-            entities = [item_entity(item, now, seq + i, writer) for i, item in enumerate(fresh)]
+            features = self._features.get(_name(lib), False)
+            entities = [item_entity(item, now, seq + i, writer, features) for i, item in enumerate(fresh)]
             self._warn_thumbnails(fresh, entities)
             for start in range(0, len(entities), CHUNK):
                 await self.milvus.write(
@@ -340,10 +345,6 @@ class MilvusBackend(Backend, SharedLibraries):
             found.update({int(e["key"]): item_row(e) for e in entities})
         return found
 
-    async def vector(self, lib: Library, key: int) -> np.ndarray | None:
-        found = await self._present(lib, [key], "vector")
-        return np.asarray(found[key], dtype=np.float32) if key in found else None
-
     async def search(
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
     ) -> SearchResult:
@@ -387,10 +388,6 @@ class MilvusBackend(Backend, SharedLibraries):
         keys = (await self._keys_in_order(lib))[offset : offset + limit]
         rows = await self.get_items(lib, keys)
         return [rows[key] for key in keys if key in rows]
-
-    async def thumbnail(self, lib: Library, key: int) -> bytes | None:
-        found = await self._present(lib, [key], "thumbnail")
-        return base64.b64decode(found[key]) if found.get(key) else None
 
     async def export_items(self, lib: Library) -> AsyncIterator[list[tuple[ItemRow, np.ndarray]]]:
         keys = await self._keys_in_order(lib)

@@ -22,6 +22,10 @@ MAX_VARCHAR = 65535
 CHUNK = 512
 #: The fields an item's row is read from.
 ITEM_FIELDS = ["key", "brief", "tag1", "tag2", "created_at", "updated_at"]
+#: The field holding an item's local features (base64 of their stored form, about 53,000
+#: characters for 300 keypoints; null when the item has none). Collections created before it
+#: existed lack it until the backend adds it (``MilvusBackend``).
+FEATURES = "local_features"
 
 
 def collection_name(appid: str) -> str:
@@ -47,11 +51,14 @@ def item_row(entity: dict[str, Any]) -> ItemRow:
     )
 
 
-def item_entity(item: NewItem, now: float, seq: int, writer: int) -> dict[str, Any]:
-    """A new item as the entity upserted; a thumbnail too long for a VARCHAR is left empty."""
+def item_entity(item: NewItem, now: float, seq: int, writer: int, features: bool) -> dict[str, Any]:
+    """A new item as the entity upserted; a thumbnail too long for a VARCHAR is left empty.
+    ``features``: the collection has the :data:`FEATURES` field."""
     thumbnail = base64.b64encode(item.thumbnail or b"").decode()
     tag1, tag2 = item.tags if item.tags is not None else (None, None)
+    extra = {FEATURES: features_value(item.local_features)} if features else {}
     return {
+        **extra,
         "key": item.key,
         "brief": base64.b64encode(item.brief).decode(),
         "tag1": tag1,
@@ -63,6 +70,25 @@ def item_entity(item: NewItem, now: float, seq: int, writer: int) -> dict[str, A
         "thumbnail": thumbnail if len(thumbnail) <= MAX_VARCHAR else "",
         "vector": np.asarray(item.vector, dtype=np.float32).ravel().tolist(),
     }
+
+
+def features_value(data: bytes | None) -> str | None:
+    """Stored local features as the field's value (None: none, or too long for a VARCHAR, which
+    300 keypoints never are)."""
+    if not data:
+        return None
+    text = base64.b64encode(data).decode()
+    return text if len(text) <= MAX_VARCHAR else None
+
+
+def add_features_field(client: Any, name: str) -> None:
+    """Give a collection created without it the :data:`FEATURES` field (Milvus 2.6 adds a
+    nullable field in place; milvus-lite cannot, and its old collections go without)."""
+    from pymilvus import DataType
+
+    client.add_collection_field(
+        name, field_name=FEATURES, data_type=DataType.VARCHAR, max_length=MAX_VARCHAR, nullable=True
+    )
 
 
 def tag_expression(tag_filter: TagFilter) -> str:
@@ -99,6 +125,7 @@ def create_items(client: Any, cfg: Config, name: str, dim: int) -> None:
     schema.add_field("seq", DataType.INT64)
     schema.add_field("writer", DataType.INT64)
     schema.add_field("thumbnail", DataType.VARCHAR, max_length=MAX_VARCHAR)
+    schema.add_field(FEATURES, DataType.VARCHAR, max_length=MAX_VARCHAR, nullable=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     index = client.prepare_index_params()
     hnsw = cfg.index

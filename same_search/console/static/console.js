@@ -28,7 +28,31 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function showResults(appid, answer) {
+// The search options the page offers, as query parameters ("" when none is set).
+function searchOptions() {
+  const same = document.getElementById("same-picture");
+  return same && same.checked ? "&same_picture=1" : "";
+}
+
+// A picture with a box on it: ``box`` [left, top, right, bottom] in pixels of a picture of
+// ``size`` [width, height], drawn as fractions so that a thumbnail of it shows the same part.
+function boxed(src, box, size, caption) {
+  const [width, height] = size;
+  const mark = el("span", { class: "match-box" });
+  Object.assign(mark.style, {
+    left: `${(100 * box[0]) / width}%`, top: `${(100 * box[1]) / height}%`,
+    width: `${(100 * (box[2] - box[0])) / width}%`, height: `${(100 * (box[3] - box[1])) / height}%`,
+  });
+  return el("figure", { class: "match-side" },
+    el("span", { class: "match-frame" }, el("img", { src, alt: "" }), mark), el("figcaption", {}, caption));
+}
+
+// Where a confirmed copy lies in either picture, side by side (docs/api.md, "region on a hit").
+function matchPanel(left, right) {
+  return el("div", { class: "match" }, boxed(...left), ...(right ? [boxed(...right)] : []));
+}
+
+function showResults(appid, answer, query) {
   const grid = document.getElementById("results");
   const status = document.getElementById("search-status");
   grid.replaceChildren();
@@ -41,10 +65,16 @@ function showResults(appid, answer) {
   status.dataset.order = answer.ranking ? answer.ranking.order : "score";
   for (const hit of answer.results) {
     const score = hit.score.toFixed(4) + (reranked && hit.same_picture ? " ★" : "");
-    grid.append(el("a", { class: "card", href: `/libraries/${seg(appid)}/items/${seg(hit.key)}` },
+    const card = el("a", { class: "card", href: `/libraries/${seg(appid)}/items/${seg(hit.key)}` },
       el("img", { src: hit.thumbnail, alt: "" }),
       el("span", { class: "score" }, score),
-      el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text)));
+      el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text));
+    const r = hit.region;
+    if (r) {
+      card.append(matchPanel([hit.thumbnail, r.stored, r.stored_size, "stored"],
+        query ? [query, r.query, r.query_size, "query"] : null));
+    }
+    grid.append(card);
   }
 }
 
@@ -66,8 +96,8 @@ function setUpRanking() {
 
 async function searchFile(appid, file) {
   document.getElementById("search-status").textContent = "Searching…";
-  showResults(appid, await api("POST", `/api/libraries/${seg(appid)}/search?rn=24`, file,
-    file.type || "application/octet-stream"));
+  showResults(appid, await api("POST", `/api/libraries/${seg(appid)}/search?rn=24${searchOptions()}`, file,
+    file.type || "application/octet-stream"), URL.createObjectURL(file));
 }
 
 function setUpSearch() {
@@ -87,7 +117,8 @@ function setUpSearch() {
   if (similar) {
     similar.addEventListener("click", async () => {
       const path = `/api/libraries/${seg(appid)}/search?rn=24&contsign=${encodeURIComponent(similar.dataset.contsign)}`;
-      showResults(appid, await api("POST", path));
+      const shown = document.querySelector(".detail img");
+      showResults(appid, await api("POST", path), shown ? shown.src : null);
     });
   }
 }

@@ -12,12 +12,18 @@
   const remove = document.getElementById("dup-remove");
   let current = null;
 
-  function card(member, kept) {
+  function card(member, kept, keep) {
     const href = `/libraries/${encodeURIComponent(appid)}/items/${member.key}`;
-    return el("a", { class: kept ? "card kept" : "card", href, "data-key": member.key },
+    const shown = el("a", { class: kept ? "card kept" : "card", href, "data-key": member.key },
       el("img", { src: member.thumbnail, alt: "" }),
       el("span", { class: "score" }, kept ? "keep" : member.score.toFixed(4)),
       el("span", { class: "brief" }, member.brief_text === null ? "(binary brief)" : member.brief_text));
+    const r = member.region;  // where this extra matched the kept item
+    if (r) {
+      shown.append(matchPanel([keep.thumbnail, r.kept, r.kept_size, "kept"],
+        [member.thumbnail, r.extra, r.extra_size, "this copy"]));
+    }
+    return shown;
   }
 
   function render(scan) {
@@ -32,7 +38,7 @@
     }
     groups.replaceChildren(...scan.groups.map((group) =>
       el("div", { class: "dup-group" }, el("div", { class: "grid" }, card(group.keep, true),
-        ...group.extras.map((extra) => card(extra, false))))));
+        ...group.extras.map((extra) => card(extra, false, group.keep))))));
     remove.hidden = !(scan.status === "done" && scan.extras_total > 0);
     remove.textContent = `Remove the ${scan.extras_total} extras`;
   }

@@ -58,9 +58,9 @@
     const region = [x, y, w, h].map((v) => (Math.floor(v * 10000) / 10000).toFixed(4)).join(",");
     status.textContent = `Searching the box ${region} (fractions of the picture)…`;
     const answer = await api("POST",
-      `/api/libraries/${encodeURIComponent(appid)}/search?rn=24&unit=fraction&region=${region}`,
+      `/api/libraries/${encodeURIComponent(appid)}/search?rn=24&unit=fraction&region=${region}${searchOptions()}`,
       file, file.type || "application/octet-stream");
     status.textContent = answer.err_no === 0 ? `Results for the box ${region}` : "";
-    showResults(appid, answer);
+    showResults(appid, answer, image.src);
   });
 })();

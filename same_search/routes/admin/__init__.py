@@ -30,6 +30,8 @@ def add_routes(app: web.Application) -> None:
         ("GET", wire.REBUILD, libraries.rebuild_status),
         ("POST", wire.COMPACT, libraries.rebuild_index),
         ("POST", wire.REPAIR, libraries.repair_library),
+        ("POST", wire.LOCAL_FEATURES, libraries.refill_local_features),
+        ("GET", wire.LOCAL_FEATURES, libraries.local_features_status),
         ("PUT", wire.DUP_POLICY, settings.set_dup_policy),
         ("POST", wire.DUP_POLICY, settings.set_dup_policy),
         ("PUT", wire.RANKING, settings.set_ranking),

@@ -15,6 +15,7 @@ from same_search.near_duplicates import check_min_score
 from same_search.routes.admin.common import item_card, json_body, library, query_int
 from same_search.routes.envelope import ok
 from same_search.services import Services
+from same_search.verify.regions import MatchedRegion
 
 #: How long starting a scan waits for it to end, so a small library's groups come in one answer.
 SCAN_WAIT_S = 2.0
@@ -63,6 +64,21 @@ async def cancel_scan(request: web.Request) -> web.Response:
     return ok(scan=await _scan_json(request, services, lib, scan))
 
 
+def _region(region: MatchedRegion | None) -> dict[str, Any]:
+    """An extra's ``region`` (extension): where it matched its kept item, in each original's
+    pixels; nothing when the pair was confirmed by its score alone."""
+    if region is None:
+        return {}
+    return {
+        "region": {
+            "kept": list(region.stored),
+            "extra": list(region.query),
+            "kept_size": list(region.stored_size),
+            "extra_size": list(region.query_size),
+        }
+    }
+
+
 def _scan_id(request: web.Request) -> int:
     text = request.match_info["scan_id"]
     if not text.isdigit() or len(text) > 18:
@@ -87,7 +103,11 @@ async def _scan_json(request: web.Request, services: Services, lib: Library, sca
     groups = []
     for group in page:
         keep = card(group.keep, 1.0)
-        extras = [c for c in (card(k, s) for k, s in group.extras) if c is not None]
+        extras = [
+            c | _region(group.regions.get(k))
+            for k, c in ((k, card(k, s)) for k, s in group.extras)
+            if c is not None
+        ]
         if keep is not None and extras:
             groups.append({"keep": keep, "extras": extras})
     return {

@@ -58,8 +58,10 @@ async def thumbnail(request: web.Request) -> web.Response:
 
 async def search_image(request: web.Request) -> web.Response:
     """Search with the raw image as the body, or ``?contsign=`` for a stored item's neighbours;
-    ``?pn=&rn=`` page, ``?min_score=`` filters, ``?region=`` boxes. Ranked as the library
-    chose (the same pipeline as the retrieval port); the answer says which ranking answered."""
+    ``?pn=&rn=`` page, ``?min_score=`` filters, ``?region=`` boxes, ``?same_picture=1`` keeps
+    the hits the same-picture check confirms. Ranked as the library chose (the same pipeline as
+    the retrieval port); the answer says which ranking answered, and a confirmed hit where the
+    copy lies (``region``)."""
     services, lib = await library(request)
     rn = query_int(request, "rn", 20, services.cfg.limits.max_rn)
     pn = query_int(request, "pn", 0, 1 << 30)
@@ -68,10 +70,20 @@ async def search_image(request: web.Request) -> web.Response:
     if contsign is not None and region is not None:  # as the retrieval port's search says
         raise bad_request("region needs an image to cut it from; a stored item's vector has no region")
     image = None if contsign is not None else bytes(await read_body(request))
-    search = SearchRequest(image, contsign, region, pn, rn, min_score=_min_score(request))
+    same_picture = request.query.get("same_picture", "0")
+    if same_picture not in ("0", "1"):
+        raise bad_request("same_picture must be 0 or 1")
+    search = SearchRequest(
+        image, contsign, region, pn, rn, min_score=_min_score(request), same_picture=same_picture == "1"
+    )
     page = await services.libraries.search.run(lib, search)
     results = [
-        {**item_card(lib.row.appid, hit.item), "score": hit.score, "same_picture": hit.confirmed}
+        {
+            **item_card(lib.row.appid, hit.item),
+            "score": hit.score,
+            "same_picture": hit.confirmed,
+            "region": None if hit.region is None else hit.region.to_json(),
+        }
         for hit in page.hits
     ]
     return ok(results=results, has_more=int(page.has_more), ranking=page.ranking.to_json())

@@ -84,6 +84,34 @@ async def rebuild_status(request: web.Request) -> web.Response:
     return ok(rebuild=services.libraries.maintenance.rebuild_state(lib.row.appid))
 
 
+async def refill_local_features(request: web.Request) -> web.Response:
+    """Start giving the library's items without local features theirs back from their kept
+    originals, in the background, and answer at once with its state (a running refill is
+    answered, not doubled); ``?wait=1`` answers when it has ended."""
+    services, lib = await library(request)
+    wait = request.query.get("wait", "0")
+    if wait not in ("0", "1"):
+        raise bad_request("wait must be 0 or 1")
+    refills = services.libraries.refills
+    refill = refills.start(lib)
+    if wait == "1":
+        await refills.wait(refill)
+    return ok(refill=refill.to_json(), library=await services.libraries.stats.of(lib))
+
+
+async def local_features_status(request: web.Request) -> web.Response:
+    """The library's running refill, else its last one since the daemon started (null: none),
+    and how many of its items lack local features."""
+    services, lib = await library(request)
+    refill = services.libraries.refills.state(lib.row.appid)
+    stats = await services.libraries.stats.of(lib)
+    return ok(
+        refill=None if refill is None else refill.to_json(),
+        items=stats["items"],
+        items_without_local_features=stats["items_without_local_features"],
+    )
+
+
 async def repair_library(request: web.Request) -> web.Response:
     """Drop the rows that cannot be loaded (reported one by one) and bring a set-aside library back."""
     services = operator(request)

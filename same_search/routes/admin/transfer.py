@@ -16,7 +16,8 @@ from same_search.routes.fields import check_library_name
 
 
 async def export_library(request: web.Request) -> web.StreamResponse:
-    """The library as a ZIP (``?vectors=1`` adds vectors.npy, needed to import it elsewhere)."""
+    """The library as a ZIP (``?vectors=1`` adds vectors.npy, needed to import it elsewhere;
+    ``?originals=0`` and ``?local_features=0`` leave those out)."""
     services, lib = await library(request)
     path = upload_path(services, ".export.zip")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +28,7 @@ async def export_library(request: web.Request) -> web.StreamResponse:
             path,
             request.query.get("vectors") in ("1", "true"),
             request.query.get("originals") not in ("0", "false"),  # kept originals: in unless left out
+            request.query.get("local_features") not in ("0", "false"),  # for a daemon that predates them
         )
         response = web.StreamResponse(
             headers={
