@@ -451,3 +451,68 @@ def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
     assert reranked.ranking == "reranked" and reranked[0].contsign == stored[0] and reranked[0].same_picture
     promoted = client.search(image=QUERY, query_expansion=0, promote_same_picture=True)
     assert promoted[0].contsign == stored[0]
+
+
+# ------------------------------------------------------------------ a client that explains itself
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_help_renders_each_client_with_its_real_arguments(cls: type) -> None:
+    """help() must render (pydoc looks every attribute up on each class of the MRO), and the
+    constructor shows the parameters the client takes rather than ``*args, **kwargs``."""
+    import inspect
+    import pydoc
+
+    import same_search.client as module
+
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    for method in ("search(", "add(", "add_folder(", "signup(", "jobs(", "delete_library("):
+        assert method in text
+    assert "min_score" in text and "region" in text and "Args:" in text
+    params = inspect.signature(cls).parameters
+    expected = ["host", "search_port", "feature_port", "admin_port", "admin_host", "token", "appid"]
+    assert list(params)[: len(expected)] == expected
+    assert ("limit" in params) == (cls is AsyncClient)
+    search = inspect.signature(cls.search)
+    assert {"min_score", "region", "image", "contsign", "rn"} <= set(search.parameters)
+    assert search.return_annotation == "SearchResult"
+    assert "Usage::" in pydoc.render_doc(module, renderer=pydoc.plaintext)
+
+
+def test_search_by_region_and_min_score_and_briefs_as_text(daemon: Daemon) -> None:
+    client = make_client(daemon, "region-client")
+    client.signup()
+    left, right = picture(31), picture(32)
+    panels = picture(0, (640, 240))
+    panels.paste(left, (0, 0))
+    panels.paste(right, (320, 0))
+    client.add(encode(left), "left, ünïcode")
+    client.add(encode(right), b"\xff\xfe binary")
+    box = {"x": 0.5, "y": 0, "w": 0.5, "h": 1, "unit": "fraction"}
+    hits = client.search(image=encode(panels), region=box, rn=1)
+    assert hits[0].brief == b"\xff\xfe binary"
+    hits = client.search(image=encode(left), min_score=0.99)
+    assert [hit.brief_text for hit in hits] == ["left, ünïcode"]
+
+
+def test_add_folder_from_both_clients(daemon: Daemon, photo_dir: Path) -> None:
+    client = make_client(daemon)
+    with pytest.raises(ClientError, match="does not exist"):
+        client.add_folder(photo_dir, appid="folder-client")
+    stats = client.add_folder(photo_dir, appid="folder-client", signup=True)
+    assert (stats.added, stats.duplicates, stats.failed) == (10, 1, 1)
+    assert stats.failures[0][0] == "sub/broken.jpg"
+    stored = {item.brief_text for item in client.iter_items("folder-client")}
+    assert {"p00.jpg", "sub/p09.jpg"} <= stored and len(stored) == 10
+
+    async def again() -> tuple[int, int]:
+        ports = daemon.ports
+        async with AsyncClient(
+            "127.0.0.1", ports["search"], ports["feature"], ports["admin"], appid="folder-client"
+        ) as aclient:
+            stats = await aclient.add_folder(str(photo_dir))
+            return stats.added, stats.duplicates
+
+    assert asyncio.run(again()) == (0, 11)
+    with pytest.raises(ClientError, match="is not a directory on this machine"):
+        client.add_folder(photo_dir / "missing", appid="folder-client")
