@@ -662,10 +662,21 @@ class _Base:
 
     @_request
     def create_job(
-        self, appid: str, *, directory: str | None = None, manifest: str | None = None
+        self,
+        appid: str,
+        *,
+        directory: str | None = None,
+        manifest: str | None = None,
+        dup_policy: Literal["off", "warn", "reject"] | None = None,
+        dup_min_score: float | None = None,
     ) -> _Call[dict[str, Any]]:
-        """Start a server-side bulk import of a directory or manifest on the daemon's host."""
-        body = {"appid": appid, "source": _job_source(directory, manifest)}
+        """Start a server-side bulk import of a directory or manifest on the daemon's host
+        (absolute paths), with its own near-duplicate policy if given; returns the job."""
+        body: dict[str, Any] = {"appid": appid, "source": _job_source(directory, manifest)}
+        if dup_policy is not None:
+            body["dup_policy"] = dup_policy
+        if dup_min_score is not None:
+            body["dup_min_score"] = dup_min_score
         return _Call("admin", wire.JOBS, body=body, parse=values.pick("job", dict))
 
     @_request

@@ -516,3 +516,123 @@ def test_add_folder_from_both_clients(daemon: Daemon, photo_dir: Path) -> None:
     assert asyncio.run(again()) == (0, 11)
     with pytest.raises(ClientError, match="is not a directory on this machine"):
         client.add_folder(photo_dir / "missing", appid="folder-client")
+
+
+# ------------------------------------------------------------------------ a CLI that does the job
+
+
+def test_every_command_help_opens_with_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    from same_search.cli.main import COMMANDS
+
+    for argv in [[name] for name in COMMANDS] + [["jobs", action] for action in ("list", "start", "show")]:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        paragraphs = capsys.readouterr().out.split("\n\n")
+        assert not paragraphs[1].startswith(("options:", "positional arguments:")), argv
+
+
+def test_cli_signup_remove_delete_library(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], photo_dir: Path, tmp_path: Path
+) -> None:
+    code, out, _ = run_cli(daemon, capsys, "signup", "--appid", "cli-manage")
+    assert code == 0 and "created library cli-manage" in out
+    code, _, err = run_cli(daemon, capsys, "signup", "--appid", "cli-manage")
+    assert code == 1 and "err_no 104" in err
+    (photo_dir / "sub" / "broken.jpg").unlink()
+    code, out, _ = run_cli(daemon, capsys, "import", str(photo_dir), "--appid", "cli-manage")
+    assert code == 0 and "10 added" in out
+
+    briefs = tmp_path / "briefs.txt"
+    briefs.write_text("p00.jpg\nsub/p06.jpg\nnot-stored.jpg\n")
+    signs = tmp_path / "signs.txt"
+    signs.write_text(f"{contsign_of(jpeg(102))}\n")
+    code, out, _ = run_cli(
+        daemon,
+        capsys,
+        "remove",
+        "--appid",
+        "cli-manage",
+        str(contsign_of(jpeg(101))),
+        "--image",
+        str(photo_dir / "p03.jpg"),
+        "--contsigns-file",
+        str(signs),
+        "--briefs-file",
+        str(briefs),
+    )
+    assert code == 0 and "removed 5 of 5 items from cli-manage" in out
+    left = {item.brief_text for item in make_client(daemon).iter_items("cli-manage")}
+    assert left == {"p04.jpg", "p05.jpg", "sub/p07.jpg", "sub/p08.jpg", "sub/p09.jpg"}
+    code, _, err = run_cli(daemon, capsys, "remove", "--appid", "cli-manage", "12")
+    assert code == 2 and "not a contsign" in err
+
+    code, _, err = run_cli(daemon, capsys, "delete-library", "--appid", "cli-manage")
+    assert code == 2 and "--yes" in err
+    code, out, _ = run_cli(daemon, capsys, "delete-library", "--appid", "cli-manage", "--yes")
+    assert code == 0 and "deleted library cli-manage (5 items)" in out
+    assert "cli-manage" not in {lib["appid"] for lib in make_client(daemon).libraries()}
+
+
+def test_cli_jobs_start_show_list_cancel(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], photo_dir: Path
+) -> None:
+    make_client(daemon, "cli-jobs").signup()
+    code, out, err = run_cli(
+        daemon, capsys, "jobs", "start", "--appid", "cli-jobs", "--dir", str(photo_dir), "--wait"
+    )
+    assert code == 0, err
+    job_id = int(out.split()[1])
+    assert f"job {job_id} done: dir {photo_dir} into cli-jobs" in out
+    assert "12/12 done, 10 added, 1 duplicates, 1 failed" in out
+    assert "failed: sub/broken.jpg: err_no 100" in out
+    code, out, _ = run_cli(daemon, capsys, "jobs", "show", str(job_id))
+    assert code == 0 and f"job {job_id} done" in out
+    code, out, _ = run_cli(daemon, capsys, "jobs")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["id", "status", "appid"]
+    assert any(line.split()[:3] == [str(job_id), "done", "cli-jobs"] for line in out.splitlines())
+    code, out, _ = run_cli(daemon, capsys, "jobs", "cancel", str(job_id))
+    assert code == 0 and f"job {job_id} done at 12/12" in out  # an ended job stays as it ended
+    code, _, err = run_cli(daemon, capsys, "jobs", "start", "--appid", "cli-jobs", "--dir", "/nowhere/x")
+    assert code == 1 and "err_no 1" in err
+
+
+def test_cli_search_region_and_export_without_vectors(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    client = make_client(daemon, "cli-region")
+    client.signup()
+    client.add(encode(picture(41)), "left")
+    client.add(encode(picture(42)), "right")
+    panels = picture(0, (640, 240))
+    panels.paste(picture(41), (0, 0))
+    panels.paste(picture(42), (320, 0))
+    query = tmp_path / "panels.jpg"
+    query.write_bytes(encode(panels))
+    for box, extra in (("320,0,320,240", []), ("0.5,0,0.5,1", ["--fraction"])):
+        code, out, _ = run_cli(
+            daemon,
+            capsys,
+            "search",
+            str(query),
+            "--appid",
+            "cli-region",
+            "--rn",
+            "1",
+            "--region",
+            box,
+            *extra,
+        )
+        assert code == 0 and out.splitlines()[1].split()[-1] == "right"
+    code, _, err = run_cli(daemon, capsys, "search", str(query), "--appid", "cli-region", "--region", "1,2")
+    assert code == 2 and "X,Y,W,H" in err
+
+    bare = tmp_path / "bare.zip"
+    code, _, err = run_cli(daemon, capsys, "export", "--appid", "cli-region", "--out", str(bare))
+    assert code == 0 and "warning" in err and "--vectors" in err
+    code, _, err = run_cli(daemon, capsys, "import", str(bare), "--appid", "cli-region-copy")
+    assert code == 1 and "--vectors" in err and "?vectors" not in err
+    full = tmp_path / "full.zip"
+    code, _, err = run_cli(daemon, capsys, "export", "--appid", "cli-region", "--out", str(full), "--vectors")
+    assert code == 0 and "warning" not in err
+    code, out, _ = run_cli(daemon, capsys, "import", str(full), "--appid", "cli-region-copy")
+    assert code == 0 and "imported 2 items" in out

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,10 +257,28 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 
 
 def cmd_import_export(args: argparse.Namespace, cfg: Config, token: str | None, path: Path) -> int:
-    """Load an export ZIP (with vectors) into ``--appid``, created when missing; nothing is embedded."""
+    """Load an export ZIP (with vectors) into ``--appid``, created when missing; nothing is embedded.
+
+    A ZIP without vectors is refused here, naming the flag that writes one, before it is sent."""
+    if not _has_vectors(path):
+        print(
+            f"same_search: {path} has no vectors.npy, so it cannot be imported: write it again with "
+            "'same_search export --appid APPID --vectors --out FILE'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     answer = client_for(cfg, token).import_library(args.appid, path.read_bytes())
     print(f"imported {answer['imported']} items into {args.appid} ({answer['duplicates']} already stored)")
     return 0
+
+
+def _has_vectors(path: Path) -> bool:
+    """Whether an export ZIP holds vectors (a file that is no ZIP is left to the daemon to refuse)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "vectors.npy" in archive.namelist()
+    except zipfile.BadZipFile:
+        return True
 
 
 async def _import(args: argparse.Namespace, cfg: Config, token: str | None, root: Path) -> ImportStats | str:
