@@ -189,10 +189,15 @@ def _naming(image: bytes | None, contsign: ContSignLike | None) -> dict[str, Any
     return {"image": values.image_b64(image), "contsign": values.contsign_json(contsign)}
 
 
-def _job_source(directory: str | None, manifest: str | None) -> dict[str, str]:
-    if (directory is None) == (manifest is None):
-        raise ValueError("a job needs exactly one of directory= or manifest= (a path on the daemon's host)")
-    return {"dir": directory} if directory is not None else {"manifest": manifest}  # type: ignore[dict-item]
+def _job_source(directory: str | None, manifest: str | None, sync: str | None) -> dict[str, str]:
+    given = {
+        kind: path for kind, path in (("dir", directory), ("manifest", manifest), ("sync", sync)) if path
+    }
+    if len(given) != 1:
+        raise ValueError(
+            "a job needs exactly one of directory=, manifest= or sync= (a path on the daemon's host)"
+        )
+    return given
 
 
 class _Request(Generic[P, T]):
@@ -667,12 +672,21 @@ class _Base:
         *,
         directory: str | None = None,
         manifest: str | None = None,
+        sync: str | None = None,
+        remove_missing: bool = False,
         dup_policy: Literal["off", "warn", "reject"] | None = None,
         dup_min_score: float | None = None,
     ) -> _Call[dict[str, Any]]:
         """Start a server-side bulk import of a directory or manifest on the daemon's host
-        (absolute paths), with its own near-duplicate policy if given; returns the job."""
-        body: dict[str, Any] = {"appid": appid, "source": _job_source(directory, manifest)}
+        (absolute paths), with its own near-duplicate policy if given; returns the job.
+
+        ``sync=folder`` makes the library follow that folder instead: new files are added,
+        changed ones replace their item, moved ones keep theirs; with ``remove_missing`` the
+        items whose file is gone are removed (docs/admin.md, "Folder sync"). Run it again to
+        sync again: nothing changes when the folder did not."""
+        body: dict[str, Any] = {"appid": appid, "source": _job_source(directory, manifest, sync)}
+        if remove_missing:
+            body["remove_missing"] = True
         if dup_policy is not None:
             body["dup_policy"] = dup_policy
         if dup_min_score is not None:

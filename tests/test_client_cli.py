@@ -636,3 +636,110 @@ def test_cli_search_region_and_export_without_vectors(
     assert code == 0 and "warning" not in err
     code, out, _ = run_cli(daemon, capsys, "import", str(full), "--appid", "cli-region-copy")
     assert code == 0 and "imported 2 items" in out
+
+
+# ------------------------------------------------------------------------------------- folder sync
+
+
+def _wait_job(client: Client, job_id: int, timeout: float = 120) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (job := client.job(job_id))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
+
+
+def _briefs(client: Client, appid: str) -> dict[str, str]:
+    return {item.brief_text: str(item.contsign) for item in client.iter_items(appid)}
+
+
+def test_folder_sync_adds_updates_removes_and_is_idempotent(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "followed"
+    folder.mkdir()
+    for n in range(1, 6):
+        (folder / f"f{n}.jpg").write_bytes(jpeg(300 + n))
+    client = make_client(daemon)
+    client.create_library("followed")
+    code, out, err = run_cli(
+        daemon,
+        capsys,
+        "jobs",
+        "start",
+        "--appid",
+        "followed",
+        "--sync",
+        str(folder),
+        "--remove-missing",
+        "--wait",
+    )
+    assert code == 0, err
+    assert "5/5 done, 5 added, 0 updated, 0 removed, 0 unchanged, 0 failed" in out
+    assert _briefs(client, "followed") == {f"f{n}.jpg": str(contsign_of(jpeg(300 + n))) for n in range(1, 6)}
+
+    (folder / "f1.jpg").write_bytes(jpeg(311))  # changed content: its item is replaced
+    (folder / "sub").mkdir()
+    (folder / "f2.jpg").rename(folder / "sub" / "f2b.jpg")  # moved: its item follows
+    (folder / "f3.jpg").unlink()  # gone: its item is removed
+    (folder / "f6.jpg").write_bytes(jpeg(306))  # new
+    (folder / "f4copy.jpg").write_bytes(jpeg(304))  # a second copy of a stored picture
+    job = _wait_job(client, client.create_job("followed", sync=str(folder), remove_missing=True)["id"])
+    counts = {
+        key: job[key] for key in ("status", "total", "done", "updated", "removed", "duplicates", "failed")
+    }
+    assert counts == {
+        "status": "done",
+        "total": 6,
+        "done": 1,
+        "updated": 2,
+        "removed": 1,
+        "duplicates": 3,
+        "failed": 0,
+    }
+    expected = {
+        "f1.jpg": str(contsign_of(jpeg(311))),
+        "sub/f2b.jpg": str(contsign_of(jpeg(302))),
+        "f4.jpg": str(contsign_of(jpeg(304))),
+        "f5.jpg": str(contsign_of(jpeg(305))),
+        "f6.jpg": str(contsign_of(jpeg(306))),
+    }
+    assert _briefs(client, "followed") == expected
+
+    again = _wait_job(client, client.create_job("followed", sync=str(folder), remove_missing=True)["id"])
+    assert (again["done"], again["updated"], again["removed"], again["duplicates"]) == (0, 0, 0, 6)
+    assert _briefs(client, "followed") == expected
+
+    (folder / "f5.jpg").unlink()  # without remove_missing a gone file's item stays
+    kept = _wait_job(client, client.create_job("followed", sync=str(folder))["id"])
+    assert (
+        kept["removed"] == 0 and kept["remove_missing"] is False and "f5.jpg" in _briefs(client, "followed")
+    )
+    with pytest.raises(BadRequest, match="remove_missing"):
+        client.create_job("followed", directory=str(folder), remove_missing=True)
+
+
+def test_folder_sync_survives_a_restart(daemon: Daemon, tmp_path: Path) -> None:
+    """Killed mid-run (SIGKILL), the sync job resumes from its last chunk when the daemon is
+    back and ends with the library equal to the folder. Runs last: it restarts the module's daemon."""
+    import time
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for n in range(160):
+        (folder / f"img{n:03d}.jpg").write_bytes(encode(picture(500 + n, (96, 96))))
+    client = make_client(daemon)
+    client.create_library("sync-restart")
+    job_id = client.create_job("sync-restart", sync=str(folder), remove_missing=True)["id"]
+    deadline = time.monotonic() + 120
+    while (job := client.job(job_id))["position"] == 0:
+        assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+        time.sleep(0.02)
+    daemon.kill()
+    assert job["position"] < job["total"], "the job ended before the kill: nothing was resumed"
+    daemon.start()
+    job = _wait_job(client, job_id)
+    assert job["status"] == "done" and job["position"] == job["total"] == 160 and job["failed"] == 0
+    assert set(_briefs(client, "sync-restart")) == {f"img{n:03d}.jpg" for n in range(160)}

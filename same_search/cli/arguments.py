@@ -228,6 +228,15 @@ def _add_management_commands(commands: argparse._SubParsersAction, client: list)
     source = start.add_mutually_exclusive_group(required=True)
     source.add_argument("--dir", help="folder on the daemon's host")
     source.add_argument("--manifest", help="manifest file on the daemon's host")
+    source.add_argument(
+        "--sync",
+        metavar="DIR",
+        help="make the library follow this folder on the daemon's host: add new files, replace "
+        "changed ones (an item's brief is its file's relative path); run again to sync again",
+    )
+    start.add_argument(
+        "--remove-missing", action="store_true", help="with --sync: remove the items whose file is gone"
+    )
     start.add_argument(
         "--dup-policy", choices=("off", "warn", "reject"), help="the job's near-duplicate policy"
     )

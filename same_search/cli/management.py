@@ -90,9 +90,9 @@ def cmd_jobs(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
         return 0
     if action == "start":
         policy = {"dup_policy": args.dup_policy, "dup_min_score": args.dup_min_score}
-        where = {"directory": args.dir} if args.dir else {"manifest": args.manifest}
-        absolute = {key: str(Path(value).resolve()) for key, value in where.items()}
-        job = client.create_job(args.appid, **absolute, **policy)
+        where = {"directory": args.dir, "manifest": args.manifest, "sync": args.sync}
+        absolute = {key: str(Path(value).resolve()) for key, value in where.items() if value}
+        job = client.create_job(args.appid, **absolute, remove_missing=args.remove_missing, **policy)
         print(f"job {job['id']} {job['status']}: {job['kind']} {job['source']} into {job['appid']}")
     elif action == "cancel":
         job = client.cancel_job(args.job)
@@ -118,8 +118,12 @@ def _watch(client: Client, job: dict[str, Any]) -> dict[str, Any]:
 def _counts(job: dict[str, Any]) -> str:
     rate = f", {job['images_per_s']} images/s" if job.get("images_per_s") else ""
     eta = f", ETA {job['eta_s']:.0f}s" if job.get("eta_s") is not None else ""
+    if job["kind"] == "sync":
+        changes = f"{job['updated']} updated, {job['removed']} removed, {job['duplicates']} unchanged"
+    else:
+        changes = f"{job['duplicates']} duplicates"
     return (
-        f"{job['position']}/{job['total']} done, {job['done']} added, {job['duplicates']} duplicates, "
+        f"{job['position']}/{job['total']} done, {job['done']} added, {changes}, "
         f"{job['failed']} failed{rate}{eta}"
     )
 
