@@ -743,3 +743,21 @@ def test_folder_sync_survives_a_restart(daemon: Daemon, tmp_path: Path) -> None:
     job = _wait_job(client, job_id)
     assert job["status"] == "done" and job["position"] == job["total"] == 160 and job["failed"] == 0
     assert set(_briefs(client, "sync-restart")) == {f"img{n:03d}.jpg" for n in range(160)}
+
+
+def test_an_item_without_thumbnail_has_a_placeholder_image_on_request(daemon: Daemon, tmp_path: Path) -> None:
+    """Items loaded from an export have no thumbnail: the API says so (err_no 102), and with
+    ``?placeholder=1`` (what the console asks) answers an image instead of JSON."""
+    import urllib.request
+
+    client = make_client(daemon, "thumbless")
+    client.signup()
+    sign = client.add(jpeg(61), "x")
+    client.import_library("thumbless-copy", client.export_library("thumbless", vectors=True))
+    with pytest.raises(NotFound):
+        client.thumbnail("thumbless-copy", sign)
+    url = daemon.url("admin", f"/api/libraries/thumbless-copy/items/{sign}/thumbnail?placeholder=1")
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.headers.get_content_type() == "image/svg+xml" and b"<svg" in answer.read()
+    with urllib.request.urlopen(url.replace("thumbless-copy", "thumbless"), timeout=10) as answer:
+        assert answer.read()[:2] == JPEG_MAGIC  # a stored thumbnail is served as always

@@ -28,24 +28,65 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function showResults(appid, answer) {
+// A thumbnail URL that answers a placeholder image when the item has no stored thumbnail.
+function withPlaceholder(url) {
+  return url + (url.includes("?") ? "&" : "?") + "placeholder=1";
+}
+
+// Shows a page of results: appended to those shown with {append: true} ("More results"); the
+// status line says how many, in how long, in which order, and whether the daemon has more.
+function showResults(appid, answer, how) {
+  const { append = false, ms = null } = how || {};
   const grid = document.getElementById("results");
   const status = document.getElementById("search-status");
-  grid.replaceChildren();
+  const more = document.getElementById("more");
+  if (!append) grid.replaceChildren();
+  if (more) more.hidden = true;
   if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; status.className = "error"; return; }
   status.className = "";
   const reranked = answer.ranking && answer.ranking.order === "reranked";
-  const order = reranked ? "Re-ranked (query expansion, confirmed copies first; ★ = same picture)"
-    : "By descending score";
-  status.textContent = answer.results.length ? order : "No results: the library is empty.";
-  status.dataset.order = answer.ranking ? answer.ranking.order : "score";
+  const order = reranked ? "re-ranked (query expansion, confirmed copies first; ★ = same picture)"
+    : "by descending score";
   for (const hit of answer.results) {
     const score = hit.score.toFixed(4) + (reranked && hit.same_picture ? " ★" : "");
     grid.append(el("a", { class: "card", href: `/libraries/${seg(appid)}/items/${seg(hit.key)}` },
-      el("img", { src: hit.thumbnail, alt: "" }),
+      el("img", { src: withPlaceholder(hit.thumbnail), alt: "" }),
       el("span", { class: "score" }, score),
       el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text)));
   }
+  const shown = grid.children.length;
+  const took = ms === null ? "" : ` in ${Math.round(ms)} ms`;
+  const plus = answer.has_more ? " (more available)" : "";
+  status.textContent = shown ? `${shown} results${took}${plus}, ${order}` : "No results: the library is empty.";
+  status.dataset.count = String(shown);
+  status.dataset.order = answer.ranking ? answer.ranking.order : "score";
+  if (more) more.hidden = !answer.has_more;
+}
+
+// The last search, so "More results" can ask for the next page of the same question.
+const PAGE = 24;
+let lastSearch = null;
+
+// Runs a search (path: the search URL without rn/pn) and shows its first page; the query picture
+// (a File or a URL) is shown beside the results.
+async function runSearch(appid, path, body, type, query) {
+  lastSearch = { appid, path, body, type, shown: 0 };
+  const figure = document.getElementById("query");
+  if (figure && query) {
+    document.getElementById("query-image").src = typeof query === "string" ? query : URL.createObjectURL(query);
+    figure.hidden = false;
+  }
+  await searchPage(false);
+}
+
+async function searchPage(append) {
+  const search = lastSearch;
+  const pn = append ? document.getElementById("results").children.length : 0;
+  const started = performance.now();
+  const answer = await api("POST", `${search.path}${search.path.includes("?") ? "&" : "?"}rn=${PAGE}&pn=${pn}`,
+    search.body, search.type);
+  if (search !== lastSearch) return;  // a newer search started meanwhile
+  showResults(search.appid, answer, { append, ms: performance.now() - started });
 }
 
 function setUpRanking() {
@@ -66,8 +107,7 @@ function setUpRanking() {
 
 async function searchFile(appid, file) {
   document.getElementById("search-status").textContent = "Searching…";
-  showResults(appid, await api("POST", `/api/libraries/${seg(appid)}/search?rn=24`, file,
-    file.type || "application/octet-stream"));
+  await runSearch(appid, `/api/libraries/${seg(appid)}/search`, file, file.type || "application/octet-stream", file);
 }
 
 function setUpSearch() {
@@ -86,10 +126,13 @@ function setUpSearch() {
   const similar = document.getElementById("similar");
   if (similar) {
     similar.addEventListener("click", async () => {
-      const path = `/api/libraries/${seg(appid)}/search?rn=24&contsign=${encodeURIComponent(similar.dataset.contsign)}`;
-      showResults(appid, await api("POST", path));
+      const path = `/api/libraries/${seg(appid)}/search?contsign=${encodeURIComponent(similar.dataset.contsign)}`;
+      const picture = document.querySelector(".detail img");
+      await runSearch(appid, path, undefined, undefined, picture ? picture.src : null);
     });
   }
+  const more = document.getElementById("more");
+  if (more) more.addEventListener("click", () => lastSearch && searchPage(true));
 }
 
 function formatEta(seconds) {
@@ -97,11 +140,38 @@ function formatEta(seconds) {
   return seconds > 120 ? `${Math.round(seconds / 60)} min` : `${Math.round(seconds)} s`;
 }
 
+// The overview's library table, library count and uptime: refreshed with the job list, so an
+// import's items show up while it runs. A library created or deleted elsewhere reloads the page.
+async function refreshLibraries() {
+  const rows = [...document.querySelectorAll("table.libraries tr[data-appid]")];
+  const answer = await api("GET", "/api/libraries");
+  if (answer.err_no !== 0) return;
+  const known = new Map(rows.map((row) => [row.dataset.appid, row]));
+  const listed = new Set(answer.libraries.map((lib) => lib.appid));
+  if ([...listed].some((appid) => !known.has(appid)) || [...known.keys()].some((appid) => !listed.has(appid))) {
+    if (rows.length || listed.size) { location.reload(); return; }
+  }
+  for (const lib of answer.libraries) {
+    const cell = known.get(lib.appid).querySelector(".items");
+    if (cell && lib.items !== null) cell.textContent = String(lib.items);
+  }
+  const count = document.getElementById("library-count");
+  if (count) count.textContent = String(listed.size);
+}
+
+function refreshUptime() {
+  const uptime = document.getElementById("uptime");
+  if (uptime) uptime.textContent = `${Math.max(0, Math.round(Date.now() / 1000 - Number(uptime.dataset.started)))}s`;
+}
+
 async function refreshJobs() {
   const body = document.getElementById("jobs");
   if (!body) return;
   const answer = await api("GET", "/api/jobs");
   if (answer.err_no !== 0) return;
+  const newJob = document.getElementById("new-job");
+  const started = newJob && answer.jobs.find((job) => String(job.id) === newJob.dataset.job);
+  if (started) newJob.querySelector(".message").textContent = `job ${started.id} ${started.status} (${started.position}/${started.total})`;
   body.replaceChildren(...answer.jobs.map((job) => {
     const share = job.total ? Math.round((100 * job.position) / job.total) : 100;
     const bar = el("span", { class: "progress", title: `${share}%` }, el("span", { style: `width:${share}%` }));
@@ -170,10 +240,15 @@ function setUpForms() {
       const answer = await api("POST", "/api/jobs",
         JSON.stringify({ appid: newJob.appid.value, source: { dir: newJob.dir.value } }), "application/json");
       newJob.querySelector(".message").textContent = answer.err_no === 0 ? `job ${answer.job.id} queued` : answer.err_msg;
+      newJob.dataset.job = answer.err_no === 0 ? String(answer.job.id) : "";
       refreshJobs();
     });
   }
-  if (document.getElementById("jobs")) { refreshJobs(); setInterval(refreshJobs, 1500); }
+  if (document.getElementById("jobs")) {
+    const refresh = () => { refreshJobs(); refreshLibraries(); refreshUptime(); };
+    refresh();
+    setInterval(refresh, 1500);
+  }
 }
 
 // Only a page of this console may follow the login, never another site (no open redirect).

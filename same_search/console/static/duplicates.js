@@ -15,7 +15,7 @@
   function card(member, kept) {
     const href = `/libraries/${encodeURIComponent(appid)}/items/${member.key}`;
     return el("a", { class: kept ? "card kept" : "card", href, "data-key": member.key },
-      el("img", { src: member.thumbnail, alt: "" }),
+      el("img", { src: withPlaceholder(member.thumbnail), alt: "" }),
       el("span", { class: "score" }, kept ? "keep" : member.score.toFixed(4)),
       el("span", { class: "brief" }, member.brief_text === null ? "(binary brief)" : member.brief_text));
   }
