@@ -189,3 +189,34 @@ def test_items_without_thumbnail_show_a_placeholder_image(daemon, page, tmp_path
     page.wait_for_function(
         "[...document.querySelectorAll('#results img')].every((i) => i.complete && i.naturalWidth > 0)"
     )
+
+
+def test_the_job_form_starts_a_sync_and_the_item_page_deletes(daemon, page, tmp_path: Path):
+    folder = tmp_path / "followed"
+    folder.mkdir()
+    for seed in (70, 71):
+        (folder / f"{seed}.jpg").write_bytes(jpeg(seed))
+    assert daemon.rts("signup", appid="followed")["err_no"] == 0
+    page.goto(daemon.url("admin", "/"))
+    page.select_option("#new-job select[name=appid]", "followed")
+    page.fill("#new-job input[name=dir]", str(folder))
+    page.select_option("#new-job select[name=kind]", "sync")
+    page.check("#new-job input[name=remove_missing]")
+    page.click("#new-job button")
+    page.wait_for_selector("#new-job .message:has-text('done (2/2)')", timeout=60_000)
+    assert f"sync {folder} (removes gone files)" in page.locator("#jobs tr").first.inner_text()
+    (folder / "70.jpg").unlink()
+    page.click("#new-job button")
+    page.wait_for_function(
+        "document.querySelector('table.libraries tr[data-appid=followed] td.items').textContent === '1'",
+        timeout=60_000,
+    )
+    page.wait_for_selector("#jobs tr[data-status=done]:has-text('1 removed')", timeout=10_000)
+
+    page.goto(daemon.url("admin", "/libraries/followed"))
+    page.locator(".grid .card").first.click()
+    page.wait_for_selector("#delete-item")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete-item")
+    page.wait_for_url("**/libraries/followed")
+    assert page.locator(".grid .card").count() == 0

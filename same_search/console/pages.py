@@ -130,7 +130,9 @@ async def overview(request: web.Request) -> web.Response:
 <h1>Import jobs</h1>
 <form id="new-job" class="inline"><select name="appid">{options}</select>
 <input name="dir" placeholder="/absolute/folder/on/the/server" size="40" required>
-<button>Import folder</button> <span class="message"></span></form>
+<select name="kind"><option value="dir">Import folder</option><option value="sync">Sync folder (follow it)</option></select>
+<label><input type="checkbox" name="remove_missing"> remove items whose file is gone (sync)</label>
+<button>Start</button> <span class="message"></span></form>
 <table class="jobs"><thead><tr><th>job</th><th>library</th><th>source</th><th>status</th><th>progress</th>
 <th>failed</th><th>duplicates</th><th>near-duplicates</th><th>images/s</th><th>ETA</th><th></th></tr></thead><tbody id="jobs"></tbody></table>
 """
@@ -265,6 +267,8 @@ async def item(request: web.Request) -> web.Response:
 <dt>contsign</dt><dd>{{"sign1": {sign1}, "sign2": {sign2}}}</dd><dt>tags</dt><dd>{escape(tags)}</dd>
 <dt>added</dt><dd>{_when(created)}</dd><dt>updated</dt><dd>{_when(updated)}</dd></dl></div>
 <button id="similar" data-contsign="{key}">Find similar</button>
+<button id="delete-item" data-path="{escape(f"/api/libraries/{segment(lib.row.appid)}/items/{segment(key)}")}"
+data-back="{library_href(lib.row.appid)}">Delete this item</button> <span id="delete-status"></span>
 {_results_block("Similar items")}
 """
     return _page(services, _brief_text(entry.brief), body, lib.row.appid)

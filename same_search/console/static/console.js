@@ -133,6 +133,15 @@ function setUpSearch() {
   }
   const more = document.getElementById("more");
   if (more) more.addEventListener("click", () => lastSearch && searchPage(true));
+  const remove = document.getElementById("delete-item");
+  if (remove) {
+    remove.addEventListener("click", async () => {
+      if (!confirm("Delete this item from the library?")) return;
+      const answer = await api("DELETE", remove.dataset.path);
+      if (answer.err_no === 0) location.assign(remove.dataset.back);
+      else document.getElementById("delete-status").textContent = `err_no ${answer.err_no}: ${answer.err_msg}`;
+    });
+  }
 }
 
 function formatEta(seconds) {
@@ -179,9 +188,13 @@ async function refreshJobs() {
     cancel.disabled = !["queued", "running"].includes(job.status);
     cancel.addEventListener("click", () => api("POST", `/api/jobs/${seg(job.id)}/cancel`).then(refreshJobs));
     return el("tr", { "data-status": job.status },
-      el("td", {}, String(job.id)), el("td", {}, job.appid), el("td", {}, job.source), el("td", {}, job.status),
+      el("td", {}, String(job.id)), el("td", {}, job.appid),
+      el("td", {}, job.kind === "sync" ? `sync ${job.source}${job.remove_missing ? " (removes gone files)" : ""}` : job.source),
+      el("td", {}, job.status),
       el("td", {}, bar, ` ${job.position}/${job.total}`), el("td", {}, String(job.failed)),
-      el("td", {}, String(job.duplicates)), el("td", { class: "near" }, String(job.near_duplicates ?? 0)),
+      el("td", { title: job.kind === "sync" ? "unchanged files" : "already stored" }, String(job.duplicates)
+        + (job.kind === "sync" ? ` · ${job.updated} updated · ${job.removed} removed` : "")),
+      el("td", { class: "near" }, String(job.near_duplicates ?? 0)),
       el("td", {}, job.images_per_s === null ? "" : String(job.images_per_s)),
       el("td", {}, formatEta(job.eta_s)), el("td", {}, cancel));
   }));
@@ -237,8 +250,11 @@ function setUpForms() {
   if (newJob) {
     newJob.addEventListener("submit", async (e) => {
       e.preventDefault();
-      const answer = await api("POST", "/api/jobs",
-        JSON.stringify({ appid: newJob.appid.value, source: { dir: newJob.dir.value } }), "application/json");
+      // "sync": the library follows the folder (new, changed, moved files; gone ones on request).
+      const kind = newJob.kind ? newJob.kind.value : "dir";
+      const job = { appid: newJob.appid.value, source: { [kind]: newJob.dir.value } };
+      if (kind === "sync" && newJob.remove_missing.checked) job.remove_missing = true;
+      const answer = await api("POST", "/api/jobs", JSON.stringify(job), "application/json");
       newJob.querySelector(".message").textContent = answer.err_no === 0 ? `job ${answer.job.id} queued` : answer.err_msg;
       newJob.dataset.job = answer.err_no === 0 ? String(answer.job.id) : "";
       refreshJobs();
