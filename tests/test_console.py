@@ -170,6 +170,11 @@ def test_search_shows_count_time_more_and_the_query_beside_the_results(daemon, p
     assert page.locator("#search-status").inner_text().startswith("30 results in ")
     briefs = page.locator("#results .card .brief").all_inner_texts()
     assert sorted(briefs) == sorted(f"many {seed}" for seed in range(100, 130))
+    page.fill("#min-score", "0.99")  # a score filter: only the picture itself scores that high
+    page.set_input_files("#file", [])
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#search-status[data-count='1']", timeout=30_000)
+    assert page.locator("#more").is_hidden()
 
 
 def test_items_without_thumbnail_show_a_placeholder_image(daemon, page, tmp_path: Path):

@@ -169,6 +169,8 @@ async def library(request: web.Request) -> web.Response:
 {_ranking_form(stats["ranking"])}
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
 <input type="file" id="file" accept="image/*"></label>, to search this library.</div>
+<p class="inline"><label>Only hits scoring at least <input id="min-score" type="number" step="0.01"
+min="-1" max="1" size="5" placeholder="any"></label> (applies to the next search)</p>
 {_results_block("Results")}
 {_library_extensions(appid)}
 {_reembed_panel(services, stats)}

@@ -70,6 +70,8 @@ let lastSearch = null;
 // Runs a search (path: the search URL without rn/pn) and shows its first page; the query picture
 // (a File or a URL) is shown beside the results.
 async function runSearch(appid, path, body, type, query) {
+  const floor = document.getElementById("min-score");
+  if (floor && floor.value !== "") path += `${path.includes("?") ? "&" : "?"}min_score=${encodeURIComponent(floor.value)}`;
   lastSearch = { appid, path, body, type, shown: 0 };
   const figure = document.getElementById("query");
   if (figure && query) {
