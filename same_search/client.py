@@ -841,7 +841,8 @@ class AsyncClient(_Base):
         Returns the counts (``added``, ``duplicates``, ``failed`` with ``failures`` as
         ``(brief, reason)`` pairs; ``summary()`` as text). Raises :class:`ClientError` when the
         folder cannot be read or the library is missing, :class:`TransportError` when the daemon
-        stopped answering.
+        stopped answering. ``Client.add_folder`` runs its own event loop (``asyncio.run``): from
+        code already inside one, await ``AsyncClient.add_folder``.
         """
         from same_search.cli.folder_import import import_directory  # the CLI's, not a copy
 
