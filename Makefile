@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Start the daemon with ./config.toml (ports 8120, 8025, 8103 on 127.0.0.1, data in ./data).
+# Start the daemon with ./config.toml (ports 8120, 8025, 8103 on 127.0.0.1, data in ./data);
+# ARGS='--search-port 9025 --admin-port 9103 --feature-port 9120 --data-dir /tmp/ss' passes flags to it.
 run: $(STAMP)
-	$(BIN)/python -m same_search --config config.toml
+	$(BIN)/python -m same_search --config config.toml $(ARGS)
 
 # The whole suite, one worker per core (at most 4); exits non-zero if anything fails or no test
 # ran. PYTEST_ARGS="-n 0" runs it in one process.

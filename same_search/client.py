@@ -1,26 +1,51 @@
 """Python clients for a same_search daemon: :class:`Client` (blocking) and :class:`AsyncClient` (aiohttp).
 
-Both speak the wire contract of ``docs/api.md`` (ports 8025 and 8120) and the management API on
-8103, and turn its envelope into Python: results become dataclasses, any ``err_no != 0`` becomes a
-:class:`SameSearchError` subclass, and anything that is not a well-formed HTTP 200 reply becomes a
-:class:`TransportError`, so callers never inspect ``err_no`` themselves.
+Usage::
 
-Each request is written once in :class:`_Base`: a method decorated with ``@_request`` that
-describes the exchange (a :class:`_Call`: where, what is sent, how the reply is read), or, for a
-management request whose only arguments are its path's placeholders, one line of :func:`_route`.
-Both clients derive their public methods, signature and docstring included, from that one
-description; they differ only in how the bytes travel (``urllib`` or aiohttp) and in returning a
-value or a coroutine. A new route is one method here plus its path in :mod:`same_search.wire`.
-The wire constants come from :mod:`same_search.wire`, shared with the daemon. The module imports
-neither torch nor the server, so scripts that only talk to a daemon start fast.
+    from same_search.client import Client, NotSignedUp
+
+    client = Client("127.0.0.1", search_port=8025, feature_port=8120, admin_port=8103,
+                    token=None, appid="catalogue")
+    client.signup()                                    # create the library (AlreadySignedUp if it exists)
+    sign = client.add(open("shoe.jpg", "rb").read(), "shoe.jpg", tags=(3, 0))
+    for hit in client.search(image=open("query.jpg", "rb").read(), rn=10, min_score=0.5):
+        print(hit.score, hit.contsign, hit.brief_text)  # brief: bytes as stored; brief_text: str
+    client.search(image=photo, region={"x": 0.1, "y": 0.1, "w": 0.5, "h": 0.5, "unit": "fraction"})
+    stats = client.add_folder("/photos", signup=True)   # every image under a folder, brief = relative path
+    print(stats.summary())
+
+    async with AsyncClient("127.0.0.1", appid="catalogue") as aclient:   # same methods, awaited
+        hits = await aclient.search(contsign=sign)
+
+    Client.from_config(same_search.config.load("config.toml"))  # the ports and token the daemon reads
+
+Both speak the wire contract of ``docs/api.md`` (ports 8025 and 8120) and the management API on
+8103 (``docs/admin.md``), and turn its envelope into Python: results become dataclasses
+(:class:`Hit`, :class:`Item`, :class:`SearchResult`), any ``err_no != 0`` becomes a
+:class:`SameSearchError` subclass (:class:`NotSignedUp`, :class:`Duplicate`, :class:`BadImage`,
+...), and anything that is not a well-formed HTTP 200 reply becomes a :class:`TransportError`, so
+callers never inspect ``err_no`` themselves. A brief may be sent as ``str`` (UTF-8) or ``bytes``;
+it comes back as the stored bytes in ``.brief`` (the wire carries bytes, and a brief need not be
+text) and as ``str`` in ``.brief_text``.
+
+How it is built: each request is written once in :class:`_Base`, as a method decorated with
+``@_request`` that describes the exchange (a :class:`_Call`: where, what is sent, how the reply is
+read), or, for a management request whose only arguments are its path's placeholders, one line of
+:func:`_route`. Both clients derive their public methods, signature and docstring included, from
+that one description; they differ only in how the bytes travel (``urllib`` or aiohttp) and in
+returning a value or a coroutine. A new route is one method here plus its path in
+:mod:`same_search.wire`. The module imports neither torch nor the server, so scripts that only talk
+to a daemon start fast.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.client
 import inspect
 import json
+import os
 import string
 import types
 import urllib.error
@@ -28,7 +53,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, Self, TypeVar, overload
+from pathlib import Path
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    Self,
+    TextIO,
+    TypeVar,
+    overload,
+)
 
 import numpy as np
 
@@ -60,6 +97,9 @@ from same_search.client_values import (
 from same_search.config import Config
 from same_search.proto import imgfeature_pb2
 from same_search.wire import FEA_DESCRIPTOR, TOKEN_HEADER
+
+if TYPE_CHECKING:
+    from same_search.cli.folder_import import ImportStats
 
 __all__ = [
     "AlreadySignedUp",
@@ -151,10 +191,15 @@ def _naming(image: bytes | None, contsign: ContSignLike | None) -> dict[str, Any
     return {"image": values.image_b64(image), "contsign": values.contsign_json(contsign)}
 
 
-def _job_source(directory: str | None, manifest: str | None) -> dict[str, str]:
-    if (directory is None) == (manifest is None):
-        raise ValueError("a job needs exactly one of directory= or manifest= (a path on the daemon's host)")
-    return {"dir": directory} if directory is not None else {"manifest": manifest}  # type: ignore[dict-item]
+def _job_source(directory: str | None, manifest: str | None, sync: str | None) -> dict[str, str]:
+    given = {
+        kind: path for kind, path in (("dir", directory), ("manifest", manifest), ("sync", sync)) if path
+    }
+    if len(given) != 1:
+        raise ValueError(
+            "a job needs exactly one of directory=, manifest= or sync= (a path on the daemon's host)"
+        )
+    return given
 
 
 class _Request(Generic[P, T]):
@@ -284,14 +329,37 @@ class _Base:
 
     @staticmethod
     def _method(describe: Callable[..., _Call[Any]]) -> Callable[..., Any]:
-        """The public method of this kind of client for one request description (see _Request)."""
-        raise NotImplementedError
+        """The public method of this kind of client for one request description (see _Request).
+
+        Here, on the shared base, a method that only says which class to use: ``help()`` and
+        ``inspect`` look every attribute up on each class of the MRO, so this must not raise.
+        """
+
+        def method(self: _Base, *args: Any, **kwargs: Any) -> Any:
+            raise TypeError(f"{type(self).__name__} sends nothing: use Client or AsyncClient")
+
+        return method
 
     def _headers(self, call: _Call[Any]) -> tuple[bytes | None, dict[str, str]]:
         data, headers = call.payload()
         if self.token:
             headers[TOKEN_HEADER] = self.token
         return data, headers
+
+    def _settings(self) -> dict[str, Any]:
+        """The constructor arguments that make another client of this daemon (any kind)."""
+        ends = self.endpoints
+        return {
+            "host": ends.host,
+            "search_port": ends.search_port,
+            "feature_port": ends.feature_port,
+            "admin_port": ends.admin_port,
+            "admin_host": ends.admin_host,
+            "token": self.token,
+            "appid": self.appid,
+            "timeout": self.timeout,
+            "source": self.source,
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.endpoints!r}, appid={self.appid!r})"
@@ -601,10 +669,30 @@ class _Base:
 
     @_request
     def create_job(
-        self, appid: str, *, directory: str | None = None, manifest: str | None = None
+        self,
+        appid: str,
+        *,
+        directory: str | None = None,
+        manifest: str | None = None,
+        sync: str | None = None,
+        remove_missing: bool = False,
+        dup_policy: Literal["off", "warn", "reject"] | None = None,
+        dup_min_score: float | None = None,
     ) -> _Call[dict[str, Any]]:
-        """Start a server-side bulk import of a directory or manifest on the daemon's host."""
-        body = {"appid": appid, "source": _job_source(directory, manifest)}
+        """Start a server-side bulk import of a directory or manifest on the daemon's host
+        (absolute paths), with its own near-duplicate policy if given; returns the job.
+
+        ``sync=folder`` makes the library follow that folder instead: new files are added,
+        changed ones replace their item, moved ones keep theirs; with ``remove_missing`` the
+        items whose file is gone are removed (docs/admin.md, "Folder sync"). Run it again to
+        sync again: nothing changes when the folder did not."""
+        body: dict[str, Any] = {"appid": appid, "source": _job_source(directory, manifest, sync)}
+        if remove_missing:
+            body["remove_missing"] = True
+        if dup_policy is not None:
+            body["dup_policy"] = dup_policy
+        if dup_min_score is not None:
+            body["dup_min_score"] = dup_min_score
         return _Call("admin", wire.JOBS, body=body, parse=values.pick("job", dict))
 
     @_request
@@ -627,9 +715,21 @@ class _Base:
         return _Call("admin", wire.IMPORT.format(appid=_quote(appid)), data=zip_bytes)
 
 
+_ARGUMENTS = """
+    Args:
+        host: address of the feature (8120) and retrieval (8025) services.
+        search_port, feature_port, admin_port: the daemon's three ports (``[server]`` in its config).
+        admin_host: address of the management port when it differs from ``host``.
+        token: sent as ``X-Same-Token`` (``[auth] tokens``); None when the daemon wants none.
+        appid: the library that retrieval methods use when they are not given ``appid=``.
+        timeout: seconds one request may take.
+        source: the ``from`` field of retrieval requests (it shows in the daemon's log)."""
+
+
 class Client(_Base):
     """Blocking client (stdlib ``urllib`` only): one request at a time, for scripts and tools.
 
+    ``Client("127.0.0.1", appid="catalogue").search(image=data)``; see the module's help for more.
     Environment proxies are ignored, as aiohttp does by default: the daemon is on-prem, and a
     corporate ``http_proxy`` must not capture requests meant for it.
     """
@@ -653,6 +753,14 @@ class Client(_Base):
             return self._run(describe(self, *args, **kwargs))
 
         return method
+
+    def add_folder(self, path: str | os.PathLike[str], **options: Any) -> ImportStats:
+        # Signature and docstring: AsyncClient.add_folder's (set below the class).
+        async def run() -> ImportStats:
+            async with AsyncClient(**self._settings()) as aclient:
+                return await aclient.add_folder(path, **options)
+
+        return asyncio.run(run())
 
     def _run(self, call: _Call[T]) -> T:
         url = self.endpoints.url(call.service, call.path, call.query)
@@ -709,6 +817,52 @@ class AsyncClient(_Base):
 
         return method
 
+    async def add_folder(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        appid: str | None = None,
+        signup: bool = False,
+        concurrency: int = 8,
+        dup_policy: Literal["off", "warn", "reject"] | None = None,
+        dup_min_score: float | None = None,
+        max_image_bytes: int | None = None,
+        progress: TextIO | None = None,
+    ) -> ImportStats:
+        """Add every image under a folder on this machine, as ``same_search import DIR`` does.
+
+        The folder is walked recursively and each image file is sent with ``add`` (its brief is
+        its path relative to ``path``), ``concurrency`` adds in flight, "not now" answers retried.
+        A file already stored counts as a duplicate, not a failure. ``signup=True`` creates the
+        library when it is missing; ``dup_policy``/``dup_min_score`` apply the near-duplicate
+        policy to these adds (None: the library's); files over ``max_image_bytes`` (None: the
+        daemon's default limit) fail without being sent; ``progress`` (e.g. ``sys.stderr``)
+        receives a progress line now and then. For a folder on the daemon's own host, a server
+        job (:meth:`create_job`) avoids sending the bytes.
+
+        Returns the counts (``added``, ``duplicates``, ``failed`` with ``failures`` as
+        ``(brief, reason)`` pairs; ``summary()`` as text). Raises :class:`ClientError` when the
+        folder cannot be read or the library is missing, :class:`TransportError` when the daemon
+        stopped answering. ``Client.add_folder`` runs its own event loop (``asyncio.run``): from
+        code already inside one, await ``AsyncClient.add_folder``.
+        """
+        from same_search.cli.folder_import import import_directory  # the CLI's, not a copy
+
+        name = appid or self.appid
+        if not name:
+            raise ValueError("no appid: pass appid= or construct the client with one")
+        if not Path(path).is_dir():  # the finder's own message speaks of a server job's folder
+            raise ClientError(f"{path} is not a directory on this machine")
+        chosen = {"dup_policy": dup_policy, "dup_min_score": dup_min_score}
+        policy = {key: value for key, value in chosen.items() if value is not None}
+        limit = max_image_bytes or Config().limits.max_image_bytes
+        result = await import_directory(self, Path(path), name, signup, concurrency, progress, limit, policy)
+        if isinstance(result, str):
+            raise ClientError(result)
+        if result.unreachable:
+            raise TransportError(f"stopped after {result.processed} files: {result.unreachable}")
+        return result
+
     def _open(self) -> Any:
         import aiohttp
 
@@ -742,6 +896,23 @@ class AsyncClient(_Base):
             for item in result.items:
                 yield item
             offset = _next_offset(offset, result)
+
+
+def _client_signature(*extra: inspect.Parameter) -> inspect.Signature:
+    """``_Base.__init__``'s parameters (which both clients forward) plus the client's own."""
+    base = inspect.signature(_Base.__init__)
+    return base.replace(parameters=[*base.parameters.values(), *extra])
+
+
+# Both clients forward their arguments to _Base: show the real ones to help() and inspect.
+Client.__init__.__signature__ = _client_signature()  # type: ignore[attr-defined]
+Client.__doc__ = f"{Client.__doc__}{_ARGUMENTS}\n"
+AsyncClient.__init__.__signature__ = _client_signature(  # type: ignore[attr-defined]
+    inspect.Parameter("limit", inspect.Parameter.KEYWORD_ONLY, default=100, annotation="int")
+)
+AsyncClient.__doc__ = f"{AsyncClient.__doc__}{_ARGUMENTS}\n        limit: connections kept in the pool.\n"
+Client.add_folder.__signature__ = inspect.signature(AsyncClient.add_folder)  # type: ignore[attr-defined]
+Client.add_folder.__doc__ = AsyncClient.add_folder.__doc__
 
 
 def _next_offset(offset: int, page: ItemPage) -> int | None:

@@ -140,6 +140,11 @@ class JobRow:
     dup_min_score: float | None = None
     #: Images that had near-duplicates in the library (rejected, or stored with a warning).
     near_duplicates: int = 0
+    #: A sync job's items replaced (changed content) or renamed, and removed (file gone).
+    updated: int = 0
+    removed: int = 0
+    #: Whether a sync job removes the items whose file is gone.
+    remove_missing: bool = False
 
 
 @dataclass

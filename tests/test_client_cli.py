@@ -451,3 +451,313 @@ def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
     assert reranked.ranking == "reranked" and reranked[0].contsign == stored[0] and reranked[0].same_picture
     promoted = client.search(image=QUERY, query_expansion=0, promote_same_picture=True)
     assert promoted[0].contsign == stored[0]
+
+
+# ------------------------------------------------------------------ a client that explains itself
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_help_renders_each_client_with_its_real_arguments(cls: type) -> None:
+    """help() must render (pydoc looks every attribute up on each class of the MRO), and the
+    constructor shows the parameters the client takes rather than ``*args, **kwargs``."""
+    import inspect
+    import pydoc
+
+    import same_search.client as module
+
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    for method in ("search(", "add(", "add_folder(", "signup(", "jobs(", "delete_library("):
+        assert method in text
+    assert "min_score" in text and "region" in text and "Args:" in text
+    params = inspect.signature(cls).parameters
+    expected = ["host", "search_port", "feature_port", "admin_port", "admin_host", "token", "appid"]
+    assert list(params)[: len(expected)] == expected
+    assert ("limit" in params) == (cls is AsyncClient)
+    search = inspect.signature(cls.search)
+    assert {"min_score", "region", "image", "contsign", "rn"} <= set(search.parameters)
+    assert search.return_annotation == "SearchResult"
+    assert "Usage::" in pydoc.render_doc(module, renderer=pydoc.plaintext)
+
+
+def test_search_by_region_and_min_score_and_briefs_as_text(daemon: Daemon) -> None:
+    client = make_client(daemon, "region-client")
+    client.signup()
+    left, right = picture(31), picture(32)
+    panels = picture(0, (640, 240))
+    panels.paste(left, (0, 0))
+    panels.paste(right, (320, 0))
+    client.add(encode(left), "left, ünïcode")
+    client.add(encode(right), b"\xff\xfe binary")
+    box = {"x": 0.5, "y": 0, "w": 0.5, "h": 1, "unit": "fraction"}
+    hits = client.search(image=encode(panels), region=box, rn=1)
+    assert hits[0].brief == b"\xff\xfe binary"
+    hits = client.search(image=encode(left), min_score=0.99)
+    assert [hit.brief_text for hit in hits] == ["left, ünïcode"]
+
+
+def test_add_folder_from_both_clients(daemon: Daemon, photo_dir: Path) -> None:
+    client = make_client(daemon)
+    with pytest.raises(ClientError, match="does not exist"):
+        client.add_folder(photo_dir, appid="folder-client")
+    stats = client.add_folder(photo_dir, appid="folder-client", signup=True)
+    assert (stats.added, stats.duplicates, stats.failed) == (10, 1, 1)
+    assert stats.failures[0][0] == "sub/broken.jpg"
+    stored = {item.brief_text for item in client.iter_items("folder-client")}
+    assert {"p00.jpg", "sub/p09.jpg"} <= stored and len(stored) == 10
+
+    async def again() -> tuple[int, int]:
+        ports = daemon.ports
+        async with AsyncClient(
+            "127.0.0.1", ports["search"], ports["feature"], ports["admin"], appid="folder-client"
+        ) as aclient:
+            stats = await aclient.add_folder(str(photo_dir))
+            return stats.added, stats.duplicates
+
+    assert asyncio.run(again()) == (0, 11)
+    with pytest.raises(ClientError, match="is not a directory on this machine"):
+        client.add_folder(photo_dir / "missing", appid="folder-client")
+
+
+# ------------------------------------------------------------------------ a CLI that does the job
+
+
+def test_every_command_help_opens_with_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    from same_search.cli.main import COMMANDS
+
+    for argv in [[name] for name in COMMANDS] + [["jobs", action] for action in ("list", "start", "show")]:
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        paragraphs = capsys.readouterr().out.split("\n\n")
+        assert not paragraphs[1].startswith(("options:", "positional arguments:")), argv
+
+
+def test_cli_signup_remove_delete_library(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], photo_dir: Path, tmp_path: Path
+) -> None:
+    code, out, _ = run_cli(daemon, capsys, "signup", "--appid", "cli-manage")
+    assert code == 0 and "created library cli-manage" in out
+    code, _, err = run_cli(daemon, capsys, "signup", "--appid", "cli-manage")
+    assert code == 1 and "err_no 104" in err
+    (photo_dir / "sub" / "broken.jpg").unlink()
+    code, out, _ = run_cli(daemon, capsys, "import", str(photo_dir), "--appid", "cli-manage")
+    assert code == 0 and "10 added" in out
+
+    briefs = tmp_path / "briefs.txt"
+    briefs.write_text("p00.jpg\nsub/p06.jpg\nnot-stored.jpg\n")
+    signs = tmp_path / "signs.txt"
+    signs.write_text(f"{contsign_of(jpeg(102))}\n")
+    code, out, _ = run_cli(
+        daemon,
+        capsys,
+        "remove",
+        "--appid",
+        "cli-manage",
+        str(contsign_of(jpeg(101))),
+        "--image",
+        str(photo_dir / "p03.jpg"),
+        "--contsigns-file",
+        str(signs),
+        "--briefs-file",
+        str(briefs),
+    )
+    assert code == 0 and "removed 5 of 5 items from cli-manage" in out
+    left = {item.brief_text for item in make_client(daemon).iter_items("cli-manage")}
+    assert left == {"p04.jpg", "p05.jpg", "sub/p07.jpg", "sub/p08.jpg", "sub/p09.jpg"}
+    code, _, err = run_cli(daemon, capsys, "remove", "--appid", "cli-manage", "12")
+    assert code == 2 and "not a contsign" in err
+
+    code, _, err = run_cli(daemon, capsys, "delete-library", "--appid", "cli-manage")
+    assert code == 2 and "--yes" in err
+    code, out, _ = run_cli(daemon, capsys, "delete-library", "--appid", "cli-manage", "--yes")
+    assert code == 0 and "deleted library cli-manage (5 items)" in out
+    assert "cli-manage" not in {lib["appid"] for lib in make_client(daemon).libraries()}
+
+
+def test_cli_jobs_start_show_list_cancel(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], photo_dir: Path
+) -> None:
+    make_client(daemon, "cli-jobs").signup()
+    code, out, err = run_cli(
+        daemon, capsys, "jobs", "start", "--appid", "cli-jobs", "--dir", str(photo_dir), "--wait"
+    )
+    assert code == 0, err
+    job_id = int(out.split()[1])
+    assert f"job {job_id} done: dir {photo_dir} into cli-jobs" in out
+    assert "12/12 done, 10 added, 1 duplicates, 1 failed" in out
+    assert "failed: sub/broken.jpg: err_no 100" in out
+    code, out, _ = run_cli(daemon, capsys, "jobs", "show", str(job_id))
+    assert code == 0 and f"job {job_id} done" in out
+    code, out, _ = run_cli(daemon, capsys, "jobs")
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["id", "status", "appid"]
+    assert any(line.split()[:3] == [str(job_id), "done", "cli-jobs"] for line in out.splitlines())
+    code, out, _ = run_cli(daemon, capsys, "jobs", "cancel", str(job_id))
+    assert code == 0 and f"job {job_id} done at 12/12" in out  # an ended job stays as it ended
+    code, _, err = run_cli(daemon, capsys, "jobs", "start", "--appid", "cli-jobs", "--dir", "/nowhere/x")
+    assert code == 1 and "err_no 1" in err
+
+
+def test_cli_search_region_and_export_without_vectors(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    client = make_client(daemon, "cli-region")
+    client.signup()
+    client.add(encode(picture(41)), "left")
+    client.add(encode(picture(42)), "right")
+    panels = picture(0, (640, 240))
+    panels.paste(picture(41), (0, 0))
+    panels.paste(picture(42), (320, 0))
+    query = tmp_path / "panels.jpg"
+    query.write_bytes(encode(panels))
+    for box, extra in (("320,0,320,240", []), ("0.5,0,0.5,1", ["--fraction"])):
+        code, out, _ = run_cli(
+            daemon,
+            capsys,
+            "search",
+            str(query),
+            "--appid",
+            "cli-region",
+            "--rn",
+            "1",
+            "--region",
+            box,
+            *extra,
+        )
+        assert code == 0 and out.splitlines()[1].split()[-1] == "right"
+    code, _, err = run_cli(daemon, capsys, "search", str(query), "--appid", "cli-region", "--region", "1,2")
+    assert code == 2 and "X,Y,W,H" in err
+
+    bare = tmp_path / "bare.zip"
+    code, _, err = run_cli(daemon, capsys, "export", "--appid", "cli-region", "--out", str(bare))
+    assert code == 0 and "warning" in err and "--vectors" in err
+    code, _, err = run_cli(daemon, capsys, "import", str(bare), "--appid", "cli-region-copy")
+    assert code == 1 and "--vectors" in err and "?vectors" not in err
+    full = tmp_path / "full.zip"
+    code, _, err = run_cli(daemon, capsys, "export", "--appid", "cli-region", "--out", str(full), "--vectors")
+    assert code == 0 and "warning" not in err
+    code, out, _ = run_cli(daemon, capsys, "import", str(full), "--appid", "cli-region-copy")
+    assert code == 0 and "imported 2 items" in out
+
+
+# ------------------------------------------------------------------------------------- folder sync
+
+
+def _wait_job(client: Client, job_id: int, timeout: float = 120) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (job := client.job(job_id))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
+
+
+def _briefs(client: Client, appid: str) -> dict[str, str]:
+    return {item.brief_text: str(item.contsign) for item in client.iter_items(appid)}
+
+
+def test_folder_sync_adds_updates_removes_and_is_idempotent(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "followed"
+    folder.mkdir()
+    for n in range(1, 6):
+        (folder / f"f{n}.jpg").write_bytes(jpeg(300 + n))
+    client = make_client(daemon)
+    client.create_library("followed")
+    code, out, err = run_cli(
+        daemon,
+        capsys,
+        "jobs",
+        "start",
+        "--appid",
+        "followed",
+        "--sync",
+        str(folder),
+        "--remove-missing",
+        "--wait",
+    )
+    assert code == 0, err
+    assert "5/5 done, 5 added, 0 updated, 0 removed, 0 unchanged, 0 failed" in out
+    assert _briefs(client, "followed") == {f"f{n}.jpg": str(contsign_of(jpeg(300 + n))) for n in range(1, 6)}
+
+    (folder / "f1.jpg").write_bytes(jpeg(311))  # changed content: its item is replaced
+    (folder / "sub").mkdir()
+    (folder / "f2.jpg").rename(folder / "sub" / "f2b.jpg")  # moved: its item follows
+    (folder / "f3.jpg").unlink()  # gone: its item is removed
+    (folder / "f6.jpg").write_bytes(jpeg(306))  # new
+    (folder / "f4copy.jpg").write_bytes(jpeg(304))  # a second copy of a stored picture
+    job = _wait_job(client, client.create_job("followed", sync=str(folder), remove_missing=True)["id"])
+    counts = {
+        key: job[key] for key in ("status", "total", "done", "updated", "removed", "duplicates", "failed")
+    }
+    assert counts == {
+        "status": "done",
+        "total": 6,
+        "done": 1,
+        "updated": 2,
+        "removed": 1,
+        "duplicates": 3,
+        "failed": 0,
+    }
+    expected = {
+        "f1.jpg": str(contsign_of(jpeg(311))),
+        "sub/f2b.jpg": str(contsign_of(jpeg(302))),
+        "f4.jpg": str(contsign_of(jpeg(304))),
+        "f5.jpg": str(contsign_of(jpeg(305))),
+        "f6.jpg": str(contsign_of(jpeg(306))),
+    }
+    assert _briefs(client, "followed") == expected
+
+    again = _wait_job(client, client.create_job("followed", sync=str(folder), remove_missing=True)["id"])
+    assert (again["done"], again["updated"], again["removed"], again["duplicates"]) == (0, 0, 0, 6)
+    assert _briefs(client, "followed") == expected
+
+    (folder / "f5.jpg").unlink()  # without remove_missing a gone file's item stays
+    kept = _wait_job(client, client.create_job("followed", sync=str(folder))["id"])
+    assert (
+        kept["removed"] == 0 and kept["remove_missing"] is False and "f5.jpg" in _briefs(client, "followed")
+    )
+    with pytest.raises(BadRequest, match="remove_missing"):
+        client.create_job("followed", directory=str(folder), remove_missing=True)
+
+
+def test_folder_sync_survives_a_restart(daemon: Daemon, tmp_path: Path) -> None:
+    """Killed mid-run (SIGKILL), the sync job resumes from its last chunk when the daemon is
+    back and ends with the library equal to the folder. Runs last: it restarts the module's daemon."""
+    import time
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for n in range(160):
+        (folder / f"img{n:03d}.jpg").write_bytes(encode(picture(500 + n, (96, 96))))
+    client = make_client(daemon)
+    client.create_library("sync-restart")
+    job_id = client.create_job("sync-restart", sync=str(folder), remove_missing=True)["id"]
+    deadline = time.monotonic() + 120
+    while (job := client.job(job_id))["position"] == 0:
+        assert time.monotonic() < deadline and job["status"] in ("queued", "running"), job
+        time.sleep(0.02)
+    daemon.kill()
+    assert job["position"] < job["total"], "the job ended before the kill: nothing was resumed"
+    daemon.start()
+    job = _wait_job(client, job_id)
+    assert job["status"] == "done" and job["position"] == job["total"] == 160 and job["failed"] == 0
+    assert set(_briefs(client, "sync-restart")) == {f"img{n:03d}.jpg" for n in range(160)}
+
+
+def test_an_item_without_thumbnail_has_a_placeholder_image_on_request(daemon: Daemon, tmp_path: Path) -> None:
+    """Items loaded from an export have no thumbnail: the API says so (err_no 102), and with
+    ``?placeholder=1`` (what the console asks) answers an image instead of JSON."""
+    import urllib.request
+
+    client = make_client(daemon, "thumbless")
+    client.signup()
+    sign = client.add(jpeg(61), "x")
+    client.import_library("thumbless-copy", client.export_library("thumbless", vectors=True))
+    with pytest.raises(NotFound):
+        client.thumbnail("thumbless-copy", sign)
+    url = daemon.url("admin", f"/api/libraries/thumbless-copy/items/{sign}/thumbnail?placeholder=1")
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.headers.get_content_type() == "image/svg+xml" and b"<svg" in answer.read()
+    with urllib.request.urlopen(url.replace("thumbless-copy", "thumbless"), timeout=10) as answer:
+        assert answer.read()[:2] == JPEG_MAGIC  # a stored thumbnail is served as always

@@ -119,3 +119,109 @@ def test_the_library_page_starts_a_rebuild_and_follows_it_to_the_end(daemon, pag
     assert not page.locator("#rebuild-start").is_disabled()
     page.reload()
     assert page.locator("#rebuild").inner_text().startswith("Last rebuild (manual): done after")
+
+
+# ---- a console that keeps up: live overview, search layout and "more", placeholder thumbnails
+
+
+def test_overview_refreshes_items_job_message_and_uptime_while_a_job_runs(daemon, page, tmp_path: Path):
+    """The library table's item count follows an import as it runs, without a reload."""
+    folder = tmp_path / "live"
+    folder.mkdir()
+    for seed in range(60, 64):
+        (folder / f"{seed}.jpg").write_bytes(jpeg(seed))
+    assert daemon.rts("signup", appid="live")["err_no"] == 0
+    page.goto(daemon.url("admin", "/"))
+    count = page.locator("table.libraries tr[data-appid=live] td.items")
+    assert count.inner_text() == "0"
+    uptime = page.locator("#uptime").inner_text()
+    page.select_option("#new-job select", "live")
+    page.fill("#new-job input[name=dir]", str(folder))
+    page.click("#new-job button")
+    page.wait_for_function(
+        "document.querySelector('table.libraries tr[data-appid=live] td.items').textContent === '4'",
+        timeout=60_000,
+    )
+    page.wait_for_selector("#new-job .message:has-text('done (4/4)')", timeout=10_000)
+    page.wait_for_function(f"document.getElementById('uptime').textContent !== {uptime!r}", timeout=5_000)
+
+
+def test_search_shows_count_time_more_and_the_query_beside_the_results(daemon, page, tmp_path: Path):
+    assert daemon.rts("signup", appid="many")["err_no"] == 0
+    for seed in range(100, 130):
+        added = daemon.rts("add", appid="many", image=b64(jpeg(seed)), features=[brief(f"many {seed}")])
+        assert added["err_no"] == 0
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg(105))
+    page.goto(daemon.url("admin", "/libraries/many"))
+    assert page.locator("#more").is_hidden() and page.locator("#query").is_hidden()
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#search-status[data-count='24']", timeout=30_000)
+    status = page.locator("#search-status").inner_text()
+    assert status.startswith("24 results in ") and " ms (more available), by descending score" in status
+    assert page.locator("#results .card .brief").first.inner_text() == "many 105"
+    figure, results = page.locator("#query").bounding_box(), page.locator("#results").bounding_box()
+    assert figure and results and figure["x"] + figure["width"] <= results["x"]  # beside, not below
+    assert abs(figure["y"] - results["y"]) < 80
+    page.wait_for_function("document.getElementById('query-image').naturalWidth > 0")
+    page.click("#more")
+    page.wait_for_selector("#search-status[data-count='30']", timeout=30_000)
+    assert page.locator("#more").is_hidden()
+    assert page.locator("#search-status").inner_text().startswith("30 results in ")
+    briefs = page.locator("#results .card .brief").all_inner_texts()
+    assert sorted(briefs) == sorted(f"many {seed}" for seed in range(100, 130))
+    page.fill("#min-score", "0.99")  # a score filter: only the picture itself scores that high
+    page.set_input_files("#file", [])
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#search-status[data-count='1']", timeout=30_000)
+    assert page.locator("#more").is_hidden()
+
+
+def test_items_without_thumbnail_show_a_placeholder_image(daemon, page, tmp_path: Path):
+    """A library loaded from an export (vectors, no thumbnails) shows placeholder tiles, not
+    broken images, on its page and in search results."""
+    client = daemon.client()
+    client.import_library("from-export", client.export_library("shop", vectors=True))
+    page.goto(daemon.url("admin", "/libraries/from-export"))
+    page.wait_for_function(
+        "[...document.querySelectorAll('.grid img')].every((i) => i.complete && i.naturalWidth > 0)"
+    )
+    assert page.locator(".grid img").count() >= 6
+    query = tmp_path / "q.jpg"
+    query.write_bytes(jpeg(2))
+    page.set_input_files("#file", str(query))
+    page.wait_for_selector("#results .card")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].every((i) => i.complete && i.naturalWidth > 0)"
+    )
+
+
+def test_the_job_form_starts_a_sync_and_the_item_page_deletes(daemon, page, tmp_path: Path):
+    folder = tmp_path / "followed"
+    folder.mkdir()
+    for seed in (70, 71):
+        (folder / f"{seed}.jpg").write_bytes(jpeg(seed))
+    assert daemon.rts("signup", appid="followed")["err_no"] == 0
+    page.goto(daemon.url("admin", "/"))
+    page.select_option("#new-job select[name=appid]", "followed")
+    page.fill("#new-job input[name=dir]", str(folder))
+    page.select_option("#new-job select[name=kind]", "sync")
+    page.check("#new-job input[name=remove_missing]")
+    page.click("#new-job button")
+    page.wait_for_selector("#new-job .message:has-text('done (2/2)')", timeout=60_000)
+    assert f"sync {folder} (removes gone files)" in page.locator("#jobs tr").first.inner_text()
+    (folder / "70.jpg").unlink()
+    page.click("#new-job button")
+    page.wait_for_function(
+        "document.querySelector('table.libraries tr[data-appid=followed] td.items').textContent === '1'",
+        timeout=60_000,
+    )
+    page.wait_for_selector("#jobs tr[data-status=done]:has-text('1 removed')", timeout=10_000)
+
+    page.goto(daemon.url("admin", "/libraries/followed"))
+    page.locator(".grid .card").first.click()
+    page.wait_for_selector("#delete-item")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete-item")
+    page.wait_for_url("**/libraries/followed")
+    assert page.locator(".grid .card").count() == 0

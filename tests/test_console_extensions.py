@@ -137,3 +137,30 @@ def test_duplicates_view_shows_groups_and_removes_extras(daemon, page, tmp_path:
     page.wait_for_selector("#dup-message:has-text('Removed 2 extras')", timeout=30_000)
     assert page.locator(".dup-group").count() == 0
     assert daemon.rts("snapshot", appid="shop")["snapshot"]["index_size"] == len(PICTURES) - 2
+
+
+def test_duplicates_review_keeps_what_the_operator_picks_per_item(daemon, page):
+    """Each group side by side; untick the extra and tick the kept copy: only the ticked goes."""
+    assert daemon.rts("signup", appid="review")["err_no"] == 0
+    for name in ("p1", "p1 copy", "p3"):
+        assert (
+            daemon.rts("add", appid="review", image=b64(PICTURES[name]), features=[brief(name)])["err_no"]
+            == 0
+        )
+    page.goto(daemon.url("admin", "/libraries/review/duplicates"))
+    page.click("#dup-scan button")
+    page.wait_for_selector(".dup-group", timeout=30_000)
+    group = page.locator(".dup-group")
+    assert group.count() == 1
+    kept, extra = group.locator(".member").nth(0), group.locator(".member").nth(1)
+    assert kept.locator(".brief").inner_text() == "p1" and extra.locator(".brief").inner_text() == "p1 copy"
+    boxes = kept.bounding_box(), extra.bounding_box()
+    assert boxes[0] and boxes[1] and abs(boxes[0]["y"] - boxes[1]["y"]) < 5  # side by side
+    assert not kept.locator(".remove-tick").is_checked() and extra.locator(".remove-tick").is_checked()
+    kept.locator(".remove-tick").check()  # keep the copy, remove the original
+    extra.locator(".remove-tick").uncheck()
+    group.locator(".remove-ticked").click()
+    page.wait_for_selector(".dup-group .message:has-text('Removed 1; 1 kept.')", timeout=30_000)
+    assert [m.inner_text() for m in group.locator(".member .brief").all()] == ["p1 copy"]
+    stored = {item.brief_text for item in daemon.client().iter_items("review")}
+    assert stored == {"p1 copy", "p3"}

@@ -56,5 +56,8 @@ def test_models_table_and_reembed_button(daemon, page, tmp_path: Path):
     )
     page.screenshot(path=str(tmp_path / "console-reembed.png"))
     assert daemon.get("admin", "/api/libraries/shop")["library"]["model_name"] == "default"
+    # Reloaded (as the page does itself to show the new model), the outcome stays on it.
+    page.reload()
+    page.wait_for_selector("#reembed-progress:has-text('Done: the library now serves model default')")
     page.goto(daemon.url("admin", "/"))
     assert models_rows(page) == {"default": "shop", "a": "none"}

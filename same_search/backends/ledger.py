@@ -24,6 +24,7 @@ class JobLedger(Protocol):
         total: int,
         dup_policy: str | None = None,
         dup_min_score: float | None = None,
+        remove_missing: bool = False,
     ) -> int:
         """A queued job (with its own near-duplicate policy, if any); returns its id."""
 

@@ -89,6 +89,13 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--rn", type=int, default=10, help="number of results (default 10)")
     search.add_argument("--min-score", type=float, help="only hits scoring at least this (-1 to 1)")
     search.add_argument(
+        "--region",
+        metavar="X,Y,W,H",
+        help="search with that box of the image only: pixels, or fractions of its width and height "
+        "with --fraction (x, y: the top-left corner)",
+    )
+    search.add_argument("--fraction", action="store_true", help="--region is in fractions (0 to 1)")
+    search.add_argument(
         "--order",
         choices=("score", "reranked"),
         help="override the library's ranking for this search: score (descending score, the spec's "
@@ -118,7 +125,12 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     export = commands.add_parser("export", parents=client, help="write a library to a ZIP file")
     export.add_argument("--appid", required=True, help="library to export")
     export.add_argument("--out", required=True, help="ZIP file to write")
-    export.add_argument("--vectors", action="store_true", help="include the stored vectors")
+    export.add_argument(
+        "--vectors",
+        action="store_true",
+        help="include the stored vectors: needed to load the ZIP with 'import' (without them it is "
+        "a listing of briefs, thumbnails and originals)",
+    )
     export.add_argument(
         "--no-originals",
         action="store_true",
@@ -158,6 +170,85 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--status", type=int, metavar="JOB", help="watch a job already started")
     what.add_argument("--cancel", type=int, metavar="JOB", help="cancel a job; the library keeps its model")
     reembed.add_argument("--no-wait", action="store_true", help="start (or show) the job and return")
+    _add_management_commands(commands, client)
+    for action in commands._choices_actions:  # every command's --help opens with what it does
+        chosen = commands.choices[action.dest]
+        if chosen.description is None and action.help:
+            chosen.description = action.help[0].upper() + action.help[1:] + "."
+
+
+def _add_management_commands(commands: argparse._SubParsersAction, client: list) -> None:
+    """Commands that mirror the management API: libraries, items, import jobs."""
+    signup = commands.add_parser("signup", parents=client, help="create a library")
+    signup.add_argument("--appid", required=True, help="library to create")
+    signup.add_argument("--model", help='model profile ("default" or a [models.<name>] name)')
+
+    delete = commands.add_parser(
+        "delete-library", parents=client, help="delete a library and every item it holds"
+    )
+    delete.add_argument("--appid", required=True, help="library to delete")
+    delete.add_argument("--yes", action="store_true", help="really delete (required)")
+
+    remove = commands.add_parser("remove", parents=client, help="remove items from a library")
+    remove.description = (
+        "Remove items named by contsign, by image file, or by brief (the library is listed to find "
+        "the items whose brief is one of those given). Removing an item that is not stored is not "
+        "an error; the summary says how many were stored."
+    )
+    remove.add_argument("--appid", required=True, help="library")
+    remove.add_argument("contsigns", nargs="*", metavar="SIGN1,SIGN2", help="contsigns of items")
+    remove.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file's item")
+    remove.add_argument(
+        "--contsigns-file", metavar="FILE", help="a file of contsigns, one SIGN1,SIGN2 per line"
+    )
+    remove.add_argument(
+        "--briefs-file",
+        metavar="FILE",
+        help="a file of briefs, one per line: the items whose brief is one of them (an import's "
+        "briefs are paths relative to its folder)",
+    )
+
+    jobs = commands.add_parser(
+        "jobs", parents=client, help="list, start, show or cancel server-side import jobs"
+    )
+    jobs.description = (
+        "Import jobs run inside the daemon and read a folder or manifest on the daemon's host; "
+        "they survive restarts. Without a subcommand, lists them."
+    )
+    actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    actions.add_parser("list", parents=client, help="every job, newest first", description="Every job.")
+    start = actions.add_parser(
+        "start", parents=client, help="start importing a folder or manifest on the daemon's host"
+    )
+    start.description = (
+        "Start an import job: a folder (every image under it) or a manifest (CSV or JSONL) on the "
+        "daemon's host; a relative path is made absolute here."
+    )
+    start.add_argument("--appid", required=True, help="library to add to")
+    source = start.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dir", help="folder on the daemon's host")
+    source.add_argument("--manifest", help="manifest file on the daemon's host")
+    source.add_argument(
+        "--sync",
+        metavar="DIR",
+        help="make the library follow this folder on the daemon's host: add new files, replace "
+        "changed ones (an item's brief is its file's relative path); run again to sync again",
+    )
+    start.add_argument(
+        "--remove-missing", action="store_true", help="with --sync: remove the items whose file is gone"
+    )
+    start.add_argument(
+        "--dup-policy", choices=("off", "warn", "reject"), help="the job's near-duplicate policy"
+    )
+    start.add_argument("--dup-min-score", type=float, help="score floor of a near-duplicate")
+    start.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    for name, what in (("show", "one job's progress and first errors"), ("cancel", "stop a job")):
+        action = actions.add_parser(
+            name, parents=client, help=what, description=what[0].upper() + what[1:] + "."
+        )
+        action.add_argument("job", type=int, metavar="JOB", help="job id")
+        if name == "show":
+            action.add_argument("--wait", action="store_true", help="show progress until the job ends")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

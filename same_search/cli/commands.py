@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from same_search.cli.common import EXIT_FAILED, client_for
+from same_search.cli.common import EXIT_FAILED, EXIT_USAGE, client_for
 from same_search.config import Config
 from same_search.files import write_atomically
 
@@ -16,10 +16,16 @@ def cmd_search(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     """Print the best matches of an image as a table."""
     image = Path(args.image).read_bytes()
     override = {"score": (0, False), "reranked": (2, True)}.get(args.order or "", (None, None))
+    try:
+        region = _region(args.region, args.fraction)
+    except ValueError as exc:
+        print(f"same_search: --region: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     hits = client_for(cfg, token, args.appid).search(
         image=image,
         rn=args.rn,
         min_score=args.min_score,
+        region=region,
         query_expansion=override[0],
         promote_same_picture=override[1],
     )
@@ -33,6 +39,20 @@ def cmd_search(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     if hits.has_more:
         print(f"(more results beyond {len(hits)}: raise --rn)")
     return 0
+
+
+def _region(text: str | None, fraction: bool) -> dict[str, float | str] | None:
+    """``X,Y,W,H`` as the wire's region (the daemon checks that the box fits the picture)."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise ValueError(f"expected X,Y,W,H, got {text!r}")
+    x, y, w, h = (float(part) for part in parts)
+    region: dict[str, float | str] = {"x": x, "y": y, "w": w, "h": h}
+    if fraction:
+        region["unit"] = "fraction"
+    return region
 
 
 def cmd_ranking(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
@@ -83,6 +103,12 @@ def cmd_export(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     out = Path(args.out)
     write_atomically(out, data)
     print(f"wrote {out} ({len(data)} bytes)")
+    if not args.vectors:
+        print(
+            f"same_search: warning: {out} has no vectors, so 'same_search import' cannot load it; "
+            "export with --vectors to move the library to another daemon",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +85,15 @@ class ImportStats:
 class Progress:
     """The progress line on stderr: rewritten in place on a terminal, a line every few seconds in logs."""
 
-    def __init__(self, stats: ImportStats, stream: TextIO) -> None:
+    def __init__(self, stats: ImportStats, stream: TextIO | None) -> None:
         self.stats = stats
         self.stream = stream
-        self.tty = stream.isatty()
+        self.tty = stream is not None and stream.isatty()
         self.interval = 0.5 if self.tty else 5.0
 
     def show(self, final: bool = False) -> None:
+        if self.stream is None:  # a library caller that asked for no progress line
+            return
         line = self.stats.progress()
         if self.tty:
             self.stream.write("\r\x1b[K" + line + ("\n" if final else ""))
@@ -173,13 +176,13 @@ def _failed(stats: ImportStats, brief: str, reason: str) -> None:
 async def _ensure_library(client: AsyncClient, appid: str, signup: bool) -> str | None:
     """``None`` when the library exists (created first with ``--signup``), else why not."""
     try:
-        await client.snapshot()
+        await client.snapshot(appid=appid)
         return None
     except NotSignedUp:
         if not signup:
-            return f"library {appid!r} does not exist; add --signup to create it"
+            return f"library {appid!r} does not exist; add --signup (signup=True) to create it"
     with contextlib.suppress(AlreadySignedUp):  # created meanwhile by someone else: fine
-        await client.signup()
+        await client.signup(appid=appid)
     return None
 
 
@@ -194,12 +197,15 @@ async def import_directory(
     appid: str,
     signup: bool,
     concurrency: int,
-    stream: TextIO,
+    stream: TextIO | None,
     max_bytes: int,
     policy: dict | None = None,
 ) -> ImportStats | str:
     """Add every image under ``root`` (the files a server folder job takes, see
-    :func:`find_images`) with ``concurrency`` adds in flight; a string says why not."""
+    :func:`find_images`) with ``concurrency`` adds in flight; a string says why not.
+
+    Each file's brief is its path relative to ``root``. Serves the CLI's ``import`` and the
+    clients' ``add_folder`` (``stream`` None: no progress line)."""
     problem = await _ensure_library(client, appid, signup)
     if problem is not None:
         return problem
@@ -212,12 +218,13 @@ async def import_directory(
     work = _work(root, names)
     seen: set = set()
     stats.near_policy = bool(policy)
+    fields = {"appid": appid, **(policy or {})}  # the adds name the library, whatever the client's
 
     async def worker() -> None:
         for path, brief in work:
             if stats.unreachable:
                 return
-            await _add_one(client, path, brief, max_bytes, stats, seen, policy)
+            await _add_one(client, path, brief, max_bytes, stats, seen, fields)
 
     ticker = asyncio.create_task(progress.run())
     try:
@@ -250,10 +257,28 @@ def cmd_import(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
 
 
 def cmd_import_export(args: argparse.Namespace, cfg: Config, token: str | None, path: Path) -> int:
-    """Load an export ZIP (with vectors) into ``--appid``, created when missing; nothing is embedded."""
+    """Load an export ZIP (with vectors) into ``--appid``, created when missing; nothing is embedded.
+
+    A ZIP without vectors is refused here, naming the flag that writes one, before it is sent."""
+    if not _has_vectors(path):
+        print(
+            f"same_search: {path} has no vectors.npy, so it cannot be imported: write it again with "
+            "'same_search export --appid APPID --vectors --out FILE'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     answer = client_for(cfg, token).import_library(args.appid, path.read_bytes())
     print(f"imported {answer['imported']} items into {args.appid} ({answer['duplicates']} already stored)")
     return 0
+
+
+def _has_vectors(path: Path) -> bool:
+    """Whether an export ZIP holds vectors (a file that is no ZIP is left to the daemon to refuse)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "vectors.npy" in archive.namelist()
+    except zipfile.BadZipFile:
+        return True
 
 
 async def _import(args: argparse.Namespace, cfg: Config, token: str | None, root: Path) -> ImportStats | str:

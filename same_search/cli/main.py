@@ -22,6 +22,7 @@ from same_search.cli.commands import (
 from same_search.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, Command
 from same_search.cli.daemon import run_daemon
 from same_search.cli.folder_import import cmd_import
+from same_search.cli.management import cmd_delete_library, cmd_jobs, cmd_remove, cmd_signup
 from same_search.client import (
     SameSearchError,
     TransportError,
@@ -90,4 +91,8 @@ COMMANDS: dict[str, Command] = {
     "snapshot": cmd_snapshot,
     "duplicates": cmd_duplicates,
     "reembed": cmd_reembed,
+    "signup": cmd_signup,
+    "delete-library": cmd_delete_library,
+    "remove": cmd_remove,
+    "jobs": cmd_jobs,
 }

@@ -50,8 +50,8 @@ def item_href(appid: str, key: str) -> str:
 
 
 def thumbnail_src(appid: str, key: str) -> str:
-    """The thumbnail of one item under the management API."""
-    return escape(f"/api/libraries/{segment(appid)}/items/{segment(key)}/thumbnail")
+    """The thumbnail of one item under the management API (a placeholder image when none is stored)."""
+    return escape(f"/api/libraries/{segment(appid)}/items/{segment(key)}/thumbnail?placeholder=1")
 
 
 def _library_link(appid: str) -> str:
@@ -80,7 +80,8 @@ def _page(services: Services, title: str, body: str, appid: str = "") -> web.Res
 <body data-appid="{escape(appid)}">
 <header><a class="brand" href="/">same_search</a>
 <span class="status" id="status">v{escape(health["version"])} · model {escape(info.model_id)} ({info.dim}-d, {escape(info.device)})
-· {health["libraries"]} libraries · up {health["uptime_s"]:.0f}s</span>{logout}</header>
+· <span id="library-count">{health["libraries"]}</span> libraries · up <span id="uptime"
+data-started="{time.time() - health["uptime_s"]:.0f}">{health["uptime_s"]:.0f}s</span></span>{logout}</header>
 <main>{body}</main>
 <script src="/static/console.js"></script></body></html>"""
     return web.Response(text=html, content_type="text/html", headers=FRAME_HEADERS)
@@ -92,20 +93,28 @@ def _error(services: Services, exc: ApiError) -> web.Response:
 
 
 def _results_block(label: str) -> str:
-    return f'<h2>{escape(label)}</h2><div class="grid" id="results"></div><p id="search-status"></p>'
+    """Search results: the query picture beside them, a status line (count, time, order) above,
+    and "More results" below while the daemon has more (console.js fills it)."""
+    return (
+        f'<h2>{escape(label)}</h2><div class="search-layout"><figure id="query" hidden>'
+        '<img id="query-image" alt="query picture"><figcaption>query</figcaption></figure>'
+        '<div class="results-column"><p id="search-status"></p><div class="grid" id="results"></div>'
+        '<p><button id="more" hidden>More results</button></p></div></div>'
+    )
 
 
 async def overview(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     libs = services.libraries
     rows = "".join(
-        f"<tr><td>{_library_link(s['appid'])}</td><td>{s['items']}</td>"
+        f'<tr data-appid="{escape(s["appid"])}"><td>{_library_link(s["appid"])}</td><td class="items">{s["items"]}</td>'
         f"<td>{s['search']}{_rebuilding(s['rebuild'])}</td><td>{escape(s['model'])}</td>"
         f"<td>{_when(s['last_index_save'])}</td></tr>"
         for s in [await libs.stats.of(lib) for lib in await libs.registry.all()]
     )
     rows += "".join(
-        f'<tr class="unavailable"><td>{escape(appid)}</td><td colspan="4" class="error">unavailable: '
+        f'<tr class="unavailable" data-appid="{escape(appid)}"><td>{escape(appid)}</td>'
+        f'<td colspan="4" class="error">unavailable: '
         f"{escape(aside.reason)} (POST /api/libraries/{escape(appid)}/repair drops the rows that cannot "
         "be loaded)</td></tr>"
         for appid, aside in libs.unavailable.items()
@@ -121,7 +130,9 @@ async def overview(request: web.Request) -> web.Response:
 <h1>Import jobs</h1>
 <form id="new-job" class="inline"><select name="appid">{options}</select>
 <input name="dir" placeholder="/absolute/folder/on/the/server" size="40" required>
-<button>Import folder</button> <span class="message"></span></form>
+<select name="kind"><option value="dir">Import folder</option><option value="sync">Sync folder (follow it)</option></select>
+<label><input type="checkbox" name="remove_missing"> remove items whose file is gone (sync)</label>
+<button>Start</button> <span class="message"></span></form>
 <table class="jobs"><thead><tr><th>job</th><th>library</th><th>source</th><th>status</th><th>progress</th>
 <th>failed</th><th>duplicates</th><th>near-duplicates</th><th>images/s</th><th>ETA</th><th></th></tr></thead><tbody id="jobs"></tbody></table>
 """
@@ -160,6 +171,8 @@ async def library(request: web.Request) -> web.Response:
 <input type="file" id="file" accept="image/*"></label>, to search this library.
 <label class="option"><input type="checkbox" id="same-picture"> only the same picture (possibly
 edited), boxed where the copy is</label></div>
+<p class="inline"><label>Only hits scoring at least <input id="min-score" type="number" step="0.01"
+min="-1" max="1" size="5" placeholder="any"></label> (applies to the next search)</p>
 {_results_block("Results")}
 {_library_extensions(appid)}
 {_reembed_panel(services, stats)}
@@ -258,6 +271,8 @@ async def item(request: web.Request) -> web.Response:
 <dt>contsign</dt><dd>{{"sign1": {sign1}, "sign2": {sign2}}}</dd><dt>tags</dt><dd>{escape(tags)}</dd>
 <dt>added</dt><dd>{_when(created)}</dd><dt>updated</dt><dd>{_when(updated)}</dd></dl></div>
 <button id="similar" data-contsign="{key}">Find similar</button>
+<button id="delete-item" data-path="{escape(f"/api/libraries/{segment(lib.row.appid)}/items/{segment(key)}")}"
+data-back="{library_href(lib.row.appid)}">Delete this item</button> <span id="delete-status"></span>
 {_results_block("Similar items")}
 """
     return _page(services, _brief_text(entry.brief), body, lib.row.appid)

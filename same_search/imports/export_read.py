@@ -140,7 +140,10 @@ def _entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     if "meta.json" not in entries or "items.jsonl" not in entries:
         raise _refuse("not a same_search export: meta.json and items.jsonl are required")
     if "vectors.npy" not in entries:
-        raise bad_request("this export has no vectors.npy; export with ?vectors=1 to import it elsewhere")
+        raise bad_request(
+            "this export has no vectors.npy; export with ?vectors=1 (same_search export --vectors) "
+            "to import it elsewhere"
+        )
     for name in ("meta.json", "items.jsonl", "vectors.npy"):
         info = entries[name]
         if info.flag_bits & 0x1:

@@ -30,6 +30,7 @@ from same_search.errors import ApiError, ErrNo
 from same_search.imports.detached import run_detached
 from same_search.imports.retry import backoff_s, retryable
 from same_search.imports.sources import Entry, EntryError, Source, SourceError, open_source
+from same_search.imports.sync import SyncPlan
 from same_search.libraries import DuplicateAdd, Library, LibraryService, NearDuplicateAdd
 from same_search.near_duplicates import DupPolicy, resolve
 from same_search.records import JobRow, NewItem
@@ -69,6 +70,8 @@ class ImportJobs:
         self._rates: dict[int, tuple[float, int]] = {}  # job id -> (start time, position at start)
         self._task: asyncio.Task | None = None
         self._stopping = False
+        #: The library as a sync job found it (None while an import job runs).
+        self._plan: SyncPlan | None = None
 
     async def start(self) -> None:
         """Delete orphaned uploads, then start the runner; jobs left queued or running resume."""
@@ -96,17 +99,19 @@ class ImportJobs:
         source: str,
         dup_policy: str | None = None,
         dup_min_score: float | None = None,
+        remove_missing: bool = False,
     ) -> JobRow:
         """Queue a job; the library must exist and the source must be readable.
 
         ``dup_policy``/``dup_min_score`` are the job's own near-duplicate policy, kept with the
-        job; left None, the library's default when the job runs applies.
+        job; left None, the library's default when the job runs applies. ``remove_missing``: a
+        sync job (kind ``sync``) also removes the items whose file is gone.
         """
         await self.libraries.get(appid)
         opened = await self._open(kind, source)
         opened.close()
         job_id = await self.store.create_job(
-            appid, kind, source, len(opened.entries), dup_policy, dup_min_score
+            appid, kind, source, len(opened.entries), dup_policy, dup_min_score, remove_missing
         )
         self._wake.set()
         log.info(
@@ -154,6 +159,7 @@ class ImportJobs:
         remaining = job.total - job.position
         return {
             **asdict(job),
+            "remove_missing": bool(job.remove_missing),
             "images_per_s": round(rate, 2) if rate else None,
             "eta_s": round(remaining / rate, 1) if rate and job.status == "running" else None,
             "errors": [
@@ -218,6 +224,7 @@ class ImportJobs:
                         await self._finish(job, "failed")
                 finally:
                     self._running = None
+                    self._plan = None
 
     async def _run_job(self, job: JobRow) -> None:
         self._running = job  # from here a cancel is the runner's to act on
@@ -233,6 +240,8 @@ class ImportJobs:
             await self._finish(job, "failed")
             return
         with source:
+            if job.kind == "sync":  # what the library holds, read again at every (re)start
+                self._plan = await SyncPlan(self.libraries, lib, [e.name for e in source.entries]).read()
             job.status, job.total = "running", len(source.entries)
             await self.store.save_job_progress(job)  # "running" shows at once, not after a chunk
             self._rates[job.id] = (time.monotonic(), job.position)
@@ -249,6 +258,8 @@ class ImportJobs:
         if job.id in self._cancelled:  # checked last: a cancel during the last chunk counts too
             await self._finish(job, "cancelled")
         elif job.position >= job.total:
+            if self._plan is not None and job.remove_missing:  # idempotent: redone after a restart
+                job.removed += await self._plan.remove_missing()
             await self._finish(job, "done")
         else:
             log.info("import job %d paused at %d/%d for shutdown", job.id, job.position, job.total)
@@ -284,7 +295,9 @@ class ImportJobs:
         gate = asyncio.Semaphore(self.concurrency)
         errors: list[tuple[str, int, str]] = []
         outcomes: list[str] = []
-        batch: list[tuple[Entry, NewItem]] | None = None if _policy(job, lib).active else []
+        # A sync decides file by file from what is stored: no batch.
+        batching = not _policy(job, lib).active and self._plan is None
+        batch: list[tuple[Entry, NewItem]] | None = [] if batching else None
 
         async def one(entry: Entry) -> None:
             async with gate:
@@ -319,6 +332,7 @@ class ImportJobs:
         job.duplicates += outcomes.count("duplicate")
         job.near_duplicates += outcomes.count("near_duplicate") + outcomes.count("done_near_duplicate")
         job.failed += outcomes.count("failed")
+        job.updated += outcomes.count("updated")
         return errors
 
     async def _import_one(
@@ -330,15 +344,38 @@ class ImportJobs:
         batch: list[tuple[Entry, NewItem]] | None = None,
     ) -> str | tuple[str, int, str]:
         """The outcome of one entry: ``"done"``, ``"duplicate"``, ``"near_duplicate"`` (refused by
-        the policy), ``"done_near_duplicate"`` (stored with a warning), or the failure
-        ``(file, err_no, reason)``. With a ``batch``, the embedded item joins it instead of being
-        stored (outcome ``EMBEDDED``): the chunk stores the batch at once."""
+        the policy), ``"done_near_duplicate"`` (stored with a warning), ``"updated"`` (a sync job
+        replaced or renamed its item), or the failure ``(file, err_no, reason)``. With a
+        ``batch``, the embedded item joins it instead of being stored (outcome ``EMBEDDED``): the
+        chunk stores the batch at once."""
         try:
             data = await run_detached(source.read, entry, timeout=READ_TIMEOUT_S)
         except EntryError as exc:
             return (entry.name, int(ErrNo.BAD_REQUEST), str(exc))
         except TimeoutError:
             return (entry.name, int(ErrNo.BAD_REQUEST), f"reading took more than {READ_TIMEOUT_S:g}s")
+        old = None
+        if self._plan is not None:  # a sync job: the file may be stored already, moved or changed
+            try:
+                settled = await self._plan.settle(entry.brief, data)
+            except ApiError as exc:
+                return (entry.name, int(exc.err_no), exc.err_msg)
+            if isinstance(settled, str):
+                return settled
+            old = settled
+        outcome = await self._add(job, lib, entry, data, batch)
+        if self._plan is not None and outcome in ("done", "done_near_duplicate"):
+            try:
+                await self._plan.stored(entry.brief, data, old)
+            except ApiError as exc:  # the new item is stored; the old one stays until the next sync
+                return (entry.name, int(exc.err_no), exc.err_msg)
+            return "updated" if old is not None else outcome
+        return outcome
+
+    async def _add(
+        self, job: JobRow, lib: Library, entry: Entry, data: bytes, batch: list[tuple[Entry, NewItem]] | None
+    ) -> str | tuple[str, int, str]:
+        """Add one entry's bytes, retrying "not now"; the outcome as :meth:`_import_one` says."""
         policy = _policy(job, lib)
         attempt = 0
         while True:

@@ -68,7 +68,7 @@ class Source:
 
 def open_source(kind: str, source: str, max_bytes: int) -> Source:
     """Open and list a source (blocking: run it in a worker thread); :class:`SourceError` if unusable."""
-    if kind == "dir":
+    if kind in ("dir", "sync"):  # a sync job reads a folder as a folder import does
         return FolderSource(Path(source), max_bytes)
     if kind == "zip":
         return ZipSource(Path(source), max_bytes)

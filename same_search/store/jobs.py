@@ -15,7 +15,7 @@ from same_search.store.database import Database, Statement
 
 _JOB_COLUMNS = (
     "id, appid, kind, source, status, position, total, done, failed, duplicates, message, "
-    "created_at, updated_at, dup_policy, dup_min_score, near_duplicates"
+    "created_at, updated_at, dup_policy, dup_min_score, near_duplicates, updated, removed, remove_missing"
 )
 
 
@@ -30,6 +30,7 @@ class JobStore(Database):
         total: int,
         dup_policy: str | None = None,
         dup_min_score: float | None = None,
+        remove_missing: bool = False,
     ) -> int:
         """A queued job (with its own near-duplicate policy, if any); returns its id."""
         now = time.time()
@@ -38,8 +39,18 @@ class JobStore(Database):
                 [
                     (
                         "INSERT INTO jobs(appid, kind, source, status, total, created_at, updated_at, "
-                        "dup_policy, dup_min_score) VALUES (?,?,?,'queued',?,?,?,?,?)",
-                        (appid, kind, source, total, now, now, dup_policy, dup_min_score),
+                        "dup_policy, dup_min_score, remove_missing) VALUES (?,?,?,'queued',?,?,?,?,?,?)",
+                        (
+                            appid,
+                            kind,
+                            source,
+                            total,
+                            now,
+                            now,
+                            dup_policy,
+                            dup_min_score,
+                            int(remove_missing),
+                        ),
                     )
                 ]
             )
@@ -50,7 +61,7 @@ class JobStore(Database):
         statements: list[Statement] = [
             (
                 "UPDATE jobs SET status=?, position=?, total=?, done=?, failed=?, duplicates=?, message=?, "
-                "near_duplicates=?, updated_at=? WHERE id=?",
+                "near_duplicates=?, updated=?, removed=?, updated_at=? WHERE id=?",
                 (
                     job.status,
                     job.position,
@@ -60,6 +71,8 @@ class JobStore(Database):
                     job.duplicates,
                     job.message,
                     job.near_duplicates,
+                    job.updated,
+                    job.removed,
                     time.time(),
                     job.id,
                 ),
@@ -80,7 +93,7 @@ class JobStore(Database):
             sql += " WHERE id=?"
             params = (job_id,)
         async with self.reader.execute(sql + " ORDER BY id DESC", params) as cur:
-            return [JobRow(*row) for row in await cur.fetchall()]
+            return [JobRow(*row[:-1], bool(row[-1])) for row in await cur.fetchall()]
 
     async def job_errors(self, job_id: int, limit: int = 1000) -> list[tuple[str, int, str]]:
         """The first ``limit`` per-item failures of a job."""

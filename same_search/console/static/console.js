@@ -52,21 +52,29 @@ function matchPanel(left, right) {
   return el("div", { class: "match" }, boxed(...left), ...(right ? [boxed(...right)] : []));
 }
 
-function showResults(appid, answer, query) {
+// A thumbnail URL that answers a placeholder image when the item has no stored thumbnail.
+function withPlaceholder(url) {
+  return url + (url.includes("?") ? "&" : "?") + "placeholder=1";
+}
+
+// Shows a page of results: appended to those shown with {append: true} ("More results"); the
+// status line says how many, in how long, in which order, and whether the daemon has more.
+function showResults(appid, answer, how) {
+  const { append = false, ms = null, query = null } = how || {};
   const grid = document.getElementById("results");
   const status = document.getElementById("search-status");
-  grid.replaceChildren();
+  const more = document.getElementById("more");
+  if (!append) grid.replaceChildren();
+  if (more) more.hidden = true;
   if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; status.className = "error"; return; }
   status.className = "";
   const reranked = answer.ranking && answer.ranking.order === "reranked";
-  const order = reranked ? "Re-ranked (query expansion, confirmed copies first; ★ = same picture)"
-    : "By descending score";
-  status.textContent = answer.results.length ? order : "No results: the library is empty.";
-  status.dataset.order = answer.ranking ? answer.ranking.order : "score";
+  const order = reranked ? "re-ranked (query expansion, confirmed copies first; ★ = same picture)"
+    : "by descending score";
   for (const hit of answer.results) {
     const score = hit.score.toFixed(4) + (reranked && hit.same_picture ? " ★" : "");
     const card = el("a", { class: "card", href: `/libraries/${seg(appid)}/items/${seg(hit.key)}` },
-      el("img", { src: hit.thumbnail, alt: "" }),
+      el("img", { src: withPlaceholder(hit.thumbnail), alt: "" }),
       el("span", { class: "score" }, score),
       el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text));
     const r = hit.region;
@@ -76,6 +84,43 @@ function showResults(appid, answer, query) {
     }
     grid.append(card);
   }
+  const shown = grid.children.length;
+  const took = ms === null ? "" : ` in ${Math.round(ms)} ms`;
+  const plus = answer.has_more ? " (more available)" : "";
+  status.textContent = shown ? `${shown} results${took}${plus}, ${order}` : "No results: the library is empty.";
+  status.dataset.count = String(shown);
+  status.dataset.order = answer.ranking ? answer.ranking.order : "score";
+  if (more) more.hidden = !answer.has_more;
+}
+
+// The last search, so "More results" can ask for the next page of the same question.
+const PAGE = 24;
+let lastSearch = null;
+
+// Runs a search (path: the search URL without rn/pn) and shows its first page; the query picture
+// (a File or a URL) is shown beside the results.
+async function runSearch(appid, path, body, type, query) {
+  const floor = document.getElementById("min-score");
+  if (floor && floor.value !== "") path += `${path.includes("?") ? "&" : "?"}min_score=${encodeURIComponent(floor.value)}`;
+  path += searchOptions().replace(/^&/, path.includes("?") ? "&" : "?");
+  const shownQuery = query ? (typeof query === "string" ? query : URL.createObjectURL(query)) : null;
+  lastSearch = { appid, path, body, type, shown: 0, query: shownQuery };
+  const figure = document.getElementById("query");
+  if (figure && shownQuery) {
+    document.getElementById("query-image").src = shownQuery;
+    figure.hidden = false;
+  }
+  await searchPage(false);
+}
+
+async function searchPage(append) {
+  const search = lastSearch;
+  const pn = append ? document.getElementById("results").children.length : 0;
+  const started = performance.now();
+  const answer = await api("POST", `${search.path}${search.path.includes("?") ? "&" : "?"}rn=${PAGE}&pn=${pn}`,
+    search.body, search.type);
+  if (search !== lastSearch) return;  // a newer search started meanwhile
+  showResults(search.appid, answer, { append, ms: performance.now() - started, query: search.query });
 }
 
 function setUpRanking() {
@@ -96,8 +141,7 @@ function setUpRanking() {
 
 async function searchFile(appid, file) {
   document.getElementById("search-status").textContent = "Searching…";
-  showResults(appid, await api("POST", `/api/libraries/${seg(appid)}/search?rn=24${searchOptions()}`, file,
-    file.type || "application/octet-stream"), URL.createObjectURL(file));
+  await runSearch(appid, `/api/libraries/${seg(appid)}/search`, file, file.type || "application/octet-stream", file);
 }
 
 function setUpSearch() {
@@ -116,9 +160,20 @@ function setUpSearch() {
   const similar = document.getElementById("similar");
   if (similar) {
     similar.addEventListener("click", async () => {
-      const path = `/api/libraries/${seg(appid)}/search?rn=24&contsign=${encodeURIComponent(similar.dataset.contsign)}`;
-      const shown = document.querySelector(".detail img");
-      showResults(appid, await api("POST", path), shown ? shown.src : null);
+      const path = `/api/libraries/${seg(appid)}/search?contsign=${encodeURIComponent(similar.dataset.contsign)}`;
+      const picture = document.querySelector(".detail img");
+      await runSearch(appid, path, undefined, undefined, picture ? picture.src : null);
+    });
+  }
+  const more = document.getElementById("more");
+  if (more) more.addEventListener("click", () => lastSearch && searchPage(true));
+  const remove = document.getElementById("delete-item");
+  if (remove) {
+    remove.addEventListener("click", async () => {
+      if (!confirm("Delete this item from the library?")) return;
+      const answer = await api("DELETE", remove.dataset.path);
+      if (answer.err_no === 0) location.assign(remove.dataset.back);
+      else document.getElementById("delete-status").textContent = `err_no ${answer.err_no}: ${answer.err_msg}`;
     });
   }
 }
@@ -128,11 +183,38 @@ function formatEta(seconds) {
   return seconds > 120 ? `${Math.round(seconds / 60)} min` : `${Math.round(seconds)} s`;
 }
 
+// The overview's library table, library count and uptime: refreshed with the job list, so an
+// import's items show up while it runs. A library created or deleted elsewhere reloads the page.
+async function refreshLibraries() {
+  const rows = [...document.querySelectorAll("table.libraries tr[data-appid]")];
+  const answer = await api("GET", "/api/libraries");
+  if (answer.err_no !== 0) return;
+  const known = new Map(rows.map((row) => [row.dataset.appid, row]));
+  const listed = new Set(answer.libraries.map((lib) => lib.appid));
+  if ([...listed].some((appid) => !known.has(appid)) || [...known.keys()].some((appid) => !listed.has(appid))) {
+    if (rows.length || listed.size) { location.reload(); return; }
+  }
+  for (const lib of answer.libraries) {
+    const cell = known.get(lib.appid).querySelector(".items");
+    if (cell && lib.items !== null) cell.textContent = String(lib.items);
+  }
+  const count = document.getElementById("library-count");
+  if (count) count.textContent = String(listed.size);
+}
+
+function refreshUptime() {
+  const uptime = document.getElementById("uptime");
+  if (uptime) uptime.textContent = `${Math.max(0, Math.round(Date.now() / 1000 - Number(uptime.dataset.started)))}s`;
+}
+
 async function refreshJobs() {
   const body = document.getElementById("jobs");
   if (!body) return;
   const answer = await api("GET", "/api/jobs");
   if (answer.err_no !== 0) return;
+  const newJob = document.getElementById("new-job");
+  const started = newJob && answer.jobs.find((job) => String(job.id) === newJob.dataset.job);
+  if (started) newJob.querySelector(".message").textContent = `job ${started.id} ${started.status} (${started.position}/${started.total})`;
   body.replaceChildren(...answer.jobs.map((job) => {
     const share = job.total ? Math.round((100 * job.position) / job.total) : 100;
     const bar = el("span", { class: "progress", title: `${share}%` }, el("span", { style: `width:${share}%` }));
@@ -140,9 +222,13 @@ async function refreshJobs() {
     cancel.disabled = !["queued", "running"].includes(job.status);
     cancel.addEventListener("click", () => api("POST", `/api/jobs/${seg(job.id)}/cancel`).then(refreshJobs));
     return el("tr", { "data-status": job.status },
-      el("td", {}, String(job.id)), el("td", {}, job.appid), el("td", {}, job.source), el("td", {}, job.status),
+      el("td", {}, String(job.id)), el("td", {}, job.appid),
+      el("td", {}, job.kind === "sync" ? `sync ${job.source}${job.remove_missing ? " (removes gone files)" : ""}` : job.source),
+      el("td", {}, job.status),
       el("td", {}, bar, ` ${job.position}/${job.total}`), el("td", {}, String(job.failed)),
-      el("td", {}, String(job.duplicates)), el("td", { class: "near" }, String(job.near_duplicates ?? 0)),
+      el("td", { title: job.kind === "sync" ? "unchanged files" : "already stored" }, String(job.duplicates)
+        + (job.kind === "sync" ? ` · ${job.updated} updated · ${job.removed} removed` : "")),
+      el("td", { class: "near" }, String(job.near_duplicates ?? 0)),
       el("td", {}, job.images_per_s === null ? "" : String(job.images_per_s)),
       el("td", {}, formatEta(job.eta_s)), el("td", {}, cancel));
   }));
@@ -198,13 +284,21 @@ function setUpForms() {
   if (newJob) {
     newJob.addEventListener("submit", async (e) => {
       e.preventDefault();
-      const answer = await api("POST", "/api/jobs",
-        JSON.stringify({ appid: newJob.appid.value, source: { dir: newJob.dir.value } }), "application/json");
+      // "sync": the library follows the folder (new, changed, moved files; gone ones on request).
+      const kind = newJob.kind ? newJob.kind.value : "dir";
+      const job = { appid: newJob.appid.value, source: { [kind]: newJob.dir.value } };
+      if (kind === "sync" && newJob.remove_missing.checked) job.remove_missing = true;
+      const answer = await api("POST", "/api/jobs", JSON.stringify(job), "application/json");
       newJob.querySelector(".message").textContent = answer.err_no === 0 ? `job ${answer.job.id} queued` : answer.err_msg;
+      newJob.dataset.job = answer.err_no === 0 ? String(answer.job.id) : "";
       refreshJobs();
     });
   }
-  if (document.getElementById("jobs")) { refreshJobs(); setInterval(refreshJobs, 1500); }
+  if (document.getElementById("jobs")) {
+    const refresh = () => { refreshJobs(); refreshLibraries(); refreshUptime(); };
+    refresh();
+    setInterval(refresh, 1500);
+  }
 }
 
 // Only a page of this console may follow the login, never another site (no open redirect).

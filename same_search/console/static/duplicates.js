@@ -1,5 +1,7 @@
 // same_search console, duplicates view (extension): scan a library for near-duplicate groups, show
-// them as thumbnails with scores, remove the extras in one action. Uses api() and el() of console.js.
+// each group side by side, and either remove every extra in one action or review a group item by
+// item: tick what to remove (the extras start ticked, the kept copy not) and remove just those.
+// Uses api() and el() of console.js.
 "use strict";
 
 (function () {
@@ -14,8 +16,10 @@
 
   function card(member, kept, keep) {
     const href = `/libraries/${encodeURIComponent(appid)}/items/${member.key}`;
+    const tick = el("input", { type: "checkbox", class: "remove-tick", "data-key": member.key });
+    tick.checked = !kept;
     const shown = el("a", { class: kept ? "card kept" : "card", href, "data-key": member.key },
-      el("img", { src: member.thumbnail, alt: "" }),
+      el("img", { src: withPlaceholder(member.thumbnail), alt: "" }),
       el("span", { class: "score" }, kept ? "keep" : member.score.toFixed(4)),
       el("span", { class: "brief" }, member.brief_text === null ? "(binary brief)" : member.brief_text));
     const r = member.region;  // where this extra matched the kept item
@@ -23,7 +27,32 @@
       shown.append(matchPanel([keep.thumbnail, r.kept, r.kept_size, "kept"],
         [member.thumbnail, r.extra, r.extra_size, "this copy"]));
     }
-    return shown;
+    return el("div", { class: "member" }, shown, el("label", {}, tick, " remove"));
+  }
+
+  // Removes the ticked members of one group (one DELETE per item); what is left stays on screen.
+  async function removeTicked(box, status) {
+    const ticked = [...box.querySelectorAll(".remove-tick:checked")];
+    if (!ticked.length) { status.textContent = "Nothing ticked."; return; }
+    if (ticked.length === box.querySelectorAll(".remove-tick").length
+      && !confirm("Every copy in this group is ticked: remove them all?")) return;
+    let removed = 0;
+    for (const tick of ticked) {
+      const answer = await api("DELETE", `/api/libraries/${encodeURIComponent(appid)}/items/${tick.dataset.key}`);
+      if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; return; }
+      removed += answer.removed;
+      tick.closest(".member").remove();
+    }
+    status.textContent = `Removed ${removed}; ${box.querySelectorAll(".member").length} kept.`;
+    box.dataset.reviewed = "1";
+  }
+
+  function group(members) {
+    const status = el("span", { class: "message" });
+    const button = el("button", { class: "remove-ticked" }, "Remove the ticked");
+    const box = el("div", { class: "dup-group" }, el("div", { class: "grid" }, ...members), el("p", {}, button, status));
+    button.addEventListener("click", () => removeTicked(box, status));
+    return box;
   }
 
   function render(scan) {
@@ -36,9 +65,8 @@
     } else {
       progress.textContent = `Scan ${scan.status}: ${scan.message}`;
     }
-    groups.replaceChildren(...scan.groups.map((group) =>
-      el("div", { class: "dup-group" }, el("div", { class: "grid" }, card(group.keep, true),
-        ...group.extras.map((extra) => card(extra, false, group.keep))))));
+    groups.replaceChildren(...scan.groups.map((found) =>
+      group([card(found.keep, true), ...found.extras.map((extra) => card(extra, false, found.keep))])));
     remove.hidden = !(scan.status === "done" && scan.extras_total > 0);
     remove.textContent = `Remove the ${scan.extras_total} extras`;
   }

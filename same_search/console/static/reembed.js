@@ -53,8 +53,11 @@
     render(answer.job);
   });
 
-  (async () => {  // a job already running (started elsewhere, or before a reload) is followed at once
+  // A job already running (started elsewhere, or before a reload) is followed at once; else the
+  // last one's outcome stays on the page (the reload after a switch must not wipe it).
+  (async () => {
     const answer = await api("GET", base);
-    if (answer.err_no === 0 && answer.jobs.length && answer.jobs[0].status === "running") { follow(answer.jobs[0]); }
+    if (answer.err_no !== 0 || !answer.jobs.length) { return; }
+    if (answer.jobs[0].status === "running") { follow(answer.jobs[0]); } else { render(answer.jobs[0]); }
   })();
 })();

@@ -56,11 +56,12 @@
     const x = Math.min(a.x, end.x) / a.width, y = Math.min(a.y, end.y) / a.height;
     // Rounded down, so x + w never exceeds 1 (the daemon refuses a box outside the picture).
     const region = [x, y, w, h].map((v) => (Math.floor(v * 10000) / 10000).toFixed(4)).join(",");
-    status.textContent = `Searching the box ${region} (fractions of the picture)…`;
-    const answer = await api("POST",
-      `/api/libraries/${encodeURIComponent(appid)}/search?rn=24&unit=fraction&region=${region}${searchOptions()}`,
-      file, file.type || "application/octet-stream");
-    status.textContent = answer.err_no === 0 ? `Results for the box ${region}` : "";
-    showResults(appid, answer, image.src);
+    const percent = (v) => `${Math.round(v * 100)}%`;
+    const where = `${percent(w)} × ${percent(h)} of the picture, from ${percent(x)} across and ${percent(y)} down`;
+    status.textContent = `Searching the box ${where}…`;
+    await runSearch(appid, `/api/libraries/${encodeURIComponent(appid)}/search?unit=fraction&region=${region}`,
+      file, file.type || "application/octet-stream", file);
+    status.textContent = `Results for the box ${where}`;
+    status.dataset.region = region;
   });
 })();

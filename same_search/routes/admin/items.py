@@ -40,10 +40,27 @@ async def delete_item(request: web.Request) -> web.Response:
     return ok(removed=await services.libraries.writes.remove(lib, [contsign_in(request)]))
 
 
+#: What ``?placeholder=1`` answers for an item without a stored thumbnail (imported as vectors,
+#: or added with ``[storage] thumbnail_side = 0``): an image, so a page's <img> shows a grey tile
+#: saying so instead of a broken picture. Without the parameter the answer stays err_no 102.
+PLACEHOLDER_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="128" height="128" viewBox="0 0 128 128">'
+    '<rect width="128" height="128" fill="#e4e4e4"/>'
+    '<g font-family="sans-serif" font-size="13" fill="#777" text-anchor="middle">'
+    '<text x="64" y="60">no</text><text x="64" y="78">thumbnail</text></g>'
+    "</svg>"
+)
+
+
 async def thumbnail(request: web.Request) -> web.Response:
+    """The stored JPEG; ``?placeholder=1``: a placeholder image when none is stored."""
     services, lib = await library(request)
     contsign = contsign_in(request)
     jpeg = await services.libraries.reads.thumbnail(lib, contsign)
+    if jpeg is None and request.query.get("placeholder") == "1":
+        return web.Response(
+            text=PLACEHOLDER_SVG, content_type="image/svg+xml", headers={"Cache-Control": "private, no-store"}
+        )
     if jpeg is None:
         raise ApiError(
             ErrNo.UPDATE_MISSING,

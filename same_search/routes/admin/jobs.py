@@ -15,24 +15,34 @@ from same_search.routes.admin.uploads import save_upload, upload_path
 from same_search.routes.envelope import ok
 from same_search.routes.fields import is_decimal
 
+#: The sources a job reads on the server (an uploaded ZIP has its own route).
+KINDS = ("dir", "manifest", "sync")
+
 
 async def create_job(request: web.Request) -> web.Response:
-    """``{"appid", "source": {"dir": path} | {"manifest": path}}``: a folder or manifest on the server."""
+    """``{"appid", "source": {"dir": path} | {"manifest": path} | {"sync": path}}``: a folder or
+    manifest on the server, or a folder the library follows (``"remove_missing": true`` also
+    removes the items whose file is gone)."""
     services = operator(request)
     try:
         body = await request.json()
     except ValueError:
         raise bad_request("body must be JSON: {appid, source: {dir | manifest}}") from None
     source = body.get("source") if isinstance(body, dict) else None
-    if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in ("dir", "manifest"):
-        raise bad_request('source must be {"dir": "/path"} or {"manifest": "/path/file.csv|.jsonl"}')
+    if not isinstance(source, dict) or len(source) != 1 or next(iter(source)) not in KINDS:
+        raise bad_request(
+            'source must be {"dir": "/path"}, {"manifest": "/path/file.csv|.jsonl"} or {"sync": "/path"}'
+        )
     kind, path = next(iter(source.items()))
     if not isinstance(path, str) or not Path(path).is_absolute():
         raise bad_request(f"source.{kind} must be an absolute path on the server")
     appid = body.get("appid")
     if not isinstance(appid, str):
         raise bad_request("appid is required")
-    job = await services.jobs.create(appid, kind, path, *job_policy(body))
+    remove_missing = body.get("remove_missing", False)
+    if not isinstance(remove_missing, bool) or (remove_missing and kind != "sync"):
+        raise bad_request("remove_missing must be true or false, and only for a sync source")
+    job = await services.jobs.create(appid, kind, path, *job_policy(body), remove_missing)
     return ok(job=await services.jobs.describe(job))
 
 
