@@ -23,6 +23,7 @@ COMMAND_PAGES = (*BENCHMARK_PAGES, "docs/benchmarks-history.md", "README.md", "d
 
 SCRIPT = re.compile(r"\bbench/([\w-]+\.py)\b")
 MAKE = re.compile(r"`make ([\w-]+)")
+ISSUE_WORD = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
 ISSUE_NUMBER = re.compile(r"\bissues? #?\d+|\bissue #\d+|#\d{1,4}\b", re.IGNORECASE)
 
 
@@ -101,13 +102,14 @@ def test_the_docs_and_benchmark_scripts_cite_no_issue_numbers():
         REPO / "README.md",
         *sorted((REPO / "bench").glob("*.md")),
         *sorted((REPO / "bench").glob("*.py")),
-        *sorted((REPO / "same_search").rglob("*.py")),
     ]
+    code = sorted((REPO / "same_search").rglob("*.py"))
     cited = [
         f"{path.relative_to(REPO)}:{number}: {line.strip()}"
-        for path in files
+        for path in [*files, *code]
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if ISSUE_NUMBER.search(line)
+        # The package's own code holds colours like "#777": there only the word counts.
+        if (ISSUE_WORD if path in code else ISSUE_NUMBER).search(line)
     ]
     assert not cited, "\n".join(cited)
 
