@@ -172,7 +172,8 @@ class IndexConfig:
     reduce_min_items: int = 20000
     #: Dimension of the reduced vectors (docs/quality.md: 256 keeps quality at 1280-d).
     reduce_dim: int = 256
-    #: Graph candidates a reduced search re-ranks with the native vectors (at least twice the page).
+    #: Graph candidates a reduced search re-ranks with the native vectors: the first depth tier,
+    #: serving pages that end within half of it (index/paging.py).
     #: 300 with ``reduced_ef_search`` 768: recall@10 0.982 at 1M, 0.977 with 200 at ef 512
     #: (docs/benchmarks.md, "the reduced index at 1M").
     rerank_candidates: int = 300

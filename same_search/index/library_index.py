@@ -8,8 +8,9 @@ tags; each kind keeps what it needs. Both keep every item's tags in a :class:`Ta
 compact :class:`RowMap`, so a tag filter never reads the database.
 
 Searches of the full kind pick the strategy that cannot silently miss a match: the exact matrix for small
-libraries and for tag filters that leave few candidates, the graph (with ``ef`` widened to
-the page depth) otherwise, and an exact scan of the candidates when the graph comes back short.
+libraries and for tag filters that leave few candidates, the graph otherwise (walked in the
+fixed depth tiers of index/paging.py, ``ef_search`` first, so every page is a prefix of one
+ranking), and an exact scan of the candidates when the graph comes back short.
 
 Per-vector work runs in one shared index thread, so hnswlib never sees concurrent writers and
 the event loop never computes distances. Whole-graph work (save) runs elsewhere under the
@@ -27,8 +28,9 @@ import numpy as np
 
 from same_search.config import IndexConfig
 from same_search.index import graph_files
-from same_search.index.exact import ExactIndex, top_k
+from same_search.index.exact import ExactIndex
 from same_search.index.hnsw import HnswIndex
+from same_search.index.paging import stable_top
 from same_search.index.rows import RowMap
 from same_search.index.tags import TagTable
 
@@ -266,27 +268,33 @@ class FullIndex(LibraryIndex):
     def _search_all(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.exact is not None:
             return self.exact.search(vector, k)
-        k = min(k, self.graph.count())
-        labels, scores = self.graph.search(vector, k)
-        if len(labels) < k:  # the graph came back short: never return a truncated page
-            every = np.fromiter(self.graph.live_labels(), np.uint64)
-            return top_k(every, self.graph.vectors(every) @ vector, k)
-        return labels, scores
+
+        def tier(depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            labels, scores = self.graph.search(vector, depth) if depth < self.graph.count() else ((), ())
+            if len(labels) < depth // 2 or depth >= self.graph.count():  # short, or all: exact
+                every = np.fromiter(self.graph.live_labels(), np.uint64)
+                return every, self.graph.vectors(every) @ vector, True
+            return labels, scores, False
+
+        return stable_top(k, self.cfg.ef_search, self.graph.count(), tier)
 
     def _search_among(
         self, vector: np.ndarray, k: int, candidates: list[int]
     ) -> tuple[np.ndarray, np.ndarray]:
         labels = np.array([key_to_label(c) for c in candidates], dtype=np.uint64)
         labels = labels[[self.graph.contains(int(x)) for x in labels]] if len(labels) else labels
-        k = min(k, len(labels))
-        if len(labels) <= max(self.cfg.exact_threshold, 20 * k) or self.exact is not None:
-            source = self.exact if self.exact is not None else self.graph
-            return top_k(labels, source.vectors(labels) @ vector, k)
+        source = self.exact if self.exact is not None else self.graph
         allowed = set(labels.tolist())
-        found, scores = self.graph.search(vector, k, allowed.__contains__)
-        if len(found) < k:
-            return top_k(labels, self.graph.vectors(labels) @ vector, k)
-        return found, scores
+
+        def tier(depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            if len(labels) <= max(self.cfg.exact_threshold, 10 * depth) or self.exact is not None:
+                return labels, source.vectors(labels) @ vector, True
+            found, scores = self.graph.search(vector, depth, allowed.__contains__)
+            if len(found) < depth // 2:
+                return labels, self.graph.vectors(labels) @ vector, True
+            return found, scores, False
+
+        return stable_top(min(k, len(labels)), self.cfg.ef_search, len(labels), tier)
 
     def vectors_now(self, keys: list[int]) -> np.ndarray:
         return self.graph.vectors(np.array([key_to_label(k) for k in keys], dtype=np.uint64))

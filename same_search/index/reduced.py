@@ -2,9 +2,10 @@
 
 The graph (hnswlib) holds each item's PCA-reduced vector under its *row* (rows.py), not its
 key: rows are dense, so "is this row allowed" is one byte of a mask and row -> key is one array
-read. A search takes ``C`` candidates from the graph (``C`` = max(rerank_candidates, 2 x page
-depth), ef ``reduced_ef_search`` widened to at least ``C``), reads their native vectors from the
-float32 file and returns the best by native cosine: every score is the native one and the order
+read. A search takes ``C`` candidates from the graph (``C`` = rerank_candidates, doubled in
+tiers for deeper pages: index/paging.py keeps every page a prefix of one ranking), ef
+``reduced_ef_search`` widened to at least ``C``, reads their native vectors from the float32
+file and returns the best half by native cosine: every score is the native one and the order
 within a page is exact. The reduction only has to keep the true neighbours among the candidates.
 
 Tag filters pick a strategy by how many items match (``m`` of ``n``):
@@ -32,9 +33,9 @@ import numpy as np
 from same_search.config import IndexConfig
 from same_search.files import replace_durably, sha256_file
 from same_search.index import graph_files
-from same_search.index.exact import top_k
 from same_search.index.library_index import LibraryIndex, label_to_key
 from same_search.index.native_file import NativeFile
+from same_search.index.paging import stable_top
 from same_search.index.projection import Projection
 from same_search.index.rows import RowMap
 from same_search.index.tags import TagTable
@@ -194,16 +195,22 @@ class ReducedIndex(LibraryIndex):
         k = min(k, matching)
         if k <= 0:
             return []
-        depth = max(self.cfg.rerank_candidates, 2 * k)
-        if mask is None:
-            rows = self._graph_rows(reduced, depth, None)
-            if len(rows) < k:
-                rows = self._scan_rows(reduced, self.rows.live_rows(), depth * SCAN_WIDEN)
-        elif matching <= depth:
-            rows = np.flatnonzero(mask)  # few: re-rank them all, exactly
-        else:
-            rows = self._filtered_rows(reduced, depth, mask, matching)
-        return self._rerank(query, rows, k)
+
+        def tier(depth: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            complete = depth >= matching
+            if mask is None:
+                rows = self.rows.live_rows() if complete else self._graph_rows(reduced, depth, None)
+                if len(rows) < depth // 2:  # the graph came back short
+                    rows = self._scan_rows(reduced, self.rows.live_rows(), depth * SCAN_WIDEN)
+            elif complete:
+                rows = np.flatnonzero(mask)  # few: re-rank them all, exactly
+            else:
+                rows = self._filtered_rows(reduced, depth, mask, matching)
+            rows = np.asarray(rows, np.int64)
+            return self.rows.keys[rows].astype(np.uint64), self.native.read(rows) @ query, complete
+
+        labels, scores = stable_top(k, self.cfg.rerank_candidates, matching, tier)
+        return [(label_to_key(int(label)), float(score)) for label, score in zip(labels, scores, strict=True)]
 
     def _filtered_rows(self, reduced: np.ndarray, depth: int, mask: np.ndarray, matching: int) -> np.ndarray:
         share = matching / max(len(self.rows), 1)
@@ -240,13 +247,6 @@ class ReducedIndex(LibraryIndex):
             return rows
         scores = self.sketch[rows].astype(np.float32) @ reduced[: self.sketch.shape[1]]
         return rows[np.argpartition(-scores, depth - 1)[:depth]]
-
-    def _rerank(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The ``k`` best of ``rows`` by native cosine, best first (ties by key, as the full index)."""
-        rows = np.asarray(rows, np.int64)
-        scores = self.native.read(rows) @ query
-        labels, best = top_k(self.rows.keys[rows].astype(np.uint64), scores, k)
-        return [(label_to_key(int(label)), float(score)) for label, score in zip(labels, best, strict=True)]
 
     # ---- persistence -------------------------------------------------------------------------------
 
