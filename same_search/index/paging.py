@@ -23,10 +23,25 @@ recall@300 is 0.992 (0.991 before). Tiers that exposed half of their walk cost r
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from same_search.index.exact import top_k
+
+
+@dataclass(frozen=True)
+class SearchDepth:
+    """How deep one index searches: its graph's ef and its first tier of candidates.
+
+    A full-dimension graph's first tier is its ef (the walk returns exact scores); a reduced
+    graph re-ranks ``candidates`` of an ef-``ef`` walk natively. Both start from ``[index]`` and
+    are then tuned per library until its measured recall holds (index/recall.py).
+    """
+
+    ef: int
+    candidates: int
+
 
 #: depth -> (labels, native scores, complete): up to ``depth`` candidates in any order;
 #: ``complete`` says they are every item that can match (an exact scan, or a short graph).

@@ -39,7 +39,7 @@ class LibraryService:
         self.verifier = SamePictureService(models.default.limits, admission=models.default.admission)
         self.registry = LibraryRegistry(cfg, self.backend, models)
         self.maintenance = LibraryMaintenance(self.registry)
-        on_stored = self.maintenance.adopt_reduction_if_due
+        on_stored = self.maintenance.keep_up
         self.reads = LibraryReads(self.registry, self.verifier)
         self.writes = LibraryWrites(self.registry, self.reads, self.verifier, on_stored)
         self.imports = LibraryImports(self.registry, self.writes, on_stored)
@@ -51,7 +51,7 @@ class LibraryService:
         """Open the backend and load every library (see :meth:`LibraryRegistry.open`)."""
         await self.backend.open()
         for lib in await self.registry.open():
-            self.maintenance.adopt_reduction_if_due(lib)  # also resumes one a crash or a shutdown interrupted
+            self.maintenance.keep_up(lib)  # also resumes an adoption a crash or a shutdown interrupted
 
     async def close(self) -> None:
         """Stop rebuilds, save changed indexes, then close the backend."""

@@ -28,6 +28,7 @@ def add_routes(app: web.Application) -> None:
         ("POST", wire.SAVE, libraries.save_index),
         ("POST", wire.REBUILD, libraries.rebuild_index),
         ("GET", wire.REBUILD, libraries.rebuild_status),
+        ("POST", wire.RECALL, libraries.measure_recall),
         ("POST", wire.COMPACT, libraries.rebuild_index),
         ("POST", wire.REPAIR, libraries.repair_library),
         ("PUT", wire.DUP_POLICY, settings.set_dup_policy),
