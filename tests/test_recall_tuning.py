@@ -8,6 +8,7 @@ each runs in seconds; the measurement is the daemon's own (index/recall.py), run
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -215,7 +216,13 @@ async def test_a_library_shows_its_measured_recall_and_keeps_its_depth_across_a_
     await import_vectors(
         client, "tc", np.arange(1, 601), vectors, [(3 if i % 2 else 0, 0) for i in range(600)]
     )
-    answer = await (await client.post("/api/libraries/tc/recall")).json()
+    for _ in range(600):  # the library created by the import measures itself in the background
+        if (await get(client, "/api/libraries/tc"))["library"]["recall"]["state"] == "measured":
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the imported library never measured its recall")
+    answer = await (await client.post("/api/libraries/tc/recall")).json()  # and again, now
     assert answer["err_no"] == 0, answer
     shown = answer["library"]["recall"]
     assert answer["library"]["search"] == "reduced" and shown["state"] == "measured", shown

@@ -201,17 +201,15 @@ async def _lowest(
     ladder: list[SearchDepth], at: Callable[[SearchDepth], Awaitable[Measured]], target: float
 ) -> SearchDepth | None:
     """The first rung of an (ascending) ladder that reaches ``target``, by bisection; None if
-    even the last does not."""
+    even the last does not (the last, the dearest to measure, is measured only then)."""
     low, high = 0, len(ladder) - 1
-    if (await at(ladder[high])).worst() < target:
-        return None
     while low < high:
         middle = (low + high) // 2
         if (await at(ladder[middle])).worst() >= target:
             high = middle
         else:
             low = middle + 1
-    return ladder[low]
+    return ladder[low] if (await at(ladder[low])).worst() >= target else None
 
 
 def tuning_of(
