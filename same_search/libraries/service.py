@@ -44,7 +44,7 @@ class LibraryService:
         self.writes = LibraryWrites(self.registry, self.reads, self.verifier, on_stored)
         self.imports = LibraryImports(self.registry, self.writes, on_stored)
         self.stats = LibraryStats(self.registry, self.maintenance)
-        self.reembedding = LibraryReembedding(self.registry, self.writes)
+        self.reembedding = LibraryReembedding(self.registry, self.writes, on_stored)
         self.search = Searcher(self.reads, self.registry, self.verifier, cfg.search)
 
     async def open(self) -> None:
