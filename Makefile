@@ -91,7 +91,7 @@ N ?= 1000000
 bench-million: $(STAMP)
 	nice $(BIN)/python bench/bench_million.py --n $(N)
 
-# Issue 26's catalogue of tight near-duplicate clusters (ITEMS, default 100k) over HTTP: the recall
+# A catalogue of tight near-duplicate clusters (ITEMS, default 100k) over HTTP: the recall
 # the library measures and tunes for itself, recall@10 checked from outside (unfiltered and with a
 # 50% tag filter) and the search p50/p99. About 15 minutes at 100k on 2 cores.
 ITEMS ?= 100000

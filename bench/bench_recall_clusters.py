@@ -1,7 +1,7 @@
 """A catalogue of tight near-duplicate clusters over HTTP: the recall the library measures and
 tunes for itself, checked from outside, and the search latency it costs.
 
-Issue 26's catalogue: half of the library in tight clusters (``--per-cluster`` variants scattered
+A catalogue of variants: half of the library in tight clusters (``--per-cluster`` variants scattered
 closely around each of ``--clusters`` descriptors, as catalogues of colour and size variants
 are), the other half spread out; tag 1 on every other item. The vectors are synthetic
 (bench_index.py's "lowrank" directions at the serving dimension, made non-negative like pooled
