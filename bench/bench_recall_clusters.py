@@ -17,6 +17,7 @@ ReLU features), so no photo and no forward pass is needed.
 
     make bench-recall-clusters                                    # 100k items
     nice .venv/bin/python bench/bench_recall_clusters.py --items 20000 --queries 200   # minutes
+    nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 768x300,768x6400   # deeper
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import common  # noqa: F401  (first: puts the repository, tests/ and bench/ on sys.path)
@@ -33,7 +35,12 @@ from check_import_100k import APPID, HALF_TAG, keys_for, tag_features, upload, w
 from common import machine, percentile_ms, print_run_header
 from daemon import Daemon
 
+from same_search.config import IndexConfig
 from same_search.contsign import ContSign
+from same_search.index import native_file, recall
+from same_search.index.paging import SearchDepth
+from same_search.index.projection import SAMPLE_MAX, Projection
+from same_search.index.reduced import ReducedIndex
 
 
 def catalogue(items: int, dim: int, clusters: int, per_cluster: int, spread: float, seed: int) -> np.ndarray:
@@ -87,6 +94,34 @@ def own_item_left_out(
     return hits / total, percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.99)
 
 
+def depths_in_process(vectors: np.ndarray, depths: list[SearchDepth], queries: int, seed: int) -> None:
+    """recall@10 (own item left out, unfiltered) and ms per search of the daemon's reduced index
+    at each of ``depths``, built in this process from the same catalogue at the shipped
+    ``[index]`` settings: what lies past the ladder the daemon tunes on."""
+    n = len(vectors)
+    projection = Projection.learn(vectors[:: max(1, n // SAMPLE_MAX)], IndexConfig().reduce_dim, "bench")
+    with tempfile.TemporaryDirectory(prefix="recall-depths-") as temp, ThreadPoolExecutor(1) as pool:
+        index = ReducedIndex.create(projection, native_file.new_path(Path(temp), 1), IndexConfig(), pool, n)
+        keys = np.arange(1, n + 1, dtype=np.int64)
+        for start in range(0, n, 8192):
+            index.add_now(keys[start : start + 8192], vectors[start : start + 8192], 1)
+        rows = recall.sample_rows(index, queries, seed=seed)
+        sample_keys, sample = index.rows.keys[rows], index.row_vectors(rows)
+        neighbours = recall.Neighbours(sample_keys, sample)
+        live = index.rows.live_rows()
+        neighbours.add(index.rows.keys[live], index.row_vectors(live), np.ones(len(live), bool))
+        truth = neighbours.of(False)
+        print("\n| ef | candidates | recall@10 in-process | ms per search |\n|--:|--:|--:|--:|")
+        for depth in depths:
+            started = time.perf_counter()
+            found = sum(
+                recall.hits(index, int(k), q, t, None, depth)
+                for k, q, t in zip(sample_keys, sample, truth, strict=True)
+            )
+            ms = (time.perf_counter() - started) * 1000 / len(rows)
+            print(f"| {depth.ef} | {depth.candidates} | {found / sum(map(len, truth)):.4f} | {ms:.1f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
@@ -97,7 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.98, help="[index] target_recall")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the data dir and ZIP here (default: a temp dir)")
+    parser.add_argument(
+        "--in-process-depths",
+        help="instead of the daemon: recall and cost in this process at these depths, e.g. 768x300,2048x1600",
+    )
     args = parser.parse_args(argv)
+    if args.in_process_depths:
+        print_run_header("bench_recall_clusters.py", argv)
+        depths = [SearchDepth(*map(int, d.split("x"))) for d in args.in_process_depths.split(",")]
+        vectors = catalogue(args.items, 1280, args.clusters, args.per_cluster, args.spread, args.seed)
+        depths_in_process(vectors, depths, args.queries, args.seed)
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="recall-clusters-") as temp:
         work = Path(args.workdir or temp)
