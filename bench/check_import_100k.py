@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import sys
 import tempfile
 import time
 import urllib.request
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import common  # first: puts the repository, tests/ and bench/ on sys.path
 import numpy as np
-from common import machine, percentile_ms, rss_mib
+from common import machine, percentile_ms, print_run_header, rss_mib
 from daemon import Daemon
 from descriptor_model import DescriptorModel, calibrate, embed_photos, log, photo_paths
 from numpy.lib import format as npy_format
@@ -237,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="check100k-") as temp:
         work = args.workdir or Path(temp)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"- date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
-        print(f"- machine at the start: {machine()}")
-        print(f"- command: `.venv/bin/python bench/check_import_100k.py {' '.join(argv or sys.argv[1:])}`")
+        print_run_header("check_import_100k.py", argv)
         model_fit, held_out = fitted(args.photos, args.seed)
         vectors = model_fit.sample(args.items, args.seed + 100)
         keys, tags = keys_for(args.items, args.seed), tags_for(args.items)

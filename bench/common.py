@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,3 +109,10 @@ def machine() -> str:
     load = os.getloadavg()
     cores = len(os.sched_getaffinity(0))
     return f"{cpu_model()} ({present}), {cores} cores, load average {load[0]:.2f} / {load[1]:.2f}"
+
+
+def print_run_header(script: str, argv: Sequence[str] | None) -> None:
+    """The lines a recorded run starts with: its date, the machine (with its load) and the command."""
+    print(f"- date: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+    print(f"- machine at the start: {machine()}")
+    print(f"- command: `.venv/bin/python bench/{script} {' '.join(argv or sys.argv[1:])}`")

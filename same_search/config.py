@@ -172,7 +172,8 @@ class IndexConfig:
     reduce_min_items: int = 20000
     #: Dimension of the reduced vectors (docs/quality.md: 256 keeps quality at 1280-d).
     reduce_dim: int = 256
-    #: Graph candidates a reduced search re-ranks with the native vectors (at least twice the page).
+    #: Graph candidates a reduced search re-ranks with the native vectors: the first depth tier,
+    #: serving pages that end within half of it (index/paging.py).
     #: 300 with ``reduced_ef_search`` 768: recall@10 0.982 at 1M, 0.977 with 200 at ef 512
     #: (docs/benchmarks.md, "the reduced index at 1M").
     rerank_candidates: int = 300
@@ -180,12 +181,17 @@ class IndexConfig:
     #: and to the page depth). Its own setting: a 256-d graph walk costs a fraction of a 1280-d
     #: one, and ``ef_search`` stays what suits the small libraries' full-dimension graphs.
     reduced_ef_search: int = 768
+    #: recall@10 each graph-searched library must measure on its own items (index/recall.py):
+    #: its depth (ef, re-ranked candidates) is tuned to the cheapest that reaches it.
+    target_recall: float = 0.98
 
     def __post_init__(self) -> None:
         """Refuse reduction settings that cannot work (a zero dimension, no candidates)."""
         for key in ("reduce_min_items", "reduce_dim", "rerank_candidates", "reduced_ef_search"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[index] {key} must be at least 1, got {getattr(self, key)!r}")
+        if not 0 < self.target_recall <= 1:
+            raise ConfigError(f"[index] target_recall must be in (0, 1], got {self.target_recall!r}")
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ class _LiveCollector(Collector):
         total.add_metric([], sum(lib.items for lib in census))
         yield libraries
         yield total
+        yield from _recall_metrics(census, self.services.metrics.named)
         if not self.services.metrics.named:
             yield from _rebuild_metrics(self.services, named=False)
             return
@@ -159,3 +160,40 @@ def _rebuild_metrics(services: Services, named: bool = True) -> Iterator[Metric]
         yield running
         yield progress
     yield finished
+
+
+def _recall_metrics(census: list[LibraryCensus], named: bool) -> Iterator[Metric]:
+    """Each library's measured recall@10 and the depth chosen for it (per library, when
+    ``named``), and how many libraries measured below ``[index] target_recall``."""
+    measured = [(lib.appid, lib.recall) for lib in census if lib.recall and "recall" in lib.recall]
+    below = GaugeMetricFamily(
+        "same_search_libraries_below_target_recall",
+        "Libraries whose measured recall@10 (unfiltered or with their common tag) is below target",
+    )
+    below.add_metric([], sum(1 for _, r in measured if r.get("below_target")))
+    yield below
+    if not named:
+        return
+    value = GaugeMetricFamily(
+        "same_search_index_recall",
+        "recall@10 a library measured on its own items against exact search (filter: none, or its "
+        "most common tag); 1 for a library searched exactly",
+        labels=["appid", "filter"],
+    )
+    ef = GaugeMetricFamily("same_search_index_search_ef", "The graph's tuned ef", labels=["appid"])
+    candidates = GaugeMetricFamily(
+        "same_search_index_search_candidates",
+        "Candidates of the first depth tier (a reduced index re-ranks them natively)",
+        labels=["appid"],
+    )
+    for appid, r in measured:
+        value.add_metric([appid, "none"], r["recall"])
+        if r.get("recall_filtered") is not None:
+            value.add_metric([appid, "tag"], r["recall_filtered"])
+    for lib in census:
+        if lib.recall and "ef" in lib.recall:
+            ef.add_metric([lib.appid], lib.recall["ef"])
+            candidates.add_metric([lib.appid], lib.recall["candidates"])
+    yield value
+    yield ef
+    yield candidates

@@ -212,8 +212,8 @@ def test_the_reduced_graph_is_walked_at_its_own_ef_widened_to_the_candidates(tmp
     index, vectors, _, _ = build(tmp_path, pool, ef_search=16, reduced_ef_search=100, rerank_candidates=60)
     index._search(vectors[0], 10, None)
     assert index.graph.ef == 100
-    index._search(vectors[0], 150, None)  # 2 x page depth = 300 candidates
-    assert index.graph.ef == 300
+    index._search(vectors[0], 31, None)  # past the first tier (30 hits): 4 x 60 candidates
+    assert index.graph.ef == 240
 
 
 def test_removals_and_tag_updates_are_searched_right(tmp_path: Path, pool):

@@ -141,14 +141,16 @@ async def test_reduced_library_search_filters_removals_and_restarts(config, embe
         services = client.server.app[SERVICES]
         index = (await services.libraries.get("big")).handle
         assert index.strategy == "reduced" and index.projection.dim == 32 and index.count() == N
+        # The rebuilt index measures its recall and tunes its depth (index/recall.py): settle it.
+        assert (await (await client.post("/api/libraries/big/recall")).json())["err_no"] == 0
         check(await search(client, int(keys[3])), truth(vectors, keys, live, 3, 20), exact=False)
         assert (await search(client, int(keys[3]), rn=1))[0] == (int(keys[3]), pytest.approx(1.0, abs=1e-5))
-        # deep page: positions 300..399, all of them there
-        check(
-            await search(client, int(keys[3]), rn=100, pn=300),
-            truth(vectors, keys, live, 3, 400)[300:],
-            exact=False,
-        )
+        # deep page: positions 300..399 of the one ranking every page is cut from (index/paging.py:
+        # an item the first walks missed near the top is left out rather than listed out of order)
+        deep = await search(client, int(keys[3]), rn=100, pn=300)
+        whole = await search(client, int(keys[3]), rn=400)
+        assert deep == whole[300:] and len(whole) >= 0.98 * N
+        check(deep, truth(vectors, keys, live, 3, 400)[300 : 300 + len(deep)], exact=False)
         # tag filters: broad (half), narrow (16 items, re-ranked in full: exact)
         half = tags[:, 0] == 2
         narrow = tags[:, 1] == 9

@@ -20,6 +20,7 @@ from images import jpeg
 from test_reduced_library import descriptors, tag_feature
 
 from same_search.contsign import ContSign
+from same_search.services import SERVICES
 
 BACKENDS = ("local", "milvus")
 R = "/RTSAsService"
@@ -49,6 +50,10 @@ async def fill(client, api, appid: str, kind: str) -> list[int]:
     if kind == "reduced":  # rebuilt at its size: a reduced graph re-ranked with the native vectors
         rebuilt = await (await client.post(f"/api/libraries/{appid}/rebuild?wait=1")).json()
         assert rebuilt["library"]["search"] == "reduced", rebuilt["library"]
+    if kind != "exact" and client.server.app[SERVICES].libraries.backend.name == "local":
+        # A graph measures its recall and tunes its depth in the background (index/recall.py); a
+        # new depth is a new ranking, as a write is: settle it before paging.
+        assert (await (await client.post(f"/api/libraries/{appid}/recall")).json())["err_no"] == 0
     return keys
 
 

@@ -129,6 +129,19 @@ class Reembedding(KeptOriginals):
         and the search structure is built for the new vectors before the library serves them."""
 
 
+class RecallTuned(ABC):
+    """Libraries measure their recall on their own items and tune their search depth to
+    ``[index] target_recall`` (``same_search.index.recall``)."""
+
+    @abstractmethod
+    def wants_tuning(self, lib: Library) -> bool:
+        """Whether the library's index was not measured yet, or has doubled since."""
+
+    @abstractmethod
+    async def tune(self, lib: Library) -> object:
+        """Measure, choose the depth, serve and keep it (the library's stats show it)."""
+
+
 class ReducedIndexes(ABC):
     """Large libraries move to a reduced index (``same_search.index.reduced``) by a rebuild."""
 

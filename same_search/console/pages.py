@@ -165,6 +165,7 @@ async def library(request: web.Request) -> web.Response:
 <h1>{escape(appid)}</h1>
 <p class="stats">{stats["items"]} items · {stats["dim"]}-d {escape(stats["model"])} · {stats["search"]} search
 · index saved {_when(stats["last_index_save"])}</p>
+{recall_block(stats.get("recall"))}
 {_rebuild_block(stats["rebuild"])}
 {_ranking_form(stats["ranking"])}
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
@@ -213,6 +214,28 @@ def rebuild_text(state: dict | None) -> str:
         return f"Rebuild ({state['reason']}) {state['phase']}: {state['done']} of {total} items{share}{eta}"
     line = f"Last rebuild ({state['reason']}): {state['state']} after {state['seconds']:.1f} s"
     return line + (f": {state['error']}" if state["error"] else "")
+
+
+def recall_block(state: dict | None) -> str:
+    """The library's measured recall and the depth chosen for it; a library below target says
+    so in a line of its own (``same_search.index.recall``)."""
+    if not state:
+        return ""
+    if state["state"] == "exact":
+        return '<p class="recall">Recall@10 1 (searched exactly).</p>'
+    depth = f"ef {state['ef']}, {state['candidates']} candidates"
+    if "recall" not in state:
+        return f'<p class="recall">Recall not measured yet ({escape(state["state"])}); searching with {depth}.</p>'
+    filtered = state.get("recall_filtered")
+    line = (
+        f"Recall@10 {state['recall']:.3f}"
+        + ("" if filtered is None else f" ({filtered:.3f} with tag {state['filter_tag']})")
+        + f", measured on {state['queries']} of its {state['items']} items at {_when(state['measured_at'])};"
+        + f" searching with {depth} (target {state['target']})."
+    )
+    if state["below_target"]:
+        line += " <b>Below target</b> at the deepest setting tried."
+    return f'<p class="recall{" below" if state["below_target"] else ""}">{line}</p>'
 
 
 def _rebuilding(state: dict | None) -> str:

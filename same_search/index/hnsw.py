@@ -53,13 +53,14 @@ class HnswIndex(VectorIndex):
                 self._live.discard(label)
 
     def search(
-        self, vector: np.ndarray, k: int, label_filter: LabelFilter | None = None
+        self, vector: np.ndarray, k: int, label_filter: LabelFilter | None = None, ef: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`VectorIndex.search`, walking with ``ef`` (the index's own when None)."""
         k = min(k, len(self._live))
         if k <= 0:
             return np.empty(0, np.uint64), np.empty(0, np.float32)
         # ef must be at least k for hnswlib to return k results; widen it for deep pages.
-        self._graph.set_ef(max(self.ef_search, k))
+        self._graph.set_ef(max(self.ef_search if ef is None else ef, k))
         try:
             labels, distances = self._graph.knn_query(vector.reshape(1, -1), k=k, filter=label_filter)
         except RuntimeError:

@@ -8,8 +8,9 @@ tags; each kind keeps what it needs. Both keep every item's tags in a :class:`Ta
 compact :class:`RowMap`, so a tag filter never reads the database.
 
 Searches of the full kind pick the strategy that cannot silently miss a match: the exact matrix for small
-libraries and for tag filters that leave few candidates, the graph (with ``ef`` widened to
-the page depth) otherwise, and an exact scan of the candidates when the graph comes back short.
+libraries and for tag filters that leave few candidates, the graph otherwise (walked in the
+fixed depth tiers of index/paging.py, ``ef_search`` first, so every page is a prefix of one
+ranking), and an exact scan of the candidates when the graph comes back short.
 
 Per-vector work runs in one shared index thread, so hnswlib never sees concurrent writers and
 the event loop never computes distances. Whole-graph work (save) runs elsewhere under the
@@ -27,8 +28,9 @@ import numpy as np
 
 from same_search.config import IndexConfig
 from same_search.index import graph_files
-from same_search.index.exact import ExactIndex, top_k
+from same_search.index.exact import ExactIndex
 from same_search.index.hnsw import HnswIndex
+from same_search.index.paging import SearchDepth, stable_top
 from same_search.index.rows import RowMap
 from same_search.index.tags import TagTable
 
@@ -63,6 +65,10 @@ class LibraryIndex:
         self._executor = executor
         self.rows = RowMap()
         self.tags = TagTable(self.rows)
+        #: How deep searches walk: ``[index]``'s settings until a recall measurement tunes them.
+        self.depth = SearchDepth(cfg.ef_search, cfg.ef_search)
+        #: Live items when :attr:`depth` was measured (None: not measured on this index yet).
+        self.measured_items: int | None = None
 
     @classmethod
     def empty(cls, dim: int, cfg: IndexConfig, executor: Executor, capacity: int | None = None) -> FullIndex:
@@ -131,6 +137,10 @@ class LibraryIndex:
         """Stored vectors of live keys."""
         raise NotImplementedError
 
+    def row_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Native vectors of live rows of :attr:`rows` (a recall measurement's exact scan)."""
+        return self.vectors_now(self.rows.keys[np.asarray(rows, np.int64)].tolist())
+
     def _search(
         self,
         vector: np.ndarray,
@@ -138,7 +148,10 @@ class LibraryIndex:
         candidates: list[int] | None,
         tags: tuple[int, int] | None = None,
         match_all: bool = False,
+        depth: SearchDepth | None = None,
     ) -> list[tuple[int, float]]:
+        """The search itself, in the calling thread; ``depth`` overrides :attr:`depth` (a recall
+        measurement tries settings without serving them)."""
         raise NotImplementedError
 
     def _filter_keys(
@@ -253,40 +266,50 @@ class FullIndex(LibraryIndex):
         candidates: list[int] | None,
         tags: tuple[int, int] | None = None,
         match_all: bool = False,
+        depth: SearchDepth | None = None,
     ) -> list[tuple[int, float]]:
         vector = vector.astype(np.float32).ravel()
+        depth = self.depth if depth is None else depth
         if tags is not None and any(tags):
             candidates = self.tags.select(tags, match_all).tolist()
         if candidates is None:
-            labels, scores = self._search_all(vector, k)
+            labels, scores = self._search_all(vector, k, depth)
         else:
-            labels, scores = self._search_among(vector, k, candidates)
+            labels, scores = self._search_among(vector, k, candidates, depth)
         return [(label_to_key(int(label)), float(score)) for label, score in zip(labels, scores, strict=True)]
 
-    def _search_all(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_all(self, vector: np.ndarray, k: int, depth: SearchDepth) -> tuple[np.ndarray, np.ndarray]:
         if self.exact is not None:
             return self.exact.search(vector, k)
-        k = min(k, self.graph.count())
-        labels, scores = self.graph.search(vector, k)
-        if len(labels) < k:  # the graph came back short: never return a truncated page
-            every = np.fromiter(self.graph.live_labels(), np.uint64)
-            return top_k(every, self.graph.vectors(every) @ vector, k)
-        return labels, scores
+
+        def tier(walk: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            labels, scores = (
+                self.graph.search(vector, walk, None, depth.ef) if walk < self.graph.count() else ((), ())
+            )
+            if len(labels) < walk // 2 or walk >= self.graph.count():  # short, or all: exact
+                every = np.fromiter(self.graph.live_labels(), np.uint64)
+                return every, self.graph.vectors(every) @ vector, True
+            return labels, scores, False
+
+        return stable_top(k, depth.candidates, self.graph.count(), tier)
 
     def _search_among(
-        self, vector: np.ndarray, k: int, candidates: list[int]
+        self, vector: np.ndarray, k: int, candidates: list[int], depth: SearchDepth
     ) -> tuple[np.ndarray, np.ndarray]:
         labels = np.array([key_to_label(c) for c in candidates], dtype=np.uint64)
         labels = labels[[self.graph.contains(int(x)) for x in labels]] if len(labels) else labels
-        k = min(k, len(labels))
-        if len(labels) <= max(self.cfg.exact_threshold, 20 * k) or self.exact is not None:
-            source = self.exact if self.exact is not None else self.graph
-            return top_k(labels, source.vectors(labels) @ vector, k)
+        source = self.exact if self.exact is not None else self.graph
         allowed = set(labels.tolist())
-        found, scores = self.graph.search(vector, k, allowed.__contains__)
-        if len(found) < k:
-            return top_k(labels, self.graph.vectors(labels) @ vector, k)
-        return found, scores
+
+        def tier(walk: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            if len(labels) <= max(self.cfg.exact_threshold, 10 * walk) or self.exact is not None:
+                return labels, source.vectors(labels) @ vector, True
+            found, scores = self.graph.search(vector, walk, allowed.__contains__, depth.ef)
+            if len(found) < walk // 2:
+                return labels, self.graph.vectors(labels) @ vector, True
+            return found, scores, False
+
+        return stable_top(min(k, len(labels)), depth.candidates, len(labels), tier)
 
     def vectors_now(self, keys: list[int]) -> np.ndarray:
         return self.graph.vectors(np.array([key_to_label(k) for k in keys], dtype=np.uint64))

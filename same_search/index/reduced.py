@@ -2,9 +2,10 @@
 
 The graph (hnswlib) holds each item's PCA-reduced vector under its *row* (rows.py), not its
 key: rows are dense, so "is this row allowed" is one byte of a mask and row -> key is one array
-read. A search takes ``C`` candidates from the graph (``C`` = max(rerank_candidates, 2 x page
-depth), ef ``reduced_ef_search`` widened to at least ``C``), reads their native vectors from the
-float32 file and returns the best by native cosine: every score is the native one and the order
+read. A search takes ``C`` candidates from the graph (``C`` = rerank_candidates, doubled in
+tiers for deeper pages: index/paging.py keeps every page a prefix of one ranking), ef
+``reduced_ef_search`` widened to at least ``C``, reads their native vectors from the float32
+file and returns the best half by native cosine: every score is the native one and the order
 within a page is exact. The reduction only has to keep the true neighbours among the candidates.
 
 Tag filters pick a strategy by how many items match (``m`` of ``n``):
@@ -32,9 +33,9 @@ import numpy as np
 from same_search.config import IndexConfig
 from same_search.files import replace_durably, sha256_file
 from same_search.index import graph_files
-from same_search.index.exact import top_k
 from same_search.index.library_index import LibraryIndex, label_to_key
 from same_search.index.native_file import NativeFile
+from same_search.index.paging import SearchDepth, stable_top
 from same_search.index.projection import Projection
 from same_search.index.rows import RowMap
 from same_search.index.tags import TagTable
@@ -75,6 +76,7 @@ class ReducedIndex(LibraryIndex):
         self.graph = graph
         self.exact = None  # describe() and older callers: no exact matrix in a reduced index
         self.sketch = np.zeros((rows.capacity, min(SKETCH_DIM, projection.dim)), np.int8)
+        self.depth = SearchDepth(cfg.reduced_ef_search, cfg.rerank_candidates)
 
     @classmethod
     def create(
@@ -179,6 +181,10 @@ class ReducedIndex(LibraryIndex):
             raise KeyError(int(np.asarray(keys)[rows < 0][0]))
         return self.native.read(rows)
 
+    def row_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Native vectors of live rows, from the native file."""
+        return self.native.read(np.asarray(rows, np.int64))
+
     def _search(
         self,
         vector: np.ndarray,
@@ -186,48 +192,59 @@ class ReducedIndex(LibraryIndex):
         candidates: list[int] | None,
         tags: tuple[int, int] | None = None,
         match_all: bool = False,
+        depth: SearchDepth | None = None,
     ) -> list[tuple[int, float]]:
         query = np.asarray(vector, np.float32).ravel()
+        depth = self.depth if depth is None else depth
         reduced = self.projection.apply(query)[0]
         mask = self._filter_keys(candidates, tags, match_all)
         matching = len(self.rows) if mask is None else int(mask.sum())
         k = min(k, matching)
         if k <= 0:
             return []
-        depth = max(self.cfg.rerank_candidates, 2 * k)
-        if mask is None:
-            rows = self._graph_rows(reduced, depth, None)
-            if len(rows) < k:
-                rows = self._scan_rows(reduced, self.rows.live_rows(), depth * SCAN_WIDEN)
-        elif matching <= depth:
-            rows = np.flatnonzero(mask)  # few: re-rank them all, exactly
-        else:
-            rows = self._filtered_rows(reduced, depth, mask, matching)
-        return self._rerank(query, rows, k)
 
-    def _filtered_rows(self, reduced: np.ndarray, depth: int, mask: np.ndarray, matching: int) -> np.ndarray:
+        def tier(walk: int) -> tuple[np.ndarray, np.ndarray, bool]:
+            complete = walk >= matching
+            if mask is None:
+                rows = self.rows.live_rows() if complete else self._graph_rows(reduced, walk, None, depth.ef)
+                if len(rows) < walk // 2:  # the graph came back short
+                    rows = self._scan_rows(reduced, self.rows.live_rows(), walk * SCAN_WIDEN)
+            elif complete:
+                rows = np.flatnonzero(mask)  # few: re-rank them all, exactly
+            else:
+                rows = self._filtered_rows(reduced, walk, mask, matching, depth.ef)
+            rows = np.asarray(rows, np.int64)
+            return self.rows.keys[rows].astype(np.uint64), self.native.read(rows) @ query, complete
+
+        labels, scores = stable_top(k, depth.candidates, matching, tier)
+        return [(label_to_key(int(label)), float(score)) for label, score in zip(labels, scores, strict=True)]
+
+    def _filtered_rows(
+        self, reduced: np.ndarray, depth: int, mask: np.ndarray, matching: int, ef: int
+    ) -> np.ndarray:
         share = matching / max(len(self.rows), 1)
         strategy = filter_strategy(matching, len(self.rows))
         if strategy == "scan":
             return self._scan_rows(reduced, np.flatnonzero(mask), depth * SCAN_WIDEN)
         if strategy == "broad":
             wide = min(len(self.rows), math.ceil(depth / share * 1.5))
-            found = self._graph_rows(reduced, wide, None)
+            found = self._graph_rows(reduced, wide, None, ef)
             found = found[mask[found]][:depth]
             if len(found) >= depth:
                 return found
         allowed = mask.tobytes()
-        found = self._graph_rows(reduced, depth, lambda row: allowed[row] == 1)
+        found = self._graph_rows(reduced, depth, lambda row: allowed[row] == 1, ef)
         if len(found) >= depth:
             return found
         return self._scan_rows(reduced, np.flatnonzero(mask), depth * SCAN_WIDEN)
 
-    def _graph_rows(self, reduced: np.ndarray, depth: int, allowed: object) -> np.ndarray:
-        """Up to ``depth`` rows from the graph, best first (fewer if the graph has fewer)."""
+    def _graph_rows(self, reduced: np.ndarray, depth: int, allowed: object, ef: int) -> np.ndarray:
+        """Up to ``depth`` rows from the graph, best first (fewer if the graph has fewer), walked
+        with ``ef`` widened to ``depth``."""
         depth = min(depth, len(self.rows))
         if depth <= 0:
             return np.empty(0, np.int64)
-        self.graph.set_ef(max(self.cfg.reduced_ef_search, depth))
+        self.graph.set_ef(max(ef, depth))
         try:
             labels, _ = self.graph.knn_query(reduced.reshape(1, -1), k=depth, filter=allowed, num_threads=1)
         except RuntimeError:  # fewer than depth reachable: the caller widens or scans
@@ -240,13 +257,6 @@ class ReducedIndex(LibraryIndex):
             return rows
         scores = self.sketch[rows].astype(np.float32) @ reduced[: self.sketch.shape[1]]
         return rows[np.argpartition(-scores, depth - 1)[:depth]]
-
-    def _rerank(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The ``k`` best of ``rows`` by native cosine, best first (ties by key, as the full index)."""
-        rows = np.asarray(rows, np.int64)
-        scores = self.native.read(rows) @ query
-        labels, best = top_k(self.rows.keys[rows].astype(np.uint64), scores, k)
-        return [(label_to_key(int(label)), float(score)) for label, score in zip(labels, best, strict=True)]
 
     # ---- persistence -------------------------------------------------------------------------------
 

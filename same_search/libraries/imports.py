@@ -161,6 +161,7 @@ class LibraryImports:
                     lib, imported, duplicates = await self.backend.import_items(target, batches, capacity)
                     self.registry.libraries[appid] = lib
                 log.info("library %s created by an import of %d items", appid, imported)
+                self._on_stored(lib)  # a new index: its recall is measured (large enough: reduced already)
             else:
                 if fingerprint is not None:
                     batches = _while_on_model(target, fingerprint, batches)

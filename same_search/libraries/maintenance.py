@@ -1,5 +1,5 @@
-"""Keeping libraries healthy: background rebuilds, the switch to a reduced index, saving
-snapshots, repairing a library whose rows cannot be loaded, deleting one."""
+"""Keeping libraries healthy: background rebuilds, the switch to a reduced index, recall
+measurements, saving snapshots, repairing a library whose rows cannot be loaded, deleting one."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from same_search.errors import ApiError, ErrNo
 from same_search.libraries.rebuilds import ADOPTION, DONE, Rebuild, Rebuilds
 from same_search.libraries.records import RepairReport
 from same_search.libraries.registry import LibraryRegistry, storage_failed
+from same_search.libraries.tuning import RecallChecks
 from same_search.libraries.writes import LibraryWrites
 from same_search.rows import bad_rows_text, load_failure_reason
 
@@ -30,6 +31,8 @@ class LibraryMaintenance:
         self.backend = registry.backend
         #: Background index rebuilds, one per library at a time (``rebuild``, ``compact``, adoption).
         self.rebuilds = Rebuilds(registry.backend)
+        #: Background recall measurements, one per library at a time.
+        self.recall = RecallChecks(registry.backend)
         #: Libraries whose switch to a reduced index was started by this process (asked at most once).
         self._adoptions: set[str] = set()
         self._repair_lock = asyncio.Lock()
@@ -45,6 +48,7 @@ class LibraryMaintenance:
         start, which replays or rebuilds from the database; nothing acknowledged depends on them.
         """
         try:
+            await self.recall.close()
             await self.rebuilds.close()  # the indexes serving now are the ones saved
             await self.save_indexes()
         except Exception:
@@ -59,7 +63,7 @@ class LibraryMaintenance:
         The library keeps answering searches and accepting writes meanwhile; the state shows in
         its stats and on ``GET /api/libraries/{appid}/rebuild``.
         """
-        return self.rebuilds.start(lib, reason)
+        return self.rebuilds.start(lib, reason, on_end=lambda _: self.recall.tune_if_due(lib))
 
     async def wait_rebuild(self, rebuild: Rebuild) -> None:
         """Until ``rebuild`` has ended (the caller going away does not cancel it)."""
@@ -69,6 +73,15 @@ class LibraryMaintenance:
         """The library's running rebuild, else its last one since the start, else None."""
         rebuild = self.rebuilds.current(appid)
         return None if rebuild is None else rebuild.to_json()
+
+    def keep_up(self, lib: Library) -> None:
+        """After a library loaded or stored items: the switch to a reduced index when it is large
+        enough, else a recall measurement when its index is new or has doubled (a rebuild under
+        way measures the index it swaps in when it ends)."""
+        self.adopt_reduction_if_due(lib)
+        running = self.rebuilds.current(lib.row.appid)
+        if running is None or not running.running:
+            self.recall.tune_if_due(lib)
 
     def adopt_reduction_if_due(self, lib: Library) -> None:
         """Start the switch to a reduced index once the library is large enough.
@@ -86,15 +99,17 @@ class LibraryMaintenance:
             return  # a rebuild under way builds the right kind already (new_index picks it)
         self._adoptions.add(appid)
         log.info("library %s: large enough for a reduced index; switching in the background", appid)
-        self.rebuilds.start(lib, ADOPTION, on_end=self._adoption_ended)
+        self.rebuilds.start(lib, ADOPTION, on_end=lambda rebuild: self._adoption_ended(lib, rebuild))
 
-    def _adoption_ended(self, rebuild: Rebuild) -> None:
+    def _adoption_ended(self, lib: Library, rebuild: Rebuild) -> None:
         if rebuild.state == DONE:
             self._adoptions.discard(rebuild.appid)
+        self.recall.tune_if_due(lib)
 
     async def delete(self, lib: Library | Unavailable) -> None:
         """Drop a library, served or set aside: its items, thumbnails and search structure."""
         await self.rebuilds.cancel(lib.row.appid)
+        await self.recall.cancel(lib.row.appid)
         try:
             await self.backend.delete_library(lib)
         except StorageError as exc:

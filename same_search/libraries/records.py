@@ -7,6 +7,7 @@ cards, the search pipeline builds them from stored rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from same_search.contsign import ContSign
 from same_search.records import ItemRow, Tags
@@ -79,3 +80,6 @@ class LibraryCensus:
     appid: str
     items: int
     last_index_save: float | None
+    #: The library's recall as its stats show it (``same_search.index.recall``; None: the
+    #: backend does not measure it).
+    recall: dict[str, Any] | None = None

@@ -27,10 +27,17 @@ __all__ = ["LibraryReembedding", "ReembedLedger"]
 class LibraryReembedding:
     """The library service's side of a re-embed job."""
 
-    def __init__(self, registry: LibraryRegistry, writes: LibraryWrites) -> None:
+    def __init__(
+        self,
+        registry: LibraryRegistry,
+        writes: LibraryWrites,
+        on_switched: Callable[[Library], None] = lambda lib: None,
+    ) -> None:
         self.registry = registry
         self.writes = writes
         self.backend = registry.backend
+        #: Told of a library that now serves a new index (its recall is measured).
+        self._on_switched = on_switched
 
     @property
     def available(self) -> bool:
@@ -95,6 +102,7 @@ class LibraryReembedding:
     ) -> None:
         """Move ``lib`` to the job's model in one transaction, then serve the new index."""
         await self.registry.call(lib, self._backend().switch_model(lib, job, catch_up))
+        self._on_switched(lib)
         log.info(
             "library %s now serves model %s (fingerprint %s)",
             lib.row.appid,

@@ -40,12 +40,12 @@ class LibraryService:
         self.verifier = SamePictureService(models.default.limits, admission=models.default.admission)
         self.registry = LibraryRegistry(cfg, self.backend, models)
         self.maintenance = LibraryMaintenance(self.registry)
-        on_stored = self.maintenance.adopt_reduction_if_due
+        on_stored = self.maintenance.keep_up
         self.reads = LibraryReads(self.registry, self.verifier)
         self.writes = LibraryWrites(self.registry, self.reads, self.verifier, on_stored)
         self.imports = LibraryImports(self.registry, self.writes, on_stored)
         self.stats = LibraryStats(self.registry, self.maintenance)
-        self.reembedding = LibraryReembedding(self.registry, self.writes)
+        self.reembedding = LibraryReembedding(self.registry, self.writes, on_stored)
         #: Local features given back from kept originals, in the background.
         self.refills = FeatureRefills(self.registry, self.verifier)
         self.search = Searcher(self.reads, self.registry, self.verifier, cfg.search)
@@ -54,7 +54,7 @@ class LibraryService:
         """Open the backend and load every library (see :meth:`LibraryRegistry.open`)."""
         await self.backend.open()
         for lib in await self.registry.open():
-            self.maintenance.adopt_reduction_if_due(lib)  # also resumes one a crash or a shutdown interrupted
+            self.maintenance.keep_up(lib)  # also resumes an adoption a crash or a shutdown interrupted
 
     async def close(self) -> None:
         """Stop rebuilds, save changed indexes, then close the backend."""

@@ -95,5 +95,8 @@ class LibraryStats:
                 items = await self.registry.count(lib)
             except ApiError:
                 continue  # deleted meanwhile
-            found.append(LibraryCensus(lib.row.appid, items, self.backend.describe(lib)["last_index_save"]))
+            figures = self.backend.describe(lib)
+            found.append(
+                LibraryCensus(lib.row.appid, items, figures["last_index_save"], figures.get("recall"))
+            )
         return found

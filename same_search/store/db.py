@@ -2,7 +2,7 @@
 
 Each family keeps its own module and class over the same connections and writer lock
 (``database.Database``): items with their kept originals (``items``, ``originals``), the reads an
-index is loaded from (``vectors``), projections, the re-embed ledger and the import-job ledger
+index is loaded from (``vectors``), projections, index tuning, the re-embed ledger and the import-job ledger
 (``jobs``, which a daemon whose libraries live elsewhere opens alone). What spans families lives
 here: deleting a library with everything in it, and switching a library to another model.
 """
@@ -17,10 +17,11 @@ from same_search.store.items import ItemStore
 from same_search.store.jobs import JobStore
 from same_search.store.projections import ProjectionStore
 from same_search.store.reembeds import ReembedStore
+from same_search.store.tuning import TuningStore
 from same_search.store.vectors import VectorReads
 
 
-class Store(ItemStore, VectorReads, ProjectionStore, ReembedStore, JobStore):
+class Store(ItemStore, VectorReads, ProjectionStore, TuningStore, ReembedStore, JobStore):
     """All persistent state of a daemon with the local backend."""
 
     async def delete_library(self, lib_id: int) -> None:
@@ -35,6 +36,7 @@ class Store(ItemStore, VectorReads, ProjectionStore, ReembedStore, JobStore):
                     ("DELETE FROM local_features WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM removals WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM projections WHERE lib_id=?", (lib_id,)),
+                    ("DELETE FROM index_tuning WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM items WHERE lib_id=?", (lib_id,)),
                     ("DELETE FROM libraries WHERE id=?", (lib_id,)),
                     *self._unreferenced_statements(kept),

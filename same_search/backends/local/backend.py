@@ -21,7 +21,13 @@ from same_search.backends.base import (
     TagFilter,
     Unavailable,
 )
-from same_search.backends.capabilities import ReducedIndexes, Reembedding, ReembedLedger, RefilledFeatures
+from same_search.backends.capabilities import (
+    RecallTuned,
+    ReducedIndexes,
+    Reembedding,
+    ReembedLedger,
+    RefilledFeatures,
+)
 from same_search.backends.local.state import index_of
 from same_search.backends.local.writes import LocalWrites
 from same_search.index.heap import release_free_heap
@@ -31,7 +37,7 @@ from same_search.rows import load_failure_reason, raw_item_problems
 log = logging.getLogger(__name__)
 
 
-class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedIndexes):
+class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedIndexes, RecallTuned):
     """Libraries in ``<data_dir>/same_search.sqlite3``, indexes snapshotted to ``<data_dir>/indexes``."""
 
     name = "local"
@@ -69,6 +75,7 @@ class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedI
     async def load_library(self, row: LibraryRow) -> Library:
         started = time.monotonic()
         index = await self._load_index(row)
+        await self.restore_tuning(row, index)
         log.info("library %s ready: %d items in %.2fs", row.appid, index.count(), time.monotonic() - started)
         return Library(row, index)
 
@@ -145,6 +152,7 @@ class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedI
             "last_index_save": index.saved_at,
             "index_slots": index.capacity(),
             "search": index.strategy,
+            "recall": self.recall_state(lib),
             **(
                 {"reduced_dim": index.projection.dim, "projection": index.projection.fingerprint}
                 if isinstance(index, ReducedIndex)

@@ -16,7 +16,8 @@ import numpy as np
 
 from same_search.backends.base import BadRows, Library, LibraryRow
 from same_search.backends.local.feed import ProgressLog, feed_rows
-from same_search.backends.local.state import LocalState, index_of
+from same_search.backends.local.state import index_of
+from same_search.backends.local.tuning import RecallTuning
 from same_search.index import graph_files, native_file
 from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import FullIndex, LibraryIndex, key_to_label
@@ -34,7 +35,7 @@ LIVE_BATCH = 128
 LOAD_BATCH = 4096
 
 
-class LocalIndexes(LocalState):
+class LocalIndexes(RecallTuning):
     """Making, loading and saving the libraries' indexes."""
 
     async def new_index(self, row: LibraryRow, count: int) -> LibraryIndex:

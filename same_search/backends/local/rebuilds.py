@@ -101,6 +101,7 @@ class OnlineRebuilds(LocalIndexes):
                 fresh.seq = max(fresh.seq, self.store.seq)
                 if self._saves.get(row.id, 0) != saves_before:
                     fresh.saved_seq = -1  # the old index was saved meanwhile, maybe over this one
+                self.keep_depth(row, fresh)
                 lib.handle = fresh
                 if fresh.saved_seq != -1:  # the snapshot on disk is the fresh one's
                     self._drop_unused_natives(row.id, fresh, swapped=True)

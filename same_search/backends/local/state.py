@@ -12,6 +12,7 @@ import numpy as np
 from same_search.backends.base import Library
 from same_search.config import Config
 from same_search.index.library_index import LibraryIndex
+from same_search.index.recall import Tuning
 from same_search.store.db import Store
 
 
@@ -54,6 +55,9 @@ class LocalState:
         #: Per library being rebuilt (by row id): keys whose tags changed while it ran. Tag
         #: updates carry no seq; the rebuild re-reads these rows before its swap.
         self._retagged: dict[int, set[int]] = {}
+        #: Each library's last recall measurement (by row id), and those being measured now.
+        self._tunings: dict[int, Tuning] = {}
+        self._measuring: set[int] = set()
 
     def write_lock(self, lib: Library) -> asyncio.Lock:
         """The library's write lock: held by every write, a save and a rebuild."""

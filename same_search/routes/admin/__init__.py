@@ -28,6 +28,7 @@ def add_routes(app: web.Application) -> None:
         ("POST", wire.SAVE, libraries.save_index),
         ("POST", wire.REBUILD, libraries.rebuild_index),
         ("GET", wire.REBUILD, libraries.rebuild_status),
+        ("POST", wire.RECALL, libraries.measure_recall),
         ("POST", wire.COMPACT, libraries.rebuild_index),
         ("POST", wire.REPAIR, libraries.repair_library),
         ("POST", wire.LOCAL_FEATURES, libraries.refill_local_features),

@@ -78,6 +78,15 @@ async def rebuild_index(request: web.Request) -> web.Response:
     )
 
 
+async def measure_recall(request: web.Request) -> web.Response:
+    """Measure the library's recall now and tune its depth (after the measurement already
+    running, if any); answers with the library's stats when it is done."""
+    services, lib = await library(request)
+    if not await services.libraries.maintenance.recall.measure_now(lib):
+        raise bad_request(f"the {services.libraries.backend.name} backend does not measure recall")
+    return ok(library=await services.libraries.stats.of(await services.libraries.get(lib.row.appid)))
+
+
 async def rebuild_status(request: web.Request) -> web.Response:
     """The library's running rebuild, else its last one since the daemon started (null: none)."""
     services, lib = await library(request)

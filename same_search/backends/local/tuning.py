@@ -1,0 +1,111 @@
+"""Each library's recall measured on its own items and its search depth tuned (index/recall.py).
+
+A measurement shares the index thread with served searches one query at a time (hnswlib's ef
+is one setting per graph, so no other thread may walk a graph), reads the library's vectors for
+the exact answer there in chunks, and does the arithmetic in a worker thread: a search waits for
+at most one measured query or one chunk read, never for the whole measurement. The chosen depth
+is stored (table ``index_tuning``), so a restart serves it at once; an index of another kind,
+model or projection starts from ``[index]`` and is measured again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from same_search.backends.base import Library, LibraryRow
+from same_search.backends.local.state import LocalState, index_of
+from same_search.index import recall
+from same_search.index.library_index import LibraryIndex
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RecallTuning(LocalState):
+    """Measuring a library's recall, choosing and keeping its search depth."""
+
+    async def restore_tuning(self, row: LibraryRow, index: LibraryIndex) -> None:
+        """Give a freshly loaded index its library's stored depth, if it was measured on one like it."""
+        stored = await self.store.tuning(row.id)
+        if stored is not None:
+            self._tunings[row.id] = stored
+            if stored.fits(index, row.fingerprint):
+                index.depth, index.measured_items = stored.depth, stored.items
+
+    def keep_depth(self, row: LibraryRow, fresh: LibraryIndex) -> None:
+        """A rebuilt index starts from the depth its library was tuned to (measured again soon)."""
+        stored = self._tunings.get(row.id)
+        if stored is not None and stored.fits(fresh, row.fingerprint):
+            fresh.depth = stored.depth
+
+    def wants_tuning(self, lib: Library) -> bool:
+        """Whether the library's index searches a graph and was not measured yet (built, adopted,
+        loaded without a fitting measurement), or has doubled since."""
+        index = index_of(lib)
+        if index.strategy == "exact" or lib.row.id in self._measuring:
+            return False
+        return index.measured_items is None or index.count() >= 2 * max(index.measured_items, 1)
+
+    def recall_state(self, lib: Library) -> dict[str, object]:
+        """The library's recall as its stats show it."""
+        index, row = index_of(lib), lib.row
+        target = self.cfg.index.target_recall
+        if index.strategy == "exact":
+            return {"state": "exact", "recall": 1.0, "target": target, "below_target": False}
+        state = "measuring" if row.id in self._measuring else "not measured"
+        stored = self._tunings.get(row.id)
+        if stored is None or not stored.fits(index, row.fingerprint) or index.measured_items is None:
+            return {
+                "state": state,
+                "ef": index.depth.ef,
+                "candidates": index.depth.candidates,
+                "target": target,
+            }
+        return {**stored.to_json(), "state": "measuring" if row.id in self._measuring else "measured"}
+
+    async def tune(self, lib: Library) -> recall.Tuning | None:
+        """Measure the library's recall, choose the cheapest depth that reaches ``[index]
+        target_recall``, serve and store it; None when the library searches exactly."""
+        index, row = index_of(lib), lib.row
+        if index.strategy == "exact":
+            return None
+        self._measuring.add(row.id)
+        started = time.monotonic()
+        try:
+            tuning = await self._measure(index, row)
+        finally:
+            self._measuring.discard(row.id)
+        if index_of(lib) is index:  # not replaced by a rebuild meanwhile
+            index.depth, index.measured_items = tuning.depth, tuning.items
+        await self.store.save_tuning(row.id, tuning)
+        self._tunings[row.id] = tuning
+        log.log(
+            logging.INFO if tuning.met else logging.WARNING,
+            "library %s: recall@%d %.3f (filtered %s) with ef %d, %d candidates at %d items, target %.3f%s "
+            "(%.1fs)",
+            row.appid,
+            recall.K,
+            tuning.recall,
+            "-" if tuning.recall_filtered is None else f"{tuning.recall_filtered:.3f}",
+            tuning.ef,
+            tuning.candidates,
+            tuning.items,
+            tuning.target,
+            "" if tuning.met else ": BELOW TARGET at the deepest setting tried",
+            time.monotonic() - started,
+        )
+        return tuning
+
+    async def _measure(self, index: LibraryIndex, row: LibraryRow) -> recall.Tuning:
+        loop = asyncio.get_running_loop()
+
+        async def on_index(fn: Callable[..., T], *args: object) -> T:
+            return await loop.run_in_executor(self._index_pool, fn, *args)
+
+        return await recall.measure(
+            index, row.fingerprint, self.cfg.index.target_recall, on_index, asyncio.to_thread
+        )
