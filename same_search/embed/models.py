@@ -12,14 +12,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
 
 from same_search.config import ModelConfig
 from same_search.embed.efficientnet_lite import EfficientNetLite0
 from same_search.files import sha256_file
+
+if TYPE_CHECKING:
+    import torchvision
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,9 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
 
 
 def _load_resnet(cfg: ModelConfig) -> LoadedModel:
+    """A ResNet with its real weights. torchvision is imported only here (1.3 s of CPU that a
+    daemon serving Lite0 need not pay), and the network is built only once weights exist."""
     path = _find_resnet_weights(cfg)
-    network = getattr(torchvision.models, cfg.name)(weights=None)
     if path is None:
         if not cfg.allow_download:
             raise ModelUnavailable(
@@ -98,6 +102,9 @@ def _load_resnet(cfg: ModelConfig) -> LoadedModel:
                 f"{_hub_checkpoints()}, or set allow_download = true on a machine with internet access"
             )
         path = _download_resnet(cfg.name)
+    import torchvision
+
+    network = getattr(torchvision.models, cfg.name)(weights=None)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         network.load_state_dict(state, strict=True)
@@ -124,6 +131,8 @@ def _find_resnet_weights(cfg: ModelConfig) -> Path | None:
 
 
 def _download_resnet(name: str) -> Path:
+    import torchvision
+
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
         weights.get_state_dict(progress=False)
