@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,10 +19,28 @@ from same_search.client import Client
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: Daemons listen below the kernel's ephemeral range (32768-60999 by default), each test worker in
+#: a block of its own: a port the OS handed out with bind(0) could be handed out again, as the
+#: local port of any client connection, while a daemon is down between a kill and its restart on
+#: the same ports, and that restart then failed with "port in use".
+PORT_BLOCK = 2000
+FIRST_PORT = 12000
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port no other test worker hands out and no outgoing connection takes, free right now."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = FIRST_PORT + (PORT_BLOCK * (int(worker) if worker.isdigit() else 0)) % 20000
+    for _ in range(PORT_BLOCK):
+        port = base + next(_next_port) % PORT_BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
 
 
 class Daemon:
