@@ -148,6 +148,25 @@ class JobRow:
 
 
 @dataclass
+class SyncScheduleRow:
+    """A library's folder-sync schedule: what it follows, how often, and its last run."""
+
+    appid: str
+    folder: str
+    remove_missing: bool
+    interval_s: int
+    created_at: float
+    updated_at: float
+    #: When the next run is due (epoch seconds).
+    next_run_at: float
+    last_run_at: float | None = None
+    #: The sync job the last run started (its status and counters are the run's result).
+    last_job_id: int | None = None
+    #: Why the last due run started no job (empty once a run starts one).
+    last_message: str = ""
+
+
+@dataclass
 class ReembedJobRow:
     """A re-embed job: a library built again with another model, and its progress."""
 

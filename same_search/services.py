@@ -26,6 +26,7 @@ from same_search.embed.registry import ModelRegistry, open_registry
 from same_search.embed.service import EmbedService
 from same_search.fetch import Fetcher
 from same_search.imports.jobs import ImportJobs
+from same_search.imports.schedule import SyncScheduler
 from same_search.libraries import LibraryService
 from same_search.metrics import Metrics
 from same_search.reembed import ReembedJobs
@@ -51,6 +52,8 @@ class Services:
     duplicates: DuplicateScans
     #: Re-embedding jobs: a library moved to another model from its kept originals (an extension).
     reembeds: ReembedJobs
+    #: Folder-sync schedules: a sync job of a library's folder every interval (an extension).
+    schedules: SyncScheduler
     started_at: float = field(default_factory=time.time)
     #: False once shutdown begins, so /readyz tells load balancers to stop sending.
     ready: bool = True
@@ -112,10 +115,21 @@ async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterato
         await jobs.start()
         reembeds = ReembedJobs(libraries)
         await reembeds.start()
+        schedules = SyncScheduler(jobs, libraries)
+        await schedules.start()
         try:
             duplicates = DuplicateScans(libraries)
             services = Services(
-                cfg, embed, models, libraries, metrics, jobs, Fetcher(cfg.fetch), duplicates, reembeds
+                cfg,
+                embed,
+                models,
+                libraries,
+                metrics,
+                jobs,
+                Fetcher(cfg.fetch),
+                duplicates,
+                reembeds,
+                schedules,
             )
             metrics.attach(services)
             try:
@@ -123,6 +137,7 @@ async def _open_services(cfg: Config, embedder: Embedder | None) -> AsyncIterato
             finally:
                 await duplicates.close()
         finally:
+            await schedules.close()
             await reembeds.close()
             await jobs.close(cfg.server.shutdown_grace_s)
             saver.cancel()

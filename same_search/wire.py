@@ -115,6 +115,10 @@ DUPLICATES_CANCEL = f"{DUPLICATES_SCAN}/cancel"
 REEMBED = f"{LIBRARY}/reembed"
 REEMBED_JOB = f"{REEMBED}/{{job_id}}"
 REEMBED_CANCEL = f"{REEMBED_JOB}/cancel"
+# Extensions: a library that follows a folder on a schedule (a sync job every interval).
+SYNC = f"{LIBRARY}/sync"
+SYNC_RUN = f"{SYNC}/run"
+SYNCS = f"{API}/sync"
 
 
 def rts(route: str) -> str:

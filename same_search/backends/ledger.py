@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from same_search.records import JobRow
+from same_search.records import JobRow, SyncScheduleRow
 
 
 class JobLedger(Protocol):
@@ -13,7 +13,8 @@ class JobLedger(Protocol):
 
     Jobs are daemon state, not library state: a job reads a folder, manifest or uploaded ZIP on
     the daemon's own disk, so only that daemon can run it. Every backend therefore keeps them in
-    a SQLite file in the data directory (``same_search.store.jobs.JobStore``).
+    a SQLite file in the data directory (``same_search.store.jobs.JobStore``). The folder-sync
+    schedules that start sync jobs live there too (``same_search.store.schedules``).
     """
 
     async def create_job(
@@ -36,3 +37,22 @@ class JobLedger(Protocol):
 
     async def job_errors(self, job_id: int, limit: int = 1000) -> list[tuple[str, int, str]]:
         """The first ``limit`` per-item failures of a job."""
+
+    async def set_schedule(
+        self, appid: str, folder: str, remove_missing: bool, interval_s: int, next_run_at: float
+    ) -> SyncScheduleRow:
+        """Create or replace a library's folder-sync schedule; returns it."""
+
+    async def schedule(self, appid: str) -> SyncScheduleRow | None:
+        """One library's schedule, if it has one."""
+
+    async def schedules(self) -> list[SyncScheduleRow]:
+        """Every schedule, by library name."""
+
+    async def record_run(
+        self, appid: str, ran_at: float, next_run_at: float, job_id: int | None, message: str
+    ) -> None:
+        """A due run: the job it started (or why none) and when the next is due."""
+
+    async def delete_schedule(self, appid: str) -> int:
+        """Forget a library's schedule; returns 1 if it had one, else 0."""

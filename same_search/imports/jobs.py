@@ -108,21 +108,25 @@ class ImportJobs:
         sync job (kind ``sync``) also removes the items whose file is gone.
         """
         await self.libraries.get(appid)
-        opened = await self._open(kind, source)
-        opened.close()
+        total = await self.check_source(kind, source)
         job_id = await self.store.create_job(
-            appid, kind, source, len(opened.entries), dup_policy, dup_min_score, remove_missing
+            appid, kind, source, total, dup_policy, dup_min_score, remove_missing
         )
         self._wake.set()
-        log.info(
-            "import job %d queued: %s %s into %s (%d images)",
-            job_id,
-            kind,
-            source,
-            appid,
-            len(opened.entries),
-        )
+        log.info("import job %d queued: %s %s into %s (%d images)", job_id, kind, source, appid, total)
         return (await self.store.jobs(job_id))[0]
+
+    async def check_source(self, kind: str, source: str) -> int:
+        """Open and list a source as a job would, then close it: how many images it lists, or
+        err_no 1 saying why it cannot be used (what a sync schedule checks when it is set)."""
+        opened = await self._open(kind, source)
+        opened.close()
+        return len(opened.entries)
+
+    async def active(self, appid: str, kind: str) -> JobRow | None:
+        """The oldest queued or running job of this kind for this library, if any."""
+        found = [job for job in await self.store.jobs() if job.appid == appid and job.kind == kind]
+        return next((job for job in reversed(found) if job.status in ACTIVE), None)
 
     async def cancel(self, job_id: int) -> JobRow:
         """Cancel a queued or running job: a running one stops after its current chunk and ends

@@ -66,6 +66,9 @@ BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", wire.DUPLICATES): JSON_TYPES,
     ("POST", wire.DUPLICATES_REMOVE): JSON_TYPES,
     ("POST", wire.REEMBED): JSON_TYPES,
+    ("PUT", wire.SYNC): JSON_TYPES,
+    ("POST", wire.SYNC): JSON_TYPES,
+    ("PATCH", wire.ITEM): JSON_TYPES,
 }
 #: JSON routes whose body is optional (no body: remove every extra); a body sent must be JSON.
 BODY_OPTIONAL = frozenset({("POST", wire.DUPLICATES_REMOVE)})

@@ -11,7 +11,8 @@ import time
 from collections.abc import Sequence
 
 from same_search.records import JobRow
-from same_search.store.database import Database, Statement
+from same_search.store.database import Statement
+from same_search.store.schedules import ScheduleStore
 
 _JOB_COLUMNS = (
     "id, appid, kind, source, status, position, total, done, failed, duplicates, message, "
@@ -19,8 +20,8 @@ _JOB_COLUMNS = (
 )
 
 
-class JobStore(Database):
-    """Tables ``jobs`` and ``job_errors``."""
+class JobStore(ScheduleStore):
+    """Tables ``jobs`` and ``job_errors`` (and, inherited, the folder-sync schedules)."""
 
     async def create_job(
         self,

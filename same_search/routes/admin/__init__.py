@@ -12,7 +12,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from same_search import wire
-from same_search.routes.admin import duplicates, items, jobs, libraries, probes, reembed, settings, transfer
+from same_search.routes.admin import (
+    duplicates,
+    items,
+    jobs,
+    libraries,
+    probes,
+    reembed,
+    settings,
+    sync,
+    transfer,
+)
 
 
 def add_routes(app: web.Application) -> None:
@@ -40,6 +50,7 @@ def add_routes(app: web.Application) -> None:
         ("GET", wire.ITEMS, items.list_items),
         ("GET", wire.ITEM, items.get_item),
         ("DELETE", wire.ITEM, items.delete_item),
+        ("PATCH", wire.ITEM, items.edit_item),
         ("GET", wire.THUMBNAIL, items.thumbnail),
         ("POST", wire.LIBRARY_SEARCH, items.search_image),
         ("GET", wire.EXPORT, transfer.export_library),
@@ -57,5 +68,11 @@ def add_routes(app: web.Application) -> None:
         ("GET", wire.REEMBED, reembed.list_reembeds),
         ("GET", wire.REEMBED_JOB, reembed.get_reembed),
         ("POST", wire.REEMBED_CANCEL, reembed.cancel_reembed),
+        ("GET", wire.SYNC, sync.get_schedule),
+        ("PUT", wire.SYNC, sync.set_schedule),
+        ("POST", wire.SYNC, sync.set_schedule),
+        ("DELETE", wire.SYNC, sync.delete_schedule),
+        ("POST", wire.SYNC_RUN, sync.run_now),
+        ("GET", wire.SYNCS, sync.list_schedules),
     ):
         app.router.add_route(method, path, handler)

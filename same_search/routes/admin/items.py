@@ -7,9 +7,9 @@ from aiohttp import web
 
 from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo, bad_request, shown
-from same_search.routes.admin.common import MAX_PAGE, contsign_in, item_card, library, query_int
+from same_search.routes.admin.common import MAX_PAGE, contsign_in, item_card, json_body, library, query_int
 from same_search.routes.envelope import ok, read_body
-from same_search.routes.fields import parse_region
+from same_search.routes.fields import decode_base64, parse_region
 from same_search.search.request import SearchRequest
 
 
@@ -38,6 +38,61 @@ async def get_item(request: web.Request) -> web.Response:
 async def delete_item(request: web.Request) -> web.Response:
     services, lib = await library(request)
     return ok(removed=await services.libraries.writes.remove(lib, [contsign_in(request)]))
+
+
+#: The fields an edit may carry.
+EDITABLE = frozenset({"brief", "brief_text", "tags"})
+UINT32_MAX = (1 << 32) - 1
+
+
+async def edit_item(request: web.Request) -> web.Response:
+    """Change an item's brief and/or tags, as the spec's ``update`` does: ``{"brief_text": str}``
+    (stored as UTF-8) or ``{"brief": base64}``, and/or ``{"tags": [tag1, tag2]}``. A field left
+    out keeps its value; answers the item as it is now (err_no 102 when it is not stored)."""
+    services, lib = await library(request)
+    contsign = contsign_in(request)
+    body = await json_body(request)
+    unknown = sorted(set(body) - EDITABLE)
+    if unknown or not body:
+        raise bad_request('send "brief_text" (or base64 "brief") and/or "tags": [tag1, tag2]')
+    if "brief" in body and "brief_text" in body:
+        raise bad_request("send brief_text or brief, not both")
+    brief = _edited_brief(body, services.cfg.limits.brief_max_bytes)
+    tags = _edited_tags(body.get("tags"))
+    await services.libraries.writes.update(lib, contsign, brief, tags)
+    found = await services.libraries.reads.item(lib, contsign)
+    if found is None:  # removed meanwhile
+        raise ApiError(ErrNo.UPDATE_MISSING, f"no item {request.match_info['contsign']} in {lib.row.appid!r}")
+    return ok(item=item_card(lib.row.appid, found))
+
+
+def _edited_brief(body: dict, limit: int) -> bytes | None:
+    if "brief_text" in body:
+        if not isinstance(body["brief_text"], str):
+            raise bad_request("brief_text must be a string")
+        try:
+            brief = body["brief_text"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad_request("brief_text is not valid Unicode (a lone surrogate)") from None
+    elif "brief" in body:
+        brief = decode_base64(body["brief"], "brief")
+    else:
+        return None
+    if len(brief) > limit:
+        raise bad_request(f"the brief is {len(brief)} bytes; at most {limit} are allowed")
+    return brief
+
+
+def _edited_tags(value: object) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= UINT32_MAX for t in value)
+    ):
+        raise bad_request("tags must be two integers from 0 to 4294967295: [tag1, tag2]")
+    return value[0], value[1]
 
 
 #: What ``?placeholder=1`` answers for an item without a stored thumbnail (imported as vectors,

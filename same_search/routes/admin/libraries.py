@@ -49,6 +49,7 @@ async def delete_library(request: web.Request) -> web.Response:
         what = "its items" if items is None else f"its {items} items"
         raise bad_request(f"add ?confirm={lib.row.appid} to delete this library and {what}")
     await services.libraries.maintenance.delete(lib)
+    await services.schedules.delete(lib.row.appid)  # a library of the same name later starts afresh
     return ok(deleted=lib.row.appid, items=items)
 
 
