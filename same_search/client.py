@@ -585,6 +585,28 @@ class _Base:
         values.pick("job", dict),
     )
 
+    sync_schedule = _route(
+        "GET",
+        wire.SYNC,
+        "The library's folder-sync schedule (folder, every, next_run, last_run, last_job), or None.",
+        values.pick("schedule", lambda schedule: schedule),
+    )
+    sync_schedules = _route(
+        "GET", wire.SYNCS, "Every library's folder-sync schedule.", values.pick("schedules", list)
+    )
+    delete_sync = _route(
+        "DELETE",
+        wire.SYNC,
+        "Stop following the folder (a sync in progress runs on); 1 if there was a schedule, else 0.",
+        values.pick("removed", int),
+    )
+    run_sync = _route(
+        "POST",
+        wire.SYNC_RUN,
+        "Sync the library's folder now (its schedule's beat is kept): {job, started}; started is "
+        "False when its sync job was already queued or running (that job is returned).",
+    )
+
     cancel_duplicates = _route(
         "POST", wire.DUPLICATES_CANCEL, "Stop a running duplicates scan.", values.pick("scan", dict)
     )
@@ -635,6 +657,42 @@ class _Base:
             body["promote_same_picture"] = promote_same_picture
         path = wire.RANKING.format(appid=_quote(appid))
         return _Call("admin", path, "PUT", body=body, parse=values.pick("library", dict))
+
+    @_request
+    def set_sync(
+        self,
+        appid: str,
+        folder: str,
+        every: str | int,
+        *,
+        remove_missing: bool = False,
+        start_at: float | None = None,
+    ) -> _Call[dict[str, Any]]:
+        """Make a library follow a folder on the daemon's host (an extension): a sync job every
+        ``every`` (seconds, or "15m", "6h", "1d"; at least a minute), removing the items whose
+        file is gone when ``remove_missing``. The first run is due at ``start_at`` (epoch
+        seconds; None: at once). Replaces the library's schedule if it had one; returns it."""
+        body: dict[str, Any] = {"folder": folder, "every": every, "remove_missing": remove_missing}
+        if start_at is not None:
+            body["start_at"] = start_at
+        path = wire.SYNC.format(appid=_quote(appid))
+        return _Call("admin", path, "PUT", body=body, parse=values.pick("schedule", dict))
+
+    @_request
+    def edit_item(
+        self, appid: str, contsign: ContSignLike, brief: str | bytes | None = None, tags: Tags | None = None
+    ) -> _Call[Item]:
+        """Change a stored item's brief and/or tags through the management API (what the spec's
+        ``update`` does); returns the item as it is now (NotFound if it is not stored)."""
+        body: dict[str, Any] = {}
+        if isinstance(brief, str):
+            body["brief_text"] = brief
+        elif brief is not None:
+            body["brief"] = values.b64(brief)
+        if tags is not None:
+            body["tags"] = list(tags)
+        path = wire.ITEM.format(appid=_quote(appid), contsign=values.path_key(contsign))
+        return _Call("admin", path, "PATCH", body=body, parse=values.pick("item", values.item_from_admin))
 
     @_request
     def create_library(self, appid: str, model: str | None = None) -> _Call[dict[str, Any]]:

@@ -721,6 +721,41 @@ def test_folder_sync_adds_updates_removes_and_is_idempotent(
         client.create_job("followed", directory=str(folder), remove_missing=True)
 
 
+def test_a_sync_schedule_through_the_cli_and_the_client(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import time
+
+    folder = tmp_path / "scheduled"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg(321))
+    client = make_client(daemon)
+    client.create_library("scheduled")
+    argv = ("sync", "set", "--appid", "scheduled", "--folder", str(folder), "--every", "6h")
+    code, out, err = run_cli(daemon, capsys, *argv, "--start-in", "3600")
+    assert code == 0, err
+    assert f"scheduled: follows {folder} every 6h" in out and "last run never" in out
+    schedule = client.sync_schedule("scheduled")
+    assert schedule["last_job"] is None and schedule["next_run"] > time.time() + 3000  # not due yet
+
+    code, out, err = run_cli(daemon, capsys, "sync", "run", "--appid", "scheduled", "--wait")
+    assert code == 0 and "started" in out and "1/1 done, 1 added" in out, (out, err)
+    code, out, _ = run_cli(daemon, capsys, "sync")
+    assert "scheduled: follows" in out and "last result: job" in out and "done: 1 added" in out
+    assert [s["appid"] for s in client.sync_schedules()] == ["scheduled"]
+    with pytest.raises(BadRequest, match="every must be from 1m"):
+        client.set_sync("scheduled", str(folder), "5s")
+
+    item = next(client.iter_items("scheduled"))
+    edited = client.edit_item("scheduled", item.contsign, "renamed.jpg", tags=(4, 5))
+    assert (edited.brief_text, edited.tags) == ("renamed.jpg", (4, 5))
+    assert client.edit_item("scheduled", item.contsign, b"\xff\x00").brief == b"\xff\x00"
+
+    code, out, _ = run_cli(daemon, capsys, "sync", "stop", "--appid", "scheduled")
+    assert code == 0 and "no longer follows" in out
+    assert client.sync_schedule("scheduled") is None and client.delete_sync("scheduled") == 0
+
+
 def test_folder_sync_survives_a_restart(daemon: Daemon, tmp_path: Path) -> None:
     """Killed mid-run (SIGKILL), the sync job resumes from its last chunk when the daemon is
     back and ends with the library equal to the folder. Runs last: it restarts the module's daemon."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from same_search import __version__
+from same_search.cli.folder_sync import add_sync_command
 
 EPILOG = """\
 Without a COMMAND the daemon runs (as with 'serve'). 'same_search COMMAND --help' tells more.
@@ -171,6 +172,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--cancel", type=int, metavar="JOB", help="cancel a job; the library keeps its model")
     reembed.add_argument("--no-wait", action="store_true", help="start (or show) the job and return")
     _add_management_commands(commands, client)
+    add_sync_command(commands, client)
     for action in commands._choices_actions:  # every command's --help opens with what it does
         chosen = commands.choices[action.dest]
         if chosen.description is None and action.help:

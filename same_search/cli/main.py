@@ -22,6 +22,7 @@ from same_search.cli.commands import (
 from same_search.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, Command
 from same_search.cli.daemon import run_daemon
 from same_search.cli.folder_import import cmd_import
+from same_search.cli.folder_sync import cmd_sync
 from same_search.cli.management import cmd_delete_library, cmd_jobs, cmd_remove, cmd_signup
 from same_search.client import (
     SameSearchError,
@@ -95,4 +96,5 @@ COMMANDS: dict[str, Command] = {
     "delete-library": cmd_delete_library,
     "remove": cmd_remove,
     "jobs": cmd_jobs,
+    "sync": cmd_sync,
 }

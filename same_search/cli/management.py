@@ -101,13 +101,13 @@ def cmd_jobs(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     else:
         job = client.job(args.job)
     if args.wait:
-        job = _watch(client, job)
-    _print_job(job)
+        job = watch_job(client, job)
+    print_job(job)
     return 0 if job["status"] in ("done", "queued", "running") else EXIT_FAILED
 
 
-def _watch(client: Client, job: dict[str, Any]) -> dict[str, Any]:
-    """Poll a job until it ends, a progress line on stderr per poll."""
+def watch_job(client: Client, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll a job until it ends, a progress line on stderr per poll (``jobs`` and ``sync run``)."""
     while job["status"] in ("queued", "running"):
         print(f"job {job['id']} {job['status']}: {_counts(job)}", file=sys.stderr)
         time.sleep(JOB_POLL_S)
@@ -128,7 +128,7 @@ def _counts(job: dict[str, Any]) -> str:
     )
 
 
-def _print_job(job: dict[str, Any]) -> None:
+def print_job(job: dict[str, Any]) -> None:
     print(f"job {job['id']} {job['status']}: {job['kind']} {job['source']} into {job['appid']}")
     print(f"  {_counts(job)}")
     if job.get("message"):
