@@ -223,6 +223,19 @@ class ItemPage:
     has_more: bool = False
 
 
+def sync_result(schedule: Mapping[str, Any]) -> str:
+    """What a folder-sync schedule's last run did, in one line (the CLI and the console's first
+    render write it; the console's script writes the same when it refreshes)."""
+    job = schedule["last_job"]
+    line = (
+        "none yet"
+        if job is None
+        else f"job {job['id']} {job['status']}: {job['done']} added, {job['updated']} updated, "
+        f"{job['removed']} removed, {job['duplicates']} unchanged, {job['failed']} failed"
+    )
+    return line + (f" ({schedule['last_message']})" if schedule["last_message"] else "")
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

@@ -225,3 +225,69 @@ def test_the_job_form_starts_a_sync_and_the_item_page_deletes(daemon, page, tmp_
     page.click("#delete-item")
     page.wait_for_url("**/libraries/followed")
     assert page.locator(".grid .card").count() == 0
+
+
+def _wait_schedule(client, appid: str, check) -> dict:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not check(schedule := client.sync_schedule(appid)):
+        assert time.monotonic() < deadline, schedule
+        time.sleep(0.05)
+    return schedule
+
+
+def test_the_library_page_shows_its_sync_schedule_and_syncs_now(daemon, page, tmp_path: Path):
+    folder = tmp_path / "scheduled"
+    folder.mkdir()
+    for seed in (80, 81):
+        (folder / f"{seed}.jpg").write_bytes(jpeg(seed))
+    client = daemon.client()
+    client.create_library("scheduled")
+    client.set_sync("scheduled", str(folder), "2h", remove_missing=True)  # due at once
+    _wait_schedule(client, "scheduled", lambda s: s["last_job"] and s["last_job"]["status"] == "done")
+    (folder / "82.jpg").write_bytes(jpeg(82))
+
+    page.goto(daemon.url("admin", "/libraries/scheduled"))
+    assert page.inner_text("#sync-folder") == str(folder) and page.inner_text("#sync-every") == "2h"
+    assert "removes the items whose file is gone" in page.inner_text("#sync-schedule")
+    assert page.inner_text("#sync-result").endswith(
+        "done: 2 added, 0 updated, 0 removed, 0 unchanged, 0 failed"
+    )
+    assert page.inner_text("#sync-last-run") != "never" and page.inner_text("#sync-next-run") != "never"
+    assert page.input_value("#sync-form input[name=every]") == "2h"
+    page.click("#sync-now")
+    page.wait_for_selector("#sync-status:has-text('started')")
+    page.wait_for_selector("#sync-result:has-text('done: 1 added')", timeout=60_000)
+    assert client.library("scheduled")["items"] == 3
+
+
+def test_edit_a_brief_on_the_item_page_and_from_search_results(daemon, page):
+    client = daemon.client("notes")
+    client.signup()
+    sign = client.add(jpeg(90), "before")
+    other = client.add(jpeg(91), "other")
+    path = f"/libraries/notes/items/{sign}"
+
+    page.goto(daemon.url("admin", path))
+    page.fill("#edit-item input[name=brief_text]", "after")
+    page.fill("#edit-item input[name=tag1]", "3")
+    page.fill("#edit-item input[name=tag2]", "4")
+    page.click("#edit-item button")
+    page.wait_for_selector("#edit-status:has-text('Saved.')")
+    assert (page.inner_text("#item-brief"), page.inner_text("#item-tags")) == ("after", "3, 4")
+    assert client.item("notes", sign).brief == b"after" and client.item("notes", sign).tags == (3, 4)
+
+    page.click("#similar")  # the item itself comes first, then the other one
+    page.wait_for_selector("#results .card:nth-child(2)")
+    first = page.locator("#results .card").first
+    first.locator(".hit-edit").click()
+    first.locator(".brief-edit").fill("from the results")
+    first.locator(".brief-edit").press("Enter")
+    page.wait_for_selector("#results .card .brief:has-text('from the results')")
+    assert page.url.endswith(path)  # the card's link was not followed
+    assert client.item("notes", sign).brief == b"from the results"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#results .card").nth(1).locator(".hit-remove").click()
+    page.wait_for_selector("#results .card.removed")
+    assert client.delete_item("notes", other) == 0  # already removed

@@ -10,6 +10,7 @@ from typing import Any
 
 from same_search.cli.common import EXIT_FAILED, client_for
 from same_search.cli.management import print_job, watch_job
+from same_search.client_values import sync_result
 from same_search.config import Config
 
 
@@ -84,21 +85,7 @@ def print_schedule(schedule: dict[str, Any]) -> None:
     removes = ", removing gone files' items" if schedule["remove_missing"] else ""
     print(f"{schedule['appid']}: follows {schedule['folder']} every {schedule['every']}{removes}")
     print(f"  last run {_when(schedule['last_run'])}, next run {_when(schedule['next_run'])}")
-    print(f"  last result: {result_text(schedule)}")
-
-
-def result_text(schedule: dict[str, Any]) -> str:
-    """What the last run did (the console writes the same)."""
-    job = schedule["last_job"]
-    line = (
-        "none yet"
-        if job is None
-        else (
-            f"job {job['id']} {job['status']}: {job['done']} added, {job['updated']} updated, "
-            f"{job['removed']} removed, {job['duplicates']} unchanged, {job['failed']} failed"
-        )
-    )
-    return line + (f" ({schedule['last_message']})" if schedule["last_message"] else "")
+    print(f"  last result: {sync_result(schedule)}")
 
 
 def _when(ts: float | None) -> str:

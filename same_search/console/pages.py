@@ -17,6 +17,7 @@ from importlib import resources
 from aiohttp import web
 
 from same_search.console.login import FRAME_HEADERS, LOGOUT, operator_only
+from same_search.console.panels import edit_form, sync_panel
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo
 from same_search.libraries import Library
@@ -177,6 +178,7 @@ min="-1" max="1" size="5" placeholder="any"></label> (applies to the next search
 {_results_block("Results")}
 {_library_extensions(appid)}
 {_reembed_panel(services, stats)}
+{await sync_panel(services, appid, f"/api/libraries/{segment(appid)}/sync")}
 <h2>Items {offset + 1 if items else 0}&ndash;{offset + len(items)} of {stats["items"]}</h2>
 <div class="grid">{cards}</div><p class="nav">{nav}</p>
 """
@@ -290,9 +292,10 @@ async def item(request: web.Request) -> web.Response:
     body = f"""
 <p><a href="{library_href(lib.row.appid)}">&larr; {escape(lib.row.appid)}</a></p>
 <div class="detail"><img src="{thumbnail_src(lib.row.appid, key)}" alt="">
-<dl><dt>brief</dt><dd class="brief">{escape(_brief_text(entry.brief))}</dd>
-<dt>contsign</dt><dd>{{"sign1": {sign1}, "sign2": {sign2}}}</dd><dt>tags</dt><dd>{escape(tags)}</dd>
-<dt>added</dt><dd>{_when(created)}</dd><dt>updated</dt><dd>{_when(updated)}</dd></dl></div>
+<dl><dt>brief</dt><dd class="brief" id="item-brief">{escape(_brief_text(entry.brief))}</dd>
+<dt>contsign</dt><dd>{{"sign1": {sign1}, "sign2": {sign2}}}</dd><dt>tags</dt><dd id="item-tags">{escape(tags)}</dd>
+<dt>added</dt><dd>{_when(created)}</dd><dt>updated</dt><dd id="item-updated">{_when(updated)}</dd></dl></div>
+{edit_form(entry, f"/api/libraries/{segment(lib.row.appid)}/items/{segment(key)}")}
 <button id="similar" data-contsign="{key}">Find similar</button>
 <button id="delete-item" data-path="{escape(f"/api/libraries/{segment(lib.row.appid)}/items/{segment(key)}")}"
 data-back="{library_href(lib.row.appid)}">Delete this item</button> <span id="delete-status"></span>
@@ -312,7 +315,7 @@ async def static(request: web.Request) -> web.Response:
 # ---- region search on the library page, the duplicates view (extensions) -----------------------------
 
 #: Scripts of the extensions, served from ``static/`` under their own path.
-EXTENSION_SCRIPTS = ("region.js", "duplicates.js", "reembed.js")
+EXTENSION_SCRIPTS = ("region.js", "duplicates.js", "reembed.js", "sync.js")
 _EXTENSION_STYLE = """<style>
 #region-stage { position: relative; display: inline-block; cursor: crosshair; user-select: none; }
 #region-stage img { max-width: min(480px, 100%); display: block; }

@@ -77,6 +77,7 @@ function showResults(appid, answer, how) {
       el("img", { src: withPlaceholder(hit.thumbnail), alt: "" }),
       el("span", { class: "score" }, score),
       el("span", { class: "brief" }, hit.brief_text === null ? "(binary brief)" : hit.brief_text));
+    card.append(hitActions(appid, hit, card));
     const r = hit.region;
     if (r) {
       card.append(matchPanel([hit.thumbnail, r.stored, r.stored_size, "stored"],
@@ -91,6 +92,63 @@ function showResults(appid, answer, how) {
   status.dataset.count = String(shown);
   status.dataset.order = answer.ranking ? answer.ranking.order : "score";
   if (more) more.hidden = !answer.has_more;
+}
+
+// A hit's own buttons: edit its brief in place (Enter saves, Escape gives up) or remove it from
+// the library. They act on the item and stop the card's link from being followed.
+function hitActions(appid, hit, card) {
+  const path = `/api/libraries/${seg(appid)}/items/${seg(hit.key)}`;
+  const edit = el("button", { class: "hit-edit", type: "button", title: "edit this item's brief" }, "edit");
+  const remove = el("button", { class: "hit-remove", type: "button", title: "remove this item" }, "remove");
+  const stop = (e) => { e.preventDefault(); e.stopPropagation(); };
+  edit.addEventListener("click", (e) => {
+    stop(e);
+    const shown = card.querySelector(".brief");
+    if (card.querySelector(".brief-edit")) return;
+    const input = el("input", { class: "brief-edit", value: hit.brief_text ?? "" });
+    input.addEventListener("click", stop);
+    input.addEventListener("keydown", async (k) => {
+      if (k.key === "Escape") { input.replaceWith(shown); return; }
+      if (k.key !== "Enter") return;
+      stop(k);
+      const answer = await api("PATCH", path, JSON.stringify({ brief_text: input.value }), "application/json");
+      if (answer.err_no !== 0) { input.title = `err_no ${answer.err_no}: ${answer.err_msg}`; input.classList.add("error"); return; }
+      hit.brief_text = answer.item.brief_text;
+      shown.textContent = hit.brief_text;
+      input.replaceWith(shown);
+    });
+    shown.replaceWith(input);
+    input.focus();
+  });
+  remove.addEventListener("click", async (e) => {
+    stop(e);
+    if (!confirm("Remove this item from the library?")) return;
+    const answer = await api("DELETE", path);
+    if (answer.err_no === 0) { card.classList.add("removed"); card.removeAttribute("href"); edit.disabled = remove.disabled = true; }
+    else remove.title = `err_no ${answer.err_no}: ${answer.err_msg}`;
+  });
+  return el("span", { class: "hit-actions" }, edit, " ", remove);
+}
+
+// The item page's form: a changed brief and/or both tags, sent as one PATCH of the item.
+function setUpItemEdit() {
+  const form = document.getElementById("edit-item");
+  if (!form) return;
+  const status = document.getElementById("edit-status");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = {};
+    if (form.brief_text.value !== form.brief_text.dataset.initial) body.brief_text = form.brief_text.value;
+    if (form.tag1.value !== "" && form.tag2.value !== "") body.tags = [Number(form.tag1.value), Number(form.tag2.value)];
+    if (!Object.keys(body).length) { status.textContent = "Nothing to save."; return; }
+    const answer = await api("PATCH", form.dataset.path, JSON.stringify(body), "application/json");
+    if (answer.err_no !== 0) { status.textContent = `err_no ${answer.err_no}: ${answer.err_msg}`; return; }
+    const item = answer.item;
+    document.getElementById("item-brief").textContent = item.brief_text ?? "(binary brief)";
+    document.getElementById("item-tags").textContent = item.tags ? item.tags.join(", ") : "none";
+    form.brief_text.dataset.initial = form.brief_text.value;
+    status.textContent = "Saved.";
+  });
 }
 
 // The last search, so "More results" can ask for the next page of the same question.
@@ -331,3 +389,4 @@ setUpSearch();
 setUpRanking();
 setUpForms();
 setUpRebuild();
+setUpItemEdit();
