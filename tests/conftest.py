@@ -23,10 +23,14 @@ from aiohttp.test_utils import TestClient
 sys.path.insert(0, str(Path(__file__).parent))
 
 from same_search.app import create_app
-from same_search.config import Config, ModelConfig, StorageConfig
+from same_search.config import Config, IndexConfig, ModelConfig, StorageConfig
 from same_search.embed.embedder import Embedder
 
 Api = Callable[..., Awaitable[dict[str, Any]]]
+
+#: Recall measurements in tests that are not about recall search 40 stored items, not 200: the
+#: measurement still runs and tunes (every graph library's does) at a fifth of the cost.
+TEST_RECALL_SAMPLE = 40
 
 
 def b64(data: bytes) -> str:
@@ -110,7 +114,9 @@ def storage_for(backend: str, data_dir: Path, request: pytest.FixtureRequest) ->
 def config(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Config:
     """Defaults, with the data dir in a temp folder, the model the tests load, and the backend."""
     return Config(
-        storage=storage_for(backend, tmp_path / "data", request), model=ModelConfig(name="efficientnet_lite0")
+        storage=storage_for(backend, tmp_path / "data", request),
+        model=ModelConfig(name="efficientnet_lite0"),
+        index=IndexConfig(recall_sample=TEST_RECALL_SAMPLE),
     )
 
 

@@ -223,7 +223,10 @@ def test_the_daemon_measures_once_then_reads_the_cache(tmp_path):
     try:
         lines = [line for line in daemon.log.read_text().splitlines() if "precision auto ->" in line]
         assert len(lines) == 2, lines
-        assert "cached" not in lines[0] and "cached" in lines[1]
+        assert "cached" not in lines[0]
+        # A check that ran is cached; one skipped for its time budget (a loaded machine: one pass
+        # took too long) or not needed (no bf16) leaves nothing to cache: the next start decides afresh.
+        assert ("cached" in lines[1]) == ("check took" in lines[0]), lines
         mode = lines[0].split("precision auto -> ")[1].split(":")[0]
         assert mode in ("fp32", "bf16") and f"precision={mode}" in daemon.log.read_text()
     finally:

@@ -28,8 +28,8 @@ from same_search.index.paging import SearchDepth
 
 #: recall@K is measured.
 K = 10
-#: Stored items searched per measurement: the standard error of recall near 0.98 is then
-#: about 0.003.
+#: Stored items searched per measurement unless ``[index] recall_sample`` says otherwise: the
+#: standard error of recall near 0.98 is then about 0.003.
 SAMPLE = 200
 #: Rows per chunk of the exact scan (read in the index thread: 4096 x 1280-d is 20 MB).
 SCAN_CHUNK = 4096
@@ -244,12 +244,17 @@ Run = Callable[..., Awaitable[Any]]
 
 
 async def measure(
-    index: LibraryIndex, fingerprint: str, target: float, on_index: Run, on_worker: Run
+    index: LibraryIndex,
+    fingerprint: str,
+    target: float,
+    on_index: Run,
+    on_worker: Run,
+    sample: int = SAMPLE,
 ) -> Tuning:
     """Measure ``index`` and choose its depth (module docstring): whatever touches the index
     (vectors, searches) runs ``on_index``, one query or one chunk at a time; the exact scan's
     arithmetic runs ``on_worker``. Nothing is applied: the caller serves and keeps the result."""
-    rows = await on_index(sample_rows, index, SAMPLE)
+    rows = await on_index(sample_rows, index, sample)
     keys = index.rows.keys[rows].copy()
     queries = await on_index(index.row_vectors, rows)
     tag = await on_index(common_tag, index)

@@ -106,6 +106,7 @@ class RecallTuning(LocalState):
         async def on_index(fn: Callable[..., T], *args: object) -> T:
             return await loop.run_in_executor(self._index_pool, fn, *args)
 
+        cfg = self.cfg.index
         return await recall.measure(
-            index, row.fingerprint, self.cfg.index.target_recall, on_index, asyncio.to_thread
+            index, row.fingerprint, cfg.target_recall, on_index, asyncio.to_thread, cfg.recall_sample
         )
