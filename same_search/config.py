@@ -184,10 +184,19 @@ class IndexConfig:
     #: recall@10 each graph-searched library must measure on its own items (index/recall.py):
     #: its depth (ef, re-ranked candidates) is tuned to the cheapest that reaches it.
     target_recall: float = 0.98
+    #: A library that chose its learned space (index/space.py) ranks in it from this many items
+    #: (native cosine below; docs/quality.md measures how many a fit needs).
+    space_min_items: int = 1000
 
     def __post_init__(self) -> None:
         """Refuse reduction settings that cannot work (a zero dimension, no candidates)."""
-        for key in ("reduce_min_items", "reduce_dim", "rerank_candidates", "reduced_ef_search"):
+        for key in (
+            "reduce_min_items",
+            "reduce_dim",
+            "rerank_candidates",
+            "reduced_ef_search",
+            "space_min_items",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[index] {key} must be at least 1, got {getattr(self, key)!r}")
         if not 0 < self.target_recall <= 1:
