@@ -75,18 +75,31 @@ def learned(fit: np.ndarray, dim: int, weight: float = 1.0, label: str = "") -> 
 NATIVE = Space("native cosine", normalise)
 
 
+def parse_spaces(text: str) -> list[tuple[int, float]]:
+    """``"96,96:0.5"`` -> [(96, 1.0), (96, 0.5)]: PCA alone, or blended with that learned weight."""
+    out = []
+    for token in filter(None, text.split(",")):
+        dim, _, weight = token.partition(":")
+        out.append((int(dim), float(weight or 1.0)))
+    return out
+
+
 def spaces_for(
-    library: np.ndarray, dims: Sequence[int], blends: Sequence[int], samples: Sequence[int]
+    library: np.ndarray,
+    recipes: Sequence[tuple[int, float]],
+    samples: Sequence[int] = (),
+    sampled: Sequence[tuple[int, float]] = (),
 ) -> list[Space]:
-    """Native, PCA at each dimension, blends, and PCA 96/256 fitted on a sample of the library."""
+    """Native, each recipe fitted on the whole library, and the ``sampled`` recipes fitted on a
+    random sample of each size in ``samples``."""
     rng = np.random.default_rng(7)
-    out = [NATIVE] + [learned(library, d) for d in dims] + [learned(library, d, 0.5) for d in blends]
+    out = [NATIVE] + [learned(library, d, w) for d, w in recipes]
     for n in samples:
         if n < len(library):
             sample = library[rng.choice(len(library), n, replace=False)]
-            for d in (96, 256):
-                out.append(learned(sample, d, label=f"PCA {d}, fitted on {n} items"))
-            out.append(learned(sample, 256, 0.5, label=f"0.5 native + 0.5 PCA 256, fitted on {n} items"))
+            for d, w in sampled:
+                base = learned(sample, d, w)
+                out.append(Space(f"{base.name}, fitted on {n} items", base.apply))
     return out
 
 
@@ -266,9 +279,8 @@ class SamePicture:
             promoted[key] = self.lib_keys[first] in self.sets.truth[key]
         precision, recall, false_pos = self.sp.precision_recall(self.sets, said)
         positives, _ = self.sp.main_sets(self.sets)
-        plain = np.mean(
-            [self.lib_keys[int(top[self.query_keys.index(k)][0])] in self.sets.truth[k] for k in positives]
-        )
+        row = {k: q for q, k in enumerate(self.query_keys)}
+        plain = np.mean([self.lib_keys[int(top[row[k]][0])] in self.sets.truth[k] for k in positives])
         return {
             "precision": precision,
             "recall": recall,
@@ -313,9 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--same-picture", action="store_true", help="also the same-picture protocol (its cache)"
     )
-    parser.add_argument("--dims", default="64,96,128,192,256,384")
-    parser.add_argument("--blends", default="96,128,256")
-    parser.add_argument("--samples", default="250,500,1000")
+    parser.add_argument(
+        "--spaces",
+        default="64,96,128,192,256,384,64:0.5,96:0.5,128:0.5,256:0.5,96:0.25,96:0.75",
+        help="dim (PCA alone) or dim:weight (blended, the learned cosine's weight)",
+    )
+    parser.add_argument("--samples", default="250,500,1000", help="sample sizes fitted on")
+    parser.add_argument("--same-picture-spaces", default="96,256,96:0.5,96:0.25,256:0.5")
+    parser.add_argument("--sampled", default="96,96:0.5,256:0.5", help="spaces fitted on each sample size")
     parser.add_argument("--out", default=str(common.REPO / "bench" / "learned_space_results.md"))
     args = parser.parse_args(argv)
     if not (common.SHARED_DATA / "caltech101-dev").is_dir():
@@ -329,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.time()
     data = learned_space_data.load(common.SHARED_DATA, args.cache_dir)
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
-    spaces = spaces_for(data.library, ints(args.dims), ints(args.blends), ints(args.samples))
+    recipes = parse_spaces(args.spaces)
+    spaces = spaces_for(data.library, recipes, ints(args.samples), parse_spaces(args.sampled))
     floors: dict[str, SpaceFloors] = {NATIVE.name: NATIVE_FLOORS}
     out = [
         "# Learned space against native cosine",
@@ -345,11 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sp = SamePicture(args.cache_dir)
         native_top = sp.candidates(NATIVE)
         rows = []
-        for space in spaces:
-            if "fitted on" in space.name:
-                continue
-            # The space is fitted on the same-picture protocol's own library, as a daemon would.
-            own = next(s for s in spaces_for(sp.library, *_dims_of(space.name)) if s.name == space.name)
+        # Each space fitted on the same-picture protocol's own library, as a daemon would.
+        for own in spaces_for(sp.library, parse_spaces(args.same_picture_spaces)):
+            space = own
             floors[space.name] = NATIVE_FLOORS if space is NATIVE else sp.fit_floors(own, native_top)
             m = sp.measure(own, floors[space.name])
             f = floors[space.name]
@@ -425,14 +441,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _base(name: str) -> str:
     """The library-fitted space a sample-fitted one stands for (its floors)."""
     return name.split(", fitted on")[0]
-
-
-def _dims_of(name: str) -> tuple[list[int], list[int], list[int]]:
-    """spaces_for's arguments that produce the space called ``name``."""
-    if name == NATIVE.name:
-        return [], [], []
-    dim = int(name.rsplit(" ", 1)[1])
-    return ([], [dim], []) if "native" in name else ([dim], [], [])
 
 
 if __name__ == "__main__":

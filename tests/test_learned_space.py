@@ -13,12 +13,13 @@ import pytest
 from conftest import b64, brief
 from images import jpeg, near_duplicate
 
+from same_search.app import create_app
 from same_search.index.space import LearnedSpace
 
 R = "/RTSAsService"
 #: Items in the test library, and the size from which its space is fitted (``[index]
 #: space_min_items``; 1,000 by default, measured in docs/quality.md).
-ITEMS, MIN_ITEMS = 24, 20
+ITEMS, MIN_ITEMS = 16, 12
 
 
 @pytest.fixture
@@ -65,6 +66,10 @@ async def test_a_moved_library_answers_in_descending_score_with_one_for_the_same
     space = (await move(client, "learned"))["space"]
     assert space["chosen"] == space["ranks_in"] == "learned"
     assert space["fitted_items"] == ITEMS and space["fitted_at"] > 0 and space["dim"] > 0
+    listed = (await (await client.get("/api/libraries")).json())["libraries"]
+    assert [lib["space"] for lib in listed if lib["appid"] == "lib"] == [space]
+    page = await (await client.get("/libraries/lib")).text()
+    assert "Ranks in its learned space" in page and f"on {ITEMS} items" in page
 
     learned = await hits(api, jpeg(3))
     scores = [score for _, score in learned]
@@ -99,9 +104,20 @@ async def test_a_small_library_keeps_native_cosine_until_it_is_large_enough(clie
     assert (await stats(client))["space"]["ranks_in"] == "learned"
 
 
-async def test_an_export_carries_the_space_and_the_import_ranks_identically(client, api):
+async def test_an_export_carries_the_space_and_the_import_ranks_identically(
+    aiohttp_client, client, api, config, embedder
+):
     await fill(api)
     fitted = (await move(client, "learned"))["space"]
+    before = await hits(api, jpeg(4))
+    await client.close()  # a restart builds the index of the stored space again, same ranking
+    client = await aiohttp_client(create_app(config, embedder))
+    assert (await stats(client))["space"] == fitted
+
+    async def api(route: str, **body) -> dict:
+        return await (await client.post(route, json={"from": "pytest", **body})).json()
+
+    assert await hits(api, jpeg(4)) == before
     export = await (await client.get("/api/libraries/lib/export?vectors=1")).read()
     answer = await (await client.post("/api/libraries/copy/import", data=export)).json()
     assert answer["err_no"] == 0 and answer["imported"] == ITEMS, answer
