@@ -42,6 +42,12 @@ class SpaceIndex(LibraryIndex):
         inner = LibraryIndex.empty(space.dim, cfg, executor, capacity=capacity)
         return cls(space, inner, cfg, executor)
 
+    @property
+    def projection(self) -> LearnedSpace:
+        """What a recall measurement records it was measured on (its ``fingerprint``): a refit
+        is another space, measured again."""
+        return self.space
+
     def _mapped(self, vectors: np.ndarray) -> np.ndarray:
         x = np.asarray(vectors, np.float32)
         if x.shape[-1] == self.space.native_dim:
