@@ -146,6 +146,7 @@ def test_the_joined_vector_scores_the_blend_and_one_for_itself():
     learned = float(space.projection.apply(sample[0])[0] @ space.projection.apply(sample[1])[0])
     assert float(a @ b) == pytest.approx(0.5 * native + 0.5 * learned, abs=1e-5)
     assert float(a @ a) == pytest.approx(1.0, abs=1e-5) and space.dim == 64 + 16
+    assert not space.due(399) and space.due(400)  # fitted again once the library has doubled
     meta, data = space.to_export()
     again = LearnedSpace.from_export(json.loads(json.dumps(meta)), data, 64)
     assert again.fingerprint == space.fingerprint and np.allclose(
