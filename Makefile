@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-precision eval eval-same-picture eval-reranking eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean
+.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -70,6 +70,20 @@ eval-same-picture: $(BENCH_STAMP)
 # (vectors cached under /tmp/same_search-eval-cache), under a minute after.
 eval-reranking: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_reranking.py
+
+# A library's learned space against native cosine (docs/quality.md, "A library's learned space"):
+# category P@10/mAP@100 with distractors, near-duplicate R@1 per edit, the same-picture decision
+# with its floors refitted per space, plain/QE/DBA rankings; writes bench/learned_space_results.md.
+# Reads eval-same-picture's cache (run that first); about 20 minutes on 2 cores under load, most
+# of it the first embedding of the edited copies (cached under /tmp/same_search-eval-cache).
+eval-learned-space: $(BENCH_STAMP)
+	$(BIN)/python bench/eval_learned_space.py --same-picture
+
+# The index of a library in its learned space: graph bytes per item and recall@10 against exact
+# search in that space, on descriptor-like vectors (N=100000: about 30 minutes on 2 cores).
+N ?= 100000
+bench-learned-index: $(BENCH_STAMP)
+	$(BIN)/python bench/bench_learned_index.py --n $(N)
 
 # The quality a client sees: the real daemon on its defaults, asked over HTTP (category protocol
 # with distractors; the same-picture protocol's recall@1 per edit and same_picture's precision

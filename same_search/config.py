@@ -188,11 +188,20 @@ class IndexConfig:
     #: near 0.98 is about 0.003 at 200, 0.02 at 50): more is steadier and costs proportionally
     #: more of the index thread while it runs.
     recall_sample: int = 200
+    #: A library that chose its learned space (index/space.py) ranks in it from this many items
+    #: (native cosine below; docs/quality.md measures how many a fit needs).
+    space_min_items: int = 1000
 
     def __post_init__(self) -> None:
         """Refuse reduction settings that cannot work (a zero dimension, no candidates)."""
-        keys = ("reduce_min_items", "reduce_dim", "rerank_candidates", "reduced_ef_search", "recall_sample")
-        for key in keys:
+        for key in (
+            "reduce_min_items",
+            "reduce_dim",
+            "rerank_candidates",
+            "reduced_ef_search",
+            "recall_sample",
+            "space_min_items",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"[index] {key} must be at least 1, got {getattr(self, key)!r}")
         if not 0 < self.target_recall <= 1:

@@ -127,7 +127,9 @@ class DuplicateScans:
         exact = (
             total <= self.libraries.cfg.index.exact_threshold and total * lib.row.dim * 4 <= EXACT_MAX_BYTES
         )
-        floors = floors_for(lib.row.dup_min_score if min_score is None else min_score)
+        # The exact scan compares native vectors; the index answers in the library's space.
+        built_in = decision.ADD if exact else self.libraries.reads.floors(lib)[2]
+        floors = floors_for(lib.row.dup_min_score if min_score is None else min_score, built_in)
         scan = Scan(next(self._ids), lib.row.appid, floors, "exact" if exact else "index", total)
         self.scans[scan.id] = scan
         for old in sorted(self.scans)[:-KEEP_SCANS]:

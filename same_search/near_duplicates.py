@@ -42,9 +42,10 @@ class DupPolicy:
 OFF = DupPolicy()
 
 
-def floors_for(min_score: float | None) -> decision.Floors:
-    """The floors of a near-duplicate floor as configured (None: the built-in floors)."""
-    return decision.ADD if min_score is None else decision.operator_floors(min_score)
+def floors_for(min_score: float | None, built_in: decision.Floors = decision.ADD) -> decision.Floors:
+    """The floors of a near-duplicate floor as configured (None: the built-in floors, those of
+    the library's space when it ranks in a learned one)."""
+    return built_in if min_score is None else decision.operator_floors(min_score)
 
 
 def check_mode(value: object, field: str = "dup_policy") -> str:

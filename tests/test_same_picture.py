@@ -230,7 +230,7 @@ async def test_a_database_without_local_features_is_upgraded_in_place(tmp_path):
     await store.close()
     with sqlite3.connect(path) as db:  # what a database written before version 3 looks like
         db.execute("DROP TABLE local_features")
-        for statement in (  # nor what versions 4 (projections), 5 (originals, re-embeds), 6, 7, 8, 10 added
+        for statement in (  # nor what versions 4 (projections), 5 (originals, re-embeds), 6-10 added
             "DROP TABLE projections",
             "DROP INDEX items_by_original",
             "ALTER TABLE items DROP COLUMN original",
@@ -244,6 +244,7 @@ async def test_a_database_without_local_features_is_upgraded_in_place(tmp_path):
             "ALTER TABLE jobs DROP COLUMN remove_missing",
             "DROP TABLE index_tuning",
             "DROP TABLE sync_schedules",
+            "DROP TABLE learned_spaces",
         ):
             db.execute(statement)
         db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")

@@ -8,7 +8,8 @@ with ``isinstance`` before it calls, and does without otherwise:
 - :class:`RefilledFeatures`: items without them get them back from kept originals;
 - :class:`KeptOriginals`: items keep the bytes they were added with;
 - :class:`Reembedding`: a library moves to another model in place (needs kept originals);
-- :class:`ReducedIndexes`: large libraries move to a reduced index by a rebuild.
+- :class:`ReducedIndexes`: large libraries move to a reduced index by a rebuild;
+- :class:`LearnedSpaces`: a library ranks in a space fitted on its own items (index/space.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Protocol
 import numpy as np
 
 from same_search.backends.base import Library
+from same_search.index.space import LearnedSpace
 from same_search.records import LibraryRow, ReembedJobRow
 
 __all__ = [
     "KeptOriginals",
+    "LearnedSpaces",
     "LocalFeatures",
     "ReducedIndexes",
     "ReembedLedger",
@@ -148,3 +151,24 @@ class ReducedIndexes(ABC):
     @abstractmethod
     def wants_reduction(self, lib: Library) -> bool:
         """Whether the library has grown enough to adopt a reduced index it does not have yet."""
+
+
+class LearnedSpaces(ABC):
+    """A library may rank in its learned space (``same_search.index.space``), moved there by a
+    rebuild; the index maps vectors, so every reader sees that space's scores."""
+
+    @abstractmethod
+    async def choose_space(self, lib: Library, learned: bool) -> None:
+        """Record the library's space; a rebuild then moves it (the caller starts one)."""
+
+    @abstractmethod
+    async def adopt_space(self, lib: Library, space: LearnedSpace) -> None:
+        """Store ``space`` as the library's chosen and fitted space (an import's); a rebuild moves it."""
+
+    @abstractmethod
+    def space_of(self, lib: Library) -> LearnedSpace | None:
+        """The space the library's index ranks in now (None: native cosine)."""
+
+    @abstractmethod
+    def space_state(self, lib: Library) -> dict[str, object]:
+        """What the library's stats show: the space chosen, the one it ranks in, when fitted."""

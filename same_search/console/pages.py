@@ -169,6 +169,7 @@ async def library(request: web.Request) -> web.Response:
 {recall_block(stats.get("recall"))}
 {_rebuild_block(stats["rebuild"])}
 {_ranking_form(stats["ranking"])}
+{space_line(stats["space"])}
 <div id="dropzone" class="dropzone">Drop a picture here, or <label class="pick">pick one
 <input type="file" id="file" accept="image/*"></label>, to search this library.
 <label class="option"><input type="checkbox" id="same-picture"> only the same picture (possibly
@@ -203,6 +204,23 @@ def _ranking_form(ranking: dict) -> str:
         f'<select name="order">{options}</select></label> <button>Save</button> '
         f'<span id="ranking-status" data-order="{chosen}"></span></form>'
     )
+
+
+def space_line(space: dict) -> str:
+    """The space the library's searches rank and score in, and when it was fitted."""
+    if space["ranks_in"] == "learned":
+        text = (
+            f"Ranks in its learned space ({space['dim']}-d, weight {space['weight']:g} with native cosine), "
+            f"fitted {_when(space['fitted_at'])} on {space['fitted_items']} items."
+        )
+    elif space["chosen"] == "learned":
+        text = (
+            f"Ranks in native cosine until it holds {space.get('min_items', '?')} items; then it moves "
+            "into its learned space."
+        )
+    else:
+        text = "Ranks in native cosine (PUT /api/libraries/{appid}/space moves it into its learned space)."
+    return f'<p class="stats" id="space-line">{escape(text)}</p>'
 
 
 def rebuild_text(state: dict | None) -> str:

@@ -6,7 +6,9 @@ item with a kept original, and ``"local_features"``: base64 of their stored form
 (same_search/verify/local_features.py) for an item that has them, so the same-picture check
 answers alike where the library is imported), when asked for ``vectors.npy`` (float32, one row per line of
 items.jsonl), and the kept originals as ``originals/<sha256>`` (unless left out with
-``originals=False``), so the library can be re-embedded where it is imported. Vectors only mean
+``originals=False``), so the library can be re-embedded where it is imported; and, for a library
+that ranks in its learned space, ``space.npz`` (its projection; ``space`` in meta.json), so the
+import ranks identically. Vectors only mean
 something to the same model, so an import requires a served model's fingerprint.
 
 Reading an export back (checked whole, then stored all or nothing) is ``export_read``.
@@ -31,6 +33,8 @@ from same_search.libraries import Library, LibraryService
 FORMAT = "same_search-export-1"
 #: The folder of kept originals inside an export ZIP.
 ORIGINALS = "originals/"
+#: The library's learned space, when it ranks in one (meta.json's ``space`` describes it).
+SPACE = "space.npz"
 
 
 async def write_export(
@@ -73,6 +77,7 @@ async def write_export(
                     raw = b"".join(np.asarray(vector, dtype="<f4").tobytes() for _, vector in chunk)
                     await asyncio.to_thread(vectors_out.write, raw)
                 count += len(chunk)
+        space = libraries.reads.space(lib)
         meta = {
             "format": FORMAT,
             "appid": lib.row.appid,
@@ -85,7 +90,12 @@ async def write_export(
             "local_features": features_count,
             "exported_at": time.time(),
         }
-        await asyncio.to_thread(_write_zip, path, meta, items_tmp, vectors_tmp if with_vectors else None)
+        fitted = None
+        if space is not None:  # the import ranks in the same space (index/space.py)
+            meta["space"], fitted = space.to_export()
+        await asyncio.to_thread(
+            _write_zip, path, meta, items_tmp, vectors_tmp if with_vectors else None, fitted
+        )
         if originals:
             await _append_originals(libraries, path, list(originals))
     finally:
@@ -121,9 +131,11 @@ async def _append_originals(libraries: LibraryService, path: Path, shas: list[st
         await asyncio.to_thread(archive.close)
 
 
-def _write_zip(path: Path, meta: dict, items: Path, vectors: Path | None) -> None:
+def _write_zip(path: Path, meta: dict, items: Path, vectors: Path | None, space: bytes | None = None) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=1))
+        if space is not None:
+            archive.writestr(SPACE, space)
         with items.open("rb") as source, archive.open("items.jsonl", "w", force_zip64=True) as target:
             shutil.copyfileobj(source, target, 1 << 20)
         if vectors is not None:

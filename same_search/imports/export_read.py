@@ -28,7 +28,8 @@ from numpy.lib import format as npy_format
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, bad_request, shown
 from same_search.files import is_sha256_hex
-from same_search.imports.export import FORMAT, ORIGINALS
+from same_search.imports.export import FORMAT, ORIGINALS, SPACE
+from same_search.index.space import LearnedSpace
 from same_search.index.vectors import row_problems
 from same_search.records import NewItem
 from same_search.rows import tags_problem
@@ -36,6 +37,8 @@ from same_search.verify.local_features import MAX_STORED_BYTES, LocalFeatures
 
 #: Largest meta.json: a few hundred bytes in practice.
 META_MAX_BYTES = 64 * 1024
+#: Largest space.npz: a projection of 4,096-d vectors to 1,024 dimensions, with room to spare.
+SPACE_MAX_BYTES = 20 * 1024 * 1024
 #: Bytes an items.jsonl line may take besides its base64 brief (contsign, tags, keys, spaces).
 LINE_OVERHEAD = 512
 #: Largest vectors.npy header (numpy writes 128 bytes; it refuses more than 10,000 itself).
@@ -73,6 +76,8 @@ class CheckedExport:
     brief_max_bytes: int
     #: sha256 names of the kept originals the export carries (each referenced by some line).
     originals: frozenset[str] = frozenset()
+    #: The learned space the exported library ranked in (None: native cosine).
+    space: LearnedSpace | None = None
 
 
 def _refuse(message: str) -> ApiError:
@@ -98,7 +103,10 @@ def check_export(
             meta = _read_meta(archive, entries["meta.json"], models)
             originals = _original_entries(archive, max_image_bytes)
             dim = meta["dim"]
-            checked = CheckedExport(path, meta, meta["count"], dim, brief_max_bytes, frozenset(originals))
+            space = _space(archive, entries, meta)
+            checked = CheckedExport(
+                path, meta, meta["count"], dim, brief_max_bytes, frozenset(originals), space
+            )
             _check_sizes(entries, checked)
             keys = array("q")
             referenced: set[str] = set()
@@ -157,11 +165,26 @@ def _entries(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     return entries
 
 
+def _space(archive: zipfile.ZipFile, entries: dict[str, zipfile.ZipInfo], meta: dict) -> LearnedSpace | None:
+    """The learned space an export carries (meta.json ``space`` and ``space.npz``), or None."""
+    if "space" not in meta and SPACE not in entries:
+        return None
+    if "space" not in meta or SPACE not in entries:
+        raise _refuse(f"meta.json space and {SPACE} come together; one of them is missing")
+    info = entries[SPACE]
+    if info.file_size > SPACE_MAX_BYTES or info.flag_bits & 0x1:
+        raise _refuse(f"{SPACE} is encrypted or larger than {SPACE_MAX_BYTES} bytes")
+    try:
+        return LearnedSpace.from_export(meta["space"], archive.read(info), meta["dim"])
+    except (ValueError, KeyError, OSError) as exc:
+        raise _refuse(f"{SPACE}: {exc}") from exc
+
+
 def _original_entries(archive: zipfile.ZipFile, max_image_bytes: int) -> dict[str, zipfile.ZipInfo]:
     """The ``originals/<sha256>`` entries by sha256; any other name besides the three files is refused."""
     found: dict[str, zipfile.ZipInfo] = {}
     for info in archive.infolist():
-        if info.filename in ("meta.json", "items.jsonl", "vectors.npy"):
+        if info.filename in ("meta.json", "items.jsonl", "vectors.npy", SPACE):
             continue
         sha = info.filename[len(ORIGINALS) :]
         if not info.filename.startswith(ORIGINALS) or not is_sha256_hex(sha):

@@ -7,10 +7,11 @@ import asyncio
 import logging
 
 from same_search.backends.base import Library, StorageError, Unavailable
-from same_search.backends.capabilities import ReducedIndexes
+from same_search.backends.capabilities import LearnedSpaces, ReducedIndexes
 from same_search.contsign import ContSign
 from same_search.errors import ApiError, ErrNo
-from same_search.libraries.rebuilds import ADOPTION, DONE, Rebuild, Rebuilds
+from same_search.index.space import LearnedSpace
+from same_search.libraries.rebuilds import ADOPTION, DONE, SPACE_MOVE, Rebuild, Rebuilds
 from same_search.libraries.records import RepairReport
 from same_search.libraries.registry import LibraryRegistry, storage_failed
 from same_search.libraries.tuning import RecallChecks
@@ -64,6 +65,33 @@ class LibraryMaintenance:
         its stats and on ``GET /api/libraries/{appid}/rebuild``.
         """
         return self.rebuilds.start(lib, reason, on_end=lambda _: self.recall.tune_if_due(lib))
+
+    async def move_space(self, lib: Library, learned: bool) -> Rebuild:
+        """Move a library into its learned space or back to native cosine (``PUT .../space``):
+        the choice is stored, then the move job (a rebuild) fits the space when the library is
+        large enough and swaps the new index in while the library serves. A rebuild already
+        running started before the choice: the move then runs once it has ended."""
+        backend = self.backend
+        if not isinstance(backend, LearnedSpaces):
+            raise ApiError(ErrNo.BAD_REQUEST, f"the {backend.name} backend ranks in native cosine only")
+        await backend.choose_space(lib, learned)
+        running = self.rebuilds.current(lib.row.appid)
+        if running is not None and running.running:
+            await self.rebuilds.wait(running)
+        return self.rebuild(lib, SPACE_MOVE)
+
+    async def adopt_space(self, lib: Library, space: LearnedSpace) -> Library:
+        """Make ``space`` (an imported library's) the one ``lib`` ranks in, and wait for the move:
+        an import answers once the library ranks as the exported one did."""
+        backend = self.backend
+        if not isinstance(backend, LearnedSpaces):
+            return lib
+        await backend.adopt_space(lib, space)
+        running = self.rebuilds.current(lib.row.appid)
+        if running is not None and running.running:
+            await self.rebuilds.wait(running)
+        await self.rebuilds.wait(self.rebuild(lib, SPACE_MOVE))
+        return lib
 
     async def wait_rebuild(self, rebuild: Rebuild) -> None:
         """Until ``rebuild`` has ended (the caller going away does not cancel it)."""

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from same_search.backends.base import ItemRow, Library, SearchResult, StorageError, TagFilter
-from same_search.backends.capabilities import KeptOriginals, LocalFeatures
+from same_search.backends.capabilities import KeptOriginals, LearnedSpaces, LocalFeatures
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo
+from same_search.index import space
 from same_search.libraries.records import Item, item_of
 from same_search.libraries.registry import LibraryRegistry, storage_failed
+from same_search.verify import decision
 from same_search.verify.service import QueryFeatures, SamePictureService
 
 
@@ -35,6 +37,15 @@ class LibraryReads:
     ) -> SearchResult:
         """Up to ``k`` stored items by descending score (among those passing ``tag_filter``)."""
         return await self.registry.call(lib, self.backend.search(lib, vector, k, tag_filter))
+
+    def space(self, lib: Library) -> space.LearnedSpace | None:
+        """The learned space the library ranks in (None: native cosine)."""
+        return self.backend.space_of(lib) if isinstance(self.backend, LearnedSpaces) else None
+
+    def floors(self, lib: Library) -> tuple[decision.Floors, decision.Floors, decision.Floors]:
+        """The decision's (search, deep, add) floors for the scores the library's searches give:
+        the built-in ones, or those refitted for its learned space (index/space.py)."""
+        return space.floors(self.space(lib))
 
     async def rows(self, lib: Library, keys: Sequence[int]) -> dict[int, ItemRow]:
         """Stored rows by key (absent keys are left out)."""

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Why a rebuild runs: asked for by the operator, or the switch to a reduced index.
 MANUAL, COMPACT, ADOPTION = "manual", "compact", "adoption"
+#: The move of a library into its learned space or back (PUT .../space).
+SPACE_MOVE = "space"
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from same_search.backends.base import Library, Unavailable
-from same_search.backends.capabilities import LocalFeatures
+from same_search.backends.capabilities import LearnedSpaces, LocalFeatures
 from same_search.errors import ApiError
 from same_search.libraries.maintenance import LibraryMaintenance
 from same_search.libraries.records import LibraryCensus
@@ -71,7 +71,14 @@ class LibraryStats:
             # How its searches by image are ranked (the library's choice).
             "ranking": Ranking(row.query_expansion, row.promote_same_picture).to_json(),
             "rebuild": self.maintenance.rebuild_state(row.appid),
+            # The space its searches rank and score in (index/space.py), and when it was fitted.
+            "space": self._space(lib),
         }
+
+    def _space(self, lib: Library) -> dict[str, object]:
+        if not isinstance(self.backend, LearnedSpaces):
+            return {"chosen": "native", "ranks_in": "native"}
+        return self.backend.space_state(lib)
 
     async def _without_local_features(self, lib: Library, items: int) -> int:
         if not isinstance(self.backend, LocalFeatures):

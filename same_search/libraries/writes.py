@@ -26,6 +26,7 @@ from same_search.libraries.records import AddResult, Hit, Item, item_of
 from same_search.libraries.registry import LibraryRegistry
 from same_search.near_duplicates import MAX_REPORTED, OFF, DupPolicy
 from same_search.rows import tags_problem
+from same_search.verify import decision
 from same_search.verify.service import SamePictureService
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class LibraryWrites:
         """Stored items that are the same picture as ``item`` under the policy's floors, best
         first (:func:`same_search.verify.decision.is_same_picture`): a look-alike above a floor
         is not a near-duplicate."""
-        floors = policy.floors
+        floors = self.reads.floors(lib)[2] if policy.floors == decision.ADD else policy.floors
         result = await self.reads.nearest(lib, item.vector, NEAR_DUPLICATE_CANDIDATES)
         close = [(key, score) for key, score in result.found if score >= floors.lowest]
         stored = await self.reads.local_features(lib, [key for key, _ in close])

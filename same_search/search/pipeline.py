@@ -115,7 +115,7 @@ class Searcher:
         plain = await self.reads.nearest(lib, vector, depth, request.tag_filter)
         found, rows = at_least(plain.found, request.min_score), dict(plain.rows)
         if ranking.query_expansion:
-            floors = _library_floors(lib)
+            floors = floors_for(lib.row.dup_min_score, self.reads.floors(lib)[2])
             found, more = await expansion.expanded_ranking(
                 self.reads,
                 lib,
@@ -131,7 +131,10 @@ class Searcher:
         copies: list[Verdict] = []
         if ranking.promote_same_picture:
             head = at_least(plain.found, request.min_score)[: decision.DEEP_DEPTH]
-            promoted = await promotion.confirmed(self.reads, self.verifier, lib, head, features)
+            search_floors, deep_floors, _ = self.reads.floors(lib)
+            promoted = await promotion.confirmed(
+                self.reads, self.verifier, lib, head, features, (search_floors, deep_floors)
+            )
             self.promotions[promoted.outcome] += 1
             copies = promoted.copies
             found = promotion.promoted(found, copies)
@@ -148,10 +151,11 @@ class Searcher:
         depth = min(max(decision.DEPTH, request.pn + request.rn + 1), decision.MAX_DEPTH)
         result = await self.reads.nearest(lib, vector, depth, request.tag_filter)
         found = at_least(result.found, request.min_score)
-        if not promotion.in_reach(found):
+        floors = self.reads.floors(lib)[0]
+        if not promotion.in_reach(found, floors):
             return _Ranked([], {}, {})
         stored = await self.reads.local_features(lib, [key for key, _ in found])
-        verdicts = await self.verifier.judge(await features(), found, stored, decision.SEARCH)
+        verdicts = await self.verifier.judge(await features(), found, stored, floors)
         same = [v for v in verdicts if v.same]
         return _Ranked([(v.key, v.score) for v in same], _before_the_check(result.rows, same), _regions(same))
 
@@ -167,11 +171,6 @@ def _before_the_check(rows: dict, confirmed: list[Verdict]) -> dict:
 def _regions(confirmed: list[Verdict]) -> dict[int, MatchedRegion | None]:
     """The confirmed hits by key, with where each copy lies."""
     return {v.key: v.region for v in confirmed}
-
-
-def _library_floors(lib: Library) -> decision.Floors:
-    """The library's near-duplicate floors (its own floor, or the built-in ones)."""
-    return floors_for(lib.row.dup_min_score)
 
 
 class _Once:

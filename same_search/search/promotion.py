@@ -63,22 +63,25 @@ async def confirmed(
     lib: Library,
     head: Ranked,
     features: FeaturesOnDemand,
+    floors: tuple[decision.Floors, decision.Floors] = (decision.SEARCH, decision.DEEP),
 ) -> Promotion:
     """The candidates of ``head`` (the plain ranking's best, ``min_score`` applied) that are the
     query's picture: the first :data:`decision.DEPTH` checked, the rest screened under the
-    :data:`decision.DEEP` floors only when none of those is."""
+    :data:`decision.DEEP` floors only when none of those is (``floors``: those two, refitted for
+    a library's learned space)."""
+    search_floors, deep_floors = floors
     copies = exact_copies(head)
     if copies:
         return Promotion(copies, EXACT_COPY)
-    if not in_reach(head):
+    if not in_reach(head, search_floors):
         return Promotion([], OUT_OF_REACH)
     query = await features()
     first, deeper = head[: decision.DEPTH], head[decision.DEPTH :]
     stored = await reads.local_features(lib, [key for key, _ in first])
-    verdicts = await verifier.judge(query, first, stored, decision.SEARCH)
-    if deeper and query is not None and not any(v.same for v in verdicts) and in_reach(deeper, decision.DEEP):
+    verdicts = await verifier.judge(query, first, stored, search_floors)
+    if deeper and query is not None and not any(v.same for v in verdicts) and in_reach(deeper, deep_floors):
         stored = await reads.local_features(lib, [key for key, _ in deeper])
-        verdicts = await verifier.judge(query, deeper, stored, decision.DEEP)
+        verdicts = await verifier.judge(query, deeper, stored, deep_floors)
     return Promotion([v for v in verdicts if v.same], CHECKED)
 
 

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from same_search.index.projection import Projection
+from same_search.index.space import LearnedSpace
 from same_search.store.database import Database
 from same_search.store.vectors import is_vector
 
@@ -56,15 +57,81 @@ class ProjectionStore(Database):
                 ]
             )
 
+    async def _one_row(self, sql: str, lib_id: int) -> tuple | None:
+        async with self.reader.execute(sql, (lib_id,)) as cur:
+            return await cur.fetchone()
+
     async def projection(self, lib_id: int) -> Projection | None:
         """The library's stored projection, or None; a damaged one raises ValueError."""
-        async with self.reader.execute(
+        row = await self._one_row(
             "SELECT mean, components, native_dim, dim, model_fingerprint, fingerprint "
             "FROM projections WHERE lib_id=?",
-            (lib_id,),
-        ) as cur:
-            row = await cur.fetchone()
+            lib_id,
+        )
         if row is None:
             return None
         mean, components, native_dim, dim, model_fingerprint, fingerprint = row
         return Projection.from_blobs(mean, components, native_dim, dim, model_fingerprint, fingerprint)
+
+    # ---- learned spaces (index/space.py) ---------------------------------------------------------
+
+    async def choose_space(self, lib_id: int, learned: bool, weight: float) -> None:
+        """Record the library's space: learned (its fitted projection, if any, is kept) or native."""
+        if learned:
+            sql = (
+                "INSERT INTO learned_spaces(lib_id, chosen_at, weight) VALUES (?,?,?) "
+                "ON CONFLICT(lib_id) DO NOTHING"
+            )
+            args: tuple = (lib_id, time.time(), weight)
+        else:
+            sql, args = "DELETE FROM learned_spaces WHERE lib_id=?", (lib_id,)
+        async with self._write_lock:
+            await self._write([(sql, args)])
+
+    async def save_space(self, lib_id: int, space: LearnedSpace) -> None:
+        """Store the library's fitted space (the library chose the learned space before)."""
+        mean, components = space.projection.to_blobs()
+        p = space.projection
+        async with self._write_lock:
+            await self._write(
+                [
+                    (
+                        "INSERT INTO learned_spaces(lib_id, chosen_at, weight, model_fingerprint, "
+                        "fingerprint, native_dim, dim, mean, components, items, fitted_at) "
+                        "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(lib_id) DO UPDATE SET "
+                        "weight=excluded.weight, model_fingerprint=excluded.model_fingerprint, "
+                        "fingerprint=excluded.fingerprint, native_dim=excluded.native_dim, "
+                        "dim=excluded.dim, mean=excluded.mean, components=excluded.components, "
+                        "items=excluded.items, fitted_at=excluded.fitted_at",
+                        (
+                            lib_id,
+                            time.time(),
+                            space.weight,
+                            p.model_fingerprint,
+                            p.fingerprint,
+                            p.native_dim,
+                            p.dim,
+                            mean,
+                            components,
+                            space.items,
+                            space.fitted_at,
+                        ),
+                    )
+                ]
+            )
+
+    async def learned_space(self, lib_id: int) -> tuple[bool, LearnedSpace | None]:
+        """(whether the library chose its learned space, the fitted space or None); a damaged
+        projection raises ValueError."""
+        row = await self._one_row(
+            "SELECT weight, mean, components, native_dim, dim, model_fingerprint, fingerprint, items, "
+            "fitted_at FROM learned_spaces WHERE lib_id=?",
+            lib_id,
+        )
+        if row is None:
+            return False, None
+        weight, mean, components, native_dim, dim, model_fingerprint, fingerprint, items, fitted_at = row
+        if mean is None:
+            return True, None
+        projection = Projection.from_blobs(mean, components, native_dim, dim, model_fingerprint, fingerprint)
+        return True, LearnedSpace(projection, float(weight), int(items), float(fitted_at))

@@ -112,6 +112,9 @@ class Floors:
     #: Only strong geometry confirms (no score-backed tier, no exception): candidates deep in a
     #: ranking, where a copy scores like a look-alike.
     strong_only: bool = False
+    #: The score that backs a weak geometry (the rule's score tier): WEAK_SCORE for native
+    #: cosines; a library ranking in a learned space has its own (index/space.py).
+    weak_score: float = WEAK_SCORE
 
     @property
     def lowest(self) -> float:
@@ -150,7 +153,7 @@ def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SE
         return False
     if floors.strong_only:
         return evidence.coverage >= MIN_COVERAGE and evidence.inliers >= STRONG_INLIERS
-    if _complete(score, evidence):
+    if _complete(score, evidence, floors.weak_score):
         return True
     if evidence.coverage < MIN_COVERAGE:
         return False
@@ -158,10 +161,10 @@ def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SE
         return True
     if evidence.inliers < WEAK_INLIERS:
         return False
-    return score >= WEAK_SCORE or _clean(evidence)
+    return score >= floors.weak_score or _clean(evidence)
 
 
-def _complete(score: float, evidence: Evidence) -> bool:
+def _complete(score: float, evidence: Evidence, weak_score: float = WEAK_SCORE) -> bool:
     """Nearly every keypoint either picture has agrees, backed by a close score: the same
     picture however small the area its keypoints span (a different picture sharing the logo
     has keypoints elsewhere that do not agree)."""
@@ -169,7 +172,7 @@ def _complete(score: float, evidence: Evidence) -> bool:
         evidence.inliers >= WEAK_INLIERS
         and evidence.keypoints > 0
         and evidence.inliers >= COMPLETE_SHARE * evidence.keypoints
-        and score >= WEAK_SCORE
+        and score >= weak_score
     )
 
 

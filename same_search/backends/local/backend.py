@@ -22,6 +22,7 @@ from same_search.backends.base import (
     Unavailable,
 )
 from same_search.backends.capabilities import (
+    LearnedSpaces,
     RecallTuned,
     ReducedIndexes,
     Reembedding,
@@ -32,12 +33,16 @@ from same_search.backends.local.state import index_of
 from same_search.backends.local.writes import LocalWrites
 from same_search.index.heap import release_free_heap
 from same_search.index.reduced import ReducedIndex
+from same_search.index.space import WEIGHT, LearnedSpace
+from same_search.index.space_index import SpaceIndex
 from same_search.rows import load_failure_reason, raw_item_problems
 
 log = logging.getLogger(__name__)
 
 
-class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedIndexes, RecallTuned):
+class LocalBackend(
+    LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedIndexes, RecallTuned, LearnedSpaces
+):
     """Libraries in ``<data_dir>/same_search.sqlite3``, indexes snapshotted to ``<data_dir>/indexes``."""
 
     name = "local"
@@ -88,6 +93,32 @@ class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedI
             bad += raw_item_problems(chunk, row.dim)
         return bad
 
+    # ---- learned spaces --------------------------------------------------------------------------
+
+    async def choose_space(self, lib: Library, learned: bool) -> None:
+        space = self.space_of(lib)
+        await self.store.choose_space(lib.row.id, learned, space.weight if space else WEIGHT)
+        self.spaces_chosen[lib.row.id] = learned
+
+    async def adopt_space(self, lib: Library, space: LearnedSpace) -> None:
+        await self.store.save_space(lib.row.id, space)
+        self.spaces_chosen[lib.row.id] = True
+
+    def space_of(self, lib: Library) -> LearnedSpace | None:
+        index = index_of(lib)
+        return index.space if isinstance(index, SpaceIndex) else None
+
+    def space_state(self, lib: Library) -> dict[str, object]:
+        space, chosen = self.space_of(lib), self.spaces_chosen.get(lib.row.id, False)
+        state: dict[str, object] = {
+            "chosen": "learned" if chosen else "native",
+            "ranks_in": "learned" if space is not None else "native",
+            "min_items": self.cfg.index.space_min_items,
+        }
+        if space is not None:
+            state |= space.to_json()
+        return state
+
     # ---- items -----------------------------------------------------------------------------------
 
     async def count(self, lib: Library) -> int:
@@ -102,7 +133,7 @@ class LocalBackend(LocalWrites, Backend, RefilledFeatures, Reembedding, ReducedI
         index = index_of(lib)
         if not index.contains(key):
             return None
-        if isinstance(index, ReducedIndex):
+        if isinstance(index, ReducedIndex | SpaceIndex):  # their indexes hold other vectors
             return (await self.store.vectors_of(lib.row.id, [key], lib.row.dim)).get(key)
         try:
             return (await index.vectors_of([key]))[0]

@@ -23,6 +23,8 @@ from same_search.index.hnsw import HnswIndex
 from same_search.index.library_index import FullIndex, LibraryIndex, key_to_label
 from same_search.index.projection import SAMPLE_MAX, Projection
 from same_search.index.reduced import ReducedIndex
+from same_search.index.space import WEIGHT, LearnedSpace
+from same_search.index.space_index import SpaceIndex
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class LocalIndexes(RecallTuning):
         is not stored.
         """
         cfg = self.cfg.index
+        space = await self._learned_space(row, count)
+        if space is not None:
+            return SpaceIndex.create(space, cfg, self._index_pool, max(count, 16))
         if count < cfg.reduce_min_items or min(cfg.reduce_dim, row.dim) >= row.dim:
             return LibraryIndex.empty(row.dim, cfg, self._index_pool, capacity=max(count, 16))
         projection = await self._projection(row)
@@ -77,6 +82,51 @@ class LocalIndexes(RecallTuning):
         )
         return projection
 
+    async def _chose_learned(self, row: LibraryRow) -> bool:
+        """Whether the library chose its learned space (a damaged stored fit still says so)."""
+        try:
+            chosen = (await self.store.learned_space(row.id))[0]
+        except ValueError:
+            chosen = True
+        self.spaces_chosen[row.id] = chosen
+        return chosen
+
+    async def _learned_space(self, row: LibraryRow, count: int) -> LearnedSpace | None:
+        """The space a library that chose its learned space ranks in at ``count`` items: None
+        while it is smaller than ``[index] space_min_items`` (native cosine) or did not choose
+        it; the stored fit while it suits the model and the library has not outgrown it, else a
+        new fit, stored first."""
+        try:
+            chosen, stored = await self.store.learned_space(row.id)
+        except ValueError as exc:
+            log.warning("library %s: stored learned space unusable (%s); fitting it again", row.appid, exc)
+            chosen, stored = True, None
+        self.spaces_chosen[row.id] = chosen
+        if not chosen or count < self.cfg.index.space_min_items:
+            return None
+        if (
+            stored is not None
+            and stored.projection.model_fingerprint == row.fingerprint
+            and stored.native_dim == row.dim
+            and not stored.due(count)
+        ):
+            return stored
+        started = time.monotonic()
+        sample = await self.store.sample_vectors(row.id, row.dim, SAMPLE_MAX)
+        space = await asyncio.to_thread(
+            LearnedSpace.fit, sample, count, row.fingerprint, weight=stored.weight if stored else WEIGHT
+        )
+        await self.store.save_space(row.id, space)
+        log.info(
+            "library %s: fitted its learned space (%d-d, weight %g) on %d vectors in %.1fs",
+            row.appid,
+            space.projection.dim,
+            space.weight,
+            len(sample),
+            time.monotonic() - started,
+        )
+        return space
+
     # ---- loading ---------------------------------------------------------------------------------
 
     async def _load_index(self, row: LibraryRow) -> LibraryIndex:
@@ -89,6 +139,11 @@ class LocalIndexes(RecallTuning):
         if bad_tags:
             raise BadRows(bad_tags)
         count = await self.store.count(row.id)
+        if await self._chose_learned(row):
+            # A library in its learned space keeps no snapshot: built from the database.
+            index = await self.new_index(row, count)
+            await self._replay(index, row, count)
+            return index
         try:
             index, removed = await self._open_snapshot(row)
             replayed = await self._replay(index, row)

@@ -18,6 +18,7 @@ from same_search.backends.local.indexes import LocalIndexes
 from same_search.backends.local.state import index_of, live_keys
 from same_search.index.heap import release_free_heap
 from same_search.index.library_index import LibraryIndex
+from same_search.index.space_index import SpaceIndex
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +190,17 @@ class OnlineRebuilds(LocalIndexes):
         """Whether the library is large enough for a reduced index and does not hold one (a
         library whose vectors are no wider than ``reduce_dim`` never does)."""
         index, cfg = index_of(lib), self.cfg.index
-        return (
-            index.kind != "reduced" and cfg.reduce_dim < lib.row.dim and index.count() >= cfg.reduce_min_items
-        )
+        if self.spaces_chosen.get(lib.row.id):
+            return self._space_due(index, self.cfg.index.space_min_items)
+        return index.kind == "full" and cfg.reduce_dim < lib.row.dim and index.count() >= cfg.reduce_min_items
+
+    @staticmethod
+    def _space_due(index: LibraryIndex, min_items: int) -> bool:
+        """A library that chose its learned space rebuilds into it once it holds ``min_items``,
+        and again (a new fit) when it has grown by REFIT_GROWTH since the fit it ranks in."""
+        if isinstance(index, SpaceIndex):
+            return index.space.due(index.count())
+        return index.count() >= min_items
 
     async def switch_model(
         self, lib: Library, job: ReembedJobRow, catch_up: Callable[[Library], Awaitable[None]]

@@ -55,6 +55,8 @@ class LocalState:
         #: Per library being rebuilt (by row id): keys whose tags changed while it ran. Tag
         #: updates carry no seq; the rebuild re-reads these rows before its swap.
         self._retagged: dict[int, set[int]] = {}
+        #: Whether each library (by row id) chose its learned space, as last read from the store.
+        self.spaces_chosen: dict[int, bool] = {}
         #: Each library's last recall measurement (by row id), and those being measured now.
         self._tunings: dict[int, Tuning] = {}
         self._measuring: set[int] = set()

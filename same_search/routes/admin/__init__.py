@@ -47,6 +47,8 @@ def add_routes(app: web.Application) -> None:
         ("POST", wire.DUP_POLICY, settings.set_dup_policy),
         ("PUT", wire.RANKING, settings.set_ranking),
         ("POST", wire.RANKING, settings.set_ranking),
+        ("PUT", wire.SPACE, libraries.set_space),
+        ("POST", wire.SPACE, libraries.set_space),
         ("GET", wire.ITEMS, items.list_items),
         ("GET", wire.ITEM, items.get_item),
         ("DELETE", wire.ITEM, items.delete_item),

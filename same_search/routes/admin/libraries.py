@@ -6,9 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from same_search.errors import bad_request
+from same_search.index.space import LEARNED, SPACES
 from same_search.libraries.maintenance import REPAIR_REPORT_MAX
 from same_search.libraries.rebuilds import COMPACT, MANUAL
-from same_search.routes.admin.common import library, operator
+from same_search.routes.admin.common import json_body, library, operator
 from same_search.routes.envelope import APPID, ok
 from same_search.routes.fields import check_library_name
 
@@ -75,6 +76,28 @@ async def rebuild_index(request: web.Request) -> web.Response:
     return ok(
         rebuild=rebuild.to_json(),
         seconds=round(rebuild.seconds(), 3),
+        library=await services.libraries.stats.of(await services.libraries.get(lib.row.appid)),
+    )
+
+
+async def set_space(request: web.Request) -> web.Response:
+    """Move the library into its learned space or back to native cosine: ``{"space": "learned" |
+    "native"}``. The choice is stored at once; a background rebuild (the move job) fits the
+    space if the library has at least ``[index] space_min_items`` items and swaps the index in
+    while it serves; until it ends searches rank as before. ``?wait=1`` answers when it ended."""
+    services, lib = await library(request)
+    body = await json_body(request)
+    wait = request.query.get("wait", "0")
+    if wait not in ("0", "1"):
+        raise bad_request("wait must be 0 or 1")
+    if body.get("space") not in SPACES or len(body) != 1:
+        raise bad_request('give {"space": "learned"} or {"space": "native"}')
+    maintenance = services.libraries.maintenance
+    rebuild = await maintenance.move_space(lib, body["space"] == LEARNED)
+    if wait == "1":
+        await maintenance.wait_rebuild(rebuild)
+    return ok(
+        rebuild=rebuild.to_json(),
         library=await services.libraries.stats.of(await services.libraries.get(lib.row.appid)),
     )
 

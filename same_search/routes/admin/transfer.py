@@ -77,4 +77,6 @@ async def import_library(request: web.Request) -> web.Response:
         )
     finally:
         path.unlink(missing_ok=True)
+    if export.space is not None:
+        lib = await services.libraries.maintenance.adopt_space(lib, export.space)
     return ok(imported=imported, duplicates=duplicates, library=await services.libraries.stats.of(lib))
