@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean
+.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -122,6 +122,14 @@ bench-admission: $(STAMP)
 N ?= 1000000
 bench-million: $(STAMP)
 	nice $(BIN)/python bench/bench_million.py --n $(N)
+
+# The daemon with DAEMON_ITEMS (default 1M) items, end to end over HTTP: import as export ZIPs,
+# ready after a restart, search p50/p99 and recall@10 idle and while 8 clients add, a rebuild while
+# serving, near-duplicate R@1 among the items, the native vectors under a memory cgroup limit.
+# About an hour on 2 cores; DAEMON_ITEMS=20000 in a few minutes.
+DAEMON_ITEMS ?= 1000000
+bench-daemon-million: $(STAMP)
+	nice $(BIN)/python bench/bench_daemon_million.py --items $(DAEMON_ITEMS)
 
 # A catalogue of tight near-duplicate clusters (ITEMS, default 100k) over HTTP: the recall
 # the library measures and tunes for itself, recall@10 checked from outside (unfiltered and with a

@@ -166,13 +166,23 @@ class Measured:
 Measure = Callable[[SearchDepth], Awaitable[Measured]]
 
 
-async def tune(kind: str, measure: Measure, target: float) -> tuple[SearchDepth, Measured]:
+async def tune(
+    kind: str, measure: Measure, target: float, floor: SearchDepth | None = None
+) -> tuple[SearchDepth, Measured]:
     """The cheapest depth found whose worst recall reaches ``target`` (the deepest tried when
-    none does), and what it measured.
+    none does), and what it measured; never below ``floor`` (the depth ``[index]`` configures).
 
     Recall rises with depth, so the ladder is bisected: for a reduced index both knobs move
     together first, then ef and candidates are each lowered alone while the target holds (ef
     never below the candidates: the walk is widened to them anyway).
+
+    Why a floor: stored items searched as queries are easier than the queries a library serves.
+    At 300,000 descriptor-like items a reduced library tuned itself down to 38 candidates on its
+    own items (recall@10 0.981 there), where held-out photos searched by image found 0.830 of
+    their true neighbours, edited copies of stored photos came first 0.683 of the time against
+    0.830 for exact search, and a 1% tag filter (its sketch scan re-ranks twice the candidates)
+    kept 0.949 (bench/bench_daemon_million.py, docs/benchmarks.md). The configured depth is the
+    one measured with held-out queries (0.982 at 1M); the measurement may only deepen it.
     """
     seen: dict[SearchDepth, Measured] = {}
 
@@ -181,17 +191,22 @@ async def tune(kind: str, measure: Measure, target: float) -> tuple[SearchDepth,
             seen[depth] = await measure(depth)
         return seen[depth]
 
+    low_ef, low_c = (floor.ef, floor.candidates) if floor is not None else (0, 0)
     if kind == "reduced":
-        ladder = [SearchDepth(max(ef, c), c) for ef, c in zip(EF_STEPS, CANDIDATE_STEPS, strict=True)]
+        rungs = zip(EF_STEPS, CANDIDATE_STEPS, strict=True)
+        ladder = [SearchDepth(max(ef, c, low_ef, low_c), max(c, low_c)) for ef, c in rungs]
     else:
-        ladder = [SearchDepth(ef, ef) for ef in EF_STEPS]
+        ladder = [SearchDepth(max(ef, low_ef), max(ef, low_ef)) for ef in EF_STEPS]
+    ladder = list(dict.fromkeys(ladder))  # the rungs below the floor became the floor: once
     best = await _lowest(ladder, at, target)
     if best is None:
         return ladder[-1], await at(ladder[-1])
     if kind == "reduced":
-        fewer = [SearchDepth(best.ef, c) for c in CANDIDATE_STEPS if c <= best.candidates]
+        counts = sorted({low_c, *CANDIDATE_STEPS} - {0})
+        fewer = [SearchDepth(best.ef, c) for c in counts if low_c <= c <= best.candidates]
         best = await _lowest(fewer, at, target) or best
-        efs = sorted({best.candidates, *(ef for ef in EF_STEPS if best.candidates < ef <= best.ef)})
+        bottom = max(best.candidates, low_ef)
+        efs = sorted({bottom, *(ef for ef in EF_STEPS if bottom < ef <= best.ef)})
         lower = [SearchDepth(ef, best.candidates) for ef in efs]
         best = await _lowest(lower, at, target) or best
     return best, seen[best]
@@ -239,6 +254,20 @@ def tuning_of(
     )
 
 
+def starting_depth(index: LibraryIndex) -> SearchDepth:
+    """The depth ``[index]`` gives a library of ``index``'s kind: where it starts, and the
+    least the tuning may choose (:func:`tune`)."""
+    cfg = index.cfg
+    if index.kind == "reduced":
+        return SearchDepth(cfg.reduced_ef_search, cfg.rerank_candidates)
+    return SearchDepth(cfg.ef_search, cfg.ef_search)
+
+
+def at_least(depth: SearchDepth, floor: SearchDepth) -> SearchDepth:
+    """``depth`` raised to ``floor`` knob by knob (a depth stored before the tuning had a floor)."""
+    return SearchDepth(max(depth.ef, floor.ef), max(depth.candidates, floor.candidates))
+
+
 #: ``run(fn, *args)`` somewhere (the index thread, a worker thread) and await its result.
 Run = Callable[..., Awaitable[Any]]
 
@@ -278,5 +307,5 @@ async def measure(
             found[filtered] = hit / max(sum(len(t) for t in truth), 1)
         return Measured(found[None], found.get(tags))
 
-    depth, measured = await tune(index.kind, at, target)
+    depth, measured = await tune(index.kind, at, target, starting_depth(index))
     return tuning_of(index, fingerprint, depth, measured, tag, target, len(keys))

@@ -34,13 +34,14 @@ class RecallTuning(LocalState):
         if stored is not None:
             self._tunings[row.id] = stored
             if stored.fits(index, row.fingerprint):
-                index.depth, index.measured_items = stored.depth, stored.items
+                depth = recall.at_least(stored.depth, recall.starting_depth(index))
+                index.depth, index.measured_items = depth, stored.items
 
     def keep_depth(self, row: LibraryRow, fresh: LibraryIndex) -> None:
         """A rebuilt index starts from the depth its library was tuned to (measured again soon)."""
         stored = self._tunings.get(row.id)
         if stored is not None and stored.fits(fresh, row.fingerprint):
-            fresh.depth = stored.depth
+            fresh.depth = recall.at_least(stored.depth, recall.starting_depth(fresh))
 
     def wants_tuning(self, lib: Library) -> bool:
         """Whether the library's index searches a graph and was not measured yet (built, adopted,
