@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_RECALL_SAMPLE
 from test_rebuild import get, import_vectors, model_of
 from test_reduced_index import NATIVE, REDUCED, descriptors
 from test_reduced_index import pool as pool  # a fixture
@@ -250,7 +251,7 @@ async def test_a_library_shows_its_measured_recall_and_keeps_its_depth_across_a_
     assert answer["err_no"] == 0, answer
     shown = answer["library"]["recall"]
     assert answer["library"]["search"] == "reduced" and shown["state"] == "measured", shown
-    assert shown["filter_tag"] == 3 and shown["queries"] == 200 and shown["items"] == 600
+    assert shown["filter_tag"] == 3 and shown["queries"] == TEST_RECALL_SAMPLE and shown["items"] == 600
     assert shown["below_target"] == (min(shown["recall"], shown["recall_filtered"]) < shown["target"])
     assert shown["target"] == 0.98 and shown["recall"] >= 0.98, shown
     metrics = await (await client.get("/metrics")).text()
