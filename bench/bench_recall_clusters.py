@@ -17,12 +17,14 @@ ReLU features), so no photo and no forward pass is needed.
 
     make bench-recall-clusters                                    # 100k items
     nice .venv/bin/python bench/bench_recall_clusters.py --items 20000 --queries 200   # minutes
-    nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 768x300,768x6400   # deeper
+    nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 768x300,6400x6400   # deeper
+    nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 768x300 --m 32 --reduce-dim 384
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +43,7 @@ from same_search.index import native_file, recall
 from same_search.index.paging import SearchDepth
 from same_search.index.projection import SAMPLE_MAX, Projection
 from same_search.index.reduced import ReducedIndex
+from same_search.index.screen import kept
 
 
 def catalogue(items: int, dim: int, clusters: int, per_cluster: int, spread: float, seed: int) -> np.ndarray:
@@ -94,24 +97,35 @@ def own_item_left_out(
     return hits / total, percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.99)
 
 
-def depths_in_process(vectors: np.ndarray, depths: list[SearchDepth], queries: int, seed: int) -> None:
+def depths_in_process(
+    vectors: np.ndarray, depths: list[SearchDepth], queries: int, seed: int, cfg: IndexConfig
+) -> None:
     """recall@10 (own item left out, unfiltered) and ms per search of the daemon's reduced index
-    at each of ``depths``, built in this process from the same catalogue at the shipped
-    ``[index]`` settings: what lies past the ladder the daemon tunes on."""
+    at each of ``depths``, built in this process from the same catalogue with ``cfg`` (the
+    shipped ``[index]`` unless told otherwise): what lies past the ladder the daemon tunes on.
+    Depths of more than ``screen.SCREEN_FROM`` candidates screen them with the int8 copy."""
     n = len(vectors)
-    projection = Projection.learn(vectors[:: max(1, n // SAMPLE_MAX)], IndexConfig().reduce_dim, "bench")
+    projection = Projection.learn(vectors[:: max(1, n // SAMPLE_MAX)], cfg.reduce_dim, "bench")
     with tempfile.TemporaryDirectory(prefix="recall-depths-") as temp, ThreadPoolExecutor(1) as pool:
-        index = ReducedIndex.create(projection, native_file.new_path(Path(temp), 1), IndexConfig(), pool, n)
+        index = ReducedIndex.create(projection, native_file.new_path(Path(temp), 1), cfg, pool, n)
         keys = np.arange(1, n + 1, dtype=np.int64)
+        started = time.perf_counter()
         for start in range(0, n, 8192):
             index.add_now(keys[start : start + 8192], vectors[start : start + 8192], 1)
+        print(
+            f"\nbuilt in {time.perf_counter() - started:.0f} s: {cfg.reduce_dim}-d, M {cfg.m}, "
+            f"ef_construction {cfg.ef_construction}"
+        )
+        if any(recall.screens(depth) for depth in depths):
+            index.fill_screen_now(index.begin_screen_now())
+            index.screen_filled_now()
         rows = recall.sample_rows(index, queries, seed=seed)
         sample_keys, sample = index.rows.keys[rows], index.row_vectors(rows)
         neighbours = recall.Neighbours(sample_keys, sample)
         live = index.rows.live_rows()
         neighbours.add(index.rows.keys[live], index.row_vectors(live), np.ones(len(live), bool))
         truth = neighbours.of(False)
-        print("\n| ef | candidates | recall@10 in-process | ms per search |\n|--:|--:|--:|--:|")
+        print("\n| ef | candidates | screened | recall@10 in-process | ms per search |\n|--:|--:|--|--:|--:|")
         for depth in depths:
             started = time.perf_counter()
             found = sum(
@@ -119,7 +133,11 @@ def depths_in_process(vectors: np.ndarray, depths: list[SearchDepth], queries: i
                 for k, q, t in zip(sample_keys, sample, truth, strict=True)
             )
             ms = (time.perf_counter() - started) * 1000 / len(rows)
-            print(f"| {depth.ef} | {depth.candidates} | {found / sum(map(len, truth)):.4f} | {ms:.1f} |")
+            screened = f"yes, {kept(depth.candidates)} re-ranked" if recall.screens(depth) else "no"
+            print(
+                f"| {depth.ef} | {depth.candidates} | {screened} | {found / sum(map(len, truth)):.4f} "
+                f"| {ms:.1f} |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,12 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         "--in-process-depths",
         help="instead of the daemon: recall and cost in this process at these depths, e.g. 768x300,2048x1600",
     )
+    parser.add_argument("--reduce-dim", type=int, help="in-process: [index] reduce_dim")
+    parser.add_argument("--m", type=int, help="in-process: the graph's M ([index] m)")
+    parser.add_argument("--ef-construction", type=int, help="in-process: [index] ef_construction")
     args = parser.parse_args(argv)
     if args.in_process_depths:
         print_run_header("bench_recall_clusters.py", argv)
         depths = [SearchDepth(*map(int, d.split("x"))) for d in args.in_process_depths.split(",")]
         vectors = catalogue(args.items, 1280, args.clusters, args.per_cluster, args.spread, args.seed)
-        depths_in_process(vectors, depths, args.queries, args.seed)
+        chosen = {"reduce_dim": args.reduce_dim, "m": args.m, "ef_construction": args.ef_construction}
+        cfg = dataclasses.replace(IndexConfig(), **{k: v for k, v in chosen.items() if v is not None})
+        depths_in_process(vectors, depths, args.queries, args.seed, cfg)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="recall-clusters-") as temp:

@@ -193,6 +193,7 @@ async def test_a_library_that_cannot_reach_the_target_says_so(tmp_path, pool, mo
     that it is below target."""
     monkeypatch.setattr(recall, "EF_STEPS", (16, 24))
     monkeypatch.setattr(recall, "CANDIDATE_STEPS", (10, 20))
+    monkeypatch.setattr(recall, "SCREENED_STEPS", ())
     index = reduced_index(tmp_path, pool, flat(N))
     tuning = await measure(index, target=0.999)
     assert not tuning.met and tuning.to_json()["below_target"] is True

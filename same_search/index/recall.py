@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from same_search.index import screen as screening
 from same_search.index.library_index import LibraryIndex
 from same_search.index.paging import SearchDepth
 
@@ -33,6 +34,8 @@ K = 10
 SAMPLE = 200
 #: Rows per chunk of the exact scan (read in the index thread: 4096 x 1280-d is 20 MB).
 SCAN_CHUNK = 4096
+#: ``run(fn, *args)`` somewhere (the index thread, a worker thread) and await its result.
+Run = Callable[..., Awaitable[Any]]
 #: A tag is measured as a filter when at least this share of the library carries it.
 COMMON_TAG_SHARE = 0.01
 #: Depths tried (cheapest first). A full-dimension graph has one knob, ef (its first tier is its
@@ -40,6 +43,9 @@ COMMON_TAG_SHARE = 0.01
 #: reduced dimension, so both move along one ladder, then each is lowered alone while it holds.
 EF_STEPS = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 CANDIDATE_STEPS = (25, 38, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600)
+#: A reduced graph's deeper rungs (ef = candidates): their candidates are screened with an int8
+#: copy of the native vectors in RAM, only the best re-ranked from disk (index/screen.py).
+SCREENED_STEPS = (2400, 3200, 4800, 6400)
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,14 @@ class Tuning:
         """Whether the chosen depth reached the target, filtered too."""
         return min(self.recall, self.recall_filtered or 1.0) >= self.target
 
+    @property
+    def screened(self) -> bool:
+        """Whether the chosen depth screens its candidates with the in-RAM int8 copy."""
+        return screens(self.depth)
+
     def to_json(self) -> dict[str, object]:
         """What the library's stats, /metrics and the console show."""
-        return {**asdict(self), "k": K, "below_target": not self.met}
+        return {**asdict(self), "k": K, "below_target": not self.met, "screened": self.screened}
 
     def fits(self, index: LibraryIndex, fingerprint: str) -> bool:
         """Whether this was measured on an index of the same kind, model and projection."""
@@ -84,6 +95,20 @@ class Tuning:
             and self.fingerprint == fingerprint
             and self.projection == ("" if projection is None else projection.fingerprint)
         )
+
+
+def screens(depth: SearchDepth) -> bool:
+    """Whether a reduced index searching at ``depth`` screens its candidates (index/screen.py)."""
+    return depth.candidates > screening.SCREEN_FROM
+
+
+async def fill_screen(index: LibraryIndex, on_index: Run) -> None:
+    """Give a reduced index its filled int8 screen, coding one chunk at a time ``on_index``
+    (a search waits for at most one chunk: 4,096 native rows read and coded)."""
+    rows = await on_index(index.begin_screen_now)
+    for start in range(0, len(rows), SCAN_CHUNK):
+        await on_index(index.fill_screen_now, rows[start : start + SCAN_CHUNK])
+    await on_index(index.screen_filled_now)
 
 
 def sample_rows(index: LibraryIndex, size: int, seed: int = 0) -> np.ndarray:
@@ -173,8 +198,9 @@ async def tune(
     none does), and what it measured; never below ``floor`` (the depth ``[index]`` configures).
 
     Recall rises with depth, so the ladder is bisected: for a reduced index both knobs move
-    together first, then ef and candidates are each lowered alone while the target holds (ef
-    never below the candidates: the walk is widened to them anyway).
+    together first (past 1,600 candidates, screened ones), then ef and candidates are each
+    lowered alone while the target holds (ef never below the candidates: the walk is widened
+    to them anyway).
 
     Why a floor: stored items searched as queries are easier than the queries a library serves.
     At 300,000 descriptor-like items a reduced library tuned itself down to 38 candidates on its
@@ -195,6 +221,7 @@ async def tune(
     if kind == "reduced":
         rungs = zip(EF_STEPS, CANDIDATE_STEPS, strict=True)
         ladder = [SearchDepth(max(ef, c, low_ef, low_c), max(c, low_c)) for ef, c in rungs]
+        ladder += [SearchDepth(max(c, low_ef), c) for c in SCREENED_STEPS if c >= low_c]
     else:
         ladder = [SearchDepth(max(ef, low_ef), max(ef, low_ef)) for ef in EF_STEPS]
     ladder = list(dict.fromkeys(ladder))  # the rungs below the floor became the floor: once
@@ -202,7 +229,7 @@ async def tune(
     if best is None:
         return ladder[-1], await at(ladder[-1])
     if kind == "reduced":
-        counts = sorted({low_c, *CANDIDATE_STEPS} - {0})
+        counts = sorted({low_c, *CANDIDATE_STEPS, *SCREENED_STEPS} - {0})
         fewer = [SearchDepth(best.ef, c) for c in counts if low_c <= c <= best.candidates]
         best = await _lowest(fewer, at, target) or best
         bottom = max(best.candidates, low_ef)
@@ -268,10 +295,6 @@ def at_least(depth: SearchDepth, floor: SearchDepth) -> SearchDepth:
     return SearchDepth(max(depth.ef, floor.ef), max(depth.candidates, floor.candidates))
 
 
-#: ``run(fn, *args)`` somewhere (the index thread, a worker thread) and await its result.
-Run = Callable[..., Awaitable[Any]]
-
-
 async def measure(
     index: LibraryIndex,
     fingerprint: str,
@@ -299,6 +322,8 @@ async def measure(
     truths = {None: neighbours.of(False), **({tags: neighbours.of(True)} if tags is not None else {})}
 
     async def at(depth: SearchDepth) -> Measured:
+        if screens(depth) and not getattr(index, "screen_ready", True):
+            await fill_screen(index, on_index)
         found = {}
         for filtered, truth in truths.items():
             hit = 0

@@ -19,6 +19,10 @@ Tag filters pick a strategy by how many items match (``m`` of ``n``):
 - in between, or when the wide search comes back short: hnswlib's filtered search;
 - whatever comes back short falls back to the sketch scan of every match.
 A page is never short while more matches exist.
+
+A library whose tuned depth walks more than ``screen.SCREEN_FROM`` candidates (catalogues of
+tight clusters) keeps an int8 copy of its native vectors in RAM (index/screen.py): a walk's
+candidates are screened with it and only the best of them read from disk and re-ranked.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import numpy as np
 from same_search.config import IndexConfig
 from same_search.files import replace_durably, sha256_file
 from same_search.index import graph_files
+from same_search.index import screen as screening
 from same_search.index.library_index import LibraryIndex, label_to_key
 from same_search.index.native_file import NativeFile
 from same_search.index.paging import SearchDepth, stable_top
 from same_search.index.projection import Projection
 from same_search.index.rows import RowMap
+from same_search.index.screen import Screen
 from same_search.index.tags import TagTable
 
 #: A filter matching at least this share of the library searches unfiltered, widened, then filters.
@@ -77,6 +83,10 @@ class ReducedIndex(LibraryIndex):
         self.exact = None  # describe() and older callers: no exact matrix in a reduced index
         self.sketch = np.zeros((rows.capacity, min(SKETCH_DIM, projection.dim)), np.int8)
         self.depth = SearchDepth(cfg.reduced_ef_search, cfg.rerank_candidates)
+        #: The int8 copy of the native vectors deep searches screen with (None: not kept), and
+        #: whether it holds every live row yet (rows added meanwhile are coded as they come).
+        self.screen: Screen | None = None
+        self.screen_ready = False
 
     @classmethod
     def create(
@@ -164,6 +174,8 @@ class ReducedIndex(LibraryIndex):
             grown[: len(self.sketch)] = self.sketch
             self.sketch = grown
         self.sketch[rows] = _quantise(reduced[:, : self.sketch.shape[1]])
+        if self.screen is not None:
+            self.screen.set(rows, vectors)
         self.tags.set(rows, tags)
         self.seq = max(self.seq, seq)
 
@@ -171,6 +183,39 @@ class ReducedIndex(LibraryIndex):
         for row in self.rows.remove(np.asarray(keys, np.int64)).tolist():
             self.graph.mark_deleted(row)
         self.seq = max(self.seq, seq)
+
+    # ---- the screen (index/screen.py) ---------------------------------------------------------------
+
+    def begin_screen_now(self) -> np.ndarray:
+        """Keep an int8 screen from now on (rows added are coded as they come); returns the live
+        rows still to code with :meth:`fill_screen_now`, then :meth:`screen_filled_now`."""
+        if self.screen is None:
+            self.screen = Screen(self.rows.capacity, self.projection.native_dim)
+            self.screen_ready = False
+        return np.empty(0, np.int64) if self.screen_ready else self.rows.live_rows()
+
+    def fill_screen_now(self, rows: np.ndarray) -> None:
+        """Code ``rows`` (those still live) from the native file."""
+        if self.screen is None:
+            return
+        rows = np.asarray(rows, np.int64)
+        rows = rows[self.rows.live[rows]]
+        self.screen.set(rows, self.native.read(rows))
+
+    def screen_filled_now(self) -> None:
+        """Every live row is coded: deep searches screen from now on."""
+        self.screen_ready = self.screen is not None
+
+    def drop_screen_now(self) -> None:
+        """Stop keeping the screen (a depth that does not screen was chosen)."""
+        self.screen, self.screen_ready = None, False
+
+    def _screened(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """The candidates worth a native re-rank: all of them up to ``SCREEN_FROM``, else (with a
+        filled screen) the best :func:`kept` by int8 score."""
+        if len(rows) <= screening.SCREEN_FROM or self.screen is None or not self.screen_ready:
+            return rows
+        return self.screen.best(rows, query, screening.kept(len(rows)))
 
     # ---- reads -------------------------------------------------------------------------------------
 
@@ -214,6 +259,8 @@ class ReducedIndex(LibraryIndex):
             else:
                 rows = self._filtered_rows(reduced, walk, mask, matching, depth.ef)
             rows = np.asarray(rows, np.int64)
+            if not complete:  # a complete tier must return every match: never screened
+                rows = self._screened(rows, query)
             return self.rows.keys[rows].astype(np.uint64), self.native.read(rows) @ query, complete
 
         labels, scores = stable_top(k, depth.candidates, matching, tier)

@@ -80,6 +80,7 @@ class OnlineRebuilds(LocalIndexes):
             progress.total = await self.store.count(row.id)
             self._retagged[row.id] = set()
         fresh = await self.new_index(row, progress.total)
+        self.screen_fresh(row, fresh)
         builder = ThreadPoolExecutor(1, thread_name_prefix=f"rebuild-{row.id}")
         try:
             await self._build(fresh, row, upto, progress, builder)

@@ -36,12 +36,23 @@ class RecallTuning(LocalState):
             if stored.fits(index, row.fingerprint):
                 depth = recall.at_least(stored.depth, recall.starting_depth(index))
                 index.depth, index.measured_items = depth, stored.items
+                if stored.screened:  # not serving yet: filled here, before its first search
+                    await recall.fill_screen(index, self._on_index)
 
     def keep_depth(self, row: LibraryRow, fresh: LibraryIndex) -> None:
         """A rebuilt index starts from the depth its library was tuned to (measured again soon)."""
         stored = self._tunings.get(row.id)
         if stored is not None and stored.fits(fresh, row.fingerprint):
             fresh.depth = recall.at_least(stored.depth, recall.starting_depth(fresh))
+
+    def screen_fresh(self, row: LibraryRow, fresh: LibraryIndex) -> None:
+        """An empty index about to be built for a library whose tuned depth screens keeps its
+        int8 screen from the first row on (index/screen.py), so it serves that depth at once."""
+        stored = self._tunings.get(row.id)
+        screens = stored is not None and stored.screened and hasattr(fresh, "begin_screen_now")
+        if screens and not fresh.count():
+            fresh.begin_screen_now()
+            fresh.screen_filled_now()
 
     def wants_tuning(self, lib: Library) -> bool:
         """Whether the library's index searches a graph and was not measured yet (built, adopted,
@@ -82,6 +93,8 @@ class RecallTuning(LocalState):
             self._measuring.discard(row.id)
         if index_of(lib) is index:  # not replaced by a rebuild meanwhile
             index.depth, index.measured_items = tuning.depth, tuning.items
+        if not tuning.screened and getattr(index, "screen", None) is not None:
+            await self._on_index(index.drop_screen_now)  # filled to try deeper rungs: not needed
         await self.store.save_tuning(row.id, tuning)
         self._tunings[row.id] = tuning
         log.log(
@@ -101,13 +114,12 @@ class RecallTuning(LocalState):
         )
         return tuning
 
+    async def _on_index(self, fn: Callable[..., T], *args: object) -> T:
+        """Run ``fn`` in the index thread (between searches)."""
+        return await asyncio.get_running_loop().run_in_executor(self._index_pool, fn, *args)
+
     async def _measure(self, index: LibraryIndex, row: LibraryRow) -> recall.Tuning:
-        loop = asyncio.get_running_loop()
-
-        async def on_index(fn: Callable[..., T], *args: object) -> T:
-            return await loop.run_in_executor(self._index_pool, fn, *args)
-
         cfg = self.cfg.index
         return await recall.measure(
-            index, row.fingerprint, cfg.target_recall, on_index, asyncio.to_thread, cfg.recall_sample
+            index, row.fingerprint, cfg.target_recall, self._on_index, asyncio.to_thread, cfg.recall_sample
         )
