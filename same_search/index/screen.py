@@ -59,9 +59,18 @@ class Screen:
         self.scales[rows] = scale
 
     def scores(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-        """Approximate native scores of ``rows`` against ``query`` (within about 1e-3)."""
-        codes = self.codes[rows].astype(np.float32)
-        return (codes @ np.asarray(query, np.float32)) * self.scales[rows]
+        """Approximate native scores of ``rows`` against ``query`` (within a few 1e-3).
+
+        The query is coded as int8 too and the products summed in int32 (127 x 127 x 1280 fits):
+        numpy then never widens the gathered codes to a float32 copy, which took about six
+        times as long as the gather itself (4,800 rows of 1280-d).
+        """
+        query = np.asarray(query, np.float32)
+        peak = float(np.abs(query).max())
+        scale = peak / 127.0 if peak > 0 else 1.0
+        coded = np.rint(query / scale).astype(np.int8)
+        dots = np.einsum("ij,j->i", self.codes[rows], coded, dtype=np.int32, casting="unsafe")
+        return dots.astype(np.float32) * self.scales[rows] * np.float32(scale)
 
     def best(self, rows: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:
         """The ``count`` of ``rows`` that score highest (any order)."""
