@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
+.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-milvus bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -137,6 +137,11 @@ bench-daemon-million: $(STAMP)
 ITEMS ?= 100000
 bench-recall-clusters: $(STAMP)
 	nice $(BIN)/python bench/bench_recall_clusters.py --items $(ITEMS)
+
+# The daemon on the Milvus backend (a milvus-lite server of its own) against the same pymilvus
+# calls, alternating, at 2k and 20k items: what the daemon adds to a search (about 10 minutes).
+bench-milvus: $(STAMP)
+	$(BIN)/python bench/bench_milvus.py
 
 # Speed and vector drift of fp32 / bf16 / int8 forward passes on this CPU (about 5 minutes).
 bench-precision: $(STAMP)

@@ -14,7 +14,8 @@ contsign, one at a time, alternating so that load changes hit both equally:
 milvus-lite is a pure-Python reimplementation of Milvus: these figures say what the daemon adds
 on top of Milvus calls, nothing about how fast a Milvus cluster is.
 
-    python bench/bench_milvus.py --items 5000 --queries 300
+    python bench/bench_milvus.py                          # 2,000 and 20,000 items, 5 rounds
+    python bench/bench_milvus.py --items 5000 --rounds 3
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=5000)
-    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--items", default="2000,20000", help="library sizes, comma-separated")
+    parser.add_argument("--queries", type=int, default=200, help="searches per path and round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per size (medians are reported)")
     parser.add_argument("--rn", type=int, default=10)
     args = parser.parse_args()
+    sizes = [int(n) for n in args.items.split(",")]
 
     from pymilvus import MilvusClient
 
@@ -138,56 +141,62 @@ def main() -> None:
 
         wait_until(lambda: admin_json("GET", "/healthz")["err_no"] == 0, 180, "daemon not ready")
         model = admin_json("GET", "/healthz")["model"]
-        rng = np.random.default_rng(7)
-        vectors = rng.standard_normal((args.items, model["dim"])).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        keys = [int(k) for k in rng.integers(-(2**63), 2**63 - 1, size=args.items)]
-        started = time.monotonic()
-        loaded = admin_json(
-            "POST",
-            "/api/libraries/bench/import",
-            export_zip(vectors, keys, model["fingerprint"], model["dim"]),
-        )
-        load_s = time.monotonic() - started
-        assert loaded["err_no"] == 0 and loaded["imported"] == args.items, loaded
-
         direct = MilvusClient(uri=uri, db_name="bench")
-        collection = collection_name("bench")
         search_conn = http.client.HTTPConnection("127.0.0.1", ports["search"], timeout=60)
+        print(f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()}")
+        print("\n| N | rn | path | search p50 ms | search p99 ms | daemon / pymilvus (p50) | same results |")
+        print("|--:|--:|---|--:|--:|--:|--:|")
+        for items in sizes:
+            measure_size(args, items, model, admin_json, direct, search_conn)
+        print(f"\n- {args.rounds} rounds of {args.queries} searches by contsign per path, alternating;")
+        print("  p50 and p99: medians over the rounds; the ratio: the median of the rounds' p50 ratios")
+        print(f"- load average at the end: {os.getloadavg()} on {os.cpu_count()} CPUs")
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+        server.terminate()
+        server.wait(60)
 
-        def via_daemon(key: int) -> list[int]:
-            body = {
-                "from": "bench",
-                "appid": "bench",
-                "contsign": ContSign.from_key(key).to_json(),
-                "rn": args.rn,
-            }
-            search_conn.request(
-                "POST",
-                "/RTSAsService/search",
-                body=json.dumps(body),
-                headers={"Content-Type": "application/json"},
-            )
-            answer = json.loads(search_conn.getresponse().read())
-            return [ContSign(**item["contsign"]).key for item in answer["data_items"]]
 
-        def via_pymilvus(key: int) -> list[int]:
-            vector = direct.query(collection, ids=[key], output_fields=["vector"])[0]["vector"]
-            hits = direct.search(
-                collection,
-                data=[vector],
-                limit=args.rn + 1,
-                output_fields=ITEM_FIELDS,
-                search_params={"metric_type": "IP", "params": {"ef": 512}},
-            )[0]
-            return [int(hit["key"]) for hit in hits[: args.rn]]
+def measure_size(args, items: int, model: dict, admin_json, direct, search_conn) -> None:
+    """One library of ``items`` vectors imported through the daemon, then the rounds."""
+    appid = f"bench{items}"
+    rng = np.random.default_rng(items)
+    vectors = rng.standard_normal((items, model["dim"])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    keys = [int(k) for k in rng.integers(-(2**63), 2**63 - 1, size=items)]
+    started = time.monotonic()
+    archive = export_zip(vectors, keys, model["fingerprint"], model["dim"])
+    loaded = admin_json("POST", f"/api/libraries/{appid}/import", archive)
+    load_s = time.monotonic() - started
+    assert loaded["err_no"] == 0 and loaded["imported"] == items, loaded
+    collection = collection_name(appid)
 
-        queries = [keys[i] for i in rng.integers(0, args.items, size=args.queries)]
-        for key in queries[:20]:  # warm both paths
-            via_daemon(key), via_pymilvus(key)
+    def via_daemon(key: int) -> list[int]:
+        body = {"from": "bench", "appid": appid, "contsign": ContSign.from_key(key).to_json(), "rn": args.rn}
+        headers = {"Content-Type": "application/json"}
+        search_conn.request("POST", "/RTSAsService/search", body=json.dumps(body), headers=headers)
+        answer = json.loads(search_conn.getresponse().read())
+        return [ContSign(**item["contsign"]).key for item in answer["data_items"]]
+
+    def via_pymilvus(key: int) -> list[int]:
+        vector = direct.query(collection, ids=[key], output_fields=["vector"])[0]["vector"]
+        hits = direct.search(
+            collection,
+            data=[vector],
+            limit=args.rn + 1,
+            output_fields=ITEM_FIELDS,
+            search_params={"metric_type": "IP", "params": {"ef": 512}},
+        )[0]
+        return [int(hit["key"]) for hit in hits[: args.rn]]
+
+    for key in keys[:20]:  # warm both paths
+        via_daemon(key), via_pymilvus(key)
+    rounds: dict[str, list[tuple[float, float]]] = {"daemon": [], "pymilvus": []}
+    ratios, agree, total = [], 0, 0
+    for _ in range(args.rounds):
         timings: dict[str, list[float]] = {"daemon": [], "pymilvus": []}
-        agree = 0
-        for key in queries:
+        for key in [keys[i] for i in rng.integers(0, items, size=args.queries)]:
             t0 = time.perf_counter()
             ours = via_daemon(key)
             t1 = time.perf_counter()
@@ -196,23 +205,20 @@ def main() -> None:
             timings["daemon"].append((t1 - t0) * 1000)
             timings["pymilvus"].append((t2 - t1) * 1000)
             agree += ours == theirs
-        (d50, d99), (p50, p99) = percentiles(timings["daemon"]), percentiles(timings["pymilvus"])
-        load = os.getloadavg()[0]
-        print("| N | rn | path | search p50 ms | search p99 ms | daemon / pymilvus (p50) | same results |")
-        print("|--:|--:|---|--:|--:|--:|--:|")
-        print(f"| {args.items:,} | {args.rn} | pymilvus direct | {p50:.2f} | {p99:.2f} | | |")
-        print(
-            f"| {args.items:,} | {args.rn} | daemon (HTTP) | {d50:.2f} | {d99:.2f} | {d50 / p50:.2f} | "
-            f"{agree}/{len(queries)} |"
-        )
-        print(f"\n- {args.queries} searches by contsign each, alternating")
-        print(f"- import of {args.items:,} vectors through the daemon took {load_s:.1f} s")
-        print(f"- load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs")
-    finally:
-        daemon.terminate()
-        daemon.wait(60)
-        server.terminate()
-        server.wait(60)
+            total += 1
+        for path in rounds:
+            rounds[path].append(percentiles(timings[path]))
+        ratios.append(rounds["daemon"][-1][0] / rounds["pymilvus"][-1][0])
+    (p50, p99), (d50, d99) = (
+        (statistics.median(r[0] for r in rounds[p]), statistics.median(r[1] for r in rounds[p]))
+        for p in ("pymilvus", "daemon")
+    )
+    print(f"| {items:,} | {args.rn} | pymilvus direct | {p50:.2f} | {p99:.2f} | | |")
+    print(
+        f"| {items:,} | {args.rn} | daemon (HTTP) | {d50:.2f} | {d99:.2f} | "
+        f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | {agree}/{total} |"
+    )
+    print(f"<!-- import of {items:,} vectors took {load_s:.1f} s; load {os.getloadavg()} -->")
 
 
 if __name__ == "__main__":
