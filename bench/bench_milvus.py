@@ -16,6 +16,7 @@ on top of Milvus calls, nothing about how fast a Milvus cluster is.
 
     python bench/bench_milvus.py                          # 2,000 and 20,000 items, 5 rounds
     python bench/bench_milvus.py --items 5000 --rounds 3
+    python bench/bench_milvus.py --code /tmp/before   # another checkout's daemon (git worktree add)
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="searches per path and round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per size (medians are reported)")
     parser.add_argument("--rn", type=int, default=10)
+    parser.add_argument("--code", type=Path, default=REPO, help="checkout whose daemon runs (before/after)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.items.split(",")]
 
@@ -123,7 +125,7 @@ def main() -> None:
             str(work / "d"),
         ]
         + [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))],
-        cwd=REPO,
+        cwd=args.code,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -143,6 +145,10 @@ def main() -> None:
         model = admin_json("GET", "/healthz")["model"]
         direct = MilvusClient(uri=uri, db_name="bench")
         search_conn = http.client.HTTPConnection("127.0.0.1", ports["search"], timeout=60)
+        commit = subprocess.run(
+            ["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        print(f"daemon code: {args.code} at {commit}")
         print(f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, load {os.getloadavg()}")
         print("\n| N | rn | path | search p50 ms | search p99 ms | daemon / pymilvus (p50) | same results |")
         print("|--:|--:|---|--:|--:|--:|--:|")
