@@ -17,6 +17,7 @@ from test_recall_tuning import config as config  # a fixture: [index] lowered fo
 from test_reduced_index import pool as pool  # a fixture
 
 from same_search.app import create_app
+from same_search.console.pages import recall_block
 from same_search.contsign import ContSign
 from same_search.index import recall, screen
 from same_search.index.paging import SearchDepth
@@ -130,6 +131,7 @@ async def test_a_screened_depth_is_served_again_after_a_restart_and_its_screen_d
     )
     shown = await measured(client, "sc")
     assert shown["screened"] is True and shown["candidates"] in (200, 400), shown
+    assert "screened in RAM" in recall_block(shown)
     assert (await (await client.post("/api/libraries/sc/save")).json())["err_no"] == 0
     await client.close()
 
