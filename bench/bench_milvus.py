@@ -126,8 +126,8 @@ def main() -> None:
         ]
         + [arg for name, port in ports.items() for arg in (f"--{name}-port", str(port))],
         cwd=args.code,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(work / "daemon.log").open("wb"),
+        stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
