@@ -349,12 +349,11 @@ class MilvusBackend(KeyedReads, Backend, SharedLibraries):
         self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
     ) -> SearchResult:
         """HNSW search with ``ef`` widened to the depth, returning the rows with the hits (one
-        round trip for a whole page, through the asyncio client); pages past ``MAX_TOPK`` are not
-        reachable."""
+        round trip for a whole page); pages past ``MAX_TOPK`` are not reachable."""
         k = min(k, MAX_TOPK)
         expression = tag_expression(tag_filter) if tag_filter is not None and tag_filter.active else ""
-        results = await self.milvus.fast_read(
-            "search",
+        results = await self.milvus.read(
+            self.milvus.client.search,
             _name(lib),
             data=[np.asarray(vector, dtype=np.float32).ravel().tolist()],
             limit=k,

@@ -1,11 +1,6 @@
-"""The pymilvus clients and where they run: most calls go through the synchronous client in a
-small pool, so the event loop never blocks; against milvus-lite every write goes through one
-thread of its own (the package docstring says why); Milvus errors become the contract's.
-
-A search's own reads (the query's stored vector, the search) go through pymilvus's asyncio
-client on the event loop instead: a hop to a pool thread and back cost about as much as all the
-daemon's other work on a search (the daemon took 1.24-1.28x the time of the same two pymilvus
-calls at 2,000 items; docs/benchmarks.md, "Milvus")."""
+"""The pymilvus client and the threads it runs in: pymilvus is synchronous, so every call runs in
+a small pool and the event loop never blocks; against milvus-lite every write goes through one
+thread of its own (the package docstring says why); Milvus errors become the contract's."""
 
 from __future__ import annotations
 
@@ -43,8 +38,6 @@ class Connection:
     def __init__(self, storage: StorageConfig) -> None:
         self.storage = storage
         self.client: Any = None
-        #: The asyncio client of the search path (created on the event loop that uses it).
-        self.aclient: Any = None
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="milvus")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="milvus-write")
         #: Whether the server is milvus-lite (file mode, or a server saying so): writes serialised.
@@ -61,16 +54,6 @@ class Connection:
         thread, so no two writes reach its engine at once."""
         return await self._call(self._writer if self.lite else self._pool, fn, *args, **kwargs)
 
-    async def fast_read(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run a read of the asyncio client (``method`` of :class:`AsyncMilvusClient`) on the
-        event loop: no thread hop (the search path)."""
-        from pymilvus.exceptions import MilvusException
-
-        try:
-            return await getattr(self.aclient, method)(*args, **kwargs)
-        except MilvusException as exc:
-            raise _contract_error(exc) from exc
-
     async def _call(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A missing collection is :class:`LibraryGone`, any other Milvus failure
         :class:`StorageError` (the API answers it, nothing half-done)."""
@@ -80,15 +63,16 @@ class Connection:
         try:
             return await loop.run_in_executor(pool, lambda: fn(*args, **kwargs))
         except MilvusException as exc:
-            raise _contract_error(exc) from exc
+            if exc.code == COLLECTION_NOT_FOUND or "not exist" in str(exc.message):
+                raise LibraryGone(str(exc.message)) from exc
+            raise StorageError(f"milvus: {exc.message}") from exc
 
     async def open(self, attempts: int = CONNECT_ATTEMPTS) -> None:
         """Connect, retrying a few times: a Milvus that is restarting, or a gRPC channel the server
         just closed (GOAWAY), fails the first attempt and serves the next."""
         for attempt in range(attempts):
             try:
-                uri = await asyncio.get_running_loop().run_in_executor(self._pool, self._connect)
-                self.aclient = self._async_client(uri)
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._connect)
                 return
             except Exception as exc:
                 if attempt == attempts - 1:
@@ -96,14 +80,7 @@ class Connection:
                 log.warning("milvus at %s not reachable (%s); retrying", self.storage.uri, exc)
                 await asyncio.sleep(0.5 * 2**attempt)
 
-    def _async_client(self, uri: str) -> Any:
-        from pymilvus import AsyncMilvusClient
-
-        storage = self.storage
-        return AsyncMilvusClient(uri=uri, token=storage.token, db_name=storage.db_name or "")
-
-    def _connect(self) -> str:
-        """Connect the synchronous client; returns the address it reached."""
+    def _connect(self) -> None:
         from pymilvus import MilvusClient
 
         storage = self.storage
@@ -124,19 +101,9 @@ class Connection:
                         raise
             client.use_database(storage.db_name)
         self.client = client
-        return uri
 
     async def close(self) -> None:
-        if self.aclient is not None:
-            await self.aclient.close()
         if self.client is not None:
             await self.read(self.client.close)
         self._pool.shutdown(wait=True)
         self._writer.shutdown(wait=True)
-
-
-def _contract_error(exc: Any) -> Exception:
-    """A Milvus failure as the contract's: a missing collection is :class:`LibraryGone`."""
-    if exc.code == COLLECTION_NOT_FOUND or "not exist" in str(exc.message):
-        return LibraryGone(str(exc.message))
-    return StorageError(f"milvus: {exc.message}")

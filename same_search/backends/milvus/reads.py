@@ -46,9 +46,8 @@ class KeyedReads(LocalFeatures):
         return found
 
     async def vector(self, lib: Library, key: int) -> np.ndarray | None:
-        """One stored vector (a search by contsign): through the asyncio client, no thread hop."""
-        found = await self.milvus.fast_read("query", _name(lib), ids=[key], output_fields=["key", "vector"])
-        return np.asarray(found[0]["vector"], dtype=np.float32) if found else None
+        found = await self._present(lib, [key], "vector")
+        return np.asarray(found[key], dtype=np.float32) if key in found else None
 
     async def thumbnail(self, lib: Library, key: int) -> bytes | None:
         found = await self._present(lib, [key], "thumbnail")
