@@ -659,6 +659,24 @@ class _Base:
         return _Call("admin", path, "PUT", body=body, parse=values.pick("library", dict))
 
     @_request
+    def set_space(
+        self, appid: str, space: Literal["learned", "native"], *, wait: bool = False
+    ) -> _Call[dict[str, Any]]:
+        """Move a library into its learned space or back to native cosine (an extension);
+        returns its stats.
+
+        ``space="learned"``: searches rank and score in a space fitted on the library's own items
+        (better category precision, a few edited copies lose their place: docs/quality.md);
+        ``"native"``: native cosine, every library's default. The move is a background rebuild
+        while the library serves; ``wait=True`` returns once it has ended.
+        """
+        path = wire.SPACE.format(appid=_quote(appid))
+        query = {"wait": "1"} if wait else None
+        return _Call(
+            "admin", path, "PUT", body={"space": space}, query=query, parse=values.pick("library", dict)
+        )
+
+    @_request
     def set_sync(
         self,
         appid: str,

@@ -428,8 +428,9 @@ def test_same_picture_search_on_the_real_daemon(daemon: Daemon) -> None:
     assert [hit.contsign for hit in client.search(image=query, same_picture=True)] == [stored[3]]
 
 
-def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
-    """query_expansion and promote_same_picture reach the daemon; scores never change."""
+def test_result_order_options_on_the_real_daemon(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """query_expansion and promote_same_picture reach the daemon; scores never change; the space
+    a library ranks in is shown and chosen through the client and the CLI."""
     from test_promotion import PALETTE, QUERY
     from test_same_picture import scene
 
@@ -451,6 +452,12 @@ def test_result_order_options_on_the_real_daemon(daemon: Daemon) -> None:
     assert reranked.ranking == "reranked" and reranked[0].contsign == stored[0] and reranked[0].same_picture
     promoted = client.search(image=QUERY, query_expansion=0, promote_same_picture=True)
     assert promoted[0].contsign == stored[0]
+    assert run_cli(daemon, capsys, "space", "--appid", "order")[:2] == (0, "order: native cosine\n")
+    chosen = client.set_space("order", "learned", wait=True)["space"]  # 6 items: too few for a fit
+    assert chosen["chosen"] == "learned" and chosen["ranks_in"] == "native", chosen
+    code, out, _ = run_cli(daemon, capsys, "space", "--appid", "order", "native", "--wait")
+    assert code == 0 and out == "order: native cosine\n"
+    assert client.library("order")["space"]["chosen"] == "native"
 
 
 # ------------------------------------------------------------------ a client that explains itself

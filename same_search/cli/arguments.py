@@ -121,6 +121,19 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
         help="move confirmed copies of the query to the top (--no-promote: do not)",
     )
 
+    space = commands.add_parser(
+        "space",
+        parents=client,
+        help="show or choose the space a library ranks and scores in",
+        description="Every library ranks in native cosine until its operator moves it into its "
+        "learned space, fitted on its own items: better category precision, a few edited copies "
+        "lose their place (docs/quality.md). The move is a background rebuild while the library "
+        "serves. Without SPACE, shows the library's space.",
+    )
+    space.add_argument("--appid", required=True, help="library")
+    space.add_argument("space", nargs="?", choices=("native", "learned"), help="the space to move it into")
+    space.add_argument("--wait", action="store_true", help="return once the move has ended")
+
     commands.add_parser("libraries", parents=client, help="list the libraries")
 
     export = commands.add_parser("export", parents=client, help="write a library to a ZIP file")

@@ -76,6 +76,36 @@ def cmd_ranking(args: argparse.Namespace, cfg: Config, token: str | None) -> int
     return 0
 
 
+def cmd_space(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
+    """Show, or choose, the space a library ranks in."""
+    client = client_for(cfg, token)
+    if args.space is None:
+        stats = client.library(args.appid)
+    else:
+        stats = client.set_space(args.appid, args.space, wait=args.wait)
+    print(f"{args.appid}: {space_line(stats['space'])}")
+    return 0
+
+
+def when(seconds: object) -> str:
+    """An epoch time as UTC words (stats carry seconds)."""
+    if not isinstance(seconds, (int, float)):
+        return str(seconds)
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def space_line(space: dict) -> str:
+    """A library's ``space`` stats in words."""
+    if space["ranks_in"] == "learned":
+        return (
+            f"ranks in its learned space ({space['dim']} dims, weight {space['weight']}, "
+            f"fitted on {space['fitted_items']} items, {when(space['fitted_at'])})"
+        )
+    if space["chosen"] == "learned":
+        return f"learned space chosen; native cosine until it has {space['min_items']} items or the move ends"
+    return "native cosine"
+
+
 def cmd_libraries(args: argparse.Namespace, cfg: Config, token: str | None) -> int:
     """Print every library with its size and model."""
     libraries = client_for(cfg, token).libraries()

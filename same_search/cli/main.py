@@ -18,6 +18,7 @@ from same_search.cli.commands import (
     cmd_reembed,
     cmd_search,
     cmd_snapshot,
+    cmd_space,
 )
 from same_search.cli.common import EXIT_FAILED, EXIT_UNREACHABLE, Command
 from same_search.cli.daemon import run_daemon
@@ -87,6 +88,7 @@ COMMANDS: dict[str, Command] = {
     "import": cmd_import,
     "search": cmd_search,
     "ranking": cmd_ranking,
+    "space": cmd_space,
     "libraries": cmd_libraries,
     "export": cmd_export,
     "snapshot": cmd_snapshot,

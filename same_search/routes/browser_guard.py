@@ -63,6 +63,8 @@ BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", wire.DUP_POLICY): JSON_TYPES,
     ("PUT", wire.RANKING): JSON_TYPES,
     ("POST", wire.RANKING): JSON_TYPES,
+    ("PUT", wire.SPACE): JSON_TYPES,
+    ("POST", wire.SPACE): JSON_TYPES,
     ("POST", wire.DUPLICATES): JSON_TYPES,
     ("POST", wire.DUPLICATES_REMOVE): JSON_TYPES,
     ("POST", wire.REEMBED): JSON_TYPES,
