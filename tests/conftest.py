@@ -54,6 +54,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "local_only: runs on the local backend only, even in a contract module"
     )
     config.addinivalue_line("markers", "reranked_default: new libraries are re-ranked ([search] config)")
+    config.addinivalue_line(
+        "markers", "heavy: takes tens of seconds of a worker (kill -9 cycles, big libraries); runs first"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heavy tests first, each module's others in their own order after them: xdist hands tests
+    out in this order, so a long test never starts last and leaves the other workers idle while
+    it ends (the suite's wall time is its longest worker's). Only tests with per-test daemons are
+    marked: a module-scoped fixture would be set up twice."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

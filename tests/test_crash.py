@@ -13,6 +13,7 @@ import random
 import threading
 import time
 
+import pytest
 from daemon import Daemon
 from images import jpeg
 
@@ -114,6 +115,7 @@ def kill_cycles(
     return total_acked
 
 
+@pytest.mark.heavy
 def test_random_sigkill_cycles_lose_nothing_acknowledged(tmp_path):
     daemon = Daemon(tmp_path, "[storage]\nsnapshot_interval_s = 0.3\n[model]\nmax_wait_ms = 5.0\n")
     images = [[jpeg(1000 + c * 100 + i, (64, 48)) for i in range(IMAGES_PER_CLIENT)] for c in range(CLIENTS)]

@@ -107,6 +107,7 @@ def test_kill_9_loses_nothing_acknowledged(daemon):
     assert "rebuilding" not in restart  # the snapshot was loaded, the rest replayed from SQLite
 
 
+@pytest.mark.heavy
 def test_corrupted_snapshot_is_rebuilt_from_the_database(daemon):
     daemon.start()
     daemon.rts("signup", appid="lib")

@@ -163,6 +163,7 @@ async def test_cancel_a_running_job(client, api, tmp_path):
     assert (await (await client.post("/api/jobs/x/cancel")).json())["err_no"] == 1
 
 
+@pytest.mark.heavy
 def test_job_of_a_few_hundred_images_resumes_after_kill_9(tmp_path):
     folder = tmp_path / "many"
     write_images(folder, range(1000, 1240))

@@ -324,6 +324,7 @@ def _wait(daemon: Daemon, job_id: int, until, timeout: float = 120) -> dict:
     return job
 
 
+@pytest.mark.heavy
 def test_fifo_manifest_neither_wedges_the_queue_nor_holds_sigterm_and_orphans_go(tmp_path):
     """The red team's FIFO manifest wedged the job queue and kept the process alive after SIGTERM.
     Now its entries fail and the jobs go on; SIGTERM during an import stops the daemon within

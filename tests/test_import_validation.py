@@ -243,6 +243,7 @@ def http(d: Daemon, method: str, path: str, data: bytes | None = None) -> bytes:
         return response.read()
 
 
+@pytest.mark.heavy
 def test_tampered_import_refused_then_valid_import_survives_restarts(tmp_path):
     d = Daemon(tmp_path)
     d.start()

@@ -27,6 +27,7 @@ def file_mode(tmp_path, extra: str = "") -> Daemon:
     )
 
 
+@pytest.mark.heavy
 def test_kill_9_under_concurrent_writers_loses_nothing_acknowledged(tmp_path):
     daemon = file_mode(tmp_path)
     images = [[jpeg(2000 + c * 100 + i, (64, 48)) for i in range(IMAGES_PER_CLIENT)] for c in range(CLIENTS)]

@@ -45,6 +45,7 @@ def models_by_name(d: Daemon) -> dict[str, dict]:
     return {name: model for model in d.get("admin", "/healthz")["models"] for name in model["names"]}
 
 
+@pytest.mark.heavy
 def test_a_library_keeps_serving_after_the_default_model_changes(daemon):
     daemon.start()
     daemon.rts("signup", appid="old")
@@ -78,6 +79,7 @@ def reembed_job(d: Daemon, appid: str, job_id: int) -> dict:
     return d.get("admin", f"/api/libraries/{appid}/reembed/{job_id}")["job"]
 
 
+@pytest.mark.heavy
 def test_reembed_survives_kill_9_and_resumes_where_it_was(daemon):
     daemon.config.write_text(MODEL_B_KEEPING_A)
     daemon.start()

@@ -214,6 +214,7 @@ def test_explicit_precision_is_honoured_without_a_check(embedder, tmp_path, mode
     assert chosen.info.fingerprint == embedder.info.fingerprint
 
 
+@pytest.mark.heavy
 def test_the_daemon_measures_once_then_reads_the_cache(tmp_path):
     cache = tmp_path / "precision.json"
     daemon = Daemon(tmp_path, f'[model]\nname = "efficientnet_lite0"\nprecision_cache = "{cache}"\n')

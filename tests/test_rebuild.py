@@ -288,6 +288,7 @@ async def test_shutdown_cancels_a_running_rebuild_and_the_old_index_stays_valid(
     assert (await get(reopened, "/api/libraries/stop/rebuild"))["rebuild"] is None
 
 
+@pytest.mark.heavy
 def test_kill_9_during_a_rebuild_loses_no_acknowledged_write(tmp_path):
     """A rebuild writes nothing before its swap: after a kill -9 in the middle of one the next
     start serves the old snapshot plus the replay of every acknowledged write."""

@@ -121,6 +121,7 @@ async def recall_at(index, depth: SearchDepth, seed: int, size: int = 150) -> re
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.heavy
 async def test_a_reduced_library_tunes_its_depth_until_the_target_holds(tmp_path, pool, shape):
     index = reduced_index(tmp_path, pool, SHAPES[shape](N))
     before = await recall_at(index, index.depth, seed=99)

@@ -240,6 +240,7 @@ def _self_hit(daemon, appid: str, key: int) -> tuple[int, float]:
     return ContSign(**hits[0]["contsign"]).key, hits[0]["score"]
 
 
+@pytest.mark.heavy
 def test_kill_9_in_an_adoption_and_after_unsaved_writes_to_a_reduced_index(tmp_path):
     """kill -9 while an adoption builds (its projection stored, its native file half written,
     no snapshot of it yet), then again after writes the reduced snapshot does not hold (native

@@ -93,6 +93,7 @@ FILTERS = {
 
 
 @pytest.mark.parametrize("kind", list(SIZES))
+@pytest.mark.heavy
 async def test_default_search_descends_and_pages_concatenate(client, api, backend, kind):
     if kind == "reduced" and backend == "milvus":
         pytest.skip("Milvus indexes a library itself: no reduced index")
@@ -114,6 +115,7 @@ async def test_default_search_descends_and_pages_concatenate(client, api, backen
                     assert len(walked) == len(whole) and count == -(-len(whole) // rn)
 
 
+@pytest.mark.heavy
 async def test_a_client_reading_until_a_threshold_sees_every_hit_above_it(client, api, backend):
     """The spec's natural loop: read the answer until the first score below t."""
     keys = await fill(client, api, "lib", "graph")

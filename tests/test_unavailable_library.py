@@ -42,6 +42,7 @@ def corrupt(db: Path, appid: str, seed: int, assignment: str) -> None:
     assert changed == 1
 
 
+@pytest.mark.heavy
 def test_corrupted_rows_set_one_library_aside_and_repair_brings_it_back(daemon):
     daemon.start()
     for appid, seeds in LIBRARIES.items():
