@@ -24,8 +24,9 @@ edited copy does, but only there, while the rest of what both pictures show wher
 does not match. So the inliers must fall in at least :data:`MIN_SPREAD` of the cells of a 4 x 4
 grid over the overlap that hold keypoints, and either span at least :data:`WHOLE_CONTENT` of the
 content both pictures share (the inliers' convex hull over the hull of every keypoint in the
-overlap) or be at least :data:`MIN_OVERLAP_SHARE` of the keypoints in the overlap. Each measure
-is the larger of the two pictures' but the hull ratio, the smaller (``Evidence``).
+overlap) or be at least :data:`MIN_OVERLAP_SHARE` of the keypoints in the overlap. The spread and
+the hull ratio are the smaller of the two pictures', the share the larger (a blurred or small
+copy keeps few keypoints of its own, most of them matched; ``Evidence``).
 
 The one exception to the coverage floor: at least :data:`COMPLETE_SHARE` of every keypoint
 either picture has are inliers (at least :data:`WEAK_INLIERS`) and the score is at least

@@ -60,7 +60,7 @@ class Evidence:
     #: measured.
     content_coverage: float = 1.0
     #: Of the cells of a 4 x 4 grid over the overlap that hold keypoints, the share that hold an
-    #: inlier (the larger of the two pictures'): an edit's agreement is spread wherever there is
+    #: inlier (the smaller of the two pictures'): an edit's agreement is spread wherever there is
     #: content; a shared label's sits in one cell, a shared studio's props (hanger, floor) in a
     #: few at the edges while the product between them agrees nowhere. 1.0 when not measured.
     spread: float = 1.0
@@ -186,7 +186,7 @@ def _overlap(
         _hull_area(dst) / max(_hull_area(stored.points[in_query]), 1.0),
         _hull_area(src) / max(_hull_area(query.points[in_stored]), 1.0),
     )
-    spread = max(_cells(dst, stored.points[in_query]), _cells(src, query.points[in_stored]))
+    spread = min(_cells(dst, stored.points[in_query]), _cells(src, query.points[in_stored]))
     return share, min(1.0, content), spread
 
 
