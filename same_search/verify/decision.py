@@ -24,7 +24,12 @@ edited copy does, but only there, while the rest of what both pictures show wher
 does not match. So the inliers must fall in at least :data:`MIN_SPREAD` of the cells of a 4 x 4
 grid over the overlap that hold keypoints, and either span at least :data:`WHOLE_CONTENT` of the
 content both pictures share (the inliers' convex hull over the hull of every keypoint in the
-overlap) or be at least :data:`MIN_OVERLAP_SHARE` of the keypoints in the overlap. The spread and
+overlap) or be at least :data:`MIN_OVERLAP_SHARE` of the keypoints in the overlap; or else the
+geometry must be clean (at least :data:`CLEAN_INLIER_RATIO` of the tentative matches inliers) with
+at least :data:`CLEAN_OVERLAP_SHARE` of the overlap's keypoints agreeing over
+:data:`CLEAN_CONTENT` of its content: a small, blurred copy keeps few keypoints, nearly all
+matched, packed where its own content is (a shared label's matches come with stray ones that
+disagree). The spread and
 the hull ratio are the smaller of the two pictures', the share the larger (a blurred or small
 copy keeps few keypoints of its own, most of them matched; ``Evidence``).
 
@@ -97,6 +102,12 @@ MIN_SPREAD = 0.40
 WHOLE_CONTENT = 0.40
 #: ... or are at least this share of the keypoints in the overlap.
 MIN_OVERLAP_SHARE = 0.10
+#: Or nearly every tentative match is an inlier ...
+CLEAN_INLIER_RATIO = 0.85
+#: ... and they are this share of the overlap's keypoints ...
+CLEAN_OVERLAP_SHARE = 0.20
+#: ... over this much of its content.
+CLEAN_CONTENT = 0.10
 #: A pair the check cannot look at is the same picture by its score alone only from here.
 FALLBACK_SCORE = 0.95
 #: The built-in floor of the add policy and the duplicates scan for a pair the check looks at:
@@ -115,8 +126,10 @@ RULE = (
     f"(inliers >= {WEAK_INLIERS} and inliers >= {COMPLETE_SHARE} x keypoints and score >= "
     f"{WEAK_SCORE}) or (coverage >= {MIN_COVERAGE} and (inliers >= {STRONG_INLIERS} or "
     f"(inliers >= {WEAK_INLIERS} and (score >= {WEAK_SCORE} or (inliers >= {MIN_INLIER_RATIO} "
-    f"x matches and coverage >= {CLEAN_COVERAGE}))))), all but the first tier with spread >= "
-    f"{MIN_SPREAD} and (content >= {WHOLE_CONTENT} or overlap share >= {MIN_OVERLAP_SHARE})"
+    f"x matches and coverage >= {CLEAN_COVERAGE}))))), all but the first tier with (spread >= "
+    f"{MIN_SPREAD} and (content >= {WHOLE_CONTENT} or overlap share >= {MIN_OVERLAP_SHARE})) or "
+    f"(inliers >= {CLEAN_INLIER_RATIO} x matches and overlap share >= {CLEAN_OVERLAP_SHARE} and "
+    f"content >= {CLEAN_CONTENT})"
 )
 
 
@@ -194,9 +207,15 @@ def shares_more_than_a_region(evidence: Evidence) -> bool:
     props match that region only, among the many keypoints of the rest of both pictures that do
     not agree.
     """
-    if evidence.spread < MIN_SPREAD:
-        return False
-    return evidence.content_coverage >= WHOLE_CONTENT or evidence.overlap_share >= MIN_OVERLAP_SHARE
+    if evidence.spread >= MIN_SPREAD and (
+        evidence.content_coverage >= WHOLE_CONTENT or evidence.overlap_share >= MIN_OVERLAP_SHARE
+    ):
+        return True
+    return (
+        evidence.inliers >= CLEAN_INLIER_RATIO * evidence.matches
+        and evidence.overlap_share >= CLEAN_OVERLAP_SHARE
+        and evidence.content_coverage >= CLEAN_CONTENT
+    )
 
 
 def _complete(score: float, evidence: Evidence) -> bool:
