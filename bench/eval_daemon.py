@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import common  # noqa: F401  (puts the worktree's package first on sys.path)
+import common  # puts the worktree's package first on sys.path
 import eval_same_picture as same_picture
 import numpy as np
 from common import SHARED_DATA
@@ -171,8 +171,12 @@ def threshold_reader(title: str, answers: list[list[float]]) -> str:
     return f"| {title} | {rising:.0%} | " + " | ".join(f"{x:.0%}" for x in lost) + " |"
 
 
-def same_picture_part(daemon: Daemon, data: Path, cache_dir: Path, clients: int) -> list[str]:
-    """Recall@1 per edit in both rankings, and the same_picture decision, over HTTP."""
+def same_picture_part(
+    daemon: Daemon, data: Path, cache_dir: Path, clients: int, decision_only: bool = False
+) -> list[str]:
+    """Recall@1 per edit in both rankings (unless ``decision_only``), and the same_picture
+    decision, over HTTP: precision, recall, recall per edit and the negatives said the same
+    picture per kind (the catalogue look-alikes among them)."""
     args = same_picture.parse_args(["--data-dir", str(data), "--cache-dir", str(cache_dir)])
     sets = same_picture.cached_sets(data, args)
     began = time.perf_counter()
@@ -180,25 +184,60 @@ def same_picture_part(daemon: Daemon, data: Path, cache_dir: Path, clients: int)
     print(f"same picture: {len(stored)} added in {time.perf_counter() - began:.0f} s", flush=True)
     positives, negatives = same_picture.main_sets(sets)
     queries = {q: sets.queries[q] for q in positives + negatives}
-    rank_by(daemon, "score")
-    plain, times = search_all(daemon, {q: sets.queries[q] for q in positives}, clients, rn=10)
-    judged, judged_times = search_all(daemon, queries, clients, rn=10, same_picture=1)
-    rank_by(daemon, "reranked")
-    found, reranked_times = search_all(daemon, {q: sets.queries[q] for q in positives}, clients, rn=10)
-
-    def first_is_original(hits: dict[str, list]) -> Callable[[str], bool]:
-        return lambda q: bool(hits[q]) and stored.get(hits[q][0][0]) in sets.truth[q]
-
-    default_hit, plain_hit = first_is_original(found), first_is_original(plain)
     by_edit = defaultdict(list)
     for q in positives:
         by_edit[sets.kind[q]].append(q)
     lines = [
         f"Same picture: library {len(stored)}, {len(positives)} edited copies, {len(negatives)} look-alikes",
         "",
-        "| edit | recall@1, score order (default) | recall@1, reranked |",
-        "|:---|---:|---:|",
     ]
+    if not decision_only:
+        lines += ranking_rows(daemon, sets, stored, positives, by_edit, clients)
+    judged, judged_times = search_all(daemon, queries, clients, rn=10, same_picture=1)
+    said = {q: {stored.get(c) for c, _ in judged[q]} for q in queries}
+    true_pos = sum(1 for q in positives if said[q] and said[q] <= sets.truth[q])
+    false_pos = sum(1 for q in queries if said[q] and not said[q] <= sets.truth[q])
+    precision = true_pos / max(1, true_pos + false_pos)
+    lines += [
+        "",
+        f"`same_picture: 1`: precision {precision:.3f}, recall {true_pos / len(positives):.3f}, "
+        f"{false_pos} false positives; median ms per same_picture search "
+        f"{1000 * statistics.median(judged_times):.0f}",
+        "",
+        "| edit / negative kind | same_picture |",
+        "|:---|---:|",
+    ]
+    for edit, names in sorted(by_edit.items()):
+        recall = np.mean([bool(said[q]) and said[q] <= sets.truth[q] for q in names])
+        lines.append(f"| {edit} | recall {recall:.3f} ({len(names)}) |")
+    by_kind = defaultdict(list)
+    for q in negatives:
+        by_kind[sets.kind[q]].append(q)
+    for kind, names in sorted(by_kind.items()):
+        lines.append(f"| {kind} | {sum(bool(said[q]) for q in names)} of {len(names)} said same |")
+    return lines
+
+
+def ranking_rows(
+    daemon: Daemon,
+    sets,
+    stored: dict[tuple[int, int], str],
+    positives: list[str],
+    by_edit: dict[str, list[str]],
+    clients: int,
+) -> list[str]:
+    """Recall@1 of the edited copies' originals per edit, in the spec's order and re-ranked."""
+    rank_by(daemon, "score")
+    plain, times = search_all(daemon, {q: sets.queries[q] for q in positives}, clients, rn=10)
+    rank_by(daemon, "reranked")
+    found, reranked_times = search_all(daemon, {q: sets.queries[q] for q in positives}, clients, rn=10)
+    rank_by(daemon, "score")
+
+    def first_is_original(hits: dict[str, list]) -> Callable[[str], bool]:
+        return lambda q: bool(hits[q]) and stored.get(hits[q][0][0]) in sets.truth[q]
+
+    default_hit, plain_hit = first_is_original(found), first_is_original(plain)
+    lines = ["| edit | recall@1, score order (default) | recall@1, reranked |", "|:---|---:|---:|"]
     for edit, names in sorted(by_edit.items()):
         lines.append(
             f"| {edit} | {np.mean([plain_hit(q) for q in names]):.3f} | "
@@ -208,22 +247,18 @@ def same_picture_part(daemon: Daemon, data: Path, cache_dir: Path, clients: int)
         f"| **all** | {np.mean([plain_hit(q) for q in positives]):.3f} | "
         f"{np.mean([default_hit(q) for q in positives]):.3f} |"
     )
-    said = {q: {stored.get(c) for c, _ in judged[q]} for q in queries}
-    true_pos = sum(1 for q in positives if said[q] and said[q] <= sets.truth[q])
-    false_pos = sum(1 for q in queries if said[q] and not said[q] <= sets.truth[q])
-    precision = true_pos / max(1, true_pos + false_pos)
-    lines += [
-        "",
-        f"`same_picture: 1`: precision {precision:.3f}, recall {true_pos / len(positives):.3f}, "
-        f"{false_pos} false positives; median ms per search: "
-        f"score order {1000 * statistics.median(times):.0f}, "
-        f"reranked {1000 * statistics.median(reranked_times):.0f}, "
-        f"same_picture {1000 * statistics.median(judged_times):.0f}",
-    ]
-    for edit, names in sorted(by_edit.items()):
-        recall = np.mean([bool(said[q]) and said[q] <= sets.truth[q] for q in names])
-        lines.append(f"- {edit}: same_picture recall {recall:.3f}")
+    lines.append(
+        f"\nmedian ms per search: score order {1000 * statistics.median(times):.0f}, "
+        f"reranked {1000 * statistics.median(reranked_times):.0f}"
+    )
     return lines
+
+
+#: The daemon's config per backend: every default, or Milvus in file mode (milvus-lite inside it).
+BACKENDS = {
+    "local": lambda tmp: "",
+    "milvus": lambda tmp: f'[storage]\nbackend = "milvus"\nuri = "{Path(tmp) / "lite.db"}"\n',
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,23 +268,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--category", action="store_true", help="only the category part")
     parser.add_argument("--same-picture", action="store_true", help="only the same-picture part")
+    parser.add_argument(
+        "--decision-only",
+        action="store_true",
+        help="same-picture part: only the same_picture searches, not the recall@1 of both rankings",
+    )
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="local", help="where libraries live")
     args = parser.parse_args(argv)
     if not (args.data_dir / "caltech101-dev").is_dir():
         print(f"skipping: reference data not found under {args.data_dir}")
         return 0
     both = not (args.category or args.same_picture)
-    out = [f"# The daemon in both rankings, over HTTP ({time.strftime('%Y-%m-%d %H:%M')})", ""]
+    out = [
+        f"# The daemon in both rankings, over HTTP ({time.strftime('%Y-%m-%d %H:%M')} UTC, "
+        f"{args.backend} backend)",
+        "",
+        f"- machine: {common.machine()}",
+        "",
+    ]
     for wanted, part in ((args.category, "category"), (args.same_picture, "same")):
         if not (wanted or both):
             continue
         with tempfile.TemporaryDirectory(prefix="eval-daemon-") as tmp:
-            daemon = Daemon(Path(tmp))
+            daemon = Daemon(Path(tmp), BACKENDS[args.backend](tmp))
             daemon.start()
             try:
                 if part == "category":
                     out += [*category(daemon, args.data_dir, args.clients), ""]
                 else:
-                    out += [*same_picture_part(daemon, args.data_dir, args.cache_dir, args.clients), ""]
+                    part_lines = same_picture_part(
+                        daemon, args.data_dir, args.cache_dir, args.clients, args.decision_only
+                    )
+                    out += [*part_lines, ""]
             finally:
                 daemon.stop()
     print("\n".join(out))

@@ -52,6 +52,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import catalogue_lookalikes  # noqa: E402
 import common  # noqa: E402
 import hard_edits  # noqa: E402
 
@@ -1039,6 +1040,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=40,
         help="fabrics of each texture kind in the library (and as negatives)",
     )
+    parser.add_argument(
+        "--catalogue",
+        type=int,
+        default=25,
+        help="catalogue look-alike families of each kind (label, print, logo, studio); 0: none",
+    )
+    parser.add_argument(
+        "--catalogue-originals",
+        type=int,
+        default=10,
+        help="catalogue families per kind whose stored shot is edited",
+    )
     parser.add_argument("--sample", type=float, default=1.0, help="fraction of queries to use")
     parser.add_argument("--depth", type=int, default=decision.DEPTH, help="candidates verified per query")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
@@ -1075,12 +1088,71 @@ def cached_sets(data_dir: Path, args: argparse.Namespace) -> Sets:
     if sets_path and sets_path.exists():
         sets = _SetsUnpickler(io.BytesIO(sets_path.read_bytes())).load()
         assign_truth(sets)
-        return sets
-    sets = build_sets(data_dir, args)
-    if sets_path:
-        sets_path.parent.mkdir(parents=True, exist_ok=True)
-        sets_path.write_bytes(pickle.dumps(sets))
+    else:
+        sets = build_sets(data_dir, args)
+        if sets_path:
+            sets_path.parent.mkdir(parents=True, exist_ok=True)
+            sets_path.write_bytes(pickle.dumps(sets))
+    if args.catalogue:
+        add_catalogue(sets, cached_catalogue(data_dir, args))
     return sets
+
+
+def cached_catalogue(data_dir: Path, args: argparse.Namespace) -> Sets:
+    """The catalogue look-alikes (:func:`build_catalogue`), from the cache when built before."""
+    parts = (f"{args.sample:g}", args.catalogue, args.catalogue_originals, catalogue_lookalikes.VERSION)
+    path = (
+        args.cache_dir / f"same_picture-catalogue-{'-'.join(map(str, parts))}.pkl" if args.cache_dir else None
+    )
+    if path and path.exists():
+        return _SetsUnpickler(io.BytesIO(path.read_bytes())).load()
+    catalogue = build_catalogue(data_dir, args)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(catalogue))
+    return catalogue
+
+
+#: ImageNet photos from this one on are the catalogue's (the rest of the protocol uses the first
+#: 2 x ``--imagenet``, 600 by default).
+CATALOGUE_PHOTOS = 600
+
+
+def build_catalogue(data_dir: Path, args: argparse.Namespace) -> Sets:
+    """Catalogue look-alikes (bench/catalogue_lookalikes.py): ``--catalogue`` families of each
+    kind, their stored members in the library and the others as negatives (the sampled share of
+    them), and the strong edits of the first stored member of the first
+    ``--catalogue-originals`` families of each kind as positives."""
+    photos = sorted((data_dir / "imagenet-samples").glob("*.JPEG"))[CATALOGUE_PHOTOS:]
+    sets, rng = Sets(), random.Random(29)
+    for fam in catalogue_lookalikes.families(photos, args.catalogue):
+        name = f"catalogue/{fam.kind}/{fam.number}"
+        for number, picture in enumerate(fam.stored):
+            sets.library[f"{name}/stored{number}"] = jpeg_bytes(picture, 92)
+        for number, picture in enumerate(fam.asked):
+            if rng.random() < args.sample:
+                key = f"{name}/asked{number}"
+                sets.queries[key] = jpeg_bytes(picture, 92)
+                sets.kind[key] = f"neg: catalogue {fam.kind}"
+        if fam.number < round(args.catalogue_originals * args.sample):
+            original = decode(sets.library[f"{name}/stored0"], LIMITS, FULL_RES)
+            for edit_number, (edit, (function, quality)) in enumerate(hard_edits.STRONG_EDITS.items()):
+                edited = function(original, random.Random(fam.number * 7919 + edit_number))
+                if accepted(edited.size):
+                    key = f"{name}/stored0#{edit}"
+                    sets.queries[key] = jpeg_bytes(edited, quality)
+                    sets.kind[key] = edit
+    return sets
+
+
+def add_catalogue(sets: Sets, catalogue: Sets) -> None:
+    """Merge the catalogue look-alikes into the protocol's sets (an edit's truth is its original;
+    a catalogue negative's is nothing: no picture of its family is an edit of another)."""
+    sets.library.update(catalogue.library)
+    sets.queries.update(catalogue.queries)
+    sets.kind.update(catalogue.kind)
+    for key in catalogue.queries:
+        sets.truth[key] = frozenset([key.split("#")[0]]) if "#" in key else frozenset()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

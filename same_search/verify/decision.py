@@ -17,6 +17,22 @@ suffices - and
   - a clean geometry: at least :data:`MIN_INLIER_RATIO` of the tentative matches (those passing
     the ratio test) are inliers, spread over at least :data:`CLEAN_COVERAGE` of the shared area.
 
+And whatever the tier, the agreement must reach beyond a small region both pictures share
+(:func:`shares_more_than_a_region`): two different products of one catalogue that share a
+woven label, a logo, a print repeat or a studio's props agree on one transform as firmly as an
+edited copy does, but only there, while the rest of what both pictures show where they overlap
+does not match. So the inliers must fall in at least :data:`MIN_SPREAD` of the cells of a 4 x 4
+grid over the overlap that hold keypoints, and either span at least :data:`WHOLE_CONTENT` of the
+content both pictures share (the inliers' convex hull over the hull of every keypoint in the
+overlap) or be at least :data:`MIN_OVERLAP_SHARE` of the keypoints in the overlap; or else the
+geometry must be clean (at least :data:`CLEAN_INLIER_RATIO` of the tentative matches inliers) with
+at least :data:`CLEAN_OVERLAP_SHARE` of the overlap's keypoints agreeing over
+:data:`CLEAN_CONTENT` of its content: a small, blurred copy keeps few keypoints, nearly all
+matched, packed where its own content is (a shared label's matches come with stray ones that
+disagree). The spread and
+the hull ratio are the smaller of the two pictures', the share the larger (a blurred or small
+copy keeps few keypoints of its own, most of them matched; ``Evidence``).
+
 The one exception to the coverage floor: at least :data:`COMPLETE_SHARE` of every keypoint
 either picture has are inliers (at least :data:`WEAK_INLIERS`) and the score is at least
 :data:`WEAK_SCORE`. A small logo or product on a plain background keeps all its keypoints in one
@@ -78,6 +94,20 @@ MIN_COVERAGE = 0.02
 #: agrees (and the score is close): a small logo on a plain background has all its keypoints in
 #: a corner, and its exact copy would otherwise never be the same picture.
 COMPLETE_SHARE = 0.75
+#: The inliers of the same picture fall in at least this share of the grid cells over the
+#: overlap that hold keypoints (docs/quality.md, "Catalogue look-alikes": a shared label sits in
+#: one cell, a studio's hanger and floor in a few at the edges) ...
+MIN_SPREAD = 0.40
+#: ... and span at least this much of the content both pictures share (hull over hull) ...
+WHOLE_CONTENT = 0.40
+#: ... or are at least this share of the keypoints in the overlap.
+MIN_OVERLAP_SHARE = 0.10
+#: Or nearly every tentative match is an inlier ...
+CLEAN_INLIER_RATIO = 0.85
+#: ... and they are this share of the overlap's keypoints ...
+CLEAN_OVERLAP_SHARE = 0.20
+#: ... over this much of its content.
+CLEAN_CONTENT = 0.10
 #: A pair the check cannot look at is the same picture by its score alone only from here.
 FALLBACK_SCORE = 0.95
 #: The built-in floor of the add policy and the duplicates scan for a pair the check looks at:
@@ -96,7 +126,10 @@ RULE = (
     f"(inliers >= {WEAK_INLIERS} and inliers >= {COMPLETE_SHARE} x keypoints and score >= "
     f"{WEAK_SCORE}) or (coverage >= {MIN_COVERAGE} and (inliers >= {STRONG_INLIERS} or "
     f"(inliers >= {WEAK_INLIERS} and (score >= {WEAK_SCORE} or (inliers >= {MIN_INLIER_RATIO} "
-    f"x matches and coverage >= {CLEAN_COVERAGE})))))"
+    f"x matches and coverage >= {CLEAN_COVERAGE}))))), all but the first tier with (spread >= "
+    f"{MIN_SPREAD} and (content >= {WHOLE_CONTENT} or overlap share >= {MIN_OVERLAP_SHARE})) or "
+    f"(inliers >= {CLEAN_INLIER_RATIO} x matches and overlap share >= {CLEAN_OVERLAP_SHARE} and "
+    f"content >= {CLEAN_CONTENT})"
 )
 
 
@@ -152,16 +185,40 @@ def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SE
     if score < floors.checked:
         return False
     if floors.strong_only:
-        return evidence.coverage >= MIN_COVERAGE and evidence.inliers >= STRONG_INLIERS
+        return (
+            evidence.coverage >= MIN_COVERAGE
+            and evidence.inliers >= STRONG_INLIERS
+            and shares_more_than_a_region(evidence)
+        )
     if _complete(score, evidence, floors.weak_score):
         return True
-    if evidence.coverage < MIN_COVERAGE:
+    if evidence.coverage < MIN_COVERAGE or not shares_more_than_a_region(evidence):
         return False
     if evidence.inliers >= STRONG_INLIERS:
         return True
     if evidence.inliers < WEAK_INLIERS:
         return False
     return score >= floors.weak_score or _clean(evidence)
+
+
+def shares_more_than_a_region(evidence: Evidence) -> bool:
+    """Whether the agreeing keypoints reach beyond a small region both pictures share.
+
+    An edited copy matches much of what it shares with its original: its inliers are spread
+    wherever either picture has content, and span most of that content or are a fair share of
+    the keypoints there. Two products sharing a label, a logo, a print repeat or a studio's
+    props match that region only, among the many keypoints of the rest of both pictures that do
+    not agree.
+    """
+    if evidence.spread >= MIN_SPREAD and (
+        evidence.content_coverage >= WHOLE_CONTENT or evidence.overlap_share >= MIN_OVERLAP_SHARE
+    ):
+        return True
+    return (
+        evidence.inliers >= CLEAN_INLIER_RATIO * evidence.matches
+        and evidence.overlap_share >= CLEAN_OVERLAP_SHARE
+        and evidence.content_coverage >= CLEAN_CONTENT
+    )
 
 
 def _complete(score: float, evidence: Evidence, weak_score: float = WEAK_SCORE) -> bool:

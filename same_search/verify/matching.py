@@ -49,6 +49,21 @@ class Evidence:
     #: mirrored query's: of its mirror image's points); None when none was estimated. Where the
     #: copy lies in either picture follows from it (:mod:`same_search.verify.regions`).
     transform: tuple[float, ...] | None = None
+    #: Of the keypoints that lie where the two pictures overlap (each picture's own, the other's
+    #: frame mapped onto it), the share that are inliers: the smaller of the two pictures'. A copy
+    #: matches much of what it shares with its original; two products sharing a label match
+    #: only the label's keypoints among all those of the garments. 1.0 when not measured.
+    overlap_share: float = 1.0
+    #: The inliers' convex hull over the hull of every keypoint in the overlap (the smaller of
+    #: the two pictures'): how much of the shared *content* agrees, where :attr:`coverage` is
+    #: over the shared *area* (a product on white has content in a part of it). 1.0 when not
+    #: measured.
+    content_coverage: float = 1.0
+    #: Of the cells of a 4 x 4 grid over the overlap that hold keypoints, the share that hold an
+    #: inlier (the smaller of the two pictures'): an edit's agreement is spread wherever there is
+    #: content; a shared label's sits in one cell, a shared studio's props (hanger, floor) in a
+    #: few at the edges while the product between them agrees nowhere. 1.0 when not measured.
+    spread: float = 1.0
 
     @staticmethod
     def none(matches: int = 0) -> Evidence:
@@ -133,6 +148,7 @@ def geometry(
     if not 1.0 / MAX_SCALE <= scale <= MAX_SCALE:
         return Evidence.none(len(pairs))
     inlier = mask.ravel().astype(bool)
+    share, content, spread = _overlap(transform, src[inlier], dst[inlier], query, stored)
     return Evidence(
         len(pairs),
         int(inlier.sum()),
@@ -141,7 +157,68 @@ def geometry(
         mirrored,
         max(len(query), len(stored)),
         tuple(float(v) for v in transform.ravel()),
+        share,
+        content,
+        spread,
     )
+
+
+def _overlap(
+    transform: np.ndarray, src: np.ndarray, dst: np.ndarray, query: LocalFeatures, stored: LocalFeatures
+) -> tuple[float, float, float]:
+    """(:attr:`Evidence.overlap_share`, :attr:`Evidence.content_coverage`,
+    :attr:`Evidence.spread`) of the inliers
+    ``src`` (query points) and ``dst`` (stored points) under ``transform`` (query -> stored).
+
+    Each picture's keypoints that the other's frame covers once mapped are the ones a copy
+    could match; the smaller picture's share of them and the smaller hull ratio are kept, so
+    that neither side's unmatched content can hide behind the other's.
+    """
+    inliers = len(src)
+    if inliers < MIN_MATCHES:  # fewer never pass the decision (it needs 8 inliers): not measured
+        return 0.0, 0.0, 0.0
+    backward = cv2.invertAffineTransform(transform)
+    in_stored = _inside(query.points @ transform[:, :2].T + transform[:, 2], stored.width, stored.height)
+    in_query = _inside(stored.points @ backward[:, :2].T + backward[:, 2], query.width, query.height)
+    shared = min(int(in_stored.sum()), int(in_query.sum()))
+    share = min(1.0, inliers / max(shared, inliers, 1))
+    content = min(
+        _hull_area(dst) / max(_hull_area(stored.points[in_query]), 1.0),
+        _hull_area(src) / max(_hull_area(query.points[in_stored]), 1.0),
+    )
+    spread = min(_cells(dst, stored.points[in_query]), _cells(src, query.points[in_stored]))
+    return share, min(1.0, content), spread
+
+
+#: The grid :attr:`Evidence.spread` counts cells of (per side, over the overlap's keypoints).
+SPREAD_GRID = 4
+
+
+def _cells(inliers: np.ndarray, keypoints: np.ndarray) -> float:
+    """Share of the grid cells over ``keypoints``' bounding box that hold a keypoint and an inlier."""
+    if len(keypoints) == 0:
+        return 0.0
+    low, high = keypoints.min(axis=0), keypoints.max(axis=0)
+    size = np.maximum(high - low, 1e-3) / SPREAD_GRID
+
+    def cells(points: np.ndarray) -> np.ndarray:
+        index = np.clip(((points - low) / size).astype(np.intp), 0, SPREAD_GRID - 1)
+        return np.bincount(index[:, 1] * SPREAD_GRID + index[:, 0], minlength=SPREAD_GRID**2) > 0
+
+    occupied = cells(keypoints)
+    return float((cells(inliers) & occupied).sum() / occupied.sum())
+
+
+def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Which ``points`` lie within a ``width`` x ``height`` picture."""
+    return (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+
+
+def _hull_area(points: np.ndarray) -> float:
+    """Area of the convex hull of ``points`` (0 for fewer than three)."""
+    if len(points) < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(points.reshape(-1, 1, 2).astype(np.float32))))
 
 
 def _coverage(
