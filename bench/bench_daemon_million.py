@@ -63,7 +63,7 @@ import hard_edits
 import memory_cgroup
 import numpy as np
 from bench_million import VectorFile
-from check_import_100k import fitted, keys_for
+from check_import_100k import export_meta, fitted, keys_for
 from common import machine, percentile_ms, print_run_header, rss_mib
 from daemon import Daemon
 from descriptor_model import log
@@ -118,17 +118,8 @@ def write_export(
     path: Path, keys: np.ndarray, vectors: np.ndarray, tags: np.ndarray, model: dict, first: int
 ) -> None:
     """An export ZIP of one chunk (the format of same_search.imports.export), vectors streamed."""
-    meta = {
-        "format": "same_search-export-1",
-        "appid": APPID,
-        "model_id": model["id"],
-        "dim": model["dim"],
-        "fingerprint": model["fingerprint"],
-        "count": len(keys),
-        "vectors": True,
-    }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        archive.writestr("meta.json", json.dumps(meta))
+        archive.writestr("meta.json", json.dumps(export_meta(model, len(keys), APPID)))
         lines = io.StringIO()
         for i, key in enumerate(keys):
             tag = [int(tags[i, 0]), int(tags[i, 1])] if tags[i].any() else None

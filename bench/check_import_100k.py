@@ -79,19 +79,23 @@ def tags_for(n: int) -> np.ndarray:
     return tags
 
 
-def write_export(path: Path, keys: np.ndarray, vectors: np.ndarray, tags: np.ndarray, model: dict) -> None:
-    """An export ZIP with vectors, streamed (the vectors are the bulk of it)."""
-    meta = {
+def export_meta(model: dict, count: int, appid: str = APPID) -> dict:
+    """meta.json of an export ZIP of ``count`` items with vectors, for the daemon's ``model``."""
+    return {
         "format": "same_search-export-1",
-        "appid": APPID,
+        "appid": appid,
         "model_id": model["id"],
         "dim": model["dim"],
         "fingerprint": model["fingerprint"],
-        "count": len(keys),
+        "count": count,
         "vectors": True,
     }
+
+
+def write_export(path: Path, keys: np.ndarray, vectors: np.ndarray, tags: np.ndarray, model: dict) -> None:
+    """An export ZIP with vectors, streamed (the vectors are the bulk of it)."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        archive.writestr("meta.json", json.dumps(meta))
+        archive.writestr("meta.json", json.dumps(export_meta(model, len(keys))))
         with archive.open("items.jsonl", "w", force_zip64=True) as out:
             for i, key in enumerate(keys):
                 tag = [int(tags[i, 0]), int(tags[i, 1])] if tags[i].any() else None
