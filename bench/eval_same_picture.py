@@ -744,6 +744,8 @@ def fit_tier(sets: Sets, results: dict[str, list[Candidate]]) -> list[list[str]]
     allowed = scored(sets, results, previous_rule, 0)["fp"]
     fits = {tier: scored(sets, results, tiered_rule(*tier), 0) for tier in TIER_GRID}
     fits = {tier: fit for tier, fit in fits.items() if fit["fp"] <= allowed}
+    if not fits:  # the grid's tiers lack the region veto: on catalogue look-alikes none is as strict
+        return [["none fitted", f"no setting has at most {allowed} false positives on half 0", "", ""]]
     best = max(fit["recall"] for fit in fits.values())
     close = sorted((t for t, fit in fits.items() if fit["recall"] >= best - FIT_TOLERANCE), reverse=True)
     by_recall = sorted(fits, key=lambda t: -fits[t]["recall"])
