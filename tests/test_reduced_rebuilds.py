@@ -160,7 +160,7 @@ async def test_a_rebuild_overtaken_by_a_re_embed_switch_leaves_the_new_models_sn
         added = await rts("add", appid="mod", image=b64(jpeg(seed)), features=[brief(f"img {seed}")])
         assert added["err_no"] == 0, added
     monkeypatch.setattr(local, "REBUILD_BATCH", 1)
-    monkeypatch.setenv(local.REBUILD_PAUSE_ENV, "0.5")
+    monkeypatch.setenv(local.REBUILD_PAUSE_ENV, "3")  # 24 s: longer than any re-embed of 8 here
     assert (await (await client.post("/api/libraries/mod/rebuild")).json())["err_no"] == 0
     await wait_running(client, "mod")
     job = await (await client.post("/api/libraries/mod/reembed", json={"model": "gem"})).json()
@@ -172,6 +172,7 @@ async def test_a_rebuild_overtaken_by_a_re_embed_switch_leaves_the_new_models_sn
         await asyncio.sleep(0.05)
     assert shown["job"]["status"] == "done", shown
     assert (await get(client, "/api/libraries/mod/rebuild"))["rebuild"]["state"] == "running"
+    monkeypatch.setenv(local.REBUILD_PAUSE_ENV, "0")  # the overtaken rebuild may now run out
 
     state = await wait_rebuild(client, "mod")
     assert state["state"] == "failed" and "model" in state["error"], state

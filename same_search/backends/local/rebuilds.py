@@ -146,11 +146,11 @@ class OnlineRebuilds(LocalIndexes):
     ) -> None:
         """Insert the rows stored up to seq ``upto`` into ``fresh``, a batch per graph insert."""
         loop = asyncio.get_running_loop()
-        pause = _rebuild_pause_s()
 
         async def add(keys: np.ndarray, vectors: np.ndarray, tags: np.ndarray, seq: int) -> None:
             await loop.run_in_executor(builder, fresh.add_now, keys, vectors, seq, tags)
             progress.done += len(keys)
+            pause = _rebuild_pause_s()  # read per batch, so a test can end its slow-down midway
             if pause:
                 await asyncio.sleep(pause)
 
