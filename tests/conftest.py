@@ -10,14 +10,18 @@ something on one backend is marked ``@pytest.mark.local_only``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import pytest
+import torch
 from aiohttp.test_utils import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,11 +46,43 @@ def brief(text: str) -> dict[str, Any]:
     return {"fea_id": 1000, "fea_data": b64(text.encode())}
 
 
+class RememberingEmbedder(Embedder):
+    """The real embedder, which runs the network once per distinct picture in a test session.
+
+    The suite embeds the same few dozen Pillow-made pictures over a thousand times (1,256 forward
+    images, 74 distinct ones, in four modules), and those forward passes were most of the CPU
+    of the in-process tests. Every vector still comes from the real network, the first time its
+    pixels (and precision) were seen; a batch computes only the pictures not seen before. Tests
+    of the embedder itself (batching, padding, golden vector) use a plain :class:`Embedder`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seen: dict[bytes, np.ndarray] = {}
+        self._seen_lock = threading.Lock()
+
+    def _forward(self, pixels: torch.Tensor, count: int, precision: str | None) -> np.ndarray:
+        if pixels.device.type != "cpu":
+            return super()._forward(pixels, count, precision)
+        mode = (precision or self.plan.precision).encode()
+        keys = [
+            hashlib.blake2b(pixels[i].numpy().tobytes(), digest_size=16, key=mode).digest()
+            for i in range(count)
+        ]
+        with self._seen_lock:
+            new = [i for i, key in enumerate(keys) if key not in self._seen]
+        if new:
+            vectors = super()._forward(pixels[new], len(new), precision)
+            with self._seen_lock:
+                self._seen.update((keys[i], vector) for i, vector in zip(new, vectors, strict=True))
+        with self._seen_lock:
+            return np.stack([self._seen[key] for key in keys])
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     """The real Lite0 embedder, loaded once (the daemon's own fallback model), in fp32: the
     golden vectors are fp32's, and "auto" may pick bf16 on a CPU that has it."""
-    return Embedder(ModelConfig(name="efficientnet_lite0", precision="fp32"))
+    return RememberingEmbedder(ModelConfig(name="efficientnet_lite0", precision="fp32"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

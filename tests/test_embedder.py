@@ -35,6 +35,13 @@ GOLDEN = {
 IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
 
+@pytest.fixture
+def embedder(embedder: Embedder) -> Embedder:
+    """A plain embedder on the session's loaded network: these tests are about its forward
+    passes, which the session's embedder computes once per picture."""
+    return Embedder(embedder.cfg, loaded=embedder.model)
+
+
 def test_packaged_weights_are_the_pinned_file():
     path = models._lite0_package_weights()
     assert models.sha256_file(path) == models.LITE0_SHA256
