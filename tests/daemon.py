@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,23 +45,88 @@ def free_port() -> int:
     raise OSError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
 
 
-class Daemon:
-    """One daemon process over a data dir, on three free ports."""
+#: Set to 1 to start every daemon as its own ``python -m same_search`` (no shared imports).
+FRESH_ENV = "SAME_SEARCH_TEST_FRESH_DAEMONS"
+PR_SET_CHILD_SUBREAPER = 36
 
-    def __init__(self, workdir: Path, config_text: str = "") -> None:
+
+class ForkedDaemon:
+    """The few ``subprocess.Popen`` methods the tests use, for a daemon forked by tests/zygote.py.
+
+    The daemon is this process's child (it is a child subreaper), so ``waitpid`` gives its exit
+    status exactly as for a Popen: the code it exited with, or minus the signal that killed it."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["same_search", str(self.pid)], timeout or 0)
+            time.sleep(0.01)
+        return self.returncode  # type: ignore[return-value]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class Zygote:
+    """tests/zygote.py for this test worker: started at the first daemon, asked for each one."""
+
+    _proc: subprocess.Popen | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def spawn(cls, argv: list[str], env: dict[str, str], log: Path) -> ForkedDaemon:
+        with cls._lock:
+            if cls._proc is None or cls._proc.poll() is not None:
+                if ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                    raise OSError("prctl(PR_SET_CHILD_SUBREAPER) failed")
+                cls._proc = subprocess.Popen(
+                    [sys.executable, "-u", str(Path(__file__).with_name("zygote.py"))],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    cwd=REPO,
+                    text=True,
+                )
+            assert cls._proc.stdin is not None and cls._proc.stdout is not None
+            request = {"argv": argv, "env": env, "cwd": str(REPO), "log": str(log)}
+            cls._proc.stdin.write(json.dumps(request) + "\n")
+            cls._proc.stdin.flush()
+            return ForkedDaemon(int(cls._proc.stdout.readline()))
+
+
+class Daemon:
+    """One daemon process over a data dir, on three free ports.
+
+    Started as a fork of tests/zygote.py (the libraries already imported) unless ``fresh`` or
+    ``SAME_SEARCH_TEST_FRESH_DAEMONS=1`` asks for a new interpreter: ``python -m same_search``."""
+
+    def __init__(self, workdir: Path, config_text: str = "", fresh: bool = False) -> None:
+        self.fresh = fresh or os.environ.get(FRESH_ENV) == "1"
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.config = workdir / "config.toml"
         self.config.write_text(config_text)
         self.log = workdir / "daemon.log"
         self.ports = {"feature": free_port(), "search": free_port(), "admin": free_port()}
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | ForkedDaemon | None = None
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> None:
-        cmd = [
-            sys.executable,
-            "-m",
-            "same_search",
+        args = [
             "--config",
             str(self.config),
             "--data-dir",
@@ -72,8 +139,12 @@ class Daemon:
             str(self.ports["admin"]),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with self.log.open("a") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if self.fresh:
+            with self.log.open("a") as log:
+                command = [sys.executable, "-m", "same_search", *args]
+                self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        else:
+            self.proc = Zygote.spawn(args, env, self.log)
         if wait:
             self.wait_ready(timeout)
 

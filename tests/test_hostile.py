@@ -190,7 +190,7 @@ def test_random_storm_keeps_the_envelope_and_the_data(daemon):
     before = library_contents(daemon, protected)
     answered: dict[tuple[str, int], int] = {}
 
-    @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(
         route=st.sampled_from([*ROUTES, FEATURE]),
         mutations=st.dictionaries(field_names, json_values, max_size=5),
@@ -215,7 +215,7 @@ def test_random_storm_keeps_the_envelope_and_the_data(daemon):
         answered[outcome] = answered.get(outcome, 0) + 1
 
     storm()
-    assert sum(answered.values()) >= 1000, answered  # hypothesis ran the storm
+    assert sum(answered.values()) >= 600, answered  # hypothesis ran the storm
     assert answered.get(("add", 0), 0) > 0 and answered.get(("remove", 0), 0) > 0, answered
     assert library_contents(daemon, protected) == before
     assert daemon.rts("snapshot", appid=protected)["snapshot"]["index_size"] == 3

@@ -340,7 +340,7 @@ def test_fifo_manifest_neither_wedges_the_queue_nor_holds_sigterm_and_orphans_go
     try:
         daemon.rts("signup", appid="lib")
         listed = daemon.post("admin", "/api/jobs", {"appid": "lib", "source": {"manifest": str(manifest)}})
-        archive = zip_of({f"z/{seed}.jpg": jpeg(seed) for seed in range(400, 560)})
+        archive = zip_of({f"z/{seed}.jpg": jpeg(seed) for seed in range(400, 496)})
         zipped = _request(daemon, "/api/jobs/upload?appid=lib", archive)["job"]
         first = _wait(daemon, listed["job"]["id"], lambda j: j["status"] == "done")
         assert (first["done"], first["failed"]) == (4, 2)
@@ -357,7 +357,7 @@ def test_fifo_manifest_neither_wedges_the_queue_nor_holds_sigterm_and_orphans_go
         assert sorted(uploads.iterdir()) in (kept, [])  # [] if the job already finished
         assert "removed 2 orphaned file(s)" in daemon.log.read_text()
         last = _wait(daemon, zipped["id"], lambda j: j["status"] != "running")
-        assert (last["status"], last["done"] + last["duplicates"]) == ("done", 160)
+        assert (last["status"], last["done"] + last["duplicates"]) == ("done", 96)
         assert not any(uploads.iterdir())
     finally:
         daemon.stop()

@@ -34,8 +34,8 @@ def test_kill_9_under_concurrent_writers_loses_nothing_acknowledged(tmp_path):
     daemon.start(timeout=180)
     daemon.client("lib").signup()
     try:
-        acked = kill_cycles(daemon, images, CYCLES, seed=11, pause_s=(2.0, 4.0), start_timeout_s=180)
-        assert acked >= 40, "the clients barely ran; the test proved little"
+        acked = kill_cycles(daemon, images, CYCLES, seed=11, pause_s=(0.8, 2.5), start_timeout_s=180)
+        assert acked >= 2 * CYCLES, "the clients barely ran; the test proved little"
         log = daemon.log.read_text()
         assert "WAL recovery stopped" not in log
         assert "milvus-lite runs inside this daemon" in log and "without authentication" in log

@@ -84,7 +84,7 @@ def test_reembed_survives_kill_9_and_resumes_where_it_was(daemon):
     daemon.config.write_text(MODEL_B_KEEPING_A)
     daemon.start()
     daemon.rts("signup", appid="lib", model="a")
-    total = 160
+    total = 96  # three chunks of the job: the kill lands after the first
     for seed in range(total):
         add(daemon, "lib", seed)
     started = daemon.post("admin", "/api/libraries/lib/reembed", {"model": "default"})

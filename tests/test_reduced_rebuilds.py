@@ -233,7 +233,9 @@ async def test_a_library_shrunk_below_reduce_min_items_answers_right_and_its_reb
     assert best[0][0] == keys[300] and best[0][1] > 0.999
 
 
-REDUCED_TOML = "[index]\nreduce_min_items = 300\nreduce_dim = 32\nrerank_candidates = 60\n"
+REDUCED_TOML = (
+    "[index]\nreduce_min_items = 300\nreduce_dim = 32\nrerank_candidates = 60\nrecall_sample = 40\n"
+)
 
 
 def _self_hit(daemon, appid: str, key: int) -> tuple[int, float]:
