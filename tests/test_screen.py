@@ -77,6 +77,7 @@ async def test_a_library_that_needs_more_candidates_tunes_to_a_screened_depth(
     monkeypatch.setattr(recall, "EF_STEPS", (16, 24))
     monkeypatch.setattr(recall, "CANDIDATE_STEPS", (10, 20))
     monkeypatch.setattr(recall, "SCREENED_STEPS", (200, 400, 800))
+    monkeypatch.setattr(recall, "FLAT_STEPS", ())  # the graph's screened rungs, not the flat scan
     index = reduced_index(tmp_path, pool, tight_clusters(N, seed=4))
     tuning = await recall.measure(index, "model-fp", 0.98, here, here)
     assert tuning.met and tuning.screened and tuning.candidates in (200, 400, 800), tuning
