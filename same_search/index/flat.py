@@ -29,16 +29,10 @@ try:
 except ImportError:  # pragma: no cover - the project's environment has it
     faiss = None
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - a dependency of the daemon
-    torch = None
+from same_search.index.screen import int8_products, torch
 
 #: The kernel that scans (the fastest that imports, module docstring).
 KERNEL = "faiss" if faiss is not None else "torch" if torch is not None else "numpy"
-#: torch's ``_int_mm`` wants more than 16 rows and a multiple of 8 columns on the right.
-_TORCH_MIN_ROWS = 17
-_TORCH_COLUMNS = 8
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
@@ -114,12 +108,9 @@ class FlatScan:
 
     def _scores(self, coded: np.ndarray, used: int) -> np.ndarray:
         """int32 products of the first ``used`` rows with the coded query (torch or numpy)."""
-        codes = self._stored[:used]
-        if self.kernel == "torch" and used >= _TORCH_MIN_ROWS and self.dim % 8 == 0:
-            right = torch.zeros((self.dim, _TORCH_COLUMNS), dtype=torch.int8)
-            right[:, 0] = torch.from_numpy(coded)
-            return torch._int_mm(torch.from_numpy(codes), right)[:, 0].numpy()
-        return np.einsum("ij,j->i", codes, coded, dtype=np.int32, casting="unsafe")
+        if self.kernel == "torch":
+            return int8_products(self._stored[:used], coded)
+        return np.einsum("ij,j->i", self._stored[:used], coded, dtype=np.int32, casting="unsafe")
 
     def _grow(self, needed: int) -> None:
         """Room for ``needed`` rows (with faiss: its index grown, the array a view of its codes)."""
