@@ -18,6 +18,12 @@ plus 0.2 ms to select; numpy's int32 ``einsum`` 24 ms; a float32 BLAS product of
 vectors (100 MB) 15 to 20 ms. So faiss when it imports, else torch, else numpy
 (:data:`KERNEL`). Codes are coordinates times 127, as the graph's sketches: a reduced vector's
 coordinates lie within [-1, 1]. ``dim`` bytes an item (256 at the shipped ``reduce_dim``).
+
+One thread: the index thread searches one query at a time, and OpenMP's default of every core
+made each scan wait for the other core's share (26 ms instead of 4 at 30k items, load 5 to 7,
+with torch's threads and the rest of the machine busy). faiss's OpenMP thread count is set in
+the calling thread only (an OpenMP setting per thread), so nothing else in the process changes.
+For the same reason the torch fallback is the last resort: torch's thread pool is the process's.
 """
 
 from __future__ import annotations
@@ -29,10 +35,16 @@ try:
 except ImportError:  # pragma: no cover - the project's environment has it
     faiss = None
 
-from same_search.index.screen import int8_products, torch
+try:
+    import torch
+except ImportError:  # pragma: no cover - a dependency of the daemon
+    torch = None
 
 #: The kernel that scans (the fastest that imports, module docstring).
 KERNEL = "faiss" if faiss is not None else "torch" if torch is not None else "numpy"
+#: torch's ``_int_mm`` wants more than 16 rows, and column counts that are multiples of 8.
+_TORCH_MIN_ROWS = 17
+_TORCH_COLUMNS = 8
 
 
 def quantise(values: np.ndarray) -> np.ndarray:
@@ -100,6 +112,7 @@ class FlatScan:
         mask[: len(allowed)] = allowed
         bitmap = np.packbits(mask, bitorder="little")
         selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap))
+        faiss.omp_set_num_threads(1)  # this thread's setting only (below)
         _, labels = self._faiss.search(
             coded.astype(np.float32).reshape(1, -1), count, params=faiss.SearchParameters(sel=selector)
         )
@@ -108,9 +121,12 @@ class FlatScan:
 
     def _scores(self, coded: np.ndarray, used: int) -> np.ndarray:
         """int32 products of the first ``used`` rows with the coded query (torch or numpy)."""
-        if self.kernel == "torch":
-            return int8_products(self._stored[:used], coded)
-        return np.einsum("ij,j->i", self._stored[:used], coded, dtype=np.int32, casting="unsafe")
+        codes = self._stored[:used]
+        if self.kernel == "torch" and used >= _TORCH_MIN_ROWS and self.dim % 8 == 0:
+            right = torch.zeros((self.dim, _TORCH_COLUMNS), dtype=torch.int8)
+            right[:, 0] = torch.from_numpy(coded)
+            return torch._int_mm(torch.from_numpy(codes), right)[:, 0].numpy()
+        return np.einsum("ij,j->i", codes, coded, dtype=np.int32, casting="unsafe")
 
     def _grow(self, needed: int) -> None:
         """Room for ``needed`` rows (with faiss: its index grown, the array a view of its codes)."""

@@ -21,11 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    import torch
-except ImportError:  # pragma: no cover - a dependency of the daemon
-    torch = None
-
 #: Candidate depths above this are screened (the deepest one re-ranked natively in full).
 SCREEN_FROM = 1600
 #: Candidates re-ranked natively after the screen: at least this many, and a sixteenth of the
@@ -37,26 +32,6 @@ KEEP_SHARE = 16
 def kept(screened: int) -> int:
     """How many of ``screened`` candidates are re-ranked natively after the screen."""
     return max(KEEP_MIN, screened // KEEP_SHARE)  # read at call time: tests lower them
-
-
-#: torch's ``_int_mm`` wants more than 16 rows, and column counts that are multiples of 8.
-_TORCH_MIN_ROWS = 17
-_TORCH_COLUMNS = 8
-
-
-def int8_products(codes: np.ndarray, coded: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """int32 products of ``codes[rows]`` (all of ``codes`` when ``rows`` is None) with the int8
-    query ``coded``: torch's ``_int_mm`` where it applies, else numpy."""
-    count = len(codes) if rows is None else len(rows)
-    if torch is not None and count >= _TORCH_MIN_ROWS and codes.shape[1] % 8 == 0:
-        right = torch.zeros((codes.shape[1], _TORCH_COLUMNS), dtype=torch.int8)
-        right[:, 0] = torch.from_numpy(coded)
-        left = torch.from_numpy(codes)
-        if rows is not None:
-            left = left.index_select(0, torch.from_numpy(rows))
-        return torch._int_mm(left, right)[:, 0].numpy()
-    picked = codes if rows is None else codes[rows]
-    return np.einsum("ij,j->i", picked, coded, dtype=np.int32, casting="unsafe")
 
 
 class Screen:
@@ -88,15 +63,13 @@ class Screen:
 
         The query is coded as int8 too and the products summed in int32 (127 x 127 x 1280 fits):
         numpy then never widens the gathered codes to a float32 copy, which took about six
-        times as long as the gather itself (4,800 rows of 1280-d). torch's int8 product
-        (``_int_mm``, with its gather) is faster still: 0.9 / 1.4 / 1.9 ms for 3,200 / 4,800 /
-        6,400 rows where numpy's took 1.8 / 5.2 / 8.2 (the Xeon at load 9, medians).
+        times as long as the gather itself (4,800 rows of 1280-d).
         """
         query = np.asarray(query, np.float32)
         peak = float(np.abs(query).max())
         scale = peak / 127.0 if peak > 0 else 1.0
         coded = np.rint(query / scale).astype(np.int8)
-        dots = int8_products(self.codes, coded, np.asarray(rows, np.int64))
+        dots = np.einsum("ij,j->i", self.codes[rows], coded, dtype=np.int32, casting="unsafe")
         return dots.astype(np.float32) * self.scales[rows] * np.float32(scale)
 
     def best(self, rows: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:
