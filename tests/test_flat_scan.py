@@ -19,7 +19,7 @@ from test_screen import measured, search_body
 
 from same_search.app import create_app
 from same_search.console.pages import recall_block
-from same_search.index import flat, recall, screen
+from same_search.index import flat, int8_rows, recall, screen
 from same_search.index.flat import FlatScan, quantise
 from same_search.index.paging import SearchDepth
 from same_search.services import SERVICES
@@ -36,7 +36,7 @@ def shallow_screen(monkeypatch):
 
 
 def kernels() -> list[str]:
-    return ["torch", "numpy", *(["faiss"] if flat.faiss is not None else [])]
+    return ["torch", "numpy", *(["faiss"] if int8_rows.faiss is not None else [])]
 
 
 @pytest.mark.parametrize("kernel", kernels())
@@ -54,6 +54,10 @@ def test_every_kernel_keeps_the_best_allowed_rows_of_an_exact_int8_ranking(kerne
     found = scan.best(vectors[9], allowed, 100)
     assert len(found) == 100 and allowed[found].all()
     assert np.sort(exact[found]).tolist() == np.sort(exact)[-100:].tolist()  # ties may swap rows
+    some = rng.choice(2000, 300, replace=False)  # the screen's read: given rows, in their order
+    coded = flat.query_codes(vectors[9])
+    exact_some = quantise(vectors)[some].astype(np.int32) @ coded
+    np.testing.assert_array_equal(scan.products(coded, some), exact_some)
     few = np.zeros(2000, bool)
     few[[3, 5]] = True
     assert sorted(scan.best(vectors[9], few, 100).tolist()) == [3, 5]

@@ -49,7 +49,7 @@ def test_int8_scores_rank_as_the_float32_ones_do():
     assert np.abs(codes.scores(np.arange(500), query) - exact).max() < 1e-2
     best = set(codes.best(np.arange(500), query, 50).tolist())
     assert set(np.argsort(-exact)[:10].tolist()) <= best
-    assert codes.nbytes == len(codes.codes) * (64 + 4)
+    assert codes.nbytes == len(codes.scales) * (64 + 4)
 
 
 def test_a_screened_search_returns_exact_native_scores_and_keeps_recall(tmp_path, pool, shallow_screen):
