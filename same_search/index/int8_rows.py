@@ -127,8 +127,12 @@ class Int8Rows:
             grown[: len(self._stored)] = self._stored
             self._stored = grown
             return
-        # Zero vectors are coded 128 (the value 0): a slot not written yet scores 0 and the
-        # scan's mask never allows it anyway.
-        self._faiss.add(np.zeros((capacity - self._faiss.ntotal, self.dim), np.float32))
+        # The codes vector resized in place (adding zero vectors would encode a float32 copy of
+        # every new slot: 512 MB for 100k rows of 1280-d); new slots hold the value 0 (code 128),
+        # and no read ever selects a slot not written yet.
+        old = self._faiss.ntotal
+        self._faiss.codes.resize(capacity * self.dim)
+        self._faiss.ntotal = capacity
         raw = faiss.rev_swig_ptr(self._faiss.codes.data(), self._faiss.codes.size())
         self._stored = raw.reshape(capacity, self.dim)
+        self._stored[old:] = self._offset
