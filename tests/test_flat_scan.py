@@ -155,3 +155,18 @@ async def test_a_flat_depth_is_served_again_after_a_restart(
     assert index.depth.flat and index.flat is not None and index.screen_ready  # filled at load
     answer = await (await reopened.post("/RTSAsService/search", json=search_body("fl", 2))).json()
     assert answer["err_no"] == 0 and len(answer["data_items"]) == 10, answer
+
+
+@pytest.mark.parametrize("flat_ms, chosen", [(2.0, SearchDepth(2400, 2400, flat=True)), (5.0, None)])
+async def test_the_flat_depth_is_kept_only_where_it_measured_cheaper(flat_ms, chosen):
+    """tune() itself: a deep graph depth (3,200 candidates, 3.2 ms) against flat rungs that all
+    reach the target: the cheapest flat rung wins when it is faster, else the graph stays."""
+
+    async def fake(depth: SearchDepth) -> recall.Measured:
+        if depth.flat:
+            return recall.Measured(0.99, 0.99, flat_ms / 1000)
+        value = min(1.0, 0.9 + depth.candidates / 40_000)  # 0.98 from 3,200 candidates
+        return recall.Measured(value, value, depth.candidates / 1e6)
+
+    depth, _ = await recall.tune("reduced", fake, 0.98, SearchDepth(768, 300))
+    assert depth == (chosen or SearchDepth(3200, 3200)), depth

@@ -46,11 +46,14 @@ CANDIDATE_STEPS = (25, 38, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600
 #: A reduced graph's deeper rungs (ef = candidates): their candidates are screened with an int8
 #: copy of the native vectors in RAM, only the best re-ranked from disk (index/screen.py).
 SCREENED_STEPS = (2400, 3200, 4800, 6400)
-#: A reduced library whose best graph depth screens (or that misses the target on the graph) also
-#: tries these *flat* depths: candidates from a scan of every row's int8 reduced vector
-#: (index/flat.py), screened and re-ranked as the deep rungs are; it keeps the flat depth that
-#: reaches the target when the graph's does not, or when its searches measured cheaper.
+#: A reduced library whose best graph depth takes more than FLAT_FROM candidates (or that misses
+#: the target on the graph) also tries these *flat* depths: candidates from a scan of every row's
+#: int8 reduced vector (index/flat.py), screened and re-ranked as the deep rungs are; it keeps the
+#: flat depth that reaches the target when the graph's does not, or when its searches measured
+#: cheaper. 800: the 20k tight-cluster library tuned to 1,200 native candidates (3.6 ms of reads
+#: alone), the shipped 1M libraries to 300 (they never try it).
 FLAT_STEPS = (2400, 3200, 4800, 6400)
+FLAT_FROM = 800
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ async def tune(
         efs = sorted({bottom, *(ef for ef in EF_STEPS if bottom < ef <= best.ef)})
         lower = [SearchDepth(ef, best.candidates) for ef in efs]
         best = await _lowest(lower, at, target) or best
-    if kind == "reduced" and (best is None or screens(best)):
+    if kind == "reduced" and (best is None or best.candidates > FLAT_FROM):
         best = await _flat_if_cheaper(best, at, target, low_c)
     if best is None:
         return ladder[-1], await at(ladder[-1])
