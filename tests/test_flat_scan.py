@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_rebuild import get, import_vectors, model_of
+from test_rebuild import get, import_vectors, model_of, wait_rebuild
 from test_recall_tuning import catalogue, here, reduced_index, tight_clusters
 from test_recall_tuning import config as config  # a fixture: [index] lowered for small libraries
 from test_reduced_index import pool as pool  # a fixture
@@ -155,6 +155,14 @@ async def test_a_flat_depth_is_served_again_after_a_restart(
     assert index.depth.flat and index.flat is not None and index.screen_ready  # filled at load
     answer = await (await reopened.post("/RTSAsService/search", json=search_body("fl", 2))).json()
     assert answer["err_no"] == 0 and len(answer["data_items"]) == 10, answer
+
+    # A rebuild's fresh index keeps the depth and codes its rows as it builds: flat at once.
+    assert (await (await reopened.post("/api/libraries/fl/rebuild")).json())["err_no"] == 0
+    assert (await wait_rebuild(reopened, "fl"))["state"] == "done"
+    fresh = reopened.server.app[SERVICES].libraries.libraries["fl"].handle
+    assert fresh is not index and fresh.depth.flat and fresh.flat is not None and fresh.screen_ready
+    again = await (await reopened.post("/RTSAsService/search", json=search_body("fl", 2))).json()
+    assert again["err_no"] == 0 and again["data_items"] == answer["data_items"], again
 
 
 @pytest.mark.parametrize("flat_ms, chosen", [(2.0, SearchDepth(2400, 2400, flat=True)), (5.0, None)])
