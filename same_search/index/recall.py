@@ -54,6 +54,9 @@ SCREENED_STEPS = (2400, 3200, 4800, 6400)
 #: alone), the shipped 1M libraries to 300 (they never try it).
 FLAT_STEPS = (2400, 3200, 4800, 6400)
 FLAT_FROM = 800
+#: The flat depth replaces a graph depth that reaches the target only if its searches took at most
+#: this share of the graph's time: near a tie, the measurement's noise must not flip the choice.
+FLAT_MARGIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,7 @@ async def _flat_if_cheaper(
     flat = await _lowest(rungs, at, target) if rungs else None
     if flat is None:
         return graph
-    if graph is None or (await at(flat)).seconds < (await at(graph)).seconds:
+    if graph is None or (await at(flat)).seconds <= FLAT_MARGIN * (await at(graph)).seconds:
         return flat
     return graph
 
