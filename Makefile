@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-milvus bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
+.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-flat-scan bench-milvus bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -137,6 +137,12 @@ bench-daemon-million: $(STAMP)
 ITEMS ?= 100000
 bench-recall-clusters: $(STAMP)
 	nice $(BIN)/python bench/bench_recall_clusters.py --items $(ITEMS)
+
+# The same catalogue in one process: the graph's deepest tuned depth against the flat scan tier
+# (index/flat.py), recall@10 and p50/p99 unfiltered and with the 50% tag (about 5 minutes idle).
+FLAT_DEPTHS ?= 4800x4800,flat2400,flat3200,flat4800
+bench-flat-scan: $(STAMP)
+	nice $(BIN)/python bench/bench_recall_clusters.py --items $(ITEMS) --in-process-depths $(FLAT_DEPTHS)
 
 # The daemon on the Milvus backend (a milvus-lite server of its own) against the same pymilvus
 # calls, alternating, at 2k and 20k items: what the daemon adds to a search (about 10 minutes).

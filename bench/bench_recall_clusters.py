@@ -18,6 +18,7 @@ ReLU features), so no photo and no forward pass is needed.
     make bench-recall-clusters                                    # 100k items
     nice .venv/bin/python bench/bench_recall_clusters.py --items 20000 --queries 200   # minutes
     nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 768x300,6400x6400   # deeper
+    nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 4800x4800,flat3200,flat4800
     nice .venv/bin/python bench/bench_recall_clusters.py --in-process-depths 768x300 --m 32 --reduce-dim 384
 """
 
@@ -39,7 +40,7 @@ from daemon import Daemon
 
 from same_search.config import IndexConfig
 from same_search.contsign import ContSign
-from same_search.index import native_file, recall
+from same_search.index import flat, native_file, recall
 from same_search.index.paging import SearchDepth
 from same_search.index.projection import SAMPLE_MAX, Projection
 from same_search.index.reduced import ReducedIndex
@@ -97,21 +98,32 @@ def own_item_left_out(
     return hits / total, percentile_ms(latencies, 0.5), percentile_ms(latencies, 0.99)
 
 
+def parse_depth(text: str) -> SearchDepth:
+    """``EFxCANDIDATES`` (the graph) or ``flatCANDIDATES`` (the flat scan, index/flat.py)."""
+    if text.startswith("flat"):
+        return SearchDepth(int(text[4:]), int(text[4:]), flat=True)
+    return SearchDepth(*map(int, text.split("x")))
+
+
 def depths_in_process(
     vectors: np.ndarray, depths: list[SearchDepth], queries: int, seed: int, cfg: IndexConfig
 ) -> None:
-    """recall@10 (own item left out, unfiltered) and ms per search of the daemon's reduced index
-    at each of ``depths``, built in this process from the same catalogue with ``cfg`` (the
-    shipped ``[index]`` unless told otherwise): what lies past the ladder the daemon tunes on.
-    Depths of more than ``screen.SCREEN_FROM`` candidates screen them with the int8 copy."""
+    """recall@10 (own item left out) and p50 / p99 ms per search of the daemon's reduced index
+    at each of ``depths``, unfiltered and with the 50% tag, built in this process from the same
+    catalogue with ``cfg`` (the shipped ``[index]`` unless told otherwise): what lies past the
+    ladder the daemon tunes on. Depths of more than ``screen.SCREEN_FROM`` candidates screen them
+    with the int8 copy; flat depths scan every row (index/flat.py, kernel ``flat.KERNEL``)."""
     n = len(vectors)
     projection = Projection.learn(vectors[:: max(1, n // SAMPLE_MAX)], cfg.reduce_dim, "bench")
     with tempfile.TemporaryDirectory(prefix="recall-depths-") as temp, ThreadPoolExecutor(1) as pool:
         index = ReducedIndex.create(projection, native_file.new_path(Path(temp), 1), cfg, pool, n)
         keys = np.arange(1, n + 1, dtype=np.int64)
+        tags = np.zeros((n, 2), np.uint32)
+        tags[::2, 0] = HALF_TAG
         started = time.perf_counter()
         for start in range(0, n, 8192):
-            index.add_now(keys[start : start + 8192], vectors[start : start + 8192], 1)
+            part = slice(start, start + 8192)
+            index.add_now(keys[part], vectors[part], 1, tags[part])
         print(
             f"\nbuilt in {time.perf_counter() - started:.0f} s: {cfg.reduce_dim}-d, M {cfg.m}, "
             f"ef_construction {cfg.ef_construction}"
@@ -123,21 +135,27 @@ def depths_in_process(
         sample_keys, sample = index.rows.keys[rows], index.row_vectors(rows)
         neighbours = recall.Neighbours(sample_keys, sample)
         live = index.rows.live_rows()
-        neighbours.add(index.rows.keys[live], index.row_vectors(live), np.ones(len(live), bool))
-        truth = neighbours.of(False)
-        print("\n| ef | candidates | screened | recall@10 in-process | ms per search |\n|--:|--:|--|--:|--:|")
+        neighbours.add(index.rows.keys[live], index.row_vectors(live), tags[live, 0] == HALF_TAG)
+        truths = {None: neighbours.of(False), (HALF_TAG, 0): neighbours.of(True)}
+        print(f"flat scan kernel: {flat.KERNEL}")
+        print(
+            "\n| candidates from | candidates | screened | recall@10 | p50 / p99 ms "
+            "| 50% tag: recall@10 | p50 / p99 ms |\n|--|--:|--|--:|--:|--:|--:|"
+        )
         for depth in depths:
-            started = time.perf_counter()
-            found = sum(
-                recall.hits(index, int(k), q, t, None, depth)
-                for k, q, t in zip(sample_keys, sample, truth, strict=True)
-            )
-            ms = (time.perf_counter() - started) * 1000 / len(rows)
+            cells = []
+            for tag, truth in truths.items():
+                timed = [
+                    recall.timed_hits(index, int(k), q, t, tag, depth)
+                    for k, q, t in zip(sample_keys, sample, truth, strict=True)
+                ]
+                found = sum(hit for hit, _ in timed) / sum(map(len, truth))
+                seconds = [took for _, took in timed]
+                p50, p99 = percentile_ms(seconds, 0.5), percentile_ms(seconds, 0.99)
+                cells.append(f"{found:.4f} | {p50:.1f} / {p99:.1f}")
+            source = "a flat scan" if depth.flat else f"the graph, ef {depth.ef}"
             screened = f"yes, {kept(depth.candidates)} re-ranked" if recall.screens(depth) else "no"
-            print(
-                f"| {depth.ef} | {depth.candidates} | {screened} | {found / sum(map(len, truth)):.4f} "
-                f"| {ms:.1f} |"
-            )
+            print(f"| {source} | {depth.candidates} | {screened} | {' | '.join(cells)} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.in_process_depths:
         print_run_header("bench_recall_clusters.py", argv)
-        depths = [SearchDepth(*map(int, d.split("x"))) for d in args.in_process_depths.split(",")]
+        depths = [parse_depth(d) for d in args.in_process_depths.split(",")]
         vectors = catalogue(args.items, 1280, args.clusters, args.per_cluster, args.spread, args.seed)
         chosen = {"reduce_dim": args.reduce_dim, "m": args.m, "ef_construction": args.ef_construction}
         cfg = dataclasses.replace(IndexConfig(), **{k: v for k, v in chosen.items() if v is not None})

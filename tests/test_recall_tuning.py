@@ -195,6 +195,7 @@ async def test_a_library_that_cannot_reach_the_target_says_so(tmp_path, pool, mo
     monkeypatch.setattr(recall, "EF_STEPS", (16, 24))
     monkeypatch.setattr(recall, "CANDIDATE_STEPS", (10, 20))
     monkeypatch.setattr(recall, "SCREENED_STEPS", ())
+    monkeypatch.setattr(recall, "FLAT_STEPS", ())
     index = reduced_index(tmp_path, pool, flat(N))
     tuning = await measure(index, target=0.999)
     assert not tuning.met and tuning.to_json()["below_target"] is True

@@ -49,7 +49,7 @@ def test_int8_scores_rank_as_the_float32_ones_do():
     assert np.abs(codes.scores(np.arange(500), query) - exact).max() < 1e-2
     best = set(codes.best(np.arange(500), query, 50).tolist())
     assert set(np.argsort(-exact)[:10].tolist()) <= best
-    assert codes.nbytes == len(codes.codes) * (64 + 4)
+    assert codes.nbytes == len(codes.scales) * (64 + 4)
 
 
 def test_a_screened_search_returns_exact_native_scores_and_keeps_recall(tmp_path, pool, shallow_screen):
@@ -77,6 +77,7 @@ async def test_a_library_that_needs_more_candidates_tunes_to_a_screened_depth(
     monkeypatch.setattr(recall, "EF_STEPS", (16, 24))
     monkeypatch.setattr(recall, "CANDIDATE_STEPS", (10, 20))
     monkeypatch.setattr(recall, "SCREENED_STEPS", (200, 400, 800))
+    monkeypatch.setattr(recall, "FLAT_STEPS", ())  # the graph's screened rungs, not the flat scan
     index = reduced_index(tmp_path, pool, tight_clusters(N, seed=4))
     tuning = await recall.measure(index, "model-fp", 0.98, here, here)
     assert tuning.met and tuning.screened and tuning.candidates in (200, 400, 800), tuning

@@ -244,7 +244,11 @@ def recall_block(state: dict | None) -> str:
     if state["state"] == "exact":
         return '<p class="recall">Recall@10 1 (searched exactly).</p>'
     depth = f"ef {state['ef']}, {state['candidates']} candidates"
-    if state.get("screened"):
+    if state.get("flat"):
+        depth = (
+            f"a flat scan of every item, {state['candidates']} candidates screened in RAM, the best re-ranked"
+        )
+    elif state.get("screened"):
         depth += " (screened in RAM, the best re-ranked)"
     if "recall" not in state:
         return f'<p class="recall">Recall not measured yet ({escape(state["state"])}); searching with {depth}.</p>'

@@ -36,11 +36,14 @@ class SearchDepth:
 
     A full-dimension graph's first tier is its ef (the walk returns exact scores); a reduced
     graph re-ranks ``candidates`` of an ef-``ef`` walk natively. Both start from ``[index]`` and
-    are then tuned per library until its measured recall holds (index/recall.py).
+    are then tuned per library until its measured recall holds (index/recall.py). ``flat``: a
+    reduced index takes its candidates from a scan of every row instead of the graph
+    (index/flat.py); ``ef`` is then not used.
     """
 
     ef: int
     candidates: int
+    flat: bool = False
 
 
 #: depth -> (labels, native scores, complete): up to ``depth`` candidates in any order;

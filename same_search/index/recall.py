@@ -46,6 +46,17 @@ CANDIDATE_STEPS = (25, 38, 50, 75, 100, 150, 200, 300, 400, 600, 800, 1200, 1600
 #: A reduced graph's deeper rungs (ef = candidates): their candidates are screened with an int8
 #: copy of the native vectors in RAM, only the best re-ranked from disk (index/screen.py).
 SCREENED_STEPS = (2400, 3200, 4800, 6400)
+#: A reduced library whose best graph depth takes more than FLAT_FROM candidates (or that misses
+#: the target on the graph) also tries these *flat* depths: candidates from a scan of every row's
+#: int8 reduced vector (index/flat.py), screened and re-ranked as the deep rungs are; it keeps the
+#: flat depth that reaches the target when the graph's does not, or when its searches measured
+#: cheaper. 800: the 20k tight-cluster library tuned to 1,200 native candidates (3.6 ms of reads
+#: alone), the shipped 1M libraries to 300 (they never try it).
+FLAT_STEPS = (2400, 3200, 4800, 6400)
+FLAT_FROM = 800
+#: The flat depth replaces a graph depth that reaches the target only if its searches took at most
+#: this share of the graph's time: near a tie, the measurement's noise must not flip the choice.
+FLAT_MARGIN = 0.9
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,16 @@ class Tuning:
     target: float
     queries: int
     measured_at: float
+    #: Candidates from a flat scan of every row instead of the graph (index/flat.py).
+    flat: bool = False
+    #: Median milliseconds of one measured search at the chosen depth (None: measured before
+    #: it was kept); what the graph and the flat scan were compared by.
+    search_ms: float | None = None
 
     @property
     def depth(self) -> SearchDepth:
         """The depth the index searches with."""
-        return SearchDepth(self.ef, self.candidates)
+        return SearchDepth(self.ef, self.candidates, self.flat)
 
     @property
     def met(self) -> bool:
@@ -177,12 +193,21 @@ def hits(
     return len(truth & set(others[:K]))
 
 
+def timed_hits(*args: object) -> tuple[int, float]:
+    """:func:`hits` and the seconds it took (timed in the thread that searched)."""
+    started = time.perf_counter()
+    found = hits(*args)
+    return found, time.perf_counter() - started
+
+
 @dataclass(frozen=True)
 class Measured:
-    """recall@K of one depth, unfiltered and filtered (None: no filter measured)."""
+    """recall@K of one depth, unfiltered and filtered (None: no filter measured), and the median
+    seconds of one of its searches."""
 
     recall: float
     filtered: float | None
+    seconds: float = 0.0
 
     def worst(self) -> float:
         return min(self.recall, 1.0 if self.filtered is None else self.filtered)
@@ -226,9 +251,7 @@ async def tune(
         ladder = [SearchDepth(max(ef, low_ef), max(ef, low_ef)) for ef in EF_STEPS]
     ladder = list(dict.fromkeys(ladder))  # the rungs below the floor became the floor: once
     best = await _lowest(ladder, at, target)
-    if best is None:
-        return ladder[-1], await at(ladder[-1])
-    if kind == "reduced":
+    if best is not None and kind == "reduced":
         counts = sorted({low_c, *CANDIDATE_STEPS, *SCREENED_STEPS} - {0})
         fewer = [SearchDepth(best.ef, c) for c in counts if low_c <= c <= best.candidates]
         best = await _lowest(fewer, at, target) or best
@@ -236,7 +259,31 @@ async def tune(
         efs = sorted({bottom, *(ef for ef in EF_STEPS if bottom < ef <= best.ef)})
         lower = [SearchDepth(ef, best.candidates) for ef in efs]
         best = await _lowest(lower, at, target) or best
+    if kind == "reduced" and (best is None or best.candidates > FLAT_FROM):
+        best = await _flat_if_cheaper(best, at, target, low_c)
+    if best is None:
+        return ladder[-1], await at(ladder[-1])
     return best, seen[best]
+
+
+async def _flat_if_cheaper(
+    graph: SearchDepth | None, at: Callable[[SearchDepth], Awaitable[Measured]], target: float, low_c: int
+) -> SearchDepth | None:
+    """The cheapest flat depth that reaches ``target`` if the graph's (``graph``; None: none
+    reached it) is dearer by measured time per search, else ``graph``.
+
+    Where the tuned depth is a large share of the library the walk costs more than reading
+    every row: at 100k items of tight clusters, ef 4,800 over a graph of 256-d vectors against a
+    scan of 100k int8 rows of 256 bytes (docs/benchmarks.md, "A catalogue of tight clusters at
+    100k"). Which is cheaper depends on the library's size and the CPU, so it is measured here.
+    """
+    rungs = [SearchDepth(c, c, flat=True) for c in FLAT_STEPS if c >= low_c]
+    flat = await _lowest(rungs, at, target) if rungs else None
+    if flat is None:
+        return graph
+    if graph is None or (await at(flat)).seconds <= FLAT_MARGIN * (await at(graph)).seconds:
+        return flat
+    return graph
 
 
 async def _lowest(
@@ -278,6 +325,8 @@ def tuning_of(
         target=target,
         queries=queries,
         measured_at=time.time(),
+        flat=depth.flat,
+        search_ms=round(measured.seconds * 1000, 2),
     )
 
 
@@ -292,7 +341,7 @@ def starting_depth(index: LibraryIndex) -> SearchDepth:
 
 def at_least(depth: SearchDepth, floor: SearchDepth) -> SearchDepth:
     """``depth`` raised to ``floor`` knob by knob (a depth stored before the tuning had a floor)."""
-    return SearchDepth(max(depth.ef, floor.ef), max(depth.candidates, floor.candidates))
+    return SearchDepth(max(depth.ef, floor.ef), max(depth.candidates, floor.candidates), depth.flat)
 
 
 async def measure(
@@ -324,13 +373,15 @@ async def measure(
     async def at(depth: SearchDepth) -> Measured:
         if screens(depth) and not getattr(index, "screen_ready", True):
             await fill_screen(index, on_index)
-        found = {}
+        found, seconds = {}, []
         for filtered, truth in truths.items():
             hit = 0
             for i, key in enumerate(keys.tolist()):
-                hit += await on_index(hits, index, key, queries[i], truth[i], filtered, depth)
+                one, took = await on_index(timed_hits, index, key, queries[i], truth[i], filtered, depth)
+                hit += one
+                seconds.append(took)
             found[filtered] = hit / max(sum(len(t) for t in truth), 1)
-        return Measured(found[None], found.get(tags))
+        return Measured(found[None], found.get(tags), float(np.median(seconds)) if seconds else 0.0)
 
     depth, measured = await tune(index.kind, at, target, starting_depth(index))
     return tuning_of(index, fingerprint, depth, measured, tag, target, len(keys))

@@ -22,7 +22,10 @@ A page is never short while more matches exist.
 
 A library whose tuned depth walks more than ``screen.SCREEN_FROM`` candidates (catalogues of
 tight clusters) keeps an int8 copy of its native vectors in RAM (index/screen.py): a walk's
-candidates are screened with it and only the best of them read from disk and re-ranked.
+candidates are screened with it and only the best of them read from disk and re-ranked. With
+the screen it keeps every row's reduced vector as int8 (index/flat.py), so that a depth marked
+``flat`` takes its candidates from a scan of them all, the filter a mask of the same pass, instead
+of walking the graph: where the tuned depth is a large share of the library, that is cheaper.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from same_search.config import IndexConfig
 from same_search.files import replace_durably, sha256_file
 from same_search.index import graph_files
 from same_search.index import screen as screening
+from same_search.index.flat import FlatScan, quantise
 from same_search.index.library_index import LibraryIndex, label_to_key
 from same_search.index.native_file import NativeFile
 from same_search.index.paging import SearchDepth, stable_top
@@ -87,6 +91,8 @@ class ReducedIndex(LibraryIndex):
         #: whether it holds every live row yet (rows added meanwhile are coded as they come).
         self.screen: Screen | None = None
         self.screen_ready = False
+        #: Every row's reduced vector as int8, kept (and filled) with the screen: flat depths scan it.
+        self.flat: FlatScan | None = None
 
     @classmethod
     def create(
@@ -173,9 +179,11 @@ class ReducedIndex(LibraryIndex):
             grown = np.zeros((self.rows.capacity, self.sketch.shape[1]), np.int8)
             grown[: len(self.sketch)] = self.sketch
             self.sketch = grown
-        self.sketch[rows] = _quantise(reduced[:, : self.sketch.shape[1]])
+        self.sketch[rows] = quantise(reduced[:, : self.sketch.shape[1]])
         if self.screen is not None:
             self.screen.set(rows, vectors)
+        if self.flat is not None:
+            self.flat.set(rows, quantise(reduced))
         self.tags.set(rows, tags)
         self.seq = max(self.seq, seq)
 
@@ -187,10 +195,12 @@ class ReducedIndex(LibraryIndex):
     # ---- the screen (index/screen.py) ---------------------------------------------------------------
 
     def begin_screen_now(self) -> np.ndarray:
-        """Keep an int8 screen from now on (rows added are coded as they come); returns the live
-        rows still to code with :meth:`fill_screen_now`, then :meth:`screen_filled_now`."""
+        """Keep an int8 screen (and the flat scan's codes) from now on (rows added are coded as
+        they come); returns the live rows still to code with :meth:`fill_screen_now`, then
+        :meth:`screen_filled_now`."""
         if self.screen is None:
             self.screen = Screen(self.rows.capacity, self.projection.native_dim)
+            self.flat = FlatScan(self.rows.capacity, self.projection.dim)
             self.screen_ready = False
         return np.empty(0, np.int64) if self.screen_ready else self.rows.live_rows()
 
@@ -200,7 +210,10 @@ class ReducedIndex(LibraryIndex):
             return
         rows = np.asarray(rows, np.int64)
         rows = rows[self.rows.live[rows]]
-        self.screen.set(rows, self.native.read(rows))
+        vectors = self.native.read(rows)
+        self.screen.set(rows, vectors)
+        if self.flat is not None:
+            self.flat.set(rows, quantise(self.projection.apply(vectors)))
 
     def screen_filled_now(self) -> None:
         """Every live row is coded: deep searches screen from now on."""
@@ -208,7 +221,7 @@ class ReducedIndex(LibraryIndex):
 
     def drop_screen_now(self) -> None:
         """Stop keeping the screen (a depth that does not screen was chosen)."""
-        self.screen, self.screen_ready = None, False
+        self.screen, self.flat, self.screen_ready = None, None, False
 
     def _screened(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
         """The candidates worth a native re-rank: all of them up to ``SCREEN_FROM``, else (with a
@@ -248,9 +261,14 @@ class ReducedIndex(LibraryIndex):
         if k <= 0:
             return []
 
+        flat = depth.flat and self.flat is not None and self.screen_ready
+
         def tier(walk: int) -> tuple[np.ndarray, np.ndarray, bool]:
             complete = walk >= matching
-            if mask is None:
+            if flat and not complete:
+                allowed = self.rows.live[: self.rows.used] if mask is None else mask
+                rows = self.flat.best(reduced, allowed, walk)
+            elif mask is None:
                 rows = self.rows.live_rows() if complete else self._graph_rows(reduced, walk, None, depth.ef)
                 if len(rows) < walk // 2:  # the graph came back short
                     rows = self._scan_rows(reduced, self.rows.live_rows(), walk * SCAN_WIDEN)
@@ -352,8 +370,3 @@ def filter_strategy(matching: int, items: int) -> str:
     if share <= SCAN_SHARE or matching <= SCAN_MIN:
         return "scan"
     return "filtered"
-
-
-def _quantise(values: np.ndarray) -> np.ndarray:
-    """Coordinates of a unit vector (in [-1, 1]) as int8."""
-    return np.clip(np.rint(values * 127.0), -127, 127).astype(np.int8)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from same_search.index.int8_rows import Int8Rows
+
 #: Candidate depths above this are screened (the deepest one re-ranked natively in full).
 SCREEN_FROM = 1600
 #: Candidates re-ranked natively after the screen: at least this many, and a sixteenth of the
@@ -35,10 +37,11 @@ def kept(screened: int) -> int:
 
 
 class Screen:
-    """int8 codes of each row's native vector with the row's scale (code x scale = value)."""
+    """int8 codes of each row's native vector with the row's scale (code x scale = value); the
+    codes are read by index/int8_rows.py's kernels (faiss's, where it imports)."""
 
     def __init__(self, capacity: int, native_dim: int) -> None:
-        self.codes = np.zeros((capacity, native_dim), np.int8)
+        self.codes = Int8Rows(capacity, native_dim)
         self.scales = np.zeros(capacity, np.float32)
 
     @property
@@ -55,21 +58,21 @@ class Screen:
         vectors = np.asarray(vectors, np.float32)
         peak = np.abs(vectors).max(axis=1)
         scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-        self.codes[rows] = np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8)
+        self.codes.set(rows, np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8))
         self.scales[rows] = scale
 
     def scores(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Approximate native scores of ``rows`` against ``query`` (within a few 1e-3).
 
-        The query is coded as int8 too and the products summed in int32 (127 x 127 x 1280 fits):
-        numpy then never widens the gathered codes to a float32 copy, which took about six
-        times as long as the gather itself (4,800 rows of 1280-d).
+        The query is coded as int8 too and the products summed in int32 (127 x 127 x 1280 fits),
+        by faiss in place where it imports (index/int8_rows.py): no gathered copy of the rows.
         """
         query = np.asarray(query, np.float32)
         peak = float(np.abs(query).max())
         scale = peak / 127.0 if peak > 0 else 1.0
         coded = np.rint(query / scale).astype(np.int8)
-        dots = np.einsum("ij,j->i", self.codes[rows], coded, dtype=np.int32, casting="unsafe")
+        rows = np.asarray(rows, np.int64)
+        dots = self.codes.products(coded, rows)
         return dots.astype(np.float32) * self.scales[rows] * np.float32(scale)
 
     def best(self, rows: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:
@@ -80,11 +83,9 @@ class Screen:
         return rows[np.argpartition(-scores, count - 1)[:count]]
 
     def _grow(self, needed: int) -> None:
-        if needed <= len(self.codes):
+        """Room for ``needed`` scales (the codes grow by themselves)."""
+        if needed <= len(self.scales):
             return
-        capacity = max(needed, 2 * len(self.codes))
-        codes = np.zeros((capacity, self.codes.shape[1]), np.int8)
-        codes[: len(self.codes)] = self.codes
-        scales = np.zeros(capacity, np.float32)
+        scales = np.zeros(max(needed, 2 * len(self.scales)), np.float32)
         scales[: len(self.scales)] = self.scales
-        self.codes, self.scales = codes, scales
+        self.scales = scales

@@ -23,7 +23,7 @@ from same_search.records import AlreadyExists, LibraryGone, StorageError
 
 #: Version 1 is schema.sql; each later version is ``migration_NNNN.sql`` beside it, applied in order
 #: in one transaction each. Shipped files are never edited: a change is a new file.
-MIGRATIONS = (2, 3, 4, 5, 6, 7, 8, 9, 10)
+MIGRATIONS = (2, 3, 4, 5, 6, 7, 8, 9, 10, 12)
 SCHEMA_VERSION = MIGRATIONS[-1]
 #: Keys per ``IN (...)`` list: well under SQLite's limit of host parameters (999 before 3.32).
 IN_CHUNK = 500

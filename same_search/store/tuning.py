@@ -27,4 +27,7 @@ class TuningStore(Database):
             f"SELECT {', '.join(_FIELDS)} FROM index_tuning WHERE lib_id=?", (lib_id,)
         ) as cur:
             row = await cur.fetchone()
-        return None if row is None else Tuning(*row)
+        if row is None:
+            return None
+        stored = Tuning(*row)
+        return dataclasses.replace(stored, flat=bool(stored.flat))  # SQLite keeps 0 / 1

@@ -99,12 +99,13 @@ class RecallTuning(LocalState):
         self._tunings[row.id] = tuning
         log.log(
             logging.INFO if tuning.met else logging.WARNING,
-            "library %s: recall@%d %.3f (filtered %s) with ef %d, %d candidates at %d items, target %.3f%s "
+            "library %s: recall@%d %.3f (filtered %s) with %s %d, %d candidates at %d items, target %.3f%s "
             "(%.1fs)",
             row.appid,
             recall.K,
             tuning.recall,
             "-" if tuning.recall_filtered is None else f"{tuning.recall_filtered:.3f}",
+            "a flat scan, ef" if tuning.flat else "ef",
             tuning.ef,
             tuning.candidates,
             tuning.items,
