@@ -144,7 +144,6 @@ def main() -> None:
         wait_until(lambda: admin_json("GET", "/healthz")["err_no"] == 0, 180, "daemon not ready")
         model = admin_json("GET", "/healthz")["model"]
         direct = MilvusClient(uri=uri, db_name="bench")
-        search_conn = http.client.HTTPConnection("127.0.0.1", ports["search"], timeout=60)
         commit = subprocess.run(
             ["git", "-C", str(args.code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip()
@@ -153,7 +152,7 @@ def main() -> None:
         print("\n| N | rn | path | search p50 ms | search p99 ms | daemon / pymilvus (p50) | same results |")
         print("|--:|--:|---|--:|--:|--:|--:|")
         for items in sizes:
-            measure_size(args, items, model, admin_json, direct, search_conn)
+            measure_size(args, items, model, admin_json, direct, ports["search"])
         print(f"\n- {args.rounds} rounds of {args.queries} searches by contsign per path, alternating;")
         print("  p50 and p99: medians over the rounds; the ratio: the median of the rounds' p50 ratios")
         print(f"- load average at the end: {os.getloadavg()} on {os.cpu_count()} CPUs")
@@ -164,8 +163,10 @@ def main() -> None:
         server.wait(60)
 
 
-def measure_size(args, items: int, model: dict, admin_json, direct, search_conn) -> None:
-    """One library of ``items`` vectors imported through the daemon, then the rounds."""
+def measure_size(args, items: int, model: dict, admin_json, direct, search_port: int) -> None:
+    """One library of ``items`` vectors imported through the daemon, then the rounds over a
+    kept-alive connection opened after the import (the daemon closes one left idle for longer than
+    its header timeout, 15 s, which a 20,000-item import takes on a busy machine)."""
     appid = f"bench{items}"
     rng = np.random.default_rng(items)
     vectors = rng.standard_normal((items, model["dim"])).astype(np.float32)
@@ -177,6 +178,7 @@ def measure_size(args, items: int, model: dict, admin_json, direct, search_conn)
     load_s = time.monotonic() - started
     assert loaded["err_no"] == 0 and loaded["imported"] == items, loaded
     collection = collection_name(appid)
+    search_conn = http.client.HTTPConnection("127.0.0.1", search_port, timeout=60)
 
     def via_daemon(key: int) -> list[int]:
         body = {"from": "bench", "appid": appid, "contsign": ContSign.from_key(key).to_json(), "rn": args.rn}

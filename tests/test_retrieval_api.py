@@ -260,6 +260,21 @@ async def test_search_by_contsign_reuses_the_stored_vector(api):
     assert missing["err_no"] == 1 and "not in library" in missing["err_msg"]
 
 
+async def test_search_by_contsign_answers_as_by_its_image(api):
+    """A search by a stored item reads its vector and searches in one backend call where the
+    backend can (Milvus): filters, pages and same_picture answer as a search by the item's image."""
+    await signup(api)
+    for seed, item_tags in {0: (1, 2), 1: (1, 3), 2: (2, 3), 3: (1, 0)}.items():
+        await add(api, seed, item_tags=item_tags)
+    query = {"contsign": ContSign.of_image(jpeg(1)).to_json()}
+    for extra in ({"features": [tags(1, 0)], "pn": 1, "rn": 1}, {"same_picture": 1}):
+        by_key = await api(f"{R}/search", appid="lib", **query, **extra)
+        by_image = await api(f"{R}/search", appid="lib", image=b64(jpeg(1)), **extra)
+        assert by_key["err_no"] == 0 and by_key["has_more"] == by_image["has_more"]
+        shown = [[(i["contsign"], i["features"]) for i in body["data_items"]] for body in (by_key, by_image)]
+        assert shown[0] and shown[0] == shown[1]
+
+
 async def test_search_in_empty_library(api):
     await signup(api)
     body = await api(f"{R}/search", appid="lib", image=b64(jpeg(1)))

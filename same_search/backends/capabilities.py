@@ -5,6 +5,7 @@ with ``isinstance`` before it calls, and does without otherwise:
 
 - :class:`SharedLibraries`: other daemons create and delete libraries too (Milvus);
 - :class:`LocalFeatures`: items keep their pictures' local features (same-picture checks);
+- :class:`KeyedSearch`: a search by a stored item reads its vector and searches in one call (Milvus);
 - :class:`RefilledFeatures`: items without them get them back from kept originals;
 - :class:`KeptOriginals`: items keep the bytes they were added with;
 - :class:`Reembedding`: a library moves to another model in place (needs kept originals);
@@ -20,12 +21,13 @@ from typing import Protocol
 
 import numpy as np
 
-from same_search.backends.base import Library
+from same_search.backends.base import Library, SearchResult, TagFilter
 from same_search.index.space import LearnedSpace
 from same_search.records import LibraryRow, ReembedJobRow
 
 __all__ = [
     "KeptOriginals",
+    "KeyedSearch",
     "LearnedSpaces",
     "LocalFeatures",
     "ReducedIndexes",
@@ -43,6 +45,20 @@ class SharedLibraries(ABC):
     @abstractmethod
     async def find_library(self, appid: str) -> Library | None:
         """A library this daemon has not loaded yet (created by another daemon), or None."""
+
+
+class KeyedSearch(ABC):
+    """A search by a stored item's key in one call to the backend: on a backend whose every read
+    is a round trip through a thread (Milvus), reading the vector and searching with it as two
+    calls costs a second hand-over to and from that thread. The library reads fall back to
+    :meth:`~same_search.backends.base.Backend.vector` then ``search`` elsewhere."""
+
+    @abstractmethod
+    async def search_by_key(
+        self, lib: Library, key: int, k: int, tag_filter: TagFilter | None
+    ) -> tuple[np.ndarray, SearchResult] | None:
+        """The stored vector of ``key`` and what ``search`` answers for it (the item itself
+        among the hits); None when ``key`` is not stored."""
 
 
 class LocalFeatures(ABC):

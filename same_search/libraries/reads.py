@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from same_search.backends.base import ItemRow, Library, SearchResult, StorageError, TagFilter
-from same_search.backends.capabilities import KeptOriginals, LearnedSpaces, LocalFeatures
+from same_search.backends.capabilities import KeptOriginals, KeyedSearch, LearnedSpaces, LocalFeatures
 from same_search.contsign import ContSign
 from same_search.embed.images import Region
 from same_search.errors import ApiError, ErrNo
@@ -68,8 +68,21 @@ class LibraryReads:
         """The stored vector of an item (search by contsign); err_no 1 if it is not stored."""
         vector = await self.registry.call(lib, self.backend.vector(lib, contsign.key))
         if vector is None:
-            raise ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")
+            raise _not_stored(lib, contsign)
         return vector
+
+    async def nearest_to_item(
+        self, lib: Library, contsign: ContSign, k: int, tag_filter: TagFilter | None = None
+    ) -> tuple[np.ndarray, SearchResult]:
+        """A stored item's vector and its ``k`` nearest items (:meth:`vector_of`, then
+        :meth:`nearest`), in one backend call where the backend can (:class:`KeyedSearch`)."""
+        if not isinstance(self.backend, KeyedSearch):
+            vector = await self.vector_of(lib, contsign)
+            return vector, await self.nearest(lib, vector, k, tag_filter)
+        found = await self.registry.call(lib, self.backend.search_by_key(lib, contsign.key, k, tag_filter))
+        if found is None:
+            raise _not_stored(lib, contsign)
+        return found
 
     async def vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by key, read concurrently (keys removed meanwhile are left out)."""
@@ -119,3 +132,8 @@ class LibraryReads:
         """Kept originals by sha256, one at a time (export)."""
         for sha in shas:
             yield sha, await self.read_original(sha)
+
+
+def _not_stored(lib: Library, contsign: ContSign) -> ApiError:
+    """err_no 1: a search or read by a contsign the library does not hold."""
+    return ApiError(ErrNo.BAD_REQUEST, f"contsign {contsign} is not in library {lib.row.appid!r}")

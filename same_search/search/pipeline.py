@@ -30,7 +30,7 @@ from same_search.config import SearchConfig
 from same_search.embed.images import Region
 from same_search.libraries.records import Hit, SearchPage, item_of
 from same_search.near_duplicates import floors_for
-from same_search.records import Library
+from same_search.records import Library, SearchResult
 from same_search.search import expansion, pages, promotion
 from same_search.search.ranking import SPEC_ORDER, Ranking
 from same_search.search.reads import LibraryReads, Ranked, at_least
@@ -81,11 +81,10 @@ class Searcher:
         )
 
         async def once() -> SearchPage:
-            vector = await self._vector(lib, request)
             if request.same_picture:
-                ranked = await self._same_pictures(lib, vector, request, features)
+                ranked = await self._same_pictures(lib, request, features)
             else:
-                ranked = await self._ranked(lib, vector, request, ranking, features)
+                ranked = await self._ranked(lib, request, ranking, features)
             page = await pages.cut(self.reads, lib, ranked.found, ranked.rows, request.pn, request.rn)
             hits = [
                 Hit(item_of(page.rows[key]), score, key in ranked.confirmed, ranked.confirmed.get(key))
@@ -96,14 +95,19 @@ class Searcher:
         # Embedded and searched again if a re-embed switches the library in between.
         return await self.models.on_one_model(lib, once)
 
-    async def _vector(self, lib: Library, request: SearchRequest) -> np.ndarray:
+    async def _candidates(
+        self, lib: Library, request: SearchRequest, depth: int
+    ) -> tuple[np.ndarray, SearchResult]:
+        """Steps 1 and 2: the query's vector and its ``depth`` nearest items (by a stored item:
+        read and searched in one backend call where the backend can)."""
         if request.image is not None:
-            return await self.models.embed_query(lib, request.image, request.region)
+            vector = await self.models.embed_query(lib, request.image, request.region)
+            return vector, await self.reads.nearest(lib, vector, depth, request.tag_filter)
         assert request.contsign is not None
-        return await self.reads.vector_of(lib, request.contsign)
+        return await self.reads.nearest_to_item(lib, request.contsign, depth, request.tag_filter)
 
     async def _ranked(
-        self, lib: Library, vector: np.ndarray, request: SearchRequest, ranking: Ranking, features: _Once
+        self, lib: Library, request: SearchRequest, ranking: Ranking, features: _Once
     ) -> _Ranked:
         """Steps 2, 4 and 5: the plain candidates, expanded and promoted as the ranking says."""
         depth = request.pn + request.rn + 1
@@ -112,7 +116,7 @@ class Searcher:
             depth += decision.DEEP_DEPTH
         if ranking.query_expansion:
             depth = max(depth, ranking.query_expansion + 1)
-        plain = await self.reads.nearest(lib, vector, depth, request.tag_filter)
+        vector, plain = await self._candidates(lib, request, depth)
         found, rows = at_least(plain.found, request.min_score), dict(plain.rows)
         if ranking.query_expansion:
             floors = floors_for(lib.row.dup_min_score, self.reads.floors(lib)[2])
@@ -140,16 +144,14 @@ class Searcher:
             found = promotion.promoted(found, copies)
         return _Ranked(found, _before_the_check(rows, copies), _regions(copies))
 
-    async def _same_pictures(
-        self, lib: Library, vector: np.ndarray, request: SearchRequest, features: _Once
-    ) -> _Ranked:
+    async def _same_pictures(self, lib: Library, request: SearchRequest, features: _Once) -> _Ranked:
         """Step 3: the candidates judged the same picture, by descending score.
 
         Verifies the :data:`decision.DEPTH` best candidates, more when the page reaches further
         (at most :data:`decision.MAX_DEPTH`).
         """
         depth = min(max(decision.DEPTH, request.pn + request.rn + 1), decision.MAX_DEPTH)
-        result = await self.reads.nearest(lib, vector, depth, request.tag_filter)
+        _, result = await self._candidates(lib, request, depth)
         found = at_least(result.found, request.min_score)
         floors = self.reads.floors(lib)[0]
         if not promotion.in_reach(found, floors):

@@ -28,6 +28,11 @@ class LibraryReads(Protocol):
     ) -> SearchResult:
         """Up to ``k`` stored items by descending score (among those passing ``tag_filter``)."""
 
+    async def nearest_to_item(
+        self, lib: Library, contsign: ContSign, k: int, tag_filter: TagFilter | None = None
+    ) -> tuple[np.ndarray, SearchResult]:
+        """A stored item's vector and its ``k`` nearest items (err_no 1 when it is not stored)."""
+
     async def vectors(self, lib: Library, keys: Sequence[int]) -> dict[int, np.ndarray]:
         """Stored vectors by key (removed keys are left out)."""
 

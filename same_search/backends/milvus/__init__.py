@@ -23,7 +23,10 @@ query nodes have applied every write acknowledged before it, on any daemon. The 
 under write load (a read may wait for the next time tick, up to ``common.timeTickInterval``,
 200 ms by default), not throughput.
 
-pymilvus is synchronous; its calls run in a small thread pool so the event loop never blocks.
+pymilvus is synchronous; its calls run in a small thread pool so the event loop never blocks. A
+search by a stored item reads its vector and searches with it in one hand-over to the pool
+(``KeyedSearch``): each hand-over wakes a pool thread and then the event loop, which on a busy
+machine costs more than the Python around it (docs/benchmarks.md, "The Milvus backend").
 
 **milvus-lite** (``uri`` a local ``.db`` path, which runs it inside the daemon, or a server that
 reports itself as ``milvus_lite``) is a single-writer engine: "concurrent writes against the same
