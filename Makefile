@@ -11,7 +11,6 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 
