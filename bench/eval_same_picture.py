@@ -448,14 +448,16 @@ class QueryCost:
     deep: float | None  # service.judge under the deep floors, candidates down to DEEP_DEPTH (None: not run)
 
     @property
-    def same_picture(self) -> float:
-        """What a ``same_picture`` search adds: the extraction and the check of its candidates."""
+    def first_only(self) -> float:
+        """The extraction and the check of the first candidates (what a search paid before
+        ``same_picture`` screened deeper)."""
         return self.extract + self.check
 
     @property
-    def promoted(self) -> float:
-        """What promotion adds to a search: the same, plus the deeper screen when it runs."""
-        return self.same_picture + (self.deep or 0.0)
+    def searched(self) -> float:
+        """What a ``same_picture`` or promoted search adds: the same, plus the deeper screen when
+        it runs."""
+        return self.first_only + (self.deep or 0.0)
 
 
 def search_costs(
@@ -499,6 +501,8 @@ class Promotion:
     deep_ran: bool  # the deeper screen ran (none of the first DEPTH confirmed)
     deep_ms: float | None  # its CPU time
     by_score: bool  # a confirmed candidate was judged by the score fallback (too few keypoints)
+    #: The candidates confirmed with the deeper screen: what a ``same_picture`` search answers.
+    same: frozenset[str] = frozenset()
 
 
 def promote_queries(
@@ -526,7 +530,14 @@ def promote_queries(
             deep_confirmed = [v for v in verdicts if v.same]
         top_deep = promotion.promoted(ranking, deep_confirmed)[0][0] if ranking else None
         out[key] = Promotion(
-            top_first, top_deep, bool(confirmed), bool(deep_confirmed), deep_ms is not None, deep_ms, by_score
+            top_first,
+            top_deep,
+            bool(confirmed),
+            bool(deep_confirmed),
+            deep_ms is not None,
+            deep_ms,
+            by_score,
+            frozenset(v.key for v in deep_confirmed),
         )
         if (number + 1) % 500 == 0:
             log(f"  promotion: {number + 1}/{len(sets.queries)} queries")
@@ -619,9 +630,20 @@ def main_sets(sets: Sets) -> tuple[list[str], list[str]]:
     return positives, negatives
 
 
-def precision_recall(sets: Sets, said: dict[str, tuple[bool, bool]]) -> tuple[float, float, int]:
-    """Precision, recall and false positives over the edited copies and look-alike negatives."""
+def halved(sets: Sets, said: dict[str, tuple[bool, bool]], which: int) -> tuple[float, float, int]:
+    """:func:`precision_recall` over the queries of one :func:`half`."""
+    return precision_recall(sets, said, which)
+
+
+def precision_recall(
+    sets: Sets, said: dict[str, tuple[bool, bool]], which: int | None = None
+) -> tuple[float, float, int]:
+    """Precision, recall and false positives over the edited copies and look-alike negatives (of
+    one :func:`half` when ``which`` is given)."""
     positives, negatives = main_sets(sets)
+    if which is not None:
+        positives = [k for k in positives if half(k) == which]
+        negatives = [k for k in negatives if half(k) == which]
     true_pos = sum(said[k][1] for k in positives)
     false_pos = sum(1 for k in positives + negatives if said[k][0] and not said[k][1])
     return true_pos / max(1, true_pos + false_pos), true_pos / max(1, len(positives)), false_pos
@@ -889,7 +911,11 @@ def report(
     results = variants[DAEMON_QUERY]
     positives, negatives = main_sets(sets)
     said = outcome(sets, results, Candidate.same)
-    precision, recall, false_pos = precision_recall(sets, said)
+    rankings = plain_rankings(sets, cache, decision.DEEP_DEPTH)
+    promoted = promote_queries(sets, cache, queries, rankings)
+    answered = {k: (bool(p.same), bool(p.same) and p.same <= sets.truth[k]) for k, p in promoted.items()}
+    precision, recall, false_pos = precision_recall(sets, answered)
+    first_only = precision_recall(sets, said)
     lines = [
         "# Same picture: verification against a bare score threshold (harder protocol)",
         "",
@@ -907,19 +933,46 @@ def report(
         "",
         "## The decision at its operating point",
         "",
-        f"**precision {precision:.3f}, recall {recall:.3f}** ({false_pos} false positives; "
-        f"rule: {decision.RULE})",
+        f"`same_picture` as the daemon answers it (`service.judge` over the first {decision.DEPTH} "
+        f"candidates; when none is confirmed, over candidates {decision.DEPTH + 1}-"
+        f"{decision.DEEP_DEPTH} under the deep floors): **precision {precision:.3f}, recall "
+        f"{recall:.3f}** ({false_pos} false positives; rule: {decision.RULE}). The first "
+        f"{decision.DEPTH} only: precision {first_only[0]:.3f}, recall {first_only[1]:.3f} "
+        f"({first_only[2]} false positives).",
+        "",
+        "By half of the originals (and of the negatives; `half()`): "
+        + "; ".join(
+            "half {}: P {:.3f}, R {:.3f}, FP {}".format(which, *halved(sets, answered, which))
+            for which in (0, 1)
+        ),
         "",
     ]
     rows = []
     for edit in hard_edits.STRONG_EDITS:
         members = [k for k in positives if sets.kind[k] == edit]
-        rows.append([edit, f"recall {np.mean([said[k][1] for k in members]):.3f} ({len(members)})"])
+        rows.append(
+            [
+                edit,
+                f"recall {np.mean([said[k][1] for k in members]):.3f} ({len(members)})",
+                f"recall {np.mean([answered[k][1] for k in members]):.3f}",
+            ]
+        )
     kinds = dict.fromkeys(sets.kind[k] for k in sets.queries if sets.kind[k] not in hard_edits.STRONG_EDITS)
     for kind in kinds:
         members = [k for k in sets.queries if sets.kind[k] == kind]
-        rows.append([kind, f"{sum(said[k][0] for k in members)} of {len(members)} said same"])
-    lines += [markdown_table(["edit / negative kind", "result"], rows), ""]
+        rows.append(
+            [
+                kind,
+                f"{sum(said[k][0] for k in members)} of {len(members)} said same",
+                f"{sum(answered[k][0] for k in members)} said same",
+            ]
+        )
+    header = [
+        "edit / negative kind",
+        f"first {decision.DEPTH} only",
+        f"then screened to {decision.DEEP_DEPTH} (the daemon)",
+    ]
+    lines += [markdown_table(header, rows), ""]
     lines += [
         "## Near-duplicate recall@1: score alone, and verified candidates promoted to the top",
         "",
@@ -952,11 +1005,10 @@ def report(
     on_query = extraction_ms(
         sets.queries, {"previous query": local_features.extract, "query": local_features.extract_query}
     )
-    rankings = plain_rankings(sets, cache, decision.DEEP_DEPTH)
     costs = search_costs(sets, cache, rankings, args.cost_queries)
     sizes = [len(cache.stored(v)) for v in sets.library.values()]
     lines += variant_section(sets, variants, args)
-    lines += promotion_section(sets, promote_queries(sets, cache, queries, rankings), rankings, args)
+    lines += promotion_section(sets, promoted, rankings, args)
 
     def spread(values: Sequence[float]) -> list[str]:
         return [f"{np.median(values):.1f}", f"{np.percentile(values, 95):.1f}", f"{max(values):.1f}"]
@@ -972,8 +1024,8 @@ def report(
             *spread([c.check for c in costs]),
         ],
         [
-            "**extra per `same_picture` search: extraction + check, summed per query**",
-            *spread([c.same_picture for c in costs]),
+            f"extraction + check of the first {decision.DEPTH} only, summed per query",
+            *spread([c.first_only for c in costs]),
         ],
         [
             f"screen of candidates {decision.DEPTH + 1}-{decision.DEEP_DEPTH} "
@@ -982,8 +1034,9 @@ def report(
             *(spread(deep) if deep else ["-", "-", "-"]),
         ],
         [
-            "**extra per promoted search: extraction + check + screen where it ran, summed per query**",
-            *spread([c.promoted for c in costs]),
+            "**extra per `same_picture` or promoted search: extraction + check + screen where it "
+            "ran, summed per query**",
+            *spread([c.searched for c in costs]),
         ],
     ]
     lines += [

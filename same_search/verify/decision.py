@@ -46,9 +46,12 @@ use                           a pair the check       a pair the check      candi
                               looks at needs         cannot look at*
 ============================  =====================  ====================  ====================
 search (``same_picture``,     the rule, any score    score >= 0.95         the 10 best by score
-promotion)                    from REACH (0.27) up
-promotion past rank 10        >= 15 inliers and      never                 ranks 11-30, screened
-                              coverage only
+promotion)                    from REACH (0.27) up                         (``same_picture``: as
+                                                                           deep as its page)
+either, past those, when      >= 40 inliers, or      never                 on to rank 50,
+none of them is confirmed     >= 15 and 85% of the                         screened
+                              matches, and coverage
+                              and region only
 add policy, duplicates scan   the rule, score        score >= 0.95         32 nearest (add),
 (built-in floors)             >= 0.60                                      16 nearest or all
 add policy, duplicates scan   the rule, score >= f   score >= f            pairs (scan)
@@ -80,10 +83,18 @@ from same_search.verify.matching import Evidence
 DEPTH = 10
 #: The most candidates one search verifies (a page reaching further is cut there).
 MAX_DEPTH = 50
-#: When none of the first DEPTH is the query's picture, promotion looks this deep for it
-#: (a screen first, :func:`same_search.verify.matching.screen`), under the :data:`DEEP` floors:
-#: a copy that far down scores like a look-alike, so only strong geometry may say otherwise.
-DEEP_DEPTH = 30
+#: When none of the first DEPTH is the query's picture, search's ``same_picture`` and promotion
+#: look this deep for it (a screen first, :func:`same_search.verify.matching.screen`), under the
+#: :data:`DEEP` floors: a copy that far down scores like a look-alike, so only strong geometry
+#: may say otherwise.
+DEEP_DEPTH = 50
+#: A candidate past :data:`DEPTH` needs this many inliers, or :data:`STRONG_INLIERS` that are at
+#: least :data:`CLEAN_INLIER_RATIO` of its tentative matches (besides the coverage and the
+#: region veto): the copies a sticker or a photo of a screen pushed down that far kept 42 or
+#: more, or nearly all their matches, on the development protocol; the catalogue studios and
+#: print repeats found there 15-27 among many stray matches (fitted on half of its originals:
+#: docs/quality.md, "Looking deeper").
+DEEP_INLIERS = 40
 STRONG_INLIERS = 15
 WEAK_INLIERS = 8
 WEAK_SCORE = 0.80
@@ -157,7 +168,7 @@ class Floors:
 
 #: Search's ``same_picture`` and promotion's first :data:`DEPTH` candidates.
 SEARCH = Floors(checked=REACH, unchecked=FALLBACK_SCORE)
-#: Promotion's candidates past :data:`DEPTH` (screened first).
+#: The candidates past :data:`DEPTH` of ``same_picture`` and promotion (screened first).
 DEEP = Floors(checked=REACH, unchecked=None, strong_only=True)
 #: The add policy and the duplicates scan when neither the library nor the request sets a floor.
 ADD = Floors(checked=VERIFIED_MIN_SCORE, unchecked=FALLBACK_SCORE)
@@ -187,8 +198,14 @@ def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SE
     if floors.strong_only:
         return (
             evidence.coverage >= MIN_COVERAGE
-            and evidence.inliers >= STRONG_INLIERS
             and shares_more_than_a_region(evidence)
+            and (
+                evidence.inliers >= DEEP_INLIERS
+                or (
+                    evidence.inliers >= STRONG_INLIERS
+                    and evidence.inliers >= CLEAN_INLIER_RATIO * evidence.matches
+                )
+            )
         )
     if _complete(score, evidence, floors.weak_score):
         return True
