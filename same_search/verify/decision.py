@@ -33,6 +33,14 @@ disagree). The spread and
 the hull ratio are the smaller of the two pictures', the share the larger (a blurred or small
 copy keeps few keypoints of its own, most of them matched; ``Evidence``).
 
+The coarse look. Where the working keypoints do not confirm a candidate, the two pictures'
+coarse keypoints (found at 64 pixels, :data:`same_search.verify.local_features.COARSE_SIDE`) are
+matched the same way: a strongly blurred copy keeps few of its sharp original's keypoints, but
+at that size the blur is gone. Evidence found there (``Evidence.coarse``) passes the same rule
+and besides needs at least :data:`STRONG_INLIERS` inliers that are at least
+:data:`COARSE_INLIER_RATIO` of its tentative matches: at 64 pixels many look-alikes agree
+somewhat, and only a near-complete agreement is a copy.
+
 The one exception to the coverage floor: at least :data:`COMPLETE_SHARE` of every keypoint
 either picture has are inliers (at least :data:`WEAK_INLIERS`) and the score is at least
 :data:`WEAK_SCORE`. A small logo or product on a plain background keeps all its keypoints in one
@@ -119,6 +127,10 @@ CLEAN_INLIER_RATIO = 0.85
 CLEAN_OVERLAP_SHARE = 0.20
 #: ... over this much of its content.
 CLEAN_CONTENT = 0.10
+#: Coarse evidence needs at least :data:`STRONG_INLIERS` inliers that are at least this share
+#: of its tentative matches (fitted on half of the development protocol's originals:
+#: docs/quality.md, "A coarse look").
+COARSE_INLIER_RATIO = 0.8
 #: A pair the check cannot look at is the same picture by its score alone only from here.
 FALLBACK_SCORE = 0.95
 #: The built-in floor of the add policy and the duplicates scan for a pair the check looks at:
@@ -194,6 +206,10 @@ def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SE
     if evidence is None:
         return floors.unchecked is not None and score >= floors.unchecked
     if score < floors.checked:
+        return False
+    if evidence.coarse and (
+        evidence.inliers < STRONG_INLIERS or evidence.inliers < COARSE_INLIER_RATIO * evidence.matches
+    ):
         return False
     if floors.strong_only:
         return (
