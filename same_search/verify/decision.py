@@ -101,7 +101,7 @@ DEEP_DEPTH = 50
 #: region veto): the copies a sticker or a photo of a screen pushed down that far kept 42 or
 #: more, or nearly all their matches, on the development protocol; the catalogue studios and
 #: print repeats found there 15-27 among many stray matches (fitted on half of its originals:
-#: docs/quality.md, "Looking deeper").
+#: docs/quality.md, "Looking deeper, and a coarse look").
 DEEP_INLIERS = 40
 STRONG_INLIERS = 15
 WEAK_INLIERS = 8
@@ -129,7 +129,7 @@ CLEAN_OVERLAP_SHARE = 0.20
 CLEAN_CONTENT = 0.10
 #: Coarse evidence needs at least :data:`STRONG_INLIERS` inliers that are at least this share
 #: of its tentative matches (fitted on half of the development protocol's originals:
-#: docs/quality.md, "A coarse look").
+#: docs/quality.md, "Looking deeper, and a coarse look").
 COARSE_INLIER_RATIO = 0.8
 #: A pair the check cannot look at is the same picture by its score alone only from here.
 FALLBACK_SCORE = 0.95

@@ -60,7 +60,8 @@ SIZED_FORMAT_VERSION = 2
 #: The stored form with the original's size and the coarse keypoints.
 COARSE_FORMAT_VERSION = 3
 #: Longer side of the picture the coarse keypoints are found in (pixels): a blur of radius 4 on
-#: a picture of 300-500 pixels is below a pixel there (docs/quality.md, "A coarse look").
+#: a picture of 300-500 pixels is below a pixel there (docs/quality.md, "Looking deeper, and a
+#: coarse look").
 COARSE_SIDE = 64
 #: At most this many coarse keypoints (the strongest): a 64-pixel picture has 37 at the median,
 #: 64 or fewer nine times in ten; and the largest stored form stays within what a Milvus
