@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-flat-scan bench-milvus bench-precision eval eval-same-picture eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
+.PHONY: run test install lint proto bench bench-million bench-recall-clusters bench-flat-scan bench-milvus bench-precision eval eval-same-picture bench-same-picture-cost eval-reranking eval-learned-space bench-learned-index eval-daemon eval-reach bench-query-expansion bench-ranking bench-admission soak clean bench-daemon-million
 
 # Create the virtual environment and install the project with its test tools. Re-runs only
 # when pyproject.toml changes. torch/torchvision are pinned there (they install from local disk).
@@ -62,6 +62,12 @@ eval: $(BENCH_STAMP)
 # under /tmp/same_search-eval-cache), 3 minutes after.
 eval-same-picture: $(BENCH_STAMP)
 	$(BIN)/python bench/eval_same_picture.py
+
+# The same-picture check's CPU cost with and without the coarse look and the deeper screen,
+# taken in turn on the same queries; reads eval-same-picture's cache (run that first). A few
+# minutes on 2 cores.
+bench-same-picture-cost: $(BENCH_STAMP)
+	$(BIN)/python bench/bench_same_picture_cost.py
 
 # The category protocol with the 1,000 ImageNet photos as distractors: query expansion and the
 # other re-ranking variants, per-class results, score calibration, EfficientNet-Lite0/1/2 with

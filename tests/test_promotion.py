@@ -118,7 +118,8 @@ async def test_pages_past_the_checked_depth_concatenate_without_repeats_or_gaps(
 
 async def test_a_copy_ranked_below_ten_look_alikes_is_found_deeper(api):
     """Among 40 look-alikes the sticker copy's original ranks past the first 10 checked; the
-    screened deeper check finds it and puts it first, score unchanged."""
+    screened deeper check finds it and puts it first, score unchanged; ``same_picture`` looks as
+    deep and answers it alone, with the same score."""
     original = await fill(api, layouts=40)
     plain = await ranking(api, query_expansion=0, promote_same_picture=0)
     position = [k for k, _ in plain].index(original)
@@ -126,6 +127,9 @@ async def test_a_copy_ranked_below_ten_look_alikes_is_found_deeper(api):
     for expansion in (0, 2):
         promoted = await ranking(api, query_expansion=expansion)
         assert promoted[0] == plain[position]
+    # A short page verifies the first 10 under the search floors, then screens deeper.
+    body = await api(f"{R}/search", appid="lib", image=b64(QUERY), rn=5, same_picture=1)
+    assert [(key(hit["contsign"]), hit["score"]) for hit in body["data_items"]] == [plain[position]]
     # Without local features on the query's side nothing deeper is ever confirmed.
     assert service.judge(None, plain[10:30], {}, decision.DEEP) == [
         service.Verdict(k, score, False, None) for k, score in plain[10:30]

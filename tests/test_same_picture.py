@@ -18,7 +18,7 @@ from same_search.contsign import ContSign
 from same_search.store.database import SCHEMA_VERSION
 from same_search.store.db import Store
 from same_search.verify import decision
-from same_search.verify.local_features import LocalFeatures, extract, extract_query
+from same_search.verify.local_features import LocalFeatures, extract, extract_query, extract_stored
 from same_search.verify.matching import Evidence
 
 R = "/RTSAsService"
@@ -363,3 +363,57 @@ def test_queries_admit_fainter_keypoints_and_the_stored_form_is_unchanged():
     blurred = dim_photo(3).filter(ImageFilter.GaussianBlur(4))
     assert len(extract_query(blurred)) >= 3 * max(1, len(extract(blurred)))
     assert stored.to_bytes()[0] == 1
+
+
+async def test_a_strongly_blurred_copy_is_found_by_its_coarse_keypoints(api, library):
+    """Blur radius 8 leaves a copy none of its original's working keypoints (no check of them
+    could confirm it), but at 64 pixels the blur is gone: the coarse keypoints confirm it, and
+    the region is told in the pictures' own pixels."""
+    from same_search.verify import matching
+
+    blurred = original(3).filter(ImageFilter.GaussianBlur(8))
+    working = matching.best_evidence(extract_query(blurred), extract_stored(original(3)))
+    assert working.inliers < decision.WEAK_INLIERS
+    hits = await search(api, blurred, same_picture=1)
+    assert [hit["contsign"] for hit in hits] == [library[3]]
+    for box in (hits[0]["region"]["query"], hits[0]["region"]["stored"]):
+        assert box == pytest.approx([0, 0, *SIZE], abs=24)
+
+
+async def test_blurred_look_alikes_are_not_the_same_picture_by_their_coarse_keypoints(api, library):
+    """Two photos of one scene, both blurred: alike at 64 pixels too, yet another picture."""
+    await add(api, scene(50, 1), "scene")
+    query = scene(50, 2).filter(ImageFilter.GaussianBlur(8))
+    assert await search(api, query, same_picture=1) == []
+
+
+def test_coarse_keypoints_round_trip_and_older_rows_keep_parsing():
+    """Version 3 carries the coarse keypoints after the working ones (with the original's size,
+    or 0 x 0 for unknown); versions 1 and 2 parse as before, without coarse keypoints."""
+    import dataclasses
+
+    features = extract_stored(original(1))
+    assert features.coarse is not None and len(features.coarse) >= 8
+    assert max(features.coarse.width, features.coarse.height) == 64
+    for original_size in (None, (640, 480)):
+        stored = dataclasses.replace(features, original=original_size).to_bytes()
+        assert stored[0] == 3
+        again = LocalFeatures.from_bytes(stored)
+        assert again.original == original_size and again.coarse is not None
+        assert (again.coarse.descriptors == features.coarse.descriptors).all()
+        assert (again.descriptors == features.descriptors).all()
+        with pytest.raises(ValueError):
+            LocalFeatures.from_bytes(stored[:-1])
+    older = LocalFeatures(features.width, features.height, features.points, features.descriptors)
+    assert older.to_bytes()[0] == 1 and LocalFeatures.from_bytes(older.to_bytes()).coarse is None
+    sized = dataclasses.replace(older, original=(640, 480)).to_bytes()
+    assert sized[0] == 2 and LocalFeatures.from_bytes(sized).coarse is None
+
+
+def test_the_largest_stored_form_fits_a_milvus_field():
+    """Milvus keeps local features in a VARCHAR, base64-encoded: the largest stored form (every
+    working and coarse keypoint) fits, so no item loses its features on that backend."""
+    from same_search.backends.milvus.schema import MAX_VARCHAR
+    from same_search.verify import local_features
+
+    assert 4 * -(-local_features.MAX_STORED_BYTES // 3) <= MAX_VARCHAR

@@ -148,16 +148,19 @@ class Searcher:
         """Step 3: the candidates judged the same picture, by descending score.
 
         Verifies the :data:`decision.DEPTH` best candidates, more when the page reaches further
-        (at most :data:`decision.MAX_DEPTH`).
+        (at most :data:`decision.MAX_DEPTH`); when none of those is the query's picture, the
+        candidates down to :data:`decision.DEEP_DEPTH` are screened under the deep floors
+        (:func:`promotion.judged`, as promotion does).
         """
         depth = min(max(decision.DEPTH, request.pn + request.rn + 1), decision.MAX_DEPTH)
-        _, result = await self._candidates(lib, request, depth)
+        _, result = await self._candidates(lib, request, max(depth, decision.DEEP_DEPTH))
         found = at_least(result.found, request.min_score)
-        floors = self.reads.floors(lib)[0]
-        if not promotion.in_reach(found, floors):
+        search_floors, deep_floors, _ = self.reads.floors(lib)
+        if not promotion.in_reach(found, search_floors):
             return _Ranked([], {}, {})
-        stored = await self.reads.local_features(lib, [key for key, _ in found])
-        verdicts = await self.verifier.judge(await features(), found, stored, floors)
+        verdicts = await promotion.judged(
+            self.reads, self.verifier, lib, await features(), found, depth, (search_floors, deep_floors)
+        )
         same = [v for v in verdicts if v.same]
         return _Ranked([(v.key, v.score) for v in same], _before_the_check(result.rows, same), _regions(same))
 

@@ -69,20 +69,42 @@ async def confirmed(
     query's picture: the first :data:`decision.DEPTH` checked, the rest screened under the
     :data:`decision.DEEP` floors only when none of those is (``floors``: those two, refitted for
     a library's learned space)."""
-    search_floors, deep_floors = floors
     copies = exact_copies(head)
     if copies:
         return Promotion(copies, EXACT_COPY)
-    if not in_reach(head, search_floors):
+    if not in_reach(head, floors[0]):
         return Promotion([], OUT_OF_REACH)
     query = await features()
-    first, deeper = head[: decision.DEPTH], head[decision.DEPTH :]
+    verdicts = await judged(reads, verifier, lib, query, head, decision.DEPTH, floors)
+    return Promotion([v for v in verdicts if v.same], CHECKED)
+
+
+async def judged(
+    reads: LibraryReads,
+    verifier: SamePictureService,
+    lib: Library,
+    query: QueryFeatures | None,
+    head: Ranked,
+    depth: int,
+    floors: tuple[decision.Floors, decision.Floors] = (decision.SEARCH, decision.DEEP),
+) -> list[Verdict]:
+    """Verdicts on a best-first ``head``: its first ``depth`` candidates checked under the search
+    floors and, only when none of those is confirmed, the rest screened under the deep floors.
+
+    Search's ``same_picture`` and promotion both look this way, so a copy that a 30% sticker
+    pushed below look-alikes is found by either. The deeper slice is looked at only when the
+    first one holds no copy (mostly searches with no copy at all: what they pay for it is the
+    screen, :func:`same_search.verify.matching.screen_many`), and only strong geometry confirms
+    there (:data:`decision.DEEP`): that far down a copy scores like a look-alike.
+    """
+    search_floors, deep_floors = floors
+    first, deeper = head[:depth], head[depth:]
     stored = await reads.local_features(lib, [key for key, _ in first])
     verdicts = await verifier.judge(query, first, stored, search_floors)
     if deeper and query is not None and not any(v.same for v in verdicts) and in_reach(deeper, deep_floors):
         stored = await reads.local_features(lib, [key for key, _ in deeper])
-        verdicts = await verifier.judge(query, deeper, stored, deep_floors)
-    return Promotion([v for v in verdicts if v.same], CHECKED)
+        return verdicts + await verifier.judge(query, deeper, stored, deep_floors)
+    return verdicts
 
 
 def promoted(found: Sequence[tuple[int, float]], copies: Iterable[Verdict]) -> Ranked:

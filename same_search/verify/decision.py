@@ -33,6 +33,14 @@ disagree). The spread and
 the hull ratio are the smaller of the two pictures', the share the larger (a blurred or small
 copy keeps few keypoints of its own, most of them matched; ``Evidence``).
 
+The coarse look. Where the working keypoints do not confirm a candidate, the two pictures'
+coarse keypoints (found at 64 pixels, :data:`same_search.verify.local_features.COARSE_SIDE`) are
+matched the same way: a strongly blurred copy keeps few of its sharp original's keypoints, but
+at that size the blur is gone. Evidence found there (``Evidence.coarse``) passes the same rule
+and besides needs at least :data:`STRONG_INLIERS` inliers that are at least
+:data:`COARSE_INLIER_RATIO` of its tentative matches: at 64 pixels many look-alikes agree
+somewhat, and only a near-complete agreement is a copy.
+
 The one exception to the coverage floor: at least :data:`COMPLETE_SHARE` of every keypoint
 either picture has are inliers (at least :data:`WEAK_INLIERS`) and the score is at least
 :data:`WEAK_SCORE`. A small logo or product on a plain background keeps all its keypoints in one
@@ -46,9 +54,12 @@ use                           a pair the check       a pair the check      candi
                               looks at needs         cannot look at*
 ============================  =====================  ====================  ====================
 search (``same_picture``,     the rule, any score    score >= 0.95         the 10 best by score
-promotion)                    from REACH (0.27) up
-promotion past rank 10        >= 15 inliers and      never                 ranks 11-30, screened
-                              coverage only
+promotion)                    from REACH (0.27) up                         (``same_picture``: as
+                                                                           deep as its page)
+either, past those, when      >= 40 inliers, or      never                 on to rank 50,
+none of them is confirmed     >= 15 and 85% of the                         screened
+                              matches, and coverage
+                              and region only
 add policy, duplicates scan   the rule, score        score >= 0.95         32 nearest (add),
 (built-in floors)             >= 0.60                                      16 nearest or all
 add policy, duplicates scan   the rule, score >= f   score >= f            pairs (scan)
@@ -80,10 +91,18 @@ from same_search.verify.matching import Evidence
 DEPTH = 10
 #: The most candidates one search verifies (a page reaching further is cut there).
 MAX_DEPTH = 50
-#: When none of the first DEPTH is the query's picture, promotion looks this deep for it
-#: (a screen first, :func:`same_search.verify.matching.screen`), under the :data:`DEEP` floors:
-#: a copy that far down scores like a look-alike, so only strong geometry may say otherwise.
-DEEP_DEPTH = 30
+#: When none of the first DEPTH is the query's picture, search's ``same_picture`` and promotion
+#: look this deep for it (a screen first, :func:`same_search.verify.matching.screen`), under the
+#: :data:`DEEP` floors: a copy that far down scores like a look-alike, so only strong geometry
+#: may say otherwise.
+DEEP_DEPTH = 50
+#: A candidate past :data:`DEPTH` needs this many inliers, or :data:`STRONG_INLIERS` that are at
+#: least :data:`CLEAN_INLIER_RATIO` of its tentative matches (besides the coverage and the
+#: region veto): the copies a sticker or a photo of a screen pushed down that far kept 42 or
+#: more, or nearly all their matches, on the development protocol; the catalogue studios and
+#: print repeats found there 15-27 among many stray matches (fitted on half of its originals:
+#: docs/quality.md, "Looking deeper, and a coarse look").
+DEEP_INLIERS = 40
 STRONG_INLIERS = 15
 WEAK_INLIERS = 8
 WEAK_SCORE = 0.80
@@ -108,6 +127,10 @@ CLEAN_INLIER_RATIO = 0.85
 CLEAN_OVERLAP_SHARE = 0.20
 #: ... over this much of its content.
 CLEAN_CONTENT = 0.10
+#: Coarse evidence needs at least :data:`STRONG_INLIERS` inliers that are at least this share
+#: of its tentative matches (fitted on half of the development protocol's originals:
+#: docs/quality.md, "Looking deeper, and a coarse look").
+COARSE_INLIER_RATIO = 0.8
 #: A pair the check cannot look at is the same picture by its score alone only from here.
 FALLBACK_SCORE = 0.95
 #: The built-in floor of the add policy and the duplicates scan for a pair the check looks at:
@@ -157,7 +180,7 @@ class Floors:
 
 #: Search's ``same_picture`` and promotion's first :data:`DEPTH` candidates.
 SEARCH = Floors(checked=REACH, unchecked=FALLBACK_SCORE)
-#: Promotion's candidates past :data:`DEPTH` (screened first).
+#: The candidates past :data:`DEPTH` of ``same_picture`` and promotion (screened first).
 DEEP = Floors(checked=REACH, unchecked=None, strong_only=True)
 #: The add policy and the duplicates scan when neither the library nor the request sets a floor.
 ADD = Floors(checked=VERIFIED_MIN_SCORE, unchecked=FALLBACK_SCORE)
@@ -184,11 +207,21 @@ def is_same_picture(score: float, evidence: Evidence | None, floors: Floors = SE
         return floors.unchecked is not None and score >= floors.unchecked
     if score < floors.checked:
         return False
+    if evidence.coarse and (
+        evidence.inliers < STRONG_INLIERS or evidence.inliers < COARSE_INLIER_RATIO * evidence.matches
+    ):
+        return False
     if floors.strong_only:
         return (
             evidence.coverage >= MIN_COVERAGE
-            and evidence.inliers >= STRONG_INLIERS
             and shares_more_than_a_region(evidence)
+            and (
+                evidence.inliers >= DEEP_INLIERS
+                or (
+                    evidence.inliers >= STRONG_INLIERS
+                    and evidence.inliers >= CLEAN_INLIER_RATIO * evidence.matches
+                )
+            )
         )
     if _complete(score, evidence, floors.weak_score):
         return True

@@ -15,6 +15,16 @@ pixels (:mod:`same_search.verify.regions`); rows stored as version 1 keep parsin
 
     u8 version | u16 width | u16 height | u16 count | u32 original width | u32 original height | ...
 
+and version 3, version 2 followed by the *coarse* keypoints (the picture at a longer side of
+:data:`COARSE_SIDE`, laid out as version 1 without its version byte; an original size of 0 x 0
+means unknown)::
+
+    ... version 2 ... | u16 width | u16 height | u16 count | count x (f16 x, f16 y) | count x 128 u8
+
+A strongly blurred copy keeps few of its sharp original's keypoints at working resolution, but
+at :data:`COARSE_SIDE` pixels the blur is below a pixel and both look alike
+(:mod:`same_search.verify.service` matches the coarse keypoints when the working ones fail).
+
 x, y are keypoint positions in working-resolution pixels; the descriptors are RootSIFT (the
 square root of the L1-normalised SIFT vector, so their Euclidean distance is Hellinger's) scaled
 by :data:`QUANT_SCALE` and clipped to a byte.
@@ -22,6 +32,7 @@ by :data:`QUANT_SCALE` and clipped to a byte.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -46,10 +57,26 @@ QUANT_SCALE = 512.0
 FORMAT_VERSION = 1
 #: The stored form with the original's size.
 SIZED_FORMAT_VERSION = 2
+#: The stored form with the original's size and the coarse keypoints.
+COARSE_FORMAT_VERSION = 3
+#: Longer side of the picture the coarse keypoints are found in (pixels): a blur of radius 4 on
+#: a picture of 300-500 pixels is below a pixel there (docs/quality.md, "Looking deeper, and a
+#: coarse look").
+COARSE_SIDE = 64
+#: At most this many coarse keypoints (the strongest): a 64-pixel picture has 37 at the median,
+#: 64 or fewer nine times in ten; and the largest stored form stays within what a Milvus
+#: VARCHAR holds in base64 (:data:`MAX_STORED_BYTES`).
+COARSE_KEYPOINTS = 64
+#: SIFT's contrast threshold for coarse keypoints, stored and asked alike.
+COARSE_CONTRAST = 0.02
 _HEADER = struct.Struct("<BHHH")
 _ORIGINAL = struct.Struct("<II")
-#: The largest stored form (:data:`MAX_KEYPOINTS` keypoints, with the original's size): 39,615 bytes.
-MAX_STORED_BYTES = _HEADER.size + _ORIGINAL.size + MAX_KEYPOINTS * (4 + 128)
+_COARSE = struct.Struct("<HHH")
+#: The largest stored form (:data:`MAX_KEYPOINTS` keypoints, with the original's size and
+#: :data:`COARSE_KEYPOINTS` coarse ones): 48,069 bytes, 64,092 in base64.
+MAX_STORED_BYTES = (
+    _HEADER.size + _ORIGINAL.size + MAX_KEYPOINTS * (4 + 128) + _COARSE.size + COARSE_KEYPOINTS * (4 + 128)
+)
 
 
 def _mirror_permutation() -> np.ndarray:
@@ -79,6 +106,9 @@ class LocalFeatures:
     #: (width, height) of the picture the working one was scaled from, in its own pixels (None:
     #: not recorded, a row stored before version 2).
     original: tuple[int, int] | None = None
+    #: The keypoints of the same picture at :data:`COARSE_SIDE` (None: not recorded, a row
+    #: stored before version 3); positions in its own pixels.
+    coarse: LocalFeatures | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -103,15 +133,20 @@ class LocalFeatures:
         return LocalFeatures(self.width, self.height, points, self.descriptors[:, _MIRROR], self.original)
 
     def to_bytes(self) -> bytes:
-        """The compact stored form (see the module docstring): version 2 when the original's size
-        is known, else version 1."""
+        """The compact stored form (see the module docstring): version 3 with coarse keypoints,
+        else version 2 when the original's size is known, else version 1."""
+        if self.coarse is not None:
+            header = _HEADER.pack(COARSE_FORMAT_VERSION, self.width, self.height, len(self))
+            header += _ORIGINAL.pack(*(self.original or (0, 0)))
+            coarse = self.coarse
+            tail = _COARSE.pack(coarse.width, coarse.height, len(coarse)) + _keypoint_bytes(coarse)
+            return header + _keypoint_bytes(self) + tail
         if self.original is None:
             header = _HEADER.pack(FORMAT_VERSION, self.width, self.height, len(self))
         else:
             header = _HEADER.pack(SIZED_FORMAT_VERSION, self.width, self.height, len(self))
             header += _ORIGINAL.pack(*self.original)
-        points = self.points.astype("<f2").tobytes()
-        return header + points + np.ascontiguousarray(self.descriptors, dtype=np.uint8).tobytes()
+        return header + _keypoint_bytes(self)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LocalFeatures:
@@ -119,19 +154,40 @@ class LocalFeatures:
         if len(data) < _HEADER.size:
             raise ValueError("local features: truncated header")
         version, width, height, count = _HEADER.unpack_from(data)
-        if version not in (FORMAT_VERSION, SIZED_FORMAT_VERSION):
+        if version not in (FORMAT_VERSION, SIZED_FORMAT_VERSION, COARSE_FORMAT_VERSION):
             raise ValueError(f"local features: unknown format version {version}")
         start, original = _HEADER.size, None
-        if version == SIZED_FORMAT_VERSION:
+        if version != FORMAT_VERSION:
             if len(data) < start + _ORIGINAL.size:
                 raise ValueError("local features: truncated header")
             original = _ORIGINAL.unpack_from(data, start)
             start += _ORIGINAL.size
-        if len(data) != start + count * (4 + 128):
-            raise ValueError("local features: length does not match the keypoint count")
-        points = np.frombuffer(data, "<f2", count * 2, start).reshape(count, 2).astype(np.float32)
-        descriptors = np.frombuffer(data, np.uint8, count * 128, start + count * 4).reshape(count, 128)
-        return cls(width, height, points, descriptors, original)
+        if version != COARSE_FORMAT_VERSION:
+            if len(data) != start + count * (4 + 128):
+                raise ValueError("local features: length does not match the keypoint count")
+            return cls(width, height, *_keypoints(data, start, count), original)
+        end = start + count * (4 + 128)
+        if len(data) < end + _COARSE.size:
+            raise ValueError("local features: truncated coarse header")
+        coarse_width, coarse_height, coarse_count = _COARSE.unpack_from(data, end)
+        if len(data) != end + _COARSE.size + coarse_count * (4 + 128):
+            raise ValueError("local features: length does not match the coarse keypoint count")
+        coarse = cls(coarse_width, coarse_height, *_keypoints(data, end + _COARSE.size, coarse_count))
+        original = None if original == (0, 0) else original
+        return cls(width, height, *_keypoints(data, start, count), original, coarse)
+
+
+def _keypoint_bytes(features: LocalFeatures) -> bytes:
+    """Positions (float16) then descriptors (bytes) of ``features``, as stored."""
+    points = features.points.astype("<f2").tobytes()
+    return points + np.ascontiguousarray(features.descriptors, dtype=np.uint8).tobytes()
+
+
+def _keypoints(data: bytes, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(points, descriptors) of ``count`` keypoints stored from ``start`` on."""
+    points = np.frombuffer(data, "<f2", count * 2, start).reshape(count, 2).astype(np.float32)
+    descriptors = np.frombuffer(data, np.uint8, count * 128, start + count * 4).reshape(count, 128)
+    return points, descriptors
 
 
 def working_picture(image: Image.Image, side: int = WORKING_SIDE) -> np.ndarray:
@@ -164,14 +220,26 @@ def extract(
     return extract_pixels(working_picture(image, side), max_keypoints)
 
 
-def extract_query(image: Image.Image) -> LocalFeatures:
-    """A search image's keypoints: as :func:`extract` stores them, with fainter ones admitted.
+def extract_stored(image: Image.Image) -> LocalFeatures:
+    """What an added picture stores: :func:`extract`'s keypoints and its coarse ones."""
+    return dataclasses.replace(extract(image), coarse=extract_coarse(image))
 
-    The stored form and its extraction never change (stored libraries keep working); only the
+
+def extract_coarse(image: Image.Image) -> LocalFeatures:
+    """The keypoints of ``image`` at :data:`COARSE_SIDE`, stored and asked alike."""
+    return extract_pixels(working_picture(image, COARSE_SIDE), COARSE_KEYPOINTS, COARSE_CONTRAST)
+
+
+def extract_query(image: Image.Image) -> LocalFeatures:
+    """A search image's keypoints: as :func:`extract` stores them, with fainter ones admitted,
+    and its coarse ones.
+
+    The stored keypoints' extraction never changes (stored libraries keep working); only the
     query side looks harder. A blurred or small copy has few extrema above SIFT's usual contrast
     threshold, and the faint ones it has sit where the sharp original's strong ones are.
     """
-    return extract_pixels(working_picture(image), MAX_KEYPOINTS, QUERY_CONTRAST)
+    found = extract_pixels(working_picture(image), MAX_KEYPOINTS, QUERY_CONTRAST)
+    return dataclasses.replace(found, coarse=extract_coarse(image))
 
 
 def extract_pixels(

@@ -12,7 +12,7 @@ comes out is :class:`Evidence`, the raw numbers the decision in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -64,6 +64,10 @@ class Evidence:
     #: content; a shared label's sits in one cell, a shared studio's props (hanger, floor) in a
     #: few at the edges while the product between them agrees nowhere. 1.0 when not measured.
     spread: float = 1.0
+
+    #: Found between the two pictures' coarse keypoints (:func:`in_working_pixels`), where the
+    #: working ones did not agree: the decision asks more of it.
+    coarse: bool = False
 
     @staticmethod
     def none(matches: int = 0) -> Evidence:
@@ -236,6 +240,25 @@ def _coverage(
     area = float(cv2.contourArea(hull))
     overlap = min(stored.width * stored.height, query.width * query.height * scale * scale)
     return min(1.0, area / max(overlap, 1.0))
+
+
+def in_working_pixels(evidence: Evidence, query: LocalFeatures, stored: LocalFeatures) -> Evidence:
+    """``evidence`` found between the coarse keypoints of ``query`` and ``stored``, marked coarse,
+    with its transform and scale in the two pictures' working pixels (where the copy lies is
+    told from those, :mod:`same_search.verify.regions`)."""
+    if query.coarse is None or stored.coarse is None:
+        raise ValueError("coarse evidence of pictures without coarse keypoints")
+    query_unit = query.width / max(query.coarse.width, 1)
+    stored_unit = stored.width / max(stored.coarse.width, 1)
+    transform = None
+    if evidence.transform is not None:
+        matrix = np.array(evidence.transform, dtype=np.float64).reshape(2, 3)
+        matrix[:, :2] *= stored_unit / query_unit
+        matrix[:, 2] *= stored_unit
+        transform = tuple(float(v) for v in matrix.ravel())
+    return replace(
+        evidence, scale=evidence.scale * stored_unit / query_unit, transform=transform, coarse=True
+    )
 
 
 def screen(query: LocalFeatures, stored: LocalFeatures) -> bool:

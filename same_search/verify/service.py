@@ -114,7 +114,7 @@ class SamePictureService:
     def _stored(self, data: bytes) -> bytes:
         picture = decode(data, self.limits, local_features.WORKING_SIDE)
         size, _ = frame(data, self.limits)
-        return dataclasses.replace(local_features.extract(picture), original=size).to_bytes()
+        return dataclasses.replace(local_features.extract_stored(picture), original=size).to_bytes()
 
     def _query(self, data: bytes, region: Region | None) -> QueryFeatures:
         picture = decode(data, self.limits, local_features.WORKING_SIDE, region)
@@ -207,11 +207,7 @@ def _evidence(
                 found[i] = m if m.inliers > d.inliers else d
         return found
     evidence: list[matching.Evidence | None] = list(matching.verify_many(query.direct, pictures))
-    retry = [
-        i
-        for i, (_, score, _) in enumerate(checked)
-        if not decision.is_same_picture(score, evidence[i], floors)
-    ]
+    retry = _unconfirmed(checked, evidence, floors)
     if retry:
         flipped = matching.verify_many(query.mirror(), [pictures[i] for i in retry], mirrored=True)
         for i, mirror in zip(retry, flipped, strict=True):
@@ -221,7 +217,52 @@ def _evidence(
             # when neither passes and it is the stronger (reported with the verdict).
             if decision.is_same_picture(checked[i][1], mirror, floors) or mirror.inliers > direct.inliers:
                 evidence[i] = mirror
+    _coarse_look(query, checked, evidence, floors)
     return evidence
+
+
+def _unconfirmed(
+    checked: list[tuple[int, float, LocalFeatures]],
+    evidence: list[matching.Evidence | None],
+    floors: decision.Floors,
+) -> list[int]:
+    """Indexes of the checked candidates whose evidence does not confirm them."""
+    scores = [score for _, score, _ in checked]
+    return [i for i, score in enumerate(scores) if not decision.is_same_picture(score, evidence[i], floors)]
+
+
+def _coarse_look(
+    query: QueryFeatures,
+    checked: list[tuple[int, float, LocalFeatures]],
+    evidence: list[matching.Evidence | None],
+    floors: decision.Floors,
+) -> None:
+    """Match the coarse keypoints of the candidates that the working ones did not confirm, and
+    keep the coarse evidence of those it confirms (in ``evidence``, in place).
+
+    A strongly blurred copy shares few keypoints with its sharp original at working resolution;
+    at :data:`local_features.COARSE_SIDE` pixels the blur is gone and they match as a sharp copy
+    does. Only where both sides have coarse keypoints (rows stored before them have none).
+    """
+    coarse = query.direct.coarse
+    retry = [
+        i
+        for i in _unconfirmed(checked, evidence, floors)
+        if coarse is not None and _coarse_of(checked[i][2]) is not None
+    ]
+    if coarse is None or not decision.verifiable(len(coarse)) or not retry:
+        return
+    pictures = [_coarse_of(checked[i][2]) for i in retry]
+    for i, found in zip(retry, matching.verify_many(coarse, pictures), strict=True):
+        scaled = matching.in_working_pixels(found, query.direct, checked[i][2])
+        if decision.is_same_picture(checked[i][1], scaled, floors):
+            evidence[i] = scaled
+
+
+def _coarse_of(candidate: LocalFeatures) -> LocalFeatures | None:
+    """A candidate's coarse keypoints when there are enough to pass the rule at all."""
+    coarse = candidate.coarse
+    return coarse if coarse is not None and decision.verifiable(len(coarse)) else None
 
 
 def _parse(data: bytes | None, key: int) -> LocalFeatures | None:

@@ -1,0 +1,104 @@
+"""CPU cost of the same-picture check with and without the coarse look and the deeper screen.
+
+Taken in turn on the same queries (so that load hits both alike), from the caches of
+``bench/eval_same_picture.py`` (run that first): per query, ``service.judge`` over the first
+``decision.DEPTH`` candidates with the coarse keypoints and without them (as a row stored before
+them is judged), and the deep screen over candidates 11-50 against 11-30 where none of the
+first is confirmed. Prints a table of medians and p95 in ms of CPU of one thread.
+
+Usage::
+
+    .venv/bin/python bench/bench_same_picture_cost.py --cache-dir /tmp/same_search-eval-cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for _path in (REPO_ROOT, REPO_ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import common  # noqa: E402
+import eval_same_picture as protocol  # noqa: E402
+
+from same_search.config import ModelConfig  # noqa: E402
+from same_search.embed.embedder import Embedder  # noqa: E402
+from same_search.verify import decision, service  # noqa: E402
+from same_search.verify.local_features import LocalFeatures  # noqa: E402
+
+#: The deep screen's end before this change.
+PREVIOUS_DEEP_DEPTH = 30
+
+
+def without_coarse(data: bytes) -> bytes:
+    """A stored form as it was before the coarse keypoints."""
+    features = LocalFeatures.from_bytes(data)
+    return dataclasses.replace(features, coarse=None).to_bytes()
+
+
+def timed(*call) -> tuple[float, list]:
+    """CPU milliseconds on this thread of ``service.judge(*call)``, and its verdicts."""
+    began = time.thread_time()
+    verdicts = service.judge(*call)
+    return 1000 * (time.thread_time() - began), verdicts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/same_search-eval-cache"))
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args(argv)
+    eval_args = protocol.parse_args(["--cache-dir", str(args.cache_dir)])
+    if not (eval_args.data_dir / "caltech101-dev").is_dir():
+        print(f"skipping: reference data not found under {eval_args.data_dir}")
+        return 0
+    import torch
+
+    torch.set_num_threads(1)
+    sets = protocol.cached_sets(eval_args.data_dir.resolve(), eval_args)
+    cache = protocol.FeatureCache(Embedder(ModelConfig(name="efficientnet_lite0")), args.cache_dir)
+    queries = protocol.QueryCache(protocol.DAEMON_QUERY, cache, args.cache_dir)
+    rankings = protocol.plain_rankings(sets, cache, decision.DEEP_DEPTH)
+    keys = random.Random(5).sample(sorted(sets.queries), min(args.queries, len(sets.queries)))
+    rows: dict[str, list[float]] = {k: [] for k in ("coarse", "plain", "deep50", "deep30")}
+    for key in keys:
+        query = service.QueryFeatures(queries.get(sets.queries[key]))
+        bare = service.QueryFeatures(dataclasses.replace(query.direct, coarse=None))
+        ranking = rankings[key]
+        stored = {k: cache.stored(sets.library[k]) for k, _ in ranking}
+        old = {k: without_coarse(v) for k, v in stored.items()}
+        first = ranking[: decision.DEPTH]
+        spent, verdicts = timed(query, first, stored)
+        rows["coarse"].append(spent)
+        rows["plain"].append(timed(bare, first, old)[0])
+        if not any(v.same for v in verdicts):
+            rows["deep50"].append(timed(query, ranking[decision.DEPTH :], stored, decision.DEEP)[0])
+            short = ranking[decision.DEPTH : PREVIOUS_DEEP_DEPTH]
+            rows["deep30"].append(timed(query, short, stored, decision.DEEP)[0])
+    names = {
+        "plain": f"check of the first {decision.DEPTH}, working keypoints only (before)",
+        "coarse": f"check of the first {decision.DEPTH} with the coarse look (now)",
+        "deep30": f"deep screen of candidates 11-{PREVIOUS_DEEP_DEPTH} (before), where it runs",
+        "deep50": f"deep screen of candidates 11-{decision.DEEP_DEPTH} (now), where it runs",
+    }
+    print(f"- machine: {common.machine()}")
+    print(f"- {len(keys)} queries, each part taken in turn on the same query; ms of CPU of one thread\n")
+    print("| part | runs | median | p95 |")
+    print("|:---|---:|---:|---:|")
+    for name, label in names.items():
+        values = rows[name]
+        print(f"| {label} | {len(values)} | {np.median(values):.1f} | {np.percentile(values, 95):.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
