@@ -7,7 +7,8 @@ once per test worker; each daemon is then a fork of it that runs ``python -m sam
 own ``__main__`` with the test's argv, environment, working directory and log file, so the
 daemon's code, start-up and shutdown are the real ones; only the import of the libraries is
 shared. The same ``same_search`` package is imported in the fork, not here: OpenCV starts a
-thread when it is imported, and a fork of a process with such threads is not safe.
+thread when it is imported, and a fork of a process with such threads is not safe (faiss and
+torch start none: they are imported here).
 
 Protocol: one JSON request per line on stdin (``argv``, ``env``, ``cwd``, ``log``); one line
 back on stdout with the daemon's pid. The daemon is forked twice so that it is not this
@@ -28,6 +29,7 @@ import traceback
 
 import aiohttp  # noqa: F401  (imported for the forks: that is this process's whole point)
 import aiosqlite  # noqa: F401
+import faiss  # noqa: F401  (0.2 CPU-s a start; it starts no thread when imported)
 import google.protobuf  # noqa: F401
 import hnswlib  # noqa: F401
 import numpy  # noqa: F401
