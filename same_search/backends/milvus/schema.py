@@ -108,7 +108,8 @@ def create_catalogue(client: Any) -> None:
     schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
     index = client.prepare_index_params()
     index.add_index("placeholder", index_type="FLAT", metric_type="L2")
-    client.create_collection(CATALOGUE, schema=schema, index_params=index, consistency_level="Strong")
+    client.create_collection(CATALOGUE, schema=schema, consistency_level="Strong")
+    _index_and_load(client, CATALOGUE, index)
 
 
 def create_items(client: Any, cfg: Config, name: str, dim: int) -> None:
@@ -136,9 +137,19 @@ def create_items(client: Any, cfg: Config, name: str, dim: int) -> None:
         params={"M": hnsw.m, "efConstruction": hnsw.ef_construction},
     )
     client.create_collection(
-        name,
-        schema=schema,
-        index_params=index,
-        consistency_level="Strong",
-        num_shards=cfg.storage.milvus_shards,
+        name, schema=schema, consistency_level="Strong", num_shards=cfg.storage.milvus_shards
     )
+    _index_and_load(client, name, index)
+
+
+def _index_and_load(client: Any, name: str, index: Any) -> None:
+    """Index a new, empty collection and load it, without pymilvus's half-second wait.
+
+    ``create_collection(index_params=...)`` creates the index with ``sync=True``, and pymilvus then
+    sleeps 0.5 s before it first asks whether the index is built: every signup on Milvus waited
+    half a second for an index that has nothing to build (an empty collection). The index's
+    definition exists once ``create_index`` returns, which is all loading needs, and
+    ``load_collection`` waits for the load itself.
+    """
+    client.create_index(name, index, sync=False)
+    client.load_collection(name)
