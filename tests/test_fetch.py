@@ -139,7 +139,7 @@ def routes_for(forbidden: PictureServer) -> tuple[dict, dict]:
         return response
 
     async def slow(_):
-        await asyncio.sleep(10)
+        await asyncio.sleep(3)  # past the 2 s fetch timeout; the server's teardown waits for it
         return web.Response(body=jpeg(1))
 
     async def text(_):
