@@ -1,19 +1,25 @@
 """Rows of int8 codes in RAM and the two ways they are read: the best rows of a scan of all of
 them (index/flat.py) and the products of a few thousand given rows (index/screen.py).
 
-With faiss the codes live in a faiss ``IndexScalarQuantizer`` (``QT_8bit_direct_signed``: the
-codes themselves, stored as ``code + 128``), written through a view of its memory, and both reads
-are its SIMD kernels on one thread: a scan with the allowed rows as an ``IDSelectorBitmap``, the
-products of given rows with an ``IDSelectorBatch`` (faiss reads only those rows, in place: 0.4 /
-0.8 ms for 3,200 / 4,800 rows of 1280-d where numpy's gather and int32 ``einsum`` took 1.7 / 3.0,
-the Xeon at load 9). Without faiss an int8 array, read by torch's int8 product (the whole array)
-or numpy.
+The two reads want different kernels (the 2-core Xeon with AVX-512 VNNI and AMX, 2026-12-07, an
+idle machine, medians):
 
-One thread: the index thread searches one query at a time, and OpenMP's default of every core
-made each scan wait for the other core's share (26 ms instead of 4 at 30k items, load 5 to 7).
-faiss's OpenMP thread count is set in the calling thread only (an OpenMP setting per thread), so
-nothing else in the process changes. torch's pool of threads is the process's (the embedder's):
-it is the fallback only.
+- **A scan of every row** (100k rows of 256 codes, the best 3,200 kept): faiss's scalar-quantizer
+  scan (``QT_8bit_direct_signed``, SIMD, the allowed rows as an ``IDSelectorBitmap``, the best
+  kept in its own heap) 3.0 ms; torch's ``_int_mm`` then ``argpartition`` 3.4; a float32 BLAS
+  product of float32 copies 2.6 but four times the memory. So the scan's rows live in a faiss
+  ``IndexScalarQuantizer`` where faiss imports (the codes stored as ``code + 128``, written
+  through a view of its memory), else torch's product, else numpy's.
+- **The products of given rows** (3,200 of 100k rows of 1280 codes): a gather of those rows and
+  torch's ``_int_mm`` (VNNI/AMX int8 products into int32) 1.6 ms; faiss with the rows as an
+  ``IDSelectorBatch`` 2.6 (it walks all 100k rows asking the selector); numpy's gather and int32
+  ``einsum`` 2.5. So :data:`PRODUCTS_KERNEL` is torch's, numpy's without it.
+
+faiss runs on one thread: the index thread searches one query at a time, and OpenMP's default of
+every core made each scan wait for the other core's share (26 ms instead of 4 at 30k items, load
+5 to 7); its OpenMP thread count is set in the calling thread only (an OpenMP setting per thread),
+so nothing else in the process changes. torch's products use the process's torch threads (the
+embedder's plan: one on two cores).
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ try:
 except ImportError:  # pragma: no cover - a dependency of the daemon
     torch = None
 
-#: The kernel that reads the codes (the fastest that imports, module docstring).
+#: The kernel of a scan of every row (the fastest that imports, module docstring).
 KERNEL = "faiss" if faiss is not None else "torch" if torch is not None else "numpy"
+#: The kernel of the products of given rows (module docstring).
+PRODUCTS_KERNEL = "torch" if torch is not None else "numpy"
 #: torch's ``_int_mm`` wants more than 16 rows, and column counts that are multiples of 8.
 _TORCH_MIN_ROWS = 17
 _TORCH_COLUMNS = 8
@@ -88,17 +96,12 @@ class Int8Rows:
         return np.argpartition(-scores, count - 1)[:count].astype(np.int64)
 
     def products(self, coded: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The products of ``rows`` (distinct) with the int8 query ``coded``, in their order."""
-        rows = np.asarray(rows, np.int64)
-        if self.kernel != "faiss" or not len(rows):
-            return np.einsum("ij,j->i", self._stored[rows], coded, dtype=np.int32, casting="unsafe")
-        selector = faiss.IDSelectorBatch(len(rows), faiss.swig_ptr(rows))
-        dots, labels = self._search(coded, len(rows), selector)
-        order = np.argsort(rows)
-        found = labels >= 0
-        products = np.zeros(len(rows), np.float32)
-        products[order[np.searchsorted(rows[order], labels[found])]] = dots[found]
-        return products
+        """The int32 products of ``rows`` with the int8 query ``coded``, in their order: the rows
+        gathered, then one product (module docstring)."""
+        gathered = np.take(self._stored, np.asarray(rows, np.int64), axis=0)
+        if self._offset:  # faiss's codes are code + 128: flipping the top bit gives the int8 code
+            gathered ^= 0x80
+        return self._product(gathered.view(np.int8), coded)
 
     def _search(self, coded: np.ndarray, count: int, selector: object) -> tuple[np.ndarray, np.ndarray]:
         """faiss's scan of the selected rows, on this thread alone: (products, rows) of the best."""
@@ -110,11 +113,20 @@ class Int8Rows:
 
     def _all_products(self, coded: np.ndarray, used: int) -> np.ndarray:
         """int32 products of the first ``used`` rows with the coded query (torch or numpy)."""
-        codes = self._stored[:used]
-        if self.kernel == "torch" and used >= _TORCH_MIN_ROWS and self.dim % 8 == 0:
+        return self._product(self._stored[:used], coded)
+
+    def _product(self, codes: np.ndarray, coded: np.ndarray) -> np.ndarray:
+        """int32 products of the int8 matrix ``codes`` with the int8 query ``coded``: torch's
+        ``_int_mm`` where it can (:data:`PRODUCTS_KERNEL`, its shape rules), else numpy's."""
+        if (
+            self.kernel != "numpy"
+            and PRODUCTS_KERNEL == "torch"
+            and len(codes) >= _TORCH_MIN_ROWS
+            and self.dim % _TORCH_COLUMNS == 0
+        ):
             right = torch.zeros((self.dim, _TORCH_COLUMNS), dtype=torch.int8)
-            right[:, 0] = torch.from_numpy(coded)
-            return torch._int_mm(torch.from_numpy(codes), right)[:, 0].numpy()
+            right[:, 0] = torch.from_numpy(np.asarray(coded, np.int8))
+            return torch._int_mm(torch.from_numpy(np.ascontiguousarray(codes)), right)[:, 0].numpy()
         return np.einsum("ij,j->i", codes, coded, dtype=np.int32, casting="unsafe")
 
     def _grow(self, needed: int) -> None:

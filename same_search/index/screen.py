@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from same_search.index.int8_rows import Int8Rows
+from same_search.index.int8_rows import PRODUCTS_KERNEL, Int8Rows
 
 #: Candidate depths above this are screened (the deepest one re-ranked natively in full).
 SCREEN_FROM = 1600
@@ -38,10 +38,11 @@ def kept(screened: int) -> int:
 
 class Screen:
     """int8 codes of each row's native vector with the row's scale (code x scale = value); the
-    codes are read by index/int8_rows.py's kernels (faiss's, where it imports)."""
+    codes are only ever read a few thousand given rows at a time: a gather and torch's int8
+    product (index/int8_rows.py, :data:`PRODUCTS_KERNEL`)."""
 
     def __init__(self, capacity: int, native_dim: int) -> None:
-        self.codes = Int8Rows(capacity, native_dim)
+        self.codes = Int8Rows(capacity, native_dim, kernel=PRODUCTS_KERNEL)
         self.scales = np.zeros(capacity, np.float32)
 
     @property
@@ -64,8 +65,8 @@ class Screen:
     def scores(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Approximate native scores of ``rows`` against ``query`` (within a few 1e-3).
 
-        The query is coded as int8 too and the products summed in int32 (127 x 127 x 1280 fits),
-        by faiss in place where it imports (index/int8_rows.py): no gathered copy of the rows.
+        The query is coded as int8 too and the products summed in int32 (127 x 127 x 1280 fits):
+        3,200 rows of 1280 codes in 1.6 ms (index/int8_rows.py).
         """
         query = np.asarray(query, np.float32)
         peak = float(np.abs(query).max())
