@@ -1,10 +1,16 @@
-"""CPU cost of the same-picture check with and without the coarse look and the deeper screen.
+"""CPU cost of the same-picture check as it was when the look-alike work began, and now.
 
 Taken in turn on the same queries (so that load hits both alike), from the caches of
 ``bench/eval_same_picture.py`` (run that first): per query, ``service.judge`` over the first
-``decision.DEPTH`` candidates with the coarse keypoints and without them (as a row stored before
-them is judged), and the deep screen over candidates 11-50 against 11-30 where none of the
-first is confirmed. Prints a table of medians and p95 in ms of CPU of one thread.
+``decision.DEPTH`` candidates and, where none of them is confirmed, the deep screen.
+
+- **before**: the stored form without the coarse keypoints, the deep screen over candidates
+  11-30, and the float32 nearest-neighbour kernel (torch ``addmm`` and ``topk``, kept here as
+  :func:`float_nearest_two`);
+- **now**: the coarse look, the deep screen over candidates 11-50, and the int8 kernel
+  (``matching.nearest_two``).
+
+Prints a table of medians and p95 in ms of CPU of one thread.
 
 Usage::
 
@@ -32,7 +38,7 @@ import eval_same_picture as protocol  # noqa: E402
 
 from same_search.config import ModelConfig  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
-from same_search.verify import decision, service  # noqa: E402
+from same_search.verify import decision, matching, service  # noqa: E402
 from same_search.verify.local_features import LocalFeatures  # noqa: E402
 
 #: The deep screen's end before this change.
@@ -45,11 +51,36 @@ def without_coarse(data: bytes) -> bytes:
     return dataclasses.replace(features, coarse=None).to_bytes()
 
 
-def timed(*call) -> tuple[float, list]:
-    """CPU milliseconds on this thread of ``service.judge(*call)``, and its verdicts."""
-    began = time.thread_time()
-    verdicts = service.judge(*call)
-    return 1000 * (time.thread_time() - began), verdicts
+def float_nearest_two(query: np.ndarray, stored: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """``matching.nearest_two`` as it was computed before: float32 squared distances by one
+    ``addmm`` over every set padded to the longest, then ``topk``."""
+    import torch
+
+    width = max(len(d) for d in stored)
+    stacked = np.zeros((len(stored), width, 128), np.uint8)
+    for slot, descriptors in enumerate(stored):
+        stacked[slot, : len(descriptors)] = descriptors
+    q = torch.from_numpy(query.astype(np.float32))
+    s = torch.from_numpy(stacked.reshape(-1, 128)).float()
+    lengths = torch.tensor([len(d) for d in stored])
+    padding = torch.arange(width)[None, :] >= lengths[:, None]
+    own = (s * s).sum(dim=1).reshape(len(stored), width).masked_fill(padding, float("inf"))
+    partial = torch.addmm(own.reshape(1, -1), q, s.T, alpha=-2.0).reshape(len(q), len(stored), width)
+    two, nearest_two = torch.topk(partial, 2, dim=2, largest=False)
+    norms = (q * q).sum(dim=1)[:, None]
+    return (two[..., 0] + norms).numpy(), (two[..., 1] + norms).numpy(), nearest_two[..., 0].numpy()
+
+
+def timed(*call, kernel=matching.nearest_two) -> tuple[float, list]:
+    """CPU milliseconds on this thread of ``service.judge(*call)`` with the nearest-neighbour
+    ``kernel``, and its verdicts."""
+    kept, matching.nearest_two = matching.nearest_two, kernel
+    try:
+        began = time.thread_time()
+        verdicts = service.judge(*call)
+        return 1000 * (time.thread_time() - began), verdicts
+    finally:
+        matching.nearest_two = kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         first = ranking[: decision.DEPTH]
         spent, verdicts = timed(query, first, stored)
         rows["coarse"].append(spent)
-        rows["plain"].append(timed(bare, first, old)[0])
+        rows["plain"].append(timed(bare, first, old, kernel=float_nearest_two)[0])
         if not any(v.same for v in verdicts):
             rows["deep50"].append(timed(query, ranking[decision.DEPTH :], stored, decision.DEEP)[0])
             short = ranking[decision.DEPTH : PREVIOUS_DEEP_DEPTH]
-            rows["deep30"].append(timed(query, short, stored, decision.DEEP)[0])
+            rows["deep30"].append(timed(bare, short, old, decision.DEEP, kernel=float_nearest_two)[0])
     names = {
-        "plain": f"check of the first {decision.DEPTH}, working keypoints only (before)",
-        "coarse": f"check of the first {decision.DEPTH} with the coarse look (now)",
-        "deep30": f"deep screen of candidates 11-{PREVIOUS_DEEP_DEPTH} (before), where it runs",
-        "deep50": f"deep screen of candidates 11-{decision.DEEP_DEPTH} (now), where it runs",
+        "plain": f"before: check of the first {decision.DEPTH}, working keypoints, float32 kernel",
+        "coarse": f"now: check of the first {decision.DEPTH} with the coarse look, int8 kernel",
+        "deep30": f"before: deep screen of candidates 11-{PREVIOUS_DEEP_DEPTH}, where it runs",
+        "deep50": f"now: deep screen of candidates 11-{decision.DEEP_DEPTH}, where it runs",
     }
     print(f"- machine: {common.machine()}")
     print(f"- {len(keys)} queries, each part taken in turn on the same query; ms of CPU of one thread\n")

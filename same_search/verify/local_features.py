@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import struct
 from dataclasses import dataclass
-from functools import cached_property
 
 import cv2
 import numpy as np
@@ -112,11 +111,6 @@ class LocalFeatures:
 
     def __len__(self) -> int:
         return len(self.points)
-
-    @cached_property
-    def float_descriptors(self) -> np.ndarray:
-        """The descriptors as float32, converted once (a query is matched against many items)."""
-        return self.descriptors.astype(np.float32)
 
     def mirrored(self) -> LocalFeatures:
         """The features of the mirror image, without extracting again.

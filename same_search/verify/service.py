@@ -158,10 +158,10 @@ def judge(
 
     A pair below every floor is not looked at; a pair with too few keypoints on a side, or
     without local features, is judged without evidence. The others are matched in one product
-    per side (:func:`matching.verify_many`): the direct query first, its mirror image only for
-    the candidates the direct one does not confirm. Under floors that only strong geometry
-    passes (candidates deep in a ranking) each candidate is screened first
-    (:func:`matching.screen_many`) and the survivors are checked both ways round.
+    (the query and its mirror image alike, :func:`matching.tentative_matches_of`), the mirror's
+    geometry looked at only for the candidates the direct one does not confirm. Under floors
+    that only strong geometry passes (candidates deep in a ranking) each candidate is screened
+    first (:func:`matching.screen_many`) and the survivors are checked both ways round.
     """
     verdicts: dict[int, Verdict] = {}
     checked: list[tuple[int, float, LocalFeatures]] = []
@@ -195,30 +195,51 @@ def judge(
 def _evidence(
     query: QueryFeatures, checked: list[tuple[int, float, LocalFeatures]], floors: decision.Floors
 ) -> list[matching.Evidence | None]:
-    """The evidence reported for each checked candidate (None: screened out)."""
+    """The evidence reported for each checked candidate (None: screened out).
+
+    The query and its mirror image are matched against the candidates in one product
+    (:func:`matching.tentative_matches_of`); the mirror's geometry is estimated only where the
+    direct matches do not confirm a candidate (or, deep in a ranking, for every survivor of the
+    screen)."""
     pictures = [candidate for _, _, candidate in checked]
+    found: list[matching.Evidence | None] = [None] * len(pictures)
     if floors.strong_only:
         passed = [i for i, ok in enumerate(matching.screen_many(query.direct, pictures)) if ok]
-        found: list[matching.Evidence | None] = [None] * len(pictures)
-        if passed:
-            direct = matching.verify_many(query.direct, [pictures[i] for i in passed])
-            mirror = matching.verify_many(query.mirror(), [pictures[i] for i in passed], mirrored=True)
-            for i, d, m in zip(passed, direct, mirror, strict=True):
-                found[i] = m if m.inliers > d.inliers else d
+        direct, mirror = _both_ways(query, [pictures[i] for i in passed])
+        for n, i in enumerate(passed):
+            flipped = mirror(n)
+            found[i] = flipped if flipped.inliers > direct[n].inliers else direct[n]
         return found
-    evidence: list[matching.Evidence | None] = list(matching.verify_many(query.direct, pictures))
-    retry = _unconfirmed(checked, evidence, floors)
-    if retry:
-        flipped = matching.verify_many(query.mirror(), [pictures[i] for i in retry], mirrored=True)
-        for i, mirror in zip(retry, flipped, strict=True):
-            direct = evidence[i]
-            assert direct is not None
-            # The mirror's evidence when it passes (fewer inliers may be a cleaner geometry), or
-            # when neither passes and it is the stronger (reported with the verdict).
-            if decision.is_same_picture(checked[i][1], mirror, floors) or mirror.inliers > direct.inliers:
-                evidence[i] = mirror
-    _coarse_look(query, checked, evidence, floors)
-    return evidence
+    direct, mirror = _both_ways(query, pictures)
+    found[:] = direct
+    for i in _unconfirmed(checked, found, floors):
+        flipped = mirror(i)
+        # The mirror's evidence when it passes (fewer inliers may be a cleaner geometry), or
+        # when neither passes and it is the stronger (reported with the verdict).
+        if decision.is_same_picture(checked[i][1], flipped, floors) or flipped.inliers > direct[i].inliers:
+            found[i] = flipped
+    _coarse_look(query, checked, found, floors)
+    return found
+
+
+def _both_ways(
+    query: QueryFeatures, pictures: list[LocalFeatures]
+) -> tuple[list[matching.Evidence], Callable[[int], matching.Evidence]]:
+    """The direct query's evidence against each of ``pictures``, and the mirror image's for any
+    one of them on demand: both matched in one product, the mirror's geometry (RANSAC, most of
+    its cost) estimated only when asked for."""
+    if not pictures:
+        return [], lambda i: matching.Evidence.none()
+    direct_pairs, mirror_pairs = matching.tentative_matches_of([query.direct, query.mirror()], pictures)
+    direct = [
+        matching.geometry(query.direct, picture, pairs)
+        for picture, pairs in zip(pictures, direct_pairs, strict=True)
+    ]
+
+    def mirror(i: int) -> matching.Evidence:
+        return matching.geometry(query.mirror(), pictures[i], mirror_pairs[i], mirrored=True)
+
+    return direct, mirror
 
 
 def _unconfirmed(
