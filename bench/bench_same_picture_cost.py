@@ -10,7 +10,9 @@ Taken in turn on the same queries (so that load hits both alike), from the cache
 - **now**: the coarse look, the deep screen over candidates 11-50, and the int8 kernel
   (``matching.nearest_two``).
 
-Prints a table of medians and p95 in ms of CPU of one thread.
+Prints a table of medians and p95 in ms of CPU of one thread, then the extraction on add and on
+search (decode included, as the daemon does it) with and without the coarse keypoints, and the
+stored form's bytes per item.
 
 Usage::
 
@@ -36,9 +38,10 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
 import common  # noqa: E402
 import eval_same_picture as protocol  # noqa: E402
 
-from same_search.config import ModelConfig  # noqa: E402
+from same_search.config import LimitsConfig, ModelConfig  # noqa: E402
 from same_search.embed.embedder import Embedder  # noqa: E402
-from same_search.verify import decision, matching, service  # noqa: E402
+from same_search.embed.images import ImageLimits, decode  # noqa: E402
+from same_search.verify import decision, local_features, matching, service  # noqa: E402
 from same_search.verify.local_features import LocalFeatures  # noqa: E402
 
 #: The deep screen's end before this change.
@@ -128,7 +131,68 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in names.items():
         values = rows[name]
         print(f"| {label} | {len(values)} | {np.median(values):.1f} | {np.percentile(values, 95):.1f} |")
+    extraction_table(sets, args.queries)
     return 0
+
+
+def cpu_ms(call, *args) -> tuple[float, object]:
+    """CPU milliseconds on this thread of ``call(*args)``, and what it returned."""
+    began = time.thread_time()
+    result = call(*args)
+    return 1000 * (time.thread_time() - began), result
+
+
+def extraction_table(sets: protocol.Sets, count: int) -> None:
+    """Decode and extraction per add and per search, before (working keypoints only) and now
+    (with the coarse ones), taken in turn on the same pictures; bytes of the stored form."""
+    lim = LimitsConfig()
+    limits = ImageLimits(lim.min_side, lim.max_side, lim.max_pixels)
+    side = local_features.WORKING_SIDE
+
+    def add_before(data: bytes) -> LocalFeatures:
+        return local_features.extract(decode(data, limits, side))
+
+    def add_now(data: bytes) -> LocalFeatures:
+        return local_features.extract_stored(decode(data, limits, side))
+
+    def search_before(data: bytes) -> LocalFeatures:
+        picture = local_features.working_picture(decode(data, limits, side))
+        contrast = local_features.QUERY_CONTRAST
+        return local_features.extract_pixels(picture, local_features.MAX_KEYPOINTS, contrast)
+
+    def search_now(data: bytes) -> LocalFeatures:
+        return local_features.extract_query(decode(data, limits, side))
+
+    rows: dict[str, list[float]] = {name: [] for name in ("add0", "add1", "search0", "search1")}
+    sizes: dict[str, list[int]] = {"before": [], "now": []}
+    library = random.Random(7).sample(sorted(sets.library), min(count, len(sets.library)))
+    for key in library:
+        spent, before = cpu_ms(add_before, sets.library[key])
+        rows["add0"].append(spent)
+        spent, now = cpu_ms(add_now, sets.library[key])
+        rows["add1"].append(spent)
+        sizes["before"].append(len(before.to_bytes()))
+        sizes["now"].append(len(now.to_bytes()))
+    for key in random.Random(8).sample(sorted(sets.queries), min(count, len(sets.queries))):
+        rows["search0"].append(cpu_ms(search_before, sets.queries[key])[0])
+        rows["search1"].append(cpu_ms(search_now, sets.queries[key])[0])
+    labels = {
+        "add0": "before: decode + local features on add (working keypoints)",
+        "add1": "now: decode + local features on add (working and coarse keypoints)",
+        "search0": "before: decode + local features of a search image (working keypoints)",
+        "search1": "now: decode + local features of a search image (working and coarse keypoints)",
+    }
+    print(
+        f"\n| extraction, ms of CPU of one thread ({len(library)} library pictures, as many queries) "
+        "| runs | median | p95 |"
+    )
+    print("|:---|---:|---:|---:|")
+    for name, label in labels.items():
+        values = rows[name]
+        print(f"| {label} | {len(values)} | {np.median(values):.1f} | {np.percentile(values, 95):.1f} |")
+    print("\n| stored form, bytes per item | mean | max |\n|:---|---:|---:|")
+    for name, values in sizes.items():
+        print(f"| {name} | {np.mean(values):,.0f} | {max(values):,} |")
 
 
 if __name__ == "__main__":
