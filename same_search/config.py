@@ -188,6 +188,14 @@ class IndexConfig:
     #: near 0.98 is about 0.003 at 200, 0.02 at 50): more is steadier and costs proportionally
     #: more of the index thread while it runs.
     recall_sample: int = 200
+    #: A graph walk for a vector that is not a stored item's (a search by image, an expanded
+    #: query, an add's near-duplicate check) goes this many times deeper than the tuned depth
+    #: (ef up to 4096, re-ranked candidates up to 1600, never less than tuned; a flat scan is
+    #: unchanged): the tuning measures stored items, which are nodes of the graph and easy to
+    #: reach, and at 1M held-out photos found 0.950 of their true ten at the tuned depth where
+    #: the library measured 0.997 (docs/benchmarks.md, "The daemon end to end over HTTP:
+    #: 1,000,000 items"). 1 walks the tuned depth for every vector.
+    new_vector_depth: int = 4
     #: A library that chose its learned space (index/space.py) ranks in it from this many items
     #: (native cosine below; docs/quality.md measures how many a fit needs).
     space_min_items: int = 1000
@@ -200,6 +208,7 @@ class IndexConfig:
             "rerank_candidates",
             "reduced_ef_search",
             "recall_sample",
+            "new_vector_depth",
             "space_min_items",
         ):
             if getattr(self, key) < 1:

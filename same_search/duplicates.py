@@ -243,7 +243,7 @@ class DuplicateScans:
             for item, vector in chunk:
                 key = item.contsign.key
                 keys.append(key)
-                found = (await self.libraries.reads.nearest(lib, vector, k)).found
+                found = (await self.libraries.reads.nearest(lib, vector, k, stored=True)).found
                 for other, score in found:
                     if other != key and score >= scan.min_score:
                         _link(neighbours, key, other, score)

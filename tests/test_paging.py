@@ -15,7 +15,7 @@ from test_reduced_index import pool as pool  # a fixture
 
 from same_search.config import IndexConfig
 from same_search.index.library_index import LibraryIndex
-from same_search.index.paging import stable_top
+from same_search.index.paging import SearchDepth, stable_top
 
 DEEP = 1000
 RN = 50
@@ -86,3 +86,19 @@ def test_any_candidates_give_one_ranking_that_never_rises():
     for k in (1, 7, 8, 9, 31, 64, 200, 499):
         labels, _ = stable_top(k, 16, total, tier)
         assert np.array_equal(labels, deepest[:k]), k
+
+
+def test_a_new_vector_walks_deeper_within_bounds_and_a_flat_scan_does_not():
+    """The tuned depth is measured on stored items; any other vector walks ``factor`` deeper,
+    capped (never below the tuned depth), and a flat scan's candidates come from every row."""
+    assert SearchDepth(768, 400).for_new_vectors(4) == SearchDepth(3072, 1600)
+    assert SearchDepth(2048, 1600).for_new_vectors(4) == SearchDepth(4096, 1600)
+    assert SearchDepth(6400, 6400).for_new_vectors(4) == SearchDepth(6400, 6400)
+    assert SearchDepth(64, 64).for_new_vectors(1) == SearchDepth(64, 64)
+    assert SearchDepth(0, 3200, flat=True).for_new_vectors(4) == SearchDepth(0, 3200, flat=True)
+
+
+def test_a_search_by_a_stored_vector_walks_the_tuned_depth_and_any_other_deeper(graph):
+    assert graph.depth_for(stored=True) == graph.depth
+    assert graph.depth_for(stored=False) == graph.depth.for_new_vectors(graph.cfg.new_vector_depth)
+    assert graph.cfg.new_vector_depth == 4

@@ -224,13 +224,15 @@ class Backend(ABC):
 
     @abstractmethod
     async def search(
-        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
+        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None, stored: bool = False
     ) -> SearchResult:
         """Up to ``k`` (key, score) best first, among items passing ``tag_filter`` when active.
 
         Never returns fewer than ``k`` while more matching items are stored. A backend whose
         search can return the items' rows in the same call (Milvus) puts them in ``rows``, so
         the page needs no second round trip; the service fetches whatever is missing.
+        ``stored``: ``vector`` is a stored item's (a search by contsign); a graph walks deeper
+        for any other (``[index] new_vector_depth``).
         """
 
     @abstractmethod

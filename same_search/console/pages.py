@@ -250,6 +250,13 @@ def recall_block(state: dict | None) -> str:
         )
     elif state.get("screened"):
         depth += " (screened in RAM, the best re-ranked)"
+    image = state.get("by_image")
+    if (
+        image
+        and not image["flat"]
+        and (image["ef"], image["candidates"]) != (state["ef"], state["candidates"])
+    ):
+        depth += f"; searches by image walk deeper: ef {image['ef']}, {image['candidates']} candidates"
     if "recall" not in state:
         return f'<p class="recall">Recall not measured yet ({escape(state["state"])}); searching with {depth}.</p>'
     filtered = state.get("recall_filtered")

@@ -194,12 +194,21 @@ class LibraryIndex:
         candidates: list[int] | None = None,
         tags: tuple[int, int] | None = None,
         match_all: bool = False,
+        stored: bool = False,
     ) -> list[tuple[int, float]]:
         """The ``k`` best (key, score), restricted to ``candidates`` keys or to the items whose
-        tags match (all of, or any of, the non-zero ``tags``) when given."""
+        tags match (all of, or any of, the non-zero ``tags``) when given. ``stored``: the vector
+        is a stored item's (a search by contsign), searched at the tuned depth; any other walks
+        :meth:`depth_for` deeper."""
+        depth = self.depth_for(stored)
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._search, vector, k, candidates, tags, match_all
+            self._executor, self._search, vector, k, candidates, tags, match_all, depth
         )
+
+    def depth_for(self, stored: bool) -> SearchDepth:
+        """The depth a search walks: the tuned one for a stored item's vector, ``[index]
+        new_vector_depth`` times deeper for any other (:meth:`SearchDepth.for_new_vectors`)."""
+        return self.depth if stored else self.depth.for_new_vectors(self.cfg.new_vector_depth)
 
     async def vectors_of(self, keys: list[int]) -> np.ndarray:
         """Stored vectors of live keys."""

@@ -33,10 +33,17 @@ class LibraryReads:
         self.verifier = verifier
 
     async def nearest(
-        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None = None
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        k: int,
+        tag_filter: TagFilter | None = None,
+        stored: bool = False,
     ) -> SearchResult:
-        """Up to ``k`` stored items by descending score (among those passing ``tag_filter``)."""
-        return await self.registry.call(lib, self.backend.search(lib, vector, k, tag_filter))
+        """Up to ``k`` stored items by descending score (among those passing ``tag_filter``).
+        ``stored``: ``vector`` is a stored item's, searched at the library's tuned depth; any
+        other (an image's) walks deeper (``[index] new_vector_depth``)."""
+        return await self.registry.call(lib, self.backend.search(lib, vector, k, tag_filter, stored))
 
     def space(self, lib: Library) -> space.LearnedSpace | None:
         """The learned space the library ranks in (None: native cosine)."""
@@ -78,7 +85,7 @@ class LibraryReads:
         :meth:`nearest`), in one backend call where the backend can (:class:`KeyedSearch`)."""
         if not isinstance(self.backend, KeyedSearch):
             vector = await self.vector_of(lib, contsign)
-            return vector, await self.nearest(lib, vector, k, tag_filter)
+            return vector, await self.nearest(lib, vector, k, tag_filter, stored=True)
         found = await self.registry.call(lib, self.backend.search_by_key(lib, contsign.key, k, tag_filter))
         if found is None:
             raise _not_stored(lib, contsign)

@@ -24,9 +24,15 @@ class LibraryReads(Protocol):
     """The reads a search makes."""
 
     async def nearest(
-        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None = None
+        self,
+        lib: Library,
+        vector: np.ndarray,
+        k: int,
+        tag_filter: TagFilter | None = None,
+        stored: bool = False,
     ) -> SearchResult:
-        """Up to ``k`` stored items by descending score (among those passing ``tag_filter``)."""
+        """Up to ``k`` stored items by descending score (among those passing ``tag_filter``);
+        ``stored``: the vector is a stored item's (the tuned depth), else the walk goes deeper."""
 
     async def nearest_to_item(
         self, lib: Library, contsign: ContSign, k: int, tag_filter: TagFilter | None = None

@@ -141,7 +141,7 @@ class LocalBackend(
             return None
 
     async def search(
-        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
+        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None, stored: bool = False
     ) -> SearchResult:
         """The index answers tag filters from its own tag table (no database read per search)."""
         index = index_of(lib)
@@ -150,9 +150,9 @@ class LocalBackend(
             return SearchResult([])
         if tag_filter is not None and tag_filter.active:
             return SearchResult(
-                await index.search(vector, k, None, tuple(tag_filter.tags), tag_filter.match_all)
+                await index.search(vector, k, None, tuple(tag_filter.tags), tag_filter.match_all, stored)
             )
-        return SearchResult(await index.search(vector, k))
+        return SearchResult(await index.search(vector, k, stored=stored))
 
     async def page_items(self, lib: Library, offset: int, limit: int) -> list[ItemRow]:
         return await self.store.page_items(lib.row.id, offset, limit)

@@ -69,6 +69,10 @@ class RecallTuning(LocalState):
         if index.strategy == "exact":
             return {"state": "exact", "recall": 1.0, "target": target, "below_target": False}
         state = "measuring" if row.id in self._measuring else "not measured"
+        deeper = index.depth_for(stored=False)
+        # What a search by image (any vector not stored in the library) walks: deeper than the
+        # depth measured on stored items ([index] new_vector_depth).
+        by_image = {"by_image": {"ef": deeper.ef, "candidates": deeper.candidates, "flat": deeper.flat}}
         stored = self._tunings.get(row.id)
         if stored is None or not stored.fits(index, row.fingerprint) or index.measured_items is None:
             return {
@@ -76,8 +80,10 @@ class RecallTuning(LocalState):
                 "ef": index.depth.ef,
                 "candidates": index.depth.candidates,
                 "target": target,
+                **by_image,
             }
-        return {**stored.to_json(), "state": "measuring" if row.id in self._measuring else "measured"}
+        state = "measuring" if row.id in self._measuring else "measured"
+        return {**stored.to_json(), "state": state, **by_image}
 
     async def tune(self, lib: Library) -> recall.Tuning | None:
         """Measure the library's recall, choose the cheapest depth that reaches ``[index]

@@ -56,6 +56,7 @@ from same_search.backends.milvus.schema import (
     tag_expression,
 )
 from same_search.config import Config
+from same_search.index.paging import SearchDepth
 from same_search.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -346,12 +347,12 @@ class MilvusBackend(KeyedReads, Backend, SharedLibraries, KeyedSearch):
         return found
 
     async def search(
-        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None
+        self, lib: Library, vector: np.ndarray, k: int, tag_filter: TagFilter | None, stored: bool = False
     ) -> SearchResult:
         """HNSW search with ``ef`` widened to the depth, returning the rows with the hits (one
         round trip for a whole page); pages past ``MAX_TOPK`` are not reachable."""
         data = np.asarray(vector, dtype=np.float32).ravel().tolist()
-        return await self.milvus.read(self._search, _name(lib), data, k, tag_filter)
+        return await self.milvus.read(self._search, _name(lib), data, k, tag_filter, stored)
 
     async def search_by_key(
         self, lib: Library, key: int, k: int, tag_filter: TagFilter | None
@@ -369,12 +370,18 @@ class MilvusBackend(KeyedReads, Backend, SharedLibraries, KeyedSearch):
         if not found:
             return None
         vector = found[0]["vector"]
-        return np.asarray(vector, dtype=np.float32), self._search(name, vector, k, tag_filter)
+        return np.asarray(vector, dtype=np.float32), self._search(name, vector, k, tag_filter, True)
 
-    def _search(self, name: str, data: list[float], k: int, tag_filter: TagFilter | None) -> SearchResult:
+    def _search(
+        self, name: str, data: list[float], k: int, tag_filter: TagFilter | None, stored: bool
+    ) -> SearchResult:
         """The search and its hits' rows, in the pool thread (the rows are decoded there too, off
-        the event loop)."""
+        the event loop); ``ef`` is ``[index] ef_search``, deeper for a vector that is not a stored
+        item's as the local graphs walk (:meth:`SearchDepth.for_new_vectors`)."""
         k = min(k, MAX_TOPK)
+        ef = self.cfg.index.ef_search
+        if not stored:
+            ef = SearchDepth(ef, ef).for_new_vectors(self.cfg.index.new_vector_depth).ef
         expression = tag_expression(tag_filter) if tag_filter is not None and tag_filter.active else ""
         hits = self.milvus.client.search(
             name,
@@ -382,7 +389,7 @@ class MilvusBackend(KeyedReads, Backend, SharedLibraries, KeyedSearch):
             limit=k,
             filter=expression,
             output_fields=ITEM_FIELDS,
-            search_params={"metric_type": "IP", "params": {"ef": max(self.cfg.index.ef_search, k)}},
+            search_params={"metric_type": "IP", "params": {"ef": max(ef, k)}},
         )[0]
         return SearchResult(
             [(int(hit["key"]), float(hit["distance"])) for hit in hits],
