@@ -188,9 +188,10 @@ class IndexConfig:
     #: near 0.98 is about 0.003 at 200, 0.02 at 50): more is steadier and costs proportionally
     #: more of the index thread while it runs.
     recall_sample: int = 200
-    #: A graph walk for a vector that is not a stored item's (a search by image, an expanded
-    #: query, an add's near-duplicate check) goes this many times deeper than the tuned depth
-    #: (ef up to 4096, re-ranked candidates up to 1600, never less than tuned; a flat scan is
+    #: A reduced library's graph walk (and a Milvus search's) for a vector that is not a stored
+    #: item's (a search by image, an expanded query, an add's near-duplicate check) goes this
+    #: many times deeper than the tuned depth (ef up to 4096, re-ranked candidates up to 1600,
+    #: never less than tuned; a flat scan and a small library's full-dimension graph are
     #: unchanged): the tuning measures stored items, which are nodes of the graph and easy to
     #: reach, and at 1M held-out photos found 0.950 of their true ten at the tuned depth where
     #: the library measured 0.997 (docs/benchmarks.md, "The daemon end to end over HTTP:

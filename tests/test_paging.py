@@ -98,7 +98,9 @@ def test_a_new_vector_walks_deeper_within_bounds_and_a_flat_scan_does_not():
     assert SearchDepth(0, 3200, flat=True).for_new_vectors(4) == SearchDepth(0, 3200, flat=True)
 
 
-def test_a_search_by_a_stored_vector_walks_the_tuned_depth_and_any_other_deeper(graph):
-    assert graph.depth_for(stored=True) == graph.depth
-    assert graph.depth_for(stored=False) == graph.depth.for_new_vectors(graph.cfg.new_vector_depth)
-    assert graph.cfg.new_vector_depth == 4
+def test_a_reduced_index_walks_deeper_for_a_new_vector_and_a_full_graph_does_not(tmp_path, pool, graph):
+    reduced, _, _, _ = build(tmp_path, pool, n=6000, rerank_candidates=100)
+    assert reduced.cfg.new_vector_depth == 4
+    assert reduced.depth_for(stored=True) == reduced.depth
+    assert reduced.depth_for(stored=False) == reduced.depth.for_new_vectors(4) != reduced.depth
+    assert graph.depth_for(stored=True) == graph.depth_for(stored=False) == graph.depth

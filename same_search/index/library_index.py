@@ -206,9 +206,13 @@ class LibraryIndex:
         )
 
     def depth_for(self, stored: bool) -> SearchDepth:
-        """The depth a search walks: the tuned one for a stored item's vector, ``[index]
-        new_vector_depth`` times deeper for any other (:meth:`SearchDepth.for_new_vectors`)."""
-        return self.depth if stored else self.depth.for_new_vectors(self.cfg.new_vector_depth)
+        """The depth a search of a stored item's vector (``stored``) or of any other walks.
+
+        Here the tuned depth for both: a full-dimension graph serves the libraries below ``[index]
+        reduce_min_items``, where its walk is near-exhaustive for new photos too (19,000
+        descriptor-like items at ef 512: recall@10 1.000 for held-out queries, and four times
+        deeper cost 3.4 ms more for nothing). A reduced index walks deeper for new vectors."""
+        return self.depth
 
     async def vectors_of(self, keys: list[int]) -> np.ndarray:
         """Stored vectors of live keys."""

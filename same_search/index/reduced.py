@@ -243,6 +243,12 @@ class ReducedIndex(LibraryIndex):
         """Native vectors of live rows, from the native file."""
         return self.native.read(np.asarray(rows, np.int64))
 
+    def depth_for(self, stored: bool) -> SearchDepth:
+        """The tuned depth for a stored item's vector; ``[index] new_vector_depth`` times deeper
+        for any other (:meth:`SearchDepth.for_new_vectors`: at 1M the tuned depth found 0.950 of
+        held-out photos' true ten, four times deeper 0.985)."""
+        return self.depth if stored else self.depth.for_new_vectors(self.cfg.new_vector_depth)
+
     def _search(
         self,
         vector: np.ndarray,
