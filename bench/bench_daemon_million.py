@@ -50,6 +50,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -85,6 +86,8 @@ FILTERS = (
     ("tag 0.01%", (0, 3), 1e-4),
 )
 PLAIN = {"query_expansion": 0, "promote_same_picture": 0}
+#: A search slower than this is logged with the time it ended.
+SLOW_S = 1.0
 
 
 def make_tags(start: int, stop: int) -> np.ndarray:
@@ -203,6 +206,8 @@ def search(daemon: Daemon, body: dict) -> tuple[list[int], float]:
     began = time.perf_counter()
     answer = daemon.rts("search", appid=APPID, **body)
     seconds = time.perf_counter() - began
+    if seconds > SLOW_S:  # when, so that the daemon's log can say what it was doing then
+        log(f"slow search: {seconds:.2f} s ({'image' if 'image' in body else 'contsign'})")
     if answer["err_no"] != 0:  # counted as a search that found nothing; the run goes on
         log(f"search answered {answer}")
         return [], seconds
@@ -808,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
             assert daemon.terminate(timeout=1800) == 0
         finally:
             daemon.stop()
+            kept = work.parent / f"{work.name}-daemon.log"
+            if daemon.log.exists():  # the data dir goes; its log, what a slow search coincided with, stays
+                shutil.copyfile(daemon.log, kept)
+                print(f"\n- the daemon's log: {kept}")
         print(f"\n- machine at the end: {machine()}")
     return 0
 
