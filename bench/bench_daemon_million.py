@@ -87,7 +87,7 @@ FILTERS = (
 )
 PLAIN = {"query_expansion": 0, "promote_same_picture": 0}
 #: A search slower than this is logged with the time it ended.
-SLOW_S = 1.0
+SLOW_S = 0.5
 
 
 def make_tags(start: int, stop: int) -> np.ndarray:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ from same_search.config import IndexConfig
 from same_search.index import graph_files
 from same_search.index.exact import ExactIndex
 from same_search.index.hnsw import HnswIndex
+from same_search.index.memory_image import GraphImage
 from same_search.index.paging import SearchDepth, stable_top
 from same_search.index.rows import RowMap
 from same_search.index.tags import TagTable
@@ -45,6 +49,31 @@ def key_to_label(key: int) -> int:
 def label_to_key(label: int) -> int:
     """hnswlib label (uint64) -> storage key (signed int64)."""
     return label - _U64 if label >= 1 << 63 else label
+
+
+@dataclass(frozen=True)
+class PendingSnapshot:
+    """A snapshot captured with the library's writers kept out, written after they are let in:
+    ``write`` puts it on disk (atomically; a failure leaves the previous snapshot), after which
+    the index counts as saved up to ``seq``."""
+
+    seq: int
+    saved_at: float | None
+    write: Callable[[], None]
+
+
+def capture_graph(save: Callable[[str], None], tmp: Path) -> Callable[[], None]:
+    """Capture a graph now through its ``save(path)``: into memory (index/memory_image.py), or
+    where that fails straight to ``tmp``. The returned callable puts it at ``tmp``."""
+    image = GraphImage.of(save)
+    if image is not None:
+        return partial(image.write_to, tmp)
+    try:
+        save(str(tmp))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return lambda: None
 
 
 class LibraryIndex:
@@ -128,10 +157,21 @@ class LibraryIndex:
         """Remove keys synchronously."""
         raise NotImplementedError
 
-    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
-        """Write a snapshot (the caller keeps writers out meanwhile: the backend's write lock, or an
-        index nobody else holds yet)."""
+    def capture(self, directory: Path, lib_id: int, fingerprint: str) -> PendingSnapshot:
+        """Everything a snapshot holds, copied as it is now (the caller keeps writers out until
+        this returns: the backend's write lock, or an index nobody else holds yet); writing it
+        to disk is the pending snapshot's part, with writers back at work."""
         raise NotImplementedError
+
+    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
+        """Capture and write a snapshot at once (writers kept out for the whole save)."""
+        pending = self.capture(directory, lib_id, fingerprint)
+        pending.write()
+        self.mark_saved(pending)
+
+    def mark_saved(self, pending: PendingSnapshot) -> None:
+        """Record a written snapshot: writes after the one it captured keep the index dirty."""
+        self.saved_seq, self.saved_at = pending.seq, pending.saved_at
 
     def vectors_now(self, keys: list[int]) -> np.ndarray:
         """Stored vectors of live keys."""
@@ -329,15 +369,18 @@ class FullIndex(LibraryIndex):
 
     # ---- persistence ---------------------------------------------------------------------------
 
-    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
+    def capture(self, directory: Path, lib_id: int, fingerprint: str) -> PendingSnapshot:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{lib_id}.hnsw.tmp"
         header = self._header(fingerprint, self.graph.dim)
-        try:
-            self.graph.save(tmp)
-            graph_files.commit_graph(tmp, directory, lib_id, header)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a half-written file must not fill the disk further
-            raise
-        self.saved_seq = self.seq
-        self.saved_at = header.saved_at
+        place_graph = capture_graph(self.graph.save, tmp)
+
+        def write() -> None:
+            try:
+                place_graph()
+                graph_files.commit_graph(tmp, directory, lib_id, header)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a half-written file must not fill the disk further
+                raise
+
+        return PendingSnapshot(self.seq, header.saved_at, write)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Executor
+from dataclasses import replace
 from pathlib import Path
 
 import hnswlib
@@ -42,7 +43,7 @@ from same_search.files import replace_durably, sha256_file
 from same_search.index import graph_files
 from same_search.index import screen as screening
 from same_search.index.flat import FlatScan, quantise
-from same_search.index.library_index import LibraryIndex, label_to_key
+from same_search.index.library_index import LibraryIndex, PendingSnapshot, capture_graph, label_to_key
 from same_search.index.native_file import NativeFile
 from same_search.index.paging import SearchDepth, stable_top
 from same_search.index.projection import Projection
@@ -331,35 +332,41 @@ class ReducedIndex(LibraryIndex):
 
     # ---- persistence -------------------------------------------------------------------------------
 
-    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
-        """Native file fsynced, then row map, graph and header, each atomically (header last)."""
+    def capture(self, directory: Path, lib_id: int, fingerprint: str) -> PendingSnapshot:
+        """Row map, sketches and graph copied now; written later as native file fsynced, then row
+        map, graph and header, each atomically (header last)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.native.sync()
         keys, live = self.rows.state()
+        sketch = self.sketch[: self.rows.used].copy()
         rows_tmp = directory / f"{lib_id}.rows.tmp.npz"
         graph_tmp = directory / f"{lib_id}.hnsw.tmp"
-        try:
-            np.savez(rows_tmp, keys=keys, live=live, sketch=self.sketch[: self.rows.used])
-            rows_sha = sha256_file(rows_tmp)
-            replace_durably(rows_tmp, graph_files.rows_path(directory, lib_id))
-            self.graph.save_index(str(graph_tmp))
-            header = self._header(
-                fingerprint,
-                self.projection.native_dim,
-                projection=self.projection.fingerprint,
-                native_file=self.native.path.name,
-                native_rows=self.rows.used,
-                rows_sha256=rows_sha,
-            )
-            graph_files.commit_graph(graph_tmp, directory, lib_id, header)
-        except BaseException:
-            rows_tmp.unlink(missing_ok=True)
-            graph_tmp.unlink(missing_ok=True)
-            raise
-        self.saved_seq = self.seq
-        self.saved_at = header.saved_at
-        # Other native files are the backend's to remove: one may still serve (a rebuild saves
-        # its fresh index before the swap, and the serving index may be saved over it again).
+        place_graph = capture_graph(self.graph.save_index, graph_tmp)
+        header = self._header(
+            fingerprint,
+            self.projection.native_dim,
+            projection=self.projection.fingerprint,
+            native_file=self.native.path.name,
+            native_rows=self.rows.used,
+            rows_sha256="",
+        )
+        native = self.native
+
+        def write() -> None:
+            try:
+                native.sync()
+                np.savez(rows_tmp, keys=keys, live=live, sketch=sketch)
+                rows_sha = sha256_file(rows_tmp)
+                replace_durably(rows_tmp, graph_files.rows_path(directory, lib_id))
+                place_graph()
+                graph_files.commit_graph(graph_tmp, directory, lib_id, replace(header, rows_sha256=rows_sha))
+            except BaseException:
+                rows_tmp.unlink(missing_ok=True)
+                graph_tmp.unlink(missing_ok=True)
+                raise
+            # Other native files are the backend's to remove: one may still serve (a rebuild
+            # saves its fresh index before the swap, and the serving index may be saved over it).
+
+        return PendingSnapshot(self.seq, header.saved_at, write)
 
 
 def filter_strategy(matching: int, items: int) -> str:

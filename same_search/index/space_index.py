@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from same_search.config import IndexConfig
-from same_search.index.library_index import FullIndex, LibraryIndex
+from same_search.index.library_index import FullIndex, LibraryIndex, PendingSnapshot
 from same_search.index.paging import SearchDepth
 from same_search.index.space import LearnedSpace
 
@@ -94,9 +94,9 @@ class SpaceIndex(LibraryIndex):
     def delete_now(self, keys: list[int], seq: int) -> None:
         self.inner.delete_now(keys, seq)
 
-    def save_now(self, directory: Path, lib_id: int, fingerprint: str) -> None:
+    def capture(self, directory: Path, lib_id: int, fingerprint: str) -> PendingSnapshot:
         """Nothing to write (rebuilt from the database at start); counts as saved."""
-        self.saved_seq = self.seq
+        return PendingSnapshot(self.seq, self.saved_at, lambda: None)
 
     def vectors_now(self, keys: list[int]) -> np.ndarray:
         """The space's vectors of live keys (native ones are in SQLite)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +29,8 @@ from same_search.index.space import WEIGHT, LearnedSpace
 from same_search.index.space_index import SpaceIndex
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Rows per graph insert when a library that serves takes a bulk import. Each insert holds the
 #: index thread, which every library's searches share, so it is kept small: a search waits for
@@ -264,34 +268,52 @@ class LocalIndexes(RecallTuning):
     # ---- saving ----------------------------------------------------------------------------------
 
     async def save(self, libs: Sequence[Library], only_dirty: bool = True) -> int:
-        """Snapshot every (changed) library's index; returns how many were written."""
+        """Snapshot every (changed) library's index; returns how many were written.
+
+        Writers are kept out only while the snapshot is captured in memory (index/memory_image.py),
+        not while it is written to disk."""
         saved = 0
         for lib in libs:
             if only_dirty and not index_of(lib).dirty:
                 continue
-            async with self.write_lock(lib):
-                index = index_of(lib)
-                started, saved_at = time.monotonic(), index.saved_at
-                try:
-                    await self._write_snapshot(index, lib.row)
-                finally:
-                    if index.saved_at != saved_at:  # written, even when a cancel (shutdown) came
-                        self._saves[lib.row.id] = self._saves.get(lib.row.id, 0) + 1
-                        self._drop_unused_natives(lib.row.id, index)
-                        log.info(
-                            "library %s: index saved (%d items, %.2fs)",
-                            lib.row.appid,
-                            index.count(),
-                            time.monotonic() - started,
-                        )
+            await _uncancelled(self._save_serving(lib))
             saved += 1
         return saved
 
-    async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:
-        """Snapshot an index not serving yet: no lock needed, but the save thread, so it never
-        writes the library's files at the same time as a save of the serving index."""
+    async def _save_serving(self, lib: Library) -> None:
+        """One snapshot of the library's serving index, recorded once it is on disk."""
         started = time.monotonic()
-        await self._write_snapshot(fresh, row)
+        async with self._saving:
+            async with self.write_lock(lib):
+                index, row = index_of(lib), lib.row
+                # Counted from the capture on: a rebuild that swaps in before this save ends must
+                # save its own index again, since this one may still be written over its snapshot.
+                self._saves[row.id] = self._saves.get(row.id, 0) + 1
+                capture = partial(index.capture, self.index_dir, row.id, row.fingerprint)
+                pending = await self._in_save_thread(capture)
+            await self._in_save_thread(pending.write)
+            index.mark_saved(pending)
+            if index_of(lib) is index:  # not swapped out by a rebuild meanwhile
+                self._drop_unused_natives(row.id, index)
+        log.info(
+            "library %s: index saved (%d items at seq %d, %.2fs)",
+            row.appid,
+            index.count(),
+            pending.seq,
+            time.monotonic() - started,
+        )
+
+    async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:
+        """Snapshot an index not serving yet: no write lock needed (only the rebuild touches it),
+        but one snapshot at a time, so it never writes the library's files together with a save
+        of the serving index."""
+        started = time.monotonic()
+
+        async def save() -> None:
+            async with self._saving:
+                await self._in_save_thread(partial(fresh.save_now, self.index_dir, row.id, row.fingerprint))
+
+        await _uncancelled(save())
         log.info(
             "library %s: rebuilt index saved (%d items, %.2fs)",
             row.appid,
@@ -299,17 +321,9 @@ class LocalIndexes(RecallTuning):
             time.monotonic() - started,
         )
 
-    async def _write_snapshot(self, index: LibraryIndex, row: LibraryRow) -> None:
-        """Save ``index`` in the save thread. A cancel (shutdown) waits until the file is complete
-        (or removed) before it stops, so writers stay out and no half file is left behind."""
-        saving = asyncio.get_running_loop().run_in_executor(
-            self._save_pool, index.save_now, self.index_dir, row.id, row.fingerprint
-        )
-        try:
-            await asyncio.shield(saving)
-        except asyncio.CancelledError:
-            await saving
-            raise
+    async def _in_save_thread(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (a capture, a write) in the save thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._save_pool, work)
 
     def _drop_unused_natives(self, lib_id: int, saved: LibraryIndex, swapped: bool = False) -> None:
         """After ``saved`` (the serving index) was snapshotted: remove the reduced-index files
@@ -328,3 +342,15 @@ class LocalIndexes(RecallTuning):
             path.unlink(missing_ok=True)
         if mine is None and not rebuilding:  # a running rebuild may be saving its own row map
             graph_files.rows_path(self.index_dir, lib_id).unlink(missing_ok=True)
+
+
+async def _uncancelled(save: Coroutine[object, object, None]) -> None:
+    """Run a save to its end even when the caller is cancelled (shutdown): the cancel waits for
+    it, so the next start finds a complete snapshot (or the previous one), never a half file,
+    and a finished save is always recorded."""
+    task = asyncio.ensure_future(save)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

@@ -47,6 +47,9 @@ class LocalState:
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="index")
         #: Snapshots, one at a time, so two saves never write a library's files together.
         self._save_pool = ThreadPoolExecutor(1, thread_name_prefix="index-save")
+        #: Held for a whole snapshot, capture to disk: saves of a library's serving and rebuilt
+        #: index never write its files together (the write lock is held only for the capture).
+        self._saving = asyncio.Lock()
         #: One write lock per library (by row id), kept across rebuilds that swap its index.
         self._locks: dict[int, asyncio.Lock] = {}
         #: Snapshots written per library (by row id): a rebuild saves its index before the swap
