@@ -32,9 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
-import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,12 +40,11 @@ from typing import Any
 from same_search.config import LimitsConfig
 from same_search.embed.errors import EmbedderBusy
 from same_search.index.heap import release_free_heap
+from same_search.priority import HEAVY_NICENESS, nicer_by
 
 log = logging.getLogger(__name__)
 
 
-#: How much nicer than the rest of the daemon the heavy decode threads are (Linux).
-HEAVY_NICENESS = 10
 #: Seconds a refused heavy picture waits before its err_no 99 is answered (module docstring).
 REFUSAL_PAUSE_S = 0.5
 
@@ -59,18 +55,10 @@ class _HeavyPool(ThreadPoolExecutor):
     otherwise; the daemon stayed 1 GB larger after a burst of them)."""
 
     def __init__(self, threads: int) -> None:
-        super().__init__(threads, thread_name_prefix="decode-heavy", initializer=_lower_priority)
+        super().__init__(threads, thread_name_prefix="decode-heavy", initializer=nicer_by(HEAVY_NICENESS))
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return super().submit(_then_trim, fn, *args, **kwargs)
-
-
-def _lower_priority() -> None:
-    """Make the calling thread nicer. Linux only: there a thread id names one thread (elsewhere
-    the same call would slow the whole process down)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HEAVY_NICENESS)
 
 
 def _then_trim(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -37,6 +37,7 @@ from same_search.embed.embedder import Embedder, ModelInfo
 from same_search.embed.errors import EmbedderBusy, EmbedderStopping, EmbedderTimeout, EmbedFailed
 from same_search.embed.gpu_decode import Decoded, JpegBatchDecoder, gather_batch, gpu_eligible, jpeg_thumbnail
 from same_search.embed.images import ImageLimits, Region, decode, decode_cost, make_thumbnail, open_checked
+from same_search.priority import PICTURE_NICENESS, nicer_by
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,11 @@ class EmbedService:
         self._owns_admission = admission is None
         self.admission = admission or DecodeAdmission.from_limits(limits)
         threads = decode_threads or embedder.plan.decode_threads
-        self._decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        lower = nicer_by(PICTURE_NICENESS)  # searches by contsign first (priority.py)
+        self._decode_pool = ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=lower)
         self.workers = embedder.plan.workers
         self.max_batch = embedder.plan.max_batch
-        self._infer_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="infer")
+        self._infer_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="infer", initializer=lower)
         # (priority, arrival, job): interactive before background, first come first served within.
         self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
         self._arrivals = itertools.count()

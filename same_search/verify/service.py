@@ -18,6 +18,7 @@ from typing import TypeVar
 from same_search.embed.admission import DecodeAdmission
 from same_search.embed.errors import EmbedderBusy, ImageRefused, RegionRefused
 from same_search.embed.images import ImageLimits, Region, decode, decode_cost, frame
+from same_search.priority import PICTURE_NICENESS, nicer_by
 from same_search.verify import decision, local_features, matching
 from same_search.verify.local_features import LocalFeatures
 from same_search.verify.regions import Box, MatchedRegion, matched_region
@@ -68,7 +69,9 @@ class SamePictureService:
         """``admission``: the embedders' decode budget (their decode and this one of a picture are
         one admission), or none (every decode here runs in this pool)."""
         self.limits = limits
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
+        self._pool = ThreadPoolExecutor(
+            threads, thread_name_prefix="verify", initializer=nicer_by(PICTURE_NICENESS)
+        )
         self.admission = admission
 
     def close(self) -> None:

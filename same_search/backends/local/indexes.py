@@ -282,25 +282,28 @@ class LocalIndexes(RecallTuning):
 
     async def _save_serving(self, lib: Library) -> None:
         """One snapshot of the library's serving index, recorded once it is on disk."""
-        started = time.monotonic()
         async with self._saving:
             async with self.write_lock(lib):
+                held = time.monotonic()
                 index, row = index_of(lib), lib.row
                 # Counted from the capture on: a rebuild that swaps in before this save ends must
                 # save its own index again, since this one may still be written over its snapshot.
                 self._saves[row.id] = self._saves.get(row.id, 0) + 1
                 capture = partial(index.capture, self.index_dir, row.id, row.fingerprint)
                 pending = await self._in_save_thread(capture)
+                captured = time.monotonic()
             await self._in_save_thread(pending.write)
             index.mark_saved(pending)
             if index_of(lib) is index:  # not swapped out by a rebuild meanwhile
                 self._drop_unused_natives(row.id, index)
         log.info(
-            "library %s: index saved (%d items at seq %d, %.2fs)",
+            "library %s: index saved (%d items at seq %d; captured in %.2fs, writers held back that "
+            "long; written in %.2fs)",
             row.appid,
             index.count(),
             pending.seq,
-            time.monotonic() - started,
+            captured - held,
+            time.monotonic() - captured,
         )
 
     async def _save_fresh(self, fresh: LibraryIndex, row: LibraryRow) -> None:

@@ -19,6 +19,7 @@ from same_search.backends.local.state import index_of, live_keys
 from same_search.index.heap import release_free_heap
 from same_search.index.library_index import LibraryIndex
 from same_search.index.space_index import SpaceIndex
+from same_search.priority import BACKGROUND_NICENESS, nicer_by
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ class OnlineRebuilds(LocalIndexes):
             self._retagged[row.id] = set()
         fresh = await self.new_index(row, progress.total)
         self.screen_fresh(row, fresh)
-        builder = ThreadPoolExecutor(1, thread_name_prefix=f"rebuild-{row.id}")
+        builder = ThreadPoolExecutor(
+            1, thread_name_prefix=f"rebuild-{row.id}", initializer=nicer_by(BACKGROUND_NICENESS)
+        )
         try:
             await self._build(fresh, row, upto, progress, builder)
             progress.phase = "catching up"
