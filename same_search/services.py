@@ -153,6 +153,6 @@ async def _save_periodically(libraries: LibraryService, interval: float) -> None
     while True:
         await asyncio.sleep(interval)
         try:
-            await libraries.maintenance.save_indexes()
+            await libraries.maintenance.save_periodically()
         except Exception:
             log.exception("periodic index save failed; will retry in %.0fs", interval)

@@ -23,6 +23,7 @@ from same_search.app import create_app
 from same_search.backends.base import TagFilter
 from same_search.backends.local import rebuilds as local
 from same_search.contsign import ContSign
+from same_search.index import graph_files
 from same_search.services import SERVICES
 
 R = "/RTSAsService"
@@ -160,6 +161,25 @@ async def test_writes_racing_a_background_rebuild_are_all_in_the_index(
 
 
 @pytest.mark.local_only
+@pytest.mark.local_only
+async def test_the_periodic_save_leaves_a_library_being_rebuilt_to_its_rebuild(client, config, monkeypatch):
+    """A snapshot's capture holds the GIL (a second per million items); the rebuild saves its
+    own index before its swap, so the periodic save does not pause the daemon for the old one."""
+    dim = (await model_of(client))["dim"]
+    await import_vectors(client, "busy", np.arange(1, 1001), unit_vectors(1000, dim, seed=5))
+    await import_vectors(client, "calm", np.arange(1, 201), unit_vectors(200, dim, seed=6))
+    libraries = client.server.app[SERVICES].libraries
+    busy, calm = await libraries.get("busy"), await libraries.get("calm")
+    busy.handle.saved_seq = calm.handle.saved_seq = -1  # both changed since their last save
+    slow_rebuilds(monkeypatch)
+    assert (await (await client.post("/api/libraries/busy/rebuild")).json())["rebuild"]["state"] == "running"
+    assert await libraries.maintenance.save_periodically() == 1  # calm only
+    assert not calm.handle.dirty and busy.handle.dirty
+    assert (await wait_rebuild(client, "busy"))["state"] == "done"
+    row = (await libraries.get("busy")).row  # the rebuild saved its own index
+    assert graph_files.read_header(config.data_path / "indexes", row.id, row.fingerprint, dim).count == 1000
+
+
 async def test_a_second_request_answers_the_running_rebuild(client, api, monkeypatch):
     dim = (await model_of(client))["dim"]
     await import_vectors(client, "twice", np.arange(1, 1001), unit_vectors(1000, dim, seed=4))

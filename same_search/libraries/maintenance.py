@@ -42,6 +42,15 @@ class LibraryMaintenance:
         """Make every (changed) library's search structure durable; returns how many were saved."""
         return await self.backend.save(list(self.registry.libraries.values()), only_dirty)
 
+    async def save_periodically(self) -> int:
+        """The periodic save: changed libraries, except those being rebuilt. A snapshot's capture
+        holds the GIL (about a second per million items: every request waits), and a rebuild
+        saves its fresh index before it swaps it in; a crash meanwhile replays the writes made
+        since the last save from the database. Shutdown stops the rebuilds, then saves."""
+        rebuilding = {rebuild.appid for rebuild in self.rebuilds.running()}
+        libs = [lib for appid, lib in self.registry.libraries.items() if appid not in rebuilding]
+        return await self.backend.save(libs, only_dirty=True)
+
     async def close(self) -> None:
         """Stop rebuilds, then save changed indexes.
 
