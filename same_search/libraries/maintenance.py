@@ -44,7 +44,7 @@ class LibraryMaintenance:
 
     async def save_periodically(self) -> int:
         """The periodic save: changed libraries, except those being rebuilt. A snapshot's capture
-        holds the GIL (about a second per million items: every request waits), and a rebuild
+        holds the GIL (about 2 s at a million items on 2 cores: every request waits), and a rebuild
         saves its fresh index before it swaps it in; a crash meanwhile replays the writes made
         since the last save from the database. Shutdown stops the rebuilds, then saves."""
         rebuilding = {rebuild.appid for rebuild in self.rebuilds.running()}
