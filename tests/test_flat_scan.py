@@ -121,7 +121,7 @@ async def test_a_library_the_graph_cannot_serve_tunes_to_a_flat_depth(
     tuning = await recall.measure(index, "model-fp", 0.98, here, here)
     assert tuning.met and tuning.flat and tuning.candidates in (200, 400, 800), tuning
     assert tuning.depth.flat and tuning.to_json()["flat"] is True and tuning.search_ms > 0
-    assert index.flat is not None and index.screen_ready
+    assert index.screen is not None and index.screen_ready
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ async def test_a_flat_depth_is_served_again_after_a_restart(
     reopened = await aiohttp_client(create_app(exacting, embedder))
     assert (await get(reopened, "/api/libraries/fl"))["library"]["recall"] == shown
     index = reopened.server.app[SERVICES].libraries.libraries["fl"].handle
-    assert index.depth.flat and index.flat is not None and index.screen_ready  # filled at load
+    assert index.depth.flat and index.screen is not None and index.screen_ready  # filled at load
     answer = await (await reopened.post("/RTSAsService/search", json=search_body("fl", 2))).json()
     assert answer["err_no"] == 0 and len(answer["data_items"]) == 10, answer
 
@@ -160,7 +160,7 @@ async def test_a_flat_depth_is_served_again_after_a_restart(
     assert (await (await reopened.post("/api/libraries/fl/rebuild")).json())["err_no"] == 0
     assert (await wait_rebuild(reopened, "fl"))["state"] == "done"
     fresh = reopened.server.app[SERVICES].libraries.libraries["fl"].handle
-    assert fresh is not index and fresh.depth.flat and fresh.flat is not None and fresh.screen_ready
+    assert fresh is not index and fresh.depth.flat and fresh.screen is not None and fresh.screen_ready
     again = await (await reopened.post("/RTSAsService/search", json=search_body("fl", 2))).json()
     assert again["err_no"] == 0 and again["data_items"] == answer["data_items"], again
 

@@ -100,7 +100,8 @@ def test_a_new_vector_walks_deeper_within_bounds_and_a_flat_scan_does_not():
 
 def test_a_reduced_index_walks_deeper_for_a_new_vector_and_a_full_graph_does_not(tmp_path, pool, graph):
     reduced, _, _, _ = build(tmp_path, pool, n=6000, rerank_candidates=100)
-    assert reduced.cfg.new_vector_depth == 4
+    assert reduced.cfg.new_vector_depth == 4 and reduced.cfg.new_vector_scan == 200
     assert reduced.depth_for(stored=True) == reduced.depth
-    assert reduced.depth_for(stored=False) == reduced.depth.for_new_vectors(4) != reduced.depth
+    # With the sign scan (index/signs.py), half as deep and joined by its candidates.
+    assert reduced.depth_for(stored=False) == reduced.depth.for_new_vectors(2, 200) != reduced.depth
     assert graph.depth_for(stored=True) == graph.depth_for(stored=False) == graph.depth

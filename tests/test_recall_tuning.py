@@ -264,11 +264,13 @@ async def test_a_library_shows_its_measured_recall_and_keeps_its_depth_across_a_
     assert "same_search_libraries_below_target_recall 0.0" in metrics
     page = await (await client.get("/libraries/tc")).text()
     assert f"Recall@10 {shown['recall']:.3f}" in page and f"{shown['candidates']} candidates" in page
-    # Stored items are what the measurement searches; a new photo walks four times deeper.
+    # Stored items are what the measurement searches; a new photo walks twice as deep and joins
+    # 200 candidates of a sign-bit scan (index/signs.py).
     ef, candidates = shown["ef"], shown["candidates"]
-    deeper = {"ef": min(4 * ef, max(ef, 4096)), "candidates": min(4 * candidates, max(candidates, 1600))}
-    assert shown["by_image"] == {**deeper, "flat": False}, shown
+    deeper = {"ef": min(2 * ef, max(ef, 4096)), "candidates": min(2 * candidates, max(candidates, 1600))}
+    assert shown["by_image"] == {**deeper, "flat": False, "scan": 200}, shown
     assert f"searches by image walk deeper: ef {deeper['ef']}, {deeper['candidates']} candidates" in page
+    assert "and 200 from a scan of every item's sign bits" in page
 
     assert (await (await client.post("/api/libraries/tc/save")).json())["err_no"] == 0
     await client.close()

@@ -257,6 +257,8 @@ def recall_block(state: dict | None) -> str:
         and (image["ef"], image["candidates"]) != (state["ef"], state["candidates"])
     ):
         depth += f"; searches by image walk deeper: ef {image['ef']}, {image['candidates']} candidates"
+    if image and image.get("scan"):
+        depth += f" and {image['scan']} from a scan of every item's sign bits"
     if "recall" not in state:
         return f'<p class="recall">Recall not measured yet ({escape(state["state"])}); searching with {depth}.</p>'
     filtered = state.get("recall_filtered")

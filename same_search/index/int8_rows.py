@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from same_search.index.code_table import CodeTable
+
 try:
     import faiss
 except ImportError:  # pragma: no cover - the project's environment has it
@@ -45,39 +47,41 @@ _TORCH_MIN_ROWS = 17
 _TORCH_COLUMNS = 8
 
 
-class Int8Rows:
+class Int8Rows(CodeTable):
     """``capacity`` rows (growing) of ``dim`` int8 codes."""
 
     def __init__(self, capacity: int, dim: int, kernel: str = KERNEL) -> None:
         self.dim = dim
         self.kernel = kernel
         self._offset = 128 if kernel == "faiss" else 0
+        index = None
         if kernel == "faiss":
             quantiser = faiss.ScalarQuantizer.QT_8bit_direct_signed
-            self._faiss = faiss.IndexScalarQuantizer(dim, quantiser, faiss.METRIC_INNER_PRODUCT)
+            index = self._faiss = faiss.IndexScalarQuantizer(dim, quantiser, faiss.METRIC_INNER_PRODUCT)
             self._faiss.train(np.zeros((1, dim), np.float32))  # direct codes: nothing to learn
-        self._stored = np.zeros((0, dim), np.uint8 if self._offset else np.int8)
-        self._grow(max(capacity, 16))
-
-    def __len__(self) -> int:
-        return len(self._stored)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held."""
-        return int(self._stored.nbytes)
+        # faiss keeps code + 128 (an empty slot: 128, the code 0).
+        super().__init__(capacity, dim, np.int8, index, "codes", fill=self._offset)
 
     def set(self, rows: np.ndarray, codes: np.ndarray) -> None:
         """Store ``codes`` (n x dim int8) at ``rows``, growing when needed."""
-        rows = np.asarray(rows, np.int64)
+        rows = self._writable(rows)
         if not len(rows):
             return
-        self._grow(int(rows.max()) + 1)
-        self._stored[rows] = (np.asarray(codes, np.int16) + self._offset).astype(self._stored.dtype)
+        codes = np.ascontiguousarray(codes, np.int8)
+        # faiss keeps code + 128: flipping an int8 code's top bit gives that byte.
+        self._stored[rows] = codes.view(np.uint8) ^ 0x80 if self._offset else codes
 
     def codes(self, rows: np.ndarray) -> np.ndarray:
-        """The int8 codes of ``rows``."""
-        return (self._stored[np.asarray(rows, np.int64)].astype(np.int16) - self._offset).astype(np.int8)
+        """The int8 codes of ``rows`` (a copy)."""
+        return self._as_codes(self._stored[np.asarray(rows, np.int64)])
+
+    def first_codes(self, used: int) -> np.ndarray:
+        """A copy of the int8 codes of the first ``used`` rows, in one pass (a snapshot's)."""
+        return self._as_codes(self._stored[:used].copy() if not self._offset else self._stored[:used])
+
+    def _as_codes(self, stored: np.ndarray) -> np.ndarray:
+        """Stored bytes as int8 codes: a new array where the storage is offset, else ``stored``."""
+        return (stored ^ 0x80).view(np.int8) if self._offset else stored
 
     def best(self, coded: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
         """The (at most) ``count`` rows whose ``allowed`` (a bool mask over the first rows) is
@@ -86,11 +90,7 @@ class Int8Rows:
         if int(allowed.sum()) <= count:
             return np.flatnonzero(allowed)
         if self.kernel == "faiss":
-            mask = np.zeros(len(self._stored), bool)
-            mask[: len(allowed)] = allowed
-            bitmap = np.packbits(mask, bitorder="little")
-            _, labels = self._search(coded, count, faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bitmap)))
-            return labels[labels >= 0].astype(np.int64)
+            return self._faiss_best(np.asarray(coded, np.float32), allowed, count)
         scores = self._all_products(coded, len(allowed)).astype(np.float32)
         scores[~allowed] = -np.inf
         return np.argpartition(-scores, count - 1)[:count].astype(np.int64)
@@ -102,14 +102,6 @@ class Int8Rows:
         if self._offset:  # faiss's codes are code + 128: flipping the top bit gives the int8 code
             gathered ^= 0x80
         return self._product(gathered.view(np.int8), coded)
-
-    def _search(self, coded: np.ndarray, count: int, selector: object) -> tuple[np.ndarray, np.ndarray]:
-        """faiss's scan of the selected rows, on this thread alone: (products, rows) of the best."""
-        faiss.omp_set_num_threads(1)  # this thread's setting only (module docstring)
-        dots, labels = self._faiss.search(
-            np.asarray(coded, np.float32).reshape(1, -1), count, params=faiss.SearchParameters(sel=selector)
-        )
-        return dots[0], labels[0]
 
     def _all_products(self, coded: np.ndarray, used: int) -> np.ndarray:
         """int32 products of the first ``used`` rows with the coded query (torch or numpy)."""
@@ -128,23 +120,3 @@ class Int8Rows:
             right[:, 0] = torch.from_numpy(np.asarray(coded, np.int8))
             return torch._int_mm(torch.from_numpy(np.ascontiguousarray(codes)), right)[:, 0].numpy()
         return np.einsum("ij,j->i", codes, coded, dtype=np.int32, casting="unsafe")
-
-    def _grow(self, needed: int) -> None:
-        """Room for ``needed`` rows (with faiss: its index grown, the array a view of its codes)."""
-        if needed <= len(self._stored):
-            return
-        capacity = max(needed, 2 * len(self._stored))
-        if self.kernel != "faiss":
-            grown = np.zeros((capacity, self.dim), np.int8)
-            grown[: len(self._stored)] = self._stored
-            self._stored = grown
-            return
-        # The codes vector resized in place (adding zero vectors would encode a float32 copy of
-        # every new slot: 512 MB for 100k rows of 1280-d); new slots hold the value 0 (code 128),
-        # and no read ever selects a slot not written yet.
-        old = self._faiss.ntotal
-        self._faiss.codes.resize(capacity * self.dim)
-        self._faiss.ntotal = capacity
-        raw = faiss.rev_swig_ptr(self._faiss.codes.data(), self._faiss.codes.size())
-        self._stored = raw.reshape(capacity, self.dim)
-        self._stored[old:] = self._offset

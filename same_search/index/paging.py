@@ -38,17 +38,21 @@ class SearchDepth:
     graph re-ranks ``candidates`` of an ef-``ef`` walk natively. Both start from ``[index]`` and
     are then tuned per library until its measured recall holds (index/recall.py). ``flat``: a
     reduced index takes its candidates from a scan of every row instead of the graph
-    (index/flat.py); ``ef`` is then not used.
+    (index/flat.py); ``ef`` is then not used. ``scan``: a reduced index also joins this many
+    candidates from a scan of every row's sign bits to the walk's (index/signs.py: searches of new
+    vectors); 0 for none.
     """
 
     ef: int
     candidates: int
     flat: bool = False
+    scan: int = 0
 
-    def for_new_vectors(self, factor: int) -> SearchDepth:
+    def for_new_vectors(self, factor: int, scan: int = 0) -> SearchDepth:
         """The depth for a vector that is not a stored item's: ``factor`` times deeper, ef up to
         :data:`NEW_VECTOR_EF` and candidates up to :data:`NEW_VECTOR_CANDIDATES` (never below this
-        depth); a flat scan's unchanged (its candidates come from every row, not a walk).
+        depth), joined by ``scan`` candidates of a sign-bit scan; a flat scan's unchanged (its
+        candidates come from every row, not a walk).
 
         The tuning measures stored items, and a stored item is a node of the graph: its walk
         reaches its neighbourhood easily. A new photo lands between nodes, and at 1M the tuned
@@ -56,11 +60,14 @@ class SearchDepth:
         times deeper, 0.985 (docs/benchmarks.md, "The daemon end to end over HTTP: 1,000,000
         items").
         """
-        if self.flat or factor <= 1:
+        if self.flat:
             return self
+        if factor <= 1:
+            return SearchDepth(self.ef, self.candidates, scan=scan)
         return SearchDepth(
             min(self.ef * factor, max(self.ef, NEW_VECTOR_EF)),
             min(self.candidates * factor, max(self.candidates, NEW_VECTOR_CANDIDATES)),
+            scan=scan,
         )
 
 

@@ -72,7 +72,8 @@ class RecallTuning(LocalState):
         deeper = index.depth_for(stored=False)
         # What a search by image (any vector not stored in the library) walks: deeper than the
         # depth measured on stored items ([index] new_vector_depth).
-        by_image = {"by_image": {"ef": deeper.ef, "candidates": deeper.candidates, "flat": deeper.flat}}
+        walk = {"ef": deeper.ef, "candidates": deeper.candidates, "flat": deeper.flat}
+        by_image = {"by_image": {**walk, "scan": deeper.scan}}
         stored = self._tunings.get(row.id)
         if stored is None or not stored.fits(index, row.fingerprint) or index.measured_items is None:
             return {
