@@ -105,8 +105,8 @@ class ReducedIndex(LibraryIndex):
         self.exact = None  # describe() and older callers: no exact matrix in a reduced index
         #: Every row's reduced vector as int8 (scans of filters, flat depths, ranking sign-scan
         #: candidates), and its sign bits (index/signs.py).
-        self.codes = FlatScan(rows.capacity, projection.dim)
-        self.signs = SignCodes(rows.capacity, projection.dim)
+        self.codes = FlatScan(rows.used, projection.dim)  # grown as rows are written
+        self.signs = SignCodes(rows.used, projection.dim)
         self.depth = SearchDepth(cfg.reduced_ef_search, cfg.rerank_candidates)
         #: The int8 copy of the native vectors deep searches screen with (None: not kept), and
         #: whether it holds every live row yet (rows added meanwhile are coded as they come).

@@ -55,11 +55,11 @@ class Screen:
         rows = np.asarray(rows, np.int64)
         if not len(rows):
             return
-        self._grow(int(rows.max()) + 1)
         vectors = np.asarray(vectors, np.float32)
         peak = np.abs(vectors).max(axis=1)
         scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
         self.codes.set(rows, np.clip(np.rint(vectors / scale[:, None]), -127, 127).astype(np.int8))
+        self._grow(len(self.codes))
         self.scales[rows] = scale
 
     def scores(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -84,9 +84,9 @@ class Screen:
         return rows[np.argpartition(-scores, count - 1)[:count]]
 
     def _grow(self, needed: int) -> None:
-        """Room for ``needed`` scales (the codes grow by themselves)."""
+        """``needed`` scales: as many as the codes have rows (they grow by themselves)."""
         if needed <= len(self.scales):
             return
-        scales = np.zeros(max(needed, 2 * len(self.scales)), np.float32)
+        scales = np.zeros(needed, np.float32)
         scales[: len(self.scales)] = self.scales
         self.scales = scales
