@@ -164,15 +164,17 @@ def test_precision_settings_are_checked():
         ModelConfig(pooling="max")
 
 
-def test_cpu_bf16_detection(tmp_path):
-    from same_search.embed.embedder import cpu_has_bf16
+def test_cpu_bf16_and_int8_detection(tmp_path):
+    from same_search.cpu import has_bf16, has_int8_dot
 
     info = tmp_path / "cpuinfo"
-    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert cpu_has_bf16(info)
-    info.write_text("flags\t\t: fpu avx2 fma\n")
-    assert not cpu_has_bf16(info)
-    assert not cpu_has_bf16(tmp_path / "missing")
+    info.write_text("model name\t: x\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert has_bf16(info) and has_int8_dot(info)
+    info.write_text("flags\t\t: fpu avx2 fma avx_vnni\n")
+    assert not has_bf16(info) and has_int8_dot(info)
+    info.write_text("flags\t\t: fpu avx2 fma\nbugs\t\t: avx512_vnni\n")  # the flags line only
+    assert not has_bf16(info) and not has_int8_dot(info)
+    assert not has_bf16(tmp_path / "missing") and not has_int8_dot(tmp_path / "missing")
 
 
 def test_bf16_vectors_agree_with_fp32(embedder: Embedder):

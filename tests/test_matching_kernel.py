@@ -26,8 +26,14 @@ def plain_nearest_two(query: np.ndarray, stored: list[np.ndarray]) -> tuple[np.n
     return np.stack(firsts, 1), np.stack(seconds, 1), np.stack(nearests, 1)
 
 
+@pytest.fixture(params=[True, False], ids=["int8 product", "float32 product"])
+def kernel(request, monkeypatch):
+    """Both products: torch's int8 one (VNNI / AMX CPUs) and float32 BLAS (the others)."""
+    monkeypatch.setattr(matching.cpu, "INT8_MATMUL", request.param)
+
+
 @pytest.mark.parametrize("query_rows", [2, 16, 17, 300])
-def test_distances_are_exact_over_the_whole_uint8_range(query_rows):
+def test_distances_are_exact_over_the_whole_uint8_range(query_rows, kernel):
     rng = np.random.default_rng(query_rows)
     query = rng.integers(0, 256, (query_rows, 128), dtype=np.uint8)
     stored = [rng.integers(0, 256, (n, 128), dtype=np.uint8) for n in (2, 7, 300, 45)]
@@ -38,7 +44,7 @@ def test_distances_are_exact_over_the_whole_uint8_range(query_rows):
     np.testing.assert_array_equal(nearest, want_nearest)
 
 
-def test_a_repeated_descriptor_is_nearest_and_second_at_once():
+def test_a_repeated_descriptor_is_nearest_and_second_at_once(kernel):
     """Two stored copies of the query's descriptor: both distances 0, so the ratio test refuses it."""
     rng = np.random.default_rng(3)
     query = rng.integers(0, 256, (20, 128), dtype=np.uint8)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from same_search.config import ConfigError, ModelConfig
+from same_search.cpu import has_bf16
 from same_search.embed.models import LoadedModel, load_model
 from same_search.embed.precision import PrecisionCache, PrecisionChoice, choose_precision, default_cache_path
 
@@ -121,18 +122,9 @@ def resolve_precision(setting: str, device: torch.device) -> str:
         return "fp32" if device.type == "cpu" else "fp16"
     if setting == "fp16" and device.type == "cpu":
         raise ConfigError('[model] precision = "fp16" needs a GPU; use "fp32" (or "bf16") on a CPU')
-    if setting == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+    if setting == "bf16" and device.type == "cpu" and not has_bf16():
         log.warning("precision bf16 on a CPU without AVX-512 BF16/AMX: expect it to be much slower than fp32")
     return setting
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), from /proc/cpuinfo."""
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def pick_device(setting: str) -> torch.device:
@@ -219,7 +211,7 @@ class Embedder:
             batch=self.plan.max_batch,
             side=self.cfg.image_size,
             budget_s=self.cfg.precision_check_s,
-            has_bf16=cpu_has_bf16(),
+            has_bf16=has_bf16(),
             cache=PrecisionCache(cache_path),
         )
 

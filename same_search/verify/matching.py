@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from same_search import cpu
 from same_search.verify.local_features import LocalFeatures
 
 #: Lowe's ratio: a match counts only if its nearest neighbour is clearly closer than the second.
@@ -137,16 +138,16 @@ def nearest_two(query: np.ndarray, stored: Sequence[np.ndarray]) -> tuple[np.nda
     (uint8, two or more each): the squared distances to its nearest and second-nearest stored
     descriptor and the nearest's index, each (q, len(stored)).
 
-    Exact integer arithmetic on one core's int8 units. A distance does not change when both
-    sides move by the same amount, so every descriptor is shifted by 128 into int8 (``u ^ 0x80``
-    read as int8 is ``u - 128``) and ``|q - s|**2 = |q'|**2 + |s'|**2 - 2 q'.s'``, the products
-    of the query against every set at once in one int8 product (torch's ``_int_mm``: VNNI /
-    AMX). The nearest two are the two smallest of ``|s'|**2 - 2 q'.s'`` along each set (an
-    argmin, then a min with it set aside: a fraction of what ``topk`` costs), ``|q'|**2`` added
-    to those alone. Sets are padded to one width with columns that are never nearest. On the
-    2-core Xeon (avx512_vnni, amx) the check of ten candidates took 30% less CPU than with float32
-    ``addmm`` and ``topk`` (docs/quality.md, "Cost"), with the same matches (both exact: every
-    sum fits float32's integers).
+    Exact integer arithmetic on one core's int8 units. A distance does not change when both sides
+    move by the same amount, so every descriptor is shifted by 128 into int8 (``u ^ 0x80`` read as
+    int8 is ``u - 128``) and ``|q - s|**2 = |q'|**2 + |s'|**2 - 2 q'.s'``, the products of the query
+    against every set at once in one product (torch's int8 ``_int_mm`` on VNNI / AMX, float32 BLAS
+    without them: :func:`_products`). The nearest two are the two smallest of ``|s'|**2 - 2 q'.s'``
+    along each set (an argmin, then a min with it set aside: a fraction of what ``topk`` costs),
+    ``|q'|**2`` added to those alone. Sets are padded to one width with columns that are never
+    nearest. On the 2-core Xeon (avx512_vnni, amx) the check of ten candidates took 30% less CPU
+    than with float32 ``addmm`` and ``topk`` (docs/quality.md, "Cost"), with the same matches (both
+    exact: every sum fits float32's integers).
     """
     count = len(stored)
     width = -(-max(len(d) for d in stored) // _INT_MM_COLUMNS) * _INT_MM_COLUMNS
@@ -160,7 +161,7 @@ def nearest_two(query: np.ndarray, stored: Sequence[np.ndarray]) -> tuple[np.nda
     rows = len(query)
     left = np.zeros((max(rows, _INT_MM_ROWS), 128), np.int8)
     left[:rows] = _shifted(query)
-    products = torch._int_mm(torch.from_numpy(left), torch.from_numpy(columns).T).numpy()[:rows]
+    products = _products(left, columns)[:rows]
     products *= -2
     products += column_terms  # |s'|**2 - 2 q'.s', in place
     partial = products.reshape(rows * count, width)
@@ -175,6 +176,17 @@ def nearest_two(query: np.ndarray, stored: Sequence[np.ndarray]) -> tuple[np.nda
         second.reshape(rows, count) + row_terms,
         nearest.reshape(rows, count),
     )
+
+
+def _products(left: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``left @ columns.T`` of int8 matrices, int32: torch's int8 product where the CPU has VNNI
+    or AMX, else float32 BLAS, exact as well (every sum of 128 products of int8 values is an
+    integer below 2**21, and float32 holds every integer below 2**24). Without those units
+    ``_int_mm`` is a scalar loop: 605 ms against 26 for the check of ten candidates on the AMD
+    EPYC with avx2 fma (same_search/cpu.py)."""
+    if cpu.INT8_MATMUL:
+        return torch._int_mm(torch.from_numpy(left), torch.from_numpy(columns).T).numpy()
+    return (left.astype(np.float32) @ columns.astype(np.float32).T).astype(np.int32)
 
 
 def _shifted(descriptors: np.ndarray) -> np.ndarray:
