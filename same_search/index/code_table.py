@@ -43,11 +43,17 @@ class CodeTable:
         """Bytes held."""
         return int(self._stored.nbytes)
 
-    def _writable(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` as int64, with room made for every one of them."""
+    def _writable(self, rows: np.ndarray) -> np.ndarray | slice:
+        """Where ``rows`` are in the table, with room made for every one of them: a slice when
+        they are consecutive (a load writes every row at once: no gather of a million indices),
+        else the rows as int64."""
         rows = np.asarray(rows, np.int64)
-        if len(rows):
-            self._grow(int(rows.max()) + 1)
+        if not len(rows):
+            return rows
+        first, last = int(rows[0]), int(rows[-1])
+        self._grow(max(last, int(rows.max())) + 1)
+        if last - first + 1 == len(rows) and (len(rows) == 1 or bool((np.diff(rows) == 1).all())):
+            return slice(first, last + 1)
         return rows
 
     def _faiss_best(self, query: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:

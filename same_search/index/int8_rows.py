@@ -69,9 +69,9 @@ class Int8Rows(CodeTable):
 
     def set(self, rows: np.ndarray, codes: np.ndarray) -> None:
         """Store ``codes`` (n x dim int8) at ``rows``, growing when needed."""
-        rows = self._writable(rows)
         if not len(rows):
             return
+        rows = self._writable(rows)
         codes = np.ascontiguousarray(codes, np.int8)
         # faiss keeps code + 128: flipping an int8 code's top bit gives that byte.
         self._stored[rows] = codes.view(np.uint8) ^ 0x80 if self._offset else codes

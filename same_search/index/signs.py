@@ -48,9 +48,9 @@ class SignCodes(CodeTable):
 
     def set(self, rows: np.ndarray, codes: np.ndarray) -> None:
         """Store the sign bits of ``codes`` (n x dim int8) at ``rows``, growing when needed."""
-        rows = self._writable(rows)
         if len(rows):
-            self._stored[rows] = sign_bits(codes)
+            where = self._writable(rows)  # may grow the table: before self._stored is read
+            self._stored[where] = sign_bits(codes)
 
     def nearest(self, query: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
         """The (at most) ``count`` rows whose ``allowed`` (a bool mask over the first rows) is
