@@ -15,8 +15,8 @@ Kernels (one query against 100k rows of 256 int8 codes, the 2-core Xeon with AVX
 (``QT_8bit_direct_signed``, SIMD, the filter as an ``IDSelectorBitmap``, the best K kept in its own
 heap) 3 to 5 ms for K 1,600 to 4,800 (2 to 5 ms at best); torch's ``_int_mm`` 8 to 9 ms (3.4 at best)
 plus 0.2 ms to select; numpy's int32 ``einsum`` 24 ms; a float32 BLAS product of the same
-vectors (100 MB) 15 to 20 ms. So faiss when it imports, else torch, else numpy
-(index/int8_rows.py, :data:`KERNEL`). Codes are coordinates times 127, as the graph's sketches:
+vectors (100 MB) 15 to 20 ms. So faiss when it imports, else torch (with VNNI or AMX), else numpy
+(index/int8_rows.py, :data:`KERNEL`). Codes are coordinates times 127:
 a reduced vector's coordinates lie within [-1, 1]. ``dim`` bytes an item (256 at the shipped ``reduce_dim``).
 """
 

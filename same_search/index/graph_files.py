@@ -10,7 +10,7 @@ fsynced and renamed, header last; a crash between the two renames leaves a heade
 does not match, which reads as "no usable snapshot" and triggers a rebuild from SQLite.
 
 A reduced index (index/reduced.py) adds two files that the header vouches for: its row map
-(``<id>.rows.npz``: row -> key, live mask, sketches; its SHA-256 in the header, written before
+(``<id>.rows.npz``: row -> key, live mask, int8 reduced codes; its SHA-256 in the header, written before
 the graph) and its native vector file (``<id>.<generation>.native.f32``, fsynced before the
 header; the header records its name and the rows it holds, and anything after them is cut at
 load and replayed from SQLite). The header also names the projection the graph was built with.

@@ -231,7 +231,7 @@ async def tune(
     At 300,000 descriptor-like items a reduced library tuned itself down to 38 candidates on its
     own items (recall@10 0.981 there), where held-out photos searched by image found 0.830 of
     their true neighbours, edited copies of stored photos came first 0.683 of the time against
-    0.830 for exact search, and a 1% tag filter (its sketch scan re-ranks twice the candidates)
+    0.830 for exact search, and a 1% tag filter (its scan of the matches re-ranks twice the candidates)
     kept 0.949 (bench/bench_daemon_million.py, docs/benchmarks.md). The configured depth is the
     one measured with held-out queries (0.982 at 1M); the measurement may only deepen it.
     """

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 #: A filter matching at least this share of the library searches unfiltered, widened, then filters.
 BROAD = 0.2
-#: Filters matching at most this share of the library (or SCAN_MIN items) scan sketches.
+#: Filters matching at most this share of the library (or SCAN_MIN items) scan their int8 codes.
 SCAN_SHARE = 0.05
 SCAN_MIN = 50_000
 #: A scan of the matches re-ranks this many times C candidates natively. With C 300, 600 rows: at
@@ -390,7 +390,7 @@ class ReducedIndex(LibraryIndex):
     # ---- persistence -------------------------------------------------------------------------------
 
     def capture(self, directory: Path, lib_id: int, fingerprint: str) -> PendingSnapshot:
-        """Row map, sketches and graph copied now; written later as native file fsynced, then row
+        """Row map, int8 codes and graph copied now; written later as native file fsynced, then row
         map, graph and header, each atomically (header last)."""
         directory.mkdir(parents=True, exist_ok=True)
         keys, live = self.rows.state()
@@ -430,9 +430,9 @@ def filter_strategy(matching: int, items: int) -> str:
     """How a filter matching ``matching`` of ``items`` live items is searched (module docstring).
 
     ``broad`` is decided first: a widened graph search costs about one ef-``3 x C`` walk and C
-    native reads whatever the library's size, while a scan of half of a 100k library's sketches
+    native reads whatever the library's size, while a scan of half of a 100k library's codes
     (50,000 rows) and its ``SCAN_WIDEN x C`` native reads cost several times that and find fewer
-    of the true neighbours (the sketch is coarser than the graph's reduced vectors).
+    of the true neighbours (measured with 64-d sketches, coarser than the graph's reduced vectors).
     """
     share = matching / max(items, 1)
     if share >= BROAD:
