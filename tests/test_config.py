@@ -31,6 +31,7 @@ def test_shipped_config_is_the_defaults_and_fully_commented():
         ({"index": {"rerank_candidates": -5}}, "rerank_candidates must be at least 1"),
         ({"index": {"reduced_ef_search": 0}}, "reduced_ef_search must be at least 1"),
         ({"index": {"recall_sample": 0}}, "recall_sample must be at least 1"),
+        ({"index": {"new_vector_scan": -1}}, "new_vector_scan must be 0 or more"),
         ({"server": 3}, "must be a table"),
         ({"storage": {"backend": "mongo"}}, 'backend must be "local" or "milvus"'),
         ({"storage": {"backend": "milvus"}}, "needs uri"),

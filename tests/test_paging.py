@@ -8,6 +8,8 @@ filters of each strategy, and compare with one long page.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from test_reduced_index import build, descriptors
@@ -104,4 +106,7 @@ def test_a_reduced_index_walks_deeper_for_a_new_vector_and_a_full_graph_does_not
     assert reduced.depth_for(stored=True) == reduced.depth
     # With the sign scan (index/signs.py), half as deep and joined by its candidates.
     assert reduced.depth_for(stored=False) == reduced.depth.for_new_vectors(2, 200) != reduced.depth
+    reduced.cfg = dataclasses.replace(reduced.cfg, new_vector_scan=0)  # no scan: the whole factor deeper
+    assert reduced.depth_for(stored=False) == reduced.depth.for_new_vectors(4)
+    assert reduced.depth_for(stored=False).scan == 0
     assert graph.depth_for(stored=True) == graph.depth_for(stored=False) == graph.depth
