@@ -1,4 +1,4 @@
-"""Fixed-width rows of codes in RAM, growing by doubling, that a faiss index can scan in place.
+"""Fixed-width rows of codes in RAM, growing as rows are written, that faiss can scan in place.
 
 The int8 reduced vectors (index/int8_rows.py) and the sign bits (index/signs.py) are both rows of
 bytes that are written one row at a time and scanned all at once. faiss scans the codes vector of
@@ -51,7 +51,7 @@ class CodeTable:
         if not len(rows):
             return rows
         first, last = int(rows[0]), int(rows[-1])
-        self._grow(max(last, int(rows.max())) + 1)
+        self._grow(int(rows.max()) + 1)
         if last - first + 1 == len(rows) and (len(rows) == 1 or bool((np.diff(rows) == 1).all())):
             return slice(first, last + 1)
         return rows

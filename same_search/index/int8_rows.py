@@ -62,8 +62,8 @@ class Int8Rows(CodeTable):
         index = None
         if kernel == "faiss":
             quantiser = faiss.ScalarQuantizer.QT_8bit_direct_signed
-            index = self._faiss = faiss.IndexScalarQuantizer(dim, quantiser, faiss.METRIC_INNER_PRODUCT)
-            self._faiss.train(np.zeros((1, dim), np.float32))  # direct codes: nothing to learn
+            index = faiss.IndexScalarQuantizer(dim, quantiser, faiss.METRIC_INNER_PRODUCT)
+            index.train(np.zeros((1, dim), np.float32))  # direct codes: nothing to learn
         # faiss keeps code + 128 (an empty slot: 128, the code 0).
         super().__init__(capacity, dim, np.int8, index, "codes", fill=self._offset)
 
